@@ -1,0 +1,47 @@
+"""The one place TensorFlow is imported, with its noise turned down first."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from types import ModuleType
+from typing import Iterator
+
+
+def load_tensorflow() -> tuple[ModuleType, ModuleType]:
+    """Import (tensorflow, keras) on the TensorFlow backend, quietly; cheap after the first call."""
+    # Keras reads the backend once, at import: force it before a user's keras.json can say jax.
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _native_stderr_silenced():
+        import tensorflow as tf
+        import keras
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    tf.get_logger().setLevel("ERROR")
+    # Keras prints download progress to stdout unless interactive logging is off; off, it goes to absl
+    # (stderr), so stdout keeps only data.
+    keras.config.disable_interactive_logging()
+    return tf, keras
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for a while.
+
+    TensorFlow's C++ start-up lines (oneDNN, CUDA stubs) are written before absl logging is set up,
+    so TF_CPP_MIN_LOG_LEVEL cannot stop them; only the descriptor can.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 at all: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -1,0 +1,285 @@
+"""The command line: parse, call the pipeline, print. Errors become one line and an exit code.
+
+Exit codes: 0 all done, 1 some input or the run failed, 2 bad usage, 130 interrupted.
+Nothing here imports TensorFlow at module level, so `explain --help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import click
+
+from explain_cli import __version__, inputs, models, output, render
+from explain_cli.errors import ExplainError
+
+
+def _model_options(command: Callable) -> Callable:
+    """--model, --weights, --labels, --preprocess: which classifier, shared by every command."""
+    options = [
+        click.option(
+            "--model",
+            "model_spec",
+            default="resnet50",
+            show_default=True,
+            metavar="NAME|PATH",
+            help=f"A built-in model ({', '.join(models.BUILT_IN)}) or your .keras / .h5 file.",
+        ),
+        click.option(
+            "--weights",
+            default="imagenet",
+            show_default=True,
+            metavar="imagenet|PATH",
+            help="For built-in models: download ImageNet weights (cached in ~/.keras), or load a local "
+            ".h5 / .weights.h5 file.",
+        ),
+        click.option(
+            "--labels",
+            "labels_file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Class names, one a line, for your own model (default: ImageNet's for 1000 outputs, "
+            "else numbers).",
+        ),
+        click.option(
+            "--preprocess",
+            type=click.Choice(models.PREPROCESS_MODES),
+            help="Input scaling: caffe, tf ([-1, 1]), torch or none. Default: the built-in model's own; "
+            "none for your model files.",
+        ),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+
+def _input_options(command: Callable) -> Callable:
+    """INPUTS, --batch-size, --top, --json: what is read and how predictions are printed."""
+    options = [
+        click.argument("sources", nargs=-1, required=True, metavar="INPUTS..."),
+        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
+                     help="Images per model call."),
+        click.option("--top", default=5, show_default=True, type=click.IntRange(1),
+                     help="Predictions printed per image."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print predictions as JSON lines (default: a table on a terminal, TSV when piped)."),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+
+class _Command(click.Command):
+    """A command whose run-time failures print one line and exit 1; Ctrl-C exits 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ExplainError as error:
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="explain")
+def cli() -> None:
+    """Show why an image classifier decided what it decided.
+
+    INPUTS are image files, folders (searched recursively) or - to read paths from stdin.
+    Predictions go to stdout; explanations are written as image files; progress, warnings and
+    errors go to stderr.
+
+    \b
+      explain gradcam cat.jpg                      top-5 predictions, explanations/cat.gradcam.281-tabby.jpg
+      explain gradcam photos/ -o out/ --top-k 3    a folder, three classes per image
+      explain predict photos/ | sort -t$'\\t' -k5 -gr
+      explain layers --model vgg16                 layers that can be explained
+    """
+
+
+@cli.command()
+@_input_options
+@_model_options
+@click.option("--layer", help="The layer to explain (default: the model's last convolutional block). "
+              "See `explain layers`.")
+@click.option("--class", "class_specs", multiple=True, metavar="CLASS",
+              help="Explain this class: a number or a label name (repeatable). Default: the top class.")
+@click.option("--top-k", type=click.IntRange(1), help="Explain each image's N most probable classes.")
+@click.option("--score", type=click.Choice(["logit", "probability"]), default="logit", show_default=True,
+              help="Differentiate the pre-softmax class score (as in the paper) or the probability.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("explanations"), show_default=True, help="Where explanations are written.")
+@click.option("--colormap", default="jet", show_default=True, help="Any matplotlib colormap name.")
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
+              help="Heatmap opacity over the image.")
+@click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
+              help="Overlay format: JPEG (quality 90, fast) or lossless PNG.")
+@click.option("--save-heatmap", is_flag=True, help="Also save the normalised map at layer resolution as .npy.")
+@click.option("--figure", is_flag=True, help="Also save a panel: original | heatmap | overlay.")
+def gradcam(**options: Any) -> None:
+    """Grad-CAM: which regions raised each class score (Selvaraju et al. 2017).
+
+    For each image, prints the top predictions and writes
+    OUTPUT_DIR/<name>.gradcam.<class>-<label>.jpg, mirroring folders, plus a line per explanation
+    in OUTPUT_DIR/manifest.jsonl.
+    """
+    _explain(method="gradcam", **options)
+
+
+@cli.command()
+@_input_options
+@_model_options
+def predict(**options: Any) -> None:
+    """Print the top predictions for each image; write nothing."""
+    from explain_cli import explainer, pipeline
+
+    sources = _sources(options, skip_dir=None)
+    model = _load(options)
+    step = explainer.compile_predict(model, explainer.graph_of(model))
+    finish = pipeline.predictions_only(model.labels.names, options["top"])
+    results = pipeline.run(sources, step, finish, size=_size(model), batch_size=options["batch_size"])
+    _report(results, len(sources), _style(options))
+
+
+@cli.command()
+@_model_options
+def layers(**options: Any) -> None:
+    """List the layers with a 4-D output (the ones that can be explained); * marks the default."""
+    from explain_cli import explainer
+
+    model = _load(options)
+    graph = explainer.graph_of(model)
+    default = explainer.default_layer(graph, model)
+    rows = [(s.name, str(tuple(s.output_shapes[0][1:]))) for s in graph.layers_4d()]
+    width = max((len(name) for name, _ in rows), default=0)
+    stdout = click.get_text_stream("stdout")
+    for name, shape in rows:
+        mark = "*" if name == default else " "
+        stdout.write(f"{mark} {name:<{width}}  {shape}\n")
+
+
+def _explain(method: str, **options: Any) -> None:
+    from explain_cli import explainer, pipeline, split
+
+    if options["class_specs"] and options["top_k"]:
+        raise click.UsageError("--class and --top-k are exclusive: explain named classes or the top N")
+    if not render.is_colormap(options["colormap"]):
+        raise click.BadParameter(f"unknown matplotlib colormap {options['colormap']!r}", param_hint="--colormap")
+    out_dir: Path = options["output_dir"]
+    sources = _sources(options, skip_dir=out_dir)
+    model = _load(options)
+    classes = [_resolve_class(model, spec) for spec in options["class_specs"]]
+    graph = explainer.graph_of(model)
+    try:
+        cut = split.split(graph, options["layer"] or explainer.default_layer(graph, model))
+    except ExplainError as error:
+        raise click.BadParameter(str(error), param_hint="--layer") from None
+    chosen = "" if options["layer"] else " (default)"
+    click.echo(f"{model.name}: {method} at layer {cut.layer}{chosen}", err=True)
+    step = explainer.compile_explain(
+        model, cut, method, classes=classes, top_k=options["top_k"] or 1, score=options["score"]
+    )
+    render_options = pipeline.RenderOptions(
+        out_dir=out_dir,
+        method=method,
+        layer=cut.layer,
+        colormap=options["colormap"],
+        alpha=options["alpha"],
+        image_format=options["image_format"],
+        save_heatmap=options["save_heatmap"],
+        figure=options["figure"],
+    )
+    finish = pipeline.explanations(model.labels.names, options["top"], render_options)
+    try:
+        manifest = output.Manifest(out_dir)
+    except OSError as error:
+        raise ExplainError(f"cannot write to {out_dir}: {error.strerror or error}") from None
+    try:
+        results = pipeline.run(sources, step, finish, size=_size(model), batch_size=options["batch_size"])
+        _report(results, len(sources), _style(options), manifest, model.name)
+    finally:
+        manifest.close()
+
+
+def _sources(options: dict, skip_dir: Path | None) -> list[inputs.Source]:
+    sources = inputs.discover(options["sources"], click.get_text_stream("stdin"), skip_dir)
+    if not sources:
+        raise click.UsageError("no images found in the inputs given")
+    return sources
+
+
+def _load(options: dict) -> models.LoadedModel:
+    problem = models.check_spec(options["model_spec"])
+    if problem:
+        raise click.BadParameter(problem, param_hint="--model")
+    return models.load(options["model_spec"], options["weights"], options["labels_file"], options["preprocess"])
+
+
+def _resolve_class(model: models.LoadedModel, spec: str) -> int:
+    try:
+        return model.labels.resolve(spec)
+    except ExplainError as error:
+        raise click.BadParameter(str(error), param_hint="--class") from None
+
+
+def _size(model: models.LoadedModel) -> tuple[int, int, int]:
+    return model.height, model.width, model.channels
+
+
+def _style(options: dict) -> str:
+    if options["as_json"]:
+        return "json"
+    return "table" if click.get_text_stream("stdout").isatty() else "tsv"
+
+
+def _report(results: Iterable[Any], total: int, style: str, manifest: output.Manifest | None = None,
+            model_name: str = "") -> None:
+    """Print each result as it comes (stdout: predictions; stderr: errors, warnings, progress, summary)."""
+    stdout = click.get_text_stream("stdout")
+    stderr = click.get_text_stream("stderr")
+    failed: list[str] = []
+    done = explained = 0
+    progress = click.progressbar(length=total, file=stderr, label="explain") if stderr.isatty() else None
+    try:
+        for result in results:
+            if result.error:
+                failed.append(result.error)
+                _stderr_line(f"error: {result.error}", progress)
+            else:
+                done += 1
+                for warning in result.warnings:
+                    _stderr_line(warning, progress)
+                output.write_predictions(stdout, result.source.shown, result.predictions, style)
+                if manifest is not None:
+                    from explain_cli.pipeline import manifest_record
+
+                    for explanation in result.explanations:
+                        manifest.append(manifest_record(explanation, model_name))
+                        explained += 1
+            if progress is not None:
+                progress.update(1)
+    finally:
+        if progress is not None:
+            progress.render_finish()
+        summary = f"{done} of {total} images done"
+        if manifest is not None:
+            summary += f", {explained} explanations written to {manifest.path.parent}"
+        if failed:
+            summary += f"; {len(failed)} failed"
+        click.echo(summary, err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+def _stderr_line(text: str, progress: Any) -> None:
+    # Above a progress bar, start on a clean line so the bar is redrawn below the message.
+    click.echo(("\r\033[K" if progress is not None else "") + text, err=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="explain")

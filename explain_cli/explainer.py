@@ -1,0 +1,130 @@
+"""The compiled steps: predictions, and explanations for a batch in one feature pass.
+
+The feature part runs outside the gradient tape; only the head runs under it. For k classes per
+image the head runs on the activations tiled k times, so one backward pass yields every
+(image, class) gradient at once, and no image's gradient is ever mixed with another's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from explain_cli import split as split_module
+from explain_cli.errors import ExplainError
+from explain_cli.methods import METHODS
+from explain_cli.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one compiled explain step returns for a batch of b images and k classes each."""
+
+    probabilities: np.ndarray  # (b, classes)
+    classes: np.ndarray  # (b, k) class numbers explained
+    scores: np.ndarray  # (b, k) the differentiated score: logit or probability
+    maps: np.ndarray  # (b, k, h, w) the method's maps at the layer's resolution, not normalised
+
+
+def graph_of(model: LoadedModel) -> split_module.Graph:
+    return split_module.flatten(model.keras_model)
+
+
+def default_layer(graph: split_module.Graph, model: LoadedModel) -> str:
+    """The registered layer of a built-in model, else the last 4-D layer larger than 1×1."""
+    if model.default_layer is not None:
+        return model.default_layer
+    spatial = [s for s in graph.layers_4d() if all(d is None or d > 1 for d in s.output_shapes[0][1:3])]
+    if not spatial:
+        raise ExplainError(f"model {model.name!r} has no layer with a 4-D output to explain")
+    return spatial[-1].name
+
+
+def _input_spec(model: LoadedModel) -> Any:
+    import tensorflow as tf
+
+    return tf.TensorSpec([None, model.height, model.width, model.channels], tf.uint8)
+
+
+def _probabilities(logits: Any, activation: str) -> Any:
+    import tensorflow as tf
+
+    if activation == "softmax":
+        return tf.nn.softmax(logits, axis=-1)
+    if activation == "sigmoid":
+        return tf.sigmoid(logits)
+    # A model that ends in logits: its probabilities are the softmax, as its loss would have it.
+    return tf.nn.softmax(logits, axis=-1)
+
+
+def compile_predict(model: LoadedModel, graph: split_module.Graph) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 batch (b, h, w, c) -> class probabilities (b, classes), through one traced graph."""
+    import tensorflow as tf
+
+    forward, activation = split_module.logits(graph)
+
+    @tf.function(input_signature=[_input_spec(model)], reduce_retracing=True)
+    def step(images: Any) -> Any:
+        return _probabilities(forward(model.preprocess(tf.cast(images, tf.float32))), activation)
+
+    return lambda batch: step(batch).numpy()
+
+
+def compile_explain(
+    model: LoadedModel,
+    cut: split_module.Split,
+    method: str,
+    *,
+    classes: Sequence[int] = (),
+    top_k: int = 1,
+    score: str = "logit",
+) -> Any:
+    """uint8 batch -> BatchResult, explaining `classes` for every image, or else each image's top k.
+
+    The returned callable has `.traced` (a tf.function) for counting traces.
+    """
+    import tensorflow as tf
+
+    method_fn = METHODS[method]
+    k = len(classes) or top_k
+    fixed = tf.constant(list(classes), tf.int32) if classes else None
+
+    @tf.function(input_signature=[_input_spec(model)], reduce_retracing=True)
+    def step(images: Any) -> tuple[Any, Any, Any, Any]:
+        x = model.preprocess(tf.cast(images, tf.float32))
+        activations, skips = cut.features(x)
+        b = tf.shape(activations)[0]
+        tiled = _tile(activations, k)
+        tiled_skips = tuple(_tile(s, k) for s in skips)
+        with tf.GradientTape() as tape:
+            tape.watch(tiled)
+            logits = cut.head(tiled, tiled_skips)  # (k*b, classes), copy j of image i at row j*b + i
+            probabilities = _probabilities(logits[:b], cut.activation)
+            if fixed is None:
+                chosen = tf.math.top_k(probabilities, k=k).indices  # (b, k)
+            else:
+                chosen = tf.broadcast_to(fixed, [b, k])
+            row_class = tf.reshape(tf.transpose(chosen), [-1])
+            source = logits if score == "logit" else _probabilities(logits, cut.activation)
+            scores = tf.gather(source, row_class, batch_dims=1)
+        gradients = tape.gradient(scores, tiled)
+        maps = method_fn(tiled, gradients)  # (k*b, h, w)
+        maps = tf.transpose(tf.reshape(maps, tf.concat([[k, b], tf.shape(maps)[1:]], 0)), [1, 0, 2, 3])
+        return probabilities, chosen, tf.transpose(tf.reshape(scores, [k, b])), maps
+
+    def run(batch: np.ndarray) -> BatchResult:
+        probabilities, chosen, scores, maps = step(batch)
+        return BatchResult(probabilities.numpy(), chosen.numpy(), scores.numpy(), maps.numpy())
+
+    run.traced = step  # type: ignore[attr-defined]
+    return run
+
+
+def _tile(tensor: Any, k: int) -> Any:
+    import tensorflow as tf
+
+    if k == 1:
+        return tensor
+    return tf.tile(tensor, tf.concat([[k], tf.ones([tf.rank(tensor) - 1], tf.int32)], 0))

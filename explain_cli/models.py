@@ -1,0 +1,182 @@
+"""Which model a run explains: the built-in keras.applications registry, weights, and users' files.
+
+The registry is plain data so that the command line can list and check model names without
+TensorFlow; everything that builds or loads a model imports it inside the function.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from explain_cli import labels as labels_module
+from explain_cli.errors import ExplainError
+from explain_cli.labels import Labels
+
+PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
+
+
+@dataclass(frozen=True)
+class BuiltIn:
+    """A keras.applications classifier: its constructor, input size, preprocessing and Grad-CAM layer."""
+
+    constructor: str  # attribute of keras.applications
+    module: str  # keras.applications submodule whose preprocess_input the model was trained with
+    size: int
+    layer: str | None  # None: the last 4-D layer (when Keras' own name for it is not stable)
+
+
+BUILT_IN: dict[str, BuiltIn] = {
+    "resnet50": BuiltIn("ResNet50", "resnet50", 224, "conv5_block3_out"),
+    "resnet101": BuiltIn("ResNet101", "resnet", 224, "conv5_block3_out"),
+    "resnet152": BuiltIn("ResNet152", "resnet", 224, "conv5_block3_out"),
+    "vgg16": BuiltIn("VGG16", "vgg16", 224, "block5_conv3"),
+    "vgg19": BuiltIn("VGG19", "vgg19", 224, "block5_conv4"),
+    "mobilenet_v2": BuiltIn("MobileNetV2", "mobilenet_v2", 224, "out_relu"),
+    "efficientnet_b0": BuiltIn("EfficientNetB0", "efficientnet", 224, "top_activation"),
+    "densenet121": BuiltIn("DenseNet121", "densenet", 224, "relu"),
+    "inception_v3": BuiltIn("InceptionV3", "inception_v3", 299, "mixed10"),
+    "xception": BuiltIn("Xception", "xception", 299, "block14_sepconv2_act"),
+    "convnext_tiny": BuiltIn("ConvNeXtTiny", "convnext", 224, None),
+}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A ready model and what a run needs to feed it and name its outputs."""
+
+    name: str
+    keras_model: Any
+    height: int
+    width: int
+    channels: int
+    preprocess: Callable[[Any], Any]  # float32 batch in [0, 255] -> the model's input
+    default_layer: str | None
+    labels: Labels
+
+
+def check_spec(spec: str) -> str | None:
+    """Why `spec` names no model (for a usage error), or None when it is a built-in name or a file."""
+    if spec.lower() in BUILT_IN or Path(spec).exists():
+        return None
+    close = difflib.get_close_matches(spec.lower(), BUILT_IN, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return f"{spec!r} is neither a built-in model nor an existing file; {hint}built-in: {', '.join(BUILT_IN)}"
+
+
+def load(
+    spec: str,
+    weights: str = "imagenet",
+    labels_file: Path | None = None,
+    preprocess: str | None = None,
+) -> LoadedModel:
+    """Build a built-in model (ImageNet weights or a local weights file) or load a user's model file."""
+    from explain_cli.backend import load_tensorflow
+
+    load_tensorflow()
+    if spec.lower() in BUILT_IN:
+        name = spec.lower()
+        entry = BUILT_IN[name]
+        model = _build(name, entry, weights)
+        prep = _own_preprocess(entry) if preprocess is None else _mode_preprocess(preprocess)
+        default = entry.layer
+    else:
+        name = Path(spec).name
+        model = _load_file(Path(spec))
+        if weights != "imagenet":
+            _load_weights(model, Path(weights), name)
+        prep = _mode_preprocess(preprocess or "none")
+        default = None
+    height, width, channels = _input_size(model, spec)
+    num_classes = int(model.outputs[0].shape[-1])
+    return LoadedModel(
+        name=name,
+        keras_model=model,
+        height=height,
+        width=width,
+        channels=channels,
+        preprocess=prep,
+        default_layer=default,
+        labels=labels_module.for_model(num_classes, labels_file),
+    )
+
+
+def _build(name: str, entry: BuiltIn, weights: str) -> Any:
+    import keras
+
+    constructor = getattr(keras.applications, entry.constructor)
+    if weights != "imagenet":
+        model = constructor(weights=None)
+        _load_weights(model, Path(weights), name)
+        return model
+    try:
+        return constructor(weights="imagenet")
+    except Exception as error:  # Keras raises a bare Exception for a failed download
+        raise ExplainError(_download_failure(name, error)) from None
+
+
+def _download_failure(name: str, error: Exception) -> str:
+    text = " ".join(str(error).split())
+    url = re.search(r"https?://[^\s:]+(?::\d+)?[^\s:]*", text)
+    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    where = f" from {url.group(0)}" if url else ""
+    return (
+        f"cannot download the ImageNet weights for {name}{where} (no network?) and none are cached in {cache}; "
+        f"pass --weights PATH to use a local weights file (.h5 or .weights.h5)"
+    )
+
+
+def _load_weights(model: Any, path: Path, name: str) -> None:
+    if not path.is_file():
+        raise ExplainError(f"{path}: weights file not found")
+    try:
+        model.load_weights(str(path))
+    except Exception as error:  # h5py, Keras and ValueError all surface here
+        raise ExplainError(f"{path}: cannot load these weights into {name}: {_first_line(error)}") from None
+
+
+def _load_file(path: Path) -> Any:
+    import keras
+
+    if path.is_dir():
+        raise ExplainError(f"{path}: is a directory, not a .keras or .h5 model file")
+    if path.suffix.lower() not in (".keras", ".h5", ".hdf5"):
+        raise ExplainError(f"{path}: not a model file: expected a .keras or .h5 file")
+    try:
+        return keras.models.load_model(str(path), compile=False)
+    except Exception as error:  # a corrupt zip, an h5 without a model, unknown custom layers...
+        raise ExplainError(f"{path}: cannot load the model: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _input_size(model: Any, spec: str) -> tuple[int, int, int]:
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+        raise ExplainError(f"{spec}: expected one image input (batch, height, width, channels)")
+    _, height, width, channels = model.inputs[0].shape
+    if height is None or width is None:
+        raise ExplainError(f"{spec}: the model's input has no fixed height and width to resize images to")
+    if channels not in (1, 3):
+        raise ExplainError(f"{spec}: the model's input has {channels} channels; expected 1 or 3")
+    return int(height), int(width), int(channels)
+
+
+def _own_preprocess(entry: BuiltIn) -> Callable[[Any], Any]:
+    import keras
+
+    return getattr(keras.applications, entry.module).preprocess_input
+
+
+def _mode_preprocess(mode: str) -> Callable[[Any], Any]:
+    if mode == "none":
+        return lambda x: x
+    from keras.applications import imagenet_utils
+
+    return lambda x: imagenet_utils.preprocess_input(x, mode=mode)

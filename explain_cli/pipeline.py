@@ -1,0 +1,212 @@
+"""Images through the stages in batches: decode → model → render → write, in input order.
+
+The pipeline owns batching, ordering and per-file errors, so no method or renderer knows about
+folders or failures. Decoding of the next batch and rendering of the previous one run in threads
+(Pillow and numpy release the GIL) while the model computes the current one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from explain_cli import inputs, output, render
+from explain_cli.errors import BadInput, ExplainError
+from explain_cli.inputs import Source
+from explain_cli.output import Prediction
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One written explanation: which class of which image, its map, and where it went."""
+
+    image: str
+    class_index: int
+    label: str
+    rank: int
+    probability: float
+    score: float  # the score that was differentiated: logit or probability
+    layer: str
+    method: str
+    heatmap: np.ndarray  # normalised to [0, 1], at the layer's resolution
+    overlay: str  # relative to the output folder
+    heatmap_file: str | None
+    figure_file: str | None
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    source: Source
+    predictions: list[Prediction] = field(default_factory=list)
+    explanations: list[Explanation] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    out_dir: Path
+    method: str
+    layer: str
+    colormap: str = "jet"
+    alpha: float = 0.4
+    image_format: str = "jpg"
+    save_heatmap: bool = False
+    figure: bool = False
+
+
+# A batch's images, once decoded: (source, original RGB or the reason it failed, model input).
+Decoded = tuple[Source, "np.ndarray | BadInput", "np.ndarray | None"]
+Finish = Callable[[Source, np.ndarray, int, object], ImageResult]
+
+
+def run(
+    sources: Sequence[Source],
+    compute: Callable[[np.ndarray], object],
+    finish: Finish,
+    *,
+    size: tuple[int, int, int],
+    batch_size: int,
+    threads: int | None = None,
+) -> Iterator[ImageResult]:
+    """Yield one ImageResult per source, in order; `compute` maps a uint8 batch to one batch result,
+    `finish(source, original, row, batch_result)` turns a row of it into an ImageResult."""
+    height, width, channels = size
+    workers = threads or min(8, (os.cpu_count() or 2) + 2)
+    chunks = [sources[i : i + batch_size] for i in range(0, len(sources), batch_size)]
+
+    def load(source: Source) -> Decoded:
+        try:
+            original = inputs.decode(source)
+            return source, original, inputs.model_input(original, width, height, channels)
+        except BadInput as error:
+            return source, error, None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoding = [pool.submit(load, s) for s in chunks[0]] if chunks else []
+        rendering: deque[list[Future[ImageResult]]] = deque()
+        for index in range(len(chunks)):
+            decoded = [f.result() for f in decoding]
+            if index + 1 < len(chunks):
+                decoding = [pool.submit(load, s) for s in chunks[index + 1]]
+            rendering.append(_compute_and_finish(pool, decoded, compute, finish))
+            if len(rendering) > 1:
+                yield from (f.result() for f in rendering.popleft())
+        while rendering:
+            yield from (f.result() for f in rendering.popleft())
+
+
+def _compute_and_finish(
+    pool: ThreadPoolExecutor, decoded: list[Decoded], compute: Callable[[np.ndarray], object], finish: Finish
+) -> list[Future[ImageResult]]:
+    good = [(source, original, x) for source, original, x in decoded if x is not None]
+    result = compute(np.stack([x for _, _, x in good])) if good else None
+    rows = {id(source): row for row, (source, _, _) in enumerate(good)}
+    futures: list[Future[ImageResult]] = []
+    for source, original, _ in decoded:
+        if isinstance(original, BadInput):
+            done: Future[ImageResult] = Future()
+            done.set_result(ImageResult(source, error=str(original)))
+            futures.append(done)
+        else:
+            futures.append(pool.submit(finish, source, original, rows[id(source)], result))
+    return futures
+
+
+def predictions_only(names: Sequence[str], top: int) -> Finish:
+    """A finish step for `explain predict`: the top predictions, nothing written."""
+
+    def finish(source: Source, original: np.ndarray, row: int, probabilities: object) -> ImageResult:
+        return ImageResult(source, predictions=output.top_predictions(probabilities[row], names, top))
+
+    return finish
+
+
+def explanations(names: Sequence[str], top: int, options: RenderOptions) -> Finish:
+    """A finish step that renders and writes each explained class of an image (overlay, .npy, figure)."""
+
+    def finish(source: Source, original: np.ndarray, row: int, batch: object) -> ImageResult:
+        probabilities = batch.probabilities[row]
+        predictions = output.top_predictions(probabilities, names, top)
+        written, warnings = [], []
+        for class_index, score, raw in zip(batch.classes[row], batch.scores[row], batch.maps[row]):
+            class_index = int(class_index)
+            label = names[class_index] if class_index < len(names) else str(class_index)
+            heatmap = render.normalise(raw)
+            if not heatmap.any():
+                warnings.append(
+                    f"warning: {source.shown}: the {options.method} map for class {class_index} ({label}) is all zero"
+                )
+            written.append(_write(source, original, heatmap, class_index, label, float(score), probabilities, options))
+        return ImageResult(source, predictions=predictions, explanations=written, warnings=warnings)
+
+    return finish
+
+
+def _write(
+    source: Source,
+    original: np.ndarray,
+    heatmap: np.ndarray,
+    class_index: int,
+    label: str,
+    score: float,
+    probabilities: np.ndarray,
+    options: RenderOptions,
+) -> Explanation:
+    def name(suffix: str) -> str:
+        return output.explanation_name(source.stem, options.method, class_index, label, suffix).as_posix()
+
+    probability = float(probabilities[class_index])
+    rank = int(np.sum(probabilities > probabilities[class_index])) + 1
+    blended = render.overlay(original, heatmap, options.colormap, options.alpha)
+    overlay = name(options.image_format)
+    heatmap_file = name("npy") if options.save_heatmap else None
+    figure_file = name("figure.png") if options.figure else None
+    try:
+        output.write_atomic(options.out_dir / overlay, render.encode(blended, options.image_format))
+        if heatmap_file:
+            output.write_atomic(options.out_dir / heatmap_file, output.npy_bytes(heatmap))
+        if figure_file:
+            title = f"{label} ({class_index}): p = {probability:.3f}, {options.method} at {options.layer}"
+            picture = render.figure(original, heatmap, blended, title, options.colormap)
+            output.write_atomic(options.out_dir / figure_file, picture)
+    except OSError as error:
+        # A full disk or a read-only folder fails every image alike: stop the batch, once.
+        raise ExplainError(f"cannot write to {options.out_dir}: {error.strerror or error}") from None
+    return Explanation(
+        image=source.shown,
+        class_index=class_index,
+        label=label,
+        rank=rank,
+        probability=probability,
+        score=score,
+        layer=options.layer,
+        method=options.method,
+        heatmap=heatmap,
+        overlay=overlay,
+        heatmap_file=heatmap_file,
+        figure_file=figure_file,
+    )
+
+
+def manifest_record(explanation: Explanation, model: str) -> dict:
+    return {
+        "image": explanation.image,
+        "model": model,
+        "layer": explanation.layer,
+        "method": explanation.method,
+        "class_index": explanation.class_index,
+        "label": explanation.label,
+        "score": explanation.probability,
+        "target_score": explanation.score,
+        "rank": explanation.rank,
+        "overlay": explanation.overlay,
+        "heatmap": explanation.heatmap_file,
+        "figure": explanation.figure_file,
+    }

@@ -1,0 +1,90 @@
+"""From a map at layer resolution to pictures: normalise, upsample, colour, blend, panel figures.
+
+numpy and Pillow only (matplotlib for colormap tables and figures); never TensorFlow.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def normalise(heatmap: np.ndarray) -> np.ndarray:
+    """heatmap / max(heatmap), as float32 in [0, 1]; an all-zero (or negative) map stays all zero."""
+    heatmap = np.maximum(np.asarray(heatmap, dtype=np.float32), 0.0)
+    peak = float(heatmap.max()) if heatmap.size else 0.0
+    if not np.isfinite(peak) or peak <= 0.0:
+        return np.zeros_like(heatmap)
+    return heatmap / peak
+
+
+def upsample(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear resize of a 2-D float map to (height, width)."""
+    image = Image.fromarray(np.ascontiguousarray(heatmap, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def colormap_table(name: str) -> np.ndarray:
+    """A matplotlib colormap as a (256, 3) uint8 lookup table."""
+    from matplotlib import colormaps
+
+    colormap = colormaps[name]  # KeyError for an unknown name
+    return (colormap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def is_colormap(name: str) -> bool:
+    from matplotlib import colormaps
+
+    return name in colormaps
+
+
+def colorize(heatmap01: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """A [0, 1] map as an (h, w, 3) uint8 image through the colormap's table."""
+    indices = np.clip(np.rint(heatmap01 * 255.0), 0, 255).astype(np.uint8)
+    return colormap_table(colormap)[indices]
+
+
+def blend(original: np.ndarray, colored: np.ndarray, alpha: float) -> np.ndarray:
+    """(1 - alpha) · original + alpha · colored, as uint8."""
+    mixed = (1.0 - alpha) * original.astype(np.float32) + alpha * colored.astype(np.float32)
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+def overlay(original: np.ndarray, heatmap01: np.ndarray, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
+    """The normalised layer-resolution map, upsampled to the original image, coloured and blended on it."""
+    height, width = original.shape[:2]
+    return blend(original, colorize(upsample(heatmap01, width, height), colormap), alpha)
+
+
+def encode(image: np.ndarray, image_format: str) -> bytes:
+    """An (h, w, 3) uint8 image as JPEG (quality 90) or PNG bytes."""
+    buffer = io.BytesIO()
+    picture = Image.fromarray(image)
+    if image_format == "jpg":
+        picture.save(buffer, format="JPEG", quality=90)
+    else:
+        picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def figure(original: np.ndarray, heatmap01: np.ndarray, blended: np.ndarray, title: str, colormap: str) -> bytes:
+    """A PNG panel: original | heatmap | overlay, titled."""
+    from matplotlib.figure import Figure
+
+    height, width = original.shape[:2]
+    panel = Figure(figsize=(12, 4.4), dpi=100)
+    axes = panel.subplots(1, 3)
+    shown = [original, upsample(heatmap01, width, height), blended]
+    for ax, picture, caption in zip(axes, shown, ("original", "heatmap", "overlay")):
+        ax.imshow(picture, cmap=colormap if picture.ndim == 2 else None, vmin=0.0, vmax=1.0)
+        ax.set_title(caption)
+        ax.axis("off")
+    panel.suptitle(title)
+    panel.tight_layout()
+    buffer = io.BytesIO()
+    panel.savefig(buffer, format="png")
+    return buffer.getvalue()

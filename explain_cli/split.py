@@ -1,0 +1,274 @@
+"""Cut a Keras model at a layer into a feature part and a head part that share its weights.
+
+The model's functional graph is flattened into a list of steps (nested models are entered, so
+`resnet50/conv5_block3_out` is a step like any other). Cutting at a step's output A gives:
+
+- features(x) -> (A, skips): the steps A depends on, plus any tensor the head needs that is not
+  downstream of A (a skip connection crossing the cut);
+- head(A, skips) -> logits: the steps downstream of A, replayed with the same layer objects.
+
+head(features(x)) is exactly the model's own function, so ∂logits/∂A is the model's own gradient.
+Nothing here changes the user's model: no layer is rebuilt, re-activated or re-wired.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from explain_cli.errors import ExplainError
+
+Tensor = Any  # a tf.Tensor; kept abstract so this module imports without TensorFlow
+
+
+@dataclass(frozen=True)
+class Step:
+    """One layer call of the flattened graph, reading and writing numbered values."""
+
+    name: str  # qualified: "resnet50/conv5_block3_out" inside a nested model
+    layer: Any
+    arguments: Any  # the call's structure (Keras' SymbolicArguments), filled in at run time
+    inputs: tuple[tuple[int, int], ...]  # (id of the Keras tensor in `arguments`, value number)
+    outputs: tuple[int, ...]
+    output_shapes: tuple[tuple[int | None, ...], ...]
+    takes_training: bool
+
+    def run(self, values: dict[int, Tensor]) -> None:
+        args, kwargs = self.arguments.fill_in({key: values[v] for key, v in self.inputs})
+        if self.takes_training:
+            kwargs["training"] = False
+        result = self.layer(*args, **kwargs)
+        results = result if isinstance(result, (list, tuple)) else [result]
+        for number, value in zip(self.outputs, results):
+            values[number] = value
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A model as a topologically ordered list of steps from one input to one output."""
+
+    steps: tuple[Step, ...]
+    input: int
+    output: int
+
+    def layers_4d(self) -> list[Step]:
+        """The steps whose output is a 4-D feature map (batch, height, width, channels)."""
+        return [s for s in self.steps if len(s.outputs) == 1 and len(s.output_shapes[0]) == 4]
+
+    def find(self, name: str) -> Step:
+        """The step called `name`, qualified (`resnet50/conv5_block3_out`) or not, if unambiguous."""
+        exact = [s for s in self.steps if s.name == name]
+        short = [s for s in self.steps if s.name.rsplit("/", 1)[-1] == name]
+        hits = exact or short
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            names = ", ".join(s.name for s in hits)
+            raise ExplainError(f"layer {name!r} is ambiguous: it matches {names}")
+        raise ExplainError(self._unknown_layer_message(name))
+
+    def _unknown_layer_message(self, name: str) -> str:
+        names = [s.name for s in self.layers_4d()]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        close += [n for n in difflib.get_close_matches(name, [n.rsplit("/", 1)[-1] for n in names], n=3)
+                  if n not in close]
+        tail = ", ".join(names[-3:])
+        hint = f"did you mean {', '.join(close[:3])}? " if close else ""
+        return f"unknown layer {name!r}: {hint}last explainable layers: {tail} (see `explain layers`)"
+
+    def run(self, steps: Sequence[Step], values: dict[int, Tensor]) -> dict[int, Tensor]:
+        for step in steps:
+            step.run(values)
+        return values
+
+
+def flatten(model: Any) -> Graph:
+    """The model's call graph as steps, entering nested functional and Sequential models."""
+    function = _functional(model)
+    if function is None:
+        raise ExplainError(
+            f"model {model.name!r} is a subclassed Keras model: only functional and Sequential models can be explained"
+        )
+    if len(function.inputs) != 1 or len(function.outputs) != 1:
+        raise ExplainError(
+            f"model {model.name!r} has {len(function.inputs)} inputs and {len(function.outputs)} outputs:"
+            " only single-input, single-output classifiers can be explained"
+        )
+    numbers = itertools.count()
+    input_number = next(numbers)
+    steps: list[Step] = []
+    (output,) = _flatten_into(function, [input_number], "", steps, numbers)
+    return Graph(steps=tuple(steps), input=input_number, output=output)
+
+
+def _functional(model: Any) -> Any | None:
+    """The Functional graph behind a model: itself, a Sequential's inner one, or None (subclassed)."""
+    if hasattr(model, "_nodes_by_depth") and hasattr(model, "inputs"):
+        return model
+    inner = getattr(model, "_functional", None)  # a built Sequential keeps its graph here
+    return inner if inner is not None and hasattr(inner, "_nodes_by_depth") else None
+
+
+def _flatten_into(function: Any, input_numbers: list[int], prefix: str, steps: list[Step], numbers) -> list[int]:
+    from keras import KerasTensor, tree
+
+    known = {id(t): n for t, n in zip(function.inputs, input_numbers)}
+    for depth in sorted(function._nodes_by_depth, reverse=True):
+        for node in function._nodes_by_depth[depth]:
+            if node.is_input or node.operation is None:
+                continue
+            layer = node.operation
+            tensors = node.arguments.keras_tensors
+            inner = _functional(layer)
+            kwargs_hold_tensors = any(isinstance(v, KerasTensor) for v in tree.flatten(node.arguments.kwargs))
+            if inner is not None and len(inner.inputs) == len(tensors) and not kwargs_hold_tensors:
+                inner_in = [known[id(t)] for t in tensors]
+                inner_out = _flatten_into(inner, inner_in, f"{prefix}{layer.name}/", steps, numbers)
+                known.update({id(t): n for t, n in zip(node.outputs, inner_out)})
+                continue
+            outputs = tuple(next(numbers) for _ in node.outputs)
+            known.update({id(t): n for t, n in zip(node.outputs, outputs)})
+            steps.append(
+                Step(
+                    name=prefix + layer.name,
+                    layer=layer,
+                    arguments=node.arguments,
+                    inputs=tuple((id(t), known[id(t)]) for t in tensors),
+                    outputs=outputs,
+                    output_shapes=tuple(tuple(t.shape) for t in node.outputs),
+                    takes_training=_takes_training(layer),
+                )
+            )
+    return [known[id(t)] for t in function.outputs]
+
+
+def _takes_training(layer: Any) -> bool:
+    try:
+        return "training" in inspect.signature(layer.call).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Split:
+    """A model cut at `layer`: head(*features(x)) are the model's logits."""
+
+    layer: str
+    feature_shape: tuple[int | None, ...]
+    activation: str  # how logits become probabilities: "softmax", "sigmoid" or "linear"
+    features: Callable[[Tensor], tuple[Tensor, tuple[Tensor, ...]]]
+    head: Callable[[Tensor, tuple[Tensor, ...]], Tensor]
+
+
+_PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def split(graph: Graph, layer: str) -> Split:
+    """Cut `graph` after the layer named `layer` (see the module docstring)."""
+    cut = graph.find(layer)
+    if len(cut.outputs) != 1 or len(cut.output_shapes[0]) != 4:
+        shapes = ", ".join(str(s) for s in cut.output_shapes)
+        raise ExplainError(
+            f"layer {cut.name!r} has output shape {shapes}: Grad-CAM needs a 4-D feature map (see `explain layers`)"
+        )
+    logit_number, activation, steps = _pre_activation(graph)
+    a = cut.outputs[0]
+
+    downstream = {a}
+    head: list[Step] = []
+    for step in steps:
+        if any(number in downstream for _, number in step.inputs):
+            head.append(step)
+            downstream.update(step.outputs)
+    if logit_number not in downstream:
+        raise ExplainError(f"layer {cut.name!r} does not feed the model's output, so it cannot explain it")
+    head = _needed(head, {logit_number})
+    made_by_head = {n for s in head for n in s.outputs}
+    skips = tuple(sorted({n for s in head for _, n in s.inputs if n not in made_by_head and n != a}))
+    features = _needed([s for s in steps if s not in head], {a, *skips})
+
+    def run_features(x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        values = graph.run(features, {graph.input: x})
+        return values[a], tuple(values[n] for n in skips)
+
+    def run_head(activations: Tensor, skip_values: tuple[Tensor, ...]) -> Tensor:
+        values = graph.run(head, {a: activations, **dict(zip(skips, skip_values))})
+        return values[logit_number]
+
+    return Split(
+        layer=cut.name,
+        feature_shape=cut.output_shapes[0],
+        activation=activation,
+        features=run_features,
+        head=run_head,
+    )
+
+
+def logits(graph: Graph) -> tuple[Callable[[Tensor], Tensor], str]:
+    """The whole model up to its logits, and how they become probabilities (uncut, for predictions)."""
+    logit_number, activation, steps = _pre_activation(graph)
+    steps = _needed(steps, {logit_number})
+
+    def run_logits(x: Tensor) -> Tensor:
+        return graph.run(steps, {graph.input: x})[logit_number]
+
+    return run_logits, activation
+
+
+def _needed(steps: Sequence[Step], wanted: set[int]) -> list[Step]:
+    """The steps (in order) that contribute to the values numbered in `wanted`."""
+    wanted = set(wanted)
+    kept: list[Step] = []
+    for step in reversed(steps):
+        if wanted.intersection(step.outputs):
+            kept.append(step)
+            wanted.update(n for _, n in step.inputs)
+    return kept[::-1]
+
+
+def _pre_activation(graph: Graph) -> tuple[int, str, list[Step]]:
+    """Where the logits are, how the model turns them into probabilities, and the steps to run.
+
+    The Grad-CAM paper differentiates the class score before the softmax. A final softmax or
+    sigmoid (an activation layer, or a Dense's own activation) is left out of the steps; in the
+    Dense case the step calls a shallow copy of the layer with a linear activation, which shares
+    the layer's variables and leaves the user's layer as it was.
+    """
+    steps = list(graph.steps)
+    last = next(s for s in reversed(steps) if graph.output in s.outputs)
+    kind = _activation_name(last.layer)
+    if kind not in _PROBABILITY_ACTIVATIONS:
+        return graph.output, "linear", steps
+    if _is_activation_layer(last.layer):
+        ((_, logits),) = last.inputs
+        steps.remove(last)
+        return logits, kind, steps
+    from keras import activations
+
+    linear = copy.copy(last.layer)
+    object.__setattr__(linear, "activation", activations.linear)
+    steps[steps.index(last)] = Step(
+        name=last.name,
+        layer=linear,
+        arguments=last.arguments,
+        inputs=last.inputs,
+        outputs=last.outputs,
+        output_shapes=last.output_shapes,
+        takes_training=last.takes_training,
+    )
+    return graph.output, kind, steps
+
+
+def _is_activation_layer(layer: Any) -> bool:
+    return type(layer).__name__ in ("Activation", "Softmax")
+
+
+def _activation_name(layer: Any) -> str:
+    if type(layer).__name__ == "Softmax":
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "linear") if activation is not None else "linear"
