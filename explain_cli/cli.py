@@ -157,7 +157,7 @@ def layers(**options: Any) -> None:
     default = explainer.default_layer(graph, model)
     rows = [(s.name, str(tuple(s.output_shapes[0][1:]))) for s in graph.layers_4d()]
     width = max((len(name) for name, _ in rows), default=0)
-    stdout = click.get_text_stream("stdout")
+    stdout = sys.stdout
     for name, shape in rows:
         mark = "*" if name == default else " "
         stdout.write(f"{mark} {name:<{width}}  {shape}\n")
@@ -175,10 +175,11 @@ def _explain(method: str, **options: Any) -> None:
     model = _load(options)
     classes = [_resolve_class(model, spec) for spec in options["class_specs"]]
     graph = explainer.graph_of(model)
+    default = explainer.default_layer(graph, model)
     try:
-        cut = split.split(graph, options["layer"] or explainer.default_layer(graph, model))
+        cut = split.split(graph, options["layer"] or default)
     except ExplainError as error:
-        raise click.BadParameter(str(error), param_hint="--layer") from None
+        raise click.BadParameter(f"{error}; default: {default}", param_hint="--layer") from None
     chosen = "" if options["layer"] else " (default)"
     click.echo(f"{model.name}: {method} at layer {cut.layer}{chosen}", err=True)
     step = explainer.compile_explain(
@@ -207,7 +208,7 @@ def _explain(method: str, **options: Any) -> None:
 
 
 def _sources(options: dict, skip_dir: Path | None) -> list[inputs.Source]:
-    sources = inputs.discover(options["sources"], click.get_text_stream("stdin"), skip_dir)
+    sources = inputs.discover(options["sources"], sys.stdin, skip_dir)
     if not sources:
         raise click.UsageError("no images found in the inputs given")
     return sources
@@ -234,14 +235,14 @@ def _size(model: models.LoadedModel) -> tuple[int, int, int]:
 def _style(options: dict) -> str:
     if options["as_json"]:
         return "json"
-    return "table" if click.get_text_stream("stdout").isatty() else "tsv"
+    return "table" if sys.stdout.isatty() else "tsv"
 
 
 def _report(results: Iterable[Any], total: int, style: str, manifest: output.Manifest | None = None,
             model_name: str = "") -> None:
     """Print each result as it comes (stdout: predictions; stderr: errors, warnings, progress, summary)."""
-    stdout = click.get_text_stream("stdout")
-    stderr = click.get_text_stream("stderr")
+    stdout = sys.stdout
+    stderr = sys.stderr
     failed: list[str] = []
     done = explained = 0
     progress = click.progressbar(length=total, file=stderr, label="explain") if stderr.isatty() else None

@@ -73,12 +73,11 @@ class Graph:
 
     def _unknown_layer_message(self, name: str) -> str:
         names = [s.name for s in self.layers_4d()]
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        close += [n for n in difflib.get_close_matches(name, [n.rsplit("/", 1)[-1] for n in names], n=3)
-                  if n not in close]
-        tail = ", ".join(names[-3:])
-        hint = f"did you mean {', '.join(close[:3])}? " if close else ""
-        return f"unknown layer {name!r}: {hint}last explainable layers: {tail} (see `explain layers`)"
+        short = {n.rsplit("/", 1)[-1]: n for n in names}
+        close = set(difflib.get_close_matches(name, names, n=3, cutoff=0.6))
+        close |= {short[n] for n in difflib.get_close_matches(name, list(short), n=3, cutoff=0.6)}
+        hint = f"did you mean {', '.join(n for n in names if n in close)}? " if close else ""
+        return f"unknown layer {name!r}: {hint}last explainable layers: {', '.join(names[-5:])} (see `explain layers`)"
 
     def run(self, steps: Sequence[Step], values: dict[int, Tensor]) -> dict[int, Tensor]:
         for step in steps:

@@ -1,0 +1,66 @@
+"""Rendering with numpy and Pillow alone: normalise, upsample, colour, blend, encode."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from explain_cli import render
+
+
+def test_normalise_divides_by_the_peak():
+    np.testing.assert_allclose(render.normalise(np.array([[0.0, 2.0], [1.0, 4.0]])), [[0, 0.5], [0.25, 1]])
+
+
+@pytest.mark.parametrize("flat", [np.zeros((3, 3)), -np.ones((3, 3)), np.full((3, 3), np.nan)])
+def test_normalise_leaves_an_empty_map_zero(flat):
+    result = render.normalise(flat)
+    assert result.dtype == np.float32 and not result.any() and result.shape == (3, 3)
+
+
+def test_upsample_is_bilinear_between_centres():
+    up = render.upsample(np.array([[0.0, 1.0]], np.float32), width=4, height=2)
+    assert up.shape == (2, 4)
+    # Pixel centres of the 2-wide map sit at x = 1 and x = 3 of the 4-wide one (half-pixel alignment).
+    np.testing.assert_allclose(up[0], [0.0, 0.25, 0.75, 1.0], atol=1e-6)
+    np.testing.assert_allclose(up[0], up[1])
+
+
+def test_colorize_uses_matplotlib_colormap():
+    from matplotlib import colormaps
+
+    values = np.array([[0.0, 0.5, 1.0]])
+    expected = np.rint(colormaps["jet"](np.array([0, 128, 255]) / 255.0)[:, :3] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(render.colorize(values, "jet")[0], expected)
+    assert tuple(render.colorize(values, "viridis")[0, 0]) != tuple(expected[0])
+
+
+def test_blend_weights_the_heatmap_by_alpha():
+    original = np.full((1, 1, 3), 100, np.uint8)
+    colored = np.full((1, 1, 3), 200, np.uint8)
+    assert render.blend(original, colored, 0.4)[0, 0, 0] == 140
+    assert render.blend(original, colored, 0.0)[0, 0, 0] == 100
+    assert render.blend(original, colored, 1.0)[0, 0, 0] == 200
+
+
+def test_overlay_has_the_original_size_and_pixels():
+    original = np.full((30, 50, 3), 100, np.uint8)
+    heatmap = np.zeros((7, 7), np.float32)
+    heatmap[:, 4:] = 1.0  # hot on the right
+    out = render.overlay(original, heatmap, "jet", alpha=0.4)
+    assert out.shape == (30, 50, 3)
+    jet = render.colormap_table("jet").astype(float)
+    np.testing.assert_array_equal(out[15, -1], np.rint(60 + 0.4 * jet[255]).astype(np.uint8))
+    np.testing.assert_array_equal(out[15, 0], np.rint(60 + 0.4 * jet[0]).astype(np.uint8))
+
+
+@pytest.mark.parametrize("image_format, pil_format", [("jpg", "JPEG"), ("png", "PNG")])
+def test_encode(image_format, pil_format):
+    image = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    decoded = Image.open(io.BytesIO(render.encode(image, image_format)))
+    assert decoded.format == pil_format and decoded.size == (30, 20)
+    if image_format == "png":
+        np.testing.assert_array_equal(np.asarray(decoded), image)
