@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -133,10 +134,19 @@ def _download_failure(name: str, error: Exception) -> str:
 def _load_weights(model: Any, path: Path, name: str) -> None:
     if not path.is_file():
         raise ExplainError(f"{path}: weights file not found")
-    try:
-        model.load_weights(str(path))
-    except Exception as error:  # h5py, Keras and ValueError all surface here
-        raise ExplainError(f"{path}: cannot load these weights into {name}: {_first_line(error)}") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(str(path))
+        except Exception as error:  # h5py, Keras and ValueError all surface here
+            raise ExplainError(f"{path}: cannot load these weights into {name}: {_first_line(error)}") from None
+    # Keras only warns when part of a file does not match, leaving those layers random: explanations
+    # of a half-loaded model would look plausible and mean nothing, so that is an error here.
+    skipped = [w for w in caught if "freshly-initialized" in str(w.message) or "Skipping" in str(w.message)]
+    if skipped:
+        raise ExplainError(
+            f"{path}: these weights do not match {name}: {len(skipped)} parts were not found in the file"
+        )
 
 
 def _load_file(path: Path) -> Any:

@@ -254,3 +254,29 @@ def test_nested_user_model_with_1000_imagenet_names(keras, tmp_path, photo_tree)
     from explain_cli.labels import imagenet
 
     assert record["layer"] == "block/c" and record["label"] == imagenet().names[record["class_index"]]
+    listed = run("layers", "--model", path)
+    assert listed.stdout.split() == ["*", "block/c", "(30,", "30,", "4)"]  # nested layers listed by path
+
+
+def test_legacy_h5_weights_load_like_weights_h5(keras, resnet50_weights, tmp_path, photo_tree):
+    """The legacy .h5 layout Keras downloads loads through --weights too, with the same predictions."""
+    from keras.src.legacy.saving import legacy_h5_format
+    import h5py
+
+    model = keras.applications.ResNet50(weights=None)
+    model.load_weights(resnet50_weights)
+    legacy = tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+    with h5py.File(legacy, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, model)
+    image = photo_tree / "b.jpg"
+    modern = run("predict", image, "--weights", resnet50_weights)
+    old = run("predict", image, "--weights", legacy)
+    assert modern.exit_code == old.exit_code == 0
+    assert tsv_rows(old.stdout) == tsv_rows(modern.stdout) and len(tsv_rows(old.stdout)) == 5
+
+
+def test_weights_for_another_model_are_one_line(vgg16_weights, photo_tree):
+    result = run("predict", photo_tree / "b.jpg", "--weights", vgg16_weights)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {vgg16_weights}: cannot load these weights into resnet50: ")
+    assert result.stderr.count("\n") == 1

@@ -148,3 +148,17 @@ def test_each_image_in_a_batch_gets_its_own_map(tiny_model):
         alone = step(images[i : i + 1])
         np.testing.assert_allclose(together.maps[i], alone.maps[0], rtol=1e-4, atol=1e-6)
         np.testing.assert_array_equal(together.classes[i], alone.classes[0])
+
+
+def test_compiled_steps_trace_once_for_any_batch_size(tiny_model):
+    """Full batches and the last partial one run through the same traced graph: no retracing."""
+    model = models.load(str(tiny_model))
+    graph = explainer.graph_of(model)
+    explain = explainer.compile_explain(model, split.split(graph, "conv3"), "gradcam", top_k=2)
+    predict = explainer.compile_predict(model, graph)
+    images = np.zeros((4, 64, 64, 3), np.uint8)
+    for size in (4, 4, 1, 3):
+        explain(images[:size])
+        predict(images[:size])
+    assert explain.traced.experimental_get_tracing_count() == 1
+    assert predict.traced.experimental_get_tracing_count() == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -42,3 +43,31 @@ except SystemExit as done:
 def test_python_dash_m_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "explain_cli", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "gradcam" in done.stdout and "predict" in done.stdout
+
+
+def test_keras_runs_on_tensorflow_whatever_keras_json_says(tmp_path):
+    (tmp_path / "keras.json").write_text('{"backend": "jax"}')
+    body = """
+from explain_cli.backend import load_tensorflow
+tf, keras = load_tensorflow()
+assert keras.backend.backend() == "tensorflow", keras.backend.backend()
+"""
+    env = {**os.environ, "KERAS_HOME": str(tmp_path), "KERAS_BACKEND": "jax"}
+    done = subprocess.run([sys.executable, "-c", CHECK.format(body=body)], capture_output=True, text=True,
+                          timeout=180, env=env)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_real_run_keeps_stdout_for_data_and_stderr_free_of_tensorflow_noise(tiny_model, photo_tree, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "explain_cli", "gradcam", str(photo_tree), "--model", str(tiny_model),
+         "-o", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("\t") for line in done.stdout.splitlines()]
+    assert len(rows) == 9 and all(len(row) == 5 for row in rows)
+    assert done.stderr.splitlines() == [
+        "tiny.keras: gradcam at layer conv3 (default)",
+        f"3 of 3 images done, 3 explanations written to {tmp_path / 'out'}",
+    ]
