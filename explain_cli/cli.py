@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import click
 
-from explain_cli import __version__, inputs, models, output, render
+from explain_cli import __version__, inputs, models, output, pipeline, render
 from explain_cli.errors import ExplainError
 
 
@@ -136,7 +136,7 @@ def gradcam(**options: Any) -> None:
 @_model_options
 def predict(**options: Any) -> None:
     """Print the top predictions for each image; write nothing."""
-    from explain_cli import explainer, pipeline
+    from explain_cli import explainer
 
     sources = _sources(options, skip_dir=None)
     model = _load(options)
@@ -157,14 +157,13 @@ def layers(**options: Any) -> None:
     default = explainer.default_layer(graph, model)
     rows = [(s.name, str(tuple(s.output_shapes[0][1:]))) for s in graph.layers_4d()]
     width = max((len(name) for name, _ in rows), default=0)
-    stdout = sys.stdout
     for name, shape in rows:
         mark = "*" if name == default else " "
-        stdout.write(f"{mark} {name:<{width}}  {shape}\n")
+        sys.stdout.write(f"{mark} {name:<{width}}  {shape}\n")
 
 
 def _explain(method: str, **options: Any) -> None:
-    from explain_cli import explainer, pipeline, split
+    from explain_cli import explainer, split
 
     if options["class_specs"] and options["top_k"]:
         raise click.UsageError("--class and --top-k are exclusive: explain named classes or the top N")
@@ -173,7 +172,11 @@ def _explain(method: str, **options: Any) -> None:
     out_dir: Path = options["output_dir"]
     sources = _sources(options, skip_dir=out_dir)
     model = _load(options)
-    classes = [_resolve_class(model, spec) for spec in options["class_specs"]]
+    classes = list(dict.fromkeys(_resolve_class(model, spec) for spec in options["class_specs"]))
+    if options["top_k"] and options["top_k"] > len(model.labels):
+        raise click.BadParameter(
+            f"{options['top_k']} is more than the model's {len(model.labels)} classes", param_hint="--top-k"
+        )
     graph = explainer.graph_of(model)
     default = explainer.default_layer(graph, model)
     try:
@@ -257,10 +260,8 @@ def _report(results: Iterable[Any], total: int, style: str, manifest: output.Man
                     _stderr_line(warning, progress)
                 output.write_predictions(stdout, result.source.shown, result.predictions, style)
                 if manifest is not None:
-                    from explain_cli.pipeline import manifest_record
-
                     for explanation in result.explanations:
-                        manifest.append(manifest_record(explanation, model_name))
+                        manifest.append(pipeline.manifest_record(explanation, model_name))
                         explained += 1
             if progress is not None:
                 progress.update(1)

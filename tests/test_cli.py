@@ -280,3 +280,14 @@ def test_weights_for_another_model_are_one_line(vgg16_weights, photo_tree):
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: {vgg16_weights}: cannot load these weights into resnet50: ")
     assert result.stderr.count("\n") == 1
+
+
+def test_top_k_beyond_the_classes_is_a_usage_error(tiny, photo_tree):
+    result = run("gradcam", photo_tree, "--top-k", "4", *tiny)
+    assert result.exit_code == 2 and "4 is more than the model's 3 classes" in result.stderr
+
+
+def test_a_class_named_twice_is_explained_once(tiny, photo_tree, tmp_path):
+    out = tmp_path / "out"
+    result = run("gradcam", photo_tree / "b.jpg", "-o", out, "--class", "blue", "--class", "2", *tiny)
+    assert result.exit_code == 0 and [r["class_index"] for r in manifest(out)] == [2]
