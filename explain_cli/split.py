@@ -157,7 +157,6 @@ class Split:
     """A model cut at `layer`: head(*features(x)) are the model's logits."""
 
     layer: str
-    feature_shape: tuple[int | None, ...]
     activation: str  # how logits become probabilities: "softmax", "sigmoid" or "linear"
     features: Callable[[Tensor], tuple[Tensor, tuple[Tensor, ...]]]
     head: Callable[[Tensor, tuple[Tensor, ...]], Tensor]
@@ -200,7 +199,6 @@ def split(graph: Graph, layer: str) -> Split:
 
     return Split(
         layer=cut.name,
-        feature_shape=cut.output_shapes[0],
         activation=activation,
         features=run_features,
         head=run_head,

@@ -1,0 +1,156 @@
+"""Measure `explain` against plain inference on this machine; prints one Markdown table.
+
+    .venv/bin/python benchmarks/bench.py [--images 256] [--runs 3] [--memory 100,2000]
+
+Everything is built locally: a random-weight ResNet50 saved to a file, and photos made from
+sample_images at sizes from 300 to 2000 px. Whole processes are timed (start-up included) and the
+median of --runs is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = (300, 2000, 640, 1200, 480, 1600, 800, 1024)
+
+
+def make_weights(workdir: Path) -> Path:
+    path = workdir / "resnet50.weights.h5"
+    if not path.exists():
+        code = (
+            "import sys; from explain_cli.backend import load_tensorflow; tf, keras = load_tensorflow();"
+            "keras.utils.set_random_seed(0); keras.applications.ResNet50(weights=None).save_weights(sys.argv[1])"
+        )
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    return path
+
+
+def make_images(workdir: Path, count: int) -> Path:
+    from PIL import Image
+
+    folder = workdir / f"images_{count}"
+    if folder.exists() and len(list(folder.iterdir())) == count:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    samples = sorted((ROOT / "sample_images").glob("*.[jp][pn]g"))
+    originals = [Image.open(p).convert("RGB") for p in samples]
+    for i in range(count):
+        image = originals[i % len(originals)]
+        scale = SIZES[i % len(SIZES)] / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image.resize(size, Image.Resampling.BILINEAR).save(folder / f"img{i:05d}.jpg", quality=90)
+    return folder
+
+
+def timed(command: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (MiB) of one whole process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
+    return elapsed, usage.ru_maxrss // 1024
+
+
+def median_time(command: list[str], runs: int) -> float:
+    return statistics.median(timed(command)[0] for _ in range(runs))
+
+
+def explain_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "explain_cli", *args]
+
+
+def breakdown(weights: Path, image: Path, out: Path) -> list[tuple[str, float]]:
+    """Fixed costs of `explain gradcam one.jpg`, stage by stage, in a fresh process."""
+    code = f"""
+import time, numpy as np
+t = [time.perf_counter()]
+from explain_cli.backend import load_tensorflow; load_tensorflow(); t.append(time.perf_counter())
+import keras; m = keras.applications.ResNet50(weights=None); t.append(time.perf_counter())
+m.load_weights({str(weights)!r}); t.append(time.perf_counter())
+from explain_cli import explainer, inputs, models, pipeline, split, render, output
+from explain_cli.labels import imagenet
+model = models.LoadedModel("resnet50", m, 224, 224, 3, keras.applications.resnet50.preprocess_input,
+                           "conv5_block3_out", imagenet())
+graph = explainer.graph_of(model); cut = split.split(graph, "conv5_block3_out")
+step = explainer.compile_explain(model, cut, "gradcam")
+source = inputs.discover([{str(image)!r}], None)[0]
+rgb = inputs.decode(source); x = inputs.model_input(rgb, 224, 224, 3)[None]
+step(x); t.append(time.perf_counter())
+result = step(x); t.append(time.perf_counter())
+from pathlib import Path
+blend = render.overlay(rgb, render.normalise(result.maps[0, 0]))
+output.write_atomic(Path({str(out)!r}) / "one.jpg", render.encode(blend, "jpg")); t.append(time.perf_counter())
+print(" ".join(f"{{b - a:.3f}}" for a, b in zip(t, t[1:])))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    values = [float(v) for v in done.stdout.split()]
+    names = ["import tensorflow + keras", "build ResNet50", "load weights (.weights.h5)",
+             "split + first trace + first call", "compute (second call, 1 image)", "render + write JPEG"]
+    return list(zip(names, values))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--memory", default="100,2000", help="two folder sizes whose peak RSS is compared")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "explain-bench")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    weights = make_weights(args.workdir)
+    folder = make_images(args.workdir, args.images)
+    out = args.workdir / "out"
+    rows: list[tuple[str, str]] = []
+
+    baseline = median_time([sys.executable, str(ROOT / "benchmarks" / "baseline_predict.py"), str(weights),
+                            str(folder)], args.runs)
+    top1 = median_time(explain_cmd("gradcam", str(folder), "--weights", str(weights), "-o", str(out)), args.runs)
+    top5 = median_time(explain_cmd("gradcam", str(folder), "--weights", str(weights), "-o", str(out),
+                                   "--top-k", "5"), args.runs)
+    predict = median_time(explain_cmd("predict", str(folder), "--weights", str(weights)), args.runs)
+    n = args.images
+    rows += [
+        (f"plain inference baseline, {n} images", f"{baseline:.1f} s ({n / baseline:.1f} images/s)"),
+        (f"`explain predict`, {n} images", f"{predict:.1f} s ({n / predict:.1f} images/s)"),
+        (f"`explain gradcam`, {n} images, top-1, overlays written", f"{top1:.1f} s ({n / top1:.1f} images/s)"),
+        ("target 1: gradcam images/s ÷ baseline images/s (≥ 0.85)", f"{baseline / top1:.2f}×"),
+        (f"`explain gradcam --top-k 5`, {n} images", f"{top5:.1f} s"),
+        ("target 3: top-5 time ÷ top-1 time (≤ 1.15)", f"{top5 / top1:.2f}×"),
+    ]
+
+    help_time = statistics.median(timed(explain_cmd("--help"))[0] for _ in range(5))
+    rows.append(("target 4: `explain --help` (≤ 0.3 s)", f"{help_time:.2f} s"))
+    one = folder / "img00000.jpg"
+    for name, seconds in breakdown(weights, one, out):
+        rows.append((f"one image: {name}", f"{seconds:.2f} s"))
+
+    small, large = (int(v) for v in args.memory.split(","))
+    rss = {}
+    for count in (small, large):
+        images = make_images(args.workdir, count)
+        rss[count] = timed(explain_cmd("gradcam", str(images), "--weights", str(weights), "-o", str(out)))[1]
+        rows.append((f"peak RSS, `explain gradcam` on {count} images", f"{rss[count]} MiB"))
+    rows.append((f"target 5: RSS {large} ÷ RSS {small} (≤ 1.10)", f"{rss[large] / rss[small]:.2f}×"))
+
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; ResNet50, batch 32, median of "
+          f"{args.runs} whole-process runs\n")
+    print("| measure | value |\n| --- | --- |")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
