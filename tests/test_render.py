@@ -64,3 +64,13 @@ def test_encode(image_format, pil_format):
     assert decoded.format == pil_format and decoded.size == (30, 20)
     if image_format == "png":
         np.testing.assert_array_equal(np.asarray(decoded), image)
+
+
+def test_fast_overlay_agrees_with_the_float_computation():
+    """Pillow's uint8 path stays within one colormap step of upsample → colorize → blend in float."""
+    rng = np.random.default_rng(1)
+    original = rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    heatmap = render.normalise(rng.random((7, 7)))
+    fast = render.overlay(original, heatmap, "jet", alpha=0.4).astype(int)
+    slow = render.blend(original, render.colorize(render.upsample(heatmap, 70, 45), "jet"), 0.4).astype(int)
+    assert np.abs(fast - slow).max() <= 4 and np.abs(fast - slow).mean() < 1.0
