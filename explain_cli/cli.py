@@ -7,9 +7,13 @@ Nothing here imports TensorFlow at module level, so `explain --help` is instant.
 from __future__ import annotations
 
 import functools
+import io
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 
@@ -54,7 +58,7 @@ def _model_options(command: Callable) -> Callable:
 
 
 def _input_options(command: Callable) -> Callable:
-    """INPUTS, --batch-size, --top, --json: what is read and how predictions are printed."""
+    """INPUTS, --batch-size, --top, --json, --max-pixels, --verbose: what is read and what is printed."""
     options = [
         click.argument("sources", nargs=-1, required=True, metavar="INPUTS..."),
         click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
@@ -63,22 +67,59 @@ def _input_options(command: Callable) -> Callable:
                      help="Predictions printed per image."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print predictions as JSON lines (default: a table on a terminal, TSV when piped)."),
+        click.option("--max-pixels", default=inputs.DEFAULT_MAX_PIXELS, show_default=True,
+                     type=click.IntRange(1), help="Refuse images with more pixels than this, before decoding."),
+        click.option("-v", "--verbose", is_flag=True,
+                     help="Say how each image was read (first frame of an animation, transparency, bit depth)."),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: stop, clean up, and exit 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class _Command(click.Command):
-    """A command whose run-time failures print one line and exit 1; Ctrl-C exits 130."""
+    """A command whose run-time failures print one line and exit 1; signals exit 130 (INT) or 143 (TERM)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            if threading.current_thread() is threading.main_thread():
+                for sig in previous:
+                    signal.signal(sig, _raise_interrupted)
             return super().invoke(ctx)
         except ExplainError as error:
             click.echo(f"error: {error}", err=True)
             ctx.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+        except (Interrupted, KeyboardInterrupt) as stop:
+            signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+            click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
+            ctx.exit(128 + signum)
+        except BrokenPipeError:
+            # `explain predict dir | head`: the reader left; stop quietly, like any Unix filter.
+            _silence_stdout()
+            ctx.exit(141)
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 class _Group(click.Group):
@@ -121,6 +162,9 @@ def cli() -> None:
               help="Overlay format: JPEG (quality 90, fast) or lossless PNG.")
 @click.option("--save-heatmap", is_flag=True, help="Also save the normalised map at layer resolution as .npy.")
 @click.option("--figure", is_flag=True, help="Also save a panel: original | heatmap | overlay.")
+@click.option("--skip-existing", is_flag=True,
+              help="Skip images already explained in OUTPUT_DIR (by its manifest, with their files present): "
+              "rerun an interrupted batch to finish it.")
 def gradcam(**options: Any) -> None:
     """Grad-CAM: which regions raised each class score (Selvaraju et al. 2017).
 
@@ -142,8 +186,7 @@ def predict(**options: Any) -> None:
     model = _load(options)
     step = explainer.compile_predict(model, explainer.graph_of(model))
     finish = pipeline.predictions_only(model.labels.names, options["top"])
-    results = pipeline.run(sources, step, finish, size=_size(model), batch_size=options["batch_size"])
-    _report(results, len(sources), _style(options))
+    _report(_run(sources, step, finish, model, options), len(sources), options)
 
 
 @cli.command()
@@ -199,15 +242,38 @@ def _explain(method: str, **options: Any) -> None:
         figure=options["figure"],
     )
     finish = pipeline.explanations(model.labels.names, options["top"], render_options)
+    skipped = 0
+    if options["skip_existing"]:
+        done = _already_explained(out_dir, method)
+        if out_dir.is_dir():
+            output.remove_stale_temporaries(out_dir)
+        todo = [s for s in sources if s.shown not in done]
+        skipped, sources = len(sources) - len(todo), todo
     try:
         manifest = output.Manifest(out_dir)
     except OSError as error:
         raise ExplainError(f"cannot write to {out_dir}: {error.strerror or error}") from None
     try:
-        results = pipeline.run(sources, step, finish, size=_size(model), batch_size=options["batch_size"])
-        _report(results, len(sources), _style(options), manifest, model.name)
+        _report(_run(sources, step, finish, model, options), len(sources), options, manifest, model.name, skipped)
     finally:
         manifest.close()
+
+
+def _already_explained(out_dir: Path, method: str) -> set[str]:
+    """Images with manifest lines for this method whose files all exist."""
+    complete: dict[str, bool] = {}
+    for record in output.read_manifest(out_dir):
+        if record.get("method") != method or "image" not in record:
+            continue
+        files = [record.get(key) for key in ("overlay", "heatmap", "figure")]
+        present = all((out_dir / f).is_file() for f in files if f)
+        complete[record["image"]] = complete.get(record["image"], True) and present
+    return {image for image, ok in complete.items() if ok}
+
+
+def _run(sources: list, step: Callable, finish: Callable, model: models.LoadedModel, options: dict) -> Any:
+    return pipeline.run(sources, step, finish, size=_size(model), batch_size=options["batch_size"],
+                        max_pixels=options["max_pixels"])
 
 
 def _sources(options: dict, skip_dir: Path | None) -> list[inputs.Source]:
@@ -241,14 +307,17 @@ def _style(options: dict) -> str:
     return "table" if sys.stdout.isatty() else "tsv"
 
 
-def _report(results: Iterable[Any], total: int, style: str, manifest: output.Manifest | None = None,
-            model_name: str = "") -> None:
-    """Print each result as it comes (stdout: predictions; stderr: errors, warnings, progress, summary)."""
-    stdout = sys.stdout
-    stderr = sys.stderr
+def _report(results: Iterator[Any], total: int, options: dict, manifest: output.Manifest | None = None,
+            model_name: str = "", skipped: int = 0) -> None:
+    """Print each result as it comes (stdout: predictions; stderr: errors, warnings, progress, summary).
+
+    Exits 1 when any image failed. On an interrupt the pipeline is closed first (pending work
+    cancelled, running writes finished), then the summary is printed.
+    """
+    style = _style(options)
     failed: list[str] = []
     done = explained = 0
-    progress = click.progressbar(length=total, file=stderr, label="explain") if stderr.isatty() else None
+    progress = click.progressbar(length=total, file=sys.stderr, label="explain") if sys.stderr.isatty() else None
     try:
         for result in results:
             if result.error:
@@ -256,26 +325,35 @@ def _report(results: Iterable[Any], total: int, style: str, manifest: output.Man
                 _stderr_line(f"error: {result.error}", progress)
             else:
                 done += 1
-                for warning in result.warnings:
-                    _stderr_line(warning, progress)
-                output.write_predictions(stdout, result.source.shown, result.predictions, style)
+                for line in result.warnings + ([f"note: {result.source.shown}: {n}" for n in result.notes]
+                                               if options["verbose"] else []):
+                    _stderr_line(line, progress)
+                output.write_predictions(sys.stdout, result.source.shown, result.predictions, style)
                 if manifest is not None:
-                    for explanation in result.explanations:
-                        manifest.append(pipeline.manifest_record(explanation, model_name))
-                        explained += 1
+                    manifest.append([pipeline.manifest_record(e, model_name) for e in result.explanations])
+                    explained += len(result.explanations)
             if progress is not None:
                 progress.update(1)
     finally:
+        results.close()
         if progress is not None:
             progress.render_finish()
-        summary = f"{done} of {total} images done"
-        if manifest is not None:
-            summary += f", {explained} explanations written to {manifest.path.parent}"
-        if failed:
-            summary += f"; {len(failed)} failed"
-        click.echo(summary, err=True)
+        click.echo(_summary(done, total, failed, skipped, explained, manifest), err=True)
     if failed:
         raise SystemExit(1)
+
+
+def _summary(done: int, total: int, failed: list[str], skipped: int, explained: int,
+             manifest: output.Manifest | None) -> str:
+    parts = [f"{done} of {total} images done"]
+    if manifest is not None:
+        parts[0] += f", {explained} explanations written to {manifest.path.parent}"
+    if skipped:
+        parts.append(f"{skipped} skipped (already explained)")
+    if failed:
+        first = "; ".join(failed[:3]) + ("; ..." if len(failed) > 3 else "")
+        parts.append(f"{len(failed)} failed: {first}")
+    return "; ".join(parts)
 
 
 def _stderr_line(text: str, progress: Any) -> None:
@@ -284,4 +362,7 @@ def _stderr_line(text: str, progress: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # Paths are bytes on Linux: print undecodable ones as the bytes they are, not as an exception.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     cli.main(args=argv, prog_name="explain")

@@ -7,10 +7,13 @@ EXIF orientation applied, any mode made RGB.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, TextIO
+from typing import BinaryIO, Iterable, Iterator, TextIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,6 +23,11 @@ from explain_cli.errors import BadInput
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
 )
+# Above this many pixels an image is refused before decoding (`--max-pixels`): 120 MP holds the largest
+# camera photos (~100 MP) while a "decompression bomb" of gigapixels fails at once.
+DEFAULT_MAX_PIXELS = 120_000_000
+# Our own pixel check replaces Pillow's global one, which warns at 89 MP and raises at 179 MP.
+Image.MAX_IMAGE_PIXELS = None
 # Transparent pixels are shown on mid grey: neither black nor white pretends to be the background.
 BACKGROUND = (128, 128, 128)
 
@@ -77,33 +85,109 @@ def _unique_stems(sources: list[Source]) -> list[Source]:
     return unique
 
 
-def decode(source: Source) -> np.ndarray:
-    """The image as an (h, w, 3) uint8 RGB array, upright; BadInput naming the problem otherwise."""
-    path = source.path
+@dataclass(frozen=True)
+class Picture:
+    """A decoded image and what was done to get it (said with --verbose)."""
+
+    rgb: np.ndarray  # (h, w, 3) uint8, upright
+    notes: tuple[str, ...] = ()
+
+
+def decode(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """The image as upright RGB; BadInput naming the problem otherwise. Never raises anything else.
+
+    The file is opened without blocking (a FIFO named x.jpg must not hang the batch) and must be a
+    regular file; its pixel count is checked from the header before any pixel is decoded, so a
+    decompression bomb fails fast.
+    """
+    shown = source.shown
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            return np.asarray(_to_rgb(image))
-    except FileNotFoundError:
-        raise BadInput(source.shown, "no such file") from None
-    except IsADirectoryError:
-        raise BadInput(source.shown, "is a directory") from None
-    except PermissionError:
-        raise BadInput(source.shown, "permission denied") from None
-    except UnidentifiedImageError:
-        raise BadInput(source.shown, "not an image (Pillow cannot identify it)") from None
+        with _open_regular(source) as stream, Image.open(stream) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise BadInput(shown, f"{width}x{height} is {width * height:,} pixels, over --max-pixels {max_pixels:,}")
+            notes = []
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                notes.append(f"{frames} frames; using the first")
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            rgb, how = _to_rgb(upright)
+            return Picture(np.asarray(rgb), tuple(notes + ([how] if how else [])))
+    except BadInput:
+        raise
+    except UnidentifiedImageError:  # an OSError too: before the general case
+        raise BadInput(shown, "not an image (Pillow cannot identify it)") from None
+    except OSError as error:
+        raise BadInput(shown, _os_reason(error)) from None
     except Image.DecompressionBombError as error:
-        raise BadInput(source.shown, f"too many pixels: {error}") from None
-    except (OSError, ValueError, SyntaxError) as error:  # truncated or corrupt data
-        raise BadInput(source.shown, f"cannot decode: {error}") from None
+        raise BadInput(shown, f"too many pixels: {error}") from None
+    except MemoryError:
+        raise BadInput(shown, "not enough memory to decode it") from None
+    except Exception as error:  # corrupt headers surface as ValueError, SyntaxError, struct.error, ...
+        raise BadInput(shown, f"cannot decode: {type(error).__name__}: {error}") from None
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+_NOT_REGULAR = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a named pipe"),
+                (stat.S_ISCHR, "is a device"), (stat.S_ISBLK, "is a device"), (stat.S_ISSOCK, "is a socket"))
+
+
+@contextlib.contextmanager
+def _open_regular(source: Source) -> Iterator[BinaryIO]:
+    descriptor = os.open(source.path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(descriptor)
+        for test, reason in _NOT_REGULAR:
+            if test(info.st_mode):
+                raise BadInput(source.shown, reason)
+        if info.st_size == 0:
+            raise BadInput(source.shown, "empty file")
+        stream = os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with stream:
+        yield stream
+
+
+def _os_reason(error: OSError) -> str:
+    reasons = {
+        errno.ENOENT: "no such file",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ELOOP: "symbolic link loop",
+        errno.ENAMETOOLONG: "file name too long",
+        errno.EISDIR: "is a directory",
+    }
+    if error.errno in reasons:
+        return reasons[error.errno]
+    if error.errno is None:  # Pillow's own: "image file is truncated", "broken data stream" ...
+        return f"cannot decode: {error}"
+    return f"cannot read: {error.strerror or error}"
+
+
+def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
+    """The image as RGB, and a note when that took more than a mode conversion."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+        return Image.alpha_composite(background, rgba).convert("RGB"), "transparent pixels shown on mid grey"
+    if image.mode.startswith("I;16"):
+        # Pillow's own conversion clips 16-bit values at 255 (a white image): scale the full range.
+        levels = np.asarray(image, dtype=np.float32) / 257.0
+        return _grey(levels), "16-bit grey scaled to 8 bits"
+    if image.mode in ("I", "F"):
+        # 32-bit grey has no standard white level: stretch its own range.
+        values = np.asarray(image, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        span = high - low if high > low else 1.0
+        return _grey(np.nan_to_num((values - low) / span * 255.0)), "32-bit grey stretched to its range"
+    return image.convert("RGB"), ""
+
+
+def _grey(levels: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8), mode="L").convert("RGB")
 
 
 def model_input(rgb: np.ndarray, width: int, height: int, channels: int) -> np.ndarray:

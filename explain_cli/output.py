@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -37,15 +38,45 @@ def safe_label(label: str) -> str:
     return cleaned[:60] or "class"
 
 
+# File systems cap a name at 255 bytes; leave room for the longest suffix ("figure.png") and margin.
+MAX_NAME_BYTES = 200
+
+
 def explanation_name(stem: PurePosixPath, method: str, class_index: int, label: str, suffix: str) -> PurePosixPath:
-    """<stem>.<method>.<class>-<label>.<suffix>, e.g. cat.gradcam.281-tabby.jpg."""
-    return stem.with_name(f"{stem.name}.{method}.{class_index}-{safe_label(label)}.{suffix}")
+    """<stem>.<method>.<class>-<label>.<suffix>, e.g. cat.gradcam.281-tabby.jpg.
+
+    A stem too long for a file name keeps its start and gets "~" and a hash of the whole, so it
+    stays unique and recognisable.
+    """
+    tail = f".{method}.{class_index}-{safe_label(label)}.{suffix}"
+    name = stem.name
+    if _bytes(name + tail) > MAX_NAME_BYTES:
+        digest = "~" + hashlib.sha1(_bytes_of(name)).hexdigest()[:10]
+        while name and _bytes(name + digest + tail) > MAX_NAME_BYTES:
+            name = name[:-1]
+        name += digest
+    return stem.with_name(name + tail)
+
+
+def _bytes_of(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")  # names from disk may hold undecodable bytes
+
+
+def _bytes(text: str) -> int:
+    return len(_bytes_of(text))
+
+
+TEMPORARY_PREFIX = ".explain-"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: no reader sees a partial file."""
+    """Write to a temporary name in the same folder, then rename: no reader sees a partial file.
+
+    The temporary name carries the process id, so a later run can tell a killed run's leftovers
+    (see remove_stale_temporaries) from a running one's.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -63,28 +94,71 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Delete temporary files left by runs that were killed (their process is gone); say how many."""
+    removed = 0
+    for path in out_dir.rglob(f"{TEMPORARY_PREFIX}*.tmp"):
+        pid = path.name[len(TEMPORARY_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Manifest:
-    """`<out>/manifest.jsonl`, one whole JSON line per written explanation."""
+    """`<out>/manifest.jsonl`, one JSON line per written explanation.
+
+    An image's lines are written with a single write() on a descriptor opened for appending, after its
+    files are in place: a line in the manifest means its files exist, and a killed run leaves each
+    image either wholly in the manifest or not at all.
+    """
 
     def __init__(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / MANIFEST
-        self._stream = open(self.path, "a", encoding="utf-8")
+        self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def append(self, record: dict) -> None:
-        # One write call per line, flushed at once: an interruption leaves whole lines only.
-        self._stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._stream.flush()
+    def append(self, records: Sequence[dict]) -> None:
+        if records:
+            text = "".join(_json_line(record) for record in records)
+            os.write(self._descriptor, text.encode("utf-8", "backslashreplace"))
 
     def close(self) -> None:
-        self._stream.close()
+        os.close(self._descriptor)
+
+
+def read_manifest(out_dir: Path) -> list[dict]:
+    """The records of `<out>/manifest.jsonl`; an unreadable last line (a crash mid-line) is ignored."""
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text("utf-8", errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _json_line(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 def write_predictions(stream: TextIO, image: str, predictions: Sequence[Prediction], style: str) -> None:
     """One image's predictions on stdout: "table" for a terminal, "tsv" when piped, or "json" lines."""
     if style == "json":
-        record = {"image": image, "predictions": [p.__dict__ for p in predictions]}
-        stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        stream.write(_json_line({"image": image, "predictions": [p.__dict__ for p in predictions]}))
     elif style == "tsv":
         for p in predictions:
             stream.write(f"{_tsv(image)}\t{p.rank}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\n")

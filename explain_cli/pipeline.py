@@ -7,6 +7,7 @@ folders or failures. Decoding of the next batch and rendering of the previous on
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +47,7 @@ class ImageResult:
     predictions: list[Prediction] = field(default_factory=list)
     explanations: list[Explanation] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how the image was read, for --verbose
     error: str | None = None
 
 
@@ -61,8 +63,8 @@ class RenderOptions:
     figure: bool = False
 
 
-# A batch's images, once decoded: (source, original RGB or the reason it failed, model input).
-Decoded = tuple[Source, "np.ndarray | BadInput", "np.ndarray | None"]
+# A batch's images, once decoded: (source, the picture or the reason it failed, model input).
+Decoded = tuple[Source, "inputs.Picture | BadInput", "np.ndarray | None"]
 Finish = Callable[[Source, np.ndarray, int, object], ImageResult]
 
 
@@ -73,22 +75,29 @@ def run(
     *,
     size: tuple[int, int, int],
     batch_size: int,
+    max_pixels: int = inputs.DEFAULT_MAX_PIXELS,
     threads: int | None = None,
 ) -> Iterator[ImageResult]:
     """Yield one ImageResult per source, in order; `compute` maps a uint8 batch to one batch result,
-    `finish(source, original, row, batch_result)` turns a row of it into an ImageResult."""
+    `finish(source, original, row, batch_result)` turns a row of it into an ImageResult.
+
+    At most three batches are in memory (decoding, computing, rendering), whatever the folder's size.
+    Closing the generator early (an interrupt) cancels what has not started and waits for what has,
+    so no output is left half-written.
+    """
     height, width, channels = size
     workers = threads or min(8, (os.cpu_count() or 2) + 2)
     chunks = [sources[i : i + batch_size] for i in range(0, len(sources), batch_size)]
 
     def load(source: Source) -> Decoded:
         try:
-            original = inputs.decode(source)
-            return source, original, inputs.model_input(original, width, height, channels)
+            picture = inputs.decode(source, max_pixels)
+            return source, picture, inputs.model_input(picture.rgb, width, height, channels)
         except BadInput as error:
             return source, error, None
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         decoding = [pool.submit(load, s) for s in chunks[0]] if chunks else []
         rendering: deque[list[Future[ImageResult]]] = deque()
         for index in range(len(chunks)):
@@ -100,22 +109,29 @@ def run(
                 yield from (f.result() for f in rendering.popleft())
         while rendering:
             yield from (f.result() for f in rendering.popleft())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _compute_and_finish(
     pool: ThreadPoolExecutor, decoded: list[Decoded], compute: Callable[[np.ndarray], object], finish: Finish
 ) -> list[Future[ImageResult]]:
-    good = [(source, original, x) for source, original, x in decoded if x is not None]
+    good = [(source, picture, x) for source, picture, x in decoded if x is not None]
     result = compute(np.stack([x for _, _, x in good])) if good else None
     rows = {id(source): row for row, (source, _, _) in enumerate(good)}
+
+    def finish_with_notes(source: Source, picture: inputs.Picture) -> ImageResult:
+        done = finish(source, picture.rgb, rows[id(source)], result)
+        return dataclasses.replace(done, notes=list(picture.notes))
+
     futures: list[Future[ImageResult]] = []
-    for source, original, _ in decoded:
-        if isinstance(original, BadInput):
-            done: Future[ImageResult] = Future()
-            done.set_result(ImageResult(source, error=str(original)))
-            futures.append(done)
+    for source, picture, _ in decoded:
+        if isinstance(picture, BadInput):
+            failed: Future[ImageResult] = Future()
+            failed.set_result(ImageResult(source, error=str(picture)))
+            futures.append(failed)
         else:
-            futures.append(pool.submit(finish, source, original, rows[id(source)], result))
+            futures.append(pool.submit(finish_with_notes, source, picture))
     return futures
 
 

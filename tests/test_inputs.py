@@ -39,7 +39,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
     path = tmp_path / "rotated.jpg"
     image.save(path, exif=exif, quality=95)
-    rgb = inputs.decode(inputs.Source(path, str(path), PurePosixPath("rotated")))
+    rgb = inputs.decode(inputs.Source(path, str(path), PurePosixPath("rotated"))).rgb
     assert rgb.shape == (40, 20, 3)  # upright: taller than wide
     assert rgb[2, 10, 2] > 200 and rgb[-3, 10, 0] > 200  # the blue left edge is now at the top
 
@@ -48,14 +48,14 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_any_mode_becomes_rgb(tmp_path, mode):
     path = tmp_path / "image.tiff"
     Image.new(mode, (5, 4)).save(path)
-    rgb = inputs.decode(inputs.Source(path, str(path), PurePosixPath("image")))
+    rgb = inputs.decode(inputs.Source(path, str(path), PurePosixPath("image"))).rgb
     assert rgb.shape == (4, 5, 3) and rgb.dtype == np.uint8
 
 
 def test_transparency_is_composited_on_grey(tmp_path):
     path = tmp_path / "clear.png"
     Image.new("RGBA", (3, 3), (255, 0, 0, 0)).save(path)
-    rgb = inputs.decode(inputs.Source(path, str(path), PurePosixPath("clear")))
+    rgb = inputs.decode(inputs.Source(path, str(path), PurePosixPath("clear"))).rgb
     np.testing.assert_array_equal(rgb[1, 1], inputs.BACKGROUND)
 
 
@@ -64,7 +64,7 @@ def test_transparency_is_composited_on_grey(tmp_path):
     [
         (lambda p: None, "no such file"),
         (lambda p: p.mkdir(), "is a directory"),
-        (lambda p: p.write_bytes(b""), "not an image (Pillow cannot identify it)"),
+        (lambda p: p.write_bytes(b""), "empty file"),
         (lambda p: p.write_text("hello"), "not an image (Pillow cannot identify it)"),
     ],
 )

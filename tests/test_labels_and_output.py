@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -58,13 +59,33 @@ def test_write_atomic_leaves_only_the_final_file(tmp_path):
 
 def test_manifest_appends_whole_lines(tmp_path):
     manifest = output.Manifest(tmp_path)
-    manifest.append({"image": "a.jpg", "rank": 1})
+    manifest.append([{"image": "a.jpg", "rank": 1}])
     manifest.close()
     manifest = output.Manifest(tmp_path)
-    manifest.append({"image": "ü.jpg", "rank": 2})
+    manifest.append([{"image": "ü.jpg", "rank": 1}, {"image": "ü.jpg", "rank": 2}])
     manifest.close()
-    lines = (tmp_path / "manifest.jsonl").read_text("utf-8").splitlines()
-    assert [json.loads(line)["image"] for line in lines] == ["a.jpg", "ü.jpg"]
+    with open(tmp_path / "manifest.jsonl", "a") as torn:
+        torn.write('{"image": "killed mid-li')
+    assert [(r["image"], r["rank"]) for r in output.read_manifest(tmp_path)] == [
+        ("a.jpg", 1), ("ü.jpg", 1), ("ü.jpg", 2)]
+
+
+def test_long_names_are_shortened_but_stay_unique():
+    long_a, long_b = "a" * 300, "a" * 299 + "b"
+    name_a = output.explanation_name(PurePosixPath(long_a), "gradcam", 1, "x", "figure.png").name
+    name_b = output.explanation_name(PurePosixPath(long_b), "gradcam", 1, "x", "figure.png").name
+    assert len(name_a.encode()) <= output.MAX_NAME_BYTES and name_a != name_b
+    assert name_a.startswith("aaaa") and name_a.endswith(".gradcam.1-x.figure.png") and "~" in name_a
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    stale = tmp_path / "sub" / f"{output.TEMPORARY_PREFIX}999999999-abc.tmp"  # beyond any pid_max
+    live = tmp_path / f"{output.TEMPORARY_PREFIX}{os.getpid()}-abc.tmp"
+    stale.parent.mkdir()
+    stale.write_bytes(b"x")
+    live.write_bytes(b"x")
+    assert output.remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists() and live.exists()
 
 
 def test_top_predictions_and_stdout_styles():
