@@ -75,8 +75,11 @@ def _input_options(command: Callable) -> Callable:
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived: stop, clean up, and exit 128 + the signal's number."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: stop, clean up, and exit 128 + its number.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way can swallow it.
+    """
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -88,6 +91,10 @@ class _Command(click.Command):
 
     def invoke(self, ctx: click.Context) -> Any:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # Paths are bytes on Linux: print undecodable ones as the bytes they are, not as an exception.
+        for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors=errors)
         try:
             if threading.current_thread() is threading.main_thread():
                 for sig in previous:
@@ -214,34 +221,6 @@ def _explain(method: str, **options: Any) -> None:
         raise click.BadParameter(f"unknown matplotlib colormap {options['colormap']!r}", param_hint="--colormap")
     out_dir: Path = options["output_dir"]
     sources = _sources(options, skip_dir=out_dir)
-    model = _load(options)
-    classes = list(dict.fromkeys(_resolve_class(model, spec) for spec in options["class_specs"]))
-    if options["top_k"] and options["top_k"] > len(model.labels):
-        raise click.BadParameter(
-            f"{options['top_k']} is more than the model's {len(model.labels)} classes", param_hint="--top-k"
-        )
-    graph = explainer.graph_of(model)
-    default = explainer.default_layer(graph, model)
-    try:
-        cut = split.split(graph, options["layer"] or default)
-    except ExplainError as error:
-        raise click.BadParameter(f"{error}; default: {default}", param_hint="--layer") from None
-    chosen = "" if options["layer"] else " (default)"
-    click.echo(f"{model.name}: {method} at layer {cut.layer}{chosen}", err=True)
-    step = explainer.compile_explain(
-        model, cut, method, classes=classes, top_k=options["top_k"] or 1, score=options["score"]
-    )
-    render_options = pipeline.RenderOptions(
-        out_dir=out_dir,
-        method=method,
-        layer=cut.layer,
-        colormap=options["colormap"],
-        alpha=options["alpha"],
-        image_format=options["image_format"],
-        save_heatmap=options["save_heatmap"],
-        figure=options["figure"],
-    )
-    finish = pipeline.explanations(model.labels.names, options["top"], render_options)
     skipped = 0
     if options["skip_existing"]:
         done = _already_explained(out_dir, method)
@@ -249,11 +228,39 @@ def _explain(method: str, **options: Any) -> None:
             output.remove_stale_temporaries(out_dir)
         todo = [s for s in sources if s.shown not in done]
         skipped, sources = len(sources) - len(todo), todo
-    try:
+    try:  # before the model loads: an unwritable folder should fail in a moment, not after it
         manifest = output.Manifest(out_dir)
     except OSError as error:
         raise ExplainError(f"cannot write to {out_dir}: {error.strerror or error}") from None
     try:
+        model = _load(options)
+        classes = list(dict.fromkeys(_resolve_class(model, spec) for spec in options["class_specs"]))
+        if options["top_k"] and options["top_k"] > len(model.labels):
+            raise click.BadParameter(
+                f"{options['top_k']} is more than the model's {len(model.labels)} classes", param_hint="--top-k"
+            )
+        graph = explainer.graph_of(model)
+        default = explainer.default_layer(graph, model)
+        try:
+            cut = split.split(graph, options["layer"] or default)
+        except ExplainError as error:
+            raise click.BadParameter(f"{error}; default: {default}", param_hint="--layer") from None
+        chosen = "" if options["layer"] else " (default)"
+        click.echo(f"{model.name}: {method} at layer {cut.layer}{chosen}", err=True)
+        step = explainer.compile_explain(
+            model, cut, method, classes=classes, top_k=options["top_k"] or 1, score=options["score"]
+        )
+        render_options = pipeline.RenderOptions(
+            out_dir=out_dir,
+            method=method,
+            layer=cut.layer,
+            colormap=options["colormap"],
+            alpha=options["alpha"],
+            image_format=options["image_format"],
+            save_heatmap=options["save_heatmap"],
+            figure=options["figure"],
+        )
+        finish = pipeline.explanations(model.labels.names, options["top"], render_options)
         _report(_run(sources, step, finish, model, options), len(sources), options, manifest, model.name, skipped)
     finally:
         manifest.close()
@@ -362,7 +369,4 @@ def _stderr_line(text: str, progress: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    # Paths are bytes on Linux: print undecodable ones as the bytes they are, not as an exception.
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="surrogateescape")
     cli.main(args=argv, prog_name="explain")
