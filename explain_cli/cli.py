@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -99,7 +100,11 @@ class _Command(click.Command):
             if threading.current_thread() is threading.main_thread():
                 for sig in previous:
                     signal.signal(sig, _raise_interrupted)
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                # Libraries' Python warnings (Pillow on a damaged file, Keras on a model's structure) are
+                # multi-line noise to a user: what matters reaches them as an error or a note.
+                warnings.filterwarnings("ignore", module=r"(PIL|keras|tensorflow|h5py|absl)(\.|$)")
+                return super().invoke(ctx)
         except ExplainError as error:
             click.echo(f"error: {error}", err=True)
             ctx.exit(1)

@@ -38,6 +38,20 @@ def resnet50_weights(keras, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def resnet50_legacy_h5(keras, resnet50_weights, tmp_path_factory) -> Path:
+    """The same weights in the legacy .h5 layout, under the name Keras caches its download with."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    model = keras.applications.ResNet50(weights=None)
+    model.load_weights(resnet50_weights)
+    path = tmp_path_factory.mktemp("legacy") / "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+    with h5py.File(path, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, model)
+    return path
+
+
+@pytest.fixture(scope="session")
 def vgg16_weights(keras, tmp_path_factory) -> Path:
     return _saved_weights(keras, "VGG16", tmp_path_factory.mktemp("vgg16") / "vgg16.weights.h5")
 

@@ -96,6 +96,8 @@ def build(root: Path) -> tuple[list[Path], list[Path]]:
         put(f"text-{i}.{ext}", f"this is text number {i}, not pixels\n".encode() * 20, bad)
     for i, (width, height) in enumerate(((100_000, 100_000), (65_535, 65_535), (1_000_000, 500))):
         put(f"bomb-{i}.png", png_header_only(width, height), bad)
+    tiff = encoded(photo, "TIFF")
+    put("truncated.tif", tiff[: len(tiff) // 2], bad)  # Pillow also warns on this one: the CLI stays quiet
     broken_crc = bytearray(png)
     broken_crc[29] ^= 0xFF  # inside IHDR's CRC
     put("bad-crc.png", bytes(broken_crc), bad)

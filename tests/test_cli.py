@@ -258,21 +258,34 @@ def test_nested_user_model_with_1000_imagenet_names(keras, tmp_path, photo_tree)
     assert listed.stdout.split() == ["*", "block/c", "(30,", "30,", "4)"]  # nested layers listed by path
 
 
-def test_legacy_h5_weights_load_like_weights_h5(keras, resnet50_weights, tmp_path, photo_tree):
+def test_legacy_h5_weights_load_like_weights_h5(resnet50_weights, resnet50_legacy_h5, photo_tree):
     """The legacy .h5 layout Keras downloads loads through --weights too, with the same predictions."""
-    from keras.src.legacy.saving import legacy_h5_format
-    import h5py
-
-    model = keras.applications.ResNet50(weights=None)
-    model.load_weights(resnet50_weights)
-    legacy = tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
-    with h5py.File(legacy, "w") as handle:
-        legacy_h5_format.save_weights_to_hdf5_group(handle, model)
     image = photo_tree / "b.jpg"
     modern = run("predict", image, "--weights", resnet50_weights)
-    old = run("predict", image, "--weights", legacy)
+    old = run("predict", image, "--weights", resnet50_legacy_h5)
     assert modern.exit_code == old.exit_code == 0
     assert tsv_rows(old.stdout) == tsv_rows(modern.stdout) and len(tsv_rows(old.stdout)) == 5
+
+
+def test_imagenet_weights_come_from_the_keras_cache_without_the_network(
+    resnet50_legacy_h5, resnet50_weights, photo_tree, tmp_path, monkeypatch, keras
+):
+    """--weights imagenet with the file in $KERAS_HOME/models: loaded as is, nothing fetched or re-hashed."""
+    import shutil
+
+    import keras.src.utils.file_utils as file_utils
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the cached weights file should have been used")
+
+    monkeypatch.setattr(file_utils, "get_file", no_network)
+    (tmp_path / "home" / "models").mkdir(parents=True)
+    shutil.copy(resnet50_legacy_h5, tmp_path / "home" / "models")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
+    cached = run("predict", photo_tree / "b.jpg")
+    local = run("predict", photo_tree / "b.jpg", "--weights", resnet50_weights)
+    assert cached.exit_code == 0, cached.output
+    assert tsv_rows(cached.stdout) == tsv_rows(local.stdout)
 
 
 def test_weights_for_another_model_are_one_line(vgg16_weights, photo_tree):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 CHECK = """
 import sys
@@ -59,15 +61,22 @@ assert keras.backend.backend() == "tensorflow", keras.backend.backend()
 
 
 def test_a_real_run_keeps_stdout_for_data_and_stderr_free_of_tensorflow_noise(tiny_model, photo_tree, tmp_path):
+    # A truncated TIFF makes Pillow warn as well as fail: the user sees the one error line only.
+    tiff = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(tiff, format="TIFF")
+    (photo_tree / "cut.tif").write_bytes(tiff.getvalue()[:50])
     done = subprocess.run(
         [sys.executable, "-m", "explain_cli", "gradcam", str(photo_tree), "--model", str(tiny_model),
          "-o", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=300,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr
     rows = [line.split("\t") for line in done.stdout.splitlines()]
     assert len(rows) == 9 and all(len(row) == 5 for row in rows)
+    cut = photo_tree / "cut.tif"
     assert done.stderr.splitlines() == [
         "tiny.keras: gradcam at layer conv3 (default)",
-        f"3 of 3 images done, 3 explanations written to {tmp_path / 'out'}",
+        f"error: {cut}: not an image (Pillow cannot identify it)",
+        f"3 of 4 images done, 3 explanations written to {tmp_path / 'out'}; 1 failed: {cut}: not an image "
+        "(Pillow cannot identify it)",
     ]
