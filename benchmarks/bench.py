@@ -97,7 +97,7 @@ print(" ".join(f"{{b - a:.3f}}" for a, b in zip(t, t[1:])))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     values = [float(v) for v in done.stdout.split()]
-    names = ["import tensorflow + keras", "build ResNet50", "load weights (.weights.h5)",
+    names = ["import tensorflow + keras", "build ResNet50", "load weights (.weights.h5, no hash check)",
              "split + first trace + first call", "compute (second call, 1 image)", "render + write JPEG"]
     return list(zip(names, values))
 
@@ -108,6 +108,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory", default="100,2000", help="two folder sizes whose peak RSS is compared")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "explain-bench")
+    parser.add_argument("--peer-python", help="a Python with tensorflow and tf-keras-vis installed (target 2), e.g. "
+                        "made by: python3 -m venv /tmp/peer && /tmp/peer/bin/pip install tensorflow tf-keras-vis "
+                        "pillow matplotlib")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     weights = make_weights(args.workdir)
@@ -130,6 +133,14 @@ def main() -> None:
         (f"`explain gradcam --top-k 5`, {n} images", f"{top5:.1f} s"),
         ("target 3: top-5 time ÷ top-1 time (≤ 1.15)", f"{top5 / top1:.2f}×"),
     ]
+
+    if args.peer_python:
+        peer = median_time([args.peer_python, str(ROOT / "benchmarks" / "peer_tf_keras_vis.py"), str(weights),
+                            str(folder), str(args.workdir / "peer-out")], args.runs)
+        rows += [
+            (f"tf-keras-vis Gradcam, same job, {n} images", f"{peer:.1f} s ({n / peer:.1f} images/s)"),
+            ("target 2: tf-keras-vis time ÷ `explain gradcam` time (≥ 3)", f"{peer / top1:.2f}×"),
+        ]
 
     help_time = statistics.median(timed(explain_cmd("--help"))[0] for _ in range(5))
     rows.append(("target 4: `explain --help` (≤ 0.3 s)", f"{help_time:.2f} s"))

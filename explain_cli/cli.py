@@ -228,11 +228,14 @@ def _explain(method: str, **options: Any) -> None:
     sources = _sources(options, skip_dir=out_dir)
     skipped = 0
     if options["skip_existing"]:
-        done = _already_explained(out_dir, method)
+        done = output.explained_images(out_dir, method)
         if out_dir.is_dir():
             output.remove_stale_temporaries(out_dir)
         todo = [s for s in sources if s.shown not in done]
         skipped, sources = len(sources) - len(todo), todo
+        if not sources:  # nothing left to do: no need to load a model for it
+            click.echo(_summary(0, 0, [], skipped, 0, None), err=True)
+            return
     try:  # before the model loads: an unwritable folder should fail in a moment, not after it
         manifest = output.Manifest(out_dir)
     except OSError as error:
@@ -269,18 +272,6 @@ def _explain(method: str, **options: Any) -> None:
         _report(_run(sources, step, finish, model, options), len(sources), options, manifest, model.name, skipped)
     finally:
         manifest.close()
-
-
-def _already_explained(out_dir: Path, method: str) -> set[str]:
-    """Images with manifest lines for this method whose files all exist."""
-    complete: dict[str, bool] = {}
-    for record in output.read_manifest(out_dir):
-        if record.get("method") != method or "image" not in record:
-            continue
-        files = [record.get(key) for key in ("overlay", "heatmap", "figure")]
-        present = all((out_dir / f).is_file() for f in files if f)
-        complete[record["image"]] = complete.get(record["image"], True) and present
-    return {image for image, ok in complete.items() if ok}
 
 
 def _run(sources: list, step: Callable, finish: Callable, model: models.LoadedModel, options: dict) -> Any:

@@ -151,6 +151,18 @@ def read_manifest(out_dir: Path) -> list[dict]:
     return records
 
 
+def explained_images(out_dir: Path, method: str) -> set[str]:
+    """The images the manifest lists for `method` whose files (overlay, heatmap, figure) all exist."""
+    complete: dict[str, bool] = {}
+    for record in read_manifest(out_dir):
+        if record.get("method") != method or "image" not in record:
+            continue
+        files = [record.get(key) for key in ("overlay", "heatmap", "figure")]
+        present = all((out_dir / name).is_file() for name in files if name)
+        complete[record["image"]] = complete.get(record["image"], True) and present
+    return {image for image, ok in complete.items() if ok}
+
+
 def _json_line(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 

@@ -236,6 +236,8 @@ def test_skip_existing_redoes_images_whose_files_are_missing(tiny_model, photo_t
     assert "2 skipped (already explained)" in again.stderr
     assert [r["image"] for r in output.read_manifest(out)] == [r["image"] for r in first] + [first[1]["image"]]
     assert (out / first[1]["overlay"]).is_file()
+    done = run("gradcam", photo_tree, "--model", tiny_model, "-o", out, "--skip-existing")
+    assert done.exit_code == 0 and done.stderr == "0 of 0 images done; 3 skipped (already explained)\n"
 
 
 def test_a_closed_pipe_stops_quietly(tiny_model, tmp_path):

@@ -29,6 +29,10 @@ def test_upsample_is_bilinear_between_centres():
     np.testing.assert_allclose(up[0], up[1])
 
 
+def test_shipped_jet_table_is_matplotlibs():
+    np.testing.assert_array_equal(render.colormap_table("jet"), render.matplotlib_table("jet"))
+
+
 def test_colorize_uses_matplotlib_colormap():
     from matplotlib import colormaps
 

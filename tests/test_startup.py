@@ -80,3 +80,13 @@ def test_a_real_run_keeps_stdout_for_data_and_stderr_free_of_tensorflow_noise(ti
         f"3 of 4 images done, 3 explanations written to {tmp_path / 'out'}; 1 failed: {cut}: not an image "
         "(Pillow cannot identify it)",
     ]
+
+
+def test_rendering_a_jet_overlay_loads_no_matplotlib():
+    body = """
+import numpy as np
+from explain_cli import render
+render.overlay(np.zeros((4, 4, 3), np.uint8), np.ones((2, 2), np.float32), "jet")
+assert render.is_colormap("jet")
+"""
+    assert _loaded(body) == "loaded:"
