@@ -20,6 +20,7 @@ import click
 
 from explain_cli import __version__, inputs, models, output, pipeline, render
 from explain_cli.errors import ExplainError
+from explain_cli.methods import METHODS
 
 
 def _model_options(command: Callable) -> Callable:
@@ -155,36 +156,66 @@ def cli() -> None:
     """
 
 
+def _explain_options(command: Callable) -> Callable:
+    """What to explain and how to draw it: shared by `gradcam` and `cam`."""
+    options = [
+        click.option("--layer", help="The layer to explain (default: the model's last convolutional block). "
+                     "See `explain layers`."),
+        click.option("--class", "class_specs", multiple=True, metavar="CLASS",
+                     help="Explain this class: a number or a label name (repeatable). Default: the top class."),
+        click.option("--top-k", type=click.IntRange(1), help="Explain each image's N most probable classes."),
+        click.option("--score", type=click.Choice(["logit", "probability"]), default="logit", show_default=True,
+                     help="Differentiate the pre-softmax class score (as in the paper) or the probability."),
+        click.option("--counterfactual", is_flag=True,
+                     help="Negate the gradients: show the regions whose removal would raise the score."),
+        click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=Path("explanations"), show_default=True, help="Where explanations are written."),
+        click.option("--colormap", default="jet", show_default=True, help="Any matplotlib colormap name."),
+        click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
+                     help="Heatmap opacity over the image."),
+        click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
+                     help="Overlay format: JPEG (quality 90, fast) or lossless PNG."),
+        click.option("--save-heatmap", is_flag=True,
+                     help="Also save the normalised map at layer resolution as .npy."),
+        click.option("--figure", is_flag=True, help="Also save a panel: original | heatmap | overlay."),
+        click.option("--skip-existing", is_flag=True,
+                     help="Skip images already explained in OUTPUT_DIR (by its manifest, with their files "
+                     "present): rerun an interrupted batch to finish it."),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+
 @cli.command()
 @_input_options
 @_model_options
-@click.option("--layer", help="The layer to explain (default: the model's last convolutional block). "
-              "See `explain layers`.")
-@click.option("--class", "class_specs", multiple=True, metavar="CLASS",
-              help="Explain this class: a number or a label name (repeatable). Default: the top class.")
-@click.option("--top-k", type=click.IntRange(1), help="Explain each image's N most probable classes.")
-@click.option("--score", type=click.Choice(["logit", "probability"]), default="logit", show_default=True,
-              help="Differentiate the pre-softmax class score (as in the paper) or the probability.")
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("explanations"), show_default=True, help="Where explanations are written.")
-@click.option("--colormap", default="jet", show_default=True, help="Any matplotlib colormap name.")
-@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
-              help="Heatmap opacity over the image.")
-@click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
-              help="Overlay format: JPEG (quality 90, fast) or lossless PNG.")
-@click.option("--save-heatmap", is_flag=True, help="Also save the normalised map at layer resolution as .npy.")
-@click.option("--figure", is_flag=True, help="Also save a panel: original | heatmap | overlay.")
-@click.option("--skip-existing", is_flag=True,
-              help="Skip images already explained in OUTPUT_DIR (by its manifest, with their files present): "
-              "rerun an interrupted batch to finish it.")
+@_explain_options
 def gradcam(**options: Any) -> None:
     """Grad-CAM: which regions raised each class score (Selvaraju et al. 2017).
 
     For each image, prints the top predictions and writes
     OUTPUT_DIR/<name>.gradcam.<class>-<label>.jpg, mirroring folders, plus a line per explanation
-    in OUTPUT_DIR/manifest.jsonl.
+    in OUTPUT_DIR/manifest.jsonl. The same as `explain cam --method gradcam`.
     """
-    _explain(method="gradcam", **options)
+    _explain(method="gradcam", max_masks=64, **options)
+
+
+@cli.command()
+@_input_options
+@_model_options
+@click.option("--method", type=click.Choice(list(METHODS)), default="gradcam", show_default=True,
+              help="gradcam, gradcam++, xgradcam, hirescam, layercam (gradients); cam (a global-average-"
+              "pooling + Dense head's weights); eigencam (first principal component); scorecam (masked "
+              "forward passes).")
+@click.option("--max-masks", type=click.IntRange(1), default=64, show_default=True,
+              help="scorecam: the channels of highest mean activation used as masks (one forward pass each).")
+@_explain_options
+def cam(method: str, max_masks: int, **options: Any) -> None:
+    """Class-activation maps at a layer, by any method: one flag to compare them on the same images.
+
+    Writes OUTPUT_DIR/<name>.<method>.<class>-<label>.jpg and a manifest line per explanation, like
+    `explain gradcam`.
+    """
+    _explain(method=method, max_masks=max_masks, **options)
 
 
 @cli.command()
@@ -217,18 +248,21 @@ def layers(**options: Any) -> None:
         sys.stdout.write(f"{mark} {name:<{width}}  {shape}\n")
 
 
-def _explain(method: str, **options: Any) -> None:
+def _explain(method: str, max_masks: int, **options: Any) -> None:
     from explain_cli import explainer, split
 
     if options["class_specs"] and options["top_k"]:
         raise click.UsageError("--class and --top-k are exclusive: explain named classes or the top N")
     if not render.is_colormap(options["colormap"]):
         raise click.BadParameter(f"unknown matplotlib colormap {options['colormap']!r}", param_hint="--colormap")
+    if options["counterfactual"] and not METHODS[method].gradients:
+        raise click.BadParameter(f"{method} uses no gradients to negate", param_hint="--counterfactual")
+    name = f"{method}-counterfactual" if options["counterfactual"] else method  # in file names and manifest
     out_dir: Path = options["output_dir"]
     sources = _sources(options, skip_dir=out_dir)
     skipped = 0
     if options["skip_existing"]:
-        done = output.explained_images(out_dir, method)
+        done = output.explained_images(out_dir, name)
         if out_dir.is_dir():
             output.remove_stale_temporaries(out_dir)
         todo = [s for s in sources if s.shown not in done]
@@ -254,13 +288,14 @@ def _explain(method: str, **options: Any) -> None:
         except ExplainError as error:
             raise click.BadParameter(f"{error}; default: {default}", param_hint="--layer") from None
         chosen = "" if options["layer"] else " (default)"
-        click.echo(f"{model.name}: {method} at layer {cut.layer}{chosen}", err=True)
+        click.echo(f"{model.name}: {name} at layer {cut.layer}{chosen}", err=True)
         step = explainer.compile_explain(
-            model, cut, method, classes=classes, top_k=options["top_k"] or 1, score=options["score"]
+            model, cut, method, classes=classes, top_k=options["top_k"] or 1, score=options["score"],
+            counterfactual=options["counterfactual"], max_masks=max_masks,
         )
         render_options = pipeline.RenderOptions(
             out_dir=out_dir,
-            method=method,
+            method=name,
             layer=cut.layer,
             colormap=options["colormap"],
             alpha=options["alpha"],

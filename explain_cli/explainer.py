@@ -14,7 +14,7 @@ import numpy as np
 
 from explain_cli import split as split_module
 from explain_cli.errors import ExplainError
-from explain_cli.methods import METHODS
+from explain_cli.methods import METHODS, MethodInputs
 from explain_cli.models import LoadedModel
 
 
@@ -87,16 +87,26 @@ def compile_explain(
     classes: Sequence[int] = (),
     top_k: int = 1,
     score: str = "logit",
+    counterfactual: bool = False,
+    max_masks: int = 64,
 ) -> Any:
     """uint8 batch -> BatchResult, explaining `classes` for every image, or else each image's top k.
 
-    The returned callable has `.traced` (a tf.function) for counting traces.
+    `counterfactual` negates the gradients (Grad-CAM §counterfactual explanations: what would raise
+    the score if removed). The returned callable has `.traced` (a tf.function) for counting traces.
     """
     import tensorflow as tf
 
-    method_fn = METHODS[method]
+    spec = METHODS[method]
+    if counterfactual and not spec.gradients:
+        raise ExplainError(f"--counterfactual negates gradients, and {method} uses none")
+    class_kernel = split_module.dense_head(cut) if spec.dense_head else None
     k = len(classes) or top_k
     fixed = tf.constant(list(classes), tf.int32) if classes else None
+
+    def logits_of(x: Any) -> Any:
+        activations, skips = cut.features(x)
+        return cut.head(activations, skips)
 
     @tf.function(input_signature=[_input_spec(model)], reduce_retracing=True)
     def step(images: Any) -> tuple[Any, Any, Any, Any]:
@@ -105,7 +115,7 @@ def compile_explain(
         b = tf.shape(activations)[0]
         tiled = _tile(activations, k)
         tiled_skips = tuple(_tile(s, k) for s in skips)
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(tiled)
             logits = cut.head(tiled, tiled_skips)  # (k*b, classes), copy j of image i at row j*b + i
             probabilities = _probabilities(logits[:b], cut.activation)
@@ -116,8 +126,20 @@ def compile_explain(
             row_class = tf.reshape(tf.transpose(chosen), [-1])
             source = logits if score == "logit" else _probabilities(logits, cut.activation)
             scores = tf.gather(source, row_class, batch_dims=1)
-        gradients = tape.gradient(scores, tiled)
-        maps = method_fn(tiled, gradients)  # (k*b, h, w)
+        gradients = None
+        if spec.gradients:
+            gradients = tape.gradient(scores, tiled)
+            gradients = -gradients if counterfactual else gradients
+        inputs = MethodInputs(
+            activations=tiled,
+            gradients=gradients,
+            class_weights=tf.gather(tf.transpose(class_kernel), row_class) if class_kernel is not None else None,
+            images=_tile(x, k) if spec.forward else None,
+            classes=row_class,
+            logits=logits_of,
+            max_masks=max_masks,
+        )
+        maps = spec.compute(inputs)  # (k*b, h, w)
         maps = tf.transpose(tf.reshape(maps, tf.concat([[k, b], tf.shape(maps)[1:]], 0)), [1, 0, 2, 3])
         return probabilities, chosen, tf.transpose(tf.reshape(scores, [k, b])), maps
 

@@ -160,6 +160,8 @@ class Split:
     activation: str  # how logits become probabilities: "softmax", "sigmoid" or "linear"
     features: Callable[[Tensor], tuple[Tensor, tuple[Tensor, ...]]]
     head: Callable[[Tensor, tuple[Tensor, ...]], Tensor]
+    head_steps: tuple[Step, ...] = ()
+    skips: int = 0  # how many tensors cross the cut besides A
 
 
 _PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
@@ -202,7 +204,35 @@ def split(graph: Graph, layer: str) -> Split:
         activation=activation,
         features=run_features,
         head=run_head,
+        head_steps=tuple(head),
+        skips=len(skips),
     )
+
+
+_PASS_THROUGH = ("Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "ActivityRegularization")
+
+
+def dense_head(cut: Split) -> Any:
+    """The (k, classes) kernel of a head that is global average pooling then Dense, for CAM.
+
+    Layers that are the identity at inference (dropout, noise) may stand between them.
+    """
+    kinds = [type(s.layer).__name__ for s in cut.head_steps]
+    core = [s for s in cut.head_steps if type(s.layer).__name__ not in _PASS_THROUGH]
+    is_gap_dense = (
+        cut.skips == 0
+        and len(core) == 2
+        and type(core[0].layer).__name__ == "GlobalAveragePooling2D"
+        and not getattr(core[0].layer, "keepdims", False)
+        and type(core[1].layer).__name__ == "Dense"
+    )
+    if not is_gap_dense:
+        path = " → ".join(kinds) or "nothing"
+        raise ExplainError(
+            f"cam needs the layer to be followed by global average pooling then Dense; after {cut.layer} "
+            f"this model has: {path}. Use gradcam (equal to CAM for such heads) or pick the last conv layer"
+        )
+    return core[1].layer.kernel
 
 
 def logits(graph: Graph) -> tuple[Callable[[Tensor], Tensor], str]:

@@ -1,18 +1,27 @@
-"""Explanation methods: each turns a layer's activations and the class score's gradient into a map.
+"""Explanation methods at a layer's resolution: each turns what the explain step computed into maps.
 
-A method is a function (activations A, gradients ∂y_c/∂A) -> map, on TensorFlow tensors shaped
-(n, h, w, k) -> (n, h, w), run inside the compiled explain step. Adding one is a function and a line
-in METHODS.
+A method is a `Method`: a function of `MethodInputs` (TensorFlow tensors, one row per explained
+(image, class) pair) returning maps (rows, h, w), plus what it needs computed. It runs inside the
+compiled explain step, after the one feature pass and the one head gradient that every method of
+the same image shares. Adding a method is one function and one line in METHODS.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-from explain_cli.methods.gradcam import gradcam
-
-Method = Callable[[Any, Any], Any]
+from explain_cli.methods.base import Method, MethodInputs
+from explain_cli.methods.cam import cam, eigencam
+from explain_cli.methods.gradcam import gradcam, gradcam_plus_plus, hirescam, layercam, xgradcam
+from explain_cli.methods.scorecam import scorecam
 
 METHODS: dict[str, Method] = {
-    "gradcam": gradcam,
+    "gradcam": Method(gradcam),
+    "gradcam++": Method(gradcam_plus_plus),
+    "xgradcam": Method(xgradcam),
+    "hirescam": Method(hirescam),
+    "layercam": Method(layercam),
+    "cam": Method(cam, gradients=False, dense_head=True),
+    "eigencam": Method(eigencam, gradients=False),
+    "scorecam": Method(scorecam, gradients=False, forward=True),
 }
+
+__all__ = ["METHODS", "Method", "MethodInputs"]
