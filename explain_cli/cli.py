@@ -21,6 +21,7 @@ import click
 from explain_cli import __version__, inputs, models, output, pipeline, render
 from explain_cli.errors import ExplainError
 from explain_cli.methods import METHODS
+from explain_cli.methods.saliency import PIXEL_METHODS
 
 
 def _model_options(command: Callable) -> Callable:
@@ -156,39 +157,48 @@ def cli() -> None:
     """
 
 
-def _explain_options(command: Callable) -> Callable:
-    """What to explain and how to draw it: shared by `gradcam` and `cam`."""
-    options = [
-        click.option("--layer", help="The layer to explain (default: the model's last convolutional block). "
-                     "See `explain layers`."),
-        click.option("--class", "class_specs", multiple=True, metavar="CLASS",
-                     help="Explain this class: a number or a label name (repeatable). Default: the top class."),
-        click.option("--top-k", type=click.IntRange(1), help="Explain each image's N most probable classes."),
-        click.option("--score", type=click.Choice(["logit", "probability"]), default="logit", show_default=True,
-                     help="Differentiate the pre-softmax class score (as in the paper) or the probability."),
-        click.option("--counterfactual", is_flag=True,
-                     help="Negate the gradients: show the regions whose removal would raise the score."),
-        click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
-                     default=Path("explanations"), show_default=True, help="Where explanations are written."),
-        click.option("--colormap", default="jet", show_default=True, help="Any matplotlib colormap name."),
-        click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
-                     help="Heatmap opacity over the image."),
-        click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
-                     help="Overlay format: JPEG (quality 90, fast) or lossless PNG."),
-        click.option("--save-heatmap", is_flag=True,
-                     help="Also save the normalised map at layer resolution as .npy."),
-        click.option("--figure", is_flag=True, help="Also save a panel: original | heatmap | overlay."),
-        click.option("--skip-existing", is_flag=True,
-                     help="Skip images already explained in OUTPUT_DIR (by its manifest, with their files "
-                     "present): rerun an interrupted batch to finish it."),
-    ]
-    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+def _options(*options: Callable) -> Callable[[Callable], Callable]:
+    def apply(command: Callable) -> Callable:
+        return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+    return apply
+
+
+_target_options = _options(
+    click.option("--layer", help="The layer to explain (default: the model's last convolutional block). "
+                 "See `explain layers`."),
+    click.option("--class", "class_specs", multiple=True, metavar="CLASS",
+                 help="Explain this class: a number or a label name (repeatable). Default: the top class."),
+    click.option("--top-k", type=click.IntRange(1), help="Explain each image's N most probable classes."),
+)
+_gradient_options = _options(
+    click.option("--score", type=click.Choice(["logit", "probability"]), default="logit", show_default=True,
+                 help="Differentiate the pre-softmax class score (as in the paper) or the probability."),
+    click.option("--counterfactual", is_flag=True,
+                 help="Negate the gradients: show the regions whose removal would raise the score."),
+)
+_render_options = _options(
+    click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+                 default=Path("explanations"), show_default=True, help="Where explanations are written."),
+    click.option("--colormap", default="jet", show_default=True, help="Any matplotlib colormap name."),
+    click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
+                 help="Heatmap opacity over the image."),
+    click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
+                 help="Overlay format: JPEG (quality 90, fast) or lossless PNG."),
+    click.option("--save-heatmap", is_flag=True, help="Also save the normalised map as .npy."),
+    click.option("--figure", is_flag=True, help="Also save a panel: original | heatmap | overlay."),
+    click.option("--skip-existing", is_flag=True,
+                 help="Skip images already explained in OUTPUT_DIR (by its manifest, with their files present): "
+                 "rerun an interrupted batch to finish it."),
+)
 
 
 @cli.command()
 @_input_options
 @_model_options
-@_explain_options
+@_target_options
+@_gradient_options
+@_render_options
 def gradcam(**options: Any) -> None:
     """Grad-CAM: which regions raised each class score (Selvaraju et al. 2017).
 
@@ -196,7 +206,7 @@ def gradcam(**options: Any) -> None:
     OUTPUT_DIR/<name>.gradcam.<class>-<label>.jpg, mirroring folders, plus a line per explanation
     in OUTPUT_DIR/manifest.jsonl. The same as `explain cam --method gradcam`.
     """
-    _explain(method="gradcam", max_masks=64, **options)
+    _explain_cam("gradcam", 64, **options)
 
 
 @cli.command()
@@ -208,14 +218,60 @@ def gradcam(**options: Any) -> None:
               "forward passes).")
 @click.option("--max-masks", type=click.IntRange(1), default=64, show_default=True,
               help="scorecam: the channels of highest mean activation used as masks (one forward pass each).")
-@_explain_options
+@_target_options
+@_gradient_options
+@_render_options
 def cam(method: str, max_masks: int, **options: Any) -> None:
     """Class-activation maps at a layer, by any method: one flag to compare them on the same images.
 
     Writes OUTPUT_DIR/<name>.<method>.<class>-<label>.jpg and a manifest line per explanation, like
     `explain gradcam`.
     """
-    _explain(method=method, max_masks=max_masks, **options)
+    _explain_cam(method, max_masks, **options)
+
+
+@cli.command()
+@_input_options
+@_model_options
+@click.option("--method", type=click.Choice(list(PIXEL_METHODS)), default="vanilla", show_default=True,
+              help="vanilla gradients, smoothgrad, integrated-gradients (black baseline), guided-backprop, "
+              "guided-gradcam.")
+@click.option("--samples", type=click.IntRange(1), default=25, show_default=True, help="smoothgrad: noisy copies.")
+@click.option("--noise", type=click.FloatRange(0.0, 1.0), default=0.15, show_default=True,
+              help="smoothgrad: the noise's σ as a fraction of the pixel range.")
+@click.option("--steps", type=click.IntRange(1), default=64, show_default=True,
+              help="integrated-gradients: steps from the black baseline.")
+@click.option("--seed", type=int, default=0, show_default=True, help="smoothgrad: the noise's seed.")
+@_target_options
+@_render_options
+def saliency(method: str, samples: int, noise: float, steps: int, seed: int, **options: Any) -> None:
+    """Pixel attributions: which input pixels the class score is most sensitive to.
+
+    Writes OUTPUT_DIR/<name>.<method>.<class>-<label>.jpg (an overlay) and .map.png (the grey map at the
+    model's input resolution). --layer is where guided-gradcam takes its Grad-CAM.
+    """
+    from explain_cli import explainer
+
+    def build(model: models.LoadedModel, graph: Any, layer: str, classes: list[int], top_k: int) -> Any:
+        return explainer.compile_saliency(model, graph, method, layer=layer, classes=classes, top_k=top_k,
+                                          samples=samples, noise=noise, steps=steps, seed=seed)
+
+    _explain(method, build, grey_map=True, **options)
+
+
+def _explain_cam(method: str, max_masks: int, **options: Any) -> None:
+    from explain_cli import explainer, split
+
+    score, counterfactual = options.pop("score"), options.pop("counterfactual")
+    if counterfactual and not METHODS[method].gradients:
+        raise click.BadParameter(f"{method} uses no gradients to negate", param_hint="--counterfactual")
+
+    def build(model: models.LoadedModel, graph: Any, layer: str, classes: list[int], top_k: int) -> Any:
+        cut = split.split(graph, layer)
+        return explainer.compile_explain(model, cut, method, classes=classes, top_k=top_k, score=score,
+                                         counterfactual=counterfactual, max_masks=max_masks)
+
+    _explain(f"{method}-counterfactual" if counterfactual else method, build, **options)
 
 
 @cli.command()
@@ -248,16 +304,14 @@ def layers(**options: Any) -> None:
         sys.stdout.write(f"{mark} {name:<{width}}  {shape}\n")
 
 
-def _explain(method: str, max_masks: int, **options: Any) -> None:
+def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **options: Any) -> None:
+    """Explain every input with the step `build` makes; `name` names the method in files and manifest."""
     from explain_cli import explainer, split
 
     if options["class_specs"] and options["top_k"]:
         raise click.UsageError("--class and --top-k are exclusive: explain named classes or the top N")
     if not render.is_colormap(options["colormap"]):
         raise click.BadParameter(f"unknown matplotlib colormap {options['colormap']!r}", param_hint="--colormap")
-    if options["counterfactual"] and not METHODS[method].gradients:
-        raise click.BadParameter(f"{method} uses no gradients to negate", param_hint="--counterfactual")
-    name = f"{method}-counterfactual" if options["counterfactual"] else method  # in file names and manifest
     out_dir: Path = options["output_dir"]
     sources = _sources(options, skip_dir=out_dir)
     skipped = 0
@@ -283,25 +337,24 @@ def _explain(method: str, max_masks: int, **options: Any) -> None:
             )
         graph = explainer.graph_of(model)
         default = explainer.default_layer(graph, model)
+        layer = options["layer"] or default
         try:
-            cut = split.split(graph, options["layer"] or default)
+            layer = split.split(graph, layer).layer  # checked (and qualified) before anything is compiled
         except ExplainError as error:
             raise click.BadParameter(f"{error}; default: {default}", param_hint="--layer") from None
         chosen = "" if options["layer"] else " (default)"
-        click.echo(f"{model.name}: {name} at layer {cut.layer}{chosen}", err=True)
-        step = explainer.compile_explain(
-            model, cut, method, classes=classes, top_k=options["top_k"] or 1, score=options["score"],
-            counterfactual=options["counterfactual"], max_masks=max_masks,
-        )
+        click.echo(f"{model.name}: {name} at layer {layer}{chosen}", err=True)
+        step = build(model, graph, layer, classes, options["top_k"] or 1)
         render_options = pipeline.RenderOptions(
             out_dir=out_dir,
             method=name,
-            layer=cut.layer,
+            layer=layer,
             colormap=options["colormap"],
             alpha=options["alpha"],
             image_format=options["image_format"],
             save_heatmap=options["save_heatmap"],
             figure=options["figure"],
+            grey_map=grey_map,
         )
         finish = pipeline.explanations(model.labels.names, options["top"], render_options)
         _report(_run(sources, step, finish, model, options), len(sources), options, manifest, model.name, skipped)

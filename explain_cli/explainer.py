@@ -157,3 +157,84 @@ def _tile(tensor: Any, k: int) -> Any:
     if k == 1:
         return tensor
     return tf.tile(tensor, tf.concat([[k], tf.ones([tf.rank(tensor) - 1], tf.int32)], 0))
+
+
+def compile_saliency(
+    model: LoadedModel,
+    graph: split_module.Graph,
+    method: str,
+    *,
+    layer: str,
+    classes: Sequence[int] = (),
+    top_k: int = 1,
+    samples: int = 25,
+    noise: float = 0.15,
+    steps: int = 64,
+    seed: int = 0,
+) -> Any:
+    """uint8 batch -> BatchResult whose maps are pixel attributions at the model's input resolution.
+
+    `layer` is where guided Grad-CAM takes its Grad-CAM. The returned callable has `.traced`.
+    """
+    import tensorflow as tf
+
+    from explain_cli.methods.gradcam import gradcam
+    from explain_cli.methods.saliency import PIXEL_METHODS, PixelInputs
+
+    attribute = PIXEL_METHODS[method]
+    forward, activation = split_module.logits(graph)
+    guided_forward, _ = split_module.logits(split_module.guided(graph))
+    cut = split_module.split(graph, layer) if method == "guided-gradcam" else None
+    k = len(classes) or top_k
+    fixed = tf.constant(list(classes), tf.int32) if classes else None
+
+    @tf.function(input_signature=[_input_spec(model)], reduce_retracing=True)
+    def step(images: Any) -> tuple[Any, Any, Any, Any]:
+        pixels = tf.cast(images, tf.float32)
+        b = tf.shape(pixels)[0]
+        logits = forward(model.preprocess(pixels))
+        probabilities = _probabilities(logits, activation)
+        chosen = tf.math.top_k(probabilities, k=k).indices if fixed is None else tf.broadcast_to(fixed, [b, k])
+        row_class = tf.reshape(tf.transpose(chosen), [-1])
+        rows = _tile(pixels, k)
+
+        def gradient_through(network: Callable[[Any], Any]) -> Callable[[Any], Any]:
+            def gradient(x: Any) -> Any:
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(x)
+                    score = tf.gather(network(model.preprocess(x)), row_class, batch_dims=1)
+                return tape.gradient(score, x)
+
+            return gradient
+
+        def gradcam_at_input_size() -> Any:
+            activations, skips = cut.features(model.preprocess(rows))
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(activations)
+                score = tf.gather(cut.head(activations, skips), row_class, batch_dims=1)
+            maps = gradcam(MethodInputs(activations, tape.gradient(score, activations)))
+            up = tf.image.resize(maps[..., None], tf.shape(rows)[1:3], method="bilinear")[..., 0]
+            peak = tf.reduce_max(up, axis=(1, 2), keepdims=True)
+            return up / tf.where(peak > 0, peak, tf.ones_like(peak))
+
+        inputs = PixelInputs(
+            images=rows,
+            gradient=gradient_through(forward),
+            guided_gradient=gradient_through(guided_forward),
+            gradcam=gradcam_at_input_size,
+            samples=samples,
+            noise=noise,
+            steps=steps,
+            seed=seed,
+        )
+        maps = attribute(inputs)
+        maps = tf.transpose(tf.reshape(maps, tf.concat([[k, b], tf.shape(maps)[1:]], 0)), [1, 0, 2, 3])
+        scores = tf.gather(logits, chosen, batch_dims=1)
+        return probabilities, chosen, scores, maps
+
+    def run(batch: np.ndarray) -> BatchResult:
+        probabilities, chosen, scores, maps = step(batch)
+        return BatchResult(probabilities.numpy(), chosen.numpy(), scores.numpy(), maps.numpy())
+
+    run.traced = step  # type: ignore[attr-defined]
+    return run

@@ -157,7 +157,7 @@ def explained_images(out_dir: Path, method: str) -> set[str]:
     for record in read_manifest(out_dir):
         if record.get("method") != method or "image" not in record:
             continue
-        files = [record.get(key) for key in ("overlay", "heatmap", "figure")]
+        files = [record.get(key) for key in ("overlay", "heatmap", "figure", "map")]
         present = all((out_dir / name).is_file() for name in files if name)
         complete[record["image"]] = complete.get(record["image"], True) and present
     return {image for image, ok in complete.items() if ok}

@@ -39,6 +39,7 @@ class Explanation:
     overlay: str  # relative to the output folder
     heatmap_file: str | None
     figure_file: str | None
+    map_file: str | None = None  # pixel attributions: the map itself as a grey PNG
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class RenderOptions:
     image_format: str = "jpg"
     save_heatmap: bool = False
     figure: bool = False
+    grey_map: bool = False  # also write the normalised map as an 8-bit grey PNG at its own resolution
 
 
 # A batch's images, once decoded: (source, the picture or the reason it failed, model input).
@@ -184,10 +186,13 @@ def _write(
     overlay = name(options.image_format)
     heatmap_file = name("npy") if options.save_heatmap else None
     figure_file = name("figure.png") if options.figure else None
+    map_file = name("map.png") if options.grey_map else None
     try:
         output.write_atomic(options.out_dir / overlay, render.encode(blended, options.image_format))
         if heatmap_file:
             output.write_atomic(options.out_dir / heatmap_file, output.npy_bytes(heatmap))
+        if map_file:
+            output.write_atomic(options.out_dir / map_file, render.encode_grey(heatmap))
         if figure_file:
             title = f"{label} ({class_index}): p = {probability:.3f}, {options.method} at {options.layer}"
             picture = render.figure(original, heatmap, blended, title, options.colormap)
@@ -208,6 +213,7 @@ def _write(
         overlay=overlay,
         heatmap_file=heatmap_file,
         figure_file=figure_file,
+        map_file=map_file,
     )
 
 
@@ -225,4 +231,5 @@ def manifest_record(explanation: Explanation, model: str) -> dict:
         "overlay": explanation.overlay,
         "heatmap": explanation.heatmap_file,
         "figure": explanation.figure_file,
+        **({"map": explanation.map_file} if explanation.map_file else {}),
     }

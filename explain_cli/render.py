@@ -96,6 +96,13 @@ def encode(image: np.ndarray, image_format: str) -> bytes:
     return buffer.getvalue()
 
 
+def encode_grey(heatmap01: np.ndarray) -> bytes:
+    """A [0, 1] map as an 8-bit grey PNG at its own resolution."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(heatmap01 * 255.0), 0, 255).astype(np.uint8), mode="L").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def figure(original: np.ndarray, heatmap01: np.ndarray, blended: np.ndarray, title: str, colormap: str) -> bytes:
     """A PNG panel: original | heatmap | overlay, titled."""
     from matplotlib.figure import Figure

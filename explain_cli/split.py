@@ -14,6 +14,7 @@ Nothing here changes the user's model: no layer is rebuilt, re-activated or re-w
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import inspect
 import itertools
@@ -276,18 +277,43 @@ def _pre_activation(graph: Graph) -> tuple[int, str, list[Step]]:
         return logits, kind, steps
     from keras import activations
 
-    linear = copy.copy(last.layer)
-    object.__setattr__(linear, "activation", activations.linear)
-    steps[steps.index(last)] = Step(
-        name=last.name,
-        layer=linear,
-        arguments=last.arguments,
-        inputs=last.inputs,
-        outputs=last.outputs,
-        output_shapes=last.output_shapes,
-        takes_training=last.takes_training,
-    )
+    steps[steps.index(last)] = _with_activation(last, activations.linear)
     return graph.output, kind, steps
+
+
+def _with_activation(step: Step, activation: Callable[[Tensor], Tensor]) -> Step:
+    """The step calling a shallow copy of its layer with another activation: same variables, and the
+    user's layer left as it was."""
+    layer = copy.copy(step.layer)
+    object.__setattr__(layer, "activation", activation)
+    return dataclasses.replace(step, layer=layer)
+
+
+def guided(graph: Graph) -> Graph:
+    """The graph with every ReLU made a guided ReLU (Springenberg et al. 2015): its backward pass lets
+    through only positive gradients at positive inputs. The forward pass is unchanged."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def guided_relu(x: Tensor) -> tuple[Tensor, Callable]:
+        def backward(upstream: Tensor) -> Tensor:
+            return upstream * tf.cast(x > 0, upstream.dtype) * tf.cast(upstream > 0, upstream.dtype)
+
+        return tf.nn.relu(x), backward
+
+    steps = []
+    for step in graph.steps:
+        if type(step.layer).__name__ == "ReLU" and _plain_relu_layer(step.layer):
+            step = dataclasses.replace(step, layer=guided_relu, takes_training=False)
+        elif _activation_name(step.layer) == "relu":
+            step = _with_activation(step, guided_relu)
+        steps.append(step)
+    return dataclasses.replace(graph, steps=tuple(steps))
+
+
+def _plain_relu_layer(layer: Any) -> bool:
+    config = layer.get_config()
+    return not config.get("max_value") and not config.get("negative_slope") and not config.get("threshold")
 
 
 def _is_activation_layer(layer: Any) -> bool:
