@@ -259,6 +259,93 @@ def saliency(method: str, samples: int, noise: float, steps: int, seed: int, **o
     _explain(method, build, grey_map=True, **options)
 
 
+@cli.command()
+@_input_options
+@_model_options
+@click.option("--layer", "layer_names", multiple=True, metavar="NAME",
+              help="A layer to draw (repeatable). Default: every convolution and pooling layer, up to --max-layers.")
+@click.option("--max-layers", type=click.IntRange(1), default=16, show_default=True,
+              help="Without --layer: how many layers at most, spread evenly through the network.")
+@click.option("--max-channels", type=click.IntRange(1), default=64, show_default=True,
+              help="Channels drawn per layer (the first ones).")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("explanations"), show_default=True, help="Where the grids are written.")
+def activations(layer_names: tuple[str, ...], max_layers: int, max_channels: int, output_dir: Path,
+                **options: Any) -> None:
+    """Draw what layers see: each layer's channels as a grid, 16 per row, in viridis.
+
+    Each channel is standardised on its own (mean 0, std 1, then ×64 + 128). Writes
+    OUTPUT_DIR/<name>.activations.<layer>.png for every input and layer.
+    """
+    from explain_cli import explainer, inside
+
+    sources = _sources(options, skip_dir=output_dir)
+    model = _load(options)
+    graph = explainer.graph_of(model)
+    if layer_names:
+        try:
+            layers = [graph.find(name).name for name in layer_names]
+        except ExplainError as error:
+            raise click.BadParameter(str(error), param_hint="--layer") from None
+        flat = [n for n in layers if n not in {s.name for s in graph.layers_4d()}]
+        if flat:
+            raise click.BadParameter(f"{flat[0]!r} has no 4-D output to draw", param_hint="--layer")
+    else:
+        layers, available = inside.default_activation_layers(graph, max_layers)
+        if available > len(layers):
+            click.echo(f"{model.name}: {available} convolution and pooling layers; drawing {len(layers)} "
+                       "spread evenly (--layer to choose, --max-layers for more)", err=True)
+    step = inside.compile_activations(model, graph, layers)
+    finish = pipeline.activation_grids(output_dir, layers, max_channels)
+    _report(_run(sources, step, finish, model, options), len(sources), options)
+
+
+@cli.command()
+@click.argument("class_spec", metavar="CLASS")
+@_model_options
+@click.option("--steps", type=click.IntRange(1), default=200, show_default=True, help="Gradient-ascent steps.")
+@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True,
+              help="Step size in pixel units (the gradient is normalised to unit std).")
+@click.option("--l2", type=click.FloatRange(0.0), default=1e-4, show_default=True, help="λ in S_c(I) − λ‖I‖².")
+@click.option("--jitter", type=click.IntRange(0), default=0, show_default=True,
+              help="Shift the image by up to this many pixels at random before each step.")
+@click.option("--blur-every", type=click.IntRange(0), default=0, show_default=True,
+              help="Blur the image every K steps (0: never).")
+@click.option("--blur-sigma", type=click.FloatRange(0.0, min_open=True), default=0.5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="The starting noise and the jitter.")
+@click.option("--every", type=click.IntRange(0), default=0, show_default=True,
+              help="Also write the image every K steps.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("explanations"), show_default=True, help="Where the images are written.")
+def classviz(class_spec: str, steps: int, lr: float, l2: float, jitter: int, blur_every: int, blur_sigma: float,
+             seed: int, every: int, output_dir: Path, **options: Any) -> None:
+    """Class model visualisation: the image the model finds most CLASS-like (Simonyan et al. 2014).
+
+    Gradient ascent on an input image for the class logit minus λ‖I‖², from seeded noise. Writes
+    OUTPUT_DIR/classviz.<class>-<label>.png (and .stepNNNN.png with --every) and prints its path.
+    """
+    from explain_cli import explainer, inside
+
+    model = _load(options)
+    class_index = _resolve_class(model, class_spec)
+    label = model.labels.name(class_index)
+    graph = explainer.graph_of(model)
+    settings = inside.ClassVizSettings(steps, lr, l2, jitter, blur_every, blur_sigma, seed)
+    start = inside.start_logit(model, graph, class_index, seed)
+    final, snapshots, logits = inside.class_visualisation(model, graph, class_index, settings, every)
+    stem = f"classviz.{class_index}-{output.safe_label(label)}"
+    try:
+        for step, picture in snapshots:
+            output.write_atomic(output_dir / f"{stem}.step{step:04d}.png", render.encode(picture, "png"))
+        path = output_dir / f"{stem}.png"
+        output.write_atomic(path, render.encode(final, "png"))
+    except OSError as error:
+        raise ExplainError(f"cannot write to {output_dir}: {error.strerror or error}") from None
+    click.echo(f"{model.name}: class {class_index} ({label}) logit {start:.3f} → {logits[-1]:.3f} "
+               f"in {steps} steps", err=True)
+    sys.stdout.write(f"{path}\n")
+
+
 def _explain_cam(method: str, max_masks: int, **options: Any) -> None:
     from explain_cli import explainer, split
 

@@ -146,6 +146,22 @@ def predictions_only(names: Sequence[str], top: int) -> Finish:
     return finish
 
 
+def activation_grids(out_dir: Path, layers: Sequence[str], max_channels: int) -> Finish:
+    """A finish step for `explain activations`: one channel-grid PNG per layer, named after it."""
+
+    def finish(source: Source, original: np.ndarray, row: int, per_layer: object) -> ImageResult:
+        for layer, batch in zip(layers, per_layer):
+            grid = render.channel_grid(batch[row][..., :max_channels])
+            name = source.stem.with_name(f"{source.stem.name}.activations.{output.safe_label(layer)}.png")
+            try:
+                output.write_atomic(out_dir / name.as_posix(), render.encode(grid, "png"))
+            except OSError as error:
+                raise ExplainError(f"cannot write to {out_dir}: {error.strerror or error}") from None
+        return ImageResult(source)
+
+    return finish
+
+
 def explanations(names: Sequence[str], top: int, options: RenderOptions) -> Finish:
     """A finish step that renders and writes each explained class of an image (overlay, .npy, figure)."""
 

@@ -96,6 +96,28 @@ def encode(image: np.ndarray, image_format: str) -> bytes:
     return buffer.getvalue()
 
 
+def channel_grid(activations: np.ndarray, per_row: int = 16, colormap: str = "viridis") -> np.ndarray:
+    """A layer's channels (h, w, c) tiled row by row, `per_row` across, no gaps, as (rows·h, cols·w, 3) uint8.
+
+    Each channel is standardised on its own: (a − mean) / std × 64 + 128, clipped to [0, 255], then
+    coloured; a constant channel is drawn at 128.
+    """
+    height, width, channels = activations.shape
+    values = activations.astype(np.float32)
+    mean = values.mean(axis=(0, 1), keepdims=True)
+    std = values.std(axis=(0, 1), keepdims=True)
+    scaled = np.where(std > 0, (values - mean) / np.where(std > 0, std, 1.0), 0.0) * 64.0 + 128.0
+    levels = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    colored = colormap_table(colormap)[levels]  # (h, w, c, 3)
+    columns = min(per_row, channels)
+    rows = -(-channels // per_row)
+    grid = np.zeros((rows * height, columns * width, 3), np.uint8)  # cells past the last channel stay black
+    for index in range(channels):
+        top, left = (index // per_row) * height, (index % per_row) * width
+        grid[top : top + height, left : left + width] = colored[:, :, index]
+    return grid
+
+
 def encode_grey(heatmap01: np.ndarray) -> bytes:
     """A [0, 1] map as an 8-bit grey PNG at its own resolution."""
     buffer = io.BytesIO()

@@ -236,6 +236,18 @@ def dense_head(cut: Split) -> Any:
     return core[1].layer.kernel
 
 
+def outputs_of(graph: Graph, names: Sequence[str]) -> Callable[[Tensor], list[Tensor]]:
+    """input -> the outputs of the named layers, all from one pass over the steps they need."""
+    numbers = [graph.find(name).outputs[0] for name in names]
+    steps = _needed(graph.steps, set(numbers))
+
+    def run(x: Tensor) -> list[Tensor]:
+        values = graph.run(steps, {graph.input: x})
+        return [values[n] for n in numbers]
+
+    return run
+
+
 def logits(graph: Graph) -> tuple[Callable[[Tensor], Tensor], str]:
     """The whole model up to its logits, and how they become probabilities (uncut, for predictions)."""
     logit_number, activation, steps = _pre_activation(graph)

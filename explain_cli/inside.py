@@ -1,0 +1,110 @@
+"""Seeing inside the network: layer activations, and class model visualisation by gradient ascent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from explain_cli import split as split_module
+from explain_cli.models import LoadedModel
+
+_DRAWN_KINDS = ("Conv", "Pool")  # layer class names containing these are drawn by default
+
+
+def default_activation_layers(graph: split_module.Graph, cap: int) -> tuple[list[str], int]:
+    """Every convolution and pooling layer with a 4-D output, at most `cap` spread evenly; and how many there were."""
+    names = [s.name for s in graph.layers_4d() if any(k in type(s.layer).__name__ for k in _DRAWN_KINDS)]
+    if len(names) <= cap:
+        return names, len(names)
+    picks = np.linspace(0, len(names) - 1, cap).round().astype(int)
+    return [names[i] for i in sorted(set(picks))], len(names)
+
+
+def compile_activations(model: LoadedModel, graph: split_module.Graph, layers: Sequence[str]) -> Callable:
+    """uint8 batch -> [ (b, h, w, c) per layer ], all layers from one forward pass."""
+    import tensorflow as tf
+
+    outputs = split_module.outputs_of(graph, layers)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, model.height, model.width, model.channels], tf.uint8)])
+    def step(images: Any) -> list[Any]:
+        return outputs(model.preprocess(tf.cast(images, tf.float32)))
+
+    return lambda batch: [t.numpy() for t in step(batch)]
+
+
+@dataclass(frozen=True)
+class ClassVizSettings:
+    steps: int = 200
+    lr: float = 1.0  # step size, in pixel units, of a gradient normalised to unit std
+    l2: float = 1e-4  # λ in S_c(I) − λ‖I‖²
+    jitter: int = 0  # pixels of random shift before each step (0: none)
+    blur_every: int = 0  # blur the image every K steps (0: never)
+    blur_sigma: float = 0.5
+    seed: int = 0
+
+
+def class_visualisation(
+    model: LoadedModel, graph: split_module.Graph, class_index: int, settings: ClassVizSettings,
+    every: int = 0,
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]], list[float]]:
+    """Simonyan et al. 2014: gradient ascent on a zero-centred image I for S_c(I) − λ‖I‖².
+
+    Returns the final image (uint8), the intermediate ones every `every` steps, and the class logit
+    after each step. Deterministic for a given seed.
+    """
+    import tensorflow as tf
+
+    forward, _ = split_module.logits(graph)
+    shape = (1, model.height, model.width, model.channels)
+    rng = np.random.default_rng(settings.seed)
+    image = tf.Variable(rng.normal(0.0, 8.0, shape).astype(np.float32))
+    blur = _gaussian_kernel(settings.blur_sigma, model.channels) if settings.blur_every else None
+
+    def logit(centred: Any) -> Any:
+        return forward(model.preprocess(centred + 127.5))[0, class_index]
+
+    @tf.function
+    def ascend(shift: Any) -> Any:
+        shifted = tf.roll(image, shift, axis=[1, 2])
+        with tf.GradientTape() as tape:
+            tape.watch(shifted)
+            objective = logit(shifted) - settings.l2 * tf.reduce_sum(tf.square(shifted))
+        gradient = tf.roll(tape.gradient(objective, shifted), -shift, axis=[1, 2])
+        image.assign_add(settings.lr * gradient / (tf.math.reduce_std(gradient) + 1e-8))
+        return logit(image)
+
+    snapshots, logits = [], []
+    for step in range(1, settings.steps + 1):
+        shift = rng.integers(-settings.jitter, settings.jitter + 1, 2) if settings.jitter else np.zeros(2, int)
+        logits.append(float(ascend(tf.constant(shift, tf.int32))))
+        if blur is not None and step % settings.blur_every == 0:
+            image.assign(tf.nn.depthwise_conv2d(image, blur, [1, 1, 1, 1], "SAME"))
+        if every and step % every == 0 and step != settings.steps:
+            snapshots.append((step, _to_uint8(image.numpy()[0])))
+    return _to_uint8(image.numpy()[0]), snapshots, logits
+
+
+def start_logit(model: LoadedModel, graph: split_module.Graph, class_index: int, seed: int) -> float:
+    """The class logit of the starting image (for reporting how far the ascent went)."""
+    forward, _ = split_module.logits(graph)
+    shape = (1, model.height, model.width, model.channels)
+    start = np.random.default_rng(seed).normal(0.0, 8.0, shape).astype(np.float32)
+    return float(forward(model.preprocess(start + 127.5))[0, class_index])
+
+
+def _to_uint8(centred: np.ndarray) -> np.ndarray:
+    pixels = np.clip(np.rint(centred + 127.5), 0, 255).astype(np.uint8)
+    return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+
+
+def _gaussian_kernel(sigma: float, channels: int) -> Any:
+    import tensorflow as tf
+
+    radius = max(1, int(round(3 * sigma)))
+    x = np.arange(-radius, radius + 1, dtype=np.float32)
+    line = np.exp(-(x**2) / (2 * sigma**2))
+    kernel = np.outer(line, line) / np.outer(line, line).sum()
+    return tf.constant(np.repeat(kernel[:, :, None, None], channels, axis=2))
