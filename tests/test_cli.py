@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from explain_cli.cli import cli
-from tests.conftest import SHAPE_CLASSES
+from tests.synthetic import SHAPE_CLASSES
 
 
 def run(*args: str, stdin: str | None = None):

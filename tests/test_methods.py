@@ -17,7 +17,7 @@ from explain_cli import explainer, models, split
 from explain_cli.cli import cli
 from explain_cli.errors import ExplainError
 from explain_cli.methods import METHODS
-from tests.conftest import make_scene
+from tests.synthetic import make_scene
 
 LAYER = "conv3"
 

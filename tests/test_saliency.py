@@ -12,7 +12,7 @@ from PIL import Image
 from explain_cli import explainer, models, split
 from explain_cli.cli import cli
 from explain_cli.methods.saliency import PIXEL_METHODS, PixelInputs, integrated_gradient_attributions
-from tests.conftest import make_scene
+from tests.synthetic import make_scene
 from tests.test_methods import up_to
 
 

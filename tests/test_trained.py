@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from explain_cli import explainer, models, render, split
-from tests.conftest import SHAPE_CLASSES, make_scene
+from tests.synthetic import SHAPE_CLASSES, make_scene
 
 
 def test_tiny_model_learned_the_task_and_gradcam_peaks_inside_the_square(tiny_model, tiny_labels):
