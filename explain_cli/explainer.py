@@ -119,11 +119,7 @@ def compile_explain(
             tape.watch(tiled)
             logits = cut.head(tiled, tiled_skips)  # (k*b, classes), copy j of image i at row j*b + i
             probabilities = _probabilities(logits[:b], cut.activation)
-            if fixed is None:
-                chosen = tf.math.top_k(probabilities, k=k).indices  # (b, k)
-            else:
-                chosen = tf.broadcast_to(fixed, [b, k])
-            row_class = tf.reshape(tf.transpose(chosen), [-1])
+            chosen, row_class = _choose(probabilities, fixed, k)
             source = logits if score == "logit" else _probabilities(logits, cut.activation)
             scores = tf.gather(source, row_class, batch_dims=1)
         gradients = None
@@ -140,15 +136,9 @@ def compile_explain(
             max_masks=max_masks,
         )
         maps = spec.compute(inputs)  # (k*b, h, w)
-        maps = tf.transpose(tf.reshape(maps, tf.concat([[k, b], tf.shape(maps)[1:]], 0)), [1, 0, 2, 3])
-        return probabilities, chosen, tf.transpose(tf.reshape(scores, [k, b])), maps
+        return probabilities, chosen, _per_image(scores, k, b), _per_image(maps, k, b)
 
-    def run(batch: np.ndarray) -> BatchResult:
-        probabilities, chosen, scores, maps = step(batch)
-        return BatchResult(probabilities.numpy(), chosen.numpy(), scores.numpy(), maps.numpy())
-
-    run.traced = step  # type: ignore[attr-defined]
-    return run
+    return _numpy_step(step)
 
 
 def _tile(tensor: Any, k: int) -> Any:
@@ -194,8 +184,7 @@ def compile_saliency(
         b = tf.shape(pixels)[0]
         logits = forward(model.preprocess(pixels))
         probabilities = _probabilities(logits, activation)
-        chosen = tf.math.top_k(probabilities, k=k).indices if fixed is None else tf.broadcast_to(fixed, [b, k])
-        row_class = tf.reshape(tf.transpose(chosen), [-1])
+        chosen, row_class = _choose(probabilities, fixed, k)
         rows = _tile(pixels, k)
 
         def gradient_through(network: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -227,10 +216,31 @@ def compile_saliency(
             steps=steps,
             seed=seed,
         )
-        maps = attribute(inputs)
-        maps = tf.transpose(tf.reshape(maps, tf.concat([[k, b], tf.shape(maps)[1:]], 0)), [1, 0, 2, 3])
-        scores = tf.gather(logits, chosen, batch_dims=1)
-        return probabilities, chosen, scores, maps
+        maps = attribute(inputs)  # (k*b, H, W)
+        return probabilities, chosen, tf.gather(logits, chosen, batch_dims=1), _per_image(maps, k, b)
+
+    return _numpy_step(step)
+
+
+def _choose(probabilities: Any, fixed: Any, k: int) -> tuple[Any, Any]:
+    """The classes to explain: (b, k) per image (the given ones, or the top k) and (k*b,) per row."""
+    import tensorflow as tf
+
+    b = tf.shape(probabilities)[0]
+    chosen = tf.math.top_k(probabilities, k=k).indices if fixed is None else tf.broadcast_to(fixed, [b, k])
+    return chosen, tf.reshape(tf.transpose(chosen), [-1])
+
+
+def _per_image(rows: Any, k: int, b: Any) -> Any:
+    """Rows ordered class-major (copy j of image i at j*b + i) regrouped as (b, k, ...)."""
+    import tensorflow as tf
+
+    grouped = tf.reshape(rows, tf.concat([[k, b], tf.shape(rows)[1:]], 0))
+    return tf.transpose(grouped, tf.concat([[1, 0], tf.range(2, tf.rank(grouped))], 0))
+
+
+def _numpy_step(step: Any) -> Callable[[np.ndarray], BatchResult]:
+    """The compiled step as numpy in, BatchResult out; `.traced` keeps the tf.function for counting traces."""
 
     def run(batch: np.ndarray) -> BatchResult:
         probabilities, chosen, scores, maps = step(batch)
