@@ -87,7 +87,7 @@ model = models.LoadedModel("resnet50", m, 224, 224, 3, keras.applications.resnet
 graph = explainer.graph_of(model); cut = split.split(graph, "conv5_block3_out")
 step = explainer.compile_explain(model, cut, "gradcam")
 source = inputs.discover([{str(image)!r}], None)[0]
-rgb = inputs.decode(source); x = inputs.model_input(rgb, 224, 224, 3)[None]
+rgb = inputs.decode(source).rgb; x = inputs.model_input(rgb, 224, 224, 3)[None]
 step(x); t.append(time.perf_counter())
 result = step(x); t.append(time.perf_counter())
 from pathlib import Path
@@ -100,6 +100,19 @@ print(" ".join(f"{{b - a:.3f}}" for a, b in zip(t, t[1:])))
     names = ["import tensorflow + keras", "build ResNet50", "load weights (.weights.h5, no hash check)",
              "split + first trace + first call", "compute (second call, 1 image)", "render + write JPEG"]
     return list(zip(names, values))
+
+
+class Rows(list):
+    """Table rows, each printed as soon as it is measured (a long run shows its progress)."""
+
+    def append(self, row: tuple[str, str]) -> None:
+        super().append(row)
+        print(f"| {row[0]} | {row[1]} |", flush=True)
+
+    def __iadd__(self, rows: list[tuple[str, str]]) -> "Rows":
+        for row in rows:
+            self.append(row)
+        return self
 
 
 def main() -> None:
@@ -116,7 +129,10 @@ def main() -> None:
     weights = make_weights(args.workdir)
     folder = make_images(args.workdir, args.images)
     out = args.workdir / "out"
-    rows: list[tuple[str, str]] = []
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; ResNet50, batch 32, median of "
+          f"{args.runs} whole-process runs\n")
+    print("| measure | value |\n| --- | --- |", flush=True)
+    rows = Rows()
 
     baseline = median_time([sys.executable, str(ROOT / "benchmarks" / "baseline_predict.py"), str(weights),
                             str(folder)], args.runs)
@@ -156,11 +172,6 @@ def main() -> None:
         rows.append((f"peak RSS, `explain gradcam` on {count} images", f"{rss[count]} MiB"))
     rows.append((f"target 5: RSS {large} ÷ RSS {small} (≤ 1.10)", f"{rss[large] / rss[small]:.2f}×"))
 
-    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; ResNet50, batch 32, median of "
-          f"{args.runs} whole-process runs\n")
-    print("| measure | value |\n| --- | --- |")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
 
 
 if __name__ == "__main__":
