@@ -1,6 +1,7 @@
 """The command line: parse, call the pipeline, print. Errors become one line and an exit code.
 
-Exit codes: 0 all done, 1 some input or the run failed, 2 bad usage, 130 interrupted.
+Exit codes: 0 all done, 1 some input or the run failed, 2 bad usage, 130 / 143 interrupted by
+SIGINT / SIGTERM, 141 stdout closed by its reader.
 Nothing here imports TensorFlow at module level, so `explain --help` is instant.
 """
 
@@ -24,58 +25,61 @@ from explain_cli.methods import METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
 
 
-def _model_options(command: Callable) -> Callable:
-    """--model, --weights, --labels, --preprocess: which classifier, shared by every command."""
-    options = [
-        click.option(
-            "--model",
-            "model_spec",
-            default="resnet50",
-            show_default=True,
-            metavar="NAME|PATH",
-            help=f"A built-in model ({', '.join(models.BUILT_IN)}) or your .keras / .h5 file.",
-        ),
-        click.option(
-            "--weights",
-            default="imagenet",
-            show_default=True,
-            metavar="imagenet|PATH",
-            help="For built-in models: download ImageNet weights (cached in ~/.keras), or load a local "
-            ".h5 / .weights.h5 file.",
-        ),
-        click.option(
-            "--labels",
-            "labels_file",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="Class names, one a line, for your own model (default: ImageNet's for 1000 outputs, "
-            "else numbers).",
-        ),
-        click.option(
-            "--preprocess",
-            type=click.Choice(models.PREPROCESS_MODES),
-            help="Input scaling: caffe, tf ([-1, 1]), torch or none. Default: the built-in model's own; "
-            "none for your model files.",
-        ),
-    ]
-    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+def _options(*options: Callable) -> Callable[[Callable], Callable]:
+    """A decorator applying several Click options, in the order given."""
+
+    def apply(command: Callable) -> Callable:
+        return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+    return apply
 
 
-def _input_options(command: Callable) -> Callable:
-    """INPUTS, --batch-size, --top, --json, --max-pixels, --verbose: what is read and what is printed."""
-    options = [
-        click.argument("sources", nargs=-1, required=True, metavar="INPUTS..."),
-        click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
-                     help="Images per model call."),
-        click.option("--top", default=5, show_default=True, type=click.IntRange(1),
-                     help="Predictions printed per image."),
-        click.option("--json", "as_json", is_flag=True,
-                     help="Print predictions as JSON lines (default: a table on a terminal, TSV when piped)."),
-        click.option("--max-pixels", default=inputs.DEFAULT_MAX_PIXELS, show_default=True,
-                     type=click.IntRange(1), help="Refuse images with more pixels than this, before decoding."),
-        click.option("-v", "--verbose", is_flag=True,
-                     help="Say how each image was read (first frame of an animation, transparency, bit depth)."),
-    ]
-    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+# --model, --weights, --labels, --preprocess: which classifier, shared by every command.
+_model_options = _options(
+    click.option(
+        "--model",
+        "model_spec",
+        default="resnet50",
+        show_default=True,
+        metavar="NAME|PATH",
+        help=f"A built-in model ({', '.join(models.BUILT_IN)}) or your .keras / .h5 file.",
+    ),
+    click.option(
+        "--weights",
+        default="imagenet",
+        show_default=True,
+        metavar="imagenet|PATH",
+        help="For built-in models: download ImageNet weights (cached in ~/.keras), or load a local "
+        ".h5 / .weights.h5 file.",
+    ),
+    click.option(
+        "--labels",
+        "labels_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Class names, one a line, for your own model (default: ImageNet's for 1000 outputs, "
+        "else numbers).",
+    ),
+    click.option(
+        "--preprocess",
+        type=click.Choice(models.PREPROCESS_MODES),
+        help="Input scaling: caffe, tf ([-1, 1]), torch or none. Default: the built-in model's own; "
+        "none for your model files.",
+    ),
+)
+# INPUTS, --batch-size, --top, --json, --max-pixels, --verbose: what is read and what is printed.
+_input_options = _options(
+    click.argument("sources", nargs=-1, required=True, metavar="INPUTS..."),
+    click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
+                 help="Images per model call."),
+    click.option("--top", default=5, show_default=True, type=click.IntRange(1),
+                 help="Predictions printed per image."),
+    click.option("--json", "as_json", is_flag=True,
+                 help="Print predictions as JSON lines (default: a table on a terminal, TSV when piped)."),
+    click.option("--max-pixels", default=inputs.DEFAULT_MAX_PIXELS, show_default=True,
+                 type=click.IntRange(1), help="Refuse images with more pixels than this, before decoding."),
+    click.option("-v", "--verbose", is_flag=True,
+                 help="Say how each image was read (first frame of an animation, transparency, bit depth)."),
+)
 
 
 class Interrupted(BaseException):
@@ -155,13 +159,6 @@ def cli() -> None:
       explain predict photos/ | sort -t$'\\t' -k5 -gr
       explain layers --model vgg16                 layers that can be explained
     """
-
-
-def _options(*options: Callable) -> Callable[[Callable], Callable]:
-    def apply(command: Callable) -> Callable:
-        return functools.reduce(lambda f, option: option(f), reversed(options), command)
-
-    return apply
 
 
 _target_options = _options(
