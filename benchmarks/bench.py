@@ -116,6 +116,27 @@ class Rows(list):
         return self
 
 
+def compute_ratio(weights: Path, batch: int = 32, repeats: int = 5) -> tuple[float, float]:
+    """Seconds per batch of the compiled explain step alone, top-1 and top-5 (median of `repeats`)."""
+    code = f"""
+import statistics, time, numpy as np
+from explain_cli import explainer, models, split
+model = models.load("resnet50", weights={str(weights)!r})
+cut = split.split(explainer.graph_of(model), "conv5_block3_out")
+x = np.random.default_rng(0).integers(0, 256, ({batch}, 224, 224, 3), dtype=np.uint8)
+for k in (1, 5):
+    step = explainer.compile_explain(model, cut, "gradcam", top_k=k)
+    step(x)
+    times = []
+    for _ in range({repeats}):
+        start = time.perf_counter(); step(x); times.append(time.perf_counter() - start)
+    print(statistics.median(times))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    one, five = (float(v) for v in done.stdout.split())
+    return one, five
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=256)
@@ -148,7 +169,13 @@ def main() -> None:
         (f"`explain gradcam`, {n} images, top-1, overlays written", f"{top1:.1f} s ({n / top1:.1f} images/s)"),
         ("target 1: gradcam images/s ÷ baseline images/s (≥ 0.85)", f"{baseline / top1:.2f}×"),
         (f"`explain gradcam --top-k 5`, {n} images", f"{top5:.1f} s"),
-        ("target 3: top-5 time ÷ top-1 time (≤ 1.15)", f"{top5 / top1:.2f}×"),
+        ("target 3: top-5 time ÷ top-1 time, whole runs with 5× the overlays written (≤ 1.15)",
+         f"{top5 / top1:.2f}×"),
+    ]
+    one, five = compute_ratio(weights)
+    rows += [
+        ("compiled explain step alone, batch 32: top-1 / top-5", f"{one:.2f} s / {five:.2f} s"),
+        ("target 3, the model's share: top-5 step ÷ top-1 step", f"{five / one:.2f}×"),
     ]
 
     if args.peer_python:
