@@ -331,13 +331,11 @@ def classviz(class_spec: str, steps: int, lr: float, l2: float, jitter: int, blu
     start = inside.start_logit(model, graph, class_index, seed)
     final, snapshots, logits = inside.class_visualisation(model, graph, class_index, settings, every)
     stem = f"classviz.{class_index}-{output.safe_label(label)}"
-    try:
+    path = output_dir / f"{stem}.png"
+    with output.writing_into(output_dir):
         for step, picture in snapshots:
             output.write_atomic(output_dir / f"{stem}.step{step:04d}.png", render.encode(picture, "png"))
-        path = output_dir / f"{stem}.png"
         output.write_atomic(path, render.encode(final, "png"))
-    except OSError as error:
-        raise ExplainError(f"cannot write to {output_dir}: {error.strerror or error}") from None
     click.echo(f"{model.name}: class {class_index} ({label}) logit {start:.3f} → {logits[-1]:.3f} "
                f"in {steps} steps", err=True)
     sys.stdout.write(f"{path}\n")
@@ -408,10 +406,8 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
         if not sources:  # nothing left to do: no need to load a model for it
             click.echo(_summary(0, 0, [], skipped, 0, None), err=True)
             return
-    try:  # before the model loads: an unwritable folder should fail in a moment, not after it
+    with output.writing_into(out_dir):  # before the model loads: an unwritable folder fails at once
         manifest = output.Manifest(out_dir)
-    except OSError as error:
-        raise ExplainError(f"cannot write to {out_dir}: {error.strerror or error}") from None
     try:
         model = _load(options)
         classes = list(dict.fromkeys(_resolve_class(model, spec) for spec in options["class_specs"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -9,9 +10,11 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Sequence, TextIO
+from typing import Iterator, Sequence, TextIO
 
 import numpy as np
+
+from explain_cli.errors import ExplainError
 
 MANIFEST = "manifest.jsonl"
 
@@ -67,6 +70,16 @@ def _bytes(text: str) -> int:
 
 
 TEMPORARY_PREFIX = ".explain-"
+
+
+@contextlib.contextmanager
+def writing_into(out_dir: Path) -> Iterator[None]:
+    """Turn a failed write into one error for the whole run: a full disk or a read-only folder fails every
+    image alike, so the batch stops with one message instead of one per image."""
+    try:
+        yield
+    except OSError as error:
+        raise ExplainError(f"cannot write to {out_dir}: {error.strerror or error}") from None
 
 
 def write_atomic(path: Path, data: bytes) -> None:

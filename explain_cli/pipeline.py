@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from explain_cli import inputs, output, render
-from explain_cli.errors import BadInput, ExplainError
+from explain_cli.errors import BadInput
 from explain_cli.inputs import Source
 from explain_cli.output import Prediction
 
@@ -153,10 +153,8 @@ def activation_grids(out_dir: Path, layers: Sequence[str], max_channels: int) ->
         for layer, batch in zip(layers, per_layer):
             grid = render.channel_grid(batch[row][..., :max_channels])
             name = source.stem.with_name(f"{source.stem.name}.activations.{output.safe_label(layer)}.png")
-            try:
+            with output.writing_into(out_dir):
                 output.write_atomic(out_dir / name.as_posix(), render.encode(grid, "png"))
-            except OSError as error:
-                raise ExplainError(f"cannot write to {out_dir}: {error.strerror or error}") from None
         return ImageResult(source)
 
     return finish
@@ -203,7 +201,7 @@ def _write(
     heatmap_file = name("npy") if options.save_heatmap else None
     figure_file = name("figure.png") if options.figure else None
     map_file = name("map.png") if options.grey_map else None
-    try:
+    with output.writing_into(options.out_dir):
         output.write_atomic(options.out_dir / overlay, render.encode(blended, options.image_format))
         if heatmap_file:
             output.write_atomic(options.out_dir / heatmap_file, output.npy_bytes(heatmap))
@@ -213,9 +211,6 @@ def _write(
             title = f"{label} ({class_index}): p = {probability:.3f}, {options.method} at {options.layer}"
             picture = render.figure(original, heatmap, blended, title, options.colormap)
             output.write_atomic(options.out_dir / figure_file, picture)
-    except OSError as error:
-        # A full disk or a read-only folder fails every image alike: stop the batch, once.
-        raise ExplainError(f"cannot write to {options.out_dir}: {error.strerror or error}") from None
     return Explanation(
         image=source.shown,
         class_index=class_index,
