@@ -249,8 +249,8 @@ def saliency(method: str, samples: int, noise: float, steps: int, seed: int, **o
     """
     from explain_cli import explainer
 
-    def build(model: models.LoadedModel, graph: Any, layer: str, classes: list[int], top_k: int) -> Any:
-        return explainer.compile_saliency(model, graph, method, layer=layer, classes=classes, top_k=top_k,
+    def build(model: models.LoadedModel, graph: Any, cut: Any, classes: list[int], top_k: int) -> Any:
+        return explainer.compile_saliency(model, graph, method, layer=cut.layer, classes=classes, top_k=top_k,
                                           samples=samples, noise=noise, steps=steps, seed=seed)
 
     _explain(method, build, grey_map=True, **options)
@@ -328,7 +328,6 @@ def classviz(class_spec: str, steps: int, lr: float, l2: float, jitter: int, blu
     label = model.labels.name(class_index)
     graph = explainer.graph_of(model)
     settings = inside.ClassVizSettings(steps, lr, l2, jitter, blur_every, blur_sigma, seed)
-    start = inside.start_logit(model, graph, class_index, seed)
     final, snapshots, logits = inside.class_visualisation(model, graph, class_index, settings, every)
     stem = f"classviz.{class_index}-{output.safe_label(label)}"
     path = output_dir / f"{stem}.png"
@@ -336,20 +335,19 @@ def classviz(class_spec: str, steps: int, lr: float, l2: float, jitter: int, blu
         for step, picture in snapshots:
             output.write_atomic(output_dir / f"{stem}.step{step:04d}.png", render.encode(picture, "png"))
         output.write_atomic(path, render.encode(final, "png"))
-    click.echo(f"{model.name}: class {class_index} ({label}) logit {start:.3f} → {logits[-1]:.3f} "
+    click.echo(f"{model.name}: class {class_index} ({label}) logit {logits[0]:.3f} → {logits[-1]:.3f} "
                f"in {steps} steps", err=True)
     sys.stdout.write(f"{path}\n")
 
 
 def _explain_cam(method: str, max_masks: int, **options: Any) -> None:
-    from explain_cli import explainer, split
+    from explain_cli import explainer
 
     score, counterfactual = options.pop("score"), options.pop("counterfactual")
     if counterfactual and not METHODS[method].gradients:
         raise click.BadParameter(f"{method} uses no gradients to negate", param_hint="--counterfactual")
 
-    def build(model: models.LoadedModel, graph: Any, layer: str, classes: list[int], top_k: int) -> Any:
-        cut = split.split(graph, layer)
+    def build(model: models.LoadedModel, graph: Any, cut: Any, classes: list[int], top_k: int) -> Any:
         return explainer.compile_explain(model, cut, method, classes=classes, top_k=top_k, score=score,
                                          counterfactual=counterfactual, max_masks=max_masks)
 
@@ -417,14 +415,14 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
             )
         graph = explainer.graph_of(model)
         default = explainer.default_layer(graph, model)
-        layer = options["layer"] or default
         try:
-            layer = split.split(graph, layer).layer  # checked (and qualified) before anything is compiled
+            cut = split.split(graph, options["layer"] or default)  # checked before anything is compiled
         except ExplainError as error:
             raise click.BadParameter(f"{error}; default: {default}", param_hint="--layer") from None
+        layer = cut.layer
         chosen = "" if options["layer"] else " (default)"
         click.echo(f"{model.name}: {name} at layer {layer}{chosen}", err=True)
-        step = build(model, graph, layer, classes, options["top_k"] or 1)
+        step = build(model, graph, cut, classes, options["top_k"] or 1)
         render_options = pipeline.RenderOptions(
             out_dir=out_dir,
             method=name,

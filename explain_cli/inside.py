@@ -53,7 +53,7 @@ def class_visualisation(
     """Simonyan et al. 2014: gradient ascent on a zero-centred image I for S_c(I) − λ‖I‖².
 
     Returns the final image (uint8), the intermediate ones every `every` steps, and the class logit
-    after each step. Deterministic for a given seed.
+    of the starting noise followed by the logit after each step. Deterministic for a given seed.
     """
     import tensorflow as tf
 
@@ -76,7 +76,7 @@ def class_visualisation(
         image.assign_add(settings.lr * gradient / (tf.math.reduce_std(gradient) + 1e-8))
         return logit(image)
 
-    snapshots, logits = [], []
+    snapshots, logits = [], [float(logit(image))]
     for step in range(1, settings.steps + 1):
         shift = rng.integers(-settings.jitter, settings.jitter + 1, 2) if settings.jitter else np.zeros(2, int)
         logits.append(float(ascend(tf.constant(shift, tf.int32))))
@@ -85,14 +85,6 @@ def class_visualisation(
         if every and step % every == 0 and step != settings.steps:
             snapshots.append((step, _to_uint8(image.numpy()[0])))
     return _to_uint8(image.numpy()[0]), snapshots, logits
-
-
-def start_logit(model: LoadedModel, graph: split_module.Graph, class_index: int, seed: int) -> float:
-    """The class logit of the starting image (for reporting how far the ascent went)."""
-    forward, _ = split_module.logits(graph)
-    shape = (1, model.height, model.width, model.channels)
-    start = np.random.default_rng(seed).normal(0.0, 8.0, shape).astype(np.float32)
-    return float(forward(model.preprocess(start + 127.5))[0, class_index])
 
 
 def _to_uint8(centred: np.ndarray) -> np.ndarray:
