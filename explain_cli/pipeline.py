@@ -167,6 +167,7 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions) -> Fini
         probabilities = batch.probabilities[row]
         predictions = output.top_predictions(probabilities, names, top)
         written, warnings = [], []
+        ready = render.backdrop(original, options.alpha)
         for class_index, score, raw in zip(batch.classes[row], batch.scores[row], batch.maps[row]):
             class_index = int(class_index)
             label = names[class_index] if class_index < len(names) else str(class_index)
@@ -175,7 +176,9 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions) -> Fini
                 warnings.append(
                     f"warning: {source.shown}: the {options.method} map for class {class_index} ({label}) is all zero"
                 )
-            written.append(_write(source, original, heatmap, class_index, label, float(score), probabilities, options))
+            written.append(
+                _write(source, original, ready, heatmap, class_index, label, float(score), probabilities, options)
+            )
         return ImageResult(source, predictions=predictions, explanations=written, warnings=warnings)
 
     return finish
@@ -184,6 +187,7 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions) -> Fini
 def _write(
     source: Source,
     original: np.ndarray,
+    ready: render.Backdrop,
     heatmap: np.ndarray,
     class_index: int,
     label: str,
@@ -196,7 +200,7 @@ def _write(
 
     probability = float(probabilities[class_index])
     rank = int(np.sum(probabilities > probabilities[class_index])) + 1
-    blended = render.overlay(original, heatmap, options.colormap, options.alpha)
+    blended = render.overlay_on(ready, heatmap, options.colormap)
     overlay = name(options.image_format)
     heatmap_file = name("npy") if options.save_heatmap else None
     figure_file = name("figure.png") if options.figure else None
@@ -209,7 +213,7 @@ def _write(
             output.write_atomic(options.out_dir / map_file, render.encode_grey(heatmap))
         if figure_file:
             title = f"{label} ({class_index}): p = {probability:.3f}, {options.method} at {options.layer}"
-            picture = render.figure(original, heatmap, blended, title, options.colormap)
+            picture = render.figure(original, heatmap, np.asarray(blended), title, options.colormap)
             output.write_atomic(options.out_dir / figure_file, picture)
     return Explanation(
         image=source.shown,

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import functools
 import io
+import math
+from fractions import Fraction
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops
 
 
 def normalise(heatmap: np.ndarray) -> np.ndarray:
@@ -69,30 +72,64 @@ def blend(original: np.ndarray, colored: np.ndarray, alpha: float) -> np.ndarray
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
-def overlay(original: np.ndarray, heatmap01: np.ndarray, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
-    """The normalised layer-resolution map, upsampled to the original image, coloured and blended on it.
+@dataclass(frozen=True)
+class Backdrop:
+    """An image made ready once for all of its overlays (top-k writes k of them)."""
 
-    The same as blend(original, colorize(upsample(heatmap01)), alpha) up to one colormap step, done in
-    Pillow's C code on uint8 images: the map is quantised to the table's 256 levels first, upsampled
-    as a grey image, coloured through a palette and blended. On a 2000-px photo that is ~10 ms instead
-    of ~140 ms of full-size float arithmetic in numpy.
+    dimmed: Image.Image  # (1 - alpha) · original, rounded half up
+    alpha: float
+
+
+def backdrop(original: np.ndarray, alpha: float) -> Backdrop:
+    return Backdrop(Image.fromarray(original).point(_dimming(alpha) * 3), alpha)
+
+
+# The two halves of a blend, rounded in exact arithmetic: the backdrop half up, the tinted palette half
+# down. For any alpha, dimmed(255) + tinted(255) = 255 exactly, so their byte sum never wraps.
+@functools.lru_cache(maxsize=8)
+def _dimming(alpha: float) -> list[int]:
+    keep = 1 - Fraction(alpha)
+    return [math.floor(v * keep + Fraction(1, 2)) for v in range(256)]
+
+
+@functools.lru_cache(maxsize=8)
+def _tinted_palette(colormap: str, alpha: float) -> bytes:
+    weight = Fraction(alpha)
+    return bytes(math.ceil(int(c) * weight - Fraction(1, 2)) for c in colormap_table(colormap).flat)
+
+
+def overlay_on(backdrop: Backdrop, heatmap01: np.ndarray, colormap: str = "jet") -> Image.Image:
+    """(1 - alpha) · original + alpha · colormap(upsample(map)), in Pillow's C code on uint8 images.
+
+    The map is quantised to the table's 256 levels, upsampled as a grey image and coloured through a
+    palette that already holds alpha · colour, so each overlay costs an upsample, a palette lookup and
+    a byte add: ~6 ms on a 1-MP photo, where Image.blend with its array copies took ~11 ms.
     """
-    height, width = original.shape[:2]
+    width, height = backdrop.dimmed.size
     levels = np.clip(np.rint(np.asarray(heatmap01, np.float32) * 255.0), 0, 255).astype(np.uint8)
     grey = Image.fromarray(levels, mode="L").resize((width, height), Image.Resampling.BILINEAR)
-    grey.putpalette(colormap_table(colormap).tobytes())
-    colored = grey.convert("RGB")
-    return np.asarray(Image.blend(Image.fromarray(original), colored, alpha))
+    grey.putpalette(_tinted_palette(colormap, backdrop.alpha))
+    return ImageChops.add_modulo(backdrop.dimmed, grey.convert("RGB"))
 
 
-def encode(image: np.ndarray, image_format: str) -> bytes:
-    """An (h, w, 3) uint8 image as JPEG (quality 90) or PNG bytes."""
+def overlay(original: np.ndarray, heatmap01: np.ndarray, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
+    """One overlay as a numpy image: blend(original, colorize(upsample(map)), alpha) within one step."""
+    return np.asarray(overlay_on(backdrop(original, alpha), heatmap01, colormap))
+
+
+# Measured on 1-MP overlays: PNG level 6 (Pillow's default) takes ~350 ms for 0.93 MB, level 1 ~80 ms
+# for 1.08 MB; 4.5x faster for files 16 % larger.
+PNG_COMPRESS_LEVEL = 1
+
+
+def encode(image: np.ndarray | Image.Image, image_format: str) -> bytes:
+    """An RGB image as JPEG (quality 90) or PNG bytes."""
     buffer = io.BytesIO()
-    picture = Image.fromarray(image)
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
     if image_format == "jpg":
         picture.save(buffer, format="JPEG", quality=90)
     else:
-        picture.save(buffer, format="PNG")
+        picture.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 

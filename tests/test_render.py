@@ -61,6 +61,26 @@ def test_overlay_has_the_original_size_and_pixels():
     np.testing.assert_array_equal(out[15, 0], np.rint(60 + 0.4 * jet[0]).astype(np.uint8))
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 1 / 3, 0.5, 0.6, 0.7, 1.0])
+@pytest.mark.parametrize("colormap", ["jet", "gray", "viridis"])
+def test_overlay_of_the_brightest_pixels_does_not_wrap_around(alpha, colormap):
+    """The overlay adds two rounded bytes; white under the colormap's top colour must stay within 1 of the blend."""
+    original = np.array([[[255, 255, 255], [0, 0, 0], [200, 17, 128]]], np.uint8)
+    hot = np.ones((2, 2), np.float32)
+    exact = render.blend(original, render.colorize(np.ones((1, 3)), colormap), alpha).astype(int)
+    assert np.abs(render.overlay(original, hot, colormap, alpha).astype(int) - exact).max() <= 1
+
+
+def test_one_backdrop_serves_every_overlay_of_an_image():
+    rng = np.random.default_rng(2)
+    original = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    ready = render.backdrop(original, 0.4)
+    for _ in range(3):
+        heatmap = render.normalise(rng.random((7, 7)))
+        shared = np.asarray(render.overlay_on(ready, heatmap, "jet"))
+        np.testing.assert_array_equal(shared, render.overlay(original, heatmap, "jet", 0.4))
+
+
 @pytest.mark.parametrize("image_format, pil_format", [("jpg", "JPEG"), ("png", "PNG")])
 def test_encode(image_format, pil_format):
     image = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
