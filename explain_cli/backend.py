@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 from types import ModuleType
 from typing import Iterator
@@ -13,6 +14,7 @@ def load_tensorflow() -> tuple[ModuleType, ModuleType]:
     # Keras reads the backend once, at import: force it before a user's keras.json can say jax.
     os.environ["KERAS_BACKEND"] = "tensorflow"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _limit_malloc_arenas()
     with _native_stderr_silenced():
         import tensorflow as tf
         import keras
@@ -24,6 +26,24 @@ def load_tensorflow() -> tuple[ModuleType, ModuleType]:
     # (stderr), so stdout keeps only data.
     keras.config.disable_interactive_logging()
     return tf, keras
+
+
+# glibc's mallopt parameter number for the arena limit (malloc.h).
+M_ARENA_MAX = -8
+
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas before TensorFlow and our pools start their threads.
+
+    By default each thread that meets a locked arena gets its own (up to 8 per core), and each arena
+    keeps its own peak of freed multi-megabyte image buffers, so peak memory crept up with the length
+    of a run. Measured with ResNet50 on 2 cores: peak RSS over 2,000 images 1,719 -> 1,592 MiB, no
+    slower. Elsewhere (macOS, musl) there is no such knob and nothing happens.
+    """
+    try:
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):
+        pass
 
 
 @contextlib.contextmanager
