@@ -223,7 +223,8 @@ def main() -> None:
             rss[count].append(timed(explain_cmd("gradcam", str(images), "--weights", str(weights), "-o", str(out)))[1])
     peaks = {count: statistics.median(values) for count, values in rss.items()}
     for count in (small, large):
-        rows.append((f"peak RSS, `explain gradcam` on {count} images (median of {args.runs})", f"{peaks[count]:.0f} MiB"))
+        rows.append((f"peak RSS, `explain gradcam` on {count} images (median of {args.runs})",
+                     f"{peaks[count]:.0f} MiB"))
     rows.append((f"target 5: RSS {large} ÷ RSS {small} (≤ 1.10)", f"{peaks[large] / peaks[small]:.2f}×"))
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ from __future__ import annotations
 import functools
 import io
 import math
-from fractions import Fraction
 from dataclasses import dataclass
+from fractions import Fraction
 from importlib import resources
 
 import numpy as np
@@ -81,6 +81,7 @@ class Backdrop:
 
 
 def backdrop(original: np.ndarray, alpha: float) -> Backdrop:
+    """The original as Pillow holds it, each channel value v mapped to round((1 - alpha) · v)."""
     return Backdrop(Image.fromarray(original).point(_dimming(alpha) * 3), alpha)
 
 
