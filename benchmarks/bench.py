@@ -106,7 +106,7 @@ rgb = inputs.decode(source).rgb; x = inputs.model_input(rgb, 224, 224, 3)[None]
 step(x); t.append(time.perf_counter())
 result = step(x); t.append(time.perf_counter())
 from pathlib import Path
-blend = render.overlay(rgb, render.normalise(result.maps[0, 0]))
+blend = render.overlay_on(render.backdrop(rgb, 0.4), render.normalise(result.maps[0, 0]))
 output.write_atomic(Path({str(out)!r}) / "one.jpg", render.encode(blend, "jpg")); t.append(time.perf_counter())
 print(" ".join(f"{{b - a:.3f}}" for a, b in zip(t, t[1:])))
 """
