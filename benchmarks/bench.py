@@ -227,5 +227,6 @@ def main() -> None:
                      f"{peaks[count]:.0f} MiB"))
     rows.append((f"target 5: RSS {large} ÷ RSS {small} (≤ 1.10)", f"{peaks[large] / peaks[small]:.2f}×"))
 
+
 if __name__ == "__main__":
     main()
