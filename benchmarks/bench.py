@@ -200,7 +200,7 @@ def main() -> None:
         ("compiled explain step alone, batch 32: top-1 / top-5", f"{one:.2f} s / {five:.2f} s"),
         ("target 3, the model's share: top-5 step ÷ top-1 step", f"{five / one:.2f}×"),
     ]
-    extra = statistics.median(five - one for five, one in zip(cpu["top5"], cpu["top1"]))
+    extra = statistics.median(high - low for high, low in zip(cpu["top5"], cpu["top1"]))
     cores = os.cpu_count() or 1
     rows += [
         ("target 3, whole runs: CPU top-5 − top-1 (the model's share and 4 more overlays per image)",
