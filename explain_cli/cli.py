@@ -302,8 +302,10 @@ def activations(layer_names: tuple[str, ...], max_layers: int, max_channels: int
 @_model_options
 @click.option("--steps", type=click.IntRange(1), default=200, show_default=True, help="Gradient-ascent steps.")
 @click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True,
-              help="Step size in pixel units (the gradient is normalised to unit std).")
-@click.option("--l2", type=click.FloatRange(0.0), default=1e-4, show_default=True, help="λ in S_c(I) − λ‖I‖².")
+              help="Step size in pixels of 0-255, along the class gradient normalised to unit RMS.")
+@click.option("--l2", type=click.FloatRange(0.0), default=0.5, show_default=True,
+              help="λ: the pull of each pixel towards mid grey, λ‖x − ½‖² with x in [0, 1], relative to the "
+              "class gradient's RMS (the same for any input scaling).")
 @click.option("--jitter", type=click.IntRange(0), default=0, show_default=True,
               help="Shift the image by up to this many pixels at random before each step.")
 @click.option("--blur-every", type=click.IntRange(0), default=0, show_default=True,
@@ -318,7 +320,8 @@ def classviz(class_spec: str, steps: int, lr: float, l2: float, jitter: int, blu
              seed: int, every: int, output_dir: Path, **options: Any) -> None:
     """Class model visualisation: the image the model finds most CLASS-like (Simonyan et al. 2014).
 
-    Gradient ascent on an input image for the class logit minus λ‖I‖², from seeded noise. Writes
+    Gradient ascent on an image x in [0, 1] for the class logit minus λ‖x − ½‖², from seeded noise, the
+    image kept within the pixel range at every step. Writes
     OUTPUT_DIR/classviz.<class>-<label>.png (and .stepNNNN.png with --every) and prints its path.
     """
     from explain_cli import explainer, inside

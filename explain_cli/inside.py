@@ -38,8 +38,8 @@ def compile_activations(model: LoadedModel, graph: split_module.Graph, layers: S
 @dataclass(frozen=True)
 class ClassVizSettings:
     steps: int = 200
-    lr: float = 1.0  # step size, in pixel units, of a gradient normalised to unit std
-    l2: float = 1e-4  # λ in S_c(I) − λ‖I‖²
+    lr: float = 1.0  # pixels (of 0-255) per step, along a class gradient normalised to unit RMS
+    l2: float = 0.5  # λ: how hard each pixel is pulled back to mid grey, relative to the class's pull
     jitter: int = 0  # pixels of random shift before each step (0: none)
     blur_every: int = 0  # blur the image every K steps (0: never)
     blur_sigma: float = 0.5
@@ -50,30 +50,40 @@ def class_visualisation(
     model: LoadedModel, graph: split_module.Graph, class_index: int, settings: ClassVizSettings,
     every: int = 0,
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]], list[float]]:
-    """Simonyan et al. 2014: gradient ascent on a zero-centred image I for S_c(I) − λ‖I‖².
+    """Simonyan et al. 2014, made scale-free: x ← clip(x + η (∇S_c/rms(∇S_c) − 2λ (x − ½)), 0, 1).
+
+    x is the image as fractions of the pixel range (0 black, 1 white), so the step η = lr / 255 and
+    the box the image stays in mean the same whatever the model does to its input. The class score's
+    gradient is taken in units of its own RMS, so the L2 pull towards mid grey, λ‖x − ½‖², weighs
+    the same against it whether the model divides by 255 inside, subtracts ImageNet means, or has
+    large or small logits. The image is kept within [0, 1] at every step: the image optimised is the
+    one written.
 
     Returns the final image (uint8), the intermediate ones every `every` steps, and the class logit
-    of the starting noise followed by the logit after each step. Deterministic for a given seed.
+    of the starting noise followed by the logit after each step, the last one of the uint8 image
+    written. Deterministic for a given seed.
     """
     import tensorflow as tf
 
     forward, _ = split_module.logits(graph)
     shape = (1, model.height, model.width, model.channels)
     rng = np.random.default_rng(settings.seed)
-    image = tf.Variable(rng.normal(0.0, 8.0, shape).astype(np.float32))
+    image = tf.Variable(np.clip(0.5 + rng.normal(0.0, 8.0 / 255.0, shape), 0.0, 1.0).astype(np.float32))
     blur = _gaussian_kernel(settings.blur_sigma, model.channels) if settings.blur_every else None
+    eta = settings.lr / 255.0
 
-    def logit(centred: Any) -> Any:
-        return forward(model.preprocess(centred + 127.5))[0, class_index]
+    def logit(x: Any) -> Any:
+        return forward(model.preprocess(x * 255.0))[0, class_index]
 
     @tf.function
     def ascend(shift: Any) -> Any:
         shifted = tf.roll(image, shift, axis=[1, 2])
         with tf.GradientTape() as tape:
             tape.watch(shifted)
-            objective = logit(shifted) - settings.l2 * tf.reduce_sum(tf.square(shifted))
-        gradient = tf.roll(tape.gradient(objective, shifted), -shift, axis=[1, 2])
-        image.assign_add(settings.lr * gradient / (tf.math.reduce_std(gradient) + 1e-8))
+            score = logit(shifted)
+        gradient = tf.roll(tape.gradient(score, shifted), -shift, axis=[1, 2])
+        pull = gradient / (tf.sqrt(tf.reduce_mean(tf.square(gradient))) + 1e-12)
+        image.assign(tf.clip_by_value(image + eta * (pull - 2.0 * settings.l2 * (image - 0.5)), 0.0, 1.0))
         return logit(image)
 
     snapshots, logits = [], [float(logit(image))]
@@ -84,11 +94,13 @@ def class_visualisation(
             image.assign(tf.nn.depthwise_conv2d(image, blur, [1, 1, 1, 1], "SAME"))
         if every and step % every == 0 and step != settings.steps:
             snapshots.append((step, _to_uint8(image.numpy()[0])))
-    return _to_uint8(image.numpy()[0]), snapshots, logits
+    final = _to_uint8(image.numpy()[0])
+    logits[-1] = float(logit(tf.constant(final.reshape(shape), tf.float32) / 255.0))
+    return final, snapshots, logits
 
 
-def _to_uint8(centred: np.ndarray) -> np.ndarray:
-    pixels = np.clip(np.rint(centred + 127.5), 0, 255).astype(np.uint8)
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    pixels = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
     return pixels[..., 0] if pixels.shape[-1] == 1 else pixels
 
 

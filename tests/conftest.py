@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.synthetic import SHAPE_CLASSES, make_scene, train_tiny_model
+from tests.synthetic import SHAPE_CLASSES, SHAPES, make_scene, train_shapes_model, train_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +72,31 @@ def nested_model_file(keras, tmp_path_factory) -> Path:
 def tiny_model(keras, tmp_path_factory) -> Path:
     """A small CNN trained on coloured squares (tests/synthetic.py)."""
     return train_tiny_model(keras, tmp_path_factory.mktemp("tiny") / "tiny.keras")
+
+
+@pytest.fixture(scope="session")
+def shapes_model(keras, tmp_path_factory):
+    """shapes_model(preprocess) -> a trained conv/BN/ReLU classifier of SHAPES (tests/synthetic.py), made once.
+
+    "none" has Rescaling(1/255) inside, as users' models usually do; "caffe", "tf" and "torch" were trained
+    on inputs preprocessed that way, outside the model.
+    """
+    made: dict[str, Path] = {}
+
+    def get(preprocess: str = "none") -> Path:
+        if preprocess not in made:
+            folder = tmp_path_factory.mktemp(f"shapes_{preprocess}")
+            made[preprocess] = train_shapes_model(keras, folder / f"shapes_{preprocess}.keras", preprocess)
+        return made[preprocess]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def shapes_labels(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("shapes_labels") / "shapes.txt"
+    path.write_text("\n".join(SHAPES) + "\n")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import explainer, inside, models, render
+from explain_cli import explainer, inside, models, render, split
 from explain_cli.cli import cli
+from tests.synthetic import SHAPES
 
 
 def run(*args):
@@ -66,7 +69,7 @@ def test_activations_refuses_a_flat_layer(tiny_model, photo_tree):
 def test_classviz_raises_the_class_logit_and_is_seeded(tiny_model, tiny_labels, tmp_path):
     model = models.load(str(tiny_model), labels_file=tiny_labels)
     graph = explainer.graph_of(model)
-    settings = inside.ClassVizSettings(steps=40, lr=2.0, l2=1e-6, jitter=2, blur_every=10, seed=5)
+    settings = inside.ClassVizSettings(steps=40, jitter=2, blur_every=10, seed=5)
     final, _, logits = inside.class_visualisation(model, graph, 0, settings)
     start = logits[0]  # the seeded starting noise
     assert logits[-1] > start + 2.0, (start, logits[-1])
@@ -74,6 +77,27 @@ def test_classviz_raises_the_class_logit_and_is_seeded(tiny_model, tiny_labels, 
     assert final[..., 0].mean() > final[..., 1].mean() and final[..., 0].mean() > final[..., 2].mean()
     again, _, _ = inside.class_visualisation(model, graph, 0, settings)
     np.testing.assert_array_equal(final, again)
+
+
+@pytest.mark.parametrize("preprocess", ["none", "caffe", "tf", "torch"])
+def test_classviz_with_default_settings_draws_every_class_as_that_class(preprocess, shapes_model, shapes_labels,
+                                                                      tmp_path):
+    """Simonyan et al.'s property, for a model that rescales inside and for models fed caffe / tf / torch
+    inputs: the image written for a class is classified as that class, and the class logit rose."""
+    path = shapes_model(preprocess)
+    model = models.load(str(path), labels_file=shapes_labels, preprocess=preprocess)
+    predict = explainer.compile_predict(model, explainer.graph_of(model))
+    for class_index, label in enumerate(SHAPES):
+        result = run("classviz", label, "--model", path, "--labels", shapes_labels, "--preprocess", preprocess,
+                     "-o", tmp_path)
+        assert result.exit_code == 0, result.output
+        start, end = (float(v) for v in re.search(r"logit (\S+) → (\S+) in", result.stderr).groups())
+        assert end > start, (label, start, end)
+        written = np.asarray(Image.open(result.stdout.strip()))
+        probabilities = predict(written[None])[0]
+        assert SHAPES[int(np.argmax(probabilities))] == label, (label, probabilities)
+        logits = split.logits(explainer.graph_of(model))[0](model.preprocess(written[None].astype("float32")))
+        assert float(logits[0, class_index]) == pytest.approx(end, abs=1e-3)  # the logit printed is the file's
 
 
 def test_classviz_cli_writes_final_and_intermediate_images(tiny_model, tiny_labels, tmp_path):
