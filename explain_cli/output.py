@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence, TextIO
@@ -86,17 +86,27 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary name in the same folder, then rename: no reader sees a partial file.
 
     The temporary name carries the process id, so a later run can tell a killed run's leftovers
-    (see remove_stale_temporaries) from a running one's.
+    (see remove_stale_temporaries) from a running one's. It is created with mode 0666 and the
+    user's umask applies, as for any new file (mkstemp's 0600 would survive the rename).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=".tmp")
+    temporary, handle = _create_temporary(path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def _create_temporary(folder: Path) -> tuple[Path, int]:
+    while True:
+        temporary = folder / f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(6)}.tmp"
+        try:
+            return temporary, os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -139,7 +149,7 @@ class Manifest:
     def __init__(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / MANIFEST
-        self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def append(self, records: Sequence[dict]) -> None:
         if records:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -304,3 +305,22 @@ def test_a_class_named_twice_is_explained_once(tiny, photo_tree, tmp_path):
     out = tmp_path / "out"
     result = run("gradcam", photo_tree / "b.jpg", "-o", out, "--class", "blue", "--class", "2", *tiny)
     assert result.exit_code == 0 and [r["class_index"] for r in manifest(out)] == [2]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_every_file_written_gets_the_mode_new_files_get(umask, tiny, photo_tree, tmp_path):
+    """0666 masked by the umask, as for any new file of the user's (not the temporary file's 0600)."""
+    out = tmp_path / "out"
+    previous = os.umask(umask)
+    try:
+        assert run("gradcam", photo_tree, *tiny, "-o", out, "--save-heatmap", "--figure").exit_code == 0
+        assert run("saliency", photo_tree / "b.jpg", *tiny, "-o", out).exit_code == 0
+        assert run("activations", photo_tree / "b.jpg", *tiny, "-o", out, "--layer", "conv3").exit_code == 0
+        assert run("classviz", "red", *tiny, "-o", out, "--steps", "2").exit_code == 0
+    finally:
+        os.umask(previous)
+    modes = {p.relative_to(out).as_posix(): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}
+    kinds = ("manifest.jsonl", ".gradcam.", ".npy", ".figure.png", ".vanilla.", ".map.png", ".activations.",
+             "classviz.")
+    assert all(any(kind in name for name in modes) for kind in kinds), sorted(modes)
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
