@@ -301,31 +301,46 @@ def _with_activation(step: Step, activation: Callable[[Tensor], Tensor]) -> Step
     return dataclasses.replace(step, layer=layer)
 
 
+# Activations guided by guided backpropagation, by their function's or layer class's name.
+_RELU_FAMILY = ("relu", "relu6", "leaky_relu")
+_RELU_LAYERS = ("ReLU", "LeakyReLU")
+
+
 def guided(graph: Graph) -> Graph:
-    """The graph with every ReLU made a guided ReLU (Springenberg et al. 2015): its backward pass lets
-    through only positive gradients at positive inputs. The forward pass is unchanged."""
-    import tensorflow as tf
+    """The graph with every ReLU-family activation guided (Springenberg et al. 2015): its backward pass is
+    ReLU(upstream) · f'(x), so only positive gradients pass, and only where f passes them on.
 
-    @tf.custom_gradient
-    def guided_relu(x: Tensor) -> tuple[Tensor, Callable]:
-        def backward(upstream: Tensor) -> Tensor:
-            return upstream * tf.cast(x > 0, upstream.dtype) * tf.cast(upstream > 0, upstream.dtype)
-
-        return tf.nn.relu(x), backward
-
+    Guided are ReLU and LeakyReLU layers (any max_value, threshold, negative_slope: ReLU6 is
+    ReLU(6)), and the relu / relu6 / leaky_relu activation of any layer (Conv2D, Dense, Activation).
+    The forward pass is unchanged, and so is the user's model.
+    """
     steps = []
     for step in graph.steps:
-        if type(step.layer).__name__ == "ReLU" and _plain_relu_layer(step.layer):
-            step = dataclasses.replace(step, layer=guided_relu, takes_training=False)
-        elif _activation_name(step.layer) == "relu":
-            step = _with_activation(step, guided_relu)
+        if type(step.layer).__name__ in _RELU_LAYERS:
+            step = dataclasses.replace(step, layer=_guide(step.layer), takes_training=False)
+        elif _activation_name(step.layer) in _RELU_FAMILY:
+            step = _with_activation(step, _guide(step.layer.activation))
         steps.append(step)
     return dataclasses.replace(graph, steps=tuple(steps))
 
 
-def _plain_relu_layer(layer: Any) -> bool:
-    config = layer.get_config()
-    return not config.get("max_value") and not config.get("negative_slope") and not config.get("threshold")
+def _guide(activation: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """An element-wise activation f whose gradient is ReLU(upstream) · f'(x)."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def guided_activation(x: Tensor) -> tuple[Tensor, Callable]:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = activation(x)
+
+        def backward(upstream: Tensor) -> Tensor:
+            # f is element-wise, so the vector-Jacobian product with ReLU(upstream) is ReLU(upstream) · f'(x).
+            return tape.gradient(y, x, output_gradients=tf.nn.relu(upstream))
+
+        return y, backward
+
+    return guided_activation
 
 
 def _is_activation_layer(layer: Any) -> bool:

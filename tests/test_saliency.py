@@ -121,6 +121,68 @@ def test_guided_backprop_equals_its_numpy_form_and_leaves_the_model_alone(keras,
     assert not np.allclose(plain, expected)  # the guide changed the backward pass, not the model
 
 
+def test_every_relu_form_is_guided_against_numpy(keras, tmp_path):
+    """ReLU inside Dense, a ReLU layer, ReLU(max_value), relu6 inside Dense, Activation("relu6"), LeakyReLU:
+    guided ∂y_c/∂x, backwards: g ← W · (ReLU(g) ⊙ f'(z)) through each layer, z its pre-activation."""
+    layers = keras.layers
+    relu = (lambda z: np.maximum(z, 0), lambda z: (z > 0) * 1.0)
+    capped = (lambda z: np.clip(z, 0, 1.5), lambda z: ((z > 0) & (z < 1.5)) * 1.0)
+    six = (lambda z: np.clip(z, 0, 6), lambda z: ((z > 0) & (z < 6)) * 1.0)
+    leaky = (lambda z: np.where(z > 0, z, 0.2 * z), lambda z: np.where(z > 0, 1.0, 0.2))
+    forms = [  # (the Dense's activation, the layer after it), (f, f') in numpy
+        (("relu", None), relu),
+        ((None, layers.ReLU()), relu),
+        ((None, layers.ReLU(max_value=1.5)), capped),
+        (("relu6", None), six),
+        ((None, layers.Activation("relu6")), six),
+        ((None, layers.LeakyReLU(negative_slope=0.2)), leaky),
+    ]
+    stack = [keras.Input((4, 4, 3)), layers.Rescaling(1 / 64.0), layers.Flatten()]
+    for (activation, after), _ in forms:
+        stack += [layers.Dense(64, activation=activation)] + ([after] if after else [])
+    stack.append(layers.Dense(3))
+    net = keras.Sequential(stack)
+    rng = np.random.default_rng(0)  # pre-activations of a few units' size: below 0, in range and past 6
+    for layer, std in zip([l for l in net.layers if type(l).__name__ == "Dense"], (0.2, 0.2, 0.2, 1.0, 0.5, 0.2, 0.3)):
+        layer.set_weights([rng.normal(0.0, std, layer.kernel.shape), np.zeros(layer.bias.shape)])
+    path = tmp_path / "forms.keras"
+    net.save(path)
+    model = models.load(str(path))
+    images = np.random.default_rng(2).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    result = explainer.compile_saliency(model, explainer.graph_of(model), "guided-backprop", layer="")(images)
+
+    dense = [(layer.kernel.numpy(), layer.bias.numpy()) for layer in model.keras_model.layers
+             if type(layer).__name__ == "Dense"]
+    seen = []
+    for image, guided_map, cls in zip(images, result.maps[:, 0], result.classes[:, 0]):
+        h, pre = image.reshape(-1) / 64.0, []
+        for (kernel, bias), (_, (f, _)) in zip(dense, forms):
+            pre.append(h @ kernel + bias)
+            h = f(pre[-1])
+        assert int(np.argmax(h @ dense[-1][0] + dense[-1][1])) == cls
+        g = dense[-1][0][:, cls]
+        for (kernel, _), (_, (_, derivative)), z in reversed(list(zip(dense, forms, pre))):
+            g = kernel @ (np.maximum(g, 0) * derivative(z))
+        expected = np.abs((g / 64.0).reshape(4, 4, 3)).max(axis=-1)
+        assert (expected > 0).mean() > 0.5  # the guided gradient reached most pixels
+        np.testing.assert_allclose(guided_map, expected, rtol=1e-4, atol=1e-6 * expected.max())
+        seen.append(pre)
+    for form, cap in ((2, 1.5), (3, 6), (4, 6)):  # each capped form was met below 0, in its range and past it
+        z = np.concatenate([pre[form] for pre in seen])
+        assert (z < 0).any() and ((z > 0) & (z < cap)).any() and (z > cap).any(), (form, z)
+
+
+def test_mobilenet_v2_relu6_layers_are_all_guided(keras):
+    from explain_cli import split as split_module
+
+    net = keras.applications.MobileNetV2(weights=None)
+    graph = split_module.flatten(net)
+    relu6 = [s.name for s in graph.steps if type(s.layer).__name__ == "ReLU" and s.layer.max_value == 6]
+    guided = split_module.guided(graph)
+    still_plain = [s.name for s in guided.steps if type(s.layer).__name__ in ("ReLU", "LeakyReLU")]
+    assert len(relu6) == 35 and still_plain == []
+
+
 def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam(tiny, scene):
     import tensorflow as tf
 
