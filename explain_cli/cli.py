@@ -65,6 +65,20 @@ _model_options = _options(
         help="Input scaling: caffe, tf ([-1, 1]), torch or none. Default: the built-in model's own; "
         "none for your model files.",
     ),
+    click.option(
+        "--import",
+        "imports",
+        multiple=True,
+        metavar="MODULE|FILE.py",
+        help="Import your code before the model loads, so the custom layers it names are defined (repeatable).",
+    ),
+    click.option(
+        "--unsafe-deserialization",
+        "unsafe",
+        is_flag=True,
+        help="Let the model file run the Python code it stores (Lambda layers). Only for files you trust: "
+        "such code can do anything your account can.",
+    ),
 )
 # INPUTS, --batch-size, --top, --json, --max-pixels, --verbose: what is read and what is printed.
 _input_options = _options(
@@ -459,7 +473,11 @@ def _load(options: dict) -> models.LoadedModel:
     problem = models.check_spec(options["model_spec"])
     if problem:
         raise click.BadParameter(problem, param_hint="--model")
-    return models.load(options["model_spec"], options["weights"], options["labels_file"], options["preprocess"])
+    for spec in options["imports"]:
+        if spec.endswith(".py") and not Path(spec).is_file():
+            raise click.BadParameter(f"{spec}: no such file", param_hint="--import")
+    return models.load(options["model_spec"], options["weights"], options["labels_file"], options["preprocess"],
+                       imports=options["imports"], unsafe=options["unsafe"])
 
 
 def _resolve_class(model: models.LoadedModel, spec: str) -> int:

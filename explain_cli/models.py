@@ -7,12 +7,17 @@ TensorFlow; everything that builds or loads a model imports it inside the functi
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
+import inspect
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any, Callable, Sequence
 
 from explain_cli import labels as labels_module
 from explain_cli.errors import ExplainError
@@ -76,11 +81,18 @@ def load(
     weights: str = "imagenet",
     labels_file: Path | None = None,
     preprocess: str | None = None,
+    imports: Sequence[str] = (),
+    unsafe: bool = False,
 ) -> LoadedModel:
-    """Build a built-in model (ImageNet weights or a local weights file) or load a user's model file."""
+    """Build a built-in model (ImageNet weights or a local weights file) or load a user's model file.
+
+    `imports` (module names or .py files) are imported first, so that the custom layers a model file
+    names are defined; `unsafe` lets Keras run the Python code a file stores (Lambda layers).
+    """
     from explain_cli.backend import load_tensorflow
 
     load_tensorflow()
+    custom_objects = import_user_code(imports)
     if spec.lower() in BUILT_IN:
         name = spec.lower()
         entry = BUILT_IN[name]
@@ -89,7 +101,7 @@ def load(
         default = entry.layer
     else:
         name = Path(spec).name
-        model = _load_file(Path(spec))
+        model = _load_file(Path(spec), custom_objects, unsafe)
         if weights != "imagenet":
             _load_weights(model, Path(weights), name)
         prep = _mode_preprocess(preprocess or "none")
@@ -171,7 +183,7 @@ def _load_weights(model: Any, path: Path, name: str) -> None:
         )
 
 
-def _load_file(path: Path) -> Any:
+def _load_file(path: Path, custom_objects: dict[str, Any], unsafe: bool) -> Any:
     import keras
 
     if path.is_dir():
@@ -179,9 +191,62 @@ def _load_file(path: Path) -> Any:
     if path.suffix.lower() not in (".keras", ".h5", ".hdf5"):
         raise ExplainError(f"{path}: not a model file: expected a .keras or .h5 file")
     try:
-        return keras.models.load_model(str(path), compile=False)
+        return keras.models.load_model(str(path), compile=False, custom_objects=custom_objects, safe_mode=not unsafe)
     except Exception as error:  # a corrupt zip, an h5 without a model, unknown custom layers...
-        raise ExplainError(f"{path}: cannot load the model: {_first_line(error)}") from None
+        raise ExplainError(f"{path}: cannot load the model: {_load_failure(error)}") from None
+
+
+def _load_failure(error: Exception) -> str:
+    """Keras' reason a model did not load, told as what to do about it here."""
+    text = str(error)
+    if "deserialization of a `Lambda` layer" in text:
+        return ("it holds a Lambda layer, whose Python code is stored in the file and runs when it loads; "
+                "if you trust the file, pass --unsafe-deserialization")
+    missing = re.search(r"Could not locate (?:class|function) '([^']+)'|Unknown \w+: '([^']+)'", text)
+    if missing:
+        name = missing.group(1) or missing.group(2)  # .h5 files give the registered name, "package>Class"
+        module = re.search(rf"'module': '([^']+)', 'class_name': '{re.escape(name)}'", text)
+        registered = re.search(rf"'registered_name': '([^']+>{re.escape(name)})'", text)
+        registered_name = registered.group(1) if registered else name if ">" in name else None
+        known = f" (registered as '{registered_name}')" if registered_name else ""
+        where = module.group(1) if module and module.group(1) != "__main__" else None
+        fix = f"--import {where}" if where else "--import MODULE|FILE.py (the code that defines it)"
+        return f"it uses the custom class or function '{name.split('>')[-1]}'{known}, which is not defined here: pass {fix}"
+    return _first_line(error)
+
+
+def import_user_code(specs: Sequence[str]) -> dict[str, Any]:
+    """Import each module name or .py file; return the classes and functions they define, by name.
+
+    Registered classes (keras.saving.register_keras_serializable) are found by Keras once imported; the
+    others are handed to it by their names.
+    """
+    objects: dict[str, Any] = {}
+    for spec in specs:
+        module = _import(spec)
+        for name, value in vars(module).items():
+            if (inspect.isclass(value) or inspect.isfunction(value)) and value.__module__ == module.__name__:
+                objects[name] = value
+    return objects
+
+
+def _import(spec: str) -> ModuleType:
+    try:
+        if spec.endswith(".py"):
+            path = Path(spec).resolve()
+            name = f"explain_user_{path.stem}"
+            loader = importlib.util.spec_from_file_location(name, path)
+            if loader is None or loader.loader is None:
+                raise ImportError(f"not a Python file: {path}")
+            module = importlib.util.module_from_spec(loader)
+            sys.modules[name] = module
+            loader.loader.exec_module(module)
+            return module
+        if os.getcwd() not in sys.path:  # as `python -m` would: modules beside the user are found
+            sys.path.append(os.getcwd())
+        return importlib.import_module(spec)
+    except Exception as error:  # the user's code may raise anything while it runs
+        raise ExplainError(f"--import {spec}: {type(error).__name__}: {_first_line(error)}") from None
 
 
 def _first_line(error: Exception) -> str:

@@ -1,0 +1,113 @@
+"""Models with code of their own: a registered custom layer (--import), a Lambda (--unsafe-deserialization)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from explain_cli.cli import cli
+
+LAYER_CODE = '''
+import keras
+
+
+@keras.saving.register_keras_serializable(package="explain_test")
+class Scale(keras.layers.Layer):
+    def __init__(self, factor=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+'''
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def small_model(keras, first_layer):
+    layers = keras.layers
+    inputs = keras.Input((24, 24, 3))
+    x = layers.Conv2D(4, 3, activation="relu", name="conv")(first_layer(inputs))
+    return keras.Model(inputs, layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(x)))
+
+
+def forget(keras, module: str) -> None:
+    """This process no longer knows the custom class, as a fresh `explain` process would not."""
+    keras.saving.get_custom_objects().pop("explain_test>Scale", None)
+    sys.modules.pop(module, None)
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_custom_layer_loads_once_its_code_is_imported(suffix, keras, image, tmp_path, monkeypatch):
+    code = tmp_path / "userlayers.py"
+    code.write_text(LAYER_CODE)
+    spec = importlib.util.spec_from_file_location("userlayers", code)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["userlayers"] = module
+    spec.loader.exec_module(module)
+    path = tmp_path / f"custom{suffix}"
+    small_model(keras, module.Scale(0.5, name="scale")).save(path)
+    forget(keras, "userlayers")
+
+    refused = run("gradcam", image, "--model", path, "-o", tmp_path / "out")
+    fix = "--import userlayers" if suffix == ".keras" else "--import MODULE|FILE.py (the code that defines it)"
+    assert refused.exit_code == 1 and refused.stderr == (
+        f"error: {path}: cannot load the model: it uses the custom class or function 'Scale' (registered as "
+        f"'explain_test>Scale'), which is not defined here: pass {fix}\n"
+    )
+    by_file = run("gradcam", image, "--model", path, "-o", tmp_path / "out", "--import", code)
+    assert by_file.exit_code == 0, by_file.output
+    assert len(list((tmp_path / "out").glob("photo.gradcam.*.jpg"))) == 1
+    forget(keras, "userlayers")
+    monkeypatch.chdir(tmp_path)  # a module name is found beside the user, as `python -m` would find it
+    by_name = run("layers", "--model", path, "--import", "userlayers")
+    assert by_name.exit_code == 0 and by_name.stdout.split()[:2] == ["scale", "(24,"], by_name.output
+    forget(keras, "userlayers")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_lambda_layer_needs_the_explicit_opt_in(suffix, keras, image, tmp_path):
+    path = tmp_path / f"lambda{suffix}"
+    small_model(keras, keras.layers.Lambda(lambda t: t / 255.0, name="scale")).save(path)
+    refused = run("gradcam", image, "--model", path, "-o", tmp_path / "out")
+    assert refused.exit_code == 1 and refused.stderr == (
+        f"error: {path}: cannot load the model: it holds a Lambda layer, whose Python code is stored in the file "
+        "and runs when it loads; if you trust the file, pass --unsafe-deserialization\n"
+    )
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.jpg"))
+    trusted = run("gradcam", image, "--model", path, "-o", tmp_path / "out", "--unsafe-deserialization")
+    assert trusted.exit_code == 0, trusted.output
+    assert len(list((tmp_path / "out").glob("photo.gradcam.*.jpg"))) == 1
+
+
+def test_import_errors_are_one_line(image, tmp_path):
+    missing = run("layers", "--model", image, "--import", tmp_path / "nowhere.py")
+    assert missing.exit_code == 2 and f"{tmp_path / 'nowhere.py'}: no such file" in missing.stderr
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('the user code failed')\n")
+    failed = run("layers", "--model", image, "--import", broken)
+    assert failed.stderr == f"error: --import {broken}: RuntimeError: the user code failed\n"
+    assert failed.exit_code == 1
+
+
+def test_help_states_the_risk():
+    text = run("gradcam", "--help").output
+    assert "--unsafe-deserialization" in text and "such code can do anything your account can" in " ".join(text.split())
