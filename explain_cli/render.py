@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import textwrap
 from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
@@ -163,20 +164,50 @@ def encode_grey(heatmap01: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# The panel figure's layout, in inches at FIGURE_DPI: pictures fill it but for these bands.
+FIGURE_DPI = 100
+_MARGIN, _GAP, _CAPTION, _TITLE_LINE = 0.08, 0.12, 0.28, 0.3
+_SIDE_BY_SIDE_HEIGHT, _STACKED_WIDTH = 3.6, 10.0  # a picture's height side by side; its width stacked
+_MIN_SHORT_SIDE = 1.2  # a very thin image is stretched to this much, so it stays visible
+
+
 def figure(original: np.ndarray, heatmap01: np.ndarray, blended: np.ndarray, title: str, colormap: str) -> bytes:
-    """A PNG panel: original | heatmap | overlay, titled."""
+    """A PNG panel, original | heatmap | overlay, titled; sized from the image's aspect ratio.
+
+    Pictures up to twice as wide as tall stand side by side, wider ones one above another, so each
+    is drawn large; the title wraps to the figure's width. Only a thin margin, the captions and the
+    title are not picture.
+    """
     from matplotlib.figure import Figure
 
     height, width = original.shape[:2]
-    panel = Figure(figsize=(12, 4.4), dpi=100)
-    axes = panel.subplots(1, 3)
+    aspect = width / height
+    stacked = aspect > 2.0
+    if stacked:
+        picture_w = _STACKED_WIDTH
+        picture_h = max(picture_w / aspect, _MIN_SHORT_SIDE)
+        figure_w = 2 * _MARGIN + picture_w
+    else:
+        picture_h = _SIDE_BY_SIDE_HEIGHT
+        picture_w = max(picture_h * aspect, _MIN_SHORT_SIDE)
+        figure_w = 2 * _MARGIN + 3 * picture_w + 2 * _GAP
+    lines = textwrap.wrap(title, max(20, int(figure_w * 9))) or [""]  # ~9 characters an inch at 12 pt
+    title_h = _TITLE_LINE * len(lines)
+    cells = 3 if stacked else 1
+    figure_h = 2 * _MARGIN + title_h + cells * (_CAPTION + picture_h) + (cells - 1) * _GAP
+    panel = Figure(figsize=(figure_w, figure_h), dpi=FIGURE_DPI)
+    panel.text(0.5, 1 - _MARGIN / figure_h, "\n".join(lines), ha="center", va="top", fontsize=12)
     shown = [original, upsample(heatmap01, width, height), blended]
-    for ax, picture, caption in zip(axes, shown, ("original", "heatmap", "overlay")):
-        ax.imshow(picture, cmap=colormap if picture.ndim == 2 else None, vmin=0.0, vmax=1.0)
-        ax.set_title(caption)
+    for index, (picture, caption) in enumerate(zip(shown, ("original", "heatmap", "overlay"))):
+        row, column = (index, 0) if stacked else (0, index)
+        left = _MARGIN + column * (picture_w + _GAP)
+        top = _MARGIN + title_h + row * (_CAPTION + picture_h + _GAP) + _CAPTION
+        ax = panel.add_axes((left / figure_w, 1 - (top + picture_h) / figure_h, picture_w / figure_w,
+                             picture_h / figure_h))
+        ax.imshow(picture, cmap=colormap if picture.ndim == 2 else None, vmin=0.0, vmax=1.0, aspect="auto",
+                  interpolation="antialiased")
+        ax.set_title(caption, fontsize=10, pad=3)
         ax.axis("off")
-    panel.suptitle(title)
-    panel.tight_layout()
     buffer = io.BytesIO()
     panel.savefig(buffer, format="png")
     return buffer.getvalue()

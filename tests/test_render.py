@@ -98,3 +98,22 @@ def test_fast_overlay_agrees_with_the_float_computation():
     fast = render.overlay(original, heatmap, "jet", alpha=0.4).astype(int)
     slow = render.blend(original, render.colorize(render.upsample(heatmap, 70, 45), "jet"), 0.4).astype(int)
     assert np.abs(fast - slow).max() <= 4 and np.abs(fast - slow).mean() < 1.0
+
+
+@pytest.mark.parametrize("width, height", [(640, 427), (427, 640), (1000, 100), (10000, 1), (1, 10000)])
+def test_figure_is_mostly_picture_at_any_aspect_ratio(width, height):
+    """Landscape, portrait, 10:1 and one-pixel-thin images: white space is margin, captions and title only."""
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)  # noise: no row of it is white
+    heatmap = rng.random((7, 7)).astype(np.float32)
+    png = render.figure(original, heatmap, render.overlay(original, heatmap), "tabby (281): p = 0.923, gradcam at "
+                        "conv5_block3_out", "jet")
+    picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    white = (picture == 255).all(axis=2)
+    blank_rows, blank_columns = white.all(axis=1).mean(), white.all(axis=0).mean()
+    stacked = width / height > 2
+    assert blank_rows <= (0.2 if stacked else 0.12) and blank_columns <= 0.05, (blank_rows, blank_columns)
+    # A thin image is still drawn at a visible size: its short side at least 100 pixels in every panel.
+    tallest_run = max(len(run) for run in "".join("x" if r else " " for r in ~white.all(axis=1)).split())
+    widest_run = max(len(run) for run in "".join("x" if c else " " for c in ~white.all(axis=0)).split())
+    assert min(tallest_run, widest_run) >= 100, (tallest_run, widest_run)
