@@ -12,14 +12,13 @@ import io
 import os
 import signal
 import sys
-import threading
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import click
 
-from explain_cli import __version__, inputs, models, output, pipeline, render
+from explain_cli import __version__, console, inputs, interrupts, models, output, pipeline, render
 from explain_cli.errors import ExplainError
 from explain_cli.methods import METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
@@ -96,31 +95,16 @@ _input_options = _options(
 )
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived: stop, clean up, and exit 128 + its number.
-
-    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way can swallow it.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 class _Command(click.Command):
     """A command whose run-time failures print one line and exit 1; signals exit 130 (INT) or 143 (TERM)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         # Paths are bytes on Linux: print undecodable ones as the bytes they are, not as an exception.
         for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
             if hasattr(stream, "reconfigure"):
                 stream.reconfigure(errors=errors)
         try:
-            if threading.current_thread() is threading.main_thread():
-                for sig in previous:
-                    signal.signal(sig, _raise_interrupted)
-            with warnings.catch_warnings():
+            with interrupts.installed(), warnings.catch_warnings():
                 # Libraries' Python warnings (Pillow on a damaged file, Keras on a model's structure) are
                 # multi-line noise to a user: what matters reaches them as an error or a note.
                 warnings.filterwarnings("ignore", module=r"(PIL|keras|tensorflow|h5py|absl)(\.|$)")
@@ -128,22 +112,14 @@ class _Command(click.Command):
         except ExplainError as error:
             click.echo(f"error: {error}", err=True)
             ctx.exit(1)
-        except (Interrupted, KeyboardInterrupt) as stop:
-            signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        except (interrupts.Interrupted, KeyboardInterrupt) as stop:
+            signum = stop.signum if isinstance(stop, interrupts.Interrupted) else signal.SIGINT
             click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
             ctx.exit(128 + signum)
         except BrokenPipeError:
             # `explain predict dir | head`: the reader left; stop quietly, like any Unix filter.
             _silence_stdout()
             ctx.exit(141)
-        finally:
-            if threading.current_thread() is threading.main_thread():
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise Interrupted(signum)
 
 
 def _silence_stdout() -> None:
@@ -307,8 +283,13 @@ def activations(layer_names: tuple[str, ...], max_layers: int, max_channels: int
             click.echo(f"{model.name}: {available} convolution and pooling layers; drawing {len(layers)} "
                        "spread evenly (--layer to choose, --max-layers for more)", err=True)
     step = inside.compile_activations(model, graph, layers)
-    finish = pipeline.activation_grids(output_dir, layers, max_channels)
-    _report(_run(sources, step, finish, model, options), len(sources), options)
+    finish = pipeline.activation_grids(output_dir, layers, max_channels, model.name)
+    with output.writing_into(output_dir):
+        manifest = output.Manifest(output_dir)
+    try:
+        _report(_run(sources, step, finish, model, options), console.Tally(len(sources)), options, manifest)
+    finally:
+        manifest.close()
 
 
 @cli.command()
@@ -347,14 +328,23 @@ def classviz(class_spec: str, steps: int, lr: float, l2: float, jitter: int, blu
     settings = inside.ClassVizSettings(steps, lr, l2, jitter, blur_every, blur_sigma, seed)
     final, snapshots, logits = inside.class_visualisation(model, graph, class_index, settings, every)
     stem = f"classviz.{class_index}-{output.safe_label(label)}"
-    path = output_dir / f"{stem}.png"
-    with output.writing_into(output_dir):
-        for step, picture in snapshots:
-            output.write_atomic(output_dir / f"{stem}.step{step:04d}.png", render.encode(picture, "png"))
-        output.write_atomic(path, render.encode(final, "png"))
+    written = [(step, f"{stem}.step{step:04d}.png", picture) for step, picture in snapshots]
+    written.append((steps, f"{stem}.png", final))
+    files = output.FileSet(output_dir)
+    with files.complete_or_removed():
+        for _, name, picture in written:
+            files.write(name, render.encode(picture, "png"))
+        with output.writing_into(output_dir):
+            manifest = output.Manifest(output_dir)
+            try:  # logits[i] is the logit after step i
+                manifest.append([{"model": model.name, "method": "classviz", "class_index": class_index,
+                                  "label": label, "step": step, "logit": logits[step], "file": name}
+                                 for step, name, _ in written])
+            finally:
+                manifest.close()
     click.echo(f"{model.name}: class {class_index} ({label}) logit {logits[0]:.3f} → {logits[-1]:.3f} "
                f"in {steps} steps", err=True)
-    sys.stdout.write(f"{path}\n")
+    sys.stdout.write(f"{output_dir / stem}.png\n")
 
 
 def _explain_cam(method: str, max_masks: int, **options: Any) -> None:
@@ -382,7 +372,7 @@ def predict(**options: Any) -> None:
     model = _load(options)
     step = explainer.compile_predict(model, explainer.graph_of(model))
     finish = pipeline.predictions_only(model.labels.names, options["top"])
-    _report(_run(sources, step, finish, model, options), len(sources), options)
+    _report(_run(sources, step, finish, model, options), console.Tally(len(sources)), options)
 
 
 @cli.command()
@@ -419,7 +409,7 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
         todo = [s for s in sources if s.shown not in done]
         skipped, sources = len(sources) - len(todo), todo
         if not sources:  # nothing left to do: no need to load a model for it
-            click.echo(_summary(0, 0, [], skipped, 0, None), err=True)
+            click.echo(console.Tally(0, skipped=skipped).summary(None), err=True)
             return
     with output.writing_into(out_dir):  # before the model loads: an unwritable folder fails at once
         manifest = output.Manifest(out_dir)
@@ -444,6 +434,7 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
             out_dir=out_dir,
             method=name,
             layer=layer,
+            model=model.name,
             colormap=options["colormap"],
             alpha=options["alpha"],
             image_format=options["image_format"],
@@ -452,13 +443,13 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
             grey_map=grey_map,
         )
         finish = pipeline.explanations(model.labels.names, options["top"], render_options)
-        _report(_run(sources, step, finish, model, options), len(sources), options, manifest, model.name, skipped)
+        _report(_run(sources, step, finish, model, options), console.Tally(len(sources), skipped), options, manifest)
     finally:
         manifest.close()
 
 
-def _run(sources: list, step: Callable, finish: Callable, model: models.LoadedModel, options: dict) -> Any:
-    return pipeline.run(sources, step, finish, size=_size(model), batch_size=options["batch_size"],
+def _run(sources: list, step: Callable, finish: Callable, model: models.LoadedModel, options: dict) -> pipeline.Run:
+    return pipeline.Run(sources, step, finish, size=_size(model), batch_size=options["batch_size"],
                         max_pixels=options["max_pixels"])
 
 
@@ -497,58 +488,9 @@ def _style(options: dict) -> str:
     return "table" if sys.stdout.isatty() else "tsv"
 
 
-def _report(results: Iterator[Any], total: int, options: dict, manifest: output.Manifest | None = None,
-            model_name: str = "", skipped: int = 0) -> None:
-    """Print each result as it comes (stdout: predictions; stderr: errors, warnings, progress, summary).
-
-    Exits 1 when any image failed. On an interrupt the pipeline is closed first (pending work
-    cancelled, running writes finished), then the summary is printed.
-    """
-    style = _style(options)
-    failed: list[str] = []
-    done = explained = 0
-    progress = click.progressbar(length=total, file=sys.stderr, label="explain") if sys.stderr.isatty() else None
-    try:
-        for result in results:
-            if result.error:
-                failed.append(result.error)
-                _stderr_line(f"error: {result.error}", progress)
-            else:
-                done += 1
-                for line in result.warnings + ([f"note: {result.source.shown}: {n}" for n in result.notes]
-                                               if options["verbose"] else []):
-                    _stderr_line(line, progress)
-                output.write_predictions(sys.stdout, result.source.shown, result.predictions, style)
-                if manifest is not None:
-                    manifest.append([pipeline.manifest_record(e, model_name) for e in result.explanations])
-                    explained += len(result.explanations)
-            if progress is not None:
-                progress.update(1)
-    finally:
-        results.close()
-        if progress is not None:
-            progress.render_finish()
-        click.echo(_summary(done, total, failed, skipped, explained, manifest), err=True)
-    if failed:
-        raise SystemExit(1)
-
-
-def _summary(done: int, total: int, failed: list[str], skipped: int, explained: int,
-             manifest: output.Manifest | None) -> str:
-    parts = [f"{done} of {total} images done"]
-    if manifest is not None:
-        parts[0] += f", {explained} explanations written to {manifest.path.parent}"
-    if skipped:
-        parts.append(f"{skipped} skipped (already explained)")
-    if failed:
-        first = "; ".join(failed[:3]) + ("; ..." if len(failed) > 3 else "")
-        parts.append(f"{len(failed)} failed: {first}")
-    return "; ".join(parts)
-
-
-def _stderr_line(text: str, progress: Any) -> None:
-    # Above a progress bar, start on a clean line so the bar is redrawn below the message.
-    click.echo(("\r\033[K" if progress is not None else "") + text, err=True)
+def _report(run: pipeline.Run, tally: console.Tally, options: dict, manifest: output.Manifest | None = None) -> None:
+    console.report(run, tally, style=_style(options), verbose=options["verbose"], batch_size=options["batch_size"],
+                   manifest=manifest)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -10,7 +11,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence, TextIO
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -109,6 +110,45 @@ def _create_temporary(folder: Path) -> tuple[Path, int]:
             continue
 
 
+class FileSet:
+    """The files written for one image: all of them exist under their final names, or none does.
+
+    A failed write (a full disk) removes the ones already written, so no file is left that no
+    manifest line names; the failure becomes the run's single "cannot write to" error.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.names: list[str] = []
+
+    def write(self, name: str, data: bytes) -> None:
+        with writing_into(self.out_dir):
+            write_atomic(self.out_dir / name, data)
+        self.names.append(name)
+
+    @contextlib.contextmanager
+    def complete_or_removed(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            remove_files(self.out_dir, self.names)
+            raise
+
+
+def remove_files(out_dir: Path, names: Sequence[str]) -> None:
+    for name in names:
+        with contextlib.suppress(OSError):
+            (out_dir / name).unlink(missing_ok=True)
+
+
+# The manifest keys that name files, relative to the output folder.
+FILE_KEYS = ("overlay", "heatmap", "figure", "map", "grid", "file")
+
+
+def files_of(records: Sequence[dict]) -> list[str]:
+    return [record[key] for record in records for key in FILE_KEYS if record.get(key)]
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     import io
 
@@ -152,9 +192,18 @@ class Manifest:
         self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def append(self, records: Sequence[dict]) -> None:
-        if records:
-            text = "".join(_json_line(record) for record in records)
-            os.write(self._descriptor, text.encode("utf-8", "backslashreplace"))
+        """Append the lines in one write; on failure (a full disk) none of them stays, not even in part."""
+        if not records:
+            return
+        data = "".join(_json_line(record) for record in records).encode("utf-8", "backslashreplace")
+        size = os.fstat(self._descriptor).st_size
+        try:
+            if os.write(self._descriptor, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._descriptor, size)
+            raise
 
     def close(self) -> None:
         os.close(self._descriptor)
@@ -180,8 +229,7 @@ def explained_images(out_dir: Path, method: str) -> set[str]:
     for record in read_manifest(out_dir):
         if record.get("method") != method or "image" not in record:
             continue
-        files = [record.get(key) for key in ("overlay", "heatmap", "figure", "map")]
-        present = all((out_dir / name).is_file() for name in files if name)
+        present = all((out_dir / name).is_file() for name in files_of([record]))
         complete[record["image"]] = complete.get(record["image"], True) and present
     return {image for image, ok in complete.items() if ok}
 
@@ -190,18 +238,15 @@ def _json_line(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-def write_predictions(stream: TextIO, image: str, predictions: Sequence[Prediction], style: str) -> None:
-    """One image's predictions on stdout: "table" for a terminal, "tsv" when piped, or "json" lines."""
+def format_predictions(image: str, predictions: Sequence[Prediction], style: str) -> str:
+    """One image's predictions for stdout: "table" for a terminal, "tsv" when piped, or "json" lines."""
     if style == "json":
-        stream.write(_json_line({"image": image, "predictions": [p.__dict__ for p in predictions]}))
-    elif style == "tsv":
-        for p in predictions:
-            stream.write(f"{_tsv(image)}\t{p.rank}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\n")
-    else:
-        stream.write(f"{image}\n")
-        for p in predictions:
-            stream.write(f"  {p.rank}. {p.label:<30} {p.class_index:>5}  {p.probability:7.2%}\n")
-    stream.flush()
+        return _json_line({"image": image, "predictions": [p.__dict__ for p in predictions]})
+    if style == "tsv":
+        return "".join(f"{_tsv(image)}\t{p.rank}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\n"
+                       for p in predictions)
+    rows = [f"  {p.rank}. {p.label:<30} {p.class_index:>5}  {p.probability:7.2%}\n" for p in predictions]
+    return f"{image}\n" + "".join(rows)
 
 
 def _tsv(text: str) -> str:

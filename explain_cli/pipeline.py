@@ -50,6 +50,11 @@ class ImageResult:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # how the image was read, for --verbose
     error: str | None = None
+    records: list[dict] = field(default_factory=list)  # its manifest lines, naming every file written
+
+    def files(self) -> list[str]:
+        """The files written for this image, relative to the output folder."""
+        return output.files_of(self.records)
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class RenderOptions:
     out_dir: Path
     method: str
     layer: str
+    model: str = ""  # its name, for the manifest
     colormap: str = "jet"
     alpha: float = 0.4
     image_format: str = "jpg"
@@ -70,49 +76,86 @@ Decoded = tuple[Source, "inputs.Picture | BadInput", "np.ndarray | None"]
 Finish = Callable[[Source, np.ndarray, int, object], ImageResult]
 
 
-def run(
-    sources: Sequence[Source],
-    compute: Callable[[np.ndarray], object],
-    finish: Finish,
-    *,
-    size: tuple[int, int, int],
-    batch_size: int,
-    max_pixels: int = inputs.DEFAULT_MAX_PIXELS,
-    threads: int | None = None,
-) -> Iterator[ImageResult]:
-    """Yield one ImageResult per source, in order; `compute` maps a uint8 batch to one batch result,
-    `finish(source, original, row, batch_result)` turns a row of it into an ImageResult.
+class Run:
+    """One ImageResult per source, in input order, as an iterator; `compute` maps a uint8 batch to one
+    batch result, `finish(source, original, row, batch_result)` turns a row of it into an ImageResult.
 
     At most three batches are in memory (decoding, computing, rendering), whatever the folder's size.
-    Closing the generator early (an interrupt) cancels what has not started and waits for what has,
-    so no output is left half-written.
+    `stop()` ends a run early (an interrupt, a closed stdout, a full disk): it cancels what has not
+    started, waits for what has, so no output is left half-written, and returns the results that were
+    finished but not yet handed out, so that their files can still be accounted for.
     """
-    height, width, channels = size
-    workers = threads or min(8, (os.cpu_count() or 2) + 2)
-    chunks = [sources[i : i + batch_size] for i in range(0, len(sources), batch_size)]
 
-    def load(source: Source) -> Decoded:
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        compute: Callable[[np.ndarray], object],
+        finish: Finish,
+        *,
+        size: tuple[int, int, int],
+        batch_size: int,
+        max_pixels: int = inputs.DEFAULT_MAX_PIXELS,
+        threads: int | None = None,
+    ) -> None:
+        self.last: ImageResult | None = None  # the result handed out most recently
+        self._pending: deque[Future[ImageResult]] = deque()  # finishing, in input order, not yet handed out
+        self._pool = ThreadPoolExecutor(max_workers=threads or min(8, (os.cpu_count() or 2) + 2))
+        self._results = self._produce(sources, compute, finish, size, batch_size, max_pixels)
+
+    def __iter__(self) -> Iterator[ImageResult]:
+        return self
+
+    def __next__(self) -> ImageResult:
+        return next(self._results)
+
+    def stop(self) -> list[ImageResult]:
+        """Cancel what has not started, wait for what has; the finished results not yet handed out."""
+        self._results.close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        finished = [f.result() for f in self._pending if not f.cancelled() and f.exception() is None]
+        self._pending.clear()
+        return finished
+
+    def _produce(
+        self, sources: Sequence[Source], compute: Callable[[np.ndarray], object], finish: Finish,
+        size: tuple[int, int, int], batch_size: int, max_pixels: int,
+    ) -> Iterator[ImageResult]:
+        height, width, channels = size
+        chunks = [sources[i : i + batch_size] for i in range(0, len(sources), batch_size)]
+
+        def load(source: Source) -> Decoded:
+            try:
+                picture = inputs.decode(source, max_pixels)
+                return source, picture, inputs.model_input(picture.rgb, width, height, channels)
+            except BadInput as error:
+                return source, error, None
+
         try:
-            picture = inputs.decode(source, max_pixels)
-            return source, picture, inputs.model_input(picture.rgb, width, height, channels)
-        except BadInput as error:
-            return source, error, None
+            decoding = [self._pool.submit(load, s) for s in chunks[0]] if chunks else []
+            for index in range(len(chunks)):
+                decoded = [f.result() for f in decoding]
+                if index + 1 < len(chunks):
+                    decoding = [self._pool.submit(load, s) for s in chunks[index + 1]]
+                ahead = len(self._pending)  # the previous batch, rendering while this one computes
+                self._pending.extend(_compute_and_finish(self._pool, decoded, compute, finish))
+                for _ in range(ahead):
+                    yield self._hand_out()
+            while self._pending:
+                yield self._hand_out()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
-    pool = ThreadPoolExecutor(max_workers=workers)
-    try:
-        decoding = [pool.submit(load, s) for s in chunks[0]] if chunks else []
-        rendering: deque[list[Future[ImageResult]]] = deque()
-        for index in range(len(chunks)):
-            decoded = [f.result() for f in decoding]
-            if index + 1 < len(chunks):
-                decoding = [pool.submit(load, s) for s in chunks[index + 1]]
-            rendering.append(_compute_and_finish(pool, decoded, compute, finish))
-            if len(rendering) > 1:
-                yield from (f.result() for f in rendering.popleft())
-        while rendering:
-            yield from (f.result() for f in rendering.popleft())
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    def _hand_out(self) -> ImageResult:
+        # Waiting may be interrupted: the future then stays pending, and stop() returns it once finished.
+        result = self._pending[0].result()
+        self.last = result
+        self._pending.popleft()
+        return result
+
+
+def run(sources: Sequence[Source], compute: Callable[[np.ndarray], object], finish: Finish, **options) -> Run:
+    """A Run over the sources (see Run)."""
+    return Run(sources, compute, finish, **options)
 
 
 def _compute_and_finish(
@@ -146,16 +189,20 @@ def predictions_only(names: Sequence[str], top: int) -> Finish:
     return finish
 
 
-def activation_grids(out_dir: Path, layers: Sequence[str], max_channels: int) -> Finish:
+def activation_grids(out_dir: Path, layers: Sequence[str], max_channels: int, model: str = "") -> Finish:
     """A finish step for `explain activations`: one channel-grid PNG per layer, named after it."""
 
     def finish(source: Source, original: np.ndarray, row: int, per_layer: object) -> ImageResult:
-        for layer, batch in zip(layers, per_layer):
-            grid = render.channel_grid(batch[row][..., :max_channels])
-            name = source.stem.with_name(f"{source.stem.name}.activations.{output.safe_label(layer)}.png")
-            with output.writing_into(out_dir):
-                output.write_atomic(out_dir / name.as_posix(), render.encode(grid, "png"))
-        return ImageResult(source)
+        files = output.FileSet(out_dir)
+        records = []
+        with files.complete_or_removed():
+            for layer, batch in zip(layers, per_layer):
+                grid = render.channel_grid(batch[row][..., :max_channels])
+                name = source.stem.with_name(f"{source.stem.name}.activations.{output.safe_label(layer)}.png")
+                files.write(name.as_posix(), render.encode(grid, "png"))
+                records.append({"image": source.shown, "model": model, "layer": layer, "method": "activations",
+                                "grid": name.as_posix()})
+        return ImageResult(source, records=records)
 
     return finish
 
@@ -168,24 +215,26 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions) -> Fini
         predictions = output.top_predictions(probabilities, names, top)
         written, warnings = [], []
         ready = render.backdrop(original, options.alpha)
-        for class_index, score, raw in zip(batch.classes[row], batch.scores[row], batch.maps[row]):
-            class_index = int(class_index)
-            label = names[class_index] if class_index < len(names) else str(class_index)
-            heatmap = render.normalise(raw)
-            if not heatmap.any():
-                warnings.append(
-                    f"warning: {source.shown}: the {options.method} map for class {class_index} ({label}) is all zero"
-                )
-            written.append(
-                _write(source, original, ready, heatmap, class_index, label, float(score), probabilities, options)
-            )
-        return ImageResult(source, predictions=predictions, explanations=written, warnings=warnings)
+        files = output.FileSet(options.out_dir)
+        with files.complete_or_removed():  # an image's files all exist, or none do
+            for class_index, score, raw in zip(batch.classes[row], batch.scores[row], batch.maps[row]):
+                class_index = int(class_index)
+                label = names[class_index] if class_index < len(names) else str(class_index)
+                heatmap = render.normalise(raw)
+                if not heatmap.any():
+                    warnings.append(f"warning: {source.shown}: the {options.method} map for class {class_index} "
+                                    f"({label}) is all zero")
+                written.append(_write(source, files, original, ready, heatmap, class_index, label, float(score),
+                                      probabilities, options))
+        records = [manifest_record(e, options.model) for e in written]
+        return ImageResult(source, predictions=predictions, explanations=written, warnings=warnings, records=records)
 
     return finish
 
 
 def _write(
     source: Source,
+    files: output.FileSet,
     original: np.ndarray,
     ready: render.Backdrop,
     heatmap: np.ndarray,
@@ -205,16 +254,14 @@ def _write(
     heatmap_file = name("npy") if options.save_heatmap else None
     figure_file = name("figure.png") if options.figure else None
     map_file = name("map.png") if options.grey_map else None
-    with output.writing_into(options.out_dir):
-        output.write_atomic(options.out_dir / overlay, render.encode(blended, options.image_format))
-        if heatmap_file:
-            output.write_atomic(options.out_dir / heatmap_file, output.npy_bytes(heatmap))
-        if map_file:
-            output.write_atomic(options.out_dir / map_file, render.encode_grey(heatmap))
-        if figure_file:
-            title = f"{label} ({class_index}): p = {probability:.3f}, {options.method} at {options.layer}"
-            picture = render.figure(original, heatmap, np.asarray(blended), title, options.colormap)
-            output.write_atomic(options.out_dir / figure_file, picture)
+    files.write(overlay, render.encode(blended, options.image_format))
+    if heatmap_file:
+        files.write(heatmap_file, output.npy_bytes(heatmap))
+    if map_file:
+        files.write(map_file, render.encode_grey(heatmap))
+    if figure_file:
+        title = f"{label} ({class_index}): p = {probability:.3f}, {options.method} at {options.layer}"
+        files.write(figure_file, render.figure(original, heatmap, np.asarray(blended), title, options.colormap))
     return Explanation(
         image=source.shown,
         class_index=class_index,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -48,7 +49,7 @@ def test_activations_cli_writes_one_grid_per_layer(tiny_model, photo_tree, tmp_p
     out = tmp_path / "out"
     result = run("activations", photo_tree / "b.jpg", "--model", tiny_model, "-o", out)
     assert result.exit_code == 0, result.output
-    sizes = {p.name: Image.open(p).size for p in out.iterdir()}
+    sizes = {p.name: Image.open(p).size for p in out.iterdir() if p.suffix == ".png"}
     assert sizes == {
         "b.activations.conv1.png": (16 * 64, 64),  # 16 channels of 64×64: one row
         "b.activations.pool1.png": (16 * 32, 32),
@@ -56,6 +57,9 @@ def test_activations_cli_writes_one_grid_per_layer(tiny_model, photo_tree, tmp_p
         "b.activations.pool2.png": (16 * 16, 2 * 16),
         "b.activations.conv3.png": (16 * 16, 2 * 16),
     }
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {r["grid"] for r in records} == set(sizes) and {r["method"] for r in records} == {"activations"}
+    assert [r["layer"] for r in records] == ["conv1", "pool1", "conv2", "pool2", "conv3"]
     few = run("activations", photo_tree / "b.jpg", "--model", tiny_model, "-o", tmp_path / "few", "--layer",
               "conv3", "--max-channels", "8")
     assert few.exit_code == 0 and Image.open(tmp_path / "few" / "b.activations.conv3.png").size == (8 * 16, 16)
@@ -108,7 +112,11 @@ def test_classviz_cli_writes_final_and_intermediate_images(tiny_model, tiny_labe
     assert result.stdout == f"{out / 'classviz.1-green.png'}\n"
     assert sorted(p.name for p in out.iterdir()) == [
         "classviz.1-green.png", "classviz.1-green.step0005.png", "classviz.1-green.step0010.png",
-        "classviz.1-green.step0015.png",
+        "classviz.1-green.step0015.png", "manifest.jsonl",
     ]
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["file"]) for r in records] == [(5, "classviz.1-green.step0005.png"), (
+        10, "classviz.1-green.step0010.png"), (15, "classviz.1-green.step0015.png"), (20, "classviz.1-green.png")]
+    assert result.stderr.rstrip().endswith(f"→ {records[-1]['logit']:.3f} in 20 steps")
     assert Image.open(out / "classviz.1-green.png").size == (64, 64)
     assert "class 1 (green) logit" in result.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path, PurePosixPath
@@ -92,16 +91,12 @@ def test_top_predictions_and_stdout_styles():
     predictions = output.top_predictions(np.array([0.1, 0.6, 0.3]), ("a", "b", "c"), 2)
     assert [(p.rank, p.class_index, p.label) for p in predictions] == [(1, 1, "b"), (2, 2, "c")]
 
-    tsv = io.StringIO()
-    output.write_predictions(tsv, "x.jpg", predictions, "tsv")
-    assert tsv.getvalue() == "x.jpg\t1\t1\tb\t0.600000\nx.jpg\t2\t2\tc\t0.300000\n"
+    tsv = output.format_predictions("x.jpg", predictions, "tsv")
+    assert tsv == "x.jpg\t1\t1\tb\t0.600000\nx.jpg\t2\t2\tc\t0.300000\n"
 
-    lines = io.StringIO()
-    output.write_predictions(lines, "x.jpg", predictions, "json")
-    record = json.loads(lines.getvalue())
+    record = json.loads(output.format_predictions("x.jpg", predictions, "json"))
     assert record["image"] == "x.jpg" and record["predictions"][0] == {
         "rank": 1, "class_index": 1, "label": "b", "probability": pytest.approx(0.6)}
 
-    table = io.StringIO()
-    output.write_predictions(table, "x.jpg", predictions, "table")
-    assert table.getvalue().splitlines()[0] == "x.jpg" and "60.00%" in table.getvalue()
+    table = output.format_predictions("x.jpg", predictions, "table")
+    assert table.splitlines()[0] == "x.jpg" and "60.00%" in table

@@ -39,7 +39,7 @@ def test_batches_keep_order_and_isolate_bad_files(tmp_path: Path):
     calls: list[int] = []
     finish = pipeline.explanations(("dark", "bright"), 2, options)
 
-    results = list(pipeline.run(sources, fake_model(calls), finish, size=(4, 4, 3), batch_size=2))
+    results = list(pipeline.Run(sources, fake_model(calls), finish, size=(4, 4, 3), batch_size=2))
 
     assert [r.source.stem.as_posix() for r in results] == ["0", "1", "2", "3", "4"]
     assert calls == [2, 1, 1]  # batches of two; the broken file leaves its batch one short

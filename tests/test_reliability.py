@@ -7,10 +7,12 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path, PurePosixPath
 
@@ -177,6 +179,15 @@ def _manifest_lines(out: Path) -> int:
         return 0
 
 
+def assert_accounted(out: Path, stderr: str) -> None:
+    """After any stop: the summary's counts equal the manifest, and every file in `out` has its line."""
+    done, explanations = (int(n) for n in re.search(r"(\d+) of \d+ images done, (\d+) explanations", stderr).groups())
+    records = output.read_manifest(out)
+    assert (done, explanations) == (len({r["image"] for r in records}), len(records)), stderr[-2000:]
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != output.MANIFEST}
+    assert on_disk == set(output.files_of(records))
+
+
 def _final_state(out: Path) -> tuple[list[tuple], dict[str, np.ndarray]]:
     records = [(r["image"], r["class_index"], r["rank"], r["overlay"], r["heatmap"]) for r in output.read_manifest(out)]
     files = {p.relative_to(out).as_posix(): p for p in out.rglob("*") if p.is_file() and p.name != output.MANIFEST}
@@ -213,10 +224,15 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(signum, code, inte
     if signum != signal.SIGKILL:
         assert f"interrupted ({signal.Signals(signum).name})" in stderr and "images done" in stderr
         assert temporaries(out) == []
+        assert_accounted(out, stderr)
     for record in output.read_manifest(out):  # a manifest line is only written once its files exist
         assert (out / record["overlay"]).is_file() and (out / record["heatmap"]).is_file()
 
-    resumed = _explain_process(folder, out, tiny_model, "--skip-existing")
+    assert_resumes_exactly(folder, out, tiny_model, expected_records, expected_files)
+
+
+def assert_resumes_exactly(folder: Path, out: Path, model: Path, expected_records: list, expected_files: dict) -> None:
+    resumed = _explain_process(folder, out, model, "--skip-existing")
     _, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr
     records, files = _final_state(out)
@@ -224,6 +240,59 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(signum, code, inte
     assert sorted(files) == sorted(expected_files) and temporaries(out) == []
     for name, array in files.items():  # batches differ after a resume: allow float noise only
         assert np.abs(array - expected_files[name]).max() <= (1e-4 if name.endswith(".npy") else 3), name
+
+
+def test_a_closed_stdout_leaves_only_accounted_files_and_resumes_exactly(interrupted_setup, tiny_model, tmp_path):
+    """`explain gradcam ... | head -n 1`: images rendered ahead of stdout still get their manifest lines."""
+    folder, (expected_records, expected_files) = interrupted_setup
+    out = tmp_path / "out"
+    process = _explain_process(folder, out, tiny_model)
+    assert process.stdout.readline()
+    process.stdout.close()  # the reader leaves
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 141, stderr
+    assert "Traceback" not in stderr and temporaries(out) == []
+    assert 0 < _manifest_lines(out) < len(expected_records)
+    assert_accounted(out, stderr)
+    assert_resumes_exactly(folder, out, tiny_model, expected_records, expected_files)
+
+
+def test_a_disk_that_fills_mid_run_leaves_only_accounted_files(tiny_model, tmp_path, monkeypatch):
+    folder = _folder_of_photos(tmp_path / "photos", 12)
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    options = ["--batch-size", "2", "--top-k", "2", "--save-heatmap", "--figure"]
+    assert run("gradcam", folder, "--model", tiny_model, "-o", reference, *options).exit_code == 0
+    writes, full = [0], threading.Event()
+    write_atomic, append = output.write_atomic, output.Manifest.append
+
+    def filling(path, data):  # the 31st file does not fit, nor does anything after it
+        writes[0] += 1
+        if writes[0] > 30:
+            full.set()
+        if full.is_set():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write_atomic(path, data)
+
+    def appending(manifest, records):
+        if full.is_set():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        append(manifest, records)
+
+    monkeypatch.setattr(output, "write_atomic", filling)
+    monkeypatch.setattr(output.Manifest, "append", appending)
+    stopped = run("gradcam", folder, "--model", tiny_model, "-o", out, *options)
+    assert stopped.exit_code == 1
+    assert [line for line in stopped.stderr.splitlines() if line.startswith("error")] == [
+        f"error: cannot write to {out}: No space left on device"]
+    assert 0 < len(output.read_manifest(out)) < 24 and temporaries(out) == []
+    assert_accounted(out, stopped.stderr)
+
+    monkeypatch.undo()  # space again: the rerun finishes the batch
+    assert run("gradcam", folder, "--model", tiny_model, "-o", out, *options, "--skip-existing").exit_code == 0
+    key = lambda r: (r["image"], r["rank"])  # noqa: E731
+    assert sorted(output.read_manifest(out), key=key) == sorted(output.read_manifest(reference), key=key)
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*")} == {
+        p.relative_to(reference).as_posix() for p in reference.rglob("*")}
 
 
 def test_skip_existing_redoes_images_whose_files_are_missing(tiny_model, photo_tree, tmp_path):

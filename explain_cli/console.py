@@ -1,0 +1,207 @@
+"""What a run tells its user as it goes, and the accounting behind it.
+
+stdout gets data only (predictions); stderr gets errors, warnings, notes, the summary and, on a
+terminal, a live progress bar (rich) that stays below every line printed. Each image is accounted
+once, whatever stops the run (an interrupt, a closed stdout, a full disk): its manifest lines and
+its count in the summary are written together, and the images that were finished but not yet
+printed when the run stopped are accounted too, so the summary always equals the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from explain_cli import interrupts, output
+from explain_cli.errors import ExplainError
+from explain_cli.pipeline import ImageResult, Run
+
+
+@dataclass
+class Tally:
+    """What the summary line says."""
+
+    total: int
+    skipped: int = 0  # already explained (--skip-existing)
+    done: int = 0
+    explained: int = 0  # manifest lines written
+    failed: list[str] = field(default_factory=list)
+
+    def summary(self, manifest: output.Manifest | None) -> str:
+        parts = [f"{self.done} of {self.total} images done"]
+        if manifest is not None:
+            parts[0] += f", {self.explained} explanations written to {manifest.path.parent}"
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped (already explained)")
+        if self.failed:
+            first = "; ".join(self.failed[:3]) + ("; ..." if len(self.failed) > 3 else "")
+            parts.append(f"{len(self.failed)} failed: {first}")
+        return "; ".join(parts)
+
+
+def report(run: Run, tally: Tally, *, style: str, verbose: bool, batch_size: int,
+           manifest: output.Manifest | None = None) -> None:
+    """Account and print each result of `run` as it comes, then the summary; exit 1 if any image failed.
+
+    However the loop ends, the run is stopped (work not started cancelled, writes under way finished)
+    and every finished image is accounted before the summary is printed.
+    """
+    settled: ImageResult | None = None
+    stdout_open = True
+    with Display(tally.total, batch_size) as display:
+        try:
+            for result in run:
+                with interrupts.held():  # a signal waits until the image is wholly accounted
+                    _record(result, tally, manifest, display)
+                    settled = result
+                _show(result, display, style, verbose)
+        except BrokenPipeError:
+            stdout_open = False
+            raise
+        finally:
+            with interrupts.held(reraise=False):  # stopping already: a second Ctrl-C waits for the summary
+                unsettled = [run.last] if run.last is not None and run.last is not settled else []
+                for result in unsettled + run.stop():
+                    try:
+                        _record(result, tally, manifest, display)
+                    except ExplainError:
+                        continue  # the disk is full: its files are gone, and the first error is the one shown
+                    if stdout_open:
+                        try:
+                            _show(result, display, style, verbose)
+                        except BrokenPipeError:
+                            stdout_open = False
+                display.message(tally.summary(manifest))
+    if tally.failed:
+        raise SystemExit(1)
+
+
+def _record(result: ImageResult, tally: Tally, manifest: output.Manifest | None, display: Display) -> None:
+    """The image's manifest lines and its count, together; if the lines cannot be written, its files go."""
+    display.advance()
+    if result.error:
+        tally.failed.append(result.error)
+        display.message(f"error: {result.error}")
+        return
+    if manifest is not None and result.records:
+        try:
+            with output.writing_into(manifest.path.parent):
+                manifest.append(result.records)
+        except BaseException:
+            output.remove_files(manifest.path.parent, result.files())
+            raise
+        tally.explained += len(result.records)
+    tally.done += 1
+
+
+def _show(result: ImageResult, display: Display, style: str, verbose: bool) -> None:
+    if result.error:
+        return
+    notes = [f"note: {result.source.shown}: {note}" for note in result.notes] if verbose else []
+    for line in result.warnings + notes:
+        display.message(line)
+    if result.predictions:
+        display.data(output.format_predictions(result.source.shown, result.predictions, style))
+
+
+class Display:
+    """stdout for data, stderr for messages and, when stderr is a terminal, a progress bar below them.
+
+    The bar's ETA comes from the rate measured over whole batches after the first one (which also
+    pays for loading the model and tracing it), and is not shown before it can be right.
+    """
+
+    def __init__(self, total: int, batch_size: int) -> None:
+        self.total, self.batch_size = total, batch_size
+        self.count = 0
+        self._eta = Eta(total, batch_size)
+        self._progress: Any = None
+        self._task: Any = None
+        self._data_through_bar = False
+
+    def __enter__(self) -> Display:
+        if _is_terminal(sys.stderr):
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            console = Console(file=sys.stderr, highlight=False, emoji=False, markup=False)
+            self._progress = Progress(
+                TextColumn("explain"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+                TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=console, transient=True,
+                redirect_stdout=False, redirect_stderr=False,  # stdout is data: it never goes to the bar's stream
+            )
+            self._task = self._progress.add_task("explain", total=self.total, eta="")
+            # stdout on the same terminal: its lines go through the bar's console, so they print above it.
+            self._data_through_bar = _is_terminal(sys.stdout) and _same_file(sys.stdout, sys.stderr)
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def data(self, text: str) -> None:
+        if self._data_through_bar:
+            sys.stdout.flush()
+            self._progress.console.out(text, end="")
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def message(self, line: str) -> None:
+        if self._progress is not None:
+            self._progress.console.out(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def advance(self) -> None:
+        self.count += 1
+        if self._progress is None:
+            return
+        eta = self._eta.update(self.count, time.monotonic())
+        fields = {"eta": f"eta {_clock(eta)}"} if eta is not None else {}
+        self._progress.update(self._task, completed=self.count, refresh=True, **fields)
+
+
+class Eta:
+    """Seconds left, from the rate over whole batches after the first: the first batch also pays for the
+    model's load and trace, and images come out of a batch all at once, so shorter spans mislead."""
+
+    def __init__(self, total: int, batch_size: int) -> None:
+        self.total, self.batch_size = total, batch_size
+        self._first: tuple[float, int] | None = None  # when the first batch was done, and its size
+
+    def update(self, count: int, now: float) -> float | None:
+        """The estimate after `count` images are done (None until it can be measured, and between batches)."""
+        if count % self.batch_size and count != self.total:
+            return None
+        if self._first is None:
+            self._first = (now, count)
+            return None
+        started, first = self._first
+        rate = (count - first) / max(now - started, 1e-9)
+        return (self.total - count) / rate
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _same_file(one: Any, other: Any) -> bool:
+    try:
+        return os.path.samestat(os.fstat(one.fileno()), os.fstat(other.fileno()))
+    except (AttributeError, OSError, ValueError):
+        return False
