@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import click
+import numpy as np
 
 from explain_cli import __version__, console, inputs, interrupts, models, output, pipeline, render
 from explain_cli.errors import ExplainError
@@ -95,6 +96,13 @@ _input_options = _options(
 )
 
 
+_truth_option = click.option(
+    "--truth", metavar="folders|FILE.csv",
+    help="The true classes: `folders` (each image's folder is named after its class, as in val/tabby/x.jpg) or "
+    "a CSV with the header image,class. Adds truth and correct to the manifest and accuracy to the summary.",
+)
+
+
 class _Command(click.Command):
     """A command whose run-time failures print one line and exit 1; signals exit 130 (INT) or 143 (TERM)."""
 
@@ -155,7 +163,8 @@ _target_options = _options(
     click.option("--layer", help="The layer to explain (default: the model's last convolutional block). "
                  "See `explain layers`."),
     click.option("--class", "class_specs", multiple=True, metavar="CLASS",
-                 help="Explain this class: a number or a label name (repeatable). Default: the top class."),
+                 help="Explain this class: a number, a label name or a WordNet id (repeatable); `truth`: each "
+                 "image's true class (with --truth). Default: the top class."),
     click.option("--top-k", type=click.IntRange(1), help="Explain each image's N most probable classes."),
 )
 _gradient_options = _options(
@@ -182,6 +191,7 @@ _render_options = _options(
 
 @cli.command()
 @_input_options
+@_truth_option
 @_model_options
 @_target_options
 @_gradient_options
@@ -198,6 +208,7 @@ def gradcam(**options: Any) -> None:
 
 @cli.command()
 @_input_options
+@_truth_option
 @_model_options
 @click.option("--method", type=click.Choice(list(METHODS)), default="gradcam", show_default=True,
               help="gradcam, gradcam++, xgradcam, hirescam, layercam (gradients); cam (a global-average-"
@@ -219,6 +230,7 @@ def cam(method: str, max_masks: int, **options: Any) -> None:
 
 @cli.command()
 @_input_options
+@_truth_option
 @_model_options
 @click.option("--method", type=click.Choice(list(PIXEL_METHODS)), default="vanilla", show_default=True,
               help="vanilla gradients, smoothgrad, integrated-gradients (black baseline), guided-backprop, "
@@ -239,9 +251,9 @@ def saliency(method: str, samples: int, noise: float, steps: int, seed: int, **o
     """
     from explain_cli import explainer
 
-    def build(model: models.LoadedModel, graph: Any, cut: Any, classes: list[int], top_k: int) -> Any:
+    def build(model: models.LoadedModel, graph: Any, cut: Any, classes: list[int], top_k: int, per_image: bool) -> Any:
         return explainer.compile_saliency(model, graph, method, layer=cut.layer, classes=classes, top_k=top_k,
-                                          samples=samples, noise=noise, steps=steps, seed=seed)
+                                          samples=samples, noise=noise, steps=steps, seed=seed, per_image=per_image)
 
     _explain(method, build, grey_map=True, **options)
 
@@ -354,15 +366,16 @@ def _explain_cam(method: str, max_masks: int, **options: Any) -> None:
     if counterfactual and not METHODS[method].gradients:
         raise click.BadParameter(f"{method} uses no gradients to negate", param_hint="--counterfactual")
 
-    def build(model: models.LoadedModel, graph: Any, cut: Any, classes: list[int], top_k: int) -> Any:
+    def build(model: models.LoadedModel, graph: Any, cut: Any, classes: list[int], top_k: int, per_image: bool) -> Any:
         return explainer.compile_explain(model, cut, method, classes=classes, top_k=top_k, score=score,
-                                         counterfactual=counterfactual, max_masks=max_masks)
+                                         counterfactual=counterfactual, max_masks=max_masks, per_image=per_image)
 
     _explain(f"{method}-counterfactual" if counterfactual else method, build, **options)
 
 
 @cli.command()
 @_input_options
+@_truth_option
 @_model_options
 def predict(**options: Any) -> None:
     """Print the top predictions for each image; write nothing."""
@@ -370,9 +383,10 @@ def predict(**options: Any) -> None:
 
     sources = _sources(options, skip_dir=None)
     model = _load(options)
+    truth = _truth(options, sources, model)
     step = explainer.compile_predict(model, explainer.graph_of(model))
-    finish = pipeline.predictions_only(model.labels.names, options["top"])
-    _report(_run(sources, step, finish, model, options), console.Tally(len(sources)), options)
+    finish = pipeline.predictions_only(model.labels.names, options["top"], truth)
+    _report(_run(sources, step, finish, model, options), _tally(sources, truth), options)
 
 
 @cli.command()
@@ -415,7 +429,11 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
         manifest = output.Manifest(out_dir)
     try:
         model = _load(options)
-        classes = list(dict.fromkeys(_resolve_class(model, spec) for spec in options["class_specs"]))
+        truth = _truth(options, sources, model)
+        per_image = "truth" in options["class_specs"]
+        if per_image:
+            _check_truth_classes(options, sources, truth)
+        classes = list(dict.fromkeys(_resolve_class(model, spec) for spec in options["class_specs"] if spec != "truth"))
         if options["top_k"] and options["top_k"] > len(model.labels):
             raise click.BadParameter(
                 f"{options['top_k']} is more than the model's {len(model.labels)} classes", param_hint="--top-k"
@@ -429,7 +447,7 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
         layer = cut.layer
         chosen = "" if options["layer"] else " (default)"
         click.echo(f"{model.name}: {name} at layer {layer}{chosen}", err=True)
-        step = build(model, graph, cut, classes, options["top_k"] or 1)
+        step = build(model, graph, cut, classes, options["top_k"] or 1, per_image)
         render_options = pipeline.RenderOptions(
             out_dir=out_dir,
             method=name,
@@ -442,15 +460,52 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
             figure=options["figure"],
             grey_map=grey_map,
         )
-        finish = pipeline.explanations(model.labels.names, options["top"], render_options)
-        _report(_run(sources, step, finish, model, options), console.Tally(len(sources), skipped), options, manifest)
+        finish = pipeline.explanations(model.labels.names, options["top"], render_options, truth)
+        run = _run(sources, step, finish, model, options, truth if per_image else None)
+        _report(run, _tally(sources, truth, skipped), options, manifest)
     finally:
         manifest.close()
 
 
-def _run(sources: list, step: Callable, finish: Callable, model: models.LoadedModel, options: dict) -> pipeline.Run:
-    return pipeline.Run(sources, step, finish, size=_size(model), batch_size=options["batch_size"],
+def _run(sources: list, step: Callable, finish: Callable, model: models.LoadedModel, options: dict,
+         classes_of: dict | None = None) -> pipeline.Run:
+    """A Run of `step` over the sources; with `classes_of`, each image's own class goes to the step too."""
+
+    def compute(images: Any, batch: list[inputs.Source]) -> Any:
+        if classes_of is None:
+            return step(images)
+        return step(images, np.array([classes_of[source] for source in batch], np.int32))
+
+    return pipeline.Run(sources, compute, finish, size=_size(model), batch_size=options["batch_size"],
                         max_pixels=options["max_pixels"])
+
+
+def _truth(options: dict, sources: list[inputs.Source], model: models.LoadedModel) -> dict | None:
+    """Each source's true class (--truth), or None when not asked for."""
+    if not options.get("truth"):
+        return None
+    from explain_cli import truth
+
+    try:
+        return truth.read(options["truth"], sources, model.labels)
+    except truth.TruthError as error:
+        raise click.BadParameter(str(error), param_hint="--truth") from None
+
+
+def _check_truth_classes(options: dict, sources: list[inputs.Source], truth: dict | None) -> None:
+    """`--class truth` explains each image's true class: it needs --truth, for every image, and no other class."""
+    if truth is None:
+        raise click.BadParameter("--class truth needs --truth folders|FILE.csv", param_hint="--class")
+    if len(options["class_specs"]) > 1:
+        raise click.BadParameter("truth explains each image's own class: give no other --class", param_hint="--class")
+    unknown = [source.shown for source in sources if source not in truth]
+    if unknown:
+        raise click.BadParameter(f"--class truth: {len(unknown)} images have no truth, first {unknown[0]}",
+                                 param_hint="--class")
+
+
+def _tally(sources: list, truth: dict | None, skipped: int = 0) -> console.Tally:
+    return console.Tally(len(sources), skipped, truth_given=truth is not None)
 
 
 def _sources(options: dict, skip_dir: Path | None) -> list[inputs.Source]:

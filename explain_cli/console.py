@@ -29,11 +29,25 @@ class Tally:
     done: int = 0
     explained: int = 0  # manifest lines written
     failed: list[str] = field(default_factory=list)
+    truth_given: bool = False  # --truth: accuracy is summed up, and JSON rows say each image's truth
+    with_truth: int = 0  # images done whose truth is known
+    top1: int = 0  # ... and predicted right
+    top5: int = 0  # ... and among the five most probable
+
+    def count(self, result: ImageResult) -> None:
+        self.done += 1
+        if result.truth_rank is not None:
+            self.with_truth += 1
+            self.top1 += result.truth_rank == 1
+            self.top5 += result.truth_rank <= 5
 
     def summary(self, manifest: output.Manifest | None) -> str:
         parts = [f"{self.done} of {self.total} images done"]
         if manifest is not None:
             parts[0] += f", {self.explained} explanations written to {manifest.path.parent}"
+        if self.with_truth:
+            parts.append(f"accuracy top-1 {self.top1 / self.with_truth:.1%}, top-5 {self.top5 / self.with_truth:.1%} "
+                         f"over {self.with_truth} images with truth")
         if self.skipped:
             parts.append(f"{self.skipped} skipped (already explained)")
         if self.failed:
@@ -57,7 +71,7 @@ def report(run: Run, tally: Tally, *, style: str, verbose: bool, batch_size: int
                 with interrupts.held():  # a signal waits until the image is wholly accounted
                     _record(result, tally, manifest, display)
                     settled = result
-                _show(result, display, style, verbose)
+                _show(result, display, style, verbose, tally.truth_given)
         except BrokenPipeError:
             stdout_open = False
             raise
@@ -71,7 +85,7 @@ def report(run: Run, tally: Tally, *, style: str, verbose: bool, batch_size: int
                         continue  # the disk is full: its files are gone, and the first error is the one shown
                     if stdout_open:
                         try:
-                            _show(result, display, style, verbose)
+                            _show(result, display, style, verbose, tally.truth_given)
                         except BrokenPipeError:
                             stdout_open = False
                 display.message(tally.summary(manifest))
@@ -94,17 +108,18 @@ def _record(result: ImageResult, tally: Tally, manifest: output.Manifest | None,
             output.remove_files(manifest.path.parent, result.files())
             raise
         tally.explained += len(result.records)
-    tally.done += 1
+    tally.count(result)
 
 
-def _show(result: ImageResult, display: Display, style: str, verbose: bool) -> None:
+def _show(result: ImageResult, display: Display, style: str, verbose: bool, truth_given: bool) -> None:
     if result.error:
         return
     notes = [f"note: {result.source.shown}: {note}" for note in result.notes] if verbose else []
     for line in result.warnings + notes:
         display.message(line)
     if result.predictions:
-        display.data(output.format_predictions(result.source.shown, result.predictions, style))
+        truth = {"truth": result.truth} if truth_given else None
+        display.data(output.format_predictions(result.source.shown, result.predictions, style, truth))
 
 
 class Display:

@@ -89,8 +89,10 @@ def compile_explain(
     score: str = "logit",
     counterfactual: bool = False,
     max_masks: int = 64,
+    per_image: bool = False,
 ) -> Any:
-    """uint8 batch -> BatchResult, explaining `classes` for every image, or else each image's top k.
+    """uint8 batch -> BatchResult, explaining `classes` for every image, or else each image's top k; with
+    `per_image`, the step also takes each image's own class (b,) and explains that one.
 
     `counterfactual` negates the gradients (Grad-CAM §counterfactual explanations: what would raise
     the score if removed). The returned callable has `.traced` (a tf.function) for counting traces.
@@ -101,15 +103,15 @@ def compile_explain(
     if counterfactual and not spec.gradients:
         raise ExplainError(f"--counterfactual negates gradients, and {method} uses none")
     class_kernel = split_module.dense_head(cut) if spec.dense_head else None
-    k = len(classes) or top_k
+    k = 1 if per_image else len(classes) or top_k
     fixed = tf.constant(list(classes), tf.int32) if classes else None
 
     def logits_of(x: Any) -> Any:
         activations, skips = cut.features(x)
         return cut.head(activations, skips)
 
-    @tf.function(input_signature=[_input_spec(model)], reduce_retracing=True)
-    def step(images: Any) -> tuple[Any, Any, Any, Any]:
+    @tf.function(input_signature=_signature(model, per_image), reduce_retracing=True)
+    def step(images: Any, *given: Any) -> tuple[Any, Any, Any, Any]:
         x = model.preprocess(tf.cast(images, tf.float32))
         activations, skips = cut.features(x)
         b = tf.shape(activations)[0]
@@ -119,7 +121,7 @@ def compile_explain(
             tape.watch(tiled)
             logits = cut.head(tiled, tiled_skips)  # (k*b, classes), copy j of image i at row j*b + i
             probabilities = _probabilities(logits[:b], cut.activation)
-            chosen, row_class = _choose(probabilities, fixed, k)
+            chosen, row_class = _choose(probabilities, fixed, k, *given)
             source = logits if score == "logit" else _probabilities(logits, cut.activation)
             scores = tf.gather(source, row_class, batch_dims=1)
         gradients = None
@@ -161,6 +163,7 @@ def compile_saliency(
     noise: float = 0.15,
     steps: int = 64,
     seed: int = 0,
+    per_image: bool = False,
 ) -> Any:
     """uint8 batch -> BatchResult whose maps are pixel attributions at the model's input resolution.
 
@@ -175,16 +178,16 @@ def compile_saliency(
     forward, activation = split_module.logits(graph)
     guided_forward, _ = split_module.logits(split_module.guided(graph))
     cut = split_module.split(graph, layer) if method == "guided-gradcam" else None
-    k = len(classes) or top_k
+    k = 1 if per_image else len(classes) or top_k
     fixed = tf.constant(list(classes), tf.int32) if classes else None
 
-    @tf.function(input_signature=[_input_spec(model)], reduce_retracing=True)
-    def step(images: Any) -> tuple[Any, Any, Any, Any]:
+    @tf.function(input_signature=_signature(model, per_image), reduce_retracing=True)
+    def step(images: Any, *given: Any) -> tuple[Any, Any, Any, Any]:
         pixels = tf.cast(images, tf.float32)
         b = tf.shape(pixels)[0]
         logits = forward(model.preprocess(pixels))
         probabilities = _probabilities(logits, activation)
-        chosen, row_class = _choose(probabilities, fixed, k)
+        chosen, row_class = _choose(probabilities, fixed, k, *given)
         rows = _tile(pixels, k)
 
         def gradient_through(network: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -222,12 +225,25 @@ def compile_saliency(
     return _numpy_step(step)
 
 
-def _choose(probabilities: Any, fixed: Any, k: int) -> tuple[Any, Any]:
-    """The classes to explain: (b, k) per image (the given ones, or the top k) and (k*b,) per row."""
+def _signature(model: LoadedModel, per_image: bool) -> list[Any]:
+    """The explain step's inputs: a uint8 batch, and with `per_image` each image's class (b,)."""
+    import tensorflow as tf
+
+    return [_input_spec(model)] + ([tf.TensorSpec([None], tf.int32)] if per_image else [])
+
+
+def _choose(probabilities: Any, fixed: Any, k: int, per_image: Any = None) -> tuple[Any, Any]:
+    """The classes to explain: (b, k) per image (each image's own, the given ones, or the top k) and
+    (k*b,) per row."""
     import tensorflow as tf
 
     b = tf.shape(probabilities)[0]
-    chosen = tf.math.top_k(probabilities, k=k).indices if fixed is None else tf.broadcast_to(fixed, [b, k])
+    if per_image is not None:
+        chosen = per_image[:, None]
+    elif fixed is None:
+        chosen = tf.math.top_k(probabilities, k=k).indices
+    else:
+        chosen = tf.broadcast_to(fixed, [b, k])
     return chosen, tf.reshape(tf.transpose(chosen), [-1])
 
 
@@ -242,8 +258,8 @@ def _per_image(rows: Any, k: int, b: Any) -> Any:
 def _numpy_step(step: Any) -> Callable[[np.ndarray], BatchResult]:
     """The compiled step as numpy in, BatchResult out; `.traced` keeps the tf.function for counting traces."""
 
-    def run(batch: np.ndarray) -> BatchResult:
-        probabilities, chosen, scores, maps = step(batch)
+    def run(batch: np.ndarray, classes: np.ndarray | None = None) -> BatchResult:
+        probabilities, chosen, scores, maps = step(batch) if classes is None else step(batch, classes)
         return BatchResult(probabilities.numpy(), chosen.numpy(), scores.numpy(), maps.numpy())
 
     run.traced = step  # type: ignore[attr-defined]

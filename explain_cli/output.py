@@ -238,10 +238,11 @@ def _json_line(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-def format_predictions(image: str, predictions: Sequence[Prediction], style: str) -> str:
-    """One image's predictions for stdout: "table" for a terminal, "tsv" when piped, or "json" lines."""
+def format_predictions(image: str, predictions: Sequence[Prediction], style: str, truth: dict | None = None) -> str:
+    """One image's predictions for stdout: "table" for a terminal, "tsv" when piped, or "json" lines
+    (with `truth`, {"truth": class or None}, when --truth is given; the TSV keeps its five columns)."""
     if style == "json":
-        return _json_line({"image": image, "predictions": [p.__dict__ for p in predictions]})
+        return _json_line({"image": image, "predictions": [p.__dict__ for p in predictions], **(truth or {})})
     if style == "tsv":
         return "".join(f"{_tsv(image)}\t{p.rank}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\n"
                        for p in predictions)

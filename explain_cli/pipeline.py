@@ -13,7 +13,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -51,6 +51,8 @@ class ImageResult:
     notes: list[str] = field(default_factory=list)  # how the image was read, for --verbose
     error: str | None = None
     records: list[dict] = field(default_factory=list)  # its manifest lines, naming every file written
+    truth: int | None = None  # the true class, when known (--truth)
+    truth_rank: int | None = None  # where the model ranks it: 1 is a correct top-1 prediction
 
     def files(self) -> list[str]:
         """The files written for this image, relative to the output folder."""
@@ -74,11 +76,12 @@ class RenderOptions:
 # A batch's images, once decoded: (source, the picture or the reason it failed, model input).
 Decoded = tuple[Source, "inputs.Picture | BadInput", "np.ndarray | None"]
 Finish = Callable[[Source, np.ndarray, int, object], ImageResult]
+Compute = Callable[[np.ndarray, list[Source]], object]
 
 
 class Run:
-    """One ImageResult per source, in input order, as an iterator; `compute` maps a uint8 batch to one
-    batch result, `finish(source, original, row, batch_result)` turns a row of it into an ImageResult.
+    """One ImageResult per source, in input order, as an iterator; `compute(images, sources)` maps a uint8
+    batch (and the sources it holds) to one batch result, `finish(source, original, row, batch_result)` turns a row of it into an ImageResult.
 
     At most three batches are in memory (decoding, computing, rendering), whatever the folder's size.
     `stop()` ends a run early (an interrupt, a closed stdout, a full disk): it cancels what has not
@@ -89,7 +92,7 @@ class Run:
     def __init__(
         self,
         sources: Sequence[Source],
-        compute: Callable[[np.ndarray], object],
+        compute: Compute,
         finish: Finish,
         *,
         size: tuple[int, int, int],
@@ -117,7 +120,7 @@ class Run:
         return finished
 
     def _produce(
-        self, sources: Sequence[Source], compute: Callable[[np.ndarray], object], finish: Finish,
+        self, sources: Sequence[Source], compute: Compute, finish: Finish,
         size: tuple[int, int, int], batch_size: int, max_pixels: int,
     ) -> Iterator[ImageResult]:
         height, width, channels = size
@@ -153,16 +156,11 @@ class Run:
         return result
 
 
-def run(sources: Sequence[Source], compute: Callable[[np.ndarray], object], finish: Finish, **options) -> Run:
-    """A Run over the sources (see Run)."""
-    return Run(sources, compute, finish, **options)
-
-
 def _compute_and_finish(
-    pool: ThreadPoolExecutor, decoded: list[Decoded], compute: Callable[[np.ndarray], object], finish: Finish
+    pool: ThreadPoolExecutor, decoded: list[Decoded], compute: Compute, finish: Finish
 ) -> list[Future[ImageResult]]:
     good = [(source, picture, x) for source, picture, x in decoded if x is not None]
-    result = compute(np.stack([x for _, _, x in good])) if good else None
+    result = compute(np.stack([x for _, _, x in good]), [source for source, _, _ in good]) if good else None
     rows = {id(source): row for row, (source, _, _) in enumerate(good)}
 
     def finish_with_notes(source: Source, picture: inputs.Picture) -> ImageResult:
@@ -180,13 +178,32 @@ def _compute_and_finish(
     return futures
 
 
-def predictions_only(names: Sequence[str], top: int) -> Finish:
+Truth = Optional[Mapping[Source, int]]  # each source's true class, or None when --truth is not given
+
+
+def predictions_only(names: Sequence[str], top: int, truth: Truth = None) -> Finish:
     """A finish step for `explain predict`: the top predictions, nothing written."""
 
     def finish(source: Source, original: np.ndarray, row: int, probabilities: object) -> ImageResult:
-        return ImageResult(source, predictions=output.top_predictions(probabilities[row], names, top))
+        predictions = output.top_predictions(probabilities[row], names, top)
+        return ImageResult(source, predictions=predictions, **_truth_of(source, probabilities[row], truth))
 
     return finish
+
+
+def _truth_of(source: Source, probabilities: np.ndarray, truth: Truth) -> dict:
+    """ImageResult's truth fields: the true class and the rank the model gives it (1 + classes above it)."""
+    if truth is None or source not in truth:
+        return {}
+    true_class = truth[source]
+    return {"truth": true_class, "truth_rank": int(np.sum(probabilities > probabilities[true_class])) + 1}
+
+
+def truth_record(result_truth: int | None, truth_rank: int | None, truth: Truth) -> dict:
+    """The manifest's truth fields, present whenever --truth was given (null for an image it does not list)."""
+    if truth is None:
+        return {}
+    return {"truth": result_truth, "correct": None if truth_rank is None else truth_rank == 1}
 
 
 def activation_grids(out_dir: Path, layers: Sequence[str], max_channels: int, model: str = "") -> Finish:
@@ -207,7 +224,7 @@ def activation_grids(out_dir: Path, layers: Sequence[str], max_channels: int, mo
     return finish
 
 
-def explanations(names: Sequence[str], top: int, options: RenderOptions) -> Finish:
+def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: Truth = None) -> Finish:
     """A finish step that renders and writes each explained class of an image (overlay, .npy, figure)."""
 
     def finish(source: Source, original: np.ndarray, row: int, batch: object) -> ImageResult:
@@ -226,8 +243,11 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions) -> Fini
                                     f"({label}) is all zero")
                 written.append(_write(source, files, original, ready, heatmap, class_index, label, float(score),
                                       probabilities, options))
-        records = [manifest_record(e, options.model) for e in written]
-        return ImageResult(source, predictions=predictions, explanations=written, warnings=warnings, records=records)
+        known = _truth_of(source, probabilities, truth)
+        fields = truth_record(known.get("truth"), known.get("truth_rank"), truth)
+        records = [{**manifest_record(e, options.model), **fields} for e in written]
+        return ImageResult(source, predictions=predictions, explanations=written, warnings=warnings, records=records,
+                           **known)
 
     return finish
 

@@ -14,7 +14,7 @@ from explain_cli.explainer import BatchResult
 def fake_model(calls: list[int]):
     """A stand-in compute step: 2 classes, image i's probabilities favour class (mean pixel > 127)."""
 
-    def compute(batch: np.ndarray) -> BatchResult:
+    def compute(batch: np.ndarray, sources: list) -> BatchResult:
         calls.append(len(batch))
         bright = batch.reshape(len(batch), -1).mean(axis=1) > 127
         probabilities = np.where(bright[:, None], [[0.2, 0.8]], [[0.8, 0.2]])

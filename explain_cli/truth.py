@@ -1,0 +1,88 @@
+"""Ground truth: each input's true class, from its folder's name or from a CSV file.
+
+`--truth folders` reads the layout of Keras' image_dataset_from_directory (`val/tabby/x.jpg`: tabby);
+`--truth FILE.csv` has the header `image,class`, where `image` is the path as explain prints it or
+relative to the folder given, and `class` a class number, a label or a WordNet id.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import posixpath
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from explain_cli.errors import ExplainError
+from explain_cli.inputs import Source
+from explain_cli.labels import Labels
+
+
+class TruthError(ExplainError):
+    """The truth given does not fit the model's labels or the inputs: a usage error."""
+
+
+def relative_name(source: Source) -> str:
+    """The source's path relative to the folder it was found in (its name when given directly)."""
+    return source.stem.with_name(source.path.name).as_posix()
+
+
+def read(spec: str, sources: Sequence[Source], labels: Labels) -> dict[Source, int]:
+    """The true class of each source that has one (`spec`: "folders" or a CSV file's path)."""
+    if spec == "folders":
+        return _from_folders(sources, labels)
+    return _from_csv(Path(spec), sources, labels)
+
+
+def _from_folders(sources: Sequence[Source], labels: Labels) -> dict[Source, int]:
+    found: dict[Source, int] = {}
+    unknown: dict[str, str] = {}
+    for source in sources:
+        folder = source.path.parent.name
+        try:
+            found[source] = labels.resolve(folder)
+        except ExplainError as error:
+            unknown.setdefault(folder, str(error))
+    if unknown:
+        names = [n for n in unknown if n]
+        first = names[0] if names else ""
+        close = difflib.get_close_matches(first, labels.names, n=5, cutoff=0.5)
+        hint = f"; close labels: {', '.join(close)}" if close else ""
+        raise TruthError(f"--truth folders: {len(unknown)} folder name(s) are no label of the model, first "
+                         f"{first!r} (of {sources[0].path.parent if sources else ''}){hint}")
+    return found
+
+
+def _from_csv(path: Path, sources: Sequence[Source], labels: Labels) -> dict[Source, int]:
+    rows = read_csv(path, ("image", "class"))
+    by_name = {_normal(r["image"]): (number, r) for number, r in rows}
+    found: dict[Source, int] = {}
+    for source in sources:
+        hit = by_name.get(_normal(source.shown)) or by_name.get(_normal(relative_name(source)))
+        if hit is None:
+            continue
+        number, row = hit
+        try:
+            found[source] = labels.resolve(row["class"])
+        except ExplainError as error:
+            raise TruthError(f"{path}, line {number}: {error}") from None
+    return found
+
+
+def read_csv(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) for each data row of a CSV whose header holds `required`; one-line errors."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as stream:
+            reader = csv.DictReader(stream)
+            header = [name.strip() for name in reader.fieldnames or []]
+            missing = [name for name in required if name not in header]
+            if missing:
+                raise TruthError(f"{path}: the header must name {', '.join(required)}; it has {', '.join(header) or 'nothing'}")
+            reader.fieldnames = header
+            return [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k}) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise TruthError(f"{path}: cannot read it: {error}") from None
+
+
+def _normal(name: str) -> str:
+    return posixpath.normpath(PurePosixPath(name.replace("\\", "/")).as_posix())
