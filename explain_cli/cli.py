@@ -7,7 +7,6 @@ Nothing here imports TensorFlow at module level, so `explain --help` is instant.
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import signal
@@ -17,90 +16,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import click
-import numpy as np
 
-from explain_cli import __version__, console, inputs, interrupts, models, output, pipeline, render
+from explain_cli import __version__, console, interrupts, models, output, pipeline, render
+from explain_cli.commands import common
 from explain_cli.errors import ExplainError
 from explain_cli.methods import METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
-
-
-def _options(*options: Callable) -> Callable[[Callable], Callable]:
-    """A decorator applying several Click options, in the order given."""
-
-    def apply(command: Callable) -> Callable:
-        return functools.reduce(lambda f, option: option(f), reversed(options), command)
-
-    return apply
-
-
-# --model, --weights, --labels, --preprocess: which classifier, shared by every command.
-_model_options = _options(
-    click.option(
-        "--model",
-        "model_spec",
-        default="resnet50",
-        show_default=True,
-        metavar="NAME|PATH",
-        help=f"A built-in model ({', '.join(models.BUILT_IN)}) or your .keras / .h5 file.",
-    ),
-    click.option(
-        "--weights",
-        default="imagenet",
-        show_default=True,
-        metavar="imagenet|PATH",
-        help="For built-in models: download ImageNet weights (cached in ~/.keras), or load a local "
-        ".h5 / .weights.h5 file.",
-    ),
-    click.option(
-        "--labels",
-        "labels_file",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="Class names, one a line, for your own model (default: ImageNet's for 1000 outputs, "
-        "else numbers).",
-    ),
-    click.option(
-        "--preprocess",
-        type=click.Choice(models.PREPROCESS_MODES),
-        help="Input scaling: caffe, tf ([-1, 1]), torch or none. Default: the built-in model's own; "
-        "none for your model files.",
-    ),
-    click.option(
-        "--import",
-        "imports",
-        multiple=True,
-        metavar="MODULE|FILE.py",
-        help="Import your code before the model loads, so the custom layers it names are defined (repeatable).",
-    ),
-    click.option(
-        "--unsafe-deserialization",
-        "unsafe",
-        is_flag=True,
-        help="Let the model file run the Python code it stores (Lambda layers). Only for files you trust: "
-        "such code can do anything your account can.",
-    ),
-)
-# INPUTS, --batch-size, --top, --json, --max-pixels, --verbose: what is read and what is printed.
-_input_options = _options(
-    click.argument("sources", nargs=-1, required=True, metavar="INPUTS..."),
-    click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
-                 help="Images per model call."),
-    click.option("--top", default=5, show_default=True, type=click.IntRange(1),
-                 help="Predictions printed per image."),
-    click.option("--json", "as_json", is_flag=True,
-                 help="Print predictions as JSON lines (default: a table on a terminal, TSV when piped)."),
-    click.option("--max-pixels", default=inputs.DEFAULT_MAX_PIXELS, show_default=True,
-                 type=click.IntRange(1), help="Refuse images with more pixels than this, before decoding."),
-    click.option("-v", "--verbose", is_flag=True,
-                 help="Say how each image was read (first frame of an animation, transparency, bit depth)."),
-)
-
-
-_truth_option = click.option(
-    "--truth", metavar="folders|FILE.csv",
-    help="The true classes: `folders` (each image's folder is named after its class, as in val/tabby/x.jpg) or "
-    "a CSV with the header image,class. Adds truth and correct to the manifest and accuracy to the summary.",
-)
 
 
 class _Command(click.Command):
@@ -159,43 +80,13 @@ def cli() -> None:
     """
 
 
-_target_options = _options(
-    click.option("--layer", help="The layer to explain (default: the model's last convolutional block). "
-                 "See `explain layers`."),
-    click.option("--class", "class_specs", multiple=True, metavar="CLASS",
-                 help="Explain this class: a number, a label name or a WordNet id (repeatable); `truth`: each "
-                 "image's true class (with --truth). Default: the top class."),
-    click.option("--top-k", type=click.IntRange(1), help="Explain each image's N most probable classes."),
-)
-_gradient_options = _options(
-    click.option("--score", type=click.Choice(["logit", "probability"]), default="logit", show_default=True,
-                 help="Differentiate the pre-softmax class score (as in the paper) or the probability."),
-    click.option("--counterfactual", is_flag=True,
-                 help="Negate the gradients: show the regions whose removal would raise the score."),
-)
-_render_options = _options(
-    click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
-                 default=Path("explanations"), show_default=True, help="Where explanations are written."),
-    click.option("--colormap", default="jet", show_default=True, help="Any matplotlib colormap name."),
-    click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
-                 help="Heatmap opacity over the image."),
-    click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
-                 help="Overlay format: JPEG (quality 90, fast) or lossless PNG."),
-    click.option("--save-heatmap", is_flag=True, help="Also save the normalised map as .npy."),
-    click.option("--figure", is_flag=True, help="Also save a panel: original | heatmap | overlay."),
-    click.option("--skip-existing", is_flag=True,
-                 help="Skip images already explained in OUTPUT_DIR (by its manifest, with their files present): "
-                 "rerun an interrupted batch to finish it."),
-)
-
-
 @cli.command()
-@_input_options
-@_truth_option
-@_model_options
-@_target_options
-@_gradient_options
-@_render_options
+@common.input_options
+@common.truth_option
+@common.model_options
+@common.target_options
+@common.gradient_options
+@common.render_options
 def gradcam(**options: Any) -> None:
     """Grad-CAM: which regions raised each class score (Selvaraju et al. 2017).
 
@@ -207,18 +98,18 @@ def gradcam(**options: Any) -> None:
 
 
 @cli.command()
-@_input_options
-@_truth_option
-@_model_options
+@common.input_options
+@common.truth_option
+@common.model_options
 @click.option("--method", type=click.Choice(list(METHODS)), default="gradcam", show_default=True,
               help="gradcam, gradcam++, xgradcam, hirescam, layercam (gradients); cam (a global-average-"
               "pooling + Dense head's weights); eigencam (first principal component); scorecam (masked "
               "forward passes).")
 @click.option("--max-masks", type=click.IntRange(1), default=64, show_default=True,
               help="scorecam: the channels of highest mean activation used as masks (one forward pass each).")
-@_target_options
-@_gradient_options
-@_render_options
+@common.target_options
+@common.gradient_options
+@common.render_options
 def cam(method: str, max_masks: int, **options: Any) -> None:
     """Class-activation maps at a layer, by any method: one flag to compare them on the same images.
 
@@ -229,9 +120,9 @@ def cam(method: str, max_masks: int, **options: Any) -> None:
 
 
 @cli.command()
-@_input_options
-@_truth_option
-@_model_options
+@common.input_options
+@common.truth_option
+@common.model_options
 @click.option("--method", type=click.Choice(list(PIXEL_METHODS)), default="vanilla", show_default=True,
               help="vanilla gradients, smoothgrad, integrated-gradients (black baseline), guided-backprop, "
               "guided-gradcam.")
@@ -241,8 +132,8 @@ def cam(method: str, max_masks: int, **options: Any) -> None:
 @click.option("--steps", type=click.IntRange(1), default=64, show_default=True,
               help="integrated-gradients: steps from the black baseline.")
 @click.option("--seed", type=int, default=0, show_default=True, help="smoothgrad: the noise's seed.")
-@_target_options
-@_render_options
+@common.target_options
+@common.render_options
 def saliency(method: str, samples: int, noise: float, steps: int, seed: int, **options: Any) -> None:
     """Pixel attributions: which input pixels the class score is most sensitive to.
 
@@ -259,8 +150,8 @@ def saliency(method: str, samples: int, noise: float, steps: int, seed: int, **o
 
 
 @cli.command()
-@_input_options
-@_model_options
+@common.input_options
+@common.model_options
 @click.option("--layer", "layer_names", multiple=True, metavar="NAME",
               help="A layer to draw (repeatable). Default: every convolution and pooling layer, up to --max-layers.")
 @click.option("--max-layers", type=click.IntRange(1), default=16, show_default=True,
@@ -278,8 +169,8 @@ def activations(layer_names: tuple[str, ...], max_layers: int, max_channels: int
     """
     from explain_cli import explainer, inside
 
-    sources = _sources(options, skip_dir=output_dir)
-    model = _load(options)
+    sources = common.sources(options, skip_dir=output_dir)
+    model = common.load(options)
     graph = explainer.graph_of(model)
     if layer_names:
         try:
@@ -299,14 +190,14 @@ def activations(layer_names: tuple[str, ...], max_layers: int, max_channels: int
     with output.writing_into(output_dir):
         manifest = output.Manifest(output_dir)
     try:
-        _report(_run(sources, step, finish, model, options), console.Tally(len(sources)), options, manifest)
+        common.report(common.run(sources, step, finish, model, options), console.Tally(len(sources)), options, manifest)
     finally:
         manifest.close()
 
 
 @cli.command()
 @click.argument("class_spec", metavar="CLASS")
-@_model_options
+@common.model_options
 @click.option("--steps", type=click.IntRange(1), default=200, show_default=True, help="Gradient-ascent steps.")
 @click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True,
               help="Step size in pixels of 0-255, along the class gradient normalised to unit RMS.")
@@ -333,8 +224,8 @@ def classviz(class_spec: str, steps: int, lr: float, l2: float, jitter: int, blu
     """
     from explain_cli import explainer, inside
 
-    model = _load(options)
-    class_index = _resolve_class(model, class_spec)
+    model = common.load(options)
+    class_index = common.resolve_class(model, class_spec)
     label = model.labels.name(class_index)
     graph = explainer.graph_of(model)
     settings = inside.ClassVizSettings(steps, lr, l2, jitter, blur_every, blur_sigma, seed)
@@ -374,28 +265,28 @@ def _explain_cam(method: str, max_masks: int, **options: Any) -> None:
 
 
 @cli.command()
-@_input_options
-@_truth_option
-@_model_options
+@common.input_options
+@common.truth_option
+@common.model_options
 def predict(**options: Any) -> None:
     """Print the top predictions for each image; write nothing."""
     from explain_cli import explainer
 
-    sources = _sources(options, skip_dir=None)
-    model = _load(options)
-    truth = _truth(options, sources, model)
+    sources = common.sources(options, skip_dir=None)
+    model = common.load(options)
+    truth = common.truth(options, sources, model)
     step = explainer.compile_predict(model, explainer.graph_of(model))
     finish = pipeline.predictions_only(model.labels.names, options["top"], truth)
-    _report(_run(sources, step, finish, model, options), _tally(sources, truth), options)
+    common.report(common.run(sources, step, finish, model, options), common.tally(sources, truth), options)
 
 
 @cli.command()
-@_model_options
+@common.model_options
 def layers(**options: Any) -> None:
     """List the layers with a 4-D output (the ones that can be explained); * marks the default."""
     from explain_cli import explainer
 
-    model = _load(options)
+    model = common.load(options)
     graph = explainer.graph_of(model)
     default = explainer.default_layer(graph, model)
     rows = [(s.name, str(tuple(s.output_shapes[0][1:]))) for s in graph.layers_4d()]
@@ -414,7 +305,7 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
     if not render.is_colormap(options["colormap"]):
         raise click.BadParameter(f"unknown matplotlib colormap {options['colormap']!r}", param_hint="--colormap")
     out_dir: Path = options["output_dir"]
-    sources = _sources(options, skip_dir=out_dir)
+    sources = common.sources(options, skip_dir=out_dir)
     skipped = 0
     if options["skip_existing"]:
         done = output.explained_images(out_dir, name)
@@ -428,12 +319,12 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
     with output.writing_into(out_dir):  # before the model loads: an unwritable folder fails at once
         manifest = output.Manifest(out_dir)
     try:
-        model = _load(options)
-        truth = _truth(options, sources, model)
+        model = common.load(options)
+        truth = common.truth(options, sources, model)
         per_image = "truth" in options["class_specs"]
         if per_image:
-            _check_truth_classes(options, sources, truth)
-        classes = list(dict.fromkeys(_resolve_class(model, spec) for spec in options["class_specs"] if spec != "truth"))
+            common.check_truth_classes(options, sources, truth)
+        classes = list(dict.fromkeys(common.resolve_class(model, spec) for spec in options["class_specs"] if spec != "truth"))
         if options["top_k"] and options["top_k"] > len(model.labels):
             raise click.BadParameter(
                 f"{options['top_k']} is more than the model's {len(model.labels)} classes", param_hint="--top-k"
@@ -461,91 +352,10 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
             grey_map=grey_map,
         )
         finish = pipeline.explanations(model.labels.names, options["top"], render_options, truth)
-        run = _run(sources, step, finish, model, options, truth if per_image else None)
-        _report(run, _tally(sources, truth, skipped), options, manifest)
+        run = common.run(sources, step, finish, model, options, truth if per_image else None)
+        common.report(run, common.tally(sources, truth, skipped), options, manifest)
     finally:
         manifest.close()
-
-
-def _run(sources: list, step: Callable, finish: Callable, model: models.LoadedModel, options: dict,
-         classes_of: dict | None = None) -> pipeline.Run:
-    """A Run of `step` over the sources; with `classes_of`, each image's own class goes to the step too."""
-
-    def compute(images: Any, batch: list[inputs.Source]) -> Any:
-        if classes_of is None:
-            return step(images)
-        return step(images, np.array([classes_of[source] for source in batch], np.int32))
-
-    return pipeline.Run(sources, compute, finish, size=_size(model), batch_size=options["batch_size"],
-                        max_pixels=options["max_pixels"])
-
-
-def _truth(options: dict, sources: list[inputs.Source], model: models.LoadedModel) -> dict | None:
-    """Each source's true class (--truth), or None when not asked for."""
-    if not options.get("truth"):
-        return None
-    from explain_cli import truth
-
-    try:
-        return truth.read(options["truth"], sources, model.labels)
-    except truth.TruthError as error:
-        raise click.BadParameter(str(error), param_hint="--truth") from None
-
-
-def _check_truth_classes(options: dict, sources: list[inputs.Source], truth: dict | None) -> None:
-    """`--class truth` explains each image's true class: it needs --truth, for every image, and no other class."""
-    if truth is None:
-        raise click.BadParameter("--class truth needs --truth folders|FILE.csv", param_hint="--class")
-    if len(options["class_specs"]) > 1:
-        raise click.BadParameter("truth explains each image's own class: give no other --class", param_hint="--class")
-    unknown = [source.shown for source in sources if source not in truth]
-    if unknown:
-        raise click.BadParameter(f"--class truth: {len(unknown)} images have no truth, first {unknown[0]}",
-                                 param_hint="--class")
-
-
-def _tally(sources: list, truth: dict | None, skipped: int = 0) -> console.Tally:
-    return console.Tally(len(sources), skipped, truth_given=truth is not None)
-
-
-def _sources(options: dict, skip_dir: Path | None) -> list[inputs.Source]:
-    sources = inputs.discover(options["sources"], sys.stdin, skip_dir)
-    if not sources:
-        raise click.UsageError("no images found in the inputs given")
-    return sources
-
-
-def _load(options: dict) -> models.LoadedModel:
-    problem = models.check_spec(options["model_spec"])
-    if problem:
-        raise click.BadParameter(problem, param_hint="--model")
-    for spec in options["imports"]:
-        if spec.endswith(".py") and not Path(spec).is_file():
-            raise click.BadParameter(f"{spec}: no such file", param_hint="--import")
-    return models.load(options["model_spec"], options["weights"], options["labels_file"], options["preprocess"],
-                       imports=options["imports"], unsafe=options["unsafe"])
-
-
-def _resolve_class(model: models.LoadedModel, spec: str) -> int:
-    try:
-        return model.labels.resolve(spec)
-    except ExplainError as error:
-        raise click.BadParameter(str(error), param_hint="--class") from None
-
-
-def _size(model: models.LoadedModel) -> tuple[int, int, int]:
-    return model.height, model.width, model.channels
-
-
-def _style(options: dict) -> str:
-    if options["as_json"]:
-        return "json"
-    return "table" if sys.stdout.isatty() else "tsv"
-
-
-def _report(run: pipeline.Run, tally: console.Tally, options: dict, manifest: output.Manifest | None = None) -> None:
-    console.report(run, tally, style=_style(options), verbose=options["verbose"], batch_size=options["batch_size"],
-                   manifest=manifest)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,203 @@
+"""What the commands share: their option groups, and loading, running and reporting a batch."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import numpy as np
+
+from explain_cli import console, inputs, models, output, pipeline
+from explain_cli.errors import ExplainError
+
+
+def options(*options: Callable) -> Callable[[Callable], Callable]:
+    """A decorator applying several Click options, in the order given."""
+
+    def apply(command: Callable) -> Callable:
+        return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+    return apply
+
+
+# --model, --weights, --labels, --preprocess: which classifier, shared by every command.
+model_options = options(
+    click.option(
+        "--model",
+        "model_spec",
+        default="resnet50",
+        show_default=True,
+        metavar="NAME|PATH",
+        help=f"A built-in model ({', '.join(models.BUILT_IN)}) or your .keras / .h5 file.",
+    ),
+    click.option(
+        "--weights",
+        default="imagenet",
+        show_default=True,
+        metavar="imagenet|PATH",
+        help="For built-in models: download ImageNet weights (cached in ~/.keras), or load a local "
+        ".h5 / .weights.h5 file.",
+    ),
+    click.option(
+        "--labels",
+        "labels_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Class names, one a line, for your own model (default: ImageNet's for 1000 outputs, "
+        "else numbers).",
+    ),
+    click.option(
+        "--preprocess",
+        type=click.Choice(models.PREPROCESS_MODES),
+        help="Input scaling: caffe, tf ([-1, 1]), torch or none. Default: the built-in model's own; "
+        "none for your model files.",
+    ),
+    click.option(
+        "--import",
+        "imports",
+        multiple=True,
+        metavar="MODULE|FILE.py",
+        help="Import your code before the model loads, so the custom layers it names are defined (repeatable).",
+    ),
+    click.option(
+        "--unsafe-deserialization",
+        "unsafe",
+        is_flag=True,
+        help="Let the model file run the Python code it stores (Lambda layers). Only for files you trust: "
+        "such code can do anything your account can.",
+    ),
+)
+# INPUTS, --batch-size, --top, --json, --max-pixels, --verbose: what is read and what is printed.
+input_options = options(
+    click.argument("sources", nargs=-1, required=True, metavar="INPUTS..."),
+    click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
+                 help="Images per model call."),
+    click.option("--top", default=5, show_default=True, type=click.IntRange(1),
+                 help="Predictions printed per image."),
+    click.option("--json", "as_json", is_flag=True,
+                 help="Print predictions as JSON lines (default: a table on a terminal, TSV when piped)."),
+    click.option("--max-pixels", default=inputs.DEFAULT_MAX_PIXELS, show_default=True,
+                 type=click.IntRange(1), help="Refuse images with more pixels than this, before decoding."),
+    click.option("-v", "--verbose", is_flag=True,
+                 help="Say how each image was read (first frame of an animation, transparency, bit depth)."),
+)
+
+
+truth_option = click.option(
+    "--truth", metavar="folders|FILE.csv",
+    help="The true classes: `folders` (each image's folder is named after its class, as in val/tabby/x.jpg) or "
+    "a CSV with the header image,class. Adds truth and correct to the manifest and accuracy to the summary.",
+)
+
+
+target_options = options(
+    click.option("--layer", help="The layer to explain (default: the model's last convolutional block). "
+                 "See `explain layers`."),
+    click.option("--class", "class_specs", multiple=True, metavar="CLASS",
+                 help="Explain this class: a number, a label name or a WordNet id (repeatable); `truth`: each "
+                 "image's true class (with --truth). Default: the top class."),
+    click.option("--top-k", type=click.IntRange(1), help="Explain each image's N most probable classes."),
+)
+gradient_options = options(
+    click.option("--score", type=click.Choice(["logit", "probability"]), default="logit", show_default=True,
+                 help="Differentiate the pre-softmax class score (as in the paper) or the probability."),
+    click.option("--counterfactual", is_flag=True,
+                 help="Negate the gradients: show the regions whose removal would raise the score."),
+)
+render_options = options(
+    click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+                 default=Path("explanations"), show_default=True, help="Where explanations are written."),
+    click.option("--colormap", default="jet", show_default=True, help="Any matplotlib colormap name."),
+    click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
+                 help="Heatmap opacity over the image."),
+    click.option("--image-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
+                 help="Overlay format: JPEG (quality 90, fast) or lossless PNG."),
+    click.option("--save-heatmap", is_flag=True, help="Also save the normalised map as .npy."),
+    click.option("--figure", is_flag=True, help="Also save a panel: original | heatmap | overlay."),
+    click.option("--skip-existing", is_flag=True,
+                 help="Skip images already explained in OUTPUT_DIR (by its manifest, with their files present): "
+                 "rerun an interrupted batch to finish it."),
+)
+
+
+def run(sources: list, step: Callable, finish: Callable, model: models.LoadedModel, options: dict,
+         classes_of: dict | None = None) -> pipeline.Run:
+    """A Run of `step` over the sources; with `classes_of`, each image's own class goes to the step too."""
+
+    def compute(images: Any, batch: list[inputs.Source]) -> Any:
+        if classes_of is None:
+            return step(images)
+        return step(images, np.array([classes_of[source] for source in batch], np.int32))
+
+    return pipeline.Run(sources, compute, finish, size=size(model), batch_size=options["batch_size"],
+                        max_pixels=options["max_pixels"])
+
+
+def truth(options: dict, sources: list[inputs.Source], model: models.LoadedModel) -> dict | None:
+    """Each source's true class (--truth), or None when not asked for."""
+    if not options.get("truth"):
+        return None
+    from explain_cli import truth
+
+    try:
+        return truth.read(options["truth"], sources, model.labels)
+    except truth.TruthError as error:
+        raise click.BadParameter(str(error), param_hint="--truth") from None
+
+
+def check_truth_classes(options: dict, sources: list[inputs.Source], truth: dict | None) -> None:
+    """`--class truth` explains each image's true class: it needs --truth, for every image, and no other class."""
+    if truth is None:
+        raise click.BadParameter("--class truth needs --truth folders|FILE.csv", param_hint="--class")
+    if len(options["class_specs"]) > 1:
+        raise click.BadParameter("truth explains each image's own class: give no other --class", param_hint="--class")
+    unknown = [source.shown for source in sources if source not in truth]
+    if unknown:
+        raise click.BadParameter(f"--class truth: {len(unknown)} images have no truth, first {unknown[0]}",
+                                 param_hint="--class")
+
+
+def tally(sources: list, truth: dict | None, skipped: int = 0) -> console.Tally:
+    return console.Tally(len(sources), skipped, truth_given=truth is not None)
+
+
+def sources(options: dict, skip_dir: Path | None) -> list[inputs.Source]:
+    sources = inputs.discover(options["sources"], sys.stdin, skip_dir)
+    if not sources:
+        raise click.UsageError("no images found in the inputs given")
+    return sources
+
+
+def load(options: dict) -> models.LoadedModel:
+    problem = models.check_spec(options["model_spec"])
+    if problem:
+        raise click.BadParameter(problem, param_hint="--model")
+    for spec in options["imports"]:
+        if spec.endswith(".py") and not Path(spec).is_file():
+            raise click.BadParameter(f"{spec}: no such file", param_hint="--import")
+    return models.load(options["model_spec"], options["weights"], options["labels_file"], options["preprocess"],
+                       imports=options["imports"], unsafe=options["unsafe"])
+
+
+def resolve_class(model: models.LoadedModel, spec: str) -> int:
+    try:
+        return model.labels.resolve(spec)
+    except ExplainError as error:
+        raise click.BadParameter(str(error), param_hint="--class") from None
+
+
+def size(model: models.LoadedModel) -> tuple[int, int, int]:
+    return model.height, model.width, model.channels
+
+
+def style(options: dict) -> str:
+    if options["as_json"]:
+        return "json"
+    return "table" if sys.stdout.isatty() else "tsv"
+
+
+def report(run: pipeline.Run, tally: console.Tally, options: dict, manifest: output.Manifest | None = None) -> None:
+    console.report(run, tally, style=style(options), verbose=options["verbose"], batch_size=options["batch_size"],
+                   manifest=manifest)

@@ -1,0 +1,168 @@
+"""How far a map can be trusted, measured: faithfulness (deletion, insertion, Average Drop, Increase in
+Confidence), localisation (pointing game, energy in the boxes) and the sanity check's rank correlation.
+
+Each metric is a small numpy function of the image, the map and a `forward` function (a float batch of
+pixels in 0-255 -> class probabilities), so the tests check it against hand-worked cases; the model
+only enters through `forward`. Every perturbed input of an image goes through it in batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+Forward = Callable[[np.ndarray], np.ndarray]  # (n, H, W, C) float pixels in 0-255 -> (n, classes) probabilities
+
+
+def pixel_order(saliency: np.ndarray) -> np.ndarray:
+    """Flat pixel indices by map value, highest first; ties in raster order."""
+    return np.argsort(-saliency.ravel(), kind="stable")
+
+
+def step_counts(pixels: int, steps: int) -> np.ndarray:
+    """How many pixels step t = 0…N replaces: round(t·pixels/N), halves rounded up."""
+    return np.floor(np.arange(steps + 1) * pixels / steps + 0.5).astype(int)
+
+
+def _revealed(order: np.ndarray, shape: tuple[int, int], steps: int) -> np.ndarray:
+    """(N+1, H, W) bool: at step t, the first round(t·H·W/N) pixels of `order`."""
+    rank = np.empty(order.size, int)
+    rank[order] = np.arange(order.size)
+    counts = step_counts(order.size, steps)
+    return (rank.reshape(shape)[None] < counts[:, None, None])
+
+
+def deletion_inputs(image: np.ndarray, saliency: np.ndarray, steps: int) -> np.ndarray:
+    """Deletion (Petsiuk et al. 2018): step t sets the first round(t·H·W/N) pixels by the map to black."""
+    gone = _revealed(pixel_order(saliency), saliency.shape, steps)
+    return np.where(gone[..., None], 0.0, image[None].astype(np.float32))
+
+
+def insertion_inputs(image: np.ndarray, blurred: np.ndarray, saliency: np.ndarray, steps: int) -> np.ndarray:
+    """Insertion: from the blurred image, step t puts back the first round(t·H·W/N) original pixels by the map."""
+    back = _revealed(pixel_order(saliency), saliency.shape, steps)
+    return np.where(back[..., None], image[None].astype(np.float32), blurred[None].astype(np.float32))
+
+
+def auc(scores: Sequence[float]) -> float:
+    """The area under a curve sampled at t/N, t = 0…N, by the trapezoid rule."""
+    values = np.asarray(scores, np.float64)
+    return float(np.sum(values[1:] + values[:-1]) / (2 * (len(values) - 1)))
+
+
+def average_drop(p: float, p_masked: float) -> float:
+    """Average Drop's term (Chattopadhay et al. 2018): max(0, p − p_masked) / p."""
+    return max(0.0, p - p_masked) / p if p > 0 else 0.0
+
+
+def increase_in_confidence(p: float, p_masked: float) -> bool:
+    return p_masked > p
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian blur of σ pixels (kernel to 3σ, edges reflected), separable, in float32."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-(x**2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    out = image.astype(np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="reflect" if out.shape[axis] > radius else "edge")
+        length = out.shape[axis]
+        out = sum(w * np.take(padded, np.arange(i, i + length), axis=axis) for i, w in enumerate(kernel))
+    return out.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    deletion_curve: list[float]
+    insertion_curve: list[float]
+    average_drop: float
+    increase_in_confidence: bool
+
+    @property
+    def deletion_auc(self) -> float:
+        return auc(self.deletion_curve)
+
+    @property
+    def insertion_auc(self) -> float:
+        return auc(self.insertion_curve)
+
+
+def faithfulness(forward: Forward, image: np.ndarray, blurred: np.ndarray, saliency: np.ndarray,
+                 class_index: int, p: float, steps: int, batch_size: int) -> Faithfulness:
+    """Deletion and insertion curves, Average Drop and Increase in Confidence of one map at input size in [0, 1]:
+    2N + 3 forward passes (N + 1 deleted, N + 1 inserted, the image times the map), in batches."""
+    masked = image[None].astype(np.float32) * saliency[None, :, :, None]
+    scores = _probabilities(forward, [deletion_inputs(image, saliency, steps),
+                                      insertion_inputs(image, blurred, saliency, steps), masked],
+                            class_index, batch_size)
+    deleted, inserted, p_masked = scores[: steps + 1], scores[steps + 1 : 2 * steps + 2], float(scores[-1])
+    return Faithfulness([float(v) for v in deleted], [float(v) for v in inserted], average_drop(p, p_masked),
+                        increase_in_confidence(p, p_masked))
+
+
+def _probabilities(forward: Forward, stacks: list[np.ndarray], class_index: int, batch_size: int) -> np.ndarray:
+    inputs = np.concatenate(stacks)
+    return np.concatenate([forward(inputs[i : i + batch_size])[:, class_index]
+                           for i in range(0, len(inputs), batch_size)])
+
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in the original image's pixels, x1 and y1 exclusive
+
+
+def pointing_hit(saliency: np.ndarray, boxes: Sequence[Box], tolerance: float) -> bool:
+    """Pointing game (Zhang et al. 2018): the map's maximum (first in raster order) lies in a box or within
+    `tolerance` pixels of one; pixel (row, col) has its centre at (col + ½, row + ½)."""
+    row, col = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
+    x, y = col + 0.5, row + 0.5
+    for x0, y0, x1, y1 in boxes:
+        dx, dy = max(x0 - x, 0.0, x - x1), max(y0 - y, 0.0, y - y1)
+        if np.hypot(dx, dy) <= tolerance:
+            return True
+    return False
+
+
+def energy_in_boxes(saliency: np.ndarray, boxes: Sequence[Box]) -> float | None:
+    """Energy-based pointing game (Wang et al. 2020): the share of the map's sum inside the boxes' union."""
+    total = float(saliency.sum())
+    if total <= 0:
+        return None
+    inside = np.zeros(saliency.shape, bool)
+    for x0, y0, x1, y1 in boxes:
+        inside[max(0, int(np.ceil(y0 - 0.5))) : max(0, int(np.ceil(y1 - 0.5))),
+               max(0, int(np.ceil(x0 - 0.5))) : max(0, int(np.ceil(x1 - 0.5)))] = True
+    return float(saliency[inside].sum() / total)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two maps (average ranks for ties); 0 when either is constant."""
+    ra, rb = _ranks(a.ravel()), _ranks(b.ravel())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    scale = np.sqrt((ra**2).sum() * (rb**2).sum())
+    return float((ra * rb).sum() / scale) if scale > 0 else 0.0
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), np.float64)
+    ranks[order] = np.arange(len(values))
+    unique, inverse = np.unique(values, return_inverse=True)
+    sums = np.bincount(inverse, ranks)
+    counts = np.bincount(inverse)
+    return (sums / counts)[inverse]
+
+
+def bootstrap_ci(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The 95 % percentile bootstrap interval of the mean."""
+    data = np.asarray(values, np.float64)
+    if len(data) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), (resamples, len(data)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
