@@ -7,60 +7,22 @@ Nothing here imports TensorFlow at module level, so `explain --help` is instant.
 
 from __future__ import annotations
 
-import io
-import os
-import signal
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import click
 
-from explain_cli import __version__, console, interrupts, models, output, pipeline, render
+from explain_cli import __version__, console, models, output, pipeline, render
 from explain_cli.commands import common
+from explain_cli.commands import evaluate as evaluate_command
 from explain_cli.errors import ExplainError
 from explain_cli.methods import METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
 
 
-class _Command(click.Command):
-    """A command whose run-time failures print one line and exit 1; signals exit 130 (INT) or 143 (TERM)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        # Paths are bytes on Linux: print undecodable ones as the bytes they are, not as an exception.
-        for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
-            if hasattr(stream, "reconfigure"):
-                stream.reconfigure(errors=errors)
-        try:
-            with interrupts.installed(), warnings.catch_warnings():
-                # Libraries' Python warnings (Pillow on a damaged file, Keras on a model's structure) are
-                # multi-line noise to a user: what matters reaches them as an error or a note.
-                warnings.filterwarnings("ignore", module=r"(PIL|keras|tensorflow|h5py|absl)(\.|$)")
-                return super().invoke(ctx)
-        except ExplainError as error:
-            click.echo(f"error: {error}", err=True)
-            ctx.exit(1)
-        except (interrupts.Interrupted, KeyboardInterrupt) as stop:
-            signum = stop.signum if isinstance(stop, interrupts.Interrupted) else signal.SIGINT
-            click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
-            ctx.exit(128 + signum)
-        except BrokenPipeError:
-            # `explain predict dir | head`: the reader left; stop quietly, like any Unix filter.
-            _silence_stdout()
-            ctx.exit(141)
-
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, io.UnsupportedOperation):
-        pass
-
-
 class _Group(click.Group):
-    command_class = _Command
+    command_class = common.Command
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -356,6 +318,9 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
         common.report(run, common.tally(sources, truth, skipped), options, manifest)
     finally:
         manifest.close()
+
+
+cli.add_command(evaluate_command.evaluate)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

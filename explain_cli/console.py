@@ -29,6 +29,7 @@ class Tally:
     done: int = 0
     explained: int = 0  # manifest lines written
     failed: list[str] = field(default_factory=list)
+    records: str = "explanations"  # what the manifest's lines are, in the summary
     truth_given: bool = False  # --truth: accuracy is summed up, and JSON rows say each image's truth
     with_truth: int = 0  # images done whose truth is known
     top1: int = 0  # ... and predicted right
@@ -44,7 +45,7 @@ class Tally:
     def summary(self, manifest: output.Manifest | None) -> str:
         parts = [f"{self.done} of {self.total} images done"]
         if manifest is not None:
-            parts[0] += f", {self.explained} explanations written to {manifest.path.parent}"
+            parts[0] += f", {self.explained} {self.records} written to {manifest.path.parent}"
         if self.with_truth:
             parts.append(f"accuracy top-1 {self.top1 / self.with_truth:.1%}, top-5 {self.top5 / self.with_truth:.1%} "
                          f"over {self.with_truth} images with truth")

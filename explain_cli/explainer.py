@@ -59,16 +59,18 @@ def _probabilities(logits: Any, activation: str) -> Any:
     return tf.nn.softmax(logits, axis=-1)
 
 
-def compile_predict(model: LoadedModel, graph: split_module.Graph) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 batch (b, h, w, c) -> class probabilities (b, classes), through one traced graph.
+def compile_predict(model: LoadedModel, graph: split_module.Graph, pixels: str = "uint8") -> Callable[[np.ndarray], np.ndarray]:
+    """A batch (b, h, w, c) of pixels in 0-255, uint8 (or "float32": perturbed images) -> class
+    probabilities (b, classes), through one traced graph.
 
     The returned callable has `.traced` (the tf.function) for counting traces.
     """
     import tensorflow as tf
 
     forward, activation = split_module.logits(graph)
+    spec = tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels))
 
-    @tf.function(input_signature=[_input_spec(model)], reduce_retracing=True)
+    @tf.function(input_signature=[spec], reduce_retracing=True)
     def step(images: Any) -> Any:
         return _probabilities(forward(model.preprocess(tf.cast(images, tf.float32))), activation)
 

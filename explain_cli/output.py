@@ -186,9 +186,9 @@ class Manifest:
     image either wholly in the manifest or not at all.
     """
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, name: str = MANIFEST) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = out_dir / MANIFEST
+        self.path = out_dir / name
         self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def append(self, records: Sequence[dict]) -> None:
@@ -209,9 +209,9 @@ class Manifest:
         os.close(self._descriptor)
 
 
-def read_manifest(out_dir: Path) -> list[dict]:
-    """The records of `<out>/manifest.jsonl`; an unreadable last line (a crash mid-line) is ignored."""
-    path = out_dir / MANIFEST
+def read_manifest(out_dir: Path, name: str = MANIFEST) -> list[dict]:
+    """The records of `<out>/manifest.jsonl` (or `name`); an unreadable line (a crash mid-line) is ignored."""
+    path = out_dir / name
     if not path.is_file():
         return []
     records = []
@@ -223,10 +223,10 @@ def read_manifest(out_dir: Path) -> list[dict]:
     return records
 
 
-def explained_images(out_dir: Path, method: str) -> set[str]:
-    """The images the manifest lists for `method` whose files (overlay, heatmap, figure) all exist."""
+def explained_images(out_dir: Path, method: str, name: str = MANIFEST) -> set[str]:
+    """The images the manifest (or another record file `name`) lists for `method` whose files all exist."""
     complete: dict[str, bool] = {}
-    for record in read_manifest(out_dir):
+    for record in read_manifest(out_dir, name):
         if record.get("method") != method or "image" not in record:
             continue
         present = all((out_dir / name).is_file() for name in files_of([record]))

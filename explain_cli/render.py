@@ -211,3 +211,26 @@ def figure(original: np.ndarray, heatmap01: np.ndarray, blended: np.ndarray, tit
     buffer = io.BytesIO()
     panel.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def curves_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """A PNG of the mean deletion and insertion curves, one line per method, against the fraction of
+    pixels removed or put back."""
+    from matplotlib.figure import Figure
+
+    panel = Figure(figsize=(10, 4), dpi=FIGURE_DPI)
+    axes = panel.subplots(1, 2)
+    for ax, index, title in ((axes[0], 0, "deletion (lower is better)"), (axes[1], 1, "insertion (higher is better)")):
+        for method, pair in curves.items():
+            values = pair[index]
+            ax.plot(np.linspace(0.0, 1.0, len(values)), values, label=method)
+        ax.set_title(title)
+        ax.set_xlabel("fraction of pixels, most salient first")
+        ax.set_ylabel("class probability")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    panel.tight_layout()
+    buffer = io.BytesIO()
+    panel.savefig(buffer, format="png")
+    return buffer.getvalue()

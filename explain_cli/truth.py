@@ -54,18 +54,31 @@ def _from_folders(sources: Sequence[Source], labels: Labels) -> dict[Source, int
 
 
 def _from_csv(path: Path, sources: Sequence[Source], labels: Labels) -> dict[Source, int]:
-    rows = read_csv(path, ("image", "class"))
-    by_name = {_normal(r["image"]): (number, r) for number, r in rows}
     found: dict[Source, int] = {}
+    for source, rows in rows_by_source(path, ("image", "class"), sources).items():
+        number, row = rows[-1]
+        found[source] = resolve(labels, row["class"], path, number)
+    return found
+
+
+def resolve(labels: Labels, spec: str, path: Path, line: int) -> int:
+    """A class named in a CSV file, or a usage error naming the file and line."""
+    try:
+        return labels.resolve(spec)
+    except ExplainError as error:
+        raise TruthError(f"{path}, line {line}: {error}") from None
+
+
+def rows_by_source(path: Path, required: Sequence[str], sources: Sequence[Source]) -> dict[Source, list]:
+    """The (line, row) pairs of a CSV whose `image` names each source: as printed, or relative to its folder."""
+    by_name: dict[str, list] = {}
+    for number, row in read_csv(path, required):
+        by_name.setdefault(_normal(row["image"]), []).append((number, row))
+    found = {}
     for source in sources:
-        hit = by_name.get(_normal(source.shown)) or by_name.get(_normal(relative_name(source)))
-        if hit is None:
-            continue
-        number, row = hit
-        try:
-            found[source] = labels.resolve(row["class"])
-        except ExplainError as error:
-            raise TruthError(f"{path}, line {number}: {error}") from None
+        rows = by_name.get(_normal(source.shown)) or by_name.get(_normal(relative_name(source)))
+        if rows:
+            found[source] = rows
     return found
 
 

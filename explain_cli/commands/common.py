@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import functools
+import io
+import os
+import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 import numpy as np
 
-from explain_cli import console, inputs, models, output, pipeline
+from explain_cli import console, inputs, interrupts, models, output, pipeline
 from explain_cli.errors import ExplainError
 
 
@@ -131,6 +135,12 @@ def run(sources: list, step: Callable, finish: Callable, model: models.LoadedMod
             return step(images)
         return step(images, np.array([classes_of[source] for source in batch], np.int32))
 
+    return run_compute(sources, compute, finish, model, options)
+
+
+def run_compute(sources: list, compute: pipeline.Compute, finish: Callable, model: models.LoadedModel,
+                options: dict) -> pipeline.Run:
+    """A Run whose compute step takes (images, their sources)."""
     return pipeline.Run(sources, compute, finish, size=size(model), batch_size=options["batch_size"],
                         max_pixels=options["max_pixels"])
 
@@ -201,3 +211,38 @@ def style(options: dict) -> str:
 def report(run: pipeline.Run, tally: console.Tally, options: dict, manifest: output.Manifest | None = None) -> None:
     console.report(run, tally, style=style(options), verbose=options["verbose"], batch_size=options["batch_size"],
                    manifest=manifest)
+
+
+class Command(click.Command):
+    """A command whose run-time failures print one line and exit 1; signals exit 130 (INT) or 143 (TERM)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # Paths are bytes on Linux: print undecodable ones as the bytes they are, not as an exception.
+        for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors=errors)
+        try:
+            with interrupts.installed(), warnings.catch_warnings():
+                # Libraries' Python warnings (Pillow on a damaged file, Keras on a model's structure) are
+                # multi-line noise to a user: what matters reaches them as an error or a note.
+                warnings.filterwarnings("ignore", module=r"(PIL|keras|tensorflow|h5py|absl)(\.|$)")
+                return super().invoke(ctx)
+        except ExplainError as error:
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(1)
+        except (interrupts.Interrupted, KeyboardInterrupt) as stop:
+            signum = stop.signum if isinstance(stop, interrupts.Interrupted) else signal.SIGINT
+            click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
+            ctx.exit(128 + signum)
+        except BrokenPipeError:
+            # `explain predict dir | head`: the reader left; stop quietly, like any Unix filter.
+            _silence_stdout()
+            ctx.exit(141)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass

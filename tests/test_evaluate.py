@@ -1,0 +1,189 @@
+"""explain evaluate: each metric against a hand-worked case, then Grad-CAM against the random control."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from explain_cli import evaluate, metrics, output
+from explain_cli.cli import cli
+from tests.synthetic import SHAPES, make_shape
+
+# A 4×4 image whose object is the 2×2 block at rows 1-2, cols 1-2 (white on black); the "model" sees only
+# the object: p(class 0) = the object's mean brightness, p(class 1) = 1 − p.
+OBJECT = np.zeros((4, 4), bool)
+OBJECT[1:3, 1:3] = True
+IMAGE = np.where(OBJECT[..., None], 255, 0).astype(np.uint8).repeat(3, axis=2)
+
+
+def sees_the_object(batch: np.ndarray) -> np.ndarray:
+    p = batch[:, OBJECT, :].mean(axis=(1, 2)) / 255.0
+    return np.stack([p, 1 - p], axis=1)
+
+
+def test_deletion_of_the_object_first_drops_at_once_and_of_the_background_first_at_the_end():
+    black = np.zeros_like(IMAGE)
+    # 16 pixels, N = 4: each step removes 4. The object's mask removes the object at step 1: p = 1, 0, 0, 0, 0.
+    exact = metrics.faithfulness(sees_the_object, IMAGE, black, OBJECT * 1.0, 0, 1.0, steps=4, batch_size=3)
+    assert exact.deletion_curve == [1, 0, 0, 0, 0] and exact.deletion_auc == pytest.approx(0.5 / 4)
+    assert exact.insertion_curve == [0, 1, 1, 1, 1] and exact.insertion_auc == pytest.approx(3.5 / 4)
+    # The reversed map removes the 12 background pixels first: the object goes only at the last step.
+    reverse = metrics.faithfulness(sees_the_object, IMAGE, black, 1.0 - OBJECT, 0, 1.0, steps=4, batch_size=5)
+    assert reverse.deletion_curve == [1, 1, 1, 1, 0] and reverse.deletion_auc == pytest.approx(3.5 / 4)
+    assert reverse.insertion_curve == [0, 0, 0, 0, 1]
+    # A constant map is read in raster order: pixels 0-3 (no object), 4-7 (half of it: rows 1, cols 1-2), ...
+    flat = metrics.faithfulness(sees_the_object, IMAGE, black, np.ones((4, 4)), 0, 1.0, steps=4, batch_size=32)
+    assert flat.deletion_curve == [1, 1, 0.5, 0, 0]
+    # Average Drop and Increase in Confidence: the image times the map. The mask keeps the object whole.
+    assert (exact.average_drop, exact.increase_in_confidence) == (0.0, False)
+    assert (reverse.average_drop, reverse.increase_in_confidence) == (1.0, False)
+    half = metrics.faithfulness(sees_the_object, IMAGE, black, np.full((4, 4), 0.25), 0, 1.0, 4, 32)
+    assert half.average_drop == pytest.approx(0.75)
+    assert metrics.faithfulness(sees_the_object, IMAGE, black, np.full((4, 4), 0.25), 1, 0.0, 4, 32) \
+        .increase_in_confidence  # class 1's probability rises from 0 to 0.75
+
+
+def test_step_counts_round_halves_up_and_every_input_goes_through_forward_in_batches():
+    assert metrics.step_counts(10, 4).tolist() == [0, 3, 5, 8, 10]  # 2.5 → 3, 7.5 → 8
+    calls: list[int] = []
+
+    def counting(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return sees_the_object(batch)
+
+    metrics.faithfulness(counting, IMAGE, IMAGE, OBJECT * 1.0, 0, 1.0, steps=8, batch_size=7)
+    assert sum(calls) == 2 * 8 + 3 and max(calls) == 7  # 2N + 3 forward passes, never more than a batch
+
+
+def test_auc_is_the_trapezoid_rule():
+    assert metrics.auc([0.0, 1.0]) == 0.5
+    assert metrics.auc([1.0, 0.5, 0.5, 0.0]) == pytest.approx((0.75 + 0.5 + 0.25) / 3)
+
+
+def test_gaussian_blur_equals_a_direct_two_dimensional_convolution():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (12, 15, 3)).astype(np.float64)
+    sigma, radius = 1.5, 5  # the kernel reaches 3σ, rounded up
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    padded = np.pad(image, ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
+    expected = np.zeros_like(image)
+    for row in range(12):
+        for col in range(15):
+            window = padded[row : row + 2 * radius + 1, col : col + 2 * radius + 1]
+            expected[row, col] = (window * kernel[..., None]).sum(axis=(0, 1))
+    np.testing.assert_allclose(metrics.gaussian_blur(image, sigma), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_pointing_game_and_energy_by_hand():
+    saliency = np.zeros((40, 60))
+    saliency[10, 30] = 1.0  # the peak: pixel centre (30.5, 10.5)
+    saliency[35, 5] = 0.5
+    inside = [(20.0, 5.0, 40.0, 15.0)]
+    assert metrics.pointing_hit(saliency, inside, tolerance=0)
+    near = [(32.0, 12.0, 50.0, 30.0)]  # 1.5 right of and 1.5 below the peak: 2.12 away
+    assert not metrics.pointing_hit(saliency, near, tolerance=2.0) and metrics.pointing_hit(saliency, near, 2.2)
+    assert metrics.energy_in_boxes(saliency, inside) == pytest.approx(1.0 / 1.5)
+    assert metrics.energy_in_boxes(saliency, inside + [(0.0, 30.0, 10.0, 40.0)]) == pytest.approx(1.0)
+    assert metrics.energy_in_boxes(np.zeros((4, 4)), inside) is None
+    edge = np.zeros((40, 60))
+    edge[10, 40] = 1.0  # x1 is exclusive: column 40 lies outside a box that ends at 40
+    assert metrics.energy_in_boxes(edge, inside) == 0.0
+
+
+def test_spearman_on_ranks_with_ties():
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    assert metrics.spearman(a, a * 10) == pytest.approx(1.0) and metrics.spearman(a, -a) == pytest.approx(-1.0)
+    tied = np.array([1.0, 1.0, 2.0, 3.0])  # ranks 0.5, 0.5, 2, 3 against 0, 1, 2, 3
+    ra, rb = np.array([0.5, 0.5, 2, 3]) - 1.5, np.arange(4) - 1.5
+    assert metrics.spearman(tied, a) == pytest.approx((ra * rb).sum() / np.sqrt((ra**2).sum() * (rb**2).sum()))
+    assert metrics.spearman(np.ones(4), a) == 0.0
+
+
+def test_bootstrap_interval_holds_the_mean_and_narrows_with_data():
+    rng = np.random.default_rng(1)
+    small, large = rng.normal(0.5, 0.1, 20), rng.normal(0.5, 0.1, 2000)
+    low, high = metrics.bootstrap_ci(small)
+    assert low < small.mean() < high
+    low2, high2 = metrics.bootstrap_ci(large)
+    assert high2 - low2 < (high - low) / 5
+
+
+@pytest.fixture(scope="module")
+def shapes_folder(tmp_path_factory) -> tuple[Path, Path]:
+    """24 shapes the model never saw, and a boxes CSV around each."""
+    root = tmp_path_factory.mktemp("evaluate")
+    folder = root / "shapes"
+    folder.mkdir()
+    rng = np.random.default_rng(31)
+    rows = ["image,x0,y0,x1,y1,class"]
+    for i in range(24):
+        scene = make_shape(rng)
+        Image.fromarray(scene.image).save(folder / f"{i:02d}.png")
+        top, left, bottom, right = scene.box
+        rows.append(f"{i:02d}.png,{left},{top},{right},{bottom},{SHAPES[scene.label]}")
+    boxes = root / "boxes.csv"
+    boxes.write_text("\n".join(rows) + "\n")
+    return folder, boxes
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_gradcam_beats_the_random_control_on_every_metric(shapes_model, shapes_labels, shapes_folder, tmp_path):
+    folder, boxes = shapes_folder
+    out = tmp_path / "out"
+    result = run("evaluate", folder, "--model", shapes_model("none"), "--labels", shapes_labels, "--methods",
+                 "gradcam,random", "--boxes", boxes, "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("\t")[0]: line.split("\t") for line in result.stdout.splitlines()}
+    assert list(rows) == ["gradcam", "random"]  # best first, by insertion − deletion
+    gradcam, random = ({c: float(v) for c, v in zip(
+        ["deletion", "insertion", "drop", "increase", "pointing", "energy", "images"], rows[m][1:])} for m in rows)
+    assert gradcam["images"] == random["images"] == 24
+    assert gradcam["deletion"] < random["deletion"] - 0.02
+    assert gradcam["insertion"] > random["insertion"] + 0.05
+    assert gradcam["drop"] < random["drop"] - 0.05
+    assert gradcam["increase"] > random["increase"] + 0.05
+    assert gradcam["pointing"] > random["pointing"] + 0.2
+    assert gradcam["energy"] > random["energy"] + 0.3
+
+    records = output.read_manifest(out, evaluate.RECORDS)
+    assert len(records) == 48 and (out / evaluate.SUMMARY_FIGURE).is_file()
+    first = records[0]
+    assert {"image", "method", "layer", "class_index", "label", "truth", "deletion_auc", "insertion_auc",
+            "average_drop", "increase_in_confidence", "pointing_hit", "energy_in_box"} <= set(first)
+    assert first["deletion_auc"] == pytest.approx(metrics.auc(first["deletion_curve"]))
+    assert len(first["deletion_curve"]) == 33
+    means = np.mean([r["insertion_auc"] for r in records if r["method"] == "gradcam"])
+    assert float(rows["gradcam"][2]) == pytest.approx(means, abs=1e-4)  # stdout holds the means of the records
+
+
+def test_evaluate_json_intervals_and_resume(tiny_model, tiny_labels, photo_tree, tmp_path):
+    out = tmp_path / "out"
+    args = ["evaluate", photo_tree, "--model", tiny_model, "--labels", tiny_labels, "--methods", "gradcam,random",
+            "--steps", "4", "-o", out, "--json"]
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    summary = [json.loads(line) for line in first.stdout.splitlines()]
+    assert {s["method"] for s in summary} == {"gradcam", "random"} and all(s["images"] == 3 for s in summary)
+    for s in summary:
+        low, high = s["deletion_auc"]["ci95"]
+        assert low <= s["deletion_auc"]["mean"] <= high
+        assert s["pointing_game"] is None  # no --boxes
+    again = run(*args, "--skip-existing")
+    assert again.exit_code == 0 and "3 skipped (already explained)" in again.stderr
+    assert len(output.read_manifest(out, evaluate.RECORDS)) == 6  # nothing twice
+    assert [json.loads(line) for line in again.stdout.splitlines()] == summary  # summed up from the records
+
+
+def test_unknown_method_is_a_usage_error(photo_tree):
+    result = run("evaluate", photo_tree, "--methods", "gradcam,nope")
+    assert result.exit_code == 2 and "unknown method 'nope'" in result.stderr
