@@ -58,7 +58,7 @@ class Tally:
 
 
 def report(run: Run, tally: Tally, *, style: str, verbose: bool, batch_size: int,
-           manifest: output.Manifest | None = None) -> None:
+           manifest: output.Manifest | None = None, side: output.Manifest | None = None) -> None:
     """Account and print each result of `run` as it comes, then the summary; exit 1 if any image failed.
 
     However the loop ends, the run is stopped (work not started cancelled, writes under way finished)
@@ -70,7 +70,7 @@ def report(run: Run, tally: Tally, *, style: str, verbose: bool, batch_size: int
         try:
             for result in run:
                 with interrupts.held():  # a signal waits until the image is wholly accounted
-                    _record(result, tally, manifest, display)
+                    _record(result, tally, manifest, side, display)
                     settled = result
                 _show(result, display, style, verbose, tally.truth_given)
         except BrokenPipeError:
@@ -81,7 +81,7 @@ def report(run: Run, tally: Tally, *, style: str, verbose: bool, batch_size: int
                 unsettled = [run.last] if run.last is not None and run.last is not settled else []
                 for result in unsettled + run.stop():
                     try:
-                        _record(result, tally, manifest, display)
+                        _record(result, tally, manifest, side, display)
                     except ExplainError:
                         continue  # the disk is full: its files are gone, and the first error is the one shown
                     if stdout_open:
@@ -94,20 +94,27 @@ def report(run: Run, tally: Tally, *, style: str, verbose: bool, batch_size: int
         raise SystemExit(1)
 
 
-def _record(result: ImageResult, tally: Tally, manifest: output.Manifest | None, display: Display) -> None:
-    """The image's manifest lines and its count, together; if the lines cannot be written, its files go."""
+def _record(result: ImageResult, tally: Tally, manifest: output.Manifest | None, side: output.Manifest | None,
+            display: Display) -> None:
+    """The image's manifest lines and its count, together; if the lines cannot be written, its files go.
+
+    Side records (evaluate's sanity.jsonl) go first: the main manifest is what --skip-existing reads, so
+    an image it lists is complete."""
     display.advance()
     if result.error:
         tally.failed.append(result.error)
         display.message(f"error: {result.error}")
         return
-    if manifest is not None and result.records:
+    for target, lines in ((side, result.side_records), (manifest, result.records)):
+        if target is None or not lines:
+            continue
         try:
-            with output.writing_into(manifest.path.parent):
-                manifest.append(result.records)
+            with output.writing_into(target.path.parent):
+                target.append(lines)
         except BaseException:
-            output.remove_files(manifest.path.parent, result.files())
+            output.remove_files(target.path.parent, result.files())
             raise
+    if manifest is not None:
         tally.explained += len(result.records)
     tally.count(result)
 

@@ -16,13 +16,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from explain_cli import metrics, render
+from explain_cli import metrics, output, render
 from explain_cli.inputs import Source
 from explain_cli.metrics import Box
 from explain_cli.pipeline import ImageResult
 
 RANDOM = "random"
 RECORDS = "evaluation.jsonl"
+SANITY_RECORDS = "sanity.jsonl"
 SUMMARY_FIGURE = "evaluation.png"
 # The columns of the per-method summary, as printed: (record key, column name).
 COLUMNS = (("deletion_auc", "deletion_auc"), ("insertion_auc", "insertion_auc"), ("average_drop", "average_drop"),
@@ -52,6 +53,17 @@ class EvaluationBatch:
     classes: np.ndarray  # (b, k)
     maps: dict[str, np.ndarray]  # method -> (b, k, h, w) in [0, 1], at the method's own resolution
     faithfulness: dict[tuple[int, int, str], metrics.Faithfulness] = field(default_factory=dict)
+    stage_maps: dict[str, np.ndarray] = field(default_factory=dict)  # --sanity: method -> (b, k, stages + 1, h, w)
+
+
+@dataclass(frozen=True)
+class Sanity:
+    """--sanity: the randomisation cascade (randomise.Cascade) and the methods compiled on its copy."""
+
+    cascade: Any
+    explainers: Mapping[str, Callable[[np.ndarray, np.ndarray], Any]]
+    figures: frozenset  # the sources that get a figure of their maps across the stages
+    out_dir: Path  # where those figures go
 
 
 def random_map(seed: int, image: str, class_index: int, height: int, width: int) -> np.ndarray:
@@ -67,6 +79,7 @@ def evaluation_step(
     explainers: Mapping[str, Callable[[np.ndarray, np.ndarray], Any]],
     choose: Callable[[np.ndarray, Sequence[Source]], np.ndarray],
     settings: Settings,
+    sanity: Sanity | None = None,
 ) -> Callable[[np.ndarray, list[Source]], EvaluationBatch]:
     """A pipeline compute step: maps of every method for the chosen classes, then their faithfulness.
 
@@ -86,9 +99,10 @@ def evaluation_step(
                 maps[method] = np.stack([np.stack([random_map(settings.seed, s.shown, int(c), height, width)
                                                    for c in row]) for s, row in zip(sources, classes)])
             else:
-                columns = [explainers[method](images, classes[:, j].astype(np.int32)).maps[:, 0] for j in range(k)]
-                maps[method] = np.stack([np.stack([render.normalise(m) for m in column]) for column in columns], 1)
+                maps[method] = _maps(explainers[method], images, classes)
         batch = EvaluationBatch(probabilities, classes, maps)
+        if sanity is not None:
+            batch.stage_maps = _cascade_maps(sanity, images, classes, maps)
         for i in range(b):
             blurred = metrics.gaussian_blur(images[i], settings.blur_sigma)
             for j in range(k):
@@ -103,9 +117,32 @@ def evaluation_step(
     return compute
 
 
+def _maps(explain: Callable[[np.ndarray, np.ndarray], Any], images: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(b, k, h, w) maps in [0, 1]: one explain call per class column."""
+    columns = [explain(images, classes[:, j].astype(np.int32)).maps[:, 0] for j in range(classes.shape[1])]
+    return np.stack([np.stack([render.normalise(m) for m in column]) for column in columns], 1)
+
+
+def _cascade_maps(sanity: Sanity, images: np.ndarray, classes: np.ndarray,
+                  maps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each method's maps at every stage of the cascade; stage 0 is the trained model's (`maps`)."""
+    staged = {method: [trained] for method, trained in maps.items()}
+    try:
+        for stage in range(1, len(sanity.cascade.stages) + 1):
+            sanity.cascade.assign(stage)
+            for method in maps:
+                explain = sanity.explainers.get(method)
+                staged[method].append(maps[method] if explain is None else _maps(explain, images, classes))
+    finally:
+        sanity.cascade.assign(0)
+    return {method: np.stack(stack, axis=2) for method, stack in staged.items()}
+
+
 def finish_step(names: Sequence[str], model: str, layer: str, settings: Settings,
-                truth: Mapping[Source, int] | None, boxes: Mapping[Source, list[LabelledBox]] | None) -> Callable:
-    """A pipeline finish step: one record per (class, method), with localisation at the original size."""
+                truth: Mapping[Source, int] | None, boxes: Mapping[Source, list[LabelledBox]] | None,
+                sanity: Sanity | None = None) -> Callable:
+    """A pipeline finish step: one record per (class, method), with localisation at the original size; with
+    --sanity, a record per (class, method, stage) of the rank correlation with the trained model's map."""
 
     def finish(source: Source, original: np.ndarray, row: int, batch: EvaluationBatch) -> ImageResult:
         height, width = original.shape[:2]
@@ -129,9 +166,32 @@ def finish_step(names: Sequence[str], model: str, layer: str, settings: Settings
                     "pointing_hit": hit, "energy_in_box": energy, "steps": settings.steps,
                     "deletion_curve": scores.deletion_curve, "insertion_curve": scores.insertion_curve,
                 })
-        return ImageResult(source, records=records)
+        side = _sanity_records(source, original, row, batch, names, sanity, settings) if sanity else []
+        return ImageResult(source, records=records, side_records=side)
 
     return finish
+
+
+def _sanity_records(source: Source, original: np.ndarray, row: int, batch: EvaluationBatch, names: Sequence[str],
+                    sanity: Sanity, settings: Settings) -> list[dict]:
+    records = []
+    for j, class_index in enumerate(int(c) for c in batch.classes[row]):
+        for method in settings.methods:
+            stages = batch.stage_maps[method][row, j]
+            for stage, (count, deepest) in enumerate(sanity.cascade.stages, start=1):
+                records.append({
+                    "image": source.shown, "method": method, "class_index": class_index,
+                    "label": names[class_index] if class_index < len(names) else str(class_index), "stage": stage,
+                    "layers_randomised": count, "deepest_randomised": deepest,
+                    "spearman": metrics.spearman(stages[0], stages[stage]),
+                })
+    if source in sanity.figures and records:
+        name = source.stem.with_name(f"{source.stem.name}.sanity.png").as_posix()
+        titles = ["trained"] + [f"top {count} random" for count, _ in sanity.cascade.stages]
+        rows = {method: list(batch.stage_maps[method][row, 0]) for method in settings.methods}
+        output.FileSet(sanity.out_dir).write(name, render.stage_figure(original, rows, titles))
+        records[0]["figure"] = name
+    return records
 
 
 def _boxes_for(boxes: Mapping[Source, list[LabelledBox]] | None, source: Source, class_index: int) -> list[Box]:

@@ -51,12 +51,13 @@ class ImageResult:
     notes: list[str] = field(default_factory=list)  # how the image was read, for --verbose
     error: str | None = None
     records: list[dict] = field(default_factory=list)  # its manifest lines, naming every file written
+    side_records: list[dict] = field(default_factory=list)  # lines of a second record file (evaluate's sanity.jsonl)
     truth: int | None = None  # the true class, when known (--truth)
     truth_rank: int | None = None  # where the model ranks it: 1 is a correct top-1 prediction
 
     def files(self) -> list[str]:
         """The files written for this image, relative to the output folder."""
-        return output.files_of(self.records)
+        return output.files_of(self.records + self.side_records)
 
 
 @dataclass(frozen=True)

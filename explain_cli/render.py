@@ -234,3 +234,28 @@ def curves_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
     buffer = io.BytesIO()
     panel.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def stage_figure(original: np.ndarray, rows: dict[str, list[np.ndarray]], titles: list[str]) -> bytes:
+    """A PNG grid of maps: a row per method, a column per stage (titled), the original image first."""
+    from matplotlib.figure import Figure
+
+    height, width = original.shape[:2]
+    columns = len(titles) + 1
+    cell = 1.6
+    panel = Figure(figsize=(cell * columns * max(width / height, 0.5), cell * len(rows) + 0.4), dpi=FIGURE_DPI)
+    axes = np.atleast_2d(panel.subplots(len(rows), columns, squeeze=False))
+    for r, (method, maps) in enumerate(rows.items()):
+        axes[r, 0].imshow(original)
+        axes[r, 0].set_ylabel(method, fontsize=9)
+        for c, saliency in enumerate(maps, start=1):
+            axes[r, c].imshow(upsample(saliency, width, height), cmap="jet", vmin=0.0, vmax=1.0)
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title((["image"] + titles)[c], fontsize=8)
+    panel.tight_layout()
+    buffer = io.BytesIO()
+    panel.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -187,3 +187,33 @@ def test_evaluate_json_intervals_and_resume(tiny_model, tiny_labels, photo_tree,
 def test_unknown_method_is_a_usage_error(photo_tree):
     result = run("evaluate", photo_tree, "--methods", "gradcam,nope")
     assert result.exit_code == 2 and "unknown method 'nope'" in result.stderr
+
+
+def test_sanity_check_randomises_a_copy_and_random_maps_do_not_notice(shapes_model, shapes_labels, shapes_folder,
+                                                                     tmp_path):
+    folder, _ = shapes_folder
+    path = shapes_model("none")
+    out = tmp_path / "out"
+    result = run("evaluate", folder, "--model", path, "--labels", shapes_labels, "--methods", "gradcam,random",
+                 "--steps", "4", "--sanity", "--sanity-stages", "3", "--sanity-figures", "2", "-o", out)
+    assert result.exit_code == 0, result.output
+    records = output.read_manifest(out, evaluate.SANITY_RECORDS)
+    assert len(records) == 24 * 2 * 3 and {r["layers_randomised"] for r in records} == {1, 4, 7}
+    by = lambda method, stage: [r["spearman"] for r in records if r["method"] == method and r["stage"] == stage]  # noqa: E731
+    assert all(value == pytest.approx(1.0) for stage in (1, 2, 3) for value in by("random", stage))
+    assert np.mean(by("gradcam", 3)) < 0.5  # the model destroyed, Grad-CAM's maps are no longer the same
+    assert "sanity: mean Spearman" in result.stderr
+    figures = sorted(p.name for p in out.glob("*.sanity.png"))
+    assert figures == ["00.sanity.png", "01.sanity.png"]
+    assert sorted(output.files_of(records)) == figures  # every file written has its line
+    from explain_cli import models, randomise
+
+    model = models.load(str(path))
+    trained = [w.copy() for w in model.keras_model.get_weights()]
+    cascade = randomise.cascade(model, 3, seed=0)
+    cascade.assign(3)
+    copied = cascade.model.keras_model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(model.keras_model.get_weights(), trained))  # untouched
+    assert sum(not np.array_equal(a, b) for a, b in zip(copied, trained)) >= 7  # the copy's layers are random
+    cascade.assign(0)
+    assert all(np.array_equal(a, b) for a, b in zip(cascade.model.keras_model.get_weights(), trained))

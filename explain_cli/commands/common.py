@@ -208,9 +208,10 @@ def style(options: dict) -> str:
     return "table" if sys.stdout.isatty() else "tsv"
 
 
-def report(run: pipeline.Run, tally: console.Tally, options: dict, manifest: output.Manifest | None = None) -> None:
+def report(run: pipeline.Run, tally: console.Tally, options: dict, manifest: output.Manifest | None = None,
+           side: output.Manifest | None = None) -> None:
     console.report(run, tally, style=style(options), verbose=options["verbose"], batch_size=options["batch_size"],
-                   manifest=manifest)
+                   manifest=manifest, side=side)
 
 
 class Command(click.Command):

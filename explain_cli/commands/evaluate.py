@@ -47,11 +47,19 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
               help="Pointing game: a hit within this many pixels of a box.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The random control's noise.")
 @click.option("--max-masks", type=click.IntRange(1), default=64, show_default=True, help="scorecam: masks.")
+@click.option("--sanity", is_flag=True,
+              help="Cascading randomisation (Adebayo et al. 2018): randomise a copy of the model from the logits down "
+              "and report how each method's maps change (Spearman), in sanity.jsonl and on stderr.")
+@click.option("--sanity-stages", type=click.IntRange(1), default=6, show_default=True,
+              help="--sanity: stages, spread evenly from the logits layer to all weighted layers.")
+@click.option("--sanity-figures", type=click.IntRange(0), default=3, show_default=True,
+              help="--sanity: images that get a figure of their maps across the stages (<stem>.sanity.png).")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("explanations"),
               show_default=True, help="Where evaluation.jsonl and evaluation.png are written.")
 @click.option("--skip-existing", is_flag=True, help="Skip images that OUTPUT_DIR/evaluation.jsonl has for every method.")
 def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file: Path | None, tolerance: float,
-             seed: int, max_masks: int, output_dir: Path, skip_existing: bool, **options: Any) -> None:
+             seed: int, max_masks: int, sanity: bool, sanity_stages: int, sanity_figures: int, output_dir: Path,
+             skip_existing: bool, **options: Any) -> None:
     """Measure each method's maps: deletion and insertion AUC, Average Drop, Increase in Confidence, and
     with --boxes the pointing game.
 
@@ -71,6 +79,7 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
         skipped, sources = len(sources) - len(todo), todo
     with output.writing_into(output_dir):
         records_file = output.Manifest(output_dir, evaluation.RECORDS)
+        sanity_file = output.Manifest(output_dir, evaluation.SANITY_RECORDS) if sanity else None
     try:
         model = common.load(options)
         truth = common.truth(options, sources, model)
@@ -88,7 +97,10 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
         settings = evaluation.Settings(methods, steps, blur_sigma, tolerance, seed, options["batch_size"])
         click.echo(f"{model.name}: evaluating {', '.join(methods)} at layer {cut.layer}, {steps} steps: "
                    f"{len(methods) * (2 * steps + 3)} forward passes per image and class", err=True)
-        explainers = {m: _explainer(model, graph, cut, m, max_masks) for m in methods if m != evaluation.RANDOM}
+        real = [m for m in methods if m != evaluation.RANDOM]
+        explainers = {m: _explainer(model, graph, cut, m, max_masks) for m in real}
+        checks = _sanity(model, cut.layer, real, sanity_stages, seed, max_masks, sources[:sanity_figures],
+                         output_dir) if sanity else None
         k = 1 if per_image else len(classes) or options["top_k"] or 1
 
         def choose(probabilities: np.ndarray, batch: list) -> np.ndarray:
@@ -100,20 +112,51 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
 
         compute = evaluation.evaluation_step(explainer.compile_predict(model, graph),
                                              explainer.compile_predict(model, graph, "float32"), explainers, choose,
-                                             settings)
-        finish = evaluation.finish_step(model.labels.names, model.name, cut.layer, settings, truth, boxes)
+                                             settings, checks)
+        finish = evaluation.finish_step(model.labels.names, model.name, cut.layer, settings, truth, boxes, checks)
         run = common.run_compute(sources, compute, finish, model, options)
         status = 0
         try:
             tally = dataclasses.replace(common.tally(sources, truth, skipped), records="evaluations")
-            common.report(run, tally, options, records_file)
+            common.report(run, tally, options, records_file, sanity_file)
         except SystemExit as stop:  # some images failed: the others are still summed up
             status = stop.code
         _summarise(output_dir, methods, all_shown, options)
+        if sanity:
+            _summarise_sanity(output_dir, methods, all_shown)
         if status:
             raise SystemExit(status)
     finally:
         records_file.close()
+        if sanity_file is not None:
+            sanity_file.close()
+
+
+def _sanity(model: Any, layer: str, methods: list[str], stages: int, seed: int, max_masks: int, figures: list,
+            out_dir: Path) -> evaluation.Sanity:
+    from explain_cli import randomise
+
+    cascade = randomise.cascade(model, stages, seed)
+    click.echo(f"{model.name}: --sanity randomises a copy in {len(cascade.stages)} stages, down to "
+               f"{cascade.stages[-1][0]} weighted layers", err=True)
+    explainers = randomise.explainers_for(
+        cascade, layer, methods, lambda copy, graph, cut, m: _explainer(copy, graph, cut, m, max_masks))
+    return evaluation.Sanity(cascade, explainers, frozenset(figures), out_dir)
+
+
+def _summarise_sanity(out_dir: Path, methods: tuple[str, ...], shown: set[str]) -> None:
+    """The mean Spearman correlation with the trained model's maps, per method and stage, on stderr."""
+    records = [r for r in output.read_manifest(out_dir, evaluation.SANITY_RECORDS) if r.get("image") in shown]
+    stages = sorted({(r["stage"], r["layers_randomised"]) for r in records})
+    if not stages:
+        return
+    header = "sanity: mean Spearman of each method's maps with the trained model's, by layers randomised"
+    lines = [header, "  method            " + "".join(f"{count:>8}" for _, count in stages)]
+    for method in methods:
+        means = [np.mean([r["spearman"] for r in records if r["method"] == method and r["stage"] == stage] or [np.nan])
+                 for stage, _ in stages]
+        lines.append(f"  {method:<18}" + "".join(f"{m:8.3f}" for m in means))
+    click.echo("\n".join(lines), err=True)
 
 
 def _explainer(model: Any, graph: Any, cut: Any, method: str, max_masks: int) -> Any:

@@ -1,0 +1,69 @@
+"""Cascading randomisation (Adebayo et al. 2018): a copy of the model whose layers, from the logits down,
+get random weights stage by stage. A method whose maps stay the same as the model is destroyed is not
+explaining the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from explain_cli import split as split_module
+from explain_cli.errors import ExplainError
+from explain_cli.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class Cascade:
+    model: LoadedModel  # the copy: the user's model is never changed
+    graph: split_module.Graph
+    stages: tuple[tuple[int, str], ...]  # per stage: how many weighted layers are random, the deepest of them
+    assign: Callable[[int], None]  # the copy's weights for a stage (0: the trained ones)
+
+
+def cascade(model: LoadedModel, stages: int, seed: int) -> Cascade:
+    """A copy of the model and its randomisation stages: stage s makes the top n_s weighted layers random,
+    n_s spread evenly from 1 (the logits) to all. Each weight is drawn from a normal of the trained weight's
+    own mean and standard deviation (a positive one stays positive), so activations keep their scale."""
+    import keras
+
+    try:
+        copy = keras.models.clone_model(model.keras_model)
+        copy.set_weights(model.keras_model.get_weights())
+    except Exception as error:  # Keras raises many kinds for models it cannot rebuild from their config
+        raise ExplainError(f"{model.name}: cannot copy the model to randomise it (--sanity): {error}") from None
+    loaded = dataclasses.replace(model, keras_model=copy)
+    graph = split_module.flatten(copy)
+    weighted, seen = [], set()
+    for step in reversed(graph.steps):  # from the output down, each layer once
+        if step.layer.weights and id(step.layer) not in seen:
+            seen.add(id(step.layer))
+            weighted.append(step)
+    if not weighted:
+        raise ExplainError(f"{model.name}: has no weights to randomise (--sanity)")
+    counts = sorted({int(c) for c in np.linspace(1, len(weighted), min(stages, len(weighted))).round()})
+    rng = np.random.default_rng(seed)
+    trained = [[v.numpy() for v in step.layer.weights] for step in weighted]
+    random = [[_like(w, rng) for w in weights] for weights in trained]
+
+    def assign(stage: int) -> None:
+        top = 0 if stage == 0 else counts[stage - 1]
+        for index, step in enumerate(weighted):
+            for variable, values in zip(step.layer.weights, (random if index < top else trained)[index]):
+                variable.assign(values)
+
+    return Cascade(loaded, graph, tuple((c, weighted[c - 1].name) for c in counts), assign)
+
+
+def _like(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    values = rng.normal(float(weights.mean()), float(weights.std()), weights.shape)
+    return (np.abs(values) if (weights > 0).all() else values).astype(weights.dtype)
+
+
+def explainers_for(cascade_: Cascade, layer: str, methods: Any, build: Callable[..., Any]) -> dict[str, Any]:
+    """The methods compiled once on the copy: assigning weights later needs no new trace."""
+    cut = split_module.split(cascade_.graph, layer)
+    return {m: build(cascade_.model, cascade_.graph, cut, m) for m in methods}
