@@ -104,14 +104,13 @@ def evaluation_step(
         if sanity is not None:
             batch.stage_maps = _cascade_maps(sanity, images, classes, maps)
         for i in range(b):
+            keys = [(i, j, method) for j in range(k) for method in settings.methods]
+            requests = [(render.upsample(maps[method][i, j], width, height), int(classes[i, j]),
+                         float(probabilities[i, classes[i, j]])) for i, j, method in keys]
             blurred = metrics.gaussian_blur(images[i], settings.blur_sigma)
-            for j in range(k):
-                class_index = int(classes[i, j])
-                for method in settings.methods:
-                    saliency = render.upsample(maps[method][i, j], width, height)
-                    batch.faithfulness[i, j, method] = metrics.faithfulness(
-                        forward, images[i], blurred, saliency, class_index, float(probabilities[i, class_index]),
-                        settings.steps, settings.batch_size)
+            scores = metrics.faithfulness_of_maps(forward, images[i], blurred, requests, settings.steps,
+                                                  settings.batch_size)
+            batch.faithfulness.update(zip(keys, scores))
         return batch
 
     return compute

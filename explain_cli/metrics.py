@@ -9,7 +9,7 @@ only enters through `forward`. Every perturbed input of an image goes through it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -97,19 +97,44 @@ def faithfulness(forward: Forward, image: np.ndarray, blurred: np.ndarray, salie
                  class_index: int, p: float, steps: int, batch_size: int) -> Faithfulness:
     """Deletion and insertion curves, Average Drop and Increase in Confidence of one map at input size in [0, 1]:
     2N + 3 forward passes (N + 1 deleted, N + 1 inserted, the image times the map), in batches."""
-    masked = image[None].astype(np.float32) * saliency[None, :, :, None]
-    scores = _probabilities(forward, [deletion_inputs(image, saliency, steps),
-                                      insertion_inputs(image, blurred, saliency, steps), masked],
-                            class_index, batch_size)
-    deleted, inserted, p_masked = scores[: steps + 1], scores[steps + 1 : 2 * steps + 2], float(scores[-1])
-    return Faithfulness([float(v) for v in deleted], [float(v) for v in inserted], average_drop(p, p_masked),
-                        increase_in_confidence(p, p_masked))
+    return faithfulness_of_maps(forward, image, blurred, [(saliency, class_index, p)], steps, batch_size)[0]
 
 
-def _probabilities(forward: Forward, stacks: list[np.ndarray], class_index: int, batch_size: int) -> np.ndarray:
-    inputs = np.concatenate(stacks)
-    return np.concatenate([forward(inputs[i : i + batch_size])[:, class_index]
-                           for i in range(0, len(inputs), batch_size)])
+def faithfulness_of_maps(forward: Forward, image: np.ndarray, blurred: np.ndarray,
+                         maps: Sequence[tuple[np.ndarray, int, float]], steps: int, batch_size: int) -> list[Faithfulness]:
+    """`faithfulness` for several (map, class, p) of one image, their perturbed inputs streamed through
+    `forward` in full batches (made as they are needed, so memory stays at a few batches)."""
+
+    def perturbed() -> Iterator[np.ndarray]:
+        for saliency, _, _ in maps:
+            yield deletion_inputs(image, saliency, steps)
+            yield insertion_inputs(image, blurred, saliency, steps)
+            yield image[None].astype(np.float32) * saliency[None, :, :, None]
+
+    probabilities = _in_batches(forward, perturbed(), batch_size)
+    results, per_map = [], 2 * steps + 3
+    for index, (_, class_index, p) in enumerate(maps):
+        scores = probabilities[index * per_map : (index + 1) * per_map, class_index]
+        p_masked = float(scores[-1])
+        results.append(Faithfulness([float(v) for v in scores[: steps + 1]],
+                                    [float(v) for v in scores[steps + 1 : 2 * steps + 2]],
+                                    average_drop(p, p_masked), increase_in_confidence(p, p_masked)))
+    return results
+
+
+def _in_batches(forward: Forward, stacks: Iterator[np.ndarray], batch_size: int) -> np.ndarray:
+    """forward over the rows of every stack in turn, `batch_size` rows a call (the last call fewer)."""
+    outputs, pending, held = [], [], 0
+    for stack in stacks:
+        pending.append(stack)
+        held += len(stack)
+        while held >= batch_size:
+            rows = np.concatenate(pending)
+            outputs.append(forward(rows[:batch_size]))
+            pending, held = [rows[batch_size:]], held - batch_size
+    if held:
+        outputs.append(forward(np.concatenate(pending)))
+    return np.concatenate(outputs)
 
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in the original image's pixels, x1 and y1 exclusive

@@ -150,12 +150,13 @@ def _summarise_sanity(out_dir: Path, methods: tuple[str, ...], shown: set[str]) 
     stages = sorted({(r["stage"], r["layers_randomised"]) for r in records})
     if not stages:
         return
+    width = max(len(m) for m in methods + ("method",))
     header = "sanity: mean Spearman of each method's maps with the trained model's, by layers randomised"
-    lines = [header, "  method            " + "".join(f"{count:>8}" for _, count in stages)]
+    lines = [header, f"  {'method':<{width}}" + "".join(f"{count:>8}" for _, count in stages)]
     for method in methods:
         means = [np.mean([r["spearman"] for r in records if r["method"] == method and r["stage"] == stage] or [np.nan])
                  for stage, _ in stages]
-        lines.append(f"  {method:<18}" + "".join(f"{m:8.3f}" for m in means))
+        lines.append(f"  {method:<{width}}" + "".join(f"{m:8.3f}" for m in means))
     click.echo("\n".join(lines), err=True)
 
 
