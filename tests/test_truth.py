@@ -103,3 +103,13 @@ def test_class_truth_explains_each_images_true_class(tiny, dataset, tmp_path):
         assert re.search(rf"\.gradcam\.{record['truth']}-{SHAPE_CLASSES[record['truth']]}\.jpg$", record["overlay"])
     alone = run("gradcam", dataset, *tiny, "--class", "truth", "-o", out)
     assert alone.exit_code == 2 and "--class truth needs --truth folders|FILE.csv" in alone.stderr
+
+
+@pytest.mark.parametrize("command", [["cam", "--method", "eigencam"], ["saliency", "--method", "vanilla"]])
+def test_truth_on_cam_and_saliency(command, tiny, dataset, tmp_path):
+    out = tmp_path / "out"
+    result = run(*command, dataset, *tiny, "--truth", "folders", "--class", "truth", "-o", out)
+    assert result.exit_code == 0, result.output
+    records = output.read_manifest(out)
+    assert len(records) == 12 and all(r["class_index"] == r["truth"] for r in records)
+    assert all(r["truth"] == SHAPE_CLASSES.index(Path(r["image"]).parent.name) for r in records)
