@@ -200,6 +200,18 @@ def _truth_of(source: Source, probabilities: np.ndarray, truth: Truth) -> dict:
     return {"truth": true_class, "truth_rank": int(np.sum(probabilities > probabilities[true_class])) + 1}
 
 
+def image_fields(source: Source, probabilities: np.ndarray, names: Sequence[str]) -> dict:
+    """What a manifest line says of its image, for the report: where it is, the top-5 and the prediction's
+    entropy, −Σ p log p in nats."""
+    p = np.asarray(probabilities, np.float64)
+    p = p[p > 0]
+    return {
+        "source": str(source.path.absolute()),
+        "predictions": [[q.class_index, q.label, q.probability] for q in output.top_predictions(probabilities, names, 5)],
+        "entropy": float(-(p * np.log(p)).sum()),
+    }
+
+
 def truth_record(result_truth: int | None, truth_rank: int | None, truth: Truth) -> dict:
     """The manifest's truth fields, present whenever --truth was given (null for an image it does not list)."""
     if truth is None:
@@ -245,7 +257,8 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: 
                 written.append(_write(source, files, original, ready, heatmap, class_index, label, float(score),
                                       probabilities, options))
         known = _truth_of(source, probabilities, truth)
-        fields = truth_record(known.get("truth"), known.get("truth_rank"), truth)
+        fields = {**truth_record(known.get("truth"), known.get("truth_rank"), truth),
+                  **image_fields(source, probabilities, names)}
         records = [{**manifest_record(e, options.model), **fields} for e in written]
         return ImageResult(source, predictions=predictions, explanations=written, warnings=warnings, records=records,
                            **known)

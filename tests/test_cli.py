@@ -61,6 +61,12 @@ def test_gradcam_folder_mirrors_the_tree_and_writes_a_manifest(tiny, photo_tree,
     probabilities = [float(r[4]) for r in first]
     assert probabilities == sorted(probabilities, reverse=True) and abs(sum(probabilities) - 1) < 1e-3
     assert first[0][3] == records[0]["label"] and int(first[0][2]) == records[0]["class_index"]
+    # For the report: each line also gives its image's top-5, the prediction's entropy and where the image is.
+    assert [[int(r[2]), r[3]] for r in first] == [p[:2] for p in records[0]["predictions"]]
+    assert [p[2] for p in records[0]["predictions"]] == pytest.approx(probabilities, abs=1e-6)
+    spread = np.array(probabilities)
+    assert records[0]["entropy"] == pytest.approx(-(spread * np.log(spread)).sum(), abs=1e-4)
+    assert records[0]["source"] == str((photo_tree / "a.png").absolute())
     assert "tiny.keras: gradcam at layer conv3 (default)" in result.stderr
 
 
