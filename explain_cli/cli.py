@@ -16,6 +16,7 @@ import click
 from explain_cli import __version__, console, models, output, pipeline, render
 from explain_cli.commands import common
 from explain_cli.commands import evaluate as evaluate_command
+from explain_cli.commands import report as report_command
 from explain_cli.errors import ExplainError
 from explain_cli.methods import METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
@@ -315,12 +316,14 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
         )
         finish = pipeline.explanations(model.labels.names, options["top"], render_options, truth)
         run = common.run(sources, step, finish, model, options, truth if per_image else None)
-        common.report(run, common.tally(sources, truth, skipped), options, manifest)
+        with common.report_after(options["make_report"], out_dir):
+            common.report(run, common.tally(sources, truth, skipped), options, manifest)
     finally:
         manifest.close()
 
 
 cli.add_command(evaluate_command.evaluate)
+cli.add_command(report_command.report)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -259,3 +259,30 @@ def stage_figure(original: np.ndarray, rows: dict[str, list[np.ndarray]], titles
     buffer = io.BytesIO()
     panel.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def contact_sheet(entries: list, columns: int = 4) -> bytes:
+    """A PNG grid for slides: each entry (picture path or None, title, correct: True/False/None), the title
+    green when right, red when wrong, large enough to read when projected."""
+    from matplotlib.figure import Figure
+
+    rows = max(1, -(-len(entries) // columns))
+    panel = Figure(figsize=(4 * min(columns, max(1, len(entries))), 4.4 * rows), dpi=FIGURE_DPI)
+    axes = np.atleast_1d(panel.subplots(rows, min(columns, max(1, len(entries))), squeeze=False)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    colours = {True: "#1a7f37", False: "#cf222e", None: "black"}
+    for ax, (path, title, correct) in zip(axes, entries):
+        try:
+            with Image.open(path) as image:
+                image.draft("RGB", (512, 512))
+                picture = image.convert("RGB")
+                picture.thumbnail((512, 512))
+            ax.imshow(np.asarray(picture))
+        except (OSError, ValueError, TypeError, AttributeError):
+            ax.text(0.5, 0.5, "(no picture)", ha="center", va="center", fontsize=14)
+        ax.set_title(textwrap.fill(title, 28), fontsize=16, color=colours[correct], fontweight="bold")
+    panel.tight_layout()
+    buffer = io.BytesIO()
+    panel.savefig(buffer, format="png")
+    return buffer.getvalue()

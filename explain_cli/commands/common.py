@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -9,7 +10,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 import numpy as np
@@ -120,6 +121,8 @@ render_options = options(
                  help="Overlay format: JPEG (quality 90, fast) or lossless PNG."),
     click.option("--save-heatmap", is_flag=True, help="Also save the normalised map as .npy."),
     click.option("--figure", is_flag=True, help="Also save a panel: original | heatmap | overlay."),
+    click.option("--report", "make_report", is_flag=True,
+                 help="Build OUTPUT_DIR/report.html when the run ends (see `explain report`)."),
     click.option("--skip-existing", is_flag=True,
                  help="Skip images already explained in OUTPUT_DIR (by its manifest, with their files present): "
                  "rerun an interrupted batch to finish it."),
@@ -247,3 +250,28 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, io.UnsupportedOperation):
         pass
+
+
+def build_report(out_dir: Path, sheet: int = 0) -> None:
+    """Build OUT_DIR/report.html (and sheet.png) and say where it is, on stderr."""
+    from explain_cli import report
+
+    if not report.manifests(out_dir) and not (out_dir / report.EVALUATION).is_file():
+        raise click.BadParameter(f"{out_dir}: no manifest*.jsonl or evaluation.jsonl to build a report from",
+                                 param_hint="OUT_DIR")
+    with output.writing_into(out_dir):
+        page = report.build(out_dir, sheet)
+    click.echo(f"report: {page}" + (f" and {out_dir / 'sheet.png'}" if sheet else ""), err=True)
+
+
+@contextlib.contextmanager
+def report_after(make: bool, out_dir: Path) -> Iterator[None]:
+    """With --report, build the report once the run has ended, also when some images failed (exit 1)."""
+    try:
+        yield
+    except SystemExit:
+        if make:
+            build_report(out_dir)
+        raise
+    if make:
+        build_report(out_dir)

@@ -57,9 +57,10 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("explanations"),
               show_default=True, help="Where evaluation.jsonl and evaluation.png are written.")
 @click.option("--skip-existing", is_flag=True, help="Skip images that OUTPUT_DIR/evaluation.jsonl has for every method.")
+@click.option("--report", "make_report", is_flag=True, help="Build OUTPUT_DIR/report.html when the run ends.")
 def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file: Path | None, tolerance: float,
              seed: int, max_masks: int, sanity: bool, sanity_stages: int, sanity_figures: int, output_dir: Path,
-             skip_existing: bool, **options: Any) -> None:
+             skip_existing: bool, make_report: bool, **options: Any) -> None:
     """Measure each method's maps: deletion and insertion AUC, Average Drop, Increase in Confidence, and
     with --boxes the pointing game.
 
@@ -124,6 +125,8 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
         _summarise(output_dir, methods, all_shown, options)
         if sanity:
             _summarise_sanity(output_dir, methods, all_shown)
+        if make_report:
+            common.build_report(output_dir)
         if status:
             raise SystemExit(status)
     finally:
