@@ -261,10 +261,7 @@ def layers(**options: Any) -> None:
 
 def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **options: Any) -> None:
     """Explain every input with the step `build` makes; `name` names the method in files and manifest."""
-    from explain_cli import explainer, split
-
-    if options["class_specs"] and options["top_k"]:
-        raise click.UsageError("--class and --top-k are exclusive: explain named classes or the top N")
+    common.check_class_options(options)
     if not render.is_colormap(options["colormap"]):
         raise click.BadParameter(f"unknown matplotlib colormap {options['colormap']!r}", param_hint="--colormap")
     out_dir: Path = options["output_dir"]
@@ -283,25 +280,12 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
         manifest = output.Manifest(out_dir)
     try:
         model = common.load(options)
-        truth = common.truth(options, sources, model)
-        per_image = "truth" in options["class_specs"]
-        if per_image:
-            common.check_truth_classes(options, sources, truth)
-        classes = list(dict.fromkeys(common.resolve_class(model, spec) for spec in options["class_specs"] if spec != "truth"))
-        if options["top_k"] and options["top_k"] > len(model.labels):
-            raise click.BadParameter(
-                f"{options['top_k']} is more than the model's {len(model.labels)} classes", param_hint="--top-k"
-            )
-        graph = explainer.graph_of(model)
-        default = explainer.default_layer(graph, model)
-        try:
-            cut = split.split(graph, options["layer"] or default)  # checked before anything is compiled
-        except ExplainError as error:
-            raise click.BadParameter(f"{error}; default: {default}", param_hint="--layer") from None
+        target = common.target(options, sources, model)
+        truth, per_image, graph, cut = target.truth, target.per_image, target.graph, target.cut
         layer = cut.layer
         chosen = "" if options["layer"] else " (default)"
         click.echo(f"{model.name}: {name} at layer {layer}{chosen}", err=True)
-        step = build(model, graph, cut, classes, options["top_k"] or 1, per_image)
+        step = build(model, graph, cut, target.classes, options["top_k"] or 1, per_image)
         render_options = pipeline.RenderOptions(
             out_dir=out_dir,
             method=name,

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -275,3 +276,41 @@ def report_after(make: bool, out_dir: Path) -> Iterator[None]:
         raise
     if make:
         build_report(out_dir)
+
+
+def check_class_options(options: dict) -> None:
+    if options["class_specs"] and options["top_k"]:
+        raise click.UsageError("--class and --top-k are exclusive: explain named classes or the top N")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a run explains: the model cut at its layer, and which classes of which images."""
+
+    graph: Any
+    cut: Any
+    truth: dict | None  # each source's true class (--truth)
+    classes: list[int]  # --class: the same classes for every image (empty: the top k)
+    per_image: bool  # --class truth: each image's own true class
+
+
+def target(options: dict, sources: list[inputs.Source], model: models.LoadedModel) -> Target:
+    """The layer and classes a run explains, checked before anything is compiled: usage errors otherwise."""
+    from explain_cli import explainer, split
+
+    known = truth(options, sources, model)
+    per_image = "truth" in options["class_specs"]
+    if per_image:
+        check_truth_classes(options, sources, known)
+    classes = list(dict.fromkeys(resolve_class(model, spec) for spec in options["class_specs"] if spec != "truth"))
+    if options["top_k"] and options["top_k"] > len(model.labels):
+        raise click.BadParameter(
+            f"{options['top_k']} is more than the model's {len(model.labels)} classes", param_hint="--top-k"
+        )
+    graph = explainer.graph_of(model)
+    default = explainer.default_layer(graph, model)
+    try:
+        cut = split.split(graph, options["layer"] or default)
+    except ExplainError as error:
+        raise click.BadParameter(f"{error}; default: {default}", param_hint="--layer") from None
+    return Target(graph, cut, known, classes, per_image)

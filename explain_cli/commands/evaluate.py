@@ -12,7 +12,6 @@ import numpy as np
 
 from explain_cli import evaluate as evaluation, output, render
 from explain_cli.commands import common
-from explain_cli.errors import ExplainError
 from explain_cli.methods import METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
 
@@ -67,10 +66,9 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
     Writes OUTPUT_DIR/evaluation.jsonl (a line per image, class and method) and evaluation.png (the mean
     deletion and insertion curves); prints each method's means, best first by insertion − deletion.
     """
-    from explain_cli import explainer, split
+    from explain_cli import explainer
 
-    if options["class_specs"] and options["top_k"]:
-        raise click.UsageError("--class and --top-k are exclusive: explain named classes or the top N")
+    common.check_class_options(options)
     sources = common.sources(options, skip_dir=output_dir)
     all_shown = {s.shown for s in sources}
     skipped = 0
@@ -83,18 +81,9 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
         sanity_file = output.Manifest(output_dir, evaluation.SANITY_RECORDS) if sanity else None
     try:
         model = common.load(options)
-        truth = common.truth(options, sources, model)
-        per_image = "truth" in options["class_specs"]
-        if per_image:
-            common.check_truth_classes(options, sources, truth)
-        classes = list(dict.fromkeys(common.resolve_class(model, c) for c in options["class_specs"] if c != "truth"))
+        target = common.target(options, sources, model)
+        truth, per_image, classes, graph, cut = target.truth, target.per_image, target.classes, target.graph, target.cut
         boxes = _boxes(boxes_file, sources, model)
-        graph = explainer.graph_of(model)
-        default = explainer.default_layer(graph, model)
-        try:
-            cut = split.split(graph, options["layer"] or default)
-        except ExplainError as error:
-            raise click.BadParameter(f"{error}; default: {default}", param_hint="--layer") from None
         settings = evaluation.Settings(methods, steps, blur_sigma, tolerance, seed, options["batch_size"])
         click.echo(f"{model.name}: evaluating {', '.join(methods)} at layer {cut.layer}, {steps} steps: "
                    f"{len(methods) * (2 * steps + 3)} forward passes per image and class", err=True)
