@@ -229,7 +229,7 @@ def explained_images(out_dir: Path, method: str, name: str = MANIFEST) -> set[st
     for record in read_manifest(out_dir, name):
         if record.get("method") != method or "image" not in record:
             continue
-        present = all((out_dir / name).is_file() for name in files_of([record]))
+        present = all((out_dir / file).is_file() for file in files_of([record]))
         complete[record["image"]] = complete.get(record["image"], True) and present
     return {image for image, ok in complete.items() if ok}
 
