@@ -151,7 +151,7 @@ def activations(layer_names: tuple[str, ...], max_layers: int, max_channels: int
     step = inside.compile_activations(model, graph, layers)
     finish = pipeline.activation_grids(output_dir, layers, max_channels, model.name)
     with output.writing_into(output_dir):
-        manifest = output.Manifest(output_dir)
+        manifest = output.Manifest(output_dir, output.record_file(output.MANIFEST, options["shard"]))
     try:
         common.report(common.run(sources, step, finish, model, options), console.Tally(len(sources)), options, manifest)
     finally:
@@ -277,7 +277,7 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
             click.echo(console.Tally(0, skipped=skipped).summary(None), err=True)
             return
     with output.writing_into(out_dir):  # before the model loads: an unwritable folder fails at once
-        manifest = output.Manifest(out_dir)
+        manifest = output.Manifest(out_dir, output.record_file(output.MANIFEST, options["shard"]))
     try:
         model = common.load(options)
         target = common.target(options, sources, model)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -39,6 +41,45 @@ class Source:
     path: Path
     shown: str  # as the user wrote it, or as found under the folder they gave
     stem: PurePosixPath  # output name without extension: "sub/img" for folder/sub/img.jpg
+
+    @property
+    def relative(self) -> str:
+        """The path relative to the folder it was found in (its name when given directly)."""
+        return self.stem.with_name(self.path.name).as_posix()
+
+
+@dataclass(frozen=True)
+class Shard:
+    """--shard I/N: the inputs whose relative path hashes to I of N."""
+
+    index: int
+    count: int
+
+    def takes(self, source: Source) -> bool:
+        return shard_of(source.relative, self.count) == self.index
+
+    def __str__(self) -> str:
+        return f"shard-{self.index}-of-{self.count}"
+
+
+def shard_of(name: str, count: int) -> int:
+    """A stable hash of a relative path, modulo `count`: SHA-1, the same on every machine and Python, and a
+    file's shard never depends on which other files exist."""
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def parse_shard(text: str) -> Shard:
+    """"I/N" with 0 <= I < N; ValueError saying what is wrong otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        raise ValueError(f"{text!r} is not I/N (for example 0/4)")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1:
+        raise ValueError(f"{text!r}: N must be at least 1")
+    if index >= count:
+        raise ValueError(f"{text!r}: I must be below N (shards are numbered 0 to {count - 1})")
+    return Shard(index, count)
 
 
 def discover(arguments: Iterable[str], stdin: TextIO, skip_dir: Path | None = None) -> list[Source]:

@@ -29,13 +29,21 @@ class Interrupted(BaseException):
 class _State:
     depth = 0  # how many held() blocks the main thread is in
     pending: int | None = None  # a signal that arrived while held
+    received: int | None = None  # the first signal of the run
 
 
 def _handle(signum: int, frame: Any) -> None:
+    _State.received = _State.received or signum
     if _State.depth:
         _State.pending = _State.pending or signum
         return
     raise Interrupted(signum)
+
+
+def received() -> int | None:
+    """The signal that stopped the run, if one did. Raised inside a library's C callback (TensorFlow converting
+    an array), Interrupted can reach the command as another exception; this says what it really was."""
+    return _State.received
 
 
 @contextlib.contextmanager
@@ -45,7 +53,7 @@ def installed() -> Iterator[None]:
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
-    _State.depth, _State.pending = 0, None
+    _State.depth, _State.pending, _State.received = 0, None, None
     for sig in SIGNALS:
         signal.signal(sig, _handle)
     try:

@@ -223,10 +223,29 @@ def read_manifest(out_dir: Path, name: str = MANIFEST) -> list[dict]:
     return records
 
 
+def record_file(name: str, shard: object | None) -> str:
+    """The record file a run appends to: `manifest.jsonl`, or `manifest.shard-I-of-N.jsonl` for a shard, so
+    that shards writing into one folder at once never share a file."""
+    if shard is None:
+        return name
+    stem, _, suffix = name.rpartition(".")
+    return f"{stem}.{shard}.{suffix}"
+
+
+def read_records(out_dir: Path, name: str = MANIFEST) -> list[dict]:
+    """The records of every file of a kind in the folder: `manifest*.jsonl` for `manifest.jsonl` (each shard's
+    and the unsharded one), in name order."""
+    stem, _, suffix = name.rpartition(".")
+    records: list[dict] = []
+    for path in sorted(out_dir.glob(f"{stem}*.{suffix}")):
+        records += read_manifest(out_dir, path.name)
+    return records
+
+
 def explained_images(out_dir: Path, method: str, name: str = MANIFEST) -> set[str]:
-    """The images the manifest (or another record file `name`) lists for `method` whose files all exist."""
+    """The images the manifests (or other record files like `name`) list for `method` whose files all exist."""
     complete: dict[str, bool] = {}
-    for record in read_manifest(out_dir, name):
+    for record in read_records(out_dir, name):
         if record.get("method") != method or "image" not in record:
             continue
         present = all((out_dir / file).is_file() for file in files_of([record]))

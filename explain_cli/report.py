@@ -51,28 +51,28 @@ class Card:
 
 
 def manifests(out_dir: Path) -> list[Path]:
-    """Every manifest*.jsonl in the folder (a sharded run writes one per shard), in name order."""
-    return sorted(p for p in out_dir.glob("manifest*.jsonl") if p.is_file())
+    """Every manifest*.jsonl and evaluation*.jsonl in the folder (a sharded run writes one per shard)."""
+    return sorted(p for pattern in ("manifest*.jsonl", "evaluation*.jsonl") for p in out_dir.glob(pattern)
+                  if p.is_file())
 
 
 def cards(out_dir: Path) -> list[Card]:
     """One card per image in the manifests (in the order first seen), with its explanations and evaluation."""
     by_image: dict[str, Card] = {}
-    for path in manifests(out_dir):
-        for record in output.read_manifest(out_dir, path.name):
-            image = record.get("image")
-            if not isinstance(image, str) or record.get("method") in ("activations", "classviz"):
-                continue
-            card = by_image.setdefault(image, Card(image))
-            _take_image_fields(card, record)
-            overlay = record.get("overlay")
-            if overlay and (out_dir / overlay).is_file():
-                card.explanations.append({
-                    "method": record.get("method"), "class_index": record.get("class_index"),
-                    "label": record.get("label"), "score": record.get("score"), "layer": record.get("layer"),
-                    "rank": record.get("rank"), "overlay": overlay, "thumb": None,
-                })
-    for record in output.read_manifest(out_dir, EVALUATION):
+    for record in output.read_records(out_dir):
+        image = record.get("image")
+        if not isinstance(image, str) or record.get("method") in ("activations", "classviz"):
+            continue
+        card = by_image.setdefault(image, Card(image))
+        _take_image_fields(card, record)
+        overlay = record.get("overlay")
+        if overlay and (out_dir / overlay).is_file():
+            card.explanations.append({
+                "method": record.get("method"), "class_index": record.get("class_index"),
+                "label": record.get("label"), "score": record.get("score"), "layer": record.get("layer"),
+                "rank": record.get("rank"), "overlay": overlay, "thumb": None,
+            })
+    for record in output.read_records(out_dir, EVALUATION):
         image = record.get("image")
         if isinstance(image, str):
             card = by_image.setdefault(image, Card(image))

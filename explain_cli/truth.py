@@ -22,11 +22,6 @@ class TruthError(ExplainError):
     """The truth given does not fit the model's labels or the inputs: a usage error."""
 
 
-def relative_name(source: Source) -> str:
-    """The source's path relative to the folder it was found in (its name when given directly)."""
-    return source.stem.with_name(source.path.name).as_posix()
-
-
 def read(spec: str, sources: Sequence[Source], labels: Labels) -> dict[Source, int]:
     """The true class of each source that has one (`spec`: "folders" or a CSV file's path)."""
     if spec == "folders":
@@ -76,7 +71,7 @@ def rows_by_source(path: Path, required: Sequence[str], sources: Sequence[Source
         by_name.setdefault(_normal(row["image"]), []).append((number, row))
     found = {}
     for source in sources:
-        rows = by_name.get(_normal(source.shown)) or by_name.get(_normal(relative_name(source)))
+        rows = by_name.get(_normal(source.shown)) or by_name.get(_normal(source.relative))
         if rows:
             found[source] = rows
     return found

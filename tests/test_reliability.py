@@ -320,3 +320,31 @@ def test_a_closed_pipe_stops_quietly(tiny_model, tmp_path):
     assert len(done.stdout.splitlines()) == 1
     assert done.returncode == 141, done.stderr  # SIGPIPE's conventional status, from explain itself
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_a_signal_that_a_library_turns_into_another_error_still_exits_as_interrupted(tiny_model, photo_tree,
+                                                                                     tmp_path, monkeypatch):
+    """TensorFlow converting an array calls back into Python; a signal raised there reaches us as a TypeError."""
+    from explain_cli import explainer, interrupts
+
+    compile_explain = explainer.compile_explain
+
+    def converting(*args, **kwargs):
+        step = compile_explain(*args, **kwargs)
+
+        def run_step(batch, classes=None):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives while "TensorFlow" holds the array
+                time.sleep(1)
+            except interrupts.Interrupted:
+                raise TypeError("Binding inputs to tf.function failed: __array__ returned a result with an "
+                                "exception set") from None
+            return step(batch, classes)
+
+        return run_step
+
+    monkeypatch.setattr(explainer, "compile_explain", converting)
+    result = run("gradcam", photo_tree, "--model", tiny_model, "-o", tmp_path / "out")
+    assert result.exit_code == 143, result.output
+    assert "interrupted (SIGTERM)" in result.stderr and "images done" in result.stderr
+    assert "Traceback" not in result.stderr

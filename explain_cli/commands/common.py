@@ -88,7 +88,19 @@ input_options = options(
                  type=click.IntRange(1), help="Refuse images with more pixels than this, before decoding."),
     click.option("-v", "--verbose", is_flag=True,
                  help="Say how each image was read (first frame of an animation, transparency, bit depth)."),
+    click.option("--shard", metavar="I/N", callback=lambda ctx, param, value: _shard(value),
+                 help="Take only shard I of N (0 <= I < N): the inputs whose path relative to the folder given "
+                 "hashes to I. Shards may write into one output folder at once (manifest.shard-I-of-N.jsonl)."),
 )
+
+
+def _shard(value: str | None) -> inputs.Shard | None:
+    if value is None:
+        return None
+    try:
+        return inputs.parse_shard(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--shard") from None
 
 
 truth_option = click.option(
@@ -178,10 +190,12 @@ def tally(sources: list, truth: dict | None, skipped: int = 0) -> console.Tally:
 
 
 def sources(options: dict, skip_dir: Path | None) -> list[inputs.Source]:
-    sources = inputs.discover(options["sources"], sys.stdin, skip_dir)
-    if not sources:
+    """The inputs, or this shard's share of them (--shard)."""
+    found = inputs.discover(options["sources"], sys.stdin, skip_dir)
+    if not found:
         raise click.UsageError("no images found in the inputs given")
-    return sources
+    shard = options.get("shard")
+    return found if shard is None else [source for source in found if shard.takes(source)]
 
 
 def load(options: dict) -> models.LoadedModel:
@@ -239,6 +253,12 @@ class Command(click.Command):
             signum = stop.signum if isinstance(stop, interrupts.Interrupted) else signal.SIGINT
             click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
             ctx.exit(128 + signum)
+        except Exception:
+            signum = interrupts.received()
+            if signum is None:
+                raise
+            click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
+            ctx.exit(128 + signum)
         except BrokenPipeError:
             # `explain predict dir | head`: the reader left; stop quietly, like any Unix filter.
             _silence_stdout()
@@ -257,7 +277,7 @@ def build_report(out_dir: Path, sheet: int = 0) -> None:
     """Build OUT_DIR/report.html (and sheet.png) and say where it is, on stderr."""
     from explain_cli import report
 
-    if not report.manifests(out_dir) and not (out_dir / report.EVALUATION).is_file():
+    if not report.manifests(out_dir):
         raise click.BadParameter(f"{out_dir}: no manifest*.jsonl or evaluation.jsonl to build a report from",
                                  param_hint="OUT_DIR")
     with output.writing_into(out_dir):

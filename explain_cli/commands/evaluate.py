@@ -77,8 +77,9 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
         todo = [s for s in sources if s.shown not in done]
         skipped, sources = len(sources) - len(todo), todo
     with output.writing_into(output_dir):
-        records_file = output.Manifest(output_dir, evaluation.RECORDS)
-        sanity_file = output.Manifest(output_dir, evaluation.SANITY_RECORDS) if sanity else None
+        records_file = output.Manifest(output_dir, output.record_file(evaluation.RECORDS, options["shard"]))
+        sanity_file = output.Manifest(output_dir, output.record_file(evaluation.SANITY_RECORDS, options["shard"])) \
+            if sanity else None
     try:
         model = common.load(options)
         target = common.target(options, sources, model)
@@ -138,7 +139,7 @@ def _sanity(model: Any, layer: str, methods: list[str], stages: int, seed: int, 
 
 def _summarise_sanity(out_dir: Path, methods: tuple[str, ...], shown: set[str]) -> None:
     """The mean Spearman correlation with the trained model's maps, per method and stage, on stderr."""
-    records = [r for r in output.read_manifest(out_dir, evaluation.SANITY_RECORDS) if r.get("image") in shown]
+    records = [r for r in output.read_records(out_dir, evaluation.SANITY_RECORDS) if r.get("image") in shown]
     stages = sorted({(r["stage"], r["layers_randomised"]) for r in records})
     if not stages:
         return
@@ -174,7 +175,7 @@ def _boxes(path: Path | None, sources: list, model: Any) -> dict | None:
 def _summarise(out_dir: Path, methods: tuple[str, ...], shown: set[str], options: dict) -> None:
     """Every record of these images and methods (this run's and, with --skip-existing, earlier ones): the
     per-method means on stdout, and the mean curves as evaluation.png."""
-    records = [r for r in output.read_manifest(out_dir, evaluation.RECORDS) if r.get("image") in shown]
+    records = [r for r in output.read_records(out_dir, evaluation.RECORDS) if r.get("image") in shown]
     summaries = [s for s in evaluation.summarise(records, methods) if s.images]
     if not summaries:
         return
