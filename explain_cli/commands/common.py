@@ -253,16 +253,16 @@ class Command(click.Command):
             signum = stop.signum if isinstance(stop, interrupts.Interrupted) else signal.SIGINT
             click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
             ctx.exit(128 + signum)
-        except Exception:
+        except BrokenPipeError:
+            # `explain predict dir | head`: the reader left; stop quietly, like any Unix filter.
+            _silence_stdout()
+            ctx.exit(141)
+        except Exception:  # after a signal, whatever a library made of it (see interrupts.received)
             signum = interrupts.received()
             if signum is None:
                 raise
             click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
             ctx.exit(128 + signum)
-        except BrokenPipeError:
-            # `explain predict dir | head`: the reader left; stop quietly, like any Unix filter.
-            _silence_stdout()
-            ctx.exit(141)
 
 
 def _silence_stdout() -> None:
