@@ -15,7 +15,7 @@ def load_tensorflow() -> tuple[ModuleType, ModuleType]:
     os.environ["KERAS_BACKEND"] = "tensorflow"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _limit_malloc_arenas()
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         import tensorflow as tf
         import keras
     import absl.logging
@@ -47,7 +47,7 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
+def native_stderr_silenced() -> Iterator[None]:
     """Send file descriptor 2 to /dev/null for a while.
 
     TensorFlow's C++ start-up lines (oneDNN, CUDA stubs) are written before absl logging is set up,

@@ -148,12 +148,16 @@ def activations(layer_names: tuple[str, ...], max_layers: int, max_channels: int
         if available > len(layers):
             click.echo(f"{model.name}: {available} convolution and pooling layers; drawing {len(layers)} "
                        "spread evenly (--layer to choose, --max-layers for more)", err=True)
-    step = inside.compile_activations(model, graph, layers)
-    finish = pipeline.activation_grids(output_dir, layers, max_channels, model.name)
+    name = model.name
+
+    def make(loaded: models.LoadedModel) -> tuple[Any, Any]:  # plain values only: see _explain
+        step = inside.compile_activations(loaded, explainer.graph_of(loaded), layers)
+        return common.compute_of(step), pipeline.activation_grids(output_dir, layers, max_channels, name)
+
     with output.writing_into(output_dir):
         manifest = output.Manifest(output_dir, output.record_file(output.MANIFEST, options["shard"]))
     try:
-        common.report(common.run(sources, step, finish, model, options), console.Tally(len(sources)), options, manifest)
+        common.report(common.start(sources, make, model, options), console.Tally(len(sources)), options, manifest)
     finally:
         manifest.close()
 
@@ -238,9 +242,13 @@ def predict(**options: Any) -> None:
     sources = common.sources(options, skip_dir=None)
     model = common.load(options)
     truth = common.truth(options, sources, model)
-    step = explainer.compile_predict(model, explainer.graph_of(model))
-    finish = pipeline.predictions_only(model.labels.names, options["top"], truth)
-    common.report(common.run(sources, step, finish, model, options), common.tally(sources, truth), options)
+    top = options["top"]
+
+    def make(loaded: models.LoadedModel) -> tuple[Any, Any]:
+        step = explainer.compile_predict(loaded, explainer.graph_of(loaded))
+        return common.compute_of(step), pipeline.predictions_only(loaded.labels.names, top, truth)
+
+    common.report(common.start(sources, make, model, options), common.tally(sources, truth), options)
 
 
 @cli.command()
@@ -281,11 +289,10 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
     try:
         model = common.load(options)
         target = common.target(options, sources, model)
-        truth, per_image, graph, cut = target.truth, target.per_image, target.graph, target.cut
+        truth, per_image, cut = target.truth, target.per_image, target.cut
         layer = cut.layer
         chosen = "" if options["layer"] else " (default)"
         click.echo(f"{model.name}: {name} at layer {layer}{chosen}", err=True)
-        step = build(model, graph, cut, target.classes, options["top_k"] or 1, per_image)
         render_options = pipeline.RenderOptions(
             out_dir=out_dir,
             method=name,
@@ -298,8 +305,18 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
             figure=options["figure"],
             grey_map=grey_map,
         )
-        finish = pipeline.explanations(model.labels.names, options["top"], render_options, truth)
-        run = common.run(sources, step, finish, model, options, truth if per_image else None)
+        classes, top_k, top = target.classes, options["top_k"] or 1, options["top"]
+
+        def make(loaded: models.LoadedModel) -> tuple[Any, Any]:
+            # Also called on each Ray worker with its own copy of the model: it captures plain values only.
+            from explain_cli import explainer, split
+
+            flat = explainer.graph_of(loaded)
+            step = build(loaded, flat, split.split(flat, layer), classes, top_k, per_image)
+            finish = pipeline.explanations(loaded.labels.names, top, render_options, truth)
+            return common.compute_of(step, truth if per_image else None), finish
+
+        run = common.start(sources, make, model, options)
         with common.report_after(options["make_report"], out_dir):
             common.report(run, common.tally(sources, truth, skipped), options, manifest)
     finally:

@@ -88,6 +88,13 @@ input_options = options(
                  type=click.IntRange(1), help="Refuse images with more pixels than this, before decoding."),
     click.option("-v", "--verbose", is_flag=True,
                  help="Say how each image was read (first frame of an animation, transparency, bit depth)."),
+    click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                 help="Where batches run: here, or on a Ray cluster (pip install 'explain-cli[ray]'; OUTPUT_DIR must "
+                 "be on a file system every node sees)."),
+    click.option("--ray-address", metavar="ADDRESS", envvar="RAY_ADDRESS",
+                 help="--engine ray: the cluster (default: $RAY_ADDRESS, else a local Ray started for the run)."),
+    click.option("--workers", type=click.IntRange(1),
+                 help="--engine ray: model workers (default: one per node of the cluster)."),
     click.option("--shard", metavar="I/N", callback=lambda ctx, param, value: _shard(value),
                  help="Take only shard I of N (0 <= I < N): the inputs whose path relative to the folder given "
                  "hashes to I. Shards may write into one output folder at once (manifest.shard-I-of-N.jsonl)."),
@@ -142,16 +149,35 @@ render_options = options(
 )
 
 
-def run(sources: list, step: Callable, finish: Callable, model: models.LoadedModel, options: dict,
-         classes_of: dict | None = None) -> pipeline.Run:
-    """A Run of `step` over the sources; with `classes_of`, each image's own class goes to the step too."""
+def compute_of(step: Callable, classes_of: dict | None = None) -> pipeline.Compute:
+    """A pipeline compute step from a compiled step; with `classes_of`, each image's own class goes to it too."""
 
     def compute(images: Any, batch: list[inputs.Source]) -> Any:
         if classes_of is None:
             return step(images)
         return step(images, np.array([classes_of[source] for source in batch], np.int32))
 
+    return compute
+
+
+def start(sources: list, make: Callable[[models.LoadedModel], tuple[pipeline.Compute, pipeline.Finish]],
+          model: models.LoadedModel, options: dict) -> Any:
+    """Run the batch on the chosen engine: here (pipeline.Run) with `make(model)`'s compute and finish steps, or
+    on Ray (--engine ray), where each worker loads the model and calls `make` itself."""
+    if options.get("engine") == "ray":
+        from explain_cli import ray_engine
+
+        return ray_engine.RayRun(sources, functools.partial(load, options), make, batch_size=options["batch_size"],
+                                 max_pixels=options["max_pixels"], workers=options["workers"],
+                                 address=options["ray_address"])
+    compute, finish = make(model)
     return run_compute(sources, compute, finish, model, options)
+
+
+def local_only(options: dict, command: str) -> None:
+    if options.get("engine") == "ray":
+        raise click.BadParameter(f"explain {command} runs here only; --engine ray runs predict, gradcam, cam, "
+                                 "saliency and activations", param_hint="--engine")
 
 
 def run_compute(sources: list, compute: pipeline.Compute, finish: Callable, model: models.LoadedModel,

@@ -69,6 +69,7 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
     from explain_cli import explainer
 
     common.check_class_options(options)
+    common.local_only(options, "evaluate")
     sources = common.sources(options, skip_dir=output_dir)
     all_shown = {s.shown for s in sources}
     skipped = 0

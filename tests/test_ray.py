@@ -1,0 +1,123 @@
+"""--engine ray: the same outputs as a run here, exactly once even when a worker dies, the same errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from explain_cli import output
+from explain_cli.cli import cli
+
+try:
+    import ray  # noqa: F401
+except ImportError:
+    if os.environ.get("CI"):
+        raise  # CI installs the extra: its tests must run there
+    pytest.skip("the Ray extra is not installed: pip install -e '.[test,ray]'", allow_module_level=True)
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ray") / "photos"
+    rng = np.random.default_rng(8)
+    for i in range(24):
+        (root / f"part{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (50 + i, 60, 3), dtype=np.uint8)).save(root / f"part{i % 2}/{i:02d}.png")
+    (root / "part0" / "broken.png").write_text("not an image")
+    return root
+
+
+def explain(folder: Path, out: Path, model: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "explain_cli", "gradcam", str(folder), "--model", str(model), "-o", str(out),
+            "--top-k", "2", "--save-heatmap", "--batch-size", "3", *extra]
+
+
+def state(out: Path) -> tuple[list, dict]:
+    records = output.read_manifest(out)
+    maps = {r["heatmap"]: np.load(out / r["heatmap"]) for r in records}
+    return records, maps
+
+
+@pytest.fixture(scope="module")
+def here(folder, tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("here") / "out"
+    done = subprocess.run(explain(folder, out, tiny_model), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1  # the broken file
+    return out, done
+
+
+def test_ray_gives_the_same_outputs_errors_and_exit_code(folder, tiny_model, here, tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run(explain(folder, out, tiny_model, "--engine", "ray"), capture_output=True, text=True,
+                          timeout=600)
+    local_out, local = here
+    assert done.returncode == local.returncode == 1
+    assert done.stdout == local.stdout  # the same rows, in input order
+    errors = lambda text: [line for line in text.splitlines() if line.startswith(("error", "warning"))]  # noqa: E731
+    assert errors(done.stderr) == errors(local.stderr) and errors(done.stderr)
+    assert done.stderr.splitlines()[-1] == local.stderr.splitlines()[-1].replace(str(local_out), str(out))
+    records, maps = state(out)
+    expected_records, expected_maps = state(local_out)
+    assert records == expected_records
+    for name, heatmap in maps.items():
+        np.testing.assert_allclose(heatmap, expected_maps[name], atol=1e-5)
+
+
+def test_a_killed_worker_is_replaced_and_every_image_listed_once(folder, tiny_model, here, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen(explain(folder, out, tiny_model, "--engine", "ray", "--batch-size", "2"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    killed = None
+    while killed is None and process.poll() is None and time.monotonic() < deadline:
+        lines = (out / output.MANIFEST).read_text().count("\n") if (out / output.MANIFEST).exists() else 0
+        workers = subprocess.run(["pgrep", "-f", "MapWorker"], capture_output=True, text=True).stdout.split()
+        if lines >= 2 and workers:
+            subprocess.run(["kill", "-9", workers[0]])
+            killed = workers[0]
+        time.sleep(0.05)
+    _, stderr = process.communicate(timeout=600)
+    assert killed, "the run ended before a worker could be killed"
+    assert process.returncode == 1, stderr  # the broken file, as before: nothing else failed
+    records, _ = state(out)
+    assert records == state(here[0])[0]  # every image exactly once, in order
+
+
+def test_evaluate_runs_here_only(folder):
+    result = run("evaluate", folder, "--engine", "ray")
+    assert result.exit_code == 2 and "explain evaluate runs here only" in result.stderr
+
+
+def test_without_ray_the_engine_is_a_one_line_error(folder, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    result = run("gradcam", folder, "--model", tiny_model, "-o", tmp_path / "out", "--engine", "ray")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == "error: --engine ray needs Ray: pip install 'explain-cli[ray]'"
+
+
+def test_interrupting_the_driver_stops_the_cluster_work(folder, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen(explain(folder, out, tiny_model, "--engine", "ray", "--batch-size", "1"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / output.MANIFEST).exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(2)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted (SIGINT)" in stderr, stderr
+    time.sleep(2)
+    assert subprocess.run(["pgrep", "-f", "MapWorker"], capture_output=True).stdout == b""  # no worker left
+    records = output.read_manifest(out)
+    assert len({r["image"] for r in records}) == len(records) // 2  # whole images only, none twice
