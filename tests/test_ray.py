@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,11 +17,9 @@ from PIL import Image
 from explain_cli import output
 from explain_cli.cli import cli
 
-try:
-    import ray  # noqa: F401
-except ImportError:
+if importlib.util.find_spec("ray") is None:
     if os.environ.get("CI"):
-        raise  # CI installs the extra: its tests must run there
+        raise ImportError("CI installs the Ray extra: its tests must run there")
     pytest.skip("the Ray extra is not installed: pip install -e '.[test,ray]'", allow_module_level=True)
 
 
