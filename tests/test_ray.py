@@ -94,9 +94,24 @@ def test_a_killed_worker_is_replaced_and_every_image_listed_once(folder, tiny_mo
     assert records == state(here[0])[0]  # every image exactly once, in order
 
 
-def test_evaluate_runs_here_only(folder):
-    result = run("evaluate", folder, "--engine", "ray")
-    assert result.exit_code == 2 and "explain evaluate runs here only" in result.stderr
+def test_evaluate_on_ray_equals_evaluate_here(folder, tiny_model, tmp_path):
+    outputs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        command = [sys.executable, "-m", "explain_cli", "evaluate", str(folder / "part1"), "--model", str(tiny_model),
+                   "--methods", "gradcam,random", "--steps", "4", "--sanity", "--sanity-stages", "2", "-o", str(out),
+                   "--engine", engine]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        outputs[engine] = (done.stdout, output.read_manifest(out, "evaluation.jsonl"),
+                           output.read_manifest(out, "sanity.jsonl"), sorted(p.name for p in out.glob("*.png")))
+    here, ray = outputs["local"], outputs["ray"]
+    assert ray[0] == here[0] and ray[3] == here[3]  # the same summary on stdout, the same figures
+    for ours, theirs in ((ray[1], here[1]), (ray[2], here[2])):
+        assert [{k: v for k, v in r.items() if not isinstance(v, float)} for r in ours] == [
+            {k: v for k, v in r.items() if not isinstance(v, float)} for r in theirs]
+        for a, b in zip(ours, theirs):
+            assert all(a[k] == pytest.approx(b[k], abs=1e-5) for k, v in b.items() if isinstance(v, float))
 
 
 def test_without_ray_the_engine_is_a_one_line_error(folder, tiny_model, tmp_path, monkeypatch):

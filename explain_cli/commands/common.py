@@ -174,12 +174,6 @@ def start(sources: list, make: Callable[[models.LoadedModel], tuple[pipeline.Com
     return run_compute(sources, compute, finish, model, options)
 
 
-def local_only(options: dict, command: str) -> None:
-    if options.get("engine") == "ray":
-        raise click.BadParameter(f"explain {command} runs here only; --engine ray runs predict, gradcam, cam, "
-                                 "saliency and activations", param_hint="--engine")
-
-
 def run_compute(sources: list, compute: pipeline.Compute, finish: Callable, model: models.LoadedModel,
                 options: dict) -> pipeline.Run:
     """A Run whose compute step takes (images, their sources)."""

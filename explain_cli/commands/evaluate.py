@@ -66,10 +66,7 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
     Writes OUTPUT_DIR/evaluation.jsonl (a line per image, class and method) and evaluation.png (the mean
     deletion and insertion curves); prints each method's means, best first by insertion − deletion.
     """
-    from explain_cli import explainer
-
     common.check_class_options(options)
-    common.local_only(options, "evaluate")
     sources = common.sources(options, skip_dir=output_dir)
     all_shown = {s.shown for s in sources}
     skipped = 0
@@ -84,15 +81,13 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
     try:
         model = common.load(options)
         target = common.target(options, sources, model)
-        truth, per_image, classes, graph, cut = target.truth, target.per_image, target.classes, target.graph, target.cut
+        truth, per_image, classes, cut = target.truth, target.per_image, target.classes, target.cut
         boxes = _boxes(boxes_file, sources, model)
         settings = evaluation.Settings(methods, steps, blur_sigma, tolerance, seed, options["batch_size"])
         click.echo(f"{model.name}: evaluating {', '.join(methods)} at layer {cut.layer}, {steps} steps: "
                    f"{len(methods) * (2 * steps + 3)} forward passes per image and class", err=True)
         real = [m for m in methods if m != evaluation.RANDOM]
-        explainers = {m: _explainer(model, graph, cut, m, max_masks) for m in real}
-        checks = _sanity(model, cut.layer, real, sanity_stages, seed, max_masks, sources[:sanity_figures],
-                         output_dir) if sanity else None
+        layer, figures = cut.layer, sources[:sanity_figures]
         k = 1 if per_image else len(classes) or options["top_k"] or 1
 
         def choose(probabilities: np.ndarray, batch: list) -> np.ndarray:
@@ -102,11 +97,21 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
                 return np.broadcast_to(np.array(classes), (len(probabilities), len(classes)))
             return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
 
-        compute = evaluation.evaluation_step(explainer.compile_predict(model, graph),
-                                             explainer.compile_predict(model, graph, "float32"), explainers, choose,
-                                             settings, checks)
-        finish = evaluation.finish_step(model.labels.names, model.name, cut.layer, settings, truth, boxes, checks)
-        run = common.run_compute(sources, compute, finish, model, options)
+        def make(loaded: Any) -> tuple[Any, Any]:  # on each Ray worker too: it captures plain values only
+            from explain_cli import explainer, split
+
+            graph = explainer.graph_of(loaded)
+            at = split.split(graph, layer)
+            explainers = {m: _explainer(loaded, graph, at, m, max_masks) for m in real}
+            checks = _sanity(loaded, layer, real, sanity_stages, seed, max_masks, figures, output_dir) \
+                if sanity else None
+            compute = evaluation.evaluation_step(explainer.compile_predict(loaded, graph),
+                                                 explainer.compile_predict(loaded, graph, "float32"), explainers,
+                                                 choose, settings, checks)
+            return compute, evaluation.finish_step(loaded.labels.names, loaded.name, layer, settings, truth, boxes,
+                                                   checks)
+
+        run = common.start(sources, make, model, options)
         status = 0
         try:
             tally = dataclasses.replace(common.tally(sources, truth, skipped), records="evaluations")
