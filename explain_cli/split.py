@@ -168,16 +168,21 @@ class Split:
 _PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
 
 
-def split(graph: Graph, layer: str) -> Split:
-    """Cut `graph` after the layer named `layer` (see the module docstring)."""
+def split(graph: Graph, layer: str, fold: bool = True) -> Split:
+    """Cut `graph` after the layer named `layer` (see the module docstring); with `fold`, every BatchNorm that
+    can be is folded into the layer before it (fold.py), except where that would change A itself."""
     cut = graph.find(layer)
     if len(cut.outputs) != 1 or len(cut.output_shapes[0]) != 4:
         shapes = ", ".join(str(s) for s in cut.output_shapes)
         raise ExplainError(
             f"layer {cut.name!r} has output shape {shapes}: Grad-CAM needs a 4-D feature map (see `explain layers`)"
         )
-    logit_number, activation, steps = _pre_activation(graph)
     a = cut.outputs[0]
+    if fold:
+        from explain_cli.fold import fold_batchnorm
+
+        graph = fold_batchnorm(graph, keep={a})
+    logit_number, activation, steps = _pre_activation(graph)
 
     downstream = {a}
     head: list[Step] = []
@@ -248,8 +253,13 @@ def outputs_of(graph: Graph, names: Sequence[str]) -> Callable[[Tensor], list[Te
     return run
 
 
-def logits(graph: Graph) -> tuple[Callable[[Tensor], Tensor], str]:
-    """The whole model up to its logits, and how they become probabilities (uncut, for predictions)."""
+def logits(graph: Graph, fold: bool = True) -> tuple[Callable[[Tensor], Tensor], str]:
+    """The whole model up to its logits, and how they become probabilities (uncut, for predictions); BatchNorm
+    folded with `fold`."""
+    if fold:
+        from explain_cli.fold import fold_batchnorm
+
+        graph = fold_batchnorm(graph)
     logit_number, activation, steps = _pre_activation(graph)
     steps = _needed(steps, {logit_number})
 
