@@ -191,7 +191,7 @@ def classviz(class_spec: str, steps: int, lr: float, l2: float, jitter: int, blu
     """
     from explain_cli import explainer, inside
 
-    model = common.load(options)
+    model = common.load(options, ["classviz"])
     class_index = common.resolve_class(model, class_spec)
     label = model.labels.name(class_index)
     graph = explainer.graph_of(model)
@@ -287,7 +287,7 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
     with output.writing_into(out_dir):  # before the model loads: an unwritable folder fails at once
         manifest = output.Manifest(out_dir, output.record_file(output.MANIFEST, options["shard"]))
     try:
-        model = common.load(options)
+        model = common.load(options, [name.removesuffix("-counterfactual")])
         target = common.target(options, sources, model)
         truth, per_image, cut = target.truth, target.per_image, target.cut
         layer = cut.layer

@@ -7,6 +7,7 @@ image the head runs on the activations tiled k times, so one backward pass yield
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -29,7 +30,8 @@ class BatchResult:
 
 
 def graph_of(model: LoadedModel) -> split_module.Graph:
-    return split_module.flatten(model.keras_model)
+    """The model's graph as explain replays it: in bfloat16 when the model's precision says so."""
+    return dataclasses.replace(split_module.flatten(model.keras_model), precision=model.precision)
 
 
 def default_layer(graph: split_module.Graph, model: LoadedModel) -> str:
@@ -51,6 +53,7 @@ def _input_spec(model: LoadedModel) -> Any:
 def _probabilities(logits: Any, activation: str) -> Any:
     import tensorflow as tf
 
+    logits = tf.cast(logits, tf.float32)
     if activation == "softmax":
         return tf.nn.softmax(logits, axis=-1)
     if activation == "sigmoid":
@@ -110,18 +113,19 @@ def compile_explain(
 
     def logits_of(x: Any) -> Any:
         activations, skips = cut.features(x)
-        return cut.head(activations, skips)
+        return cut.head(tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips))
 
     @tf.function(input_signature=_signature(model, per_image), reduce_retracing=True)
     def step(images: Any, *given: Any) -> tuple[Any, Any, Any, Any]:
         x = model.preprocess(tf.cast(images, tf.float32))
         activations, skips = cut.features(x)
+        activations, skips = tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips)
         b = tf.shape(activations)[0]
         tiled = _tile(activations, k)
         tiled_skips = tuple(_tile(s, k) for s in skips)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(tiled)
-            logits = cut.head(tiled, tiled_skips)  # (k*b, classes), copy j of image i at row j*b + i
+            logits = tf.cast(cut.head(tiled, tiled_skips), tf.float32)  # (k*b, classes): copy j of image i at j*b + i
             probabilities = _probabilities(logits[:b], cut.activation)
             chosen, row_class = _choose(probabilities, fixed, k, *given)
             source = logits if score == "logit" else _probabilities(logits, cut.activation)
@@ -133,7 +137,8 @@ def compile_explain(
         inputs = MethodInputs(
             activations=tiled,
             gradients=gradients,
-            class_weights=tf.gather(tf.transpose(class_kernel), row_class) if class_kernel is not None else None,
+            class_weights=tf.cast(tf.gather(tf.transpose(class_kernel), row_class), tf.float32)
+            if class_kernel is not None else None,
             images=_tile(x, k) if spec.forward else None,
             classes=row_class,
             logits=logits_of,
@@ -187,7 +192,7 @@ def compile_saliency(
     def step(images: Any, *given: Any) -> tuple[Any, Any, Any, Any]:
         pixels = tf.cast(images, tf.float32)
         b = tf.shape(pixels)[0]
-        logits = forward(model.preprocess(pixels))
+        logits = tf.cast(forward(model.preprocess(pixels)), tf.float32)
         probabilities = _probabilities(logits, activation)
         chosen, row_class = _choose(probabilities, fixed, k, *given)
         rows = _tile(pixels, k)
@@ -196,16 +201,17 @@ def compile_saliency(
             def gradient(x: Any) -> Any:
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)
-                    score = tf.gather(network(model.preprocess(x)), row_class, batch_dims=1)
-                return tape.gradient(score, x)
+                    score = tf.gather(tf.cast(network(model.preprocess(x)), tf.float32), row_class, batch_dims=1)
+                return tf.cast(tape.gradient(score, x), tf.float32)
 
             return gradient
 
         def gradcam_at_input_size() -> Any:
             activations, skips = cut.features(model.preprocess(rows))
+            activations, skips = tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(activations)
-                score = tf.gather(cut.head(activations, skips), row_class, batch_dims=1)
+                score = tf.gather(tf.cast(cut.head(activations, skips), tf.float32), row_class, batch_dims=1)
             maps = gradcam(MethodInputs(activations, tape.gradient(score, activations)))
             up = tf.image.resize(maps[..., None], tf.shape(rows)[1:3], method="bilinear")[..., 0]
             peak = tf.reduce_max(up, axis=(1, 2), keepdims=True)

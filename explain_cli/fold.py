@@ -63,8 +63,7 @@ def _folded(layer: Any, batchnorm: Any, input_shape: tuple) -> Any:
         kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
     else:  # the last axis is the output channel
         kernel = kernel * scale
-    config = {**layer.get_config(), "use_bias": True, "name": f"{layer.name}_folded"}
-    config.pop("dtype", None)
+    config = {**layer.get_config(), "use_bias": True, "name": f"{layer.name}_folded"}  # its dtype policy too
     copy = type(layer).from_config(config)
     copy.build(input_shape)
     weights = [kernel.astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)]

@@ -32,7 +32,7 @@ def compile_activations(model: LoadedModel, graph: split_module.Graph, layers: S
     def step(images: Any) -> list[Any]:
         return outputs(model.preprocess(tf.cast(images, tf.float32)))
 
-    return lambda batch: [t.numpy() for t in step(batch)]
+    return lambda batch: [t.numpy().astype(np.float32) for t in step(batch)]
 
 
 @dataclass(frozen=True)

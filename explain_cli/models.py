@@ -65,6 +65,7 @@ class LoadedModel:
     preprocess: Callable[[Any], Any]  # float32 batch in [0, 255] -> the model's input
     default_layer: str | None
     labels: Labels
+    precision: str = "fp32"  # "bf16": the graph explain replays computes in bfloat16 (precision.py)
 
 
 def check_spec(spec: str) -> str | None:
@@ -83,6 +84,7 @@ def load(
     preprocess: str | None = None,
     imports: Sequence[str] = (),
     unsafe: bool = False,
+    precision: str = "fp32",
 ) -> LoadedModel:
     """Build a built-in model (ImageNet weights or a local weights file) or load a user's model file.
 
@@ -117,6 +119,7 @@ def load(
         preprocess=prep,
         default_layer=default,
         labels=labels_module.for_model(num_classes, labels_file),
+        precision=precision,
     )
 
 

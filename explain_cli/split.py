@@ -55,6 +55,7 @@ class Graph:
     steps: tuple[Step, ...]
     input: int
     output: int
+    precision: str = "fp32"  # "bf16": run in bfloat16 (precision.py): a cut's feature part, or a whole forward pass
 
     def layers_4d(self) -> list[Step]:
         """The steps whose output is a 4-D feature map (batch, height, width, channels)."""
@@ -196,6 +197,10 @@ def split(graph: Graph, layer: str, fold: bool = True) -> Split:
     made_by_head = {n for s in head for n in s.outputs}
     skips = tuple(sorted({n for s in head for _, n in s.inputs if n not in made_by_head and n != a}))
     features = _needed([s for s in steps if s not in head], {a, *skips})
+    if graph.precision == "bf16":
+        from explain_cli.precision import bfloat16
+
+        features = bfloat16(features)  # the head stays float32: see precision.py
 
     def run_features(x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         values = graph.run(features, {graph.input: x})
@@ -245,6 +250,10 @@ def outputs_of(graph: Graph, names: Sequence[str]) -> Callable[[Tensor], list[Te
     """input -> the outputs of the named layers, all from one pass over the steps they need."""
     numbers = [graph.find(name).outputs[0] for name in names]
     steps = _needed(graph.steps, set(numbers))
+    if graph.precision == "bf16":
+        from explain_cli.precision import bfloat16
+
+        steps = bfloat16(steps)
 
     def run(x: Tensor) -> list[Tensor]:
         values = graph.run(steps, {graph.input: x})
@@ -262,6 +271,10 @@ def logits(graph: Graph, fold: bool = True) -> tuple[Callable[[Tensor], Tensor],
         graph = fold_batchnorm(graph)
     logit_number, activation, steps = _pre_activation(graph)
     steps = _needed(steps, {logit_number})
+    if graph.precision == "bf16":
+        from explain_cli.precision import bfloat16
+
+        steps = bfloat16(steps)
 
     def run_logits(x: Tensor) -> Tensor:
         return graph.run(steps, {graph.input: x})[logit_number]

@@ -11,7 +11,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 import numpy as np
@@ -73,6 +73,15 @@ model_options = options(
         is_flag=True,
         help="Let the model file run the Python code it stores (Lambda layers). Only for files you trust: "
         "such code can do anything your account can.",
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(["auto", "fp32", "bf16"]),
+        default="auto",
+        show_default=True,
+        help="Compute the model in bfloat16 or float32; auto: bf16 where the CPU has AMX or AVX512-BF16, except "
+        "for the methods that do not hold up in it (saliency, classviz, hirescam, layercam). Maps and scores are "
+        "summed in float32.",
     ),
 )
 # INPUTS, --batch-size, --top, --json, --max-pixels, --verbose: what is read and what is printed.
@@ -167,7 +176,8 @@ def start(sources: list, make: Callable[[models.LoadedModel], tuple[pipeline.Com
     if options.get("engine") == "ray":
         from explain_cli import ray_engine
 
-        return ray_engine.RayRun(sources, functools.partial(load, options), make, batch_size=options["batch_size"],
+        load_here = functools.partial(_load, options, model.precision)  # the driver's choice, on every worker
+        return ray_engine.RayRun(sources, load_here, make, batch_size=options["batch_size"],
                                  max_pixels=options["max_pixels"], workers=options["workers"],
                                  address=options["ray_address"])
     compute, finish = make(model)
@@ -218,7 +228,17 @@ def sources(options: dict, skip_dir: Path | None) -> list[inputs.Source]:
     return found if shard is None else [source for source in found if shard.takes(source)]
 
 
-def load(options: dict) -> models.LoadedModel:
+def load(options: dict, methods: Sequence[str] = ()) -> models.LoadedModel:
+    """The model the options name, at the precision they ask for, for these methods (said with --verbose)."""
+    from explain_cli import precision
+
+    chosen, why = precision.resolve(options.get("precision", "fp32"), methods)
+    if options.get("verbose"):
+        click.echo(f"note: precision {chosen} ({why})", err=True)
+    return _load(options, chosen)
+
+
+def _load(options: dict, chosen: str) -> models.LoadedModel:
     problem = models.check_spec(options["model_spec"])
     if problem:
         raise click.BadParameter(problem, param_hint="--model")
@@ -226,7 +246,7 @@ def load(options: dict) -> models.LoadedModel:
         if spec.endswith(".py") and not Path(spec).is_file():
             raise click.BadParameter(f"{spec}: no such file", param_hint="--import")
     return models.load(options["model_spec"], options["weights"], options["labels_file"], options["preprocess"],
-                       imports=options["imports"], unsafe=options["unsafe"])
+                       imports=options["imports"], unsafe=options["unsafe"], precision=chosen)
 
 
 def resolve_class(model: models.LoadedModel, spec: str) -> int:

@@ -79,7 +79,7 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
         sanity_file = output.Manifest(output_dir, output.record_file(evaluation.SANITY_RECORDS, options["shard"])) \
             if sanity else None
     try:
-        model = common.load(options)
+        model = common.load(options, methods)
         target = common.target(options, sources, model)
         truth, per_image, classes, cut = target.truth, target.per_image, target.classes, target.cut
         boxes = _boxes(boxes_file, sources, model)
