@@ -65,8 +65,8 @@ def bfloat16(steps: Sequence[Any]) -> list[Any]:
     policy = keras.DTypePolicy("mixed_bfloat16")
     converted = []
     for step in steps:
-        if not all(len(shape) == 4 for shape in step.output_shapes):
-            converted.append(step)
+        if not all(len(shape) == 4 for shape in step.output_shapes) or not isinstance(step.layer, keras.Layer):
+            converted.append(step)  # the classifier, and guided backprop's plain functions, stay as they are
             continue
         layer = copy.copy(step.layer)
         layer._dtype_policy = policy  # noqa: SLF001 (Keras has no public setter; the copy alone changes)
