@@ -137,8 +137,7 @@ def compile_explain(
         inputs = MethodInputs(
             activations=tiled,
             gradients=gradients,
-            class_weights=tf.cast(tf.gather(tf.transpose(class_kernel), row_class), tf.float32)
-            if class_kernel is not None else None,
+            class_weights=tf.gather(tf.transpose(class_kernel), row_class) if class_kernel is not None else None,
             images=_tile(x, k) if spec.forward else None,
             classes=row_class,
             logits=logits_of,
