@@ -158,7 +158,7 @@ def finish_step(names: Sequence[str], model: str, layer: str, settings: Settings
                 records.append({
                     "image": source.shown, "model": model, "method": method,
                     "layer": None if method == RANDOM else layer, "class_index": class_index,
-                    "label": names[class_index] if class_index < len(names) else str(class_index),
+                    "label": output.label_of(names, class_index),
                     "truth": truth.get(source) if truth is not None else None,
                     "deletion_auc": scores.deletion_auc, "insertion_auc": scores.insertion_auc,
                     "average_drop": scores.average_drop, "increase_in_confidence": scores.increase_in_confidence,
@@ -180,7 +180,7 @@ def _sanity_records(source: Source, original: np.ndarray, row: int, batch: Evalu
             for stage, (count, deepest) in enumerate(sanity.cascade.stages, start=1):
                 records.append({
                     "image": source.shown, "method": method, "class_index": class_index,
-                    "label": names[class_index] if class_index < len(names) else str(class_index), "stage": stage,
+                    "label": output.label_of(names, class_index), "stage": stage,
                     "layers_randomised": count, "deepest_randomised": deepest,
                     "spearman": metrics.spearman(stages[0], stages[stage]),
                 })

@@ -30,10 +30,13 @@ class Prediction:
 
 def top_predictions(probabilities: np.ndarray, names: Sequence[str], n: int) -> list[Prediction]:
     order = np.argsort(-probabilities, kind="stable")[:n]
-    return [
-        Prediction(rank, int(i), names[int(i)] if int(i) < len(names) else str(i), float(probabilities[i]))
-        for rank, i in enumerate(order, start=1)
-    ]
+    return [Prediction(rank, int(i), label_of(names, int(i)), float(probabilities[i])) for rank, i in
+            enumerate(order, start=1)]
+
+
+def label_of(names: Sequence[str], class_index: int) -> str:
+    """A class's name, or its number where the labels run out."""
+    return names[class_index] if class_index < len(names) else str(class_index)
 
 
 def safe_label(label: str) -> str:

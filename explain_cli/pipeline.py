@@ -249,7 +249,7 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: 
         with files.complete_or_removed():  # an image's files all exist, or none do
             for class_index, score, raw in zip(batch.classes[row], batch.scores[row], batch.maps[row]):
                 class_index = int(class_index)
-                label = names[class_index] if class_index < len(names) else str(class_index)
+                label = output.label_of(names, class_index)
                 heatmap = render.normalise(raw)
                 if not heatmap.any():
                     warnings.append(f"warning: {source.shown}: the {options.method} map for class {class_index} "

@@ -208,9 +208,7 @@ def figure(original: np.ndarray, heatmap01: np.ndarray, blended: np.ndarray, tit
                   interpolation="antialiased")
         ax.set_title(caption, fontsize=10, pad=3)
         ax.axis("off")
-    buffer = io.BytesIO()
-    panel.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return _png(panel)
 
 
 def curves_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
@@ -231,9 +229,7 @@ def curves_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     panel.tight_layout()
-    buffer = io.BytesIO()
-    panel.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return _png(panel)
 
 
 def stage_figure(original: np.ndarray, rows: dict[str, list[np.ndarray]], titles: list[str]) -> bytes:
@@ -256,9 +252,7 @@ def stage_figure(original: np.ndarray, rows: dict[str, list[np.ndarray]], titles
             if r == 0:
                 ax.set_title((["image"] + titles)[c], fontsize=8)
     panel.tight_layout()
-    buffer = io.BytesIO()
-    panel.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return _png(panel)
 
 
 def contact_sheet(entries: list, columns: int = 4) -> bytes:
@@ -283,6 +277,11 @@ def contact_sheet(entries: list, columns: int = 4) -> bytes:
             ax.text(0.5, 0.5, "(no picture)", ha="center", va="center", fontsize=14)
         ax.set_title(textwrap.fill(title, 28), fontsize=16, color=colours[correct], fontweight="bold")
     panel.tight_layout()
+    return _png(panel)
+
+
+def _png(panel: object) -> bytes:
+    """A matplotlib figure as PNG bytes."""
     buffer = io.BytesIO()
     panel.savefig(buffer, format="png")
     return buffer.getvalue()

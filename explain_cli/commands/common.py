@@ -181,12 +181,6 @@ def start(sources: list, make: Callable[[models.LoadedModel], tuple[pipeline.Com
                                  max_pixels=options["max_pixels"], workers=options["workers"],
                                  address=options["ray_address"])
     compute, finish = make(model)
-    return run_compute(sources, compute, finish, model, options)
-
-
-def run_compute(sources: list, compute: pipeline.Compute, finish: Callable, model: models.LoadedModel,
-                options: dict) -> pipeline.Run:
-    """A Run whose compute step takes (images, their sources)."""
     return pipeline.Run(sources, compute, finish, size=size(model), batch_size=options["batch_size"],
                         max_pixels=options["max_pixels"])
 
