@@ -22,7 +22,7 @@ from explain_cli.metrics import Box
 from explain_cli.pipeline import ImageResult
 
 RANDOM = "random"
-RECORDS = "evaluation.jsonl"
+RECORDS = output.EVALUATION
 SANITY_RECORDS = "sanity.jsonl"
 SUMMARY_FIGURE = "evaluation.png"
 # The columns of the per-method summary, as printed: (record key, column name).

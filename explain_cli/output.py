@@ -18,6 +18,7 @@ import numpy as np
 from explain_cli.errors import ExplainError
 
 MANIFEST = "manifest.jsonl"
+EVALUATION = "evaluation.jsonl"  # explain evaluate's records; the report reads them too
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ FILES = "report_files"
 THUMBS = "thumbs"
 THUMB_SIZE = 256
 ASSETS = ("report.js", "report.css")
-EVALUATION = "evaluation.jsonl"
 
 
 @dataclass
@@ -72,7 +71,7 @@ def cards(out_dir: Path) -> list[Card]:
                 "label": record.get("label"), "score": record.get("score"), "layer": record.get("layer"),
                 "rank": record.get("rank"), "overlay": overlay, "thumb": None,
             })
-    for record in output.read_records(out_dir, EVALUATION):
+    for record in output.read_records(out_dir, output.EVALUATION):
         image = record.get("image")
         if isinstance(image, str):
             card = by_image.setdefault(image, Card(image))
