@@ -67,7 +67,7 @@ def gradcam(**options: Any) -> None:
 @click.option("--method", type=click.Choice(list(METHODS)), default="gradcam", show_default=True,
               help="gradcam, gradcam++, xgradcam, hirescam, layercam (gradients); cam (a global-average-"
               "pooling + Dense head's weights); eigencam (first principal component); scorecam (masked "
-              "forward passes).")
+              "forward passes); attention-rollout (a transformer's attention, multiplied through its blocks).")
 @click.option("--max-masks", type=click.IntRange(1), default=64, show_default=True,
               help="scorecam: the channels of highest mean activation used as masks (one forward pass each).")
 @common.target_options
@@ -137,12 +137,13 @@ def activations(layer_names: tuple[str, ...], max_layers: int, max_channels: int
     graph = explainer.graph_of(model)
     if layer_names:
         try:
-            layers = [graph.find(name).name for name in layer_names]
+            points = [graph.find(name) for name in layer_names]
         except ExplainError as error:
             raise click.BadParameter(str(error), param_hint="--layer") from None
-        flat = [n for n in layers if n not in {s.name for s in graph.layers_4d()}]
+        flat = [p.name for p in points if not p.explainable]
         if flat:
-            raise click.BadParameter(f"{flat[0]!r} has no 4-D output to draw", param_hint="--layer")
+            raise click.BadParameter(f"{flat[0]!r} has no 4-D output (or tokens on a grid) to draw", param_hint="--layer")
+        layers = [p.name for p in points]
     else:
         layers, available = inside.default_activation_layers(graph, max_layers)
         if available > len(layers):
@@ -254,13 +255,14 @@ def predict(**options: Any) -> None:
 @cli.command()
 @common.model_options
 def layers(**options: Any) -> None:
-    """List the layers with a 4-D output (the ones that can be explained); * marks the default."""
+    """List the layers that can be explained: 4-D feature maps, and a transformer's tokens with the patch grid
+    they are cut as, inside subclassed layers too (named by path); * marks the default."""
     from explain_cli import explainer
 
     model = common.load(options)
     graph = explainer.graph_of(model)
     default = explainer.default_layer(graph, model)
-    rows = [(s.name, str(tuple(s.output_shapes[0][1:]))) for s in graph.layers_4d()]
+    rows = [(p.name, p.describe()) for p in graph.explainable()]
     width = max((len(name) for name, _ in rows), default=0)
     for name, shape in rows:
         mark = "*" if name == default else " "

@@ -35,12 +35,15 @@ def graph_of(model: LoadedModel) -> split_module.Graph:
 
 
 def default_layer(graph: split_module.Graph, model: LoadedModel) -> str:
-    """The registered layer of a built-in model, else the last 4-D layer larger than 1×1."""
+    """The registered layer of a built-in model; for a transformer, the input of its last block; else the last
+    feature map (or tokens on a grid) larger than 1×1."""
     if model.default_layer is not None:
         return model.default_layer
-    spatial = [s for s in graph.layers_4d() if all(d is None or d > 1 for d in s.output_shapes[0][1:3])]
+    if graph.transformer_default is not None:
+        return graph.transformer_default
+    spatial = [p for p in graph.explainable() if all(d is None or d > 1 for d in p.grid_shape[:2])]
     if not spatial:
-        raise ExplainError(f"model {model.name!r} has no layer with a 4-D output to explain")
+        raise ExplainError(f"model {model.name!r} has no layer with a 4-D output or tokens on a grid to explain")
     return spatial[-1].name
 
 
@@ -108,6 +111,8 @@ def compile_explain(
     if counterfactual and not spec.gradients:
         raise ExplainError(f"--counterfactual negates gradients, and {method} uses none")
     class_kernel = split_module.dense_head(cut) if spec.dense_head else None
+    if spec.attention and (cut.attentions is None or cut.tokens is None):
+        raise ExplainError(f"{method} needs a transformer: this model has no MultiHeadAttention layer on a patch grid")
     k = 1 if per_image else len(classes) or top_k
     fixed = tf.constant(list(classes), tf.int32) if classes else None
 
@@ -142,6 +147,8 @@ def compile_explain(
             classes=row_class,
             logits=logits_of,
             max_masks=max_masks,
+            attentions=tuple(_tile(a, k) for a in cut.attentions(x)) if spec.attention else (),
+            tokens=cut.tokens,
         )
         maps = spec.compute(inputs)  # (k*b, h, w)
         return probabilities, chosen, _per_image(scores, k, b), _per_image(maps, k, b)

@@ -106,7 +106,8 @@ def load(
         model = _load_file(Path(spec), custom_objects, unsafe)
         if weights != "imagenet":
             _load_weights(model, Path(weights), name)
-        prep = _mode_preprocess(preprocess or "none")
+        converter = _image_converter(model)
+        prep = converter if preprocess is None and converter is not None else _mode_preprocess(preprocess or "none")
         default = None
     height, width, channels = _input_size(model, spec)
     num_classes = int(model.outputs[0].shape[-1])
@@ -199,9 +200,20 @@ def _load_file(path: Path, custom_objects: dict[str, Any], unsafe: bool) -> Any:
         raise ExplainError(f"{path}: cannot load the model: {_load_failure(error)}") from None
 
 
+# Packages whose model files load once they are installed (Keras imports them by the module the file names).
+PACKAGE_EXTRAS = {"keras_hub": "hub"}
+
+
 def _load_failure(error: Exception) -> str:
     """Keras' reason a model did not load, told as what to do about it here."""
     text = str(error)
+    module = re.search(r"parent module (\S+) cannot be imported", text)
+    if module and module.group(1).split(".")[0] in PACKAGE_EXTRAS:
+        package = module.group(1).split(".")[0]
+        return (f"it is a {package.replace('_', '-')} model, and {package.replace('_', '-')} is not installed: "
+                f"pip install 'explain-cli[{PACKAGE_EXTRAS[package]}]'")
+    if module:
+        return f"it uses classes from the module {module.group(1)}, which cannot be imported here: is it installed?"
     if "deserialization of a `Lambda` layer" in text:
         return ("it holds a Lambda layer, whose Python code is stored in the file and runs when it loads; "
                 "if you trust the file, pass --unsafe-deserialization")
@@ -272,6 +284,13 @@ def _own_preprocess(entry: BuiltIn) -> Callable[[Any], Any]:
     import keras
 
     return getattr(keras.applications, entry.module).preprocess_input
+
+
+def _image_converter(model: Any) -> Callable[[Any], Any] | None:
+    """A keras-hub task saved with its preprocessor: the image converter that scales its inputs (its resize is the
+    identity here: images arrive at the model's size)."""
+    converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
+    return (lambda x: converter(x)) if callable(converter) else None
 
 
 def _mode_preprocess(mode: str) -> Callable[[Any], Any]:

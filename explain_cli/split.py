@@ -50,31 +50,43 @@ class Step:
 
 @dataclass(frozen=True)
 class Graph:
-    """A model as a topologically ordered list of steps from one input to one output."""
+    """A model as a topologically ordered list of steps from one input to one output, and every layer output
+    that can be cut at (inner.py: sublayers of subclassed layers included)."""
 
     steps: tuple[Step, ...]
     input: int
     output: int
     precision: str = "fp32"  # "bf16": run in bfloat16 (precision.py): a cut's feature part, or a whole forward pass
+    points: tuple[Any, ...] = ()  # inner.Point, in the order a forward pass finishes them
+    transformer_default: str | None = None  # the input of the last transformer block, where there is one
 
     def layers_4d(self) -> list[Step]:
         """The steps whose output is a 4-D feature map (batch, height, width, channels)."""
         return [s for s in self.steps if len(s.outputs) == 1 and len(s.output_shapes[0]) == 4]
 
-    def find(self, name: str) -> Step:
-        """The step called `name`, qualified (`resnet50/conv5_block3_out`) or not, if unambiguous."""
-        exact = [s for s in self.steps if s.name == name]
-        short = [s for s in self.steps if s.name.rsplit("/", 1)[-1] == name]
-        hits = exact or short
+    def explainable(self) -> list[Any]:
+        """The layer outputs a method can use: feature maps and tokens on a grid, at any depth."""
+        return [p for p in self.points if p.explainable]
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    def find(self, name: str) -> Any:
+        """The layer output (inner.Point) called `name`: its path (`resnet50/conv5_block3_out`,
+        `vi_t_backbone/vit_encoder/transformer_block_3`) or its own name, if unambiguous."""
+        exact = [p for p in self.points if p.name == name]
+        short = [p for p in self.points if p.name.rsplit("/", 1)[-1] == name]
+        tail = [p for p in self.points if p.name.endswith("/" + name)]
+        hits = exact or short or tail
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
-            names = ", ".join(s.name for s in hits)
-            raise ExplainError(f"layer {name!r} is ambiguous: it matches {names}")
+            names = ", ".join(p.name for p in hits[:6]) + (", ..." if len(hits) > 6 else "")
+            raise ExplainError(f"layer {name!r} is ambiguous: it matches {names}; name it by its path")
         raise ExplainError(self._unknown_layer_message(name))
 
     def _unknown_layer_message(self, name: str) -> str:
-        names = [s.name for s in self.layers_4d()]
+        names = [p.name for p in self.explainable()]
         short = {n.rsplit("/", 1)[-1]: n for n in names}
         close = set(difflib.get_close_matches(name, names, n=3, cutoff=0.6))
         close |= {short[n] for n in difflib.get_close_matches(name, list(short), n=3, cutoff=0.6)}
@@ -103,7 +115,11 @@ def flatten(model: Any) -> Graph:
     input_number = next(numbers)
     steps: list[Step] = []
     (output,) = _flatten_into(function, [input_number], "", steps, numbers)
-    return Graph(steps=tuple(steps), input=input_number, output=output)
+    from explain_cli import inner
+
+    found = inner.catalogue(model, steps, input_number, tuple(function.inputs[0].shape))
+    return Graph(steps=tuple(steps), input=input_number, output=output, points=found.points,
+                 transformer_default=found.transformer_default)
 
 
 def _functional(model: Any) -> Any | None:
@@ -164,35 +180,41 @@ class Split:
     head: Callable[[Tensor, tuple[Tensor, ...]], Tensor]
     head_steps: tuple[Step, ...] = ()
     skips: int = 0  # how many tensors cross the cut besides A
+    attentions: Callable[[Tensor], list[Tensor]] | None = None  # every attention layer's scores (rollout)
+    tokens: tuple[int, int, int] | None = None  # the attention tokens' layout: (extra, grid h, grid w)
 
 
 _PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
 
 
-def split(graph: Graph, layer: str, fold: bool = True) -> Split:
+def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False) -> Split:
     """Cut `graph` after the layer named `layer` (see the module docstring); with `fold`, every BatchNorm that
-    can be is folded into the layer before it (fold.py), except where that would change A itself."""
-    cut = graph.find(layer)
-    if len(cut.outputs) != 1 or len(cut.output_shapes[0]) != 4:
-        shapes = ", ".join(str(s) for s in cut.output_shapes)
-        raise ExplainError(
-            f"layer {cut.name!r} has output shape {shapes}: Grad-CAM needs a 4-D feature map (see `explain layers`)"
-        )
+    can be is folded into the layer before it (fold.py), except where that would change A itself.
+
+    A sublayer inside a subclassed layer is cut while its step runs (inner.py); `hook` cuts a step of the graph
+    that way too (the two agree: tested). Tokens are cut as their patch grid (inner.Point.grid)."""
+    point = graph.find(layer)
+    if not point.explainable:
+        raise ExplainError(_not_explainable(point))
+    cut = graph.step(point.step)
     a = cut.outputs[0]
     if fold:
         from explain_cli.fold import fold_batchnorm
 
         graph = fold_batchnorm(graph, keep={a})
     logit_number, activation, steps = _pre_activation(graph)
+    inside = bool(point.path) or hook
+    if inside:
+        cut = next(s for s in steps if s.name == cut.name)
 
     downstream = {a}
-    head: list[Step] = []
+    head: list[Step] = [cut] if inside else []
     for step in steps:
         if any(number in downstream for _, number in step.inputs):
             head.append(step)
             downstream.update(step.outputs)
     if logit_number not in downstream:
-        raise ExplainError(f"layer {cut.name!r} does not feed the model's output, so it cannot explain it")
+        raise ExplainError(f"layer {point.name!r} does not feed the model's output, so it cannot explain it")
     head = _needed(head, {logit_number})
     made_by_head = {n for s in head for n in s.outputs}
     skips = tuple(sorted({n for s in head for _, n in s.inputs if n not in made_by_head and n != a}))
@@ -210,14 +232,113 @@ def split(graph: Graph, layer: str, fold: bool = True) -> Split:
         values = graph.run(head, {a: activations, **dict(zip(skips, skip_values))})
         return values[logit_number]
 
+    if inside:
+        run_features, run_head = _inside(graph, features, head, point, skips, logit_number)
+    if point.is_tokens:
+        run_features, run_head = _as_grid(run_features, run_head, point)
     return Split(
-        layer=cut.name,
+        layer=point.name,
         activation=activation,
         features=run_features,
         head=run_head,
         head_steps=tuple(head),
-        skips=len(skips),
+        skips=len(skips) + bool(point.extra),
+        attentions=attention_scores(graph),
+        tokens=_token_layout(graph),
     )
+
+
+def _not_explainable(point: Any) -> str:
+    if point.calls > 1:
+        return (f"layer {point.name!r} runs {point.calls} times in one forward pass, so its output is not one "
+                "activation (see `explain layers`)")
+    return (f"layer {point.name!r} has output shape {(None, *point.shape)}: Grad-CAM needs a 4-D feature map or "
+            "tokens on a patch grid (see `explain layers`)")
+
+
+Features = Callable[[Tensor], tuple[Tensor, tuple[Tensor, ...]]]
+Head = Callable[[Tensor, tuple[Tensor, ...]], Tensor]
+
+
+def _inside(graph: Graph, features: list[Step], head: list[Step], point: Any, skips: tuple[int, ...],
+            logit_number: int) -> tuple[Features, Head]:
+    """features and head for a cut inside a step's call: the step runs in both, keeping the sublayer's output in
+    the first and replacing it with the given activations in the second (head[0] is that step)."""
+    from explain_cli import inner
+
+    cut, before = head[0], features
+
+    def target(step: Step) -> Any:
+        return inner.sublayer(step.layer, point.path)
+
+    def run_features(x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        values = graph.run(before, {graph.input: x})
+        kept: list[Tensor] = []
+        with inner.intercepted([(target(cut), inner.keep_output(kept))]):
+            cut.run(dict(values))
+        return kept[0], tuple(values[n] for n in skips)
+
+    def run_head(activations: Tensor, skip_values: tuple[Tensor, ...]) -> Tensor:
+        values = dict(zip(skips, skip_values))
+        with inner.intercepted([(target(cut), inner.replace_output(activations))]):
+            cut.run(values)
+        return graph.run(head[1:], values)[logit_number]
+
+    return run_features, run_head
+
+
+def _as_grid(features: Features, head: Head, point: Any) -> tuple[Features, Head]:
+    """A token cut seen as its patch grid: A (b, h, w, c) from the last h·w tokens; the tokens before them travel
+    to the head as one more skip value and are put back in front."""
+    import tensorflow as tf
+
+    h, w = point.grid
+    extra = point.extra
+
+    def grid_features(x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        tokens, skips = features(x)
+        grid = tf.reshape(tokens[:, extra:, :], [-1, h, w, tokens.shape[-1]])
+        return grid, (*skips, tokens[:, :extra, :]) if extra else skips
+
+    def grid_head(grid: Tensor, skips: tuple[Tensor, ...]) -> Tensor:
+        patches = tf.reshape(grid, [-1, h * w, grid.shape[-1]])
+        if extra:
+            *skips, front = skips
+            patches = tf.concat([tf.cast(front, patches.dtype), patches], axis=1)
+        return head(patches, tuple(skips))
+
+    return grid_features, grid_head
+
+
+def _token_layout(graph: Graph) -> tuple[int, int, int] | None:
+    """(extra tokens, grid h, grid w) of the attention layers' tokens, for attention rollout."""
+    attention = [p for p in graph.points if p.attention and p.is_tokens]
+    return (attention[-1].extra, *attention[-1].grid) if attention else None
+
+
+def attention_scores(graph: Graph) -> Callable[[Tensor], list[Tensor]] | None:
+    """input -> every attention layer's scores (b, heads, tokens, tokens), in the order the layers run, from one
+    forward pass; None for a model without attention layers."""
+    from explain_cli import inner
+
+    if not any(p.attention for p in graph.points):
+        return None
+    steps = list(graph.steps)
+
+    def layers_of(step: Step) -> list[Any]:
+        if inner.is_attention(step.layer):
+            return [step.layer]
+        return [layer for _, layer in inner.descendants(step.layer) if inner.is_attention(layer)]
+
+    def run(x: Tensor) -> list[Tensor]:
+        kept: list[Tensor] = []
+        values = {graph.input: x}
+        for step in steps:
+            with inner.intercepted([(layer, inner.keep_attention(kept)) for layer in layers_of(step)]):
+                step.run(values)
+        return kept
+
+    return run
 
 
 _PASS_THROUGH = ("Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "ActivityRegularization")
@@ -247,17 +368,35 @@ def dense_head(cut: Split) -> Any:
 
 
 def outputs_of(graph: Graph, names: Sequence[str]) -> Callable[[Tensor], list[Tensor]]:
-    """input -> the outputs of the named layers, all from one pass over the steps they need."""
-    numbers = [graph.find(name).outputs[0] for name in names]
-    steps = _needed(graph.steps, set(numbers))
+    """input -> the outputs of the named layers (tokens as their grid), all from one pass over the steps they
+    need; a sublayer's output is kept while its step runs."""
+    from explain_cli import inner
+
+    points = [graph.find(name) for name in names]
+    wanted = {graph.step(p.step).outputs[0] for p in points}
+    steps = _needed(graph.steps, wanted)
     if graph.precision == "bf16":
         from explain_cli.precision import bfloat16
 
         steps = bfloat16(steps)
 
     def run(x: Tensor) -> list[Tensor]:
-        values = graph.run(steps, {graph.input: x})
-        return [values[n] for n in numbers]
+        import tensorflow as tf
+
+        kept: dict[str, list[Tensor]] = {p.name: [] for p in points}
+        values = {graph.input: x}
+        for step in steps:
+            hooks = [(inner.sublayer(step.layer, p.path), inner.keep_output(kept[p.name]))
+                     for p in points if p.step == step.name]
+            with inner.intercepted(hooks):
+                step.run(values)
+        results = []
+        for p in points:
+            value = kept[p.name][0]
+            if p.is_tokens:
+                value = tf.reshape(value[:, p.extra:, :], [-1, *p.grid, value.shape[-1]])
+            results.append(value)
+        return results
 
     return run
 

@@ -67,7 +67,7 @@ def test_the_cut_is_never_folded_away(keras, tmp_path):
     """Cut at a convolution whose output a BatchNorm reads: A must stay the convolution's own output."""
     model = built_in(keras, tmp_path, "ResNet50", "resnet50")
     graph = explainer.graph_of(model)
-    conv = graph.find("conv4_block6_2_conv")
+    conv = graph.step(graph.find("conv4_block6_2_conv").step)
     kept = fold.fold_batchnorm(graph, keep={conv.outputs[0]})
     assert any(s.name.endswith("conv4_block6_2_bn") for s in kept.steps)
     assert not any(s.name.endswith("conv4_block6_2_bn") for s in fold.fold_batchnorm(graph).steps)

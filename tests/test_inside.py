@@ -67,7 +67,7 @@ def test_activations_cli_writes_one_grid_per_layer(tiny_model, photo_tree, tmp_p
 
 def test_activations_refuses_a_flat_layer(tiny_model, photo_tree):
     result = run("activations", photo_tree, "--model", tiny_model, "--layer", "gap")
-    assert result.exit_code == 2 and "'gap' has no 4-D output to draw" in result.stderr
+    assert result.exit_code == 2 and "'gap' has no 4-D output (or tokens on a grid) to draw" in result.stderr
 
 
 def test_classviz_raises_the_class_logit_and_is_seeded(tiny_model, tiny_labels, tmp_path):

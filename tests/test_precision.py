@@ -53,7 +53,7 @@ def agreement(fp32: models.LoadedModel, bf16: models.LoadedModel, layer: str, me
 def test_bf16_maps_agree_with_fp32_for_every_class_activation_method(constructor, name, layer, keras, tmp_path):
     fp32, bf16 = both(keras, tmp_path, constructor, name)
     images = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-    for method in METHODS:
+    for method in (m for m in METHODS if not METHODS[m].attention):  # transformers: tests/test_transformers.py
         if method == "cam" and name == "vgg16":
             continue  # VGG16's head is Flatten → Dense: no CAM (it says so), in either precision
         r, same_top1 = agreement(fp32, bf16, layer, method, images)
@@ -83,7 +83,7 @@ def test_on_the_trained_cnn_bf16_finds_the_same_classes_and_places(tiny_model):
     assert np.mean(found[0][0] == found[1][0]) >= 0.99  # the same top-1 on at least 99 % of the images
     assert abs(found[0][1] - found[1][1]) <= 2  # localisation unchanged: peaks inside the square
     assert np.corrcoef(found[0][2], found[1][2])[0, 1] >= 0.999
-    for method in METHODS:
+    for method in (m for m in METHODS if not METHODS[m].attention):
         if method != "gradcam" and method not in precision.FP32_UNDER_AUTO:
             assert agreement(fp32, bf16, "conv3", method, images[:8])[0] >= 0.999, method
 

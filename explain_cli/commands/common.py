@@ -57,8 +57,8 @@ model_options = options(
     click.option(
         "--preprocess",
         type=click.Choice(models.PREPROCESS_MODES),
-        help="Input scaling: caffe, tf ([-1, 1]), torch or none. Default: the built-in model's own; "
-        "none for your model files.",
+        help="Input scaling: caffe, tf ([-1, 1]), torch or none. Default: the built-in model's own; for your "
+        "model files, the image converter of a keras-hub model saved with its preprocessor, else none.",
     ),
     click.option(
         "--import",

@@ -8,6 +8,7 @@ the same image shares. Adding a method is one function and one line in METHODS.
 
 from __future__ import annotations
 
+from explain_cli.methods.attention import attention_rollout
 from explain_cli.methods.base import Method, MethodInputs
 from explain_cli.methods.cam import cam, eigencam
 from explain_cli.methods.gradcam import gradcam, gradcam_plus_plus, hirescam, layercam, xgradcam
@@ -22,6 +23,7 @@ METHODS: dict[str, Method] = {
     "cam": Method(cam, gradients=False, dense_head=True),
     "eigencam": Method(eigencam, gradients=False),
     "scorecam": Method(scorecam, gradients=False, forward=True),
+    "attention-rollout": Method(attention_rollout, gradients=False, attention=True),
 }
 
 __all__ = ["METHODS", "Method", "MethodInputs"]

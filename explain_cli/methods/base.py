@@ -19,6 +19,8 @@ class MethodInputs:
     classes: Tensor | None = None  # (rows,): the class each row explains
     logits: Callable[[Tensor], Tensor] | None = None  # preprocessed input -> logits, the whole model
     max_masks: int = 64  # Score-CAM: how many channels become masks
+    attentions: tuple[Tensor, ...] = ()  # every attention layer's scores (rows, heads, tokens, tokens), in order
+    tokens: tuple[int, int, int] | None = None  # those tokens' layout: (tokens before the patches, grid h, grid w)
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Method:
     gradients: bool = True  # the head's gradient ∂y_c/∂A
     dense_head: bool = False  # the head must be global average pooling then Dense (CAM)
     forward: bool = False  # runs the whole model again on modified inputs (Score-CAM)
+    attention: bool = False  # reads the attention layers' scores (a transformer)
 
 
 def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
