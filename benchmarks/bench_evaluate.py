@@ -22,6 +22,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from random_weights import random_weights  # noqa: E402
 
 
 def per_image(function, batch: np.ndarray, repeats: int = 3) -> float:
@@ -49,9 +52,7 @@ def main() -> None:
 
     _, keras = load_tensorflow()
     keras.utils.set_random_seed(0)
-    weights = Path("/tmp/explain-bench-evaluate-resnet50.weights.h5")
-    if not weights.exists():
-        keras.applications.ResNet50(weights=None).save_weights(weights)
+    weights = random_weights(keras, "ResNet50")
     model = models.load("resnet50", str(weights))
     graph = explainer.graph_of(model)
     cut = split.split(graph, model.default_layer)

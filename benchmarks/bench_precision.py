@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from random_weights import random_weights  # noqa: E402
 
 
 def main() -> None:
@@ -29,10 +32,7 @@ def main() -> None:
 
     _, keras = load_tensorflow()
     keras.utils.set_random_seed(0)
-    constructor = getattr(keras.applications, models.BUILT_IN[args.model].constructor)
-    weights = Path(f"/tmp/explain-bench-fold-{args.model}.weights.h5")
-    if not weights.exists():
-        constructor(weights=None).save_weights(weights)
+    weights = random_weights(keras, models.BUILT_IN[args.model].constructor)
     model = models.load(args.model, str(weights))
     graph = explainer.graph_of(model)
     layer = explainer.default_layer(graph, model)
