@@ -115,6 +115,8 @@ def compile_explain(
         raise ExplainError(f"{method} needs a transformer: this model has no MultiHeadAttention layer on a patch grid")
     k = 1 if per_image else len(classes) or top_k
     fixed = tf.constant(list(classes), tf.int32) if classes else None
+    if spec.attention:
+        return _numpy_step(_attention_step(model, cut, spec, fixed, k, score, per_image))
 
     def logits_of(x: Any) -> Any:
         activations, skips = cut.features(x)
@@ -147,13 +149,32 @@ def compile_explain(
             classes=row_class,
             logits=logits_of,
             max_masks=max_masks,
-            attentions=tuple(_tile(a, k) for a in cut.attentions(x)) if spec.attention else (),
-            tokens=cut.tokens,
         )
         maps = spec.compute(inputs)  # (k*b, h, w)
         return probabilities, chosen, _per_image(scores, k, b), _per_image(maps, k, b)
 
     return _numpy_step(step)
+
+
+def _attention_step(model: LoadedModel, cut: split_module.Split, spec: Any, fixed: Any, k: int, score: str,
+                    per_image: bool) -> Any:
+    """The explain step of a method that reads attention scores: one forward pass gives the logits and every
+    attention layer's scores; no cut and no gradient."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=_signature(model, per_image), reduce_retracing=True)
+    def step(images: Any, *given: Any) -> tuple[Any, Any, Any, Any]:
+        logits, attentions = cut.attentions(model.preprocess(tf.cast(images, tf.float32)))
+        logits = tf.cast(logits, tf.float32)
+        b = tf.shape(logits)[0]
+        probabilities = _probabilities(logits, cut.activation)
+        chosen, row_class = _choose(probabilities, fixed, k, *given)
+        source = logits if score == "logit" else probabilities
+        scores = tf.gather(_tile(source, k), row_class, batch_dims=1)
+        maps = spec.compute(MethodInputs(None, attentions=tuple(_tile(a, k) for a in attentions), tokens=cut.tokens))
+        return probabilities, chosen, _per_image(scores, k, b), _per_image(maps, k, b)
+
+    return step
 
 
 def _tile(tensor: Any, k: int) -> Any:

@@ -16,6 +16,7 @@ embedding's feature map.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import weakref
 from dataclasses import dataclass
@@ -186,9 +187,13 @@ def catalogue(model: Any, steps: Sequence[Any], input_number: int, input_shape: 
     except (KeyError, TypeError):
         pass
     height_width = input_shape[1:3]
+    points = None
     if needs_probe(steps) and all(isinstance(d, int) for d in input_shape[1:]):
-        points = _probe(steps, input_number, input_shape)
-    else:
+        try:
+            points = _probe(steps, input_number, input_shape)
+        except Exception:  # noqa: BLE001 (a layer that cannot run on a blank image: its graph steps still can)
+            points = None
+    if points is None:
         points = [
             Point(step.name, step.name, (), tuple(step.output_shapes[0][1:]) if len(step.outputs) == 1 else (),
                   order=2 * i + 1, started=2 * i, attention=is_attention(step.layer))
@@ -236,7 +241,7 @@ def _probe(steps: Sequence[Any], input_number: int, input_shape: tuple) -> list[
     unique: dict[str, Point] = {}
     for point in found:  # a layer called twice appears twice: keep one, with its count
         calls = counts.get(owner.get(point.name, -1), 1)
-        unique.setdefault(point.name, Point(**{**point.__dict__, "calls": calls}))
+        unique.setdefault(point.name, dataclasses.replace(point, calls=calls))
     return sorted(unique.values(), key=lambda p: p.order)
 
 
@@ -252,7 +257,7 @@ def _with_grids(points: list[Point], height_width: tuple) -> list[Point]:
             fits = [(h, w) for h, w in maps if 0 <= tokens - h * w <= MAX_EXTRA_TOKENS]
             grid = fits[-1] if fits else _grid_by_aspect(tokens, height_width)
             if grid is not None:
-                point = Point(**{**point.__dict__, "grid": grid, "extra": tokens - grid[0] * grid[1]})
+                point = dataclasses.replace(point, grid=grid, extra=tokens - grid[0] * grid[1])
         placed.append(point)
     return placed
 

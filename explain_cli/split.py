@@ -180,7 +180,7 @@ class Split:
     head: Callable[[Tensor, tuple[Tensor, ...]], Tensor]
     head_steps: tuple[Step, ...] = ()
     skips: int = 0  # how many tensors cross the cut besides A
-    attentions: Callable[[Tensor], list[Tensor]] | None = None  # every attention layer's scores (rollout)
+    attentions: Callable[[Tensor], tuple[Tensor, list[Tensor]]] | None = None  # logits, and the attention scores
     tokens: tuple[int, int, int] | None = None  # the attention tokens' layout: (extra, grid h, grid w)
 
 
@@ -316,27 +316,28 @@ def _token_layout(graph: Graph) -> tuple[int, int, int] | None:
     return (attention[-1].extra, *attention[-1].grid) if attention else None
 
 
-def attention_scores(graph: Graph) -> Callable[[Tensor], list[Tensor]] | None:
-    """input -> every attention layer's scores (b, heads, tokens, tokens), in the order the layers run, from one
-    forward pass; None for a model without attention layers."""
+def attention_scores(graph: Graph) -> Callable[[Tensor], tuple[Tensor, list[Tensor]]] | None:
+    """input -> (the logits, every attention layer's scores (b, heads, tokens, tokens) in the order the layers run),
+    from one forward pass; None for a model without attention layers."""
     from explain_cli import inner
 
     if not any(p.attention for p in graph.points):
         return None
-    steps = list(graph.steps)
+    logit_number, _, steps = _pre_activation(graph)
+    steps = _needed(steps, {logit_number})
 
     def layers_of(step: Step) -> list[Any]:
         if inner.is_attention(step.layer):
             return [step.layer]
         return [layer for _, layer in inner.descendants(step.layer) if inner.is_attention(layer)]
 
-    def run(x: Tensor) -> list[Tensor]:
+    def run(x: Tensor) -> tuple[Tensor, list[Tensor]]:
         kept: list[Tensor] = []
         values = {graph.input: x}
         for step in steps:
             with inner.intercepted([(layer, inner.keep_attention(kept)) for layer in layers_of(step)]):
                 step.run(values)
-        return kept
+        return values[logit_number], kept
 
     return run
 
