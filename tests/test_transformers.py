@@ -390,3 +390,26 @@ def test_activations_draws_token_layers_as_grids(vit_file, tmp_path):
                  "--layer", "transformer_block_2/ln_2", "--layer", "patch_embedding")
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "out").glob("a.activations.*.png"))) == 2
+
+
+def _point(name: str, shape: tuple, order: int) -> inner.Point:
+    return inner.Point(name, name, (), shape, order=order, started=order)
+
+
+@pytest.mark.parametrize("tokens, maps, expected", [
+    (197, [(14, 14, 384)], ((14, 14), 1)),  # ViT-B/16: a class token
+    (201, [(14, 14, 384)], ((14, 14), 5)),  # a class token and 4 registers
+    (198, [(14, 14, 384)], ((14, 14), 2)),  # DeiT: class and distillation tokens
+    (49, [(56, 56, 96), (7, 7, 768)], ((7, 7), 0)),  # the latest feature map that fits, no extra tokens
+    (25, [], ((4, 6), 1)),  # no feature map: the input's aspect ratio (32 × 48), one token left over
+])
+def test_tokens_are_laid_out_on_the_grid_of_the_patch_embedding(tokens, maps, expected):
+    points = [_point(f"map{i}", shape, i) for i, shape in enumerate(maps)] + [_point("tokens", (tokens, 384), 9)]
+    (placed,) = [p for p in inner._with_grids(points, (HEIGHT, WIDTH)) if p.name == "tokens"]
+    assert (placed.grid, placed.extra) == expected
+    assert placed.describe() == f"({expected[0][0]}, {expected[0][1]}, 384) tokens"
+
+
+def test_tokens_that_fit_no_grid_are_not_a_cut():
+    (placed,) = inner._with_grids([_point("tokens", (23, 64), 0)], (HEIGHT, WIDTH))  # 23 − k is never 2:3
+    assert placed.grid is None and not placed.explainable
