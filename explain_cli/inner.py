@@ -42,6 +42,7 @@ class Point:
     attention: bool = False  # an attention layer (its scores feed attention rollout)
     grid: tuple[int, int] | None = None  # tokens: the patch grid (h, w)
     extra: int = 0  # tokens: how many come before the patch tokens
+    constant: bool = False  # the same for every image (a position embedding): nothing there to explain
 
     @property
     def is_tokens(self) -> bool:
@@ -49,8 +50,8 @@ class Point:
 
     @property
     def explainable(self) -> bool:
-        """A single (batch, h, w, c) feature map, or tokens on a grid, computed once per pass."""
-        return self.calls == 1 and (len(self.shape) == 3 or self.is_tokens)
+        """A single (batch, h, w, c) feature map, or tokens on a grid, computed once per pass from the image."""
+        return self.calls == 1 and not self.constant and (len(self.shape) == 3 or self.is_tokens)
 
     @property
     def grid_shape(self) -> tuple[int | None, ...]:
@@ -219,16 +220,17 @@ def _probe(steps: Sequence[Any], input_number: int, input_shape: tuple) -> list[
                 started = next(clock)
                 result = original(*args, **kwargs)
                 counts[id(layer)] = counts.get(id(layer), 0) + 1
-                shape = tuple(result.shape[1:]) if hasattr(result, "shape") else ()
+                shape, constant = _seen(result)
                 found.append(Point(f"{step.name}/{'/'.join(path)}", step.name, path, shape, next(clock), started,
-                                   attention=is_attention(layer)))
+                                   attention=is_attention(layer), constant=constant))
                 return result
 
             return call
 
         return wrap
 
-    values: dict[int, Tensor] = {input_number: tf.zeros((1, *input_shape[1:]))}
+    # Two different images: an output equal for both does not depend on the image.
+    values: dict[int, Tensor] = {input_number: tf.random.stateless_uniform((2, *input_shape[1:]), (1, 2))}
     owner: dict[str, int] = {}
     for step in steps:
         inner = descendants(step.layer)
@@ -236,13 +238,26 @@ def _probe(steps: Sequence[Any], input_number: int, input_shape: tuple) -> list[
         started = next(clock)
         with intercepted([(layer, recorder(step, path, layer)) for path, layer in inner]):
             step.run(values)
-        shape = tuple(values[step.outputs[0]].shape[1:]) if len(step.outputs) == 1 else ()
-        found.append(Point(step.name, step.name, (), shape, next(clock), started, attention=is_attention(step.layer)))
+        shape, constant = _seen(values[step.outputs[0]]) if len(step.outputs) == 1 else ((), False)
+        found.append(Point(step.name, step.name, (), shape, next(clock), started, attention=is_attention(step.layer),
+                           constant=constant))
     unique: dict[str, Point] = {}
     for point in found:  # a layer called twice appears twice: keep one, with its count
         calls = counts.get(owner.get(point.name, -1), 1)
         unique.setdefault(point.name, dataclasses.replace(point, calls=calls))
     return sorted(unique.values(), key=lambda p: p.order)
+
+
+def _seen(result: Any) -> tuple[tuple, bool]:
+    """An output's shape without the batch axis, and whether it is the same for both probe images."""
+    import numpy as np
+
+    if not hasattr(result, "shape") or len(result.shape) < 2:
+        return (), False
+    values = np.asarray(result)
+    if values.shape[0] != 2:  # not one row per image (a position embedding broadcast over the batch)
+        return tuple(result.shape[1:]), True
+    return tuple(result.shape[1:]), bool(np.array_equal(values[0], values[1]))
 
 
 def _with_grids(points: list[Point], height_width: tuple) -> list[Point]:

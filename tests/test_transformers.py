@@ -175,6 +175,7 @@ def test_layers_lists_token_layers_with_their_grid_and_marks_the_default(vit_fil
     assert any(re.fullmatch(r"  vi_t_backbone/vit_patching_and_embedding/patch_embedding +\(4, 6, 192\)", line)
                for line in lines)
     assert not any("dropout" in line and "mlp" in line for line in lines)  # runs twice per pass
+    assert not any("position_embedding" in line for line in lines)  # the same for every image
 
 
 @pytest.mark.parametrize("block", [3, 1])
