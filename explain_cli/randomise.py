@@ -37,25 +37,37 @@ def cascade(model: LoadedModel, stages: int, seed: int) -> Cascade:
         raise ExplainError(f"{model.name}: cannot copy the model to randomise it (--sanity): {error}") from None
     loaded = dataclasses.replace(model, keras_model=copy)
     graph = split_module.flatten(copy)
-    weighted, seen = [], set()
-    for step in reversed(graph.steps):  # from the output down, each layer once
-        if step.layer.weights and id(step.layer) not in seen:
-            seen.add(id(step.layer))
-            weighted.append(step)
+    weighted = _weighted_layers(graph)
     if not weighted:
         raise ExplainError(f"{model.name}: has no weights to randomise (--sanity)")
     counts = sorted({int(c) for c in np.linspace(1, len(weighted), min(stages, len(weighted))).round()})
     rng = np.random.default_rng(seed)
-    trained = [[v.numpy() for v in step.layer.weights] for step in weighted]
+    trained = [[v.numpy() for v in variables] for _, variables in weighted]
     random = [[_like(w, rng) for w in weights] for weights in trained]
 
     def assign(stage: int) -> None:
         top = 0 if stage == 0 else counts[stage - 1]
-        for index, step in enumerate(weighted):
-            for variable, values in zip(step.layer.weights, (random if index < top else trained)[index]):
+        for index, (_, variables) in enumerate(weighted):
+            for variable, values in zip(variables, (random if index < top else trained)[index]):
                 variable.assign(values)
 
-    return Cascade(loaded, graph, tuple((c, weighted[c - 1].name) for c in counts), assign)
+    return Cascade(loaded, graph, tuple((c, weighted[c - 1][0]) for c in counts), assign)
+
+
+def _weighted_layers(graph: split_module.Graph) -> list[tuple[str, list[Any]]]:
+    """From the output down, each layer that holds weights of its own (those none of its sublayers hold), once:
+    a transformer's blocks are randomised sublayer by sublayer, like a CNN's layers."""
+    from explain_cli import inner
+
+    weighted, seen = [], set()
+    for point in reversed(graph.points):
+        layer = inner.sublayer(graph.step(point.step).layer, point.path)
+        held = {id(w) for child in inner.children(layer) for w in getattr(child, "weights", [])}
+        own = [w for w in getattr(layer, "weights", []) if id(w) not in held and id(w) not in seen]
+        if own:
+            seen.update(id(w) for w in own)
+            weighted.append((point.name, own))
+    return weighted
 
 
 def _like(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:

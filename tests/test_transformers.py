@@ -414,3 +414,21 @@ def test_tokens_are_laid_out_on_the_grid_of_the_patch_embedding(tokens, maps, ex
 def test_tokens_that_fit_no_grid_are_not_a_cut():
     (placed,) = inner._with_grids([_point("tokens", (23, 64), 0)], (HEIGHT, WIDTH))  # 23 − k is never 2:3
     assert placed.grid is None and not placed.explainable
+
+
+def test_the_sanity_cascade_randomises_a_vit_block_by_block(vit_file, tmp_path):
+    Image.fromarray(_images(1)[0]).save(tmp_path / "a.png")
+    result = run("evaluate", tmp_path / "a.png", "--model", vit_file, "--methods", "gradcam,attention-rollout",
+                 "--sanity", "--sanity-stages", "25", "--steps", "4", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "out" / "sanity.jsonl").read_text().splitlines()]
+    deepest = [r["deepest_randomised"] for r in rows if r["method"] == "gradcam"]
+    # From the logits down, each layer with weights of its own: the final norm, then block 4's sublayers, ...
+    assert deepest[:3] == ["predictions", "vi_t_backbone/vit_encoder/ln",
+                           "vi_t_backbone/vit_encoder/transformer_block_4/mlp/dense_2"]
+    assert "vi_t_backbone/vit_encoder/transformer_block_1/mha" in deepest
+    assert deepest[-3:] == ["vi_t_backbone/vit_patching_and_embedding",  # its own weight: the class token
+                            "vi_t_backbone/vit_patching_and_embedding/position_embedding",
+                            "vi_t_backbone/vit_patching_and_embedding/patch_embedding"]
