@@ -291,8 +291,7 @@ def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **opt
     try:
         model = common.load(options, [name.removesuffix("-counterfactual")])
         target = common.target(options, sources, model)
-        truth, per_image, cut = target.truth, target.per_image, target.cut
-        layer = cut.layer
+        truth, per_image, layer = target.truth, target.per_image, target.layer
         chosen = "" if options["layer"] else " (default)"
         click.echo(f"{model.name}: {name} at layer {layer}{chosen}", err=True)
         render_options = pipeline.RenderOptions(

@@ -1,7 +1,7 @@
 """--precision auto|fp32|bf16: where the model computes in bfloat16.
 
-bf16 runs the replayed graph with layers whose dtype policy is mixed_bfloat16 (shallow copies sharing the
-float32 weights: the user's model is untouched). When a model is cut, only the feature part (input → A, where
+bf16 runs the replayed graph with layers whose dtype policy is mixed_bfloat16 (twins sharing the float32
+weights: split.twin; the user's model is untouched). When a model is cut, only the feature part (input → A, where
 nearly all the work is) computes in bfloat16: A is taken to float32 and the head runs in float32, so the
 gradient ∂y/∂A that every method weighs A with is exact for the A it is given. Logits, gradients and maps are
 summed in float32. `auto` chooses bf16 where the CPU has native bfloat16 arithmetic (AMX or AVX512-BF16:
@@ -11,7 +11,6 @@ emulated and slower than float32. Some methods stay fp32 under `auto` (FP32_UNDE
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
@@ -62,13 +61,15 @@ def bfloat16(steps: Sequence[Any]) -> list[Any]:
     and so predictions are the same whether they come from a whole forward pass or from the explain step."""
     import keras
 
+    from explain_cli.split import twin
+
     policy = keras.DTypePolicy("mixed_bfloat16")
     converted = []
     for step in steps:
         if not all(len(shape) == 4 for shape in step.output_shapes) or not isinstance(step.layer, keras.Layer):
             converted.append(step)  # the classifier, and guided backprop's plain functions, stay as they are
             continue
-        layer = copy.copy(step.layer)
-        layer._dtype_policy = policy  # noqa: SLF001 (Keras has no public setter; the copy alone changes)
+        layer = twin(step.layer)
+        object.__setattr__(layer, "_dtype_policy", policy)  # Keras has no public setter; the twin alone changes
         converted.append(dataclasses.replace(step, layer=layer))
     return converted

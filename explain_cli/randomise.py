@@ -36,7 +36,8 @@ def cascade(model: LoadedModel, stages: int, seed: int) -> Cascade:
     except Exception as error:  # Keras raises many kinds for models it cannot rebuild from their config
         raise ExplainError(f"{model.name}: cannot copy the model to randomise it (--sanity): {error}") from None
     loaded = dataclasses.replace(model, keras_model=copy)
-    graph = split_module.flatten(copy)
+    # Folded layers hold weights computed when they are made; the cascade assigns weights after compiling.
+    graph = dataclasses.replace(split_module.flatten(copy), foldable=False, precision=model.precision)
     weighted = _weighted_layers(graph)
     if not weighted:
         raise ExplainError(f"{model.name}: has no weights to randomise (--sanity)")

@@ -13,7 +13,6 @@ Nothing here changes the user's model: no layer is rebuilt, re-activated or re-w
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import inspect
@@ -58,6 +57,7 @@ class Graph:
     output: int
     precision: str = "fp32"  # "bf16": run in bfloat16 (precision.py): a cut's feature part, or a whole forward pass
     points: tuple[Any, ...] = ()  # inner.Point, in the order a forward pass finishes them
+    foldable: bool = True  # False: weights will change after compiling (--sanity), so fold nothing (fold.py)
     transformer_default: str | None = None  # the input of the last transformer block, where there is one
 
     def layers_4d(self) -> list[Step]:
@@ -193,12 +193,10 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False) -> Sp
 
     A sublayer inside a subclassed layer is cut while its step runs (inner.py); `hook` cuts a step of the graph
     that way too (the two agree: tested). Tokens are cut as their patch grid (inner.Point.grid)."""
-    point = graph.find(layer)
-    if not point.explainable:
-        raise ExplainError(_not_explainable(point))
+    point = check(graph, layer)
     cut = graph.step(point.step)
     a = cut.outputs[0]
-    if fold:
+    if fold and graph.foldable:
         from explain_cli.fold import fold_batchnorm
 
         graph = fold_batchnorm(graph, keep={a})
@@ -246,6 +244,18 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False) -> Sp
         attentions=attention_scores(graph),
         tokens=_token_layout(graph),
     )
+
+
+def check(graph: Graph, layer: str) -> Any:
+    """The layer output (inner.Point) `split` would cut at, checked without building anything: it exists, is a
+    feature map or tokens on a grid, and feeds the logits."""
+    point = graph.find(layer)
+    if not point.explainable:
+        raise ExplainError(_not_explainable(point))
+    logit_number, _, steps = _pre_activation(graph)
+    if point.step not in {s.name for s in _needed(steps, {logit_number})}:
+        raise ExplainError(f"layer {point.name!r} does not feed the model's output, so it cannot explain it")
+    return point
 
 
 def _not_explainable(point: Any) -> str:
@@ -405,7 +415,7 @@ def outputs_of(graph: Graph, names: Sequence[str]) -> Callable[[Tensor], list[Te
 def logits(graph: Graph, fold: bool = True) -> tuple[Callable[[Tensor], Tensor], str]:
     """The whole model up to its logits, and how they become probabilities (uncut, for predictions); BatchNorm
     folded with `fold`."""
-    if fold:
+    if fold and graph.foldable:
         from explain_cli.fold import fold_batchnorm
 
         graph = fold_batchnorm(graph)
@@ -459,9 +469,18 @@ def _pre_activation(graph: Graph) -> tuple[int, str, list[Step]]:
 def _with_activation(step: Step, activation: Callable[[Tensor], Tensor]) -> Step:
     """The step calling a shallow copy of its layer with another activation: same variables, and the
     user's layer left as it was."""
-    layer = copy.copy(step.layer)
+    layer = twin(step.layer)
     object.__setattr__(layer, "activation", activation)
     return dataclasses.replace(step, layer=layer)
+
+
+def twin(layer: Any) -> Any:
+    """A new object of the layer's class with the same attributes, so the same variables: what changes the model's
+    weights changes what the twin computes, and no second copy of them is held. (copy.copy would serialise a Keras
+    layer and load it back, with variables of its own.)"""
+    double = object.__new__(type(layer))
+    double.__dict__.update(vars(layer))
+    return double
 
 
 # Activations guided by guided backpropagation, by their function's or layer class's name.

@@ -217,3 +217,25 @@ def test_sanity_check_randomises_a_copy_and_random_maps_do_not_notice(shapes_mod
     assert sum(not np.array_equal(a, b) for a, b in zip(copied, trained)) >= 7  # the copy's layers are random
     cascade.assign(0)
     assert all(np.array_equal(a, b) for a, b in zip(cascade.model.keras_model.get_weights(), trained))
+
+
+@pytest.mark.parametrize("chosen", ["fp32", "bf16"])
+def test_every_stage_of_the_cascade_reaches_the_compiled_step(shapes_model, chosen):
+    """The methods are compiled once on the copy and its weights assigned stage by stage afterwards: nothing in the
+    compiled step may hold weights of its own (a BatchNorm folded at compile time, a bf16 layer copy), or the
+    randomisation would never reach it. At every stage the step's logits are the copy's own."""
+    from explain_cli import explainer, models, randomise, split
+
+    model = models.load(str(shapes_model("none")), precision=chosen)
+    cascade = randomise.cascade(model, 3, seed=0)
+    step = randomise.explainers_for(cascade, explainer.default_layer(cascade.graph, model), ["gradcam"],
+                                    lambda m, g, cut, method: explainer.compile_explain(m, cut, method))["gradcam"]
+    images = np.random.default_rng(0).integers(0, 256, (4, model.height, model.width, 3), dtype=np.uint8)
+    for stage in range(len(cascade.stages) + 1):
+        cascade.assign(stage)
+        logits = cascade.model.keras_model.predict(images.astype("float32"), verbose=0)  # this model ends in logits
+        result = step(images)  # its score is the explained class's logit (probabilities saturate: not those)
+        expected = np.take_along_axis(logits, result.classes, axis=1)
+        np.testing.assert_allclose(result.scores, expected, rtol=0.05 if chosen == "bf16" else 1e-4,
+                                   atol=0.05 if chosen == "bf16" else 1e-4)
+    assert step.traced.experimental_get_tracing_count() == 1

@@ -100,3 +100,25 @@ def test_verbose_says_which_precision_and_why(tiny_model, tmp_path):
         assert result.exit_code == 0, result.output
         expected = precision.resolve(choice, [method])
         assert f"note: precision {expected[0]} ({expected[1]})" in result.stderr
+
+
+@pytest.mark.parametrize("chosen", ["bf16", "fp32"])
+def test_the_replayed_layers_share_the_users_variables(tiny_model, chosen):
+    """bf16 layers and the logits layer without its softmax are copies that compute with the model's own variables:
+    what changes the model's weights (evaluate --sanity's cascade) changes what explain computes, with no new trace,
+    and no second set of weights is held."""
+    model = models.load(str(tiny_model), precision=chosen)
+    step = explainer.compile_explain(model, split.split(explainer.graph_of(model), "conv2"), "gradcam")
+    images = np.stack([make_scene(np.random.default_rng(i)).image for i in range(2)])
+    before = step(images)
+    for name in ("conv1", "scores"):  # a 4-D layer (a bf16 copy) and the Dense whose softmax is left out
+        layer = model.keras_model.get_layer(name)
+        kept = layer.kernel.numpy()
+        layer.kernel.assign(kept[..., ::-1] if name == "scores" else -kept)
+        try:
+            after = step(images)
+        finally:
+            layer.kernel.assign(kept)
+        assert not np.allclose(after.probabilities, before.probabilities), name
+    np.testing.assert_array_equal(step(images).probabilities, before.probabilities)
+    assert step.traced.experimental_get_tracing_count() == 1

@@ -341,8 +341,7 @@ def check_class_options(options: dict) -> None:
 class Target:
     """What a run explains: the model cut at its layer, and which classes of which images."""
 
-    graph: Any
-    cut: Any
+    layer: str  # the explained layer's full name (checked: make() cuts the model there)
     truth: dict | None  # each source's true class (--truth)
     classes: list[int]  # --class: the same classes for every image (empty: the top k)
     per_image: bool  # --class truth: each image's own true class
@@ -364,7 +363,7 @@ def target(options: dict, sources: list[inputs.Source], model: models.LoadedMode
     graph = explainer.graph_of(model)
     default = explainer.default_layer(graph, model)
     try:
-        cut = split.split(graph, options["layer"] or default)
+        layer = split.check(graph, options["layer"] or default).name
     except ExplainError as error:
         raise click.BadParameter(f"{error}; default: {default}", param_hint="--layer") from None
-    return Target(graph, cut, known, classes, per_image)
+    return Target(layer, known, classes, per_image)

@@ -81,13 +81,13 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
     try:
         model = common.load(options, methods)
         target = common.target(options, sources, model)
-        truth, per_image, classes, cut = target.truth, target.per_image, target.classes, target.cut
+        truth, per_image, classes, layer = target.truth, target.per_image, target.classes, target.layer
         boxes = _boxes(boxes_file, sources, model)
         settings = evaluation.Settings(methods, steps, blur_sigma, tolerance, seed, options["batch_size"])
-        click.echo(f"{model.name}: evaluating {', '.join(methods)} at layer {cut.layer}, {steps} steps: "
+        click.echo(f"{model.name}: evaluating {', '.join(methods)} at layer {layer}, {steps} steps: "
                    f"{len(methods) * (2 * steps + 3)} forward passes per image and class", err=True)
         real = [m for m in methods if m != evaluation.RANDOM]
-        layer, figures = cut.layer, sources[:sanity_figures]
+        figures = sources[:sanity_figures]
         k = 1 if per_image else len(classes) or options["top_k"] or 1
 
         def choose(probabilities: np.ndarray, batch: list) -> np.ndarray:
