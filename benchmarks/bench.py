@@ -178,6 +178,7 @@ def main() -> None:
         "baseline": [sys.executable, str(ROOT / "benchmarks" / "baseline_predict.py"), str(weights), str(folder)],
         "predict": explain_cmd("predict", str(folder), "--weights", str(weights)),
         "top1": gradcam,
+        "fp32": [*gradcam, "--precision", "fp32"],
         "top5": [*gradcam, "--top-k", "5"],
     }
     if args.peer_python:
@@ -189,34 +190,35 @@ def main() -> None:
     rows += [
         (f"plain inference baseline, {n} images", f"{baseline:.1f} s ({n / baseline:.1f} images/s)"),
         (f"`explain predict`, {n} images", f"{predict:.1f} s ({n / predict:.1f} images/s)"),
-        (f"`explain gradcam`, {n} images, top-1, overlays written", f"{top1:.1f} s ({n / top1:.1f} images/s)"),
-        ("target 1: gradcam images/s ÷ baseline images/s (≥ 0.85)", f"{ratio(times, 'baseline', 'top1'):.2f}×"),
-        (f"`explain gradcam --top-k 5`, {n} images", f"{top5:.1f} s"),
-        ("target 3: top-5 time ÷ top-1 time, whole runs with 5× the overlays written (≤ 1.15)",
-         f"{ratio(times, 'top5', 'top1'):.2f}×"),
+        (f"`explain gradcam`, {n} images, top-1, overlays written (--precision auto)",
+         f"{top1:.1f} s ({n / top1:.1f} images/s)"),
+        ("target 2 (issue 12): gradcam images/s ÷ baseline images/s (≥ 1.3)", f"{ratio(times, 'baseline', 'top1'):.2f}×"),
+        (f"`explain gradcam --precision fp32` (BatchNorm folding alone), {n} images",
+         f"{statistics.median(times['fp32']):.1f} s ({ratio(times, 'baseline', 'fp32'):.2f}× the baseline's images/s)"),
+        (f"`explain gradcam --top-k 5`, {n} images", f"{top5:.1f} s ({ratio(times, 'top5', 'top1'):.2f}× top-1; "
+         "no longer a target)"),
     ]
     one, five = compute_ratio(weights)
     rows += [
         ("compiled explain step alone, batch 32: top-1 / top-5", f"{one:.2f} s / {five:.2f} s"),
-        ("target 3, the model's share: top-5 step ÷ top-1 step", f"{five / one:.2f}×"),
+        ("the model's share of top-5: top-5 step ÷ top-1 step", f"{five / one:.2f}×"),
     ]
     extra = statistics.median(high - low for high, low in zip(cpu["top5"], cpu["top1"]))
     cores = os.cpu_count() or 1
     rows += [
-        ("target 3, whole runs: CPU top-5 − top-1 (the model's share and 4 more overlays per image)",
+        ("CPU per extra overlay: whole runs' CPU, top-5 − top-1, ÷ 4 more overlays per image (model share included)",
          f"{extra:.1f} s ({1000 * extra / (4 * n):.1f} ms per extra overlay)"),
-        (f"… that CPU shared perfectly over {cores} cores, against the 15 % of top-1 that target 3 allows",
-         f"{extra / cores:.1f} s of {0.15 * top1:.1f} s"),
+        (f"… that CPU shared over {cores} cores", f"{extra / cores:.1f} s"),
     ]
     if args.peer_python:
         peer = statistics.median(times["peer"])
         rows += [
             (f"tf-keras-vis Gradcam, same job, {n} images", f"{peer:.1f} s ({n / peer:.1f} images/s)"),
-            ("target 2: tf-keras-vis time ÷ `explain gradcam` time (≥ 3)", f"{ratio(times, 'peer', 'top1'):.2f}×"),
+            ("target 3: tf-keras-vis time ÷ `explain gradcam` time (≥ 3)", f"{ratio(times, 'peer', 'top1'):.2f}×"),
         ]
 
     help_time = statistics.median(timed(explain_cmd("--help"))[0] for _ in range(5))
-    rows.append(("target 4: `explain --help` (≤ 0.3 s)", f"{help_time:.2f} s"))
+    rows.append(("target 3: `explain --help` (≤ 0.3 s)", f"{help_time:.2f} s"))
     one = folder / "img00000.jpg"
     for name, seconds in breakdown(weights, one, out):
         rows.append((f"one image: {name}", f"{seconds:.2f} s"))
@@ -236,7 +238,7 @@ def main() -> None:
     for count in (small, large):
         rows.append((f"peak RSS, `explain gradcam` on {count} images (median of {args.runs})",
                      f"{peaks[count]:.0f} MiB"))
-    rows.append((f"target 5: RSS {large} ÷ RSS {small} (≤ 1.10)", f"{peaks[large] / peaks[small]:.2f}×"))
+    rows.append((f"target 3: RSS {large} ÷ RSS {small} (≤ 1.10)", f"{peaks[large] / peaks[small]:.2f}×"))
 
 
 if __name__ == "__main__":

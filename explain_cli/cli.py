@@ -7,6 +7,8 @@ Nothing here imports TensorFlow at module level, so `explain --help` is instant.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -329,4 +331,22 @@ cli.add_command(report_command.report)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="explain")
+    """The `explain` command. Once a run that loaded TensorFlow is over, the process ends at once: everything it
+    wrote is closed by then, and tearing down TensorFlow's and Keras' objects took ~0.9 s of every run (measured).
+    With Ray the normal exit stays, so that Ray's own shutdown runs."""
+    try:
+        cli.main(args=argv, prog_name="explain")
+        code: Any = 0
+    except SystemExit as done:
+        code = done.code
+    if "tensorflow" not in sys.modules or "ray" in sys.modules:
+        sys.exit(code)
+    if isinstance(code, str):  # sys.exit("message"): Python would print it and exit 1
+        sys.stderr.write(code + "\n")
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that closed the pipe: the run has already said so
+            pass
+    logging.shutdown()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
