@@ -9,6 +9,10 @@ The model's functional graph is flattened into a list of steps (nested models ar
 
 head(features(x)) is exactly the model's own function, so ∂logits/∂A is the model's own gradient.
 Nothing here changes the user's model: no layer is rebuilt, re-activated or re-wired.
+
+The output of a sublayer inside a subclassed layer (keras-hub's transformer blocks) is not a value of the graph: the
+step that calls it runs in both parts, keeping the sublayer's output in the first and replacing it with the given
+A in the second (inner.py). A transformer's tokens are cut as their patch grid.
 """
 
 from __future__ import annotations
