@@ -262,14 +262,17 @@ def _seen(result: Any) -> tuple[tuple, bool]:
 
 def _with_grids(points: list[Point], height_width: tuple) -> list[Point]:
     """Token outputs (tokens, channels) with the grid their last h·w tokens lie on: that of the latest feature map
-    before them with at most MAX_EXTRA_TOKENS fewer positions, else the input's aspect ratio."""
+    before them of the input's aspect ratio with at most MAX_EXTRA_TOKENS fewer positions (a patch embedding),
+    else the grid of the input's aspect ratio (after a Swin stage's patch merging, say)."""
+    height, width = height_width
     placed = []
     for point in points:
         if len(point.shape) == 2 and isinstance(point.shape[0], int):
             tokens = point.shape[0]
-            maps = [p.shape[:2] for p in points if len(p.shape) == 3 and p.order < point.order
+            maps = [p.shape[:2] for p in points if len(p.shape) == 3 and p.order < point.order and not p.constant
                     and all(isinstance(d, int) for d in p.shape[:2])]
-            fits = [(h, w) for h, w in maps if 0 <= tokens - h * w <= MAX_EXTRA_TOKENS]
+            fits = [(h, w) for h, w in maps if 0 <= tokens - h * w <= MAX_EXTRA_TOKENS
+                    and (not isinstance(height, int) or not isinstance(width, int) or h * width == w * height)]
             grid = fits[-1] if fits else _grid_by_aspect(tokens, height_width)
             if grid is not None:
                 point = dataclasses.replace(point, grid=grid, extra=tokens - grid[0] * grid[1])

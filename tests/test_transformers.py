@@ -397,16 +397,17 @@ def _point(name: str, shape: tuple, order: int) -> inner.Point:
     return inner.Point(name, name, (), shape, order=order, started=order)
 
 
-@pytest.mark.parametrize("tokens, maps, expected", [
-    (197, [(14, 14, 384)], ((14, 14), 1)),  # ViT-B/16: a class token
-    (201, [(14, 14, 384)], ((14, 14), 5)),  # a class token and 4 registers
-    (198, [(14, 14, 384)], ((14, 14), 2)),  # DeiT: class and distillation tokens
-    (49, [(56, 56, 96), (7, 7, 768)], ((7, 7), 0)),  # the latest feature map that fits, no extra tokens
-    (25, [], ((4, 6), 1)),  # no feature map: the input's aspect ratio (32 × 48), one token left over
+@pytest.mark.parametrize("tokens, maps, size, expected", [
+    (197, [(14, 14, 384)], (224, 224), ((14, 14), 1)),  # ViT-B/16: a class token
+    (201, [(14, 14, 384)], (224, 224), ((14, 14), 5)),  # a class token and 4 registers
+    (198, [(14, 14, 384)], (224, 224), ((14, 14), 2)),  # DeiT: class and distillation tokens
+    (49, [(56, 56, 96), (7, 7, 768)], (224, 224), ((7, 7), 0)),  # the latest feature map that fits
+    (25, [], (32, 48), ((4, 6), 1)),  # no feature map: the input's aspect ratio, one token left over
+    (64, [(4, 16, 32)], (64, 64), ((8, 8), 0)),  # Swin's windows (4 × 16) are not the image's shape
 ])
-def test_tokens_are_laid_out_on_the_grid_of_the_patch_embedding(tokens, maps, expected):
+def test_tokens_are_laid_out_on_the_grid_of_the_patch_embedding(tokens, maps, size, expected):
     points = [_point(f"map{i}", shape, i) for i, shape in enumerate(maps)] + [_point("tokens", (tokens, 384), 9)]
-    (placed,) = [p for p in inner._with_grids(points, (HEIGHT, WIDTH)) if p.name == "tokens"]
+    (placed,) = [p for p in inner._with_grids(points, size) if p.name == "tokens"]
     assert (placed.grid, placed.extra) == expected
     assert placed.describe() == f"({expected[0][0]}, {expected[0][1]}, 384) tokens"
 
@@ -432,3 +433,43 @@ def test_the_sanity_cascade_randomises_a_vit_block_by_block(vit_file, tmp_path):
     assert deepest[-3:] == ["vi_t_backbone/vit_patching_and_embedding",  # its own weight: the class token
                             "vi_t_backbone/vit_patching_and_embedding/position_embedding",
                             "vi_t_backbone/vit_patching_and_embedding/patch_embedding"]
+
+
+def _deit(keras):
+    import keras_hub
+
+    keras.utils.set_random_seed(9)
+    backbone = keras_hub.models.DeiTBackbone(image_shape=(HEIGHT, WIDTH, 3), patch_size=PATCH, num_layers=2,
+                                             num_heads=3, hidden_dim=192, intermediate_dim=384)
+    return keras_hub.models.DeiTImageClassifier(backbone=backbone, num_classes=CLASSES)
+
+
+def _swin(keras):
+    import keras_hub
+
+    keras.utils.set_random_seed(10)
+    backbone = keras_hub.models.SwinTransformerBackbone(image_shape=(64, 64, 3), embed_dim=32, depths=[2, 2],
+                                                        num_heads=[2, 4], window_size=4, patch_size=4)
+    return keras_hub.models.SwinTransformerImageClassifier(backbone=backbone, num_classes=CLASSES)
+
+
+@pytest.mark.parametrize("build, layer, grid, extra, default", [
+    # DeiT: a class and a distillation token; its blocks return (tokens, scores), so the input of the last block
+    # is the output of the block before it, which its output layer (residual included) computes.
+    (_deit, "dei_t_backbone/deit_encoder/transformer_block_2/ln_1", GRID, 2,
+     "dei_t_backbone/deit_encoder/transformer_block_1/output_layer"),
+    # Swin: patch merging halves the grid at each stage; its windows are not the image's shape.
+    (_swin, "swin_transformer_backbone/stage_1/blocks_1", (8, 8), 0, "swin_transformer_backbone/norm"),
+], ids=["deit", "swin"])
+def test_other_keras_hub_transformers_are_cut_on_their_own_grids(keras, tmp_path, build, layer, grid, extra, default):
+    path = tmp_path / "model.keras"
+    build(keras).save(path)
+    model = models.load(str(path))
+    graph = explainer.graph_of(model)
+    point = graph.find(layer)
+    assert (point.grid, point.extra) == (grid, extra)
+    assert explainer.default_layer(graph, model) == default
+    images = np.random.default_rng(0).integers(0, 256, (2, model.height, model.width, 3), dtype=np.uint8)
+    for method in ("gradcam", "layercam"):
+        maps = explainer.compile_explain(model, split.split(graph, layer), method)(images).maps
+        assert maps.shape == (2, 1, *grid) and np.isfinite(maps).all() and maps.max() > 0
