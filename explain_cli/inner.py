@@ -7,10 +7,10 @@ of a forward hook, and puts it back after: the wrapper can keep the output (a cu
 head, given activations) or ask an attention layer for its scores (attention rollout). Inside a tf.function this
 happens while tracing, so the compiled graph holds the effect and the user's model is as it was.
 
-Which sublayers run, in which order and with which output shapes is learned by running the model once on a blank
-image (`catalogue`). A transformer's (batch, tokens, channels) outputs are cut as grids: the patch tokens are the
-last h·w of them (any class, register or distillation tokens come first), laid out on the grid of the patch
-embedding's feature map.
+Which sublayers run, in which order and with which output shapes is learned by running the model once on two
+random images (`catalogue`); an output that is the same for both is no explanation of either. A transformer's
+(batch, tokens, channels) outputs are cut as grids: the patch tokens are the last h·w of them (any class, register
+or distillation tokens come first), laid out on the grid of the patch embedding's feature map.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ _catalogues: "weakref.WeakKeyDictionary[Any, Catalogue]" = weakref.WeakKeyDictio
 
 def catalogue(model: Any, steps: Sequence[Any], input_number: int, input_shape: tuple) -> Catalogue:
     """The model's layer outputs: from the graph when every step is a plain layer, else by running the model once
-    on a blank image with every sublayer's call watched. Cached per model object."""
+    on two random images with every sublayer's call watched. Cached per model object."""
     try:
         return _catalogues[model]
     except (KeyError, TypeError):
@@ -192,7 +192,7 @@ def catalogue(model: Any, steps: Sequence[Any], input_number: int, input_shape: 
     if needs_probe(steps) and all(isinstance(d, int) for d in input_shape[1:]):
         try:
             points = _probe(steps, input_number, input_shape)
-        except Exception:  # noqa: BLE001 (a layer that cannot run on a blank image: its graph steps still can)
+        except Exception:  # noqa: BLE001 (a layer that cannot run on a random image: its graph steps still can)
             points = None
     if points is None:
         points = [
