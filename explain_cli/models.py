@@ -110,7 +110,7 @@ def load(
         prep = converter if preprocess is None and converter is not None else _mode_preprocess(preprocess or "none")
         default = None
     height, width, channels = _input_size(model, spec)
-    num_classes = int(model.outputs[0].shape[-1])
+    num_classes = _classes(model, spec, (height, width, channels))
     return LoadedModel(
         name=name,
         keras_model=model,
@@ -269,10 +269,39 @@ def _first_line(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def _classes(model: Any, spec: str, size: tuple[int, int, int]) -> int:
+    """How many classes the model scores: its output's last axis (a subclassed model is called once to see it)."""
+    outputs = getattr(model, "outputs", None)
+    shape = outputs[0].shape if outputs else None
+    if shape is None:
+        import numpy as np
+
+        try:
+            shape = model(np.zeros((1, *size), np.float32)).shape
+        except Exception as error:  # a model that cannot run on an image of its own input shape
+            raise ExplainError(f"{spec}: cannot run the model on a {size} image: {_first_line(error)}") from None
+    if len(shape) != 2:
+        raise ExplainError(f"{spec}: expected an output of (batch, classes), not {tuple(shape)}")
+    return int(shape[-1])
+
+
+def input_shape_of(model: Any) -> tuple:
+    """The model's input shape, (batch, height, width, channels) for an image classifier: its input's, or for a
+    subclassed model the shape it was built with (saved with it); () when there is no single one."""
+    inputs = getattr(model, "inputs", None)
+    if inputs is not None:
+        return tuple(inputs[0].shape) if len(inputs) == 1 else ()
+    built = list((getattr(model, "_build_shapes_dict", None) or {}).values())
+    if len(built) != 1 or not isinstance(built[0], (list, tuple)):
+        return ()
+    return (None, *built[0][1:])
+
+
 def _input_size(model: Any, spec: str) -> tuple[int, int, int]:
-    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+    shape = input_shape_of(model)
+    if len(shape) != 4:
         raise ExplainError(f"{spec}: expected one image input (batch, height, width, channels)")
-    _, height, width, channels = model.inputs[0].shape
+    _, height, width, channels = shape
     if height is None or width is None:
         raise ExplainError(f"{spec}: the model's input has no fixed height and width to resize images to")
     if channels not in (1, 3):

@@ -40,12 +40,20 @@ class Step:
     outputs: tuple[int, ...]
     output_shapes: tuple[tuple[int | None, ...], ...]
     takes_training: bool
+    hooks: tuple[tuple[tuple[str, ...], Any], ...] = ()  # (sublayer path, layer -> inner.Wrapper) while it runs
 
     def run(self, values: dict[int, Tensor]) -> None:
         args, kwargs = self.arguments.fill_in({key: values[v] for key, v in self.inputs})
         if self.takes_training:
             kwargs["training"] = False
-        result = self.layer(*args, **kwargs)
+        if self.hooks:
+            from explain_cli import inner
+
+            sublayers = [(inner.sublayer(self.layer, path), make) for path, make in self.hooks]
+            with inner.intercepted([(layer, make(layer)) for layer, make in sublayers]):
+                result = self.layer(*args, **kwargs)
+        else:
+            result = self.layer(*args, **kwargs)
         results = result if isinstance(result, (list, tuple)) else [result]
         for number, value in zip(self.outputs, results):
             values[number] = value
@@ -107,9 +115,7 @@ def flatten(model: Any) -> Graph:
     """The model's call graph as steps, entering nested functional and Sequential models."""
     function = _functional(model)
     if function is None:
-        raise ExplainError(
-            f"model {model.name!r} is a subclassed Keras model: only functional and Sequential models can be explained"
-        )
+        return _whole(model)
     if len(function.inputs) != 1 or len(function.outputs) != 1:
         raise ExplainError(
             f"model {model.name!r} has {len(function.inputs)} inputs and {len(function.outputs)} outputs:"
@@ -123,6 +129,32 @@ def flatten(model: Any) -> Graph:
 
     found = inner.catalogue(model, steps, input_number, tuple(function.inputs[0].shape))
     return Graph(steps=tuple(steps), input=input_number, output=output, points=found.points,
+                 transformer_default=found.transformer_default)
+
+
+class _InputAlone:
+    """The call arguments of a step that takes the model's input alone: a subclassed model, run whole."""
+
+    keras_tensors: tuple = ()
+
+    def fill_in(self, values: dict) -> tuple[tuple, dict]:
+        return (values[0],), {}
+
+
+def _whole(model: Any) -> Graph:
+    """A subclassed model as one step; its layers are cut while it runs (inner.py)."""
+    from explain_cli import inner
+    from explain_cli.models import input_shape_of
+
+    shape = input_shape_of(model)
+    step = Step(name=model.name, layer=model, arguments=_InputAlone(), inputs=((0, 0),), outputs=(1,),
+                output_shapes=((None, None),), takes_training=_takes_training(model))
+    found = inner.catalogue(model, [step], 0, shape)
+    classes = found.points[-1].shape if found.points else ()
+    if len(classes) != 1:
+        raise ExplainError(f"model {model.name!r} is a subclassed model whose output is not (batch, classes)")
+    step = dataclasses.replace(step, output_shapes=((None, *classes),))
+    return Graph(steps=(step,), input=0, output=1, points=found.points,
                  transformer_default=found.transformer_default)
 
 
@@ -457,6 +489,11 @@ def _pre_activation(graph: Graph) -> tuple[int, str, list[Step]]:
     """
     steps = list(graph.steps)
     last = next(s for s in reversed(steps) if graph.output in s.outputs)
+    final = _final_sublayer(graph, last)
+    if final is not None:  # a layer whose call ends in a sublayer's softmax (a subclassed model)
+        path, kind = final
+        steps[steps.index(last)] = dataclasses.replace(last, hooks=(*last.hooks, (path, _linear_instead)))
+        return graph.output, kind, steps
     kind = _activation_name(last.layer)
     if kind not in _PROBABILITY_ACTIVATIONS:
         return graph.output, "linear", steps
@@ -468,6 +505,32 @@ def _pre_activation(graph: Graph) -> tuple[int, str, list[Step]]:
 
     steps[steps.index(last)] = _with_activation(last, activations.linear)
     return graph.output, kind, steps
+
+
+def _final_sublayer(graph: Graph, last: Step) -> tuple[tuple[str, ...], str] | None:
+    """The path and activation of the sublayer whose softmax or sigmoid ends the last step's call, if one does: the
+    last of its sublayers to finish, when it finishes with the step's own output shape."""
+    from explain_cli import inner
+
+    if not inner.children(last.layer):
+        return None
+    inside = [p for p in graph.points if p.step == last.name]
+    if len(inside) < 2 or inside[-1].path or inside[-2].shape != inside[-1].shape:
+        return None
+    final = inside[-2]
+    kind = _activation_name(inner.sublayer(last.layer, final.path))
+    return (final.path, kind) if kind in _PROBABILITY_ACTIVATIONS else None
+
+
+def _linear_instead(layer: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An inner.Wrapper for `layer`: its call without its softmax or sigmoid (an activation layer passes its input)."""
+    if _is_activation_layer(layer):
+        return lambda original: lambda inputs, *args, **kwargs: inputs
+    from keras import activations
+
+    double = twin(layer)
+    object.__setattr__(double, "activation", activations.linear)
+    return lambda original: double.call
 
 
 def _with_activation(step: Step, activation: Callable[[Tensor], Tensor]) -> Step:
@@ -500,14 +563,32 @@ def guided(graph: Graph) -> Graph:
     ReLU(6)), and the relu / relu6 / leaky_relu activation of any layer (Conv2D, Dense, Activation).
     The forward pass is unchanged, and so is the user's model.
     """
+    from explain_cli import inner
+
     steps = []
     for step in graph.steps:
         if type(step.layer).__name__ in _RELU_LAYERS:
             step = dataclasses.replace(step, layer=_guide(step.layer), takes_training=False)
         elif _activation_name(step.layer) in _RELU_FAMILY:
             step = _with_activation(step, _guide(step.layer.activation))
+        else:  # the sublayers of a subclassed layer, guided while it runs
+            relus = [path for path, layer in inner.descendants(step.layer) if _is_relu(layer)]
+            step = dataclasses.replace(step, hooks=(*step.hooks, *((path, _guided_call) for path in relus)))
         steps.append(step)
     return dataclasses.replace(graph, steps=tuple(steps))
+
+
+def _is_relu(layer: Any) -> bool:
+    return type(layer).__name__ in _RELU_LAYERS or _activation_name(layer) in _RELU_FAMILY
+
+
+def _guided_call(layer: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An inner.Wrapper for a ReLU-family sublayer: its call with the activation guided."""
+    if type(layer).__name__ in _RELU_LAYERS:
+        return lambda original: lambda inputs, *args, **kwargs: _guide(original)(inputs)
+    double = twin(layer)
+    object.__setattr__(double, "activation", _guide(layer.activation))
+    return lambda original: double.call
 
 
 def _guide(activation: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
