@@ -43,6 +43,7 @@ class Point:
     grid: tuple[int, int] | None = None  # tokens: the patch grid (h, w)
     extra: int = 0  # tokens: how many come before the patch tokens
     constant: bool = False  # the same for every image (a position embedding): nothing there to explain
+    kind: str = ""  # the layer's class name
 
     @property
     def is_tokens(self) -> bool:
@@ -197,7 +198,7 @@ def catalogue(model: Any, steps: Sequence[Any], input_number: int, input_shape: 
     if points is None:
         points = [
             Point(step.name, step.name, (), tuple(step.output_shapes[0][1:]) if len(step.outputs) == 1 else (),
-                  order=2 * i + 1, started=2 * i, attention=is_attention(step.layer))
+                  order=2 * i + 1, started=2 * i, attention=is_attention(step.layer), kind=type(step.layer).__name__)
             for i, step in enumerate(steps)
         ]
     points = _with_grids(points, height_width)
@@ -222,7 +223,7 @@ def _probe(steps: Sequence[Any], input_number: int, input_shape: tuple) -> list[
                 counts[id(layer)] = counts.get(id(layer), 0) + 1
                 shape, constant = _seen(result)
                 found.append(Point(f"{step.name}/{'/'.join(path)}", step.name, path, shape, next(clock), started,
-                                   attention=is_attention(layer), constant=constant))
+                                   attention=is_attention(layer), constant=constant, kind=type(layer).__name__))
                 return result
 
             return call
@@ -240,7 +241,7 @@ def _probe(steps: Sequence[Any], input_number: int, input_shape: tuple) -> list[
             step.run(values)
         shape, constant = _seen(values[step.outputs[0]]) if len(step.outputs) == 1 else ((), False)
         found.append(Point(step.name, step.name, (), shape, next(clock), started, attention=is_attention(step.layer),
-                           constant=constant))
+                           constant=constant, kind=type(step.layer).__name__))
     unique: dict[str, Point] = {}
     for point in found:  # a layer called twice appears twice: keep one, with its count
         calls = counts.get(owner.get(point.name, -1), 1)

@@ -15,7 +15,7 @@ _DRAWN_KINDS = ("Conv", "Pool")  # layer class names containing these are drawn 
 
 def default_activation_layers(graph: split_module.Graph, cap: int) -> tuple[list[str], int]:
     """Every convolution and pooling layer with a 4-D output, at most `cap` spread evenly; and how many there were."""
-    names = [s.name for s in graph.layers_4d() if any(k in type(s.layer).__name__ for k in _DRAWN_KINDS)]
+    names = [p.name for p in graph.explainable() if not p.is_tokens and any(k in p.kind for k in _DRAWN_KINDS)]
     if len(names) <= cap:
         return names, len(names)
     picks = np.linspace(0, len(names) - 1, cap).round().astype(int)

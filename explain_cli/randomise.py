@@ -22,6 +22,7 @@ class Cascade:
     graph: split_module.Graph
     stages: tuple[tuple[int, str], ...]  # per stage: how many weighted layers are random, the deepest of them
     assign: Callable[[int], None]  # the copy's weights for a stage (0: the trained ones)
+    names: dict[str, str]  # the model's layer names -> the copy's (a subclassed model's copy names its own layers)
 
 
 def cascade(model: LoadedModel, stages: int, seed: int) -> Cascade:
@@ -52,7 +53,11 @@ def cascade(model: LoadedModel, stages: int, seed: int) -> Cascade:
             for variable, values in zip(variables, (random if index < top else trained)[index]):
                 variable.assign(values)
 
-    return Cascade(loaded, graph, tuple((c, weighted[c - 1][0]) for c in counts), assign)
+    # The copy is the same architecture: its layer outputs come in the same order as the model's.
+    names = {p.name: q.name for p, q in zip(split_module.flatten(model.keras_model).points, graph.points)}
+    theirs = {copied: own for own, copied in names.items()}
+    stages_ = tuple((c, theirs.get(weighted[c - 1][0], weighted[c - 1][0])) for c in counts)
+    return Cascade(loaded, graph, stages_, assign, names)
 
 
 def _weighted_layers(graph: split_module.Graph) -> list[tuple[str, list[Any]]]:
@@ -78,5 +83,5 @@ def _like(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def explainers_for(cascade_: Cascade, layer: str, methods: Any, build: Callable[..., Any]) -> dict[str, Any]:
     """The methods compiled once on the copy: assigning weights later needs no new trace."""
-    cut = split_module.split(cascade_.graph, layer)
+    cut = split_module.split(cascade_.graph, cascade_.names.get(layer, layer))
     return {m: build(cascade_.model, cascade_.graph, cut, m) for m in methods}

@@ -72,10 +72,6 @@ class Graph:
     foldable: bool = True  # False: weights will change after compiling (--sanity), so fold nothing (fold.py)
     transformer_default: str | None = None  # the input of the last transformer block, where there is one
 
-    def layers_4d(self) -> list[Step]:
-        """The steps whose output is a 4-D feature map (batch, height, width, channels)."""
-        return [s for s in self.steps if len(s.outputs) == 1 and len(s.output_shapes[0]) == 4]
-
     def explainable(self) -> list[Any]:
         """The layer outputs a method can use: feature maps and tokens on a grid, at any depth."""
         return [p for p in self.points if p.explainable]

@@ -6,6 +6,8 @@ objects assembled as a Sequential model, whose graph explain replays the ordinar
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -23,20 +25,21 @@ def _build_net(keras):
     class Net(keras.Model):
         """Rescaling, two convolutions (the second cut in the tests), pooling, Dense with a softmax."""
 
-        def __init__(self, classes: int = CLASSES, **kwargs):
+        def __init__(self, classes: int = CLASSES, named: bool = True, **kwargs):
             super().__init__(**kwargs)
-            self.classes = classes
-            self.scale = layers.Rescaling(1 / 255, name="scale")
-            self.conv1 = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")
-            self.conv2 = layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2")
-            self.pool = layers.GlobalAveragePooling2D(name="pool")
-            self.scores = layers.Dense(classes, activation="softmax", name="scores")
+            self.classes, self.named = classes, named
+            name = (lambda n: n) if named else (lambda n: None)  # None: Keras names it, differently in a copy
+            self.scale = layers.Rescaling(1 / 255, name=name("scale"))
+            self.conv1 = layers.Conv2D(8, 3, padding="same", activation="relu", name=name("conv1"))
+            self.conv2 = layers.Conv2D(16, 3, padding="same", activation="relu", name=name("conv2"))
+            self.pool = layers.GlobalAveragePooling2D(name=name("pool"))
+            self.scores = layers.Dense(classes, activation="softmax", name=name("scores"))
 
         def call(self, x):
             return self.scores(self.pool(self.conv2(self.conv1(self.scale(x)))))
 
         def get_config(self):
-            return {**super().get_config(), "classes": self.classes}
+            return {**super().get_config(), "classes": self.classes, "named": self.named}
 
     return Net
 
@@ -118,3 +121,26 @@ def test_it_runs_end_to_end_from_the_command_line(net_file, tmp_path):
     assert result.exit_code == 0, result.output
     assert "net.keras: gradcam at layer net/conv2 (default)" in result.stderr
     assert len(list((tmp_path / "out").glob("a.gradcam.*.jpg"))) == 1
+
+
+def test_evaluate_sanity_and_activations_work_on_a_model_whose_copy_names_its_layers_anew(keras, tmp_path):
+    from PIL import Image
+
+    from explain_cli import output
+
+    keras.utils.set_random_seed(13)
+    net = _build_net(keras)(named=False, name="auto")
+    net(np.zeros((1, SIZE, SIZE, 3), np.float32))
+    net.save(tmp_path / "auto.keras")
+    Image.fromarray(_images(1)[0]).save(tmp_path / "a.png")
+    run = lambda *args: CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)  # noqa: E731
+    result = run("evaluate", tmp_path / "a.png", "--model", tmp_path / "auto.keras", "--methods", "gradcam",
+                 "--sanity", "--steps", "4", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    # Each load names the layers anew in this process: the run's own names are those it printed.
+    layer = re.search(r"at layer (\S+),", result.stderr).group(1)
+    stages = [r["deepest_randomised"] for r in output.read_manifest(tmp_path / "out", "sanity.jsonl")]
+    assert len(stages) == 3 and stages[1] == layer  # the model's names (dense, then the explained conv), not the copy's
+    result = run("activations", tmp_path / "a.png", "--model", tmp_path / "auto.keras", "-o", tmp_path / "act")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "act").glob("a.activations.*.png"))) == 2  # its two convolutions
