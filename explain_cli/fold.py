@@ -63,7 +63,11 @@ def _folded(layer: Any, batchnorm: Any, input_shape: tuple) -> Any:
         kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
     else:  # the last axis is the output channel
         kernel = kernel * scale
-    config = {**layer.get_config(), "use_bias": True, "name": f"{layer.name}_folded"}  # its dtype policy too
+    # Its dtype policy too. Zeros to start from: the weights are set just below, and drawing random ones first took
+    # half of folding's time (0.2 s on ResNet50).
+    config = {**layer.get_config(), "use_bias": True, "name": f"{layer.name}_folded"}
+    config.update({key: "zeros" for key in ("kernel_initializer", "depthwise_initializer", "bias_initializer")
+                   if key in config})
     copy = type(layer).from_config(config)
     copy.build(input_shape)
     weights = [kernel.astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)]
