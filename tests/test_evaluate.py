@@ -140,7 +140,7 @@ def run(*args):
 def test_gradcam_beats_the_random_control_on_every_metric(shapes_model, shapes_labels, shapes_folder, tmp_path):
     folder, boxes = shapes_folder
     out = tmp_path / "out"
-    # fp32: bfloat16's rounding differs between CPUs (AMX, AVX512-BF16); the margins below hold on fp32's maps.
+    # fp32: bfloat16's rounding differs between CPUs (AMX, AVX512-BF16), one more source of a moved image.
     result = run("evaluate", folder, "--model", shapes_model("none"), "--labels", shapes_labels, "--methods",
                  "gradcam,random", "--boxes", boxes, "-o", out, "--precision", "fp32")
     assert result.exit_code == 0, result.output
@@ -153,7 +153,8 @@ def test_gradcam_beats_the_random_control_on_every_metric(shapes_model, shapes_l
     assert gradcam["insertion"] > random["insertion"] + 0.05
     assert gradcam["drop"] < random["drop"] - 0.05
     # Increase in Confidence counts images (1/24 each) where the map-weighted input raises a confident model's score:
-    # 7 against 4 here, 7 against 6 on another CPU's trained model in CI. Not worse than random is what it can show.
+    # 7 against 4 in most runs, 7 against 6 in one full-suite run on this machine (the fixture's training is not
+    # bit-for-bit repeatable under load). Not worse than random is what it can show.
     assert gradcam["increase"] >= random["increase"]
     assert gradcam["pointing"] > random["pointing"] + 0.2
     assert gradcam["energy"] > random["energy"] + 0.3
