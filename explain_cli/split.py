@@ -339,8 +339,7 @@ def _as_grid(features: Features, head: Head, point: Any) -> tuple[Features, Head
 
     def grid_features(x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         tokens, skips = features(x)
-        grid = tf.reshape(tokens[:, extra:, :], [-1, h, w, tokens.shape[-1]])
-        return grid, (*skips, tokens[:, :extra, :]) if extra else skips
+        return _grid(tokens, point), (*skips, tokens[:, :extra, :]) if extra else skips
 
     def grid_head(grid: Tensor, skips: tuple[Tensor, ...]) -> Tensor:
         patches = tf.reshape(grid, [-1, h * w, grid.shape[-1]])
@@ -350,6 +349,13 @@ def _as_grid(features: Features, head: Head, point: Any) -> tuple[Features, Head
         return head(patches, tuple(skips))
 
     return grid_features, grid_head
+
+
+def _grid(tokens: Tensor, point: Any) -> Tensor:
+    """(b, tokens, c) -> (b, h, w, c): the patch tokens (the last h·w) on the point's grid."""
+    import tensorflow as tf
+
+    return tf.reshape(tokens[:, point.extra:, :], [-1, *point.grid, tokens.shape[-1]])
 
 
 def _token_layout(graph: Graph) -> tuple[int, int, int] | None:
@@ -424,8 +430,6 @@ def outputs_of(graph: Graph, names: Sequence[str]) -> Callable[[Tensor], list[Te
         steps = bfloat16(steps)
 
     def run(x: Tensor) -> list[Tensor]:
-        import tensorflow as tf
-
         kept: dict[str, list[Tensor]] = {p.name: [] for p in points}
         values = {graph.input: x}
         for step in steps:
@@ -433,13 +437,7 @@ def outputs_of(graph: Graph, names: Sequence[str]) -> Callable[[Tensor], list[Te
                      for p in points if p.step == step.name]
             with inner.intercepted(hooks):
                 step.run(values)
-        results = []
-        for p in points:
-            value = kept[p.name][0]
-            if p.is_tokens:
-                value = tf.reshape(value[:, p.extra:, :], [-1, *p.grid, value.shape[-1]])
-            results.append(value)
-        return results
+        return [_grid(kept[p.name][0], p) if p.is_tokens else kept[p.name][0] for p in points]
 
     return run
 
@@ -524,17 +522,21 @@ def _linear_instead(layer: Any) -> Callable[[Callable[..., Any]], Callable[..., 
         return lambda original: lambda inputs, *args, **kwargs: inputs
     from keras import activations
 
-    double = twin(layer)
-    object.__setattr__(double, "activation", activations.linear)
+    double = _activated(layer, activations.linear)
     return lambda original: double.call
 
 
 def _with_activation(step: Step, activation: Callable[[Tensor], Tensor]) -> Step:
-    """The step calling a shallow copy of its layer with another activation: same variables, and the
-    user's layer left as it was."""
-    layer = twin(step.layer)
-    object.__setattr__(layer, "activation", activation)
-    return dataclasses.replace(step, layer=layer)
+    """The step calling a twin of its layer with another activation: same variables, and the user's layer left
+    as it was."""
+    return dataclasses.replace(step, layer=_activated(step.layer, activation))
+
+
+def _activated(layer: Any, activation: Callable[[Tensor], Tensor]) -> Any:
+    """A twin of the layer with another activation."""
+    double = twin(layer)
+    object.__setattr__(double, "activation", activation)
+    return double
 
 
 def twin(layer: Any) -> Any:
@@ -582,8 +584,7 @@ def _guided_call(layer: Any) -> Callable[[Callable[..., Any]], Callable[..., Any
     """An inner.Wrapper for a ReLU-family sublayer: its call with the activation guided."""
     if type(layer).__name__ in _RELU_LAYERS:
         return lambda original: lambda inputs, *args, **kwargs: _guide(original)(inputs)
-    double = twin(layer)
-    object.__setattr__(double, "activation", _guide(layer.activation))
+    double = _activated(layer, _guide(layer.activation))
     return lambda original: double.call
 
 
