@@ -12,13 +12,21 @@ emulated and slower than float32. Some methods stay fp32 under `auto` (FP32_UNDE
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from explain_cli.errors import ExplainError
 from explain_cli.methods.saliency import PIXEL_METHODS
 
 CHOICES = ("auto", "fp32", "bf16")
-FAST_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# The CPU flags that make bfloat16 native, and the oneDNN instruction set each needs (ONEDNN_MAX_CPU_ISA).
+FAST_BF16_FLAGS = {"amx_bf16": "AVX512_CORE_AMX", "avx512_bf16": "AVX512_CORE_BF16"}
+# oneDNN's ISA names from least to most capable (its documented ONEDNN_MAX_CPU_ISA values, with their aliases).
+ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+               "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16")
+_ISA_ALIASES = {"AVX10_1_512": "AVX512_CORE_FP16", "AVX10_1_512_AMX": "AVX512_CORE_AMX",
+                "AVX10_1_512_AMX_FP16": "AVX512_CORE_AMX_FP16"}
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
@@ -34,6 +42,18 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return set()
 
 
+def native_bf16(flags: set[str] | None = None, max_isa: str | None = None) -> list[str]:
+    """The flags by which TensorFlow's kernels compute bfloat16 natively here: the CPU's (AMX or AVX512-BF16), less
+    those that oneDNN may not use under ONEDNN_MAX_CPU_ISA (`max_isa`; default: the environment's). With
+    ONEDNN_MAX_CPU_ISA=AVX2 a CPU with AMX behaves, and is treated, as one without it."""
+    found = (cpu_flags() if flags is None else flags) & set(FAST_BF16_FLAGS)
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "") if max_isa is None else max_isa
+    limit = _ISA_ALIASES.get(limit.strip().upper(), limit.strip().upper())
+    if limit in ONEDNN_ISAS:
+        found = {f for f in found if ONEDNN_ISAS.index(FAST_BF16_FLAGS[f]) <= ONEDNN_ISAS.index(limit)}
+    return sorted(found)
+
+
 # Kept in float32 by `auto`, measured: pixel attributions and class visualisation follow gradients down to the
 # pixels; HiResCAM's and LayerCAM's element-wise g ⊙ A sums cancel, so rounding A to bfloat16 moves them
 # (r = 0.946 and 0.983 against fp32 on a random-weight VGG16, where every other method is at r ≥ 0.999).
@@ -42,16 +62,34 @@ FP32_UNDER_AUTO = {"hirescam": "its element-wise maps", "layercam": "its element
                    **{method: "gradients down to the pixels" for method in PIXEL_METHODS}}
 
 
+def bf16_support(flags: set[str] | None = None) -> str:
+    """How TensorFlow computes bfloat16 here: "native" (AMX or AVX512-BF16 instructions), "emulated" (converted to and
+    from float32 around each operation: slower than float32, rounded elsewhere), or "unavailable": the CPU has
+    bfloat16 instructions, so TensorFlow hands bfloat16 convolutions to oneDNN, but ONEDNN_MAX_CPU_ISA forbids them
+    to oneDNN, which then refuses to run them (TF_ENABLE_ONEDNN_OPTS=0 takes TensorFlow's own kernels instead)."""
+    if native_bf16(flags):
+        return "native"
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false")
+    return "unavailable" if onednn and native_bf16(flags, max_isa="DEFAULT") else "emulated"
+
+
 def resolve(choice: str, methods: Sequence[str] = (), flags: set[str] | None = None) -> tuple[str, str]:
-    """The precision to use for `methods` and why (for --verbose)."""
+    """The precision to use for `methods` and why (for --verbose); ExplainError where bf16 cannot run."""
+    if choice == "bf16" and bf16_support(flags) == "unavailable":
+        raise ExplainError(f"--precision bf16: ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA')} forbids "
+                           "oneDNN the CPU's bfloat16 instructions, so TensorFlow cannot run bfloat16 convolutions; "
+                           "unset it, set TF_ENABLE_ONEDNN_OPTS=0, or use --precision fp32")
     if choice != "auto":
         return choice, f"--precision {choice}"
     kept = [m for m in methods if m in FP32_UNDER_AUTO]
     if kept:
         return "fp32", f"auto: {kept[0]} stays in fp32 ({FP32_UNDER_AUTO[kept[0]]} do not hold up in bf16)"
-    found = sorted((cpu_flags() if flags is None else flags) & set(FAST_BF16_FLAGS))
+    found = native_bf16(flags)
     if found:
         return "bf16", f"auto: the CPU computes bfloat16 natively ({', '.join(found)})"
+    if native_bf16(flags, max_isa="DEFAULT"):
+        return "fp32", (f"auto: ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA')} keeps TensorFlow from the "
+                        "CPU's bfloat16 instructions, so bfloat16 would be emulated and slower")
     return "fp32", "auto: no AMX or AVX512-BF16 on this CPU, where bfloat16 would be emulated and slower"
 
 

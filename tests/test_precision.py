@@ -12,9 +12,20 @@ from explain_cli.methods import METHODS
 from tests.synthetic import make_scene
 
 CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\nbogomips\t: 4000\n"
+# Where bfloat16 is emulated (TensorFlow's own kernels, converting around each operation: an AMD EPYC, or
+# TF_ENABLE_ONEDNN_OPTS=0 here), it is rounded in other places than on AMX or AVX512-BF16. Measured with
+# TF_ENABLE_ONEDNN_OPTS=0 on this project's machine: XGrad-CAM on VGG16 r = 0.9981 (the AMD report: 0.9981), every
+# other method at r >= 0.9993, against r >= 0.9991 with native bfloat16.
+AGREEMENT = {"native": 0.999, "emulated": 0.995}
+SUPPORT = precision.bf16_support()
+needs_bf16 = pytest.mark.skipif(SUPPORT == "unavailable", reason=(
+    "ONEDNN_MAX_CPU_ISA hides this CPU's bfloat16 instructions from oneDNN, which then refuses TensorFlow's bfloat16 "
+    "convolutions (explain says so in one line: test_forced_bf16_where_onednn_is_denied_it_is_one_line); "
+    "TF_ENABLE_ONEDNN_OPTS=0 runs the emulated case"))
 
 
-def test_auto_takes_bf16_only_where_the_cpu_computes_it_natively():
+def test_auto_takes_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert precision.cpu_flags(CPUINFO) >= {"avx512_bf16", "amx_tile"}
     assert precision.resolve("auto", ["gradcam"], flags={"amx_bf16"})[0] == "bf16"
     assert precision.resolve("auto", ["gradcam"], flags={"avx512_bf16"}) == (
@@ -22,6 +33,39 @@ def test_auto_takes_bf16_only_where_the_cpu_computes_it_natively():
     assert precision.resolve("auto", ["gradcam"], flags={"avx2", "fma"})[0] == "fp32"
     assert precision.resolve("bf16", ["vanilla"], flags=set()) == ("bf16", "--precision bf16")
     assert precision.resolve("fp32", ["gradcam"], flags={"amx_bf16"}) == ("fp32", "--precision fp32")
+
+
+def test_onednn_max_cpu_isa_takes_native_bf16_away_as_it_does_from_tensorflow(monkeypatch):
+    both = {"amx_bf16", "avx512_bf16", "avx2"}
+    assert precision.native_bf16(both, max_isa="") == ["amx_bf16", "avx512_bf16"]
+    assert precision.native_bf16(both, max_isa="AVX2") == []
+    assert precision.native_bf16(both, max_isa="avx512_core_bf16") == ["avx512_bf16"]
+    assert precision.native_bf16(both, max_isa="AVX10_1_512_AMX") == ["amx_bf16", "avx512_bf16"]
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    chosen, why = precision.resolve("auto", ["gradcam"], flags=both)
+    assert chosen == "fp32" and "ONEDNN_MAX_CPU_ISA=AVX2" in why
+    assert precision.bf16_support(both) == "unavailable" and precision.bf16_support({"avx2"}) == "emulated"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # TensorFlow's own kernels: bfloat16 emulated, not refused
+    assert precision.bf16_support(both) == "emulated"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert precision.bf16_support(both) == "native"
+
+
+def test_forced_bf16_where_onednn_is_denied_it_is_one_line(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: {"avx512_bf16"})  # such a CPU, here or not
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(make_scene(np.random.default_rng(1)).image).save(image)
+    result = CliRunner().invoke(cli, ["gradcam", str(image), "--model", str(tiny_model), "-o", str(tmp_path / "out"),
+                                      "--precision", "bf16"], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "error: --precision bf16: ONEDNN_MAX_CPU_ISA=AVX2 forbids oneDNN the CPU's bfloat16 instructions, so "
+        "TensorFlow cannot run bfloat16 convolutions; unset it, set TF_ENABLE_ONEDNN_OPTS=0, or use --precision fp32"]
 
 
 @pytest.mark.parametrize("method", ["vanilla", "guided-gradcam", "classviz", "hirescam", "layercam"])
@@ -48,6 +92,7 @@ def agreement(fp32: models.LoadedModel, bf16: models.LoadedModel, layer: str, me
     return float(np.corrcoef(a, b)[0, 1]), float(np.mean(results[0].classes[:, 0] == results[1].classes[:, 0]))
 
 
+@needs_bf16
 @pytest.mark.parametrize("constructor, name, layer", [("ResNet50", "resnet50", "conv5_block3_out"),
                                                       ("VGG16", "vgg16", "block5_conv3")])
 def test_bf16_maps_agree_with_fp32_for_every_class_activation_method(constructor, name, layer, keras, tmp_path):
@@ -61,9 +106,10 @@ def test_bf16_maps_agree_with_fp32_for_every_class_activation_method(constructor
         if method in precision.FP32_UNDER_AUTO:  # measured here: why auto keeps these in fp32
             assert r >= (0.99 if name == "resnet50" else 0.9), (method, r)
         else:
-            assert r >= 0.999, (method, r)
+            assert r >= AGREEMENT[SUPPORT], (method, r, SUPPORT)
 
 
+@needs_bf16
 def test_on_the_trained_cnn_bf16_finds_the_same_classes_and_places(tiny_model):
     fp32, bf16 = (models.load(str(tiny_model), precision=p) for p in ("fp32", "bf16"))
     rng = np.random.default_rng(77)
@@ -82,10 +128,10 @@ def test_on_the_trained_cnn_bf16_finds_the_same_classes_and_places(tiny_model):
         found.append((result.classes[:, 0], inside, result.maps.ravel()))
     assert np.mean(found[0][0] == found[1][0]) >= 0.99  # the same top-1 on at least 99 % of the images
     assert abs(found[0][1] - found[1][1]) <= 2  # localisation unchanged: peaks inside the square
-    assert np.corrcoef(found[0][2], found[1][2])[0, 1] >= 0.999
+    assert np.corrcoef(found[0][2], found[1][2])[0, 1] >= AGREEMENT[SUPPORT]
     for method in (m for m in METHODS if not METHODS[m].attention):
         if method != "gradcam" and method not in precision.FP32_UNDER_AUTO:
-            assert agreement(fp32, bf16, "conv3", method, images[:8])[0] >= 0.999, method
+            assert agreement(fp32, bf16, "conv3", method, images[:8])[0] >= AGREEMENT[SUPPORT], method
 
 
 def test_verbose_says_which_precision_and_why(tiny_model, tmp_path):
@@ -93,7 +139,8 @@ def test_verbose_says_which_precision_and_why(tiny_model, tmp_path):
     from PIL import Image
 
     Image.fromarray(make_scene(np.random.default_rng(1)).image).save(image)
-    for choice, method in (("fp32", "gradcam"), ("bf16", "gradcam"), ("auto", "gradcam"), ("auto", "vanilla")):
+    choices = (("fp32", "gradcam"), ("bf16", "gradcam"), ("auto", "gradcam"), ("auto", "vanilla"))
+    for choice, method in (c for c in choices if SUPPORT != "unavailable" or c[0] != "bf16"):
         command = ["saliency" if method == "vanilla" else "gradcam", image, "--model", tiny_model, "-o",
                    tmp_path / "out", "--precision", choice, "-v"]
         result = CliRunner().invoke(cli, [str(c) for c in command], catch_exceptions=False)
@@ -102,7 +149,7 @@ def test_verbose_says_which_precision_and_why(tiny_model, tmp_path):
         assert f"note: precision {expected[0]} ({expected[1]})" in result.stderr
 
 
-@pytest.mark.parametrize("chosen", ["bf16", "fp32"])
+@pytest.mark.parametrize("chosen", [pytest.param("bf16", marks=needs_bf16), "fp32"])
 def test_the_replayed_layers_share_the_users_variables(tiny_model, chosen):
     """bf16 layers and the logits layer without its softmax are copies that compute with the model's own variables:
     what changes the model's weights (evaluate --sanity's cascade) changes what explain computes, with no new trace,
