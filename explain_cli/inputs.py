@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterable, Iterator, TextIO
@@ -25,11 +26,9 @@ from explain_cli.errors import BadInput
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
 )
-# Above this many pixels an image is refused before decoding (`--max-pixels`): 120 MP holds the largest
-# camera photos (~100 MP) while a "decompression bomb" of gigapixels fails at once.
+# Above this many pixels an image is refused (`--max-pixels`): 120 MP holds the largest camera photos (~100 MP)
+# while a "decompression bomb" of gigapixels fails at once.
 DEFAULT_MAX_PIXELS = 120_000_000
-# Our own pixel check replaces Pillow's global one, which warns at 89 MP and raises at 179 MP.
-Image.MAX_IMAGE_PIXELS = None
 # Transparent pixels are shown on mid grey: neither black nor white pretends to be the background.
 BACKGROUND = (128, 128, 128)
 
@@ -134,29 +133,64 @@ class Picture:
     notes: tuple[str, ...] = ()
 
 
+class _PixelLimit:
+    """Pillow's decompression-bomb guard, set to --max-pixels while explain decodes and put back as it was after.
+
+    Pillow checks the size of every image it is about to allocate against Image.MAX_IMAGE_PIXELS: the file's
+    header, and the images a container embeds (an ICNS or ICO's PNG, whose header may claim 256 × 256 while the PNG
+    inside says 500,000 × 500,000). It warns above the limit and raises DecompressionBombError above twice it, so
+    no decode allocates more than 2 × --max-pixels; explain refuses anything above 1 ×, by the header and by what
+    was decoded. The setting is the module's, shared by every thread: decodes running at once hold it at the
+    smallest limit among them, and the user's own value comes back when the last one ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: list[int] = []
+        self._saved: float | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, max_pixels: int) -> Iterator[None]:
+        with self._lock:
+            if not self._active:
+                self._saved = Image.MAX_IMAGE_PIXELS
+            self._active.append(max_pixels)
+            Image.MAX_IMAGE_PIXELS = min(self._active)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active.remove(max_pixels)
+                Image.MAX_IMAGE_PIXELS = min(self._active) if self._active else self._saved
+
+
+pixel_limit = _PixelLimit()
+
+
 def decode(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     """The image as upright RGB; BadInput naming the problem otherwise. Never raises anything else.
 
     The file is opened without blocking (a FIFO named x.jpg must not hang the batch) and must be a
-    regular file; its pixel count is checked from the header before any pixel is decoded, so a
-    decompression bomb fails fast.
+    regular file. Its pixel count is checked from the header before any pixel is decoded, and Pillow's own guard
+    bounds every allocation while it decodes (`pixel_limit`), so a decompression bomb fails fast, whatever
+    container it hides in.
     """
     shown = source.shown
     try:
-        with _open_regular(source) as stream, Image.open(stream) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise BadInput(shown, f"{width}x{height} is {width * height:,} pixels, over --max-pixels {max_pixels:,}")
+        with pixel_limit(max_pixels), _open_regular(source) as stream, Image.open(stream) as image:
+            _check_size(shown, image.size, max_pixels)
             notes = []
             frames = getattr(image, "n_frames", 1)
             if frames > 1:
                 notes.append(f"{frames} frames; using the first")
             image.load()
+            _check_size(shown, image.size, max_pixels)  # what was decoded: a container's image may not be its header's
             upright = ImageOps.exif_transpose(image)
             rgb, how = _to_rgb(upright)
             return Picture(np.asarray(rgb), tuple(notes + ([how] if how else [])))
     except BadInput:
         raise
+    except Image.DecompressionBombError as error:
+        raise BadInput(shown, f"holds an image of {_bomb_size(error)}over --max-pixels {max_pixels:,}") from None
     except UnidentifiedImageError:  # an OSError too: before the general case
         raise BadInput(shown, "not an image (Pillow cannot identify it)") from None
     except OSError as error:
@@ -165,6 +199,18 @@ def decode(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
         raise BadInput(shown, "not enough memory to decode it") from None
     except Exception as error:  # corrupt headers surface as ValueError, SyntaxError, struct.error, ...
         raise BadInput(shown, f"cannot decode: {type(error).__name__}: {error}") from None
+
+
+def _check_size(shown: str, size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise BadInput(shown, f"{width}x{height} is {width * height:,} pixels, over --max-pixels {max_pixels:,}")
+
+
+def _bomb_size(error: Exception) -> str:
+    """"N pixels, " from Pillow's DecompressionBombError (which gives no width and height), when it says."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return f"{int(found.group(1)):,} pixels, " if found else ""
 
 
 _NOT_REGULAR = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a named pipe"),

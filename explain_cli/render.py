@@ -16,6 +16,8 @@ from importlib import resources
 import numpy as np
 from PIL import Image, ImageChops
 
+from explain_cli.inputs import DEFAULT_MAX_PIXELS, pixel_limit
+
 
 def normalise(heatmap: np.ndarray) -> np.ndarray:
     """heatmap / max(heatmap), as float32 in [0, 1]; an all-zero (or negative) map stays all zero."""
@@ -268,12 +270,12 @@ def contact_sheet(entries: list, columns: int = 4) -> bytes:
     colours = {True: "#1a7f37", False: "#cf222e", None: "black"}
     for ax, (path, title, correct) in zip(axes, entries):
         try:
-            with Image.open(path) as image:
+            with pixel_limit(DEFAULT_MAX_PIXELS), Image.open(path) as image:
                 image.draft("RGB", (512, 512))
                 picture = image.convert("RGB")
                 picture.thumbnail((512, 512))
             ax.imshow(np.asarray(picture))
-        except (OSError, ValueError, TypeError, AttributeError):
+        except (OSError, ValueError, TypeError, AttributeError, Image.DecompressionBombError):
             ax.text(0.5, 0.5, "(no picture)", ha="center", va="center", fontsize=14)
         ax.set_title(textwrap.fill(title, 28), fontsize=16, color=colours[correct], fontweight="bold")
     panel.tight_layout()

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageOps
 
-from explain_cli import output
+from explain_cli import inputs, output
 
 PAGE = "report.html"
 FILES = "report_files"
@@ -198,7 +198,7 @@ def _thumb_name(path: Path, out_dir: Path) -> str | None:
 
 def thumbnail(path: Path, size: int = THUMB_SIZE) -> bytes:
     """A JPEG of at most size × size; a JPEG is decoded at a reduced scale (draft mode), not in full."""
-    with Image.open(path) as image:
+    with inputs.pixel_limit(inputs.DEFAULT_MAX_PIXELS), Image.open(path) as image:
         image.draft("RGB", (size, size))
         picture = ImageOps.exif_transpose(image).convert("RGB")
         picture.thumbnail((size, size), Image.Resampling.BILINEAR)
