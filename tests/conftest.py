@@ -13,7 +13,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.synthetic import SHAPE_CLASSES, SHAPES, make_scene, train_shapes_model, train_tiny_model
+from tests.synthetic import SHAPE_CLASSES, SHAPES, make_scene
+from tests.trained import Trainer
+
+# The trained fixtures (tests/trained.py) and the kind each is made by.
+TRAINED = {"tiny_model": "tiny", "shapes_model": "shapes", "marks_model": "marks"}
+
+
+def pytest_configure(config) -> None:
+    config.trainer = Trainer(config.cache.mkdir("trained"))
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Start making, all at once and in the background, every trained model the collected tests need."""
+    needed = {TRAINED[name] for item in items for name in getattr(item, "fixturenames", ()) if name in TRAINED}
+    config.trainer.start(sorted(needed))
 
 
 @pytest.fixture(scope="session")
@@ -69,27 +83,26 @@ def nested_model_file(keras, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(keras, tmp_path_factory) -> Path:
-    """A small CNN trained on coloured squares (tests/synthetic.py)."""
-    return train_tiny_model(keras, tmp_path_factory.mktemp("tiny") / "tiny.keras")
+def tiny_model(pytestconfig) -> Path:
+    """A small CNN trained on coloured squares (tests/synthetic.py), made by tests/trained.py."""
+    return pytestconfig.trainer.get("tiny") / "tiny.keras"
 
 
 @pytest.fixture(scope="session")
-def shapes_model(keras, tmp_path_factory):
-    """shapes_model(preprocess) -> a trained conv/BN/ReLU classifier of SHAPES (tests/synthetic.py), made once.
+def shapes_model(pytestconfig):
+    """shapes_model(preprocess) -> a trained conv/BN/ReLU classifier of SHAPES (tests/synthetic.py).
 
-    "none" has Rescaling(1/255) inside, as users' models usually do; "caffe", "tf" and "torch" were trained
-    on inputs preprocessed that way, outside the model.
+    "none" has Rescaling(1/255) inside, as users' models usually do; "caffe", "tf" and "torch" take inputs
+    preprocessed that way, outside the model (synthetic.preprocessed_twin).
     """
-    made: dict[str, Path] = {}
+    folder = pytestconfig.trainer.get("shapes")
+    return lambda preprocess="none": folder / f"shapes_{preprocess}.keras"
 
-    def get(preprocess: str = "none") -> Path:
-        if preprocess not in made:
-            folder = tmp_path_factory.mktemp(f"shapes_{preprocess}")
-            made[preprocess] = train_shapes_model(keras, folder / f"shapes_{preprocess}.keras", preprocess)
-        return made[preprocess]
 
-    return get
+@pytest.fixture(scope="session")
+def marks_model(pytestconfig) -> Path:
+    """The shapes architecture trained on MARKS (tests/synthetic.py), half its images perturbed as evaluate does."""
+    return pytestconfig.trainer.get("marks") / "marks.keras"
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,12 @@
-"""Synthetic data a model can learn in seconds: a coloured square on grey clutter, the colour its class.
+"""Synthetic data a model can learn in seconds, and the models the tests train on it (tests/trained.py makes them).
 
-Used by the tests (a model that knows something, so explanations can be checked against where the
-square is) and by scripts/compare_methods.py (a picture whose right answer is visible).
+- scenes: a coloured square on grey clutter, the colour its class (the tiny model);
+- shapes: an outline in any colour on noise, the outline its class (the shapes model, fed four ways);
+- marks: a large mark whose colour and outline together are its class, beside a small mark of another class (the
+  model explain evaluate is tested on).
+
+Used by the tests (models that know something, so explanations can be checked against where the object is) and by
+scripts/compare_methods.py (a picture whose right answer is visible).
 """
 
 from __future__ import annotations
@@ -37,8 +42,22 @@ def make_scene(rng: np.random.Generator, height: int = TINY_SIZE, width: int = T
     return Scene(image, label, (top, left, top + side, left + side))
 
 
-def train_tiny_model(keras, path: Path) -> Path:
-    """A small CNN trained on coloured squares, saved as .keras with its own rescaling inside."""
+def held_out_accuracy(model, make, seed: int, count: int = 300) -> float:
+    """The model's accuracy on `count` scenes it never saw (another seed)."""
+    rng = np.random.default_rng(seed)
+    scenes = [make(rng) for _ in range(count)]
+    predicted = np.argmax(model.predict(np.stack([s.image for s in scenes]).astype("float32"), verbose=0), axis=1)
+    return float(np.mean(predicted == [s.label for s in scenes]))
+
+
+def check_quality(name: str, accuracy: float, least: float) -> str:
+    if accuracy < least:
+        raise AssertionError(f"{name} trained badly: held-out accuracy {accuracy:.3f} < {least}")
+    return f"held-out accuracy {accuracy:.3f}"
+
+
+def train_tiny_model(keras, path: Path) -> str:
+    """A small CNN trained on coloured squares, saved as .keras with its own rescaling inside; its held-out accuracy."""
     keras.utils.set_random_seed(7)
     rng = np.random.default_rng(7)
     scenes = [make_scene(rng) for _ in range(1200)]
@@ -62,7 +81,7 @@ def train_tiny_model(keras, path: Path) -> Path:
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=6, batch_size=32, verbose=0)
     model.save(path)
-    return path
+    return check_quality("tiny", held_out_accuracy(model, make_scene, 2027), 0.97)
 
 
 
@@ -96,38 +115,134 @@ def make_shape(rng: np.random.Generator, size: int = SHAPES_SIZE) -> Scene:
     return Scene(image, label, (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1))
 
 
-def train_shapes_model(keras, path: Path, preprocess: str = "none", count: int = 2000, epochs: int = 8) -> Path:
-    """A conv / BatchNorm / ReLU classifier of SHAPES, as users build them.
-
-    preprocess "none": Rescaling(1/255) is the model's first layer (explained with --preprocess none);
-    otherwise the model was trained on imagenet_utils.preprocess_input(mode=preprocess) inputs.
-    """
-    from keras.applications import imagenet_utils
-
-    keras.utils.set_random_seed(11)
-    rng = np.random.default_rng(11)
-    scenes = [make_shape(rng) for _ in range(count)]
-    x = np.stack([s.image for s in scenes]).astype("float32")
-    y = np.array([s.label for s in scenes])
+def _shapes_layers(keras, first_bias: bool, classes: int = len(SHAPES)) -> list:
+    """conv / BatchNorm / ReLU blocks, global average pooling and a Dense of logits."""
     layers = keras.layers
-    stack: list = [keras.Input((SHAPES_SIZE, SHAPES_SIZE, 3))]
-    if preprocess == "none":
-        stack.append(layers.Rescaling(1 / 255.0, name="rescale"))
-    else:
-        x = np.asarray(imagenet_utils.preprocess_input(x, mode=preprocess))
+    stack: list = []
     for block, width in enumerate((16, 32, 64), start=1):
         stack += [
-            layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{block}"),
+            layers.Conv2D(width, 3, padding="same", use_bias=first_bias and block == 1, name=f"conv{block}"),
             layers.BatchNormalization(momentum=0.9, name=f"bn{block}"),  # short training: track fast
             layers.ReLU(name=f"relu{block}"),
         ]
         if block < 3:
             stack.append(layers.MaxPooling2D(name=f"pool{block}"))
-    stack += [layers.GlobalAveragePooling2D(name="gap"), layers.Dense(len(SHAPES), name="logits")]
-    model = keras.Sequential(stack, name=f"shapes_{preprocess}")
+    return stack + [layers.GlobalAveragePooling2D(name="gap"), layers.Dense(classes, name="logits")]
+
+
+def train_shapes_model(keras, path: Path, count: int = 2000, epochs: int = 8, seed: int = 11) -> str:
+    """A conv / BatchNorm / ReLU classifier of SHAPES, as users build them, with Rescaling(1/255) as its first layer
+    (explained with --preprocess none); its held-out accuracy."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    scenes = [make_shape(rng) for _ in range(count)]
+    x = np.stack([s.image for s in scenes]).astype("float32")
+    y = np.array([s.label for s in scenes])
+    stack = [keras.Input((SHAPES_SIZE, SHAPES_SIZE, 3)), keras.layers.Rescaling(1 / 255.0, name="rescale")]
+    model = keras.Sequential(stack + _shapes_layers(keras, first_bias=False), name="shapes_none")
     steps = epochs * -(-count // 32)
     model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3, steps)),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
     model.save(path)
-    return path
+    return check_quality("shapes", held_out_accuracy(model, make_shape, 2028), 0.95)
+
+
+# keras.applications.imagenet_utils' modes, as x_mode = (x_rgb[channel order] / divisor - mean) / std per channel.
+PREPROCESS = {
+    "caffe": dict(order=(2, 1, 0), divisor=1.0, mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0)),
+    "tf": dict(order=(0, 1, 2), divisor=127.5, mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0)),
+    "torch": dict(order=(0, 1, 2), divisor=255.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+}
+
+
+def preprocessed_twin(keras, source: Path, mode: str, path: Path) -> None:
+    """The shapes model for inputs preprocessed by `mode` (caffe, tf, torch) instead of rescaled inside: its first
+    convolution takes the inverse of the preprocessing (an affine map per channel) into its kernel and bias, so the
+    twin computes what the model computes on the same pixels, but where the 3×3 window meets the zero padding.
+    One training serves four models that users feed their four ways."""
+    model = keras.models.load_model(source, compile=False)
+    spec = PREPROCESS[mode]
+    order, divisor = np.array(spec["order"]), spec["divisor"]
+    mean, std = np.array(spec["mean"]), np.array(spec["std"])
+    # x_mode[c] = (x[order[c]] / divisor - mean[c]) / std[c], so x[order[c]] / 255 = (x_mode[c] std[c] + mean[c]) divisor / 255.
+    (kernel,) = model.get_layer("conv1").get_weights()
+    in_rgb = kernel / 255.0 * divisor  # conv1's weights per unit of x / divisor
+    twin_kernel = np.empty_like(kernel)
+    bias = np.zeros(kernel.shape[-1])
+    for c, source_channel in enumerate(order):
+        twin_kernel[:, :, c, :] = in_rgb[:, :, source_channel, :] * std[c]
+        bias += (in_rgb[:, :, source_channel, :] * mean[c]).sum(axis=(0, 1))
+    twin = keras.Sequential([keras.Input((SHAPES_SIZE, SHAPES_SIZE, 3))] + _shapes_layers(keras, first_bias=True),
+                            name=f"shapes_{mode}")
+    twin.get_layer("conv1").set_weights([twin_kernel, bias.astype(np.float32)])
+    for layer in model.layers[2:]:  # after Rescaling and conv1
+        twin.get_layer(layer.name).set_weights(layer.get_weights())
+    twin.save(path)
+
+
+MARKS = ("red_disc", "red_square", "blue_disc", "blue_square")  # colour and outline together make the class
+MARK_COLOURS = {"red": (220, 40, 40), "blue": (40, 40, 220)}
+
+
+def _mark_mask(size: int, kind: str, cy: int, cx: int, radius: int) -> np.ndarray:
+    y, x = np.mgrid[:size, :size]
+    if kind == "disc":
+        return np.hypot(y - cy, x - cx) <= radius
+    return (np.abs(y - cy) <= radius * 0.85) & (np.abs(x - cx) <= radius * 0.85)
+
+
+def make_mark(rng: np.random.Generator, size: int = SHAPES_SIZE) -> Scene:
+    """One of MARKS, large, on noisy grey, and a small mark of another class beside it: the large one is the class."""
+    image = np.clip(rng.normal(rng.integers(60, 160), 18, (size, size, 3)), 0, 255).astype(np.uint8)
+    label = int(rng.integers(0, len(MARKS)))
+    radius = int(rng.integers(size // 7, size // 4))
+    cy, cx = (int(rng.integers(radius + 2, size - radius - 2)) for _ in range(2))
+    mask = _mark_mask(size, MARKS[label].split("_")[1], cy, cx, radius)
+    other = int(rng.choice([c for c in range(len(MARKS)) if c != label]))
+    small = int(rng.integers(3, 6))
+    while True:  # beside the large mark, never on it
+        sy, sx = (int(rng.integers(small + 2, size - small - 2)) for _ in range(2))
+        if max(abs(sy - cy), abs(sx - cx)) > radius + small + 3:
+            break
+    for (kind_of, where) in ((MARKS[other], _mark_mask(size, MARKS[other].split("_")[1], sy, sx, small)),
+                             (MARKS[label], mask)):
+        image[where] = np.clip(np.array(MARK_COLOURS[kind_of.split("_")[0]]) + rng.integers(-25, 26, 3), 0, 255)
+    rows, cols = np.nonzero(mask)
+    return Scene(image, label, (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1))
+
+
+def _perturbed(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Half the training images as evaluate perturbs them: a quarter dimmed by a smooth random map (image × map,
+    Average Drop's input), a quarter with black blocks (deletion's). The model learns that neither is evidence, the
+    assumption these metrics make of the models they measure."""
+    from PIL import Image
+
+    size = image.shape[0]
+    pixels = image.astype(np.float32)
+    draw = rng.random()
+    if draw < 0.25:
+        coarse = Image.fromarray(rng.random((8, 8)).astype(np.float32), mode="F")
+        return pixels * np.asarray(coarse.resize((size, size), Image.Resampling.BILINEAR))[..., None]
+    if draw < 0.5:
+        blocks = np.kron(rng.random((16, 16)) < rng.uniform(0.1, 0.6), np.ones((size // 16, size // 16)))
+        return np.where(blocks[..., None] > 0, 0.0, pixels)
+    return pixels
+
+
+def train_marks_model(keras, path: Path, count: int = 3000, epochs: int = 8, seed: int = 11) -> str:
+    """The shapes architecture trained on MARKS, half of them perturbed as evaluate perturbs images; its held-out
+    accuracy. What explain evaluate is tested on: every metric has something to measure on it."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    scenes = [make_mark(rng) for _ in range(count)]
+    x = np.stack([_perturbed(rng, s.image) for s in scenes])
+    y = np.array([s.label for s in scenes])
+    stack = [keras.Input((SHAPES_SIZE, SHAPES_SIZE, 3)), keras.layers.Rescaling(1 / 255.0, name="rescale")]
+    model = keras.Sequential(stack + _shapes_layers(keras, first_bias=False, classes=len(MARKS)), name="marks")
+    steps = epochs * -(-count // 32)
+    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3, steps)),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    model.save(path)
+    return check_quality("marks", held_out_accuracy(model, make_mark, 2029), 0.97)

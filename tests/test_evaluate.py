@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import evaluate, metrics, output
+from explain_cli import evaluate, metrics, output, precision
 from explain_cli.cli import cli
-from tests.synthetic import SHAPES, make_shape
+from tests.synthetic import MARKS, SHAPES, make_mark, make_shape
 
 # A 4×4 image whose object is the 2×2 block at rows 1-2, cols 1-2 (white on black); the "model" sees only
 # the object: p(class 0) = the object's mean brightness, p(class 1) = 1 − p.
@@ -115,47 +115,64 @@ def test_bootstrap_interval_holds_the_mean_and_narrows_with_data():
     assert high2 - low2 < (high - low) / 5
 
 
-@pytest.fixture(scope="module")
-def shapes_folder(tmp_path_factory) -> tuple[Path, Path]:
-    """24 shapes the model never saw, and a boxes CSV around each."""
-    root = tmp_path_factory.mktemp("evaluate")
-    folder = root / "shapes"
+def scenes_folder(root: Path, make, names, count: int, seed: int) -> tuple[Path, Path]:
+    """`count` scenes the model never saw, and a boxes CSV around each one's object."""
+    folder = root / "images"
     folder.mkdir()
-    rng = np.random.default_rng(31)
+    rng = np.random.default_rng(seed)
     rows = ["image,x0,y0,x1,y1,class"]
-    for i in range(24):
-        scene = make_shape(rng)
+    for i in range(count):
+        scene = make(rng)
         Image.fromarray(scene.image).save(folder / f"{i:02d}.png")
         top, left, bottom, right = scene.box
-        rows.append(f"{i:02d}.png,{left},{top},{right},{bottom},{SHAPES[scene.label]}")
+        rows.append(f"{i:02d}.png,{left},{top},{right},{bottom},{names[scene.label]}")
     boxes = root / "boxes.csv"
     boxes.write_text("\n".join(rows) + "\n")
     return folder, boxes
+
+
+@pytest.fixture(scope="module")
+def shapes_folder(tmp_path_factory) -> tuple[Path, Path]:
+    return scenes_folder(tmp_path_factory.mktemp("evaluate"), make_shape, SHAPES, 24, 31)
+
+
+@pytest.fixture(scope="module")
+def marks_folder(tmp_path_factory) -> tuple[Path, Path]:
+    return scenes_folder(tmp_path_factory.mktemp("marks"), make_mark, MARKS, 24, 31)
 
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_gradcam_beats_the_random_control_on_every_metric(shapes_model, shapes_labels, shapes_folder, tmp_path):
-    folder, boxes = shapes_folder
+def summary_rows(stdout: str) -> dict[str, dict[str, float | None]]:
+    """The TSV summary by method, best first: deletion, insertion, drop, increase, pointing, energy, images (None:
+    not measured)."""
+    rows = [line.split("\t") for line in stdout.splitlines()]
+    columns = ["deletion", "insertion", "drop", "increase", "pointing", "energy", "images"]
+    return {row[0]: {c: float(v) if v else None for c, v in zip(columns, row[1:])} for row in rows}
+
+
+def test_gradcam_beats_the_random_control_on_faithfulness_and_localisation(marks_model, marks_folder, tmp_path):
+    """On the marks model, which learned that what evaluate does to pixels off the object (black blocks, dimming) is no
+    evidence, as these metrics assume of the models they measure. Margins, and what the deterministic fixture gives
+    (three more training seeds, measured when this was written, are no closer): deletion 0.24 against 0.41, insertion
+    0.93 / 0.43, Average Drop 0.01 / 0.61, pointing 1.00 / 0.54, energy 0.53 / 0.13."""
+    folder, boxes = marks_folder
+    labels = tmp_path / "marks.txt"
+    labels.write_text("\n".join(MARKS) + "\n")
     out = tmp_path / "out"
-    # fp32: bfloat16's rounding differs between CPUs (AMX, AVX512-BF16), one more source of a moved image.
-    result = run("evaluate", folder, "--model", shapes_model("none"), "--labels", shapes_labels, "--methods",
-                 "gradcam,random", "--boxes", boxes, "-o", out, "--precision", "fp32")
+    # fp32: bfloat16's rounding differs between CPUs (AMX, AVX512-BF16, emulated), one more source of a moved image.
+    result = run("evaluate", folder, "--model", marks_model, "--labels", labels, "--methods", "gradcam,random",
+                 "--boxes", boxes, "-o", out, "--precision", "fp32")
     assert result.exit_code == 0, result.output
-    rows = {line.split("\t")[0]: line.split("\t") for line in result.stdout.splitlines()}
+    rows = summary_rows(result.stdout)
     assert list(rows) == ["gradcam", "random"]  # best first, by insertion − deletion
-    gradcam, random = ({c: float(v) for c, v in zip(
-        ["deletion", "insertion", "drop", "increase", "pointing", "energy", "images"], rows[m][1:])} for m in rows)
+    gradcam, random = rows["gradcam"], rows["random"]
     assert gradcam["images"] == random["images"] == 24
-    assert gradcam["deletion"] < random["deletion"] - 0.02
-    assert gradcam["insertion"] > random["insertion"] + 0.05
-    assert gradcam["drop"] < random["drop"] - 0.05
-    # Increase in Confidence counts images (1/24 each) where the map-weighted input raises a confident model's score:
-    # 7 against 4 in most runs, 7 against 6 in one full-suite run on this machine (the fixture's training is not
-    # bit-for-bit repeatable under load). Not worse than random is what it can show.
-    assert gradcam["increase"] >= random["increase"]
+    assert gradcam["deletion"] < random["deletion"] - 0.05
+    assert gradcam["insertion"] > random["insertion"] + 0.2
+    assert gradcam["drop"] < random["drop"] - 0.2
     assert gradcam["pointing"] > random["pointing"] + 0.2
     assert gradcam["energy"] > random["energy"] + 0.3
 
@@ -167,7 +184,21 @@ def test_gradcam_beats_the_random_control_on_every_metric(shapes_model, shapes_l
     assert first["deletion_auc"] == pytest.approx(metrics.auc(first["deletion_curve"]))
     assert len(first["deletion_curve"]) == 33
     means = np.mean([r["insertion_auc"] for r in records if r["method"] == "gradcam"])
-    assert float(rows["gradcam"][2]) == pytest.approx(means, abs=1e-4)  # stdout holds the means of the records
+    assert gradcam["insertion"] == pytest.approx(means, abs=1e-4)  # stdout holds the means of the records
+
+
+def test_gradcam_raises_confidence_more_often_than_random(shapes_model, shapes_labels, shapes_folder, tmp_path):
+    """Increase in Confidence counts the images whose map-weighted input raises the class's probability: a model sure
+    of every image (the marks model) leaves it nothing to raise, so it is measured on the shapes model, whose
+    probabilities are not saturated. The deterministic fixture gives 7 against 5 images of 24 (and so did three other
+    training seeds and AVX-512 kernels, measured when this was written)."""
+    folder, boxes = shapes_folder
+    out = tmp_path / "out"
+    result = run("evaluate", folder, "--model", shapes_model("none"), "--labels", shapes_labels, "--methods",
+                 "gradcam,random", "--steps", "2", "-o", out, "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    rows = summary_rows(result.stdout)
+    assert rows["gradcam"]["increase"] > rows["random"]["increase"] + 0.05
 
 
 def test_evaluate_json_intervals_and_resume(tiny_model, tiny_labels, photo_tree, tmp_path):
@@ -223,7 +254,8 @@ def test_sanity_check_randomises_a_copy_and_random_maps_do_not_notice(shapes_mod
     assert all(np.array_equal(a, b) for a, b in zip(cascade.model.keras_model.get_weights(), trained))
 
 
-@pytest.mark.parametrize("chosen", ["fp32", "bf16"])
+@pytest.mark.parametrize("chosen", ["fp32", pytest.param("bf16", marks=pytest.mark.skipif(
+    precision.bf16_support() == "unavailable", reason="ONEDNN_MAX_CPU_ISA denies oneDNN bfloat16 (test_precision.py)"))])
 def test_every_stage_of_the_cascade_reaches_the_compiled_step(shapes_model, chosen):
     """The methods are compiled once on the copy and its weights assigned stage by stage afterwards: nothing in the
     compiled step may hold weights of its own (a BatchNorm folded at compile time, a bf16 layer copy), or the
