@@ -146,6 +146,7 @@ def finish_step(names: Sequence[str], model: str, layer: str, settings: Settings
     def finish(source: Source, original: np.ndarray, row: int, batch: EvaluationBatch) -> ImageResult:
         height, width = original.shape[:2]
         records = []
+        known = truth.get(source) if truth is not None else None
         for j, class_index in enumerate(int(c) for c in batch.classes[row]):
             located = _boxes_for(boxes, source, class_index)
             for method in settings.methods:
@@ -159,7 +160,7 @@ def finish_step(names: Sequence[str], model: str, layer: str, settings: Settings
                     "image": source.shown, "model": model, "method": method,
                     "layer": None if method == RANDOM else layer, "class_index": class_index,
                     "label": output.label_of(names, class_index),
-                    "truth": truth.get(source) if truth is not None else None,
+                    "truth": known, "truth_label": None if known is None else output.label_of(names, known),
                     "deletion_auc": scores.deletion_auc, "insertion_auc": scores.insertion_auc,
                     "average_drop": scores.average_drop, "increase_in_confidence": scores.increase_in_confidence,
                     "pointing_hit": hit, "energy_in_box": energy, "steps": settings.steps,

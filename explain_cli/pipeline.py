@@ -212,11 +212,12 @@ def image_fields(source: Source, probabilities: np.ndarray, names: Sequence[str]
     }
 
 
-def truth_record(result_truth: int | None, truth_rank: int | None, truth: Truth) -> dict:
+def truth_record(result_truth: int | None, truth_rank: int | None, truth: Truth, names: Sequence[str]) -> dict:
     """The manifest's truth fields, present whenever --truth was given (null for an image it does not list)."""
     if truth is None:
         return {}
-    return {"truth": result_truth, "correct": None if truth_rank is None else truth_rank == 1}
+    label = None if result_truth is None else output.label_of(names, result_truth)
+    return {"truth": result_truth, "truth_label": label, "correct": None if truth_rank is None else truth_rank == 1}
 
 
 def activation_grids(out_dir: Path, layers: Sequence[str], max_channels: int, model: str = "") -> Finish:
@@ -257,7 +258,7 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: 
                 written.append(_write(source, files, original, ready, heatmap, class_index, label, float(score),
                                       probabilities, options))
         known = _truth_of(source, probabilities, truth)
-        fields = {**truth_record(known.get("truth"), known.get("truth_rank"), truth),
+        fields = {**truth_record(known.get("truth"), known.get("truth_rank"), truth, names),
                   **image_fields(source, probabilities, names)}
         records = [{**manifest_record(e, options.model), **fields} for e in written]
         return ImageResult(source, predictions=predictions, explanations=written, warnings=warnings, records=records,

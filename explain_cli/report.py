@@ -10,9 +10,10 @@ Pillow and numpy only: building a report never imports TensorFlow.
 from __future__ import annotations
 
 import hashlib
-import json
 import io
+import json
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -91,6 +92,7 @@ def _take_image_fields(card: Card, record: dict) -> None:
         card.entropy = record["entropy"]
     if record.get("truth") is not None and card.truth is None:
         card.truth = record["truth"]
+        card.truth_label = record.get("truth_label")
         card.correct = record.get("correct")
         if card.correct is None and card.predictions:
             card.correct = card.predictions[0][0] == card.truth
@@ -102,10 +104,8 @@ def build(out_dir: Path, sheet: int = 0, workers: int | None = None) -> Path:
     files = out_dir / FILES
     (files / THUMBS).mkdir(parents=True, exist_ok=True)
     _make_thumbnails(out_dir, found, workers)
-    labels = _labels(found)
-    for card in found:
-        if card.truth is not None:
-            card.truth_label = labels.get(card.truth, str(card.truth))
+    labels = _display_names(found)
+    _name_classes(found, labels)
     for asset in ASSETS:
         output.write_atomic(files / asset, resources.files("explain_cli").joinpath(f"report_assets/{asset}").read_bytes())
     template = resources.files("explain_cli").joinpath("report_assets/report.html").read_text("utf-8")
@@ -133,15 +133,32 @@ def _html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-def _labels(found: Sequence[Card]) -> dict[int, str]:
-    names: dict[int, str] = {}
+def _display_names(found: Sequence[Card]) -> dict[int, str]:
+    """Each class on the page by its label (a prediction's, an explanation's, a truth's), with its number where two
+    classes share a label (ImageNet's two "crane"s) and as its number where no record names it."""
+    labels: dict[int, str] = {}
     for card in found:
-        for class_index, label, _ in card.predictions:
-            names.setdefault(int(class_index), label)
-        for explanation in card.explanations:
-            if explanation["class_index"] is not None:
-                names.setdefault(int(explanation["class_index"]), explanation["label"])
-    return names
+        named = [(i, label) for i, label, _ in card.predictions]
+        named += [(e["class_index"], e["label"]) for e in card.explanations + card.evaluation]
+        named.append((card.truth, card.truth_label))
+        for class_index, label in named:
+            if class_index is not None and label:
+                labels.setdefault(int(class_index), label)
+        if card.truth is not None:
+            labels.setdefault(int(card.truth), str(card.truth))
+    uses = Counter(labels.values())
+    return {i: label if uses[label] == 1 else f"{label} ({i})" for i, label in labels.items()}
+
+
+def _name_classes(found: Sequence[Card], labels: dict[int, str]) -> None:
+    """Every class of every card shown by its display name."""
+    for card in found:
+        card.predictions = [[i, labels.get(int(i), label), p] for i, label, p in card.predictions]
+        for row in card.explanations + card.evaluation:
+            if row.get("class_index") is not None:
+                row["label"] = labels.get(int(row["class_index"]), row["label"])
+        if card.truth is not None:
+            card.truth_label = labels[int(card.truth)]
 
 
 def _make_thumbnails(out_dir: Path, found: Sequence[Card], workers: int | None) -> None:

@@ -63,7 +63,7 @@ def test_one_card_per_image_with_its_explanations_truth_and_predictions(run_dir)
         assert [(e["class_index"], e["overlay"]) for e in card["explanations"]] == [
             (r["class_index"], r["overlay"]) for r in mine]
         assert card["truth"] == mine[0]["truth"] and card["correct"] == mine[0]["correct"]
-        assert card["truth_label"] == SHAPE_CLASSES[card["truth"]]
+        assert card["truth_label"] == SHAPE_CLASSES[card["truth"]] == mine[0]["truth_label"]
         assert card["predictions"] == mine[0]["predictions"]
         for path in [card["thumb"]] + [e["thumb"] for e in card["explanations"]]:
             assert (run_dir / path).is_file() and max(Image.open(run_dir / path).size) <= report.THUMB_SIZE
@@ -108,6 +108,21 @@ def test_contact_sheet_puts_the_wrong_ones_first(run_dir, tmp_path):
     assert run("report", out, "--sheet", "6").exit_code == 0
     sheet = Image.open(out / "sheet.png")
     assert sheet.size[0] >= 1200 and np.asarray(sheet.convert("L")).std() > 10
+
+
+def test_every_class_is_shown_by_its_label_even_a_truth_never_predicted(tmp_path):
+    """A 1000-class model: an image whose truth (812) is in none of its top five, and two classes sharing a name."""
+    top5 = [[281, "tabby", 0.5], [282, "tiger_cat", 0.2], [134, "crane", 0.1], [517, "crane", 0.1], [3, "shark", 0.1]]
+    lines = [{"image": "a.jpg", "method": "gradcam", "class_index": 281, "label": "tabby", "overlay": None,
+              "predictions": top5, "truth": 812, "truth_label": "space_shuttle", "correct": False},
+             {"image": "b.jpg", "method": "gradcam", "class_index": 517, "label": "crane", "overlay": None,
+              "predictions": top5, "truth": 134, "truth_label": "crane", "correct": False}]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    data = embedded(report.build(tmp_path))
+    a, b = data["cards"]
+    assert a["truth_label"] == "space_shuttle"  # was "812"
+    assert b["truth_label"] == "crane (134)" and [p[1] for p in b["predictions"]][2:4] == ["crane (134)", "crane (517)"]
+    assert a["predictions"][0][1] == "tabby"  # a label no other class has stays as it is
 
 
 def test_embedded_json_cannot_close_its_script():

@@ -58,6 +58,7 @@ def test_truth_from_folders_reaches_json_manifest_and_summary(tiny, dataset, tmp
     right = {r["image"]: r["predictions"][0]["class_index"] == r["truth"] for r in rows}
     for record in output.read_manifest(out):
         assert record["truth"] == truth_of[record["image"]] and record["correct"] == right[record["image"]]
+        assert record["truth_label"] == SHAPE_CLASSES[record["truth"]]
     tsv = run("predict", dataset, *tiny, "--truth", "folders")
     assert {len(line.split("\t")) for line in tsv.stdout.splitlines()} == {5}  # the TSV keeps its columns
 
