@@ -47,6 +47,7 @@ def cli() -> None:
 
 @cli.command()
 @common.input_options
+@common.prediction_options
 @common.truth_option
 @common.model_options
 @common.target_options
@@ -64,6 +65,7 @@ def gradcam(**options: Any) -> None:
 
 @cli.command()
 @common.input_options
+@common.prediction_options
 @common.truth_option
 @common.model_options
 @click.option("--method", type=click.Choice(list(METHODS)), default="gradcam", show_default=True,
@@ -86,6 +88,7 @@ def cam(method: str, max_masks: int, **options: Any) -> None:
 
 @cli.command()
 @common.input_options
+@common.prediction_options
 @common.truth_option
 @common.model_options
 @click.option("--method", type=click.Choice(list(PIXEL_METHODS)), default="vanilla", show_default=True,
@@ -236,6 +239,7 @@ def _explain_cam(method: str, max_masks: int, **options: Any) -> None:
 
 @cli.command()
 @common.input_options
+@common.prediction_options
 @common.truth_option
 @common.model_options
 def predict(**options: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -330,3 +331,20 @@ def test_every_file_written_gets_the_mode_new_files_get(umask, tiny, photo_tree,
              "classviz.")
     assert all(any(kind in name for name in modes) for kind in kinds), sorted(modes)
     assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+@pytest.mark.parametrize("command, present, absent", [
+    ("gradcam", {"--top": "Predictions printed per image.", "--json": "Print predictions as JSON lines"}, ()),
+    ("predict", {"--top": "Predictions printed per image.", "--json": "Print predictions as JSON lines"}, ()),
+    ("evaluate", {"--json": "Print each method's means as JSON lines"}, ("--top",)),
+    ("activations", {}, ("--top", "--json")),
+])
+def test_each_commands_help_says_what_an_option_does_there(command, present, absent):
+    """evaluate prints metrics, not predictions; activations prints nothing: neither offers what it does not do."""
+    text = " ".join(run(command, "--help").stdout.split())
+    for option, words in present.items():
+        assert re.search(rf"{option}\b[^-]*?{re.escape(words)}", text), (command, option)
+    for option in absent:
+        assert not re.search(rf"{option}(?![-\w])", text), (command, option)
+        refused = run(command, "x.png", option)
+        assert refused.exit_code == 2 and f"No such option '{option}'" in refused.stderr

@@ -84,15 +84,11 @@ model_options = options(
         "summed in float32.",
     ),
 )
-# INPUTS, --batch-size, --top, --json, --max-pixels, --verbose: what is read and what is printed.
+# INPUTS, --batch-size, --max-pixels, --verbose and where batches run: what is read, and how.
 input_options = options(
     click.argument("sources", nargs=-1, required=True, metavar="INPUTS..."),
     click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
                  help="Images per model call."),
-    click.option("--top", default=5, show_default=True, type=click.IntRange(1),
-                 help="Predictions printed per image."),
-    click.option("--json", "as_json", is_flag=True,
-                 help="Print predictions as JSON lines (default: a table on a terminal, TSV when piped)."),
     click.option("--max-pixels", default=inputs.DEFAULT_MAX_PIXELS, show_default=True,
                  type=click.IntRange(1), help="Refuse images with more pixels than this, before decoding."),
     click.option("-v", "--verbose", is_flag=True,
@@ -107,6 +103,15 @@ input_options = options(
     click.option("--shard", metavar="I/N", callback=lambda ctx, param, value: _shard(value),
                  help="Take only shard I of N (0 <= I < N): the inputs whose path relative to the folder given "
                  "hashes to I. Shards may write into one output folder at once (manifest.shard-I-of-N.jsonl)."),
+)
+
+
+# --top, --json: the predictions printed per image, by the commands that print them.
+prediction_options = options(
+    click.option("--top", default=5, show_default=True, type=click.IntRange(1),
+                 help="Predictions printed per image."),
+    click.option("--json", "as_json", is_flag=True,
+                 help="Print predictions as JSON lines (default: a table on a terminal, TSV when piped)."),
 )
 
 
@@ -255,7 +260,7 @@ def size(model: models.LoadedModel) -> tuple[int, int, int]:
 
 
 def style(options: dict) -> str:
-    if options["as_json"]:
+    if options.get("as_json"):
         return "json"
     return "table" if sys.stdout.isatty() else "tsv"
 

@@ -29,6 +29,8 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 
 @click.command(cls=common.Command)
 @common.input_options
+@click.option("--json", "as_json", is_flag=True, help="Print each method's means as JSON lines, with their 95 % "
+              "bootstrap intervals (default: a table on a terminal, TSV when piped).")
 @common.truth_option
 @common.model_options
 @click.option("--methods", default="gradcam,random", show_default=True, callback=_methods, metavar="M1,M2,...",
