@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,26 @@ def folder(tmp_path_factory) -> Path:
         Image.fromarray(rng.integers(0, 256, (50 + i, 60, 3), dtype=np.uint8)).save(root / f"part{i % 2}/{i:02d}.png")
     (root / "part0" / "broken.png").write_text("not an image")
     return root
+
+
+def own_workers(marker: str) -> list[int]:
+    """The Ray workers of the runs started with `marker` in their environment (every process of a run's own Ray
+    session inherits it): on a shared machine, other people's Ray workers are none of a test's business."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes() \
+                    and b"MapWorker" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return sorted(found)
+
+
+def marked() -> tuple[str, dict[str, str]]:
+    """A marker for one run, and the environment that carries it."""
+    marker = f"explain-test-{uuid.uuid4().hex}"
+    return marker, {**os.environ, "EXPLAIN_TEST_RUN": marker}
 
 
 def explain(folder: Path, out: Path, model: Path, *extra: str) -> list[str]:
@@ -76,15 +98,16 @@ def test_ray_gives_the_same_outputs_errors_and_exit_code(folder, tiny_model, her
 
 def test_a_killed_worker_is_replaced_and_every_image_listed_once(folder, tiny_model, here, tmp_path):
     out = tmp_path / "out"
+    marker, env = marked()
     process = subprocess.Popen(explain(folder, out, tiny_model, "--engine", "ray", "--batch-size", "2"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300
     killed = None
     while killed is None and process.poll() is None and time.monotonic() < deadline:
         lines = (out / output.MANIFEST).read_text().count("\n") if (out / output.MANIFEST).exists() else 0
-        workers = subprocess.run(["pgrep", "-f", "MapWorker"], capture_output=True, text=True).stdout.split()
+        workers = own_workers(marker)
         if lines >= 2 and workers:
-            subprocess.run(["kill", "-9", workers[0]])
+            os.kill(workers[0], signal.SIGKILL)
             killed = workers[0]
         time.sleep(0.05)
     _, stderr = process.communicate(timeout=600)
@@ -123,15 +146,23 @@ def test_without_ray_the_engine_is_a_one_line_error(folder, tiny_model, tmp_path
 
 def test_interrupting_the_driver_stops_the_cluster_work(folder, tiny_model, tmp_path):
     out = tmp_path / "out"
+    marker, env = marked()
     process = subprocess.Popen(explain(folder, out, tiny_model, "--engine", "ray", "--batch-size", "1"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300
-    while not (out / output.MANIFEST).exists() and process.poll() is None and time.monotonic() < deadline:
+    workers: list[int] = []
+    lines = 0
+    while not (workers and lines) and process.poll() is None and time.monotonic() < deadline:
+        workers = own_workers(marker) or workers
+        lines = (out / output.MANIFEST).read_text().count("\n") if (out / output.MANIFEST).exists() else 0
         time.sleep(0.05)
-    process.send_signal(2)
+    assert workers and lines, "the run ended before its worker had done anything"
+    process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and "interrupted (SIGINT)" in stderr, stderr
-    time.sleep(2)
-    assert subprocess.run(["pgrep", "-f", "MapWorker"], capture_output=True).stdout == b""  # no worker left
+    deadline = time.monotonic() + 30
+    while own_workers(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert own_workers(marker) == [] and not any(Path(f"/proc/{pid}").exists() for pid in workers)  # none left
     records = output.read_manifest(out)
     assert len({r["image"] for r in records}) == len(records) // 2  # whole images only, none twice
