@@ -1,4 +1,6 @@
-"""The two ways a run can fail short of a bug, each printed as one line."""
+"""The two ways a run can fail short of a bug, each printed as one line, and the one line of a library's error."""
+
+import re
 
 
 class ExplainError(Exception):
@@ -12,3 +14,15 @@ class BadInput(ExplainError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_WRAPPERS = ("Exception encountered when calling", "Graph execution error", "in user code:")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message that says something: past the lines Keras and TensorFlow wrap a
+    layer's own error in ("Exception encountered when calling X.call()"), without terminal colours."""
+    lines = [_ANSI.sub("", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line and not line.startswith(_WRAPPERS)]
+    return lines[0] if lines else type(error).__name__

@@ -22,6 +22,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
+from explain_cli.errors import first_line
+
 Tensor = Any
 
 ATTENTION_LAYERS = ("MultiHeadAttention", "GroupedQueryAttention")
@@ -171,6 +173,14 @@ class Catalogue:
 
     points: tuple[Point, ...]
     transformer_default: str | None = None  # the input of the last transformer block, where there is one
+    probe_failure: str | None = None  # why the layers inside subclassed layers could not be listed (--verbose)
+
+    def notes(self) -> tuple[str, ...]:
+        """What --verbose says of how the layers were found."""
+        if self.probe_failure is None:
+            return ()
+        return (f"running it on two random images to list the layers inside its subclassed layers failed "
+                f"({self.probe_failure}); only the layers of its graph can be cut",)
 
 
 def needs_probe(steps: Sequence[Any]) -> bool:
@@ -189,12 +199,16 @@ def catalogue(model: Any, steps: Sequence[Any], input_number: int, input_shape: 
     except (KeyError, TypeError):
         pass
     height_width = input_shape[1:3]
-    points = None
+    points, failure = None, None
     if needs_probe(steps) and all(isinstance(d, int) for d in input_shape[1:]):
+        import tensorflow as tf
+
         try:
             points = _probe(steps, input_number, input_shape)
-        except Exception:  # noqa: BLE001 (a layer that cannot run on a random image: its graph steps still can)
-            points = None
+        except (ValueError, TypeError, NotImplementedError, tf.errors.OpError) as error:
+            # A layer that cannot run on a random image of the input's shape (it checks its values, say): the graph's
+            # own steps can still be cut. Anything else is a defect, and is not hidden.
+            failure = f"{type(error).__name__}: {first_line(error)}"
     if points is None:
         points = [
             Point(step.name, step.name, (), tuple(step.output_shapes[0][1:]) if len(step.outputs) == 1 else (),
@@ -202,7 +216,7 @@ def catalogue(model: Any, steps: Sequence[Any], input_number: int, input_shape: 
             for i, step in enumerate(steps)
         ]
     points = _with_grids(points, height_width)
-    result = Catalogue(tuple(points), _transformer_default(points))
+    result = Catalogue(tuple(points), _transformer_default(points), failure)
     with contextlib.suppress(TypeError):
         _catalogues[model] = result
     return result

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any, Callable, Sequence
 
 from explain_cli import labels as labels_module
-from explain_cli.errors import ExplainError
+from explain_cli.errors import ExplainError, first_line
 from explain_cli.labels import Labels
 
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
@@ -177,7 +177,7 @@ def _load_weights(model: Any, path: Path, name: str) -> None:
         try:
             model.load_weights(str(path))
         except Exception as error:  # h5py, Keras and ValueError all surface here
-            raise ExplainError(f"{path}: cannot load these weights into {name}: {_first_line(error)}") from None
+            raise ExplainError(f"{path}: cannot load these weights into {name}: {first_line(error)}") from None
     # Keras only warns when part of a file does not match, leaving those layers random: explanations
     # of a half-loaded model would look plausible and mean nothing, so that is an error here.
     skipped = [w for w in caught if "freshly-initialized" in str(w.message) or "Skipping" in str(w.message)]
@@ -227,7 +227,7 @@ def _load_failure(error: Exception) -> str:
         where = module.group(1) if module and module.group(1) != "__main__" else None
         fix = f"--import {where}" if where else "--import MODULE|FILE.py (the code that defines it)"
         return f"it uses the custom class or function '{name.split('>')[-1]}'{known}, which is not defined here: pass {fix}"
-    return _first_line(error)
+    return first_line(error)
 
 
 def import_user_code(specs: Sequence[str]) -> dict[str, Any]:
@@ -261,12 +261,7 @@ def _import(spec: str) -> ModuleType:
             sys.path.append(os.getcwd())
         return importlib.import_module(spec)
     except Exception as error:  # the user's code may raise anything while it runs
-        raise ExplainError(f"--import {spec}: {type(error).__name__}: {_first_line(error)}") from None
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+        raise ExplainError(f"--import {spec}: {type(error).__name__}: {first_line(error)}") from None
 
 
 def _classes(model: Any, spec: str, size: tuple[int, int, int]) -> int:
@@ -279,7 +274,7 @@ def _classes(model: Any, spec: str, size: tuple[int, int, int]) -> int:
         try:
             shape = model(np.zeros((1, *size), np.float32)).shape
         except Exception as error:  # a model that cannot run on an image of its own input shape
-            raise ExplainError(f"{spec}: cannot run the model on a {size} image: {_first_line(error)}") from None
+            raise ExplainError(f"{spec}: cannot run the model on a {size} image: {first_line(error)}") from None
     if len(shape) != 2:
         raise ExplainError(f"{spec}: expected an output of (batch, classes), not {tuple(shape)}")
     return int(shape[-1])

@@ -104,10 +104,23 @@ def bfloat16(steps: Sequence[Any]) -> list[Any]:
     policy = keras.DTypePolicy("mixed_bfloat16")
     converted = []
     for step in steps:
-        if not all(len(shape) == 4 for shape in step.output_shapes) or not isinstance(step.layer, keras.Layer):
-            converted.append(step)  # the classifier, and guided backprop's plain functions, stay as they are
+        if not all(len(shape) == 4 for shape in step.output_shapes) or not _keras_own(step.layer):
+            # The classifier, guided backprop's plain functions and users' own layers stay as they are: a user's
+            # code may assume float32 (a comparison with a float32 constant fails on bfloat16), and Keras casts
+            # what it is given to the dtype it computes in.
+            converted.append(step)
             continue
         layer = twin(step.layer)
         object.__setattr__(layer, "_dtype_policy", policy)  # Keras has no public setter; the twin alone changes
         converted.append(dataclasses.replace(step, layer=layer))
     return converted
+
+
+KERAS_PACKAGES = ("keras", "keras_hub")
+
+
+def _keras_own(layer: Any) -> bool:
+    """A layer of Keras' or keras-hub's own classes, written for any dtype policy."""
+    import keras
+
+    return isinstance(layer, keras.Layer) and type(layer).__module__.split(".")[0] in KERAS_PACKAGES

@@ -71,6 +71,7 @@ class Graph:
     points: tuple[Any, ...] = ()  # inner.Point, in the order a forward pass finishes them
     foldable: bool = True  # False: weights will change after compiling (--sanity), so fold nothing (fold.py)
     transformer_default: str | None = None  # the input of the last transformer block, where there is one
+    notes: tuple[str, ...] = ()  # how its layers were found, for --verbose
 
     def explainable(self) -> list[Any]:
         """The layer outputs a method can use: feature maps and tokens on a grid, at any depth."""
@@ -125,7 +126,7 @@ def flatten(model: Any) -> Graph:
 
     found = inner.catalogue(model, steps, input_number, tuple(function.inputs[0].shape))
     return Graph(steps=tuple(steps), input=input_number, output=output, points=found.points,
-                 transformer_default=found.transformer_default)
+                 transformer_default=found.transformer_default, notes=found.notes())
 
 
 class _InputAlone:
@@ -151,7 +152,7 @@ def _whole(model: Any) -> Graph:
         raise ExplainError(f"model {model.name!r} is a subclassed model whose output is not (batch, classes)")
     step = dataclasses.replace(step, output_shapes=((None, *classes),))
     return Graph(steps=(step,), input=0, output=1, points=found.points,
-                 transformer_default=found.transformer_default)
+                 transformer_default=found.transformer_default, notes=found.notes())
 
 
 def _functional(model: Any) -> Any | None:

@@ -111,3 +111,81 @@ def test_import_errors_are_one_line(image, tmp_path):
 def test_help_states_the_risk():
     text = run("gradcam", "--help").output
     assert "--unsafe-deserialization" in text and "such code can do anything your account can" in " ".join(text.split())
+
+
+PICKY_CODE = '''
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="explain_test")
+class Picky(keras.layers.Layer):
+    """A block with sublayers (so explain runs the model once on random images to list them) that refuses inputs
+    in [0, 1), as a layer that checks its pixels are 0-255 would."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="inner_conv")
+
+    def call(self, x):
+        tf.debugging.assert_greater_equal(tf.reduce_max(x), 1.0, message="pixels must be 0-255")
+        return self.conv(x)
+'''
+
+
+def test_a_model_that_cannot_run_on_random_images_says_why_with_verbose_and_is_explained(keras, image, tmp_path):
+    code = tmp_path / "picky.py"
+    code.write_text(PICKY_CODE)
+    spec = importlib.util.spec_from_file_location("picky", code)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = tmp_path / "picky.keras"
+    small_model(keras, module.Picky(name="picky")).save(path)
+    keras.saving.get_custom_objects().pop("explain_test>Picky", None)
+    result = run("gradcam", image, "--model", path, "--import", code, "-o", tmp_path / "out", "-v")
+    assert result.exit_code == 0, result.output
+    assert ("note: picky.keras: running it on two random images to list the layers inside its subclassed layers "
+            "failed (InvalidArgumentError: pixels must be 0-255") in result.stderr
+    assert "gradcam at layer conv (default)" in result.stderr  # the graph's own layers are still there to cut
+    quiet = run("gradcam", image, "--model", path, "--import", code, "-o", tmp_path / "quiet")
+    assert "note:" not in quiet.stderr
+
+
+def test_a_users_own_layer_computes_in_float32_whatever_the_precision(keras, image, tmp_path):
+    """bf16 twins only Keras' own layers: a user's code may assume float32 (Picky compares with a float32 constant,
+    which failed with a TypeError on bfloat16)."""
+    from explain_cli import precision
+
+    if precision.bf16_support() == "unavailable":
+        pytest.skip("ONEDNN_MAX_CPU_ISA denies oneDNN bfloat16 (test_precision.py)")
+    code = tmp_path / "picky.py"
+    code.write_text(PICKY_CODE)
+    spec = importlib.util.spec_from_file_location("picky", code)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = tmp_path / "picky.keras"
+    small_model(keras, module.Picky(name="picky")).save(path)
+    keras.saving.get_custom_objects().pop("explain_test>Picky", None)
+    result = run("gradcam", image, "--model", path, "--import", code, "-o", tmp_path / "out", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+
+
+def test_an_unexpected_failure_while_listing_layers_is_not_hidden(keras):
+    import tensorflow as tf
+
+    from explain_cli import split
+
+    class Broken(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            if tf.executing_eagerly():  # traced while the model is built; fails when it is run
+                raise RuntimeError("a defect in the layer")
+            return self.dense(x)
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, Broken()(keras.layers.Conv2D(2, 3)(inputs)))
+    with pytest.raises(RuntimeError, match="a defect in the layer"):
+        split.flatten(model)

@@ -366,6 +366,9 @@ def target(options: dict, sources: list[inputs.Source], model: models.LoadedMode
             f"{options['top_k']} is more than the model's {len(model.labels)} classes", param_hint="--top-k"
         )
     graph = explainer.graph_of(model)
+    if options.get("verbose"):
+        for note in graph.notes:
+            click.echo(f"note: {model.name}: {note}", err=True)
     default = explainer.default_layer(graph, model)
     try:
         layer = split.check(graph, options["layer"] or default).name
