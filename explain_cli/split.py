@@ -235,8 +235,8 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False) -> Sp
         graph = fold_batchnorm(graph, keep={a})
     logit_number, activation, steps = _pre_activation(graph)
     inside = bool(point.path) or hook
-    if inside:
-        cut = next(s for s in steps if s.name == cut.name)
+    if inside:  # the step that makes A now: folding may have merged the cut's step into the one before it
+        cut = next(s for s in steps if a in s.outputs)
 
     downstream = {a}
     head: list[Step] = [cut] if inside else []

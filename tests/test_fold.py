@@ -80,3 +80,17 @@ def test_a_user_model_and_a_nested_backbone_fold_the_same(shapes_model, nested_m
         graph = explainer.graph_of(model)
         images = np.random.default_rng(2).integers(0, 256, (3, model.height, model.width, 3), dtype=np.uint8)
         assert_same_explanations(model, explainer.default_layer(graph, model), images)
+
+
+@pytest.mark.parametrize("layer", ["bn2", "bn3"])
+def test_cutting_at_a_batchnorm_while_the_step_runs_with_folding_on(shapes_model, layer):
+    """Folding takes a BatchNorm into the convolution before it, so the step named after the BatchNorm is gone; the
+    cut taken while the step runs must find the step that makes A, not the step of A's name (StopIteration)."""
+    model = models.load(str(shapes_model("none")), precision="fp32")
+    trained_looking_batchnorm(model.keras_model, seed=3)
+    graph = explainer.graph_of(model)
+    images = np.random.default_rng(4).integers(0, 256, (3, model.height, model.width, 3), dtype=np.uint8)
+    unfolded = explainer.compile_explain(model, split.split(graph, layer, fold=False), "gradcam", top_k=2)(images)
+    hooked = explainer.compile_explain(model, split.split(graph, layer, hook=True), "gradcam", top_k=2)(images)
+    np.testing.assert_array_equal(hooked.classes, unfolded.classes)
+    np.testing.assert_allclose(hooked.maps, unfolded.maps, rtol=1e-4, atol=1e-5 * float(np.abs(unfolded.maps).max()))
