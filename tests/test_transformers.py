@@ -473,3 +473,29 @@ def test_other_keras_hub_transformers_are_cut_on_their_own_grids(keras, tmp_path
     for method in ("gradcam", "layercam"):
         maps = explainer.compile_explain(model, split.split(graph, layer), method)(images).maps
         assert maps.shape == (2, 1, *grid) and np.isfinite(maps).all() and maps.max() > 0
+
+
+@pytest.mark.parametrize("build, layer, patch", [
+    (_deit, "dei_t_backbone/deit_encoder/transformer_block_1/ln_1", 8),  # 4 × 6 patches, after 2 extra tokens
+    (_swin, "swin_transformer_backbone/stage_0/blocks_0/norm1", 4),  # 16 × 16 patches
+], ids=["deit", "swin"])
+def test_a_token_lands_in_the_grid_cell_of_its_patch(keras, tmp_path, build, layer, patch):
+    """Before any attention, a layer is per token: changing the pixels of one patch (row r, column c, counted by hand
+    on the image) changes that patch's token alone, and explain's grid must show the change in cell (r, c), nowhere
+    else. A grid read in the wrong order, or with the class or distillation tokens counted among the patches, puts it
+    elsewhere."""
+    path = tmp_path / "model.keras"
+    build(keras).save(path)
+    model = models.load(str(path))
+    grid_of = split.outputs_of(explainer.graph_of(model), [layer])
+    image = np.random.default_rng(0).integers(0, 256, (1, model.height, model.width, 3), dtype=np.uint8)
+    rows, cols = model.height // patch, model.width // patch
+    before = np.asarray(grid_of(model.preprocess(image.astype("float32")))[0])[0]
+    assert before.shape[:2] == (rows, cols)
+    for r, c in ((0, 0), (1, cols - 2), (rows - 1, 1)):
+        changed = image.copy()
+        changed[0, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = 255 - changed[0, r * patch:(r + 1) * patch,
+                                                                                        c * patch:(c + 1) * patch]
+        after = np.asarray(grid_of(model.preprocess(changed.astype("float32")))[0])[0]
+        moved = np.abs(after - before).max(axis=-1)
+        assert moved[r, c] > 0.1 and np.count_nonzero(moved > 1e-5) == 1, (r, c, np.argwhere(moved > 1e-5))
