@@ -7,6 +7,7 @@ here, on synthetic images, so that its explanations can be checked against where
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ TRAINED = {"tiny_model": "tiny", "shapes_model": "shapes", "marks_model": "marks
 
 
 def pytest_configure(config) -> None:
-    config.trainer = Trainer(config.cache.mkdir("trained"))
+    cache = getattr(config, "cache", None)  # None under -p no:cacheprovider: made afresh in a temporary folder
+    config.trainer = Trainer(cache.mkdir("trained") if cache is not None else Path(tempfile.mkdtemp(prefix="trained-")))
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:

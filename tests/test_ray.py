@@ -54,6 +54,15 @@ def own_workers(marker: str) -> list[int]:
     return sorted(found)
 
 
+def same_records(ours: list[dict], theirs: list[dict]) -> None:
+    """The same lines in the same order; numbers to float32's rounding, which a batch of another size may move."""
+    def numbers(value):
+        return [numbers(v) for v in value] if isinstance(value, list) else (
+            pytest.approx(value, rel=1e-5, abs=1e-6) if isinstance(value, float) else value)
+
+    assert ours == [{key: numbers(value) for key, value in record.items()} for record in theirs]
+
+
 def marked() -> tuple[str, dict[str, str]]:
     """A marker for one run, and the environment that carries it."""
     marker = f"explain-test-{uuid.uuid4().hex}"
@@ -114,7 +123,7 @@ def test_a_killed_worker_is_replaced_and_every_image_listed_once(folder, tiny_mo
     assert killed, "the run ended before a worker could be killed"
     assert process.returncode == 1, stderr  # the broken file, as before: nothing else failed
     records, _ = state(out)
-    assert records == state(here[0])[0]  # every image exactly once, in order
+    same_records(records, state(here[0])[0])  # every image exactly once, in order
 
 
 def test_evaluate_on_ray_equals_evaluate_here(folder, tiny_model, tmp_path):

@@ -476,8 +476,8 @@ def test_other_keras_hub_transformers_are_cut_on_their_own_grids(keras, tmp_path
 
 
 @pytest.mark.parametrize("build, layer, patch", [
-    (_deit, "dei_t_backbone/deit_encoder/transformer_block_1/ln_1", 8),  # 4 × 6 patches, after 2 extra tokens
-    (_swin, "swin_transformer_backbone/stage_0/blocks_0/norm1", 4),  # 16 × 16 patches
+    (_deit, "deit_encoder/transformer_block_1/ln_1", 8),  # 4 × 6 patches, after 2 extra tokens
+    (_swin, "stage_0/blocks_0/norm1", 4),  # 16 × 16 patches
 ], ids=["deit", "swin"])
 def test_a_token_lands_in_the_grid_cell_of_its_patch(keras, tmp_path, build, layer, patch):
     """Before any attention, a layer is per token: changing the pixels of one patch (row r, column c, counted by hand
