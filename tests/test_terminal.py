@@ -35,14 +35,14 @@ def run_on_terminal(arguments: list[str], stdout_to_pipe: bool = False) -> tuple
     """Run explain with stderr (and stdout, unless piped) on a pseudo-terminal; return every screen the
     terminal showed on the way (as a terminal emulator renders the bytes), stdout if piped, and the time."""
     controller, terminal = pty.openpty()
-    environment = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "60"}
+    environment = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "240", "LINES": "60"}
     started = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-m", "explain_cli", *arguments], stdin=subprocess.DEVNULL, env=environment, stderr=terminal,
         stdout=subprocess.PIPE if stdout_to_pipe else terminal,
     )
     os.close(terminal)
-    screen = pyte.Screen(120, 400)  # tall enough that nothing scrolls away
+    screen = pyte.Screen(240, 400)  # wide enough for a long temporary path, tall enough that nothing scrolls away
     stream = pyte.ByteStream(screen)
     screens = []
     while True:

@@ -11,6 +11,7 @@ TensorFlow and Keras versions: change any of them and the model is made again.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -104,20 +105,24 @@ class Trainer:
 
 
 def main(kind: str, folder: Path) -> None:
-    import tensorflow as tf
-    import keras
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # sessions running at once (pytest-xdist's workers) train each kind once
+        if all((folder / f).is_file() for f in RECIPES[kind].files):
+            return
+        import tensorflow as tf
+        import keras
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    tf.config.experimental.enable_op_determinism()
-    keras.config.disable_interactive_logging()
-    partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
-    partial.mkdir(parents=True, exist_ok=True)
-    report = RECIPES[kind].make(keras, partial)  # raises (a non-zero exit) if the model is not good enough
-    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.experimental.enable_op_determinism()
+        keras.config.disable_interactive_logging()
+        partial = folder.with_name(folder.name + f".partial-{os.getpid()}")
+        partial.mkdir(parents=True, exist_ok=True)
+        report = RECIPES[kind].make(keras, partial)  # raises (a non-zero exit) if the model is not good enough
+        if folder.exists():  # left incomplete by a child that was killed
+            shutil.rmtree(folder)
         partial.rename(folder)
-    except OSError:  # another session made it first: the same model, deterministically
-        shutil.rmtree(partial)
     print(f"trained fixture {kind}: {report}")
 
 
