@@ -13,7 +13,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from explain_cli import graph as graph_module
 from explain_cli import split as split_module
+from explain_cli.guided import guided
 from explain_cli.errors import ExplainError
 from explain_cli.methods import METHODS, MethodInputs
 from explain_cli.models import LoadedModel
@@ -29,12 +31,12 @@ class BatchResult:
     maps: np.ndarray  # (b, k, h, w) the method's maps at the layer's resolution, not normalised
 
 
-def graph_of(model: LoadedModel) -> split_module.Graph:
+def graph_of(model: LoadedModel) -> graph_module.Graph:
     """The model's graph as explain replays it: in bfloat16 when the model's precision says so."""
-    return dataclasses.replace(split_module.flatten(model.keras_model), precision=model.precision)
+    return dataclasses.replace(graph_module.flatten(model.keras_model), precision=model.precision)
 
 
-def default_layer(graph: split_module.Graph, model: LoadedModel) -> str:
+def default_layer(graph: graph_module.Graph, model: LoadedModel) -> str:
     """The registered layer of a built-in model; for a transformer, the input of its last block; else the last
     feature map (or tokens on a grid) larger than 1×1."""
     if model.default_layer is not None:
@@ -65,7 +67,7 @@ def _probabilities(logits: Any, activation: str) -> Any:
     return tf.nn.softmax(logits, axis=-1)
 
 
-def compile_predict(model: LoadedModel, graph: split_module.Graph, pixels: str = "uint8") -> Callable[[np.ndarray], np.ndarray]:
+def compile_predict(model: LoadedModel, graph: graph_module.Graph, pixels: str = "uint8") -> Callable[[np.ndarray], np.ndarray]:
     """A batch (b, h, w, c) of pixels in 0-255, uint8 (or "float32": perturbed images) -> class
     probabilities (b, classes), through one traced graph.
 
@@ -187,7 +189,7 @@ def _tile(tensor: Any, k: int) -> Any:
 
 def compile_saliency(
     model: LoadedModel,
-    graph: split_module.Graph,
+    graph: graph_module.Graph,
     method: str,
     *,
     layer: str,
@@ -210,7 +212,7 @@ def compile_saliency(
 
     attribute = PIXEL_METHODS[method]
     forward, activation = split_module.logits(graph)
-    guided_forward, _ = split_module.logits(split_module.guided(graph))
+    guided_forward, _ = split_module.logits(guided(graph))
     cut = split_module.split(graph, layer) if method == "guided-gradcam" else None
     k = 1 if per_image else len(classes) or top_k
     fixed = tf.constant(list(classes), tf.int32) if classes else None

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from explain_cli.split import Graph, Step
+from explain_cli.graph import Graph, Step
 
 _FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
 

@@ -7,13 +7,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from explain_cli import graph as graph_module
 from explain_cli import split as split_module
 from explain_cli.models import LoadedModel
 
 _DRAWN_KINDS = ("Conv", "Pool")  # layer class names containing these are drawn by default
 
 
-def default_activation_layers(graph: split_module.Graph, cap: int) -> tuple[list[str], int]:
+def default_activation_layers(graph: graph_module.Graph, cap: int) -> tuple[list[str], int]:
     """Every convolution and pooling layer with a 4-D output, at most `cap` spread evenly; and how many there were."""
     names = [p.name for p in graph.explainable() if not p.is_tokens and any(k in p.kind for k in _DRAWN_KINDS)]
     if len(names) <= cap:
@@ -22,7 +23,7 @@ def default_activation_layers(graph: split_module.Graph, cap: int) -> tuple[list
     return [names[i] for i in sorted(set(picks))], len(names)
 
 
-def compile_activations(model: LoadedModel, graph: split_module.Graph, layers: Sequence[str]) -> Callable:
+def compile_activations(model: LoadedModel, graph: graph_module.Graph, layers: Sequence[str]) -> Callable:
     """uint8 batch -> [ (b, h, w, c) per layer ], all layers from one forward pass."""
     import tensorflow as tf
 
@@ -47,7 +48,7 @@ class ClassVizSettings:
 
 
 def class_visualisation(
-    model: LoadedModel, graph: split_module.Graph, class_index: int, settings: ClassVizSettings,
+    model: LoadedModel, graph: graph_module.Graph, class_index: int, settings: ClassVizSettings,
     every: int = 0,
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]], list[float]]:
     """Simonyan et al. 2014, made scale-free: x ← clip(x + η (∇S_c/rms(∇S_c) − 2λ (x − ½)), 0, 1).

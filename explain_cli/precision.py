@@ -1,7 +1,7 @@
 """--precision auto|fp32|bf16: where the model computes in bfloat16.
 
 bf16 runs the replayed graph with layers whose dtype policy is mixed_bfloat16 (twins sharing the float32
-weights: split.twin; the user's model is untouched). When a model is cut, only the feature part (input → A, where
+weights: twin.py; the user's model is untouched). When a model is cut, only the feature part (input → A, where
 nearly all the work is) computes in bfloat16: A is taken to float32 and the head runs in float32, so the
 gradient ∂y/∂A that every method weighs A with is exact for the A it is given. Logits, gradients and maps are
 summed in float32. `auto` chooses bf16 where the CPU has native bfloat16 arithmetic (AMX or AVX512-BF16:
@@ -99,7 +99,7 @@ def bfloat16(steps: Sequence[Any]) -> list[Any]:
     and so predictions are the same whether they come from a whole forward pass or from the explain step."""
     import keras
 
-    from explain_cli.split import twin
+    from explain_cli.twin import twin
 
     policy = keras.DTypePolicy("mixed_bfloat16")
     converted = []

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from explain_cli import graph as graph_module
 from explain_cli import split as split_module
 from explain_cli.errors import ExplainError
 from explain_cli.models import LoadedModel
@@ -19,7 +20,7 @@ from explain_cli.models import LoadedModel
 @dataclass(frozen=True)
 class Cascade:
     model: LoadedModel  # the copy: the user's model is never changed
-    graph: split_module.Graph
+    graph: graph_module.Graph
     stages: tuple[tuple[int, str], ...]  # per stage: how many weighted layers are random, the deepest of them
     assign: Callable[[int], None]  # the copy's weights for a stage (0: the trained ones)
     names: dict[str, str]  # the model's layer names -> the copy's (a subclassed model's copy names its own layers)
@@ -38,7 +39,7 @@ def cascade(model: LoadedModel, stages: int, seed: int) -> Cascade:
         raise ExplainError(f"{model.name}: cannot copy the model to randomise it (--sanity): {error}") from None
     loaded = dataclasses.replace(model, keras_model=copy)
     # Folded layers hold weights computed when they are made; the cascade assigns weights after compiling.
-    graph = dataclasses.replace(split_module.flatten(copy), foldable=False, precision=model.precision)
+    graph = dataclasses.replace(graph_module.flatten(copy), foldable=False, precision=model.precision)
     weighted = _weighted_layers(graph)
     if not weighted:
         raise ExplainError(f"{model.name}: has no weights to randomise (--sanity)")
@@ -54,13 +55,13 @@ def cascade(model: LoadedModel, stages: int, seed: int) -> Cascade:
                 variable.assign(values)
 
     # The copy is the same architecture: its layer outputs come in the same order as the model's.
-    names = {p.name: q.name for p, q in zip(split_module.flatten(model.keras_model).points, graph.points)}
+    names = {p.name: q.name for p, q in zip(graph_module.flatten(model.keras_model).points, graph.points)}
     theirs = {copied: own for own, copied in names.items()}
     stages_ = tuple((c, theirs.get(weighted[c - 1][0], weighted[c - 1][0])) for c in counts)
     return Cascade(loaded, graph, stages_, assign, names)
 
 
-def _weighted_layers(graph: split_module.Graph) -> list[tuple[str, list[Any]]]:
+def _weighted_layers(graph: graph_module.Graph) -> list[tuple[str, list[Any]]]:
     """From the output down, each layer that holds weights of its own (those none of its sublayers hold), once:
     a transformer's blocks are randomised sublayer by sublayer, like a CNN's layers."""
     from explain_cli import inner

@@ -173,12 +173,13 @@ def test_every_relu_form_is_guided_against_numpy(keras, tmp_path):
 
 
 def test_mobilenet_v2_relu6_layers_are_all_guided(keras):
-    from explain_cli import split as split_module
+    from explain_cli.graph import flatten
+    from explain_cli.guided import guided as guide
 
     net = keras.applications.MobileNetV2(weights=None)
-    graph = split_module.flatten(net)
+    graph = flatten(net)
     relu6 = [s.name for s in graph.steps if type(s.layer).__name__ == "ReLU" and s.layer.max_value == 6]
-    guided = split_module.guided(graph)
+    guided = guide(graph)
     still_plain = [s.name for s in guided.steps if type(s.layer).__name__ in ("ReLU", "LeakyReLU")]
     assert len(relu6) == 35 and still_plain == []
 

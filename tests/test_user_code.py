@@ -173,7 +173,7 @@ def test_a_users_own_layer_computes_in_float32_whatever_the_precision(keras, ima
 def test_an_unexpected_failure_while_listing_layers_is_not_hidden(keras):
     import tensorflow as tf
 
-    from explain_cli import split
+    from explain_cli import graph
 
     class Broken(keras.layers.Layer):
         def __init__(self, **kwargs):
@@ -188,4 +188,4 @@ def test_an_unexpected_failure_while_listing_layers_is_not_hidden(keras):
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, Broken()(keras.layers.Conv2D(2, 3)(inputs)))
     with pytest.raises(RuntimeError, match="a defect in the layer"):
-        split.flatten(model)
+        graph.flatten(model)

@@ -1,0 +1,204 @@
+"""A Keras model as a list of steps: its functional graph flattened, nested models entered.
+
+Each step is one layer call reading and writing numbered values, so any subset of the steps can be replayed in
+order: the whole model, the part before a cut, the part after it (split.py). A subclassed model is one step; the
+layer outputs inside steps (sublayers of subclassed layers) are found by inner.py and listed as the graph's points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import itertools
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from explain_cli.errors import ExplainError
+
+Tensor = Any  # a tf.Tensor; kept abstract so this module imports without TensorFlow
+
+
+@dataclass(frozen=True)
+class Step:
+    """One layer call of the flattened graph, reading and writing numbered values."""
+
+    name: str  # qualified: "resnet50/conv5_block3_out" inside a nested model
+    layer: Any
+    arguments: Any  # the call's structure (Keras' SymbolicArguments), filled in at run time
+    inputs: tuple[tuple[int, int], ...]  # (id of the Keras tensor in `arguments`, value number)
+    outputs: tuple[int, ...]
+    output_shapes: tuple[tuple[int | None, ...], ...]
+    takes_training: bool
+    hooks: tuple[tuple[tuple[str, ...], Any], ...] = ()  # (sublayer path, layer -> inner.Wrapper) while it runs
+
+    def run(self, values: dict[int, Tensor]) -> None:
+        args, kwargs = self.arguments.fill_in({key: values[v] for key, v in self.inputs})
+        if self.takes_training:
+            kwargs["training"] = False
+        if self.hooks:
+            from explain_cli import inner
+
+            sublayers = [(inner.sublayer(self.layer, path), make) for path, make in self.hooks]
+            with inner.intercepted([(layer, make(layer)) for layer, make in sublayers]):
+                result = self.layer(*args, **kwargs)
+        else:
+            result = self.layer(*args, **kwargs)
+        results = result if isinstance(result, (list, tuple)) else [result]
+        for number, value in zip(self.outputs, results):
+            values[number] = value
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A model as a topologically ordered list of steps from one input to one output, and every layer output
+    that can be cut at (inner.py: sublayers of subclassed layers included)."""
+
+    steps: tuple[Step, ...]
+    input: int
+    output: int
+    precision: str = "fp32"  # "bf16": run in bfloat16 (precision.py): a cut's feature part, or a whole forward pass
+    points: tuple[Any, ...] = ()  # inner.Point, in the order a forward pass finishes them
+    foldable: bool = True  # False: weights will change after compiling (--sanity), so fold nothing (fold.py)
+    transformer_default: str | None = None  # the input of the last transformer block, where there is one
+    notes: tuple[str, ...] = ()  # how its layers were found, for --verbose
+
+    def explainable(self) -> list[Any]:
+        """The layer outputs a method can use: feature maps and tokens on a grid, at any depth."""
+        return [p for p in self.points if p.explainable]
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    def find(self, name: str) -> Any:
+        """The layer output (inner.Point) called `name`: its path (`resnet50/conv5_block3_out`,
+        `vi_t_backbone/vit_encoder/transformer_block_3`) or its own name, if unambiguous."""
+        exact = [p for p in self.points if p.name == name]
+        short = [p for p in self.points if p.name.rsplit("/", 1)[-1] == name]
+        tail = [p for p in self.points if p.name.endswith("/" + name)]
+        hits = exact or short or tail
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            names = ", ".join(p.name for p in hits[:6]) + (", ..." if len(hits) > 6 else "")
+            raise ExplainError(f"layer {name!r} is ambiguous: it matches {names}; name it by its path")
+        raise ExplainError(self._unknown_layer_message(name))
+
+    def _unknown_layer_message(self, name: str) -> str:
+        names = [p.name for p in self.explainable()]
+        short = {n.rsplit("/", 1)[-1]: n for n in names}
+        close = set(difflib.get_close_matches(name, names, n=3, cutoff=0.6))
+        close |= {short[n] for n in difflib.get_close_matches(name, list(short), n=3, cutoff=0.6)}
+        hint = f"did you mean {', '.join(n for n in names if n in close)}? " if close else ""
+        return f"unknown layer {name!r}: {hint}last explainable layers: {', '.join(names[-5:])} (see `explain layers`)"
+
+    def run(self, steps: Sequence[Step], values: dict[int, Tensor]) -> dict[int, Tensor]:
+        for step in steps:
+            step.run(values)
+        return values
+
+
+def flatten(model: Any) -> Graph:
+    """The model's call graph as steps, entering nested functional and Sequential models."""
+    function = _functional(model)
+    if function is None:
+        return _whole(model)
+    if len(function.inputs) != 1 or len(function.outputs) != 1:
+        raise ExplainError(
+            f"model {model.name!r} has {len(function.inputs)} inputs and {len(function.outputs)} outputs:"
+            " only single-input, single-output classifiers can be explained"
+        )
+    numbers = itertools.count()
+    input_number = next(numbers)
+    steps: list[Step] = []
+    (output,) = _flatten_into(function, [input_number], "", steps, numbers)
+    from explain_cli import inner
+
+    found = inner.catalogue(model, steps, input_number, tuple(function.inputs[0].shape))
+    return Graph(steps=tuple(steps), input=input_number, output=output, points=found.points,
+                 transformer_default=found.transformer_default, notes=found.notes())
+
+
+class _InputAlone:
+    """The call arguments of a step that takes the model's input alone: a subclassed model, run whole."""
+
+    keras_tensors: tuple = ()
+
+    def fill_in(self, values: dict) -> tuple[tuple, dict]:
+        return (values[0],), {}
+
+
+def _whole(model: Any) -> Graph:
+    """A subclassed model as one step; its layers are cut while it runs (inner.py)."""
+    from explain_cli import inner
+    from explain_cli.models import input_shape_of
+
+    shape = input_shape_of(model)
+    step = Step(name=model.name, layer=model, arguments=_InputAlone(), inputs=((0, 0),), outputs=(1,),
+                output_shapes=((None, None),), takes_training=_takes_training(model))
+    found = inner.catalogue(model, [step], 0, shape)
+    classes = found.points[-1].shape if found.points else ()
+    if len(classes) != 1:
+        raise ExplainError(f"model {model.name!r} is a subclassed model whose output is not (batch, classes)")
+    step = dataclasses.replace(step, output_shapes=((None, *classes),))
+    return Graph(steps=(step,), input=0, output=1, points=found.points,
+                 transformer_default=found.transformer_default, notes=found.notes())
+
+
+def _functional(model: Any) -> Any | None:
+    """The Functional graph behind a model: itself, a Sequential's inner one, or None (subclassed)."""
+    if hasattr(model, "_nodes_by_depth") and hasattr(model, "inputs"):
+        return model
+    inner = getattr(model, "_functional", None)  # a built Sequential keeps its graph here
+    return inner if inner is not None and hasattr(inner, "_nodes_by_depth") else None
+
+
+def _flatten_into(function: Any, input_numbers: list[int], prefix: str, steps: list[Step], numbers) -> list[int]:
+    from keras import KerasTensor, tree
+
+    known = {id(t): n for t, n in zip(function.inputs, input_numbers)}
+    for depth in sorted(function._nodes_by_depth, reverse=True):
+        for node in function._nodes_by_depth[depth]:
+            if node.is_input or node.operation is None:
+                continue
+            layer = node.operation
+            tensors = node.arguments.keras_tensors
+            inner = _functional(layer)
+            kwargs_hold_tensors = any(isinstance(v, KerasTensor) for v in tree.flatten(node.arguments.kwargs))
+            if inner is not None and len(inner.inputs) == len(tensors) and not kwargs_hold_tensors:
+                inner_in = [known[id(t)] for t in tensors]
+                inner_out = _flatten_into(inner, inner_in, f"{prefix}{layer.name}/", steps, numbers)
+                known.update({id(t): n for t, n in zip(node.outputs, inner_out)})
+                continue
+            outputs = tuple(next(numbers) for _ in node.outputs)
+            known.update({id(t): n for t, n in zip(node.outputs, outputs)})
+            steps.append(
+                Step(
+                    name=prefix + layer.name,
+                    layer=layer,
+                    arguments=node.arguments,
+                    inputs=tuple((id(t), known[id(t)]) for t in tensors),
+                    outputs=outputs,
+                    output_shapes=tuple(tuple(t.shape) for t in node.outputs),
+                    takes_training=_takes_training(layer),
+                )
+            )
+    return [known[id(t)] for t in function.outputs]
+
+
+def _takes_training(layer: Any) -> bool:
+    try:
+        return "training" in inspect.signature(layer.call).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def needed(steps: Sequence[Step], wanted: set[int]) -> list[Step]:
+    """The steps (in order) that contribute to the values numbered in `wanted`."""
+    wanted = set(wanted)
+    kept: list[Step] = []
+    for step in reversed(steps):
+        if wanted.intersection(step.outputs):
+            kept.append(step)
+            wanted.update(n for _, n in step.inputs)
+    return kept[::-1]

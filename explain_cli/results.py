@@ -1,0 +1,139 @@
+"""What the library hands back: frozen values with numpy arrays and pictures, never TensorFlow tensors.
+
+An `Explanation` is one (image, class) map with what it explains; `heatmap`, `overlay` and `figure` draw it the way the
+command line's files are drawn, and a notebook shows it inline (`_repr_png_`). Rendering is numpy and Pillow only.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from explain_cli import render
+
+Source = "str | int"  # a path as given (or as found under a folder given), or the index of an image given in memory
+
+
+def frozen_array(array: np.ndarray) -> np.ndarray:
+    """The array, read-only: a value handed out cannot be changed under its other holders."""
+    array = np.asarray(array)
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class Explanation:
+    """Why the model gave `class_index` to one image: the method's map at the layer's resolution, and what it explains.
+
+    `probability` is the class's probability for the image (the manifest's `score`), `target_score` the score that was
+    differentiated (the logit, or the probability with score="probability"), `rank` the class's place among the
+    image's predictions (1: the top one).
+    """
+
+    source: str | int
+    class_index: int
+    label: str
+    rank: int
+    probability: float
+    target_score: float
+    layer: str | None
+    method: str
+    map: np.ndarray = field(repr=False)  # float32, not normalised: (h, w) at the layer, or the input for pixel methods
+    image: np.ndarray = field(repr=False)  # the original, upright RGB uint8 (height, width, 3)
+
+    def heatmap(self, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The map normalised to [0, 1] (map / max, negatives 0) and upsampled bilinearly to `size` = (width,
+        height), by default the original image's: what the overlays show."""
+        width, height = size if size is not None else (self.image.shape[1], self.image.shape[0])
+        return render.upsample(render.normalise(self.map), width, height)
+
+    def overlay(self, colormap: str = "jet", alpha: float = 0.4) -> Image.Image:
+        """(1 − alpha) · image + alpha · colormap(heatmap), at the original image's size, as a PIL image."""
+        return render.overlay_on(render.backdrop(self.image, alpha), render.normalise(self.map), colormap)
+
+    def figure(self, colormap: str = "jet") -> Image.Image:
+        """The panel original | heatmap | overlay, titled with the class, its probability, the method and the layer."""
+        title = f"{self.label} ({self.class_index}): p = {self.probability:.3f}, {self.method}" + (
+            f" at {self.layer}" if self.layer else "")
+        heatmap = render.normalise(self.map)
+        blended = np.asarray(render.overlay_on(render.backdrop(self.image, 0.4), heatmap, colormap))
+        with Image.open(io.BytesIO(render.figure(self.image, heatmap, blended, title, colormap))) as panel:
+            return panel.convert("RGB")
+
+    def _repr_png_(self) -> bytes:
+        return render.encode(self.overlay(), "png")
+
+    def __repr__(self) -> str:
+        return (f"Explanation(source={self.source!r}, class_index={self.class_index}, label={self.label!r}, "
+                f"probability={self.probability:.4f}, method={self.method!r}, layer={self.layer!r}, "
+                f"map={self.map.shape})")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    rank: int  # 1 = most probable
+    class_index: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True, eq=False)
+class ImagePredictions:
+    """An image's most probable classes, and every class's probability."""
+
+    source: str | int
+    predictions: tuple[Prediction, ...]
+    probabilities: np.ndarray = field(repr=False)
+
+    @property
+    def top(self) -> Prediction:
+        return self.predictions[0]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer output a method can explain: its name (a path inside nested or subclassed layers), the shape a method
+    sees (h, w, channels), whether it is a transformer's tokens laid on their patch grid, and whether it is the
+    default."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    kind: str
+    tokens: bool
+    default: bool
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """A method's means over the images evaluated, with 95 % bootstrap intervals (None where not measured)."""
+
+    method: str
+    images: int
+    means: dict[str, float | None]
+    intervals: dict[str, tuple[float, float] | None]
+
+    @property
+    def faithfulness_gap(self) -> float:
+        """insertion − deletion: the order the methods are printed in, best first."""
+        return (self.means["insertion_auc"] or 0.0) - (self.means["deletion_auc"] or 0.0)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate` measured: a record per image, class and method (the lines of evaluation.jsonl), each method's
+    means (best first, as the command line prints them), and with sanity=True a record per stage of the cascade."""
+
+    records: tuple[dict[str, Any], ...]
+    summaries: tuple[MethodSummary, ...]
+    sanity: tuple[dict[str, Any], ...] = ()
+
+    def summary(self, method: str) -> MethodSummary:
+        return next(s for s in self.summaries if s.method == method)
+
+
+def labels_of(names: Sequence[str], class_index: int) -> str:
+    return names[class_index] if class_index < len(names) else str(class_index)
