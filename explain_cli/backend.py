@@ -1,31 +1,79 @@
-"""The one place TensorFlow is imported, with its noise turned down first."""
+"""The one place TensorFlow and Keras are imported.
+
+As a library, explain changes nothing global: it imports TensorFlow and Keras (on Keras' TensorFlow backend, which it
+needs), and leaves the environment, Keras' settings and the loggers as the user had them. The command line's own
+process is quieted first (`quiet_process`): TensorFlow's C++ start-up lines, absl's and Keras' progress output,
+and glibc's malloc arenas, as measured below.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import os
+import sys
 from types import ModuleType
 from typing import Iterator
 
+from explain_cli.errors import ExplainError
+
+_quiet = False  # set by quiet_process: this process is the command line's own
+
 
 def load_tensorflow() -> tuple[ModuleType, ModuleType]:
-    """Import (tensorflow, keras) on the TensorFlow backend, quietly; cheap after the first call."""
-    # Keras reads the backend once, at import: force it before a user's keras.json can say jax.
-    os.environ["KERAS_BACKEND"] = "tensorflow"
+    """Import (tensorflow, keras) on Keras' TensorFlow backend; cheap after the first call. A Keras already imported on
+    another backend (JAX, PyTorch, numpy) is an ExplainError: explain needs TensorFlow's gradients."""
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "config"):
+        _check_backend(keras)
+    else:
+        # Keras reads its backend once, at import: this import is on TensorFlow whatever keras.json says; the variable
+        # is put back after, so the user's environment is as it was.
+        saved = os.environ.get("KERAS_BACKEND")
+        os.environ["KERAS_BACKEND"] = "tensorflow"
+        try:
+            with native_stderr_silenced():
+                import keras
+        finally:
+            if saved is None:
+                os.environ.pop("KERAS_BACKEND", None)
+            else:
+                os.environ["KERAS_BACKEND"] = saved
+        _check_backend(keras)
+    with native_stderr_silenced():  # TensorFlow's C++ start-up lines (oneDNN, CUDA stubs), written at import
+        import tensorflow as tf
+    if _quiet:
+        _quiet_loggers(tf, keras)
+    return tf, keras
+
+
+def _check_backend(keras: ModuleType) -> None:
+    backend = keras.config.backend()
+    if backend != "tensorflow":
+        raise ExplainError(f"explain needs Keras' TensorFlow backend, and this Keras runs {backend}: set "
+                           "KERAS_BACKEND=tensorflow before Keras is first imported")
+
+
+def quiet_process() -> None:
+    """Quiet the command line's own process, before TensorFlow loads: its C++ log lines, absl's warnings, Keras'
+    progress bars on stdout (stdout is for data); and cap malloc's arenas. Cheap: nothing is imported here."""
+    global _quiet
+    if _quiet:
+        return
+    _quiet = True
+    os.environ["KERAS_BACKEND"] = "tensorflow"  # this process's Keras, whatever keras.json says
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     _limit_malloc_arenas()
-    with native_stderr_silenced():
-        import tensorflow as tf
-        import keras
+
+
+def _quiet_loggers(tf: ModuleType, keras: ModuleType) -> None:
+    """In the command line's process, once TensorFlow is imported: Python-side logs to errors only, and Keras'
+    download progress off stdout (it goes to absl, on stderr)."""
     import absl.logging
 
     absl.logging.set_verbosity(absl.logging.ERROR)
     tf.get_logger().setLevel("ERROR")
-    # Keras prints download progress to stdout unless interactive logging is off; off, it goes to absl
-    # (stderr), so stdout keeps only data.
     keras.config.disable_interactive_logging()
-    return tf, keras
 
 
 # glibc's mallopt parameter number for the arena limit (malloc.h).

@@ -1,8 +1,9 @@
-"""The command line: parse, call the pipeline, print. Errors become one line and an exit code.
+"""The command line: parse options into typed values, call the library's runs (runs.py), exit with their code.
 
 Exit codes: 0 all done, 1 some input or the run failed, 2 bad usage, 130 / 143 interrupted by
 SIGINT / SIGTERM, 141 stdout closed by its reader.
-Nothing here imports TensorFlow at module level, so `explain --help` is instant.
+Only Click and the option groups load to parse: `explain --help` is instant, and each command imports what it runs
+when it runs.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import click
 
-from explain_cli import __version__, console, models, output, pipeline, render
+from explain_cli import __version__
 from explain_cli.commands import common
 from explain_cli.commands import evaluate as evaluate_command
 from explain_cli.commands import report as report_command
-from explain_cli.errors import ExplainError
 from explain_cli.methods import METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
 
@@ -60,7 +60,7 @@ def gradcam(**options: Any) -> None:
     OUTPUT_DIR/<name>.gradcam.<class>-<label>.jpg, mirroring folders, plus a line per explanation
     in OUTPUT_DIR/manifest.jsonl. The same as `explain cam --method gradcam`.
     """
-    _explain_cam("gradcam", 64, **options)
+    _explain_cam("gradcam", 64, options)
 
 
 @cli.command()
@@ -83,7 +83,7 @@ def cam(method: str, max_masks: int, **options: Any) -> None:
     Writes OUTPUT_DIR/<name>.<method>.<class>-<label>.jpg and a manifest line per explanation, like
     `explain gradcam`.
     """
-    _explain_cam(method, max_masks, **options)
+    _explain_cam(method, max_masks, options)
 
 
 @cli.command()
@@ -108,13 +108,11 @@ def saliency(method: str, samples: int, noise: float, steps: int, seed: int, **o
     Writes OUTPUT_DIR/<name>.<method>.<class>-<label>.jpg (an overlay) and .map.png (the grey map at the
     model's input resolution). --layer is where guided-gradcam takes its Grad-CAM.
     """
-    from explain_cli import explainer
+    from explain_cli import runs
 
-    def build(model: models.LoadedModel, graph: Any, cut: Any, classes: list[int], top_k: int, per_image: bool) -> Any:
-        return explainer.compile_saliency(model, graph, method, layer=cut.layer, classes=classes, top_k=top_k,
-                                          samples=samples, noise=noise, steps=steps, seed=seed, per_image=per_image)
-
-    _explain(method, build, grey_map=True, **options)
+    settings = common.settings(options, method, samples=samples, noise=noise, steps=steps, seed=seed)
+    runs.explain(settings, options["sources"], sys.stdin, common.class_request(options), options["top"],
+                 common.output_options(options), common.run_options(options), grey_map=True)
 
 
 @cli.command()
@@ -135,37 +133,10 @@ def activations(layer_names: tuple[str, ...], max_layers: int, max_channels: int
     Each channel is standardised on its own (mean 0, std 1, then ×64 + 128). Writes
     OUTPUT_DIR/<name>.activations.<layer>.png for every input and layer.
     """
-    from explain_cli import explainer, inside
+    from explain_cli import runs
 
-    sources = common.sources(options, skip_dir=output_dir)
-    model = common.load(options)
-    graph = explainer.graph_of(model)
-    if layer_names:
-        try:
-            points = [graph.find(name) for name in layer_names]
-        except ExplainError as error:
-            raise click.BadParameter(str(error), param_hint="--layer") from None
-        flat = [p.name for p in points if not p.explainable]
-        if flat:
-            raise click.BadParameter(f"{flat[0]!r} has no 4-D output (or tokens on a grid) to draw", param_hint="--layer")
-        layers = [p.name for p in points]
-    else:
-        layers, available = inside.default_activation_layers(graph, max_layers)
-        if available > len(layers):
-            click.echo(f"{model.name}: {available} convolution and pooling layers; drawing {len(layers)} "
-                       "spread evenly (--layer to choose, --max-layers for more)", err=True)
-    name = model.name
-
-    def make(loaded: models.LoadedModel) -> tuple[Any, Any]:  # plain values only: see _explain
-        step = inside.compile_activations(loaded, explainer.graph_of(loaded), layers)
-        return common.compute_of(step), pipeline.activation_grids(output_dir, layers, max_channels, name)
-
-    with output.writing_into(output_dir):
-        manifest = output.Manifest(output_dir, output.record_file(output.MANIFEST, options["shard"]))
-    try:
-        common.report(common.start(sources, make, model, options), console.Tally(len(sources)), options, manifest)
-    finally:
-        manifest.close()
+    runs.activations(common.settings(options), options["sources"], sys.stdin, layer_names, max_layers, max_channels,
+                     output_dir, common.run_options(options))
 
 
 @cli.command()
@@ -195,46 +166,19 @@ def classviz(class_spec: str, steps: int, lr: float, l2: float, jitter: int, blu
     image kept within the pixel range at every step. Writes
     OUTPUT_DIR/classviz.<class>-<label>.png (and .stepNNNN.png with --every) and prints its path.
     """
-    from explain_cli import explainer, inside
+    from explain_cli import inside, runs
 
-    model = common.load(options, ["classviz"])
-    class_index = common.resolve_class(model, class_spec)
-    label = model.labels.name(class_index)
-    graph = explainer.graph_of(model)
-    settings = inside.ClassVizSettings(steps, lr, l2, jitter, blur_every, blur_sigma, seed)
-    final, snapshots, logits = inside.class_visualisation(model, graph, class_index, settings, every)
-    stem = f"classviz.{class_index}-{output.safe_label(label)}"
-    written = [(step, f"{stem}.step{step:04d}.png", picture) for step, picture in snapshots]
-    written.append((steps, f"{stem}.png", final))
-    files = output.FileSet(output_dir)
-    with files.complete_or_removed():
-        for _, name, picture in written:
-            files.write(name, render.encode(picture, "png"))
-        with output.writing_into(output_dir):
-            manifest = output.Manifest(output_dir)
-            try:  # logits[i] is the logit after step i
-                manifest.append([{"model": model.name, "method": "classviz", "class_index": class_index,
-                                  "label": label, "step": step, "logit": logits[step], "file": name}
-                                 for step, name, _ in written])
-            finally:
-                manifest.close()
-    click.echo(f"{model.name}: class {class_index} ({label}) logit {logits[0]:.3f} → {logits[-1]:.3f} "
-               f"in {steps} steps", err=True)
-    sys.stdout.write(f"{output_dir / stem}.png\n")
+    viz = inside.ClassVizSettings(steps, lr, l2, jitter, blur_every, blur_sigma, seed)
+    runs.classviz(common.settings(options), class_spec, viz, every, output_dir, runs.RunOptions())
 
 
-def _explain_cam(method: str, max_masks: int, **options: Any) -> None:
-    from explain_cli import explainer
+def _explain_cam(method: str, max_masks: int, options: dict) -> None:
+    from explain_cli import runs
 
-    score, counterfactual = options.pop("score"), options.pop("counterfactual")
-    if counterfactual and not METHODS[method].gradients:
-        raise click.BadParameter(f"{method} uses no gradients to negate", param_hint="--counterfactual")
-
-    def build(model: models.LoadedModel, graph: Any, cut: Any, classes: list[int], top_k: int, per_image: bool) -> Any:
-        return explainer.compile_explain(model, cut, method, classes=classes, top_k=top_k, score=score,
-                                         counterfactual=counterfactual, max_masks=max_masks, per_image=per_image)
-
-    _explain(f"{method}-counterfactual" if counterfactual else method, build, **options)
+    settings = common.settings(options, method, score=options.pop("score"),
+                               counterfactual=options.pop("counterfactual"), max_masks=max_masks)
+    runs.explain(settings, options["sources"], sys.stdin, common.class_request(options), options["top"],
+                 common.output_options(options), common.run_options(options))
 
 
 @cli.command()
@@ -244,18 +188,10 @@ def _explain_cam(method: str, max_masks: int, **options: Any) -> None:
 @common.model_options
 def predict(**options: Any) -> None:
     """Print the top predictions for each image; write nothing."""
-    from explain_cli import explainer
+    from explain_cli import runs
 
-    sources = common.sources(options, skip_dir=None)
-    model = common.load(options)
-    truth = common.truth(options, sources, model)
-    top = options["top"]
-
-    def make(loaded: models.LoadedModel) -> tuple[Any, Any]:
-        step = explainer.compile_predict(loaded, explainer.graph_of(loaded))
-        return common.compute_of(step), pipeline.predictions_only(loaded.labels.names, top, truth)
-
-    common.report(common.start(sources, make, model, options), common.tally(sources, truth), options)
+    runs.predict(common.settings(options), options["sources"], sys.stdin, options["truth"], options["top"],
+                 common.run_options(options))
 
 
 @cli.command()
@@ -263,71 +199,9 @@ def predict(**options: Any) -> None:
 def layers(**options: Any) -> None:
     """List the layers that can be explained: 4-D feature maps, and a transformer's tokens with the patch grid
     they are cut as, inside subclassed layers too (named by path); * marks the default."""
-    from explain_cli import explainer
+    from explain_cli import runs
 
-    model = common.load(options)
-    graph = explainer.graph_of(model)
-    default = explainer.default_layer(graph, model)
-    rows = [(p.name, p.describe()) for p in graph.explainable()]
-    width = max((len(name) for name, _ in rows), default=0)
-    for name, shape in rows:
-        mark = "*" if name == default else " "
-        sys.stdout.write(f"{mark} {name:<{width}}  {shape}\n")
-
-
-def _explain(name: str, build: Callable[..., Any], grey_map: bool = False, **options: Any) -> None:
-    """Explain every input with the step `build` makes; `name` names the method in files and manifest."""
-    common.check_class_options(options)
-    if not render.is_colormap(options["colormap"]):
-        raise click.BadParameter(f"unknown matplotlib colormap {options['colormap']!r}", param_hint="--colormap")
-    out_dir: Path = options["output_dir"]
-    sources = common.sources(options, skip_dir=out_dir)
-    skipped = 0
-    if options["skip_existing"]:
-        done = output.explained_images(out_dir, name)
-        if out_dir.is_dir():
-            output.remove_stale_temporaries(out_dir)
-        todo = [s for s in sources if s.shown not in done]
-        skipped, sources = len(sources) - len(todo), todo
-        if not sources:  # nothing left to do: no need to load a model for it
-            click.echo(console.Tally(0, skipped=skipped).summary(None), err=True)
-            return
-    with output.writing_into(out_dir):  # before the model loads: an unwritable folder fails at once
-        manifest = output.Manifest(out_dir, output.record_file(output.MANIFEST, options["shard"]))
-    try:
-        model = common.load(options, [name.removesuffix("-counterfactual")])
-        target = common.target(options, sources, model)
-        truth, per_image, layer = target.truth, target.per_image, target.layer
-        chosen = "" if options["layer"] else " (default)"
-        click.echo(f"{model.name}: {name} at layer {layer}{chosen}", err=True)
-        render_options = pipeline.RenderOptions(
-            out_dir=out_dir,
-            method=name,
-            layer=layer,
-            model=model.name,
-            colormap=options["colormap"],
-            alpha=options["alpha"],
-            image_format=options["image_format"],
-            save_heatmap=options["save_heatmap"],
-            figure=options["figure"],
-            grey_map=grey_map,
-        )
-        classes, top_k, top = target.classes, options["top_k"] or 1, options["top"]
-
-        def make(loaded: models.LoadedModel) -> tuple[Any, Any]:
-            # Also called on each Ray worker with its own copy of the model: it captures plain values only.
-            from explain_cli import explainer, split
-
-            flat = explainer.graph_of(loaded)
-            step = build(loaded, flat, split.split(flat, layer), classes, top_k, per_image)
-            finish = pipeline.explanations(loaded.labels.names, top, render_options, truth)
-            return common.compute_of(step, truth if per_image else None), finish
-
-        run = common.start(sources, make, model, options)
-        with common.report_after(options["make_report"], out_dir):
-            common.report(run, common.tally(sources, truth, skipped), options, manifest)
-    finally:
-        manifest.close()
+    runs.layers(common.settings(options))
 
 
 cli.add_command(evaluate_command.evaluate)

@@ -7,6 +7,15 @@ class ExplainError(Exception):
     """A run-time failure the user can act on (exit 1): bad model file, no network."""
 
 
+class BadArgument(ExplainError):
+    """An argument that cannot be used: a class the model does not have, a layer it cannot cut at. The command line
+    shows it as a usage error of `option` (exit 2); None: of the command as a whole."""
+
+    def __init__(self, option: str | None, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
 class BadInput(ExplainError):
     """One input image could not be used; the batch goes on without it."""
 

@@ -20,6 +20,7 @@ from explain_cli import metrics, output, render
 from explain_cli.inputs import Source
 from explain_cli.metrics import Box
 from explain_cli.pipeline import ImageResult
+from explain_cli.results import MethodSummary
 
 RANDOM = "random"
 RECORDS = output.EVALUATION
@@ -67,8 +68,8 @@ class Sanity:
 
 
 def random_map(seed: int, image: str, class_index: int, height: int, width: int) -> np.ndarray:
-    """Uniform noise of (height, width), the same for the same (seed, image, class) on any machine; at the
-    explained layer's resolution, so that it is as smooth as the maps it is the control for once upsampled."""
+    """Uniform noise of (height, width), the same for the same (seed, image, class) on any machine; evaluate draws it
+    at the model input's resolution, a value per pixel."""
     key = zlib.crc32(image.encode("utf-8", "surrogateescape"))
     return np.random.default_rng([seed, key, class_index]).random((height, width)).astype(np.float32)
 
@@ -194,23 +195,16 @@ def _sanity_records(source: Source, original: np.ndarray, row: int, batch: Evalu
     return records
 
 
-def _boxes_for(boxes: Mapping[Source, list[LabelledBox]] | None, source: Source, class_index: int) -> list[Box]:
-    if not boxes or source not in boxes:
+def _boxes_for(boxes: Mapping[Any, list[LabelledBox]] | None, source: Source, class_index: int) -> list[Box]:
+    """The boxes of an image for a class: keyed by the image's key, or for a file by its name as a CSV gives it."""
+    if not boxes:
         return []
-    return [b.box for b in boxes[source] if b.class_index is None or b.class_index == class_index]
+    from explain_cli.truth import normal_name
 
-
-@dataclass(frozen=True)
-class MethodSummary:
-    method: str
-    images: int
-    means: dict[str, float | None]  # column name -> mean (None where not computed)
-    intervals: dict[str, tuple[float, float] | None]  # column name -> 95 % bootstrap interval
-
-    @property
-    def faithfulness_gap(self) -> float:
-        """insertion − deletion: the order the methods are printed in, best first."""
-        return (self.means["insertion_auc"] or 0.0) - (self.means["deletion_auc"] or 0.0)
+    found = boxes.get(source.key)
+    if found is None and source.index is None:
+        found = boxes.get(normal_name(source.shown)) or boxes.get(normal_name(source.relative))
+    return [b.box for b in found or [] if b.class_index is None or b.class_index == class_index]
 
 
 def summarise(records: Sequence[dict], methods: Sequence[str], seed: int = 0) -> list[MethodSummary]:
@@ -240,20 +234,38 @@ def mean_curves(records: Sequence[dict], methods: Sequence[str]) -> dict[str, tu
     return curves
 
 
-def read_boxes(path: Path, sources: Sequence[Source], labels: Any) -> dict[Source, list[LabelledBox]]:
-    """--boxes FILE.csv: image,x0,y0,x1,y1 and an optional class column, in the original image's pixels."""
+def read_boxes(path: Path, sources: Sequence[Source] | None, labels: Any) -> dict[Any, list[LabelledBox]]:
+    """--boxes FILE.csv: image,x0,y0,x1,y1 and an optional class column, in the original image's pixels; keyed by
+    each source's key, or without sources by the image's name as the file gives it."""
     from explain_cli import truth as truth_module
 
-    found: dict[Source, list[LabelledBox]] = {}
-    for source, rows in truth_module.rows_by_source(path, ("image", "x0", "y0", "x1", "y1"), sources).items():
+    try:
+        return _read_boxes(path, sources, labels)
+    except truth_module.TruthError as error:
+        raise truth_module.TruthError(str(error), "--boxes") from None
+
+
+def _read_boxes(path: Path, sources: Sequence[Source] | None, labels: Any) -> dict[Any, list[LabelledBox]]:
+    from explain_cli import truth as truth_module
+
+    required = ("image", "x0", "y0", "x1", "y1")
+    if sources is None:
+        by_name: dict[Any, list] = {}
+        for number, row in truth_module.read_csv(path, required):
+            by_name.setdefault(truth_module.normal_name(row["image"]), []).append((number, row))
+        grouped = by_name.items()
+    else:
+        grouped = ((source.key, rows) for source, rows in truth_module.rows_by_source(path, required, sources).items())
+    found: dict[Any, list[LabelledBox]] = {}
+    for key, rows in grouped:
         for number, row in rows:
             try:
-                box = tuple(float(row[key]) for key in ("x0", "y0", "x1", "y1"))
+                box = tuple(float(row[name]) for name in ("x0", "y0", "x1", "y1"))
             except ValueError:
                 raise truth_module.TruthError(f"{path}, line {number}: x0, y0, x1, y1 must be numbers") from None
             cls = row.get("class") or None
             class_index = truth_module.resolve(labels, cls, path, number) if cls else None
-            found.setdefault(source, []).append(LabelledBox(box, class_index))  # type: ignore[arg-type]
+            found.setdefault(key, []).append(LabelledBox(box, class_index))  # type: ignore[arg-type]
     return found
 
 

@@ -32,8 +32,10 @@ class BatchResult:
 
 
 def graph_of(model: LoadedModel) -> graph_module.Graph:
-    """The model's graph as explain replays it: in bfloat16 when the model's precision says so."""
-    return dataclasses.replace(graph_module.flatten(model.keras_model), precision=model.precision)
+    """The model's graph as explain replays it: in bfloat16 when the model's precision says so; BatchNorm unfolded for
+    a model in memory, whose weights may change after the steps are compiled."""
+    graph = graph_module.flatten(model.keras_model)
+    return dataclasses.replace(graph, precision=model.precision, foldable=graph.foldable and not model.live)
 
 
 def default_layer(graph: graph_module.Graph, model: LoadedModel) -> str:

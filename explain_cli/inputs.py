@@ -9,76 +9,47 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import re
 import stat
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterable, Iterator, TextIO
+from typing import Any, BinaryIO, Iterable, Iterator, TextIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from explain_cli.errors import BadInput
+from explain_cli.shards import DEFAULT_MAX_PIXELS, Shard, parse_shard, shard_of  # noqa: F401 (re-exported)
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
 )
-# Above this many pixels an image is refused (`--max-pixels`): 120 MP holds the largest camera photos (~100 MP)
-# while a "decompression bomb" of gigapixels fails at once.
-DEFAULT_MAX_PIXELS = 120_000_000
 # Transparent pixels are shown on mid grey: neither black nor white pretends to be the background.
 BACKGROUND = (128, 128, 128)
 
 
 @dataclass(frozen=True)
 class Source:
-    """An input file: where it is, how to show it, and the relative name its outputs take."""
+    """An input: a file (where it is, how to show it, the relative name its outputs take), or an image given in
+    memory (its pixels, and its index among the images given)."""
 
     path: Path
-    shown: str  # as the user wrote it, or as found under the folder they gave
+    shown: str  # as the user wrote it, or as found under the folder they gave; an in-memory image's index
     stem: PurePosixPath  # output name without extension: "sub/img" for folder/sub/img.jpg
+    pixels: Any = field(default=None, compare=False, hash=False, repr=False)  # a numpy array or PIL image in memory
+    index: int | None = None  # an in-memory image's place among those given
+
+    @property
+    def key(self) -> str | int:
+        """What the library calls it: its index if it was given in memory, else its path as shown."""
+        return self.index if self.index is not None else self.shown
 
     @property
     def relative(self) -> str:
         """The path relative to the folder it was found in (its name when given directly)."""
         return self.stem.with_name(self.path.name).as_posix()
-
-
-@dataclass(frozen=True)
-class Shard:
-    """--shard I/N: the inputs whose relative path hashes to I of N."""
-
-    index: int
-    count: int
-
-    def takes(self, source: Source) -> bool:
-        return shard_of(source.relative, self.count) == self.index
-
-    def __str__(self) -> str:
-        return f"shard-{self.index}-of-{self.count}"
-
-
-def shard_of(name: str, count: int) -> int:
-    """A stable hash of a relative path, modulo `count`: SHA-1, the same on every machine and Python, and a
-    file's shard never depends on which other files exist."""
-    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).digest()
-    return int.from_bytes(digest[:8], "big") % count
-
-
-def parse_shard(text: str) -> Shard:
-    """"I/N" with 0 <= I < N; ValueError saying what is wrong otherwise."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not match:
-        raise ValueError(f"{text!r} is not I/N (for example 0/4)")
-    index, count = int(match.group(1)), int(match.group(2))
-    if count < 1:
-        raise ValueError(f"{text!r}: N must be at least 1")
-    if index >= count:
-        raise ValueError(f"{text!r}: I must be below N (shards are numbered 0 to {count - 1})")
-    return Shard(index, count)
 
 
 def discover(arguments: Iterable[str], stdin: TextIO, skip_dir: Path | None = None) -> list[Source]:
@@ -175,6 +146,8 @@ def decode(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     container it hides in.
     """
     shown = source.shown
+    if source.pixels is not None:
+        return _from_memory(source, max_pixels)
     try:
         with pixel_limit(max_pixels), _open_regular(source) as stream, Image.open(stream) as image:
             _check_size(shown, image.size, max_pixels)
@@ -199,6 +172,73 @@ def decode(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
         raise BadInput(shown, "not enough memory to decode it") from None
     except Exception as error:  # corrupt headers surface as ValueError, SyntaxError, struct.error, ...
         raise BadInput(shown, f"cannot decode: {type(error).__name__}: {error}") from None
+
+
+def _from_memory(source: Source, max_pixels: int) -> Picture:
+    """An image given in memory as upright RGB: a PIL image (any mode; EXIF orientation applied), or an array of
+    (h, w), (h, w, 1), (h, w, 3) or (h, w, 4) pixels: uint8, or floats in 0-255 (keras.utils.img_to_array's),
+    or floats in [0, 1] when none is above 1."""
+    given = source.pixels
+    if isinstance(given, Image.Image):
+        _check_size(source.shown, given.size, max_pixels)
+        rgb, how = _to_rgb(ImageOps.exif_transpose(given))
+        return Picture(np.asarray(rgb), (how,) if how else ())
+    array = np.asarray(given)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
+        raise BadInput(source.shown, f"an image array is (height, width[, 1, 3 or 4]), not {array.shape}")
+    _check_size(source.shown, (array.shape[1], array.shape[0]), max_pixels)
+    notes = []
+    if array.dtype != np.uint8:
+        array, note = _as_uint8(source.shown, array)
+        notes.append(note)
+    mode = "L" if array.ndim == 2 else ("RGBA" if array.shape[-1] == 4 else "RGB")
+    rgb, how = _to_rgb(Image.fromarray(np.ascontiguousarray(array), mode=mode))
+    return Picture(np.asarray(rgb), tuple(notes + ([how] if how else [])))
+
+
+def _as_uint8(shown: str, array: np.ndarray) -> tuple[np.ndarray, str]:
+    """Numbers as 0-255 pixels: floats all within [0, 1] scaled by 255, anything else taken as 0-255 and clipped."""
+    if not (np.issubdtype(array.dtype, np.number) and np.isfinite(array).all()):
+        raise BadInput(shown, f"an image array holds finite numbers, not {array.dtype} with NaN or infinity")
+    unit = np.issubdtype(array.dtype, np.floating) and array.size > 0 and float(array.max()) <= 1.0
+    pixels = np.clip(np.rint(array.astype(np.float64) * (255.0 if unit else 1.0)), 0, 255).astype(np.uint8)
+    return pixels, "values in [0, 1] scaled to 0-255" if unit else "values taken as 0-255"
+
+
+def sources_of(images: Any) -> Iterator[Source]:
+    """The images the library is given, one Source each, lazily (a generator is never read ahead of the batches):
+    a numpy batch (n, h, w[, c]), one array or PIL image, a path to an image, a folder (walked as the command line
+    walks it), or any iterable of these. In-memory images are numbered in the order given."""
+    counter = iter(range(1 << 62))
+    for item in [images] if _is_one(images) or _is_array_batch(images) else images:
+        if isinstance(item, (str, Path)):
+            if Path(item).is_dir():
+                yield from _unique_stems(list(_walk(Path(item), None)))
+            else:
+                yield _file_source(str(item))
+        elif _is_array_batch(item):  # a float batch is scaled as one: a dark image in it is not read as [0, 1]
+            batch = np.asarray(item)
+            batch = batch if batch.dtype == np.uint8 else _as_uint8(f"a batch of {len(batch)}", batch)[0]
+            for image in batch:
+                yield _memory_source(image, next(counter))
+        else:
+            yield _memory_source(item, next(counter))
+
+
+def _is_array_batch(images: Any) -> bool:
+    return hasattr(images, "__array__") and not isinstance(images, Image.Image) and len(np.shape(images)) == 4
+
+
+def _is_one(images: Any) -> bool:
+    return isinstance(images, (str, Path, Image.Image)) or (hasattr(images, "__array__") and len(np.shape(images)) <= 3)
+
+
+def _memory_source(image: Any, index: int) -> Source:
+    if not (isinstance(image, Image.Image) or hasattr(image, "__array__")):
+        raise BadInput(str(index), f"not an image: a {type(image).__name__} (give arrays, PIL images or paths)")
+    return Source(path=Path(str(index)), shown=str(index), stem=PurePosixPath(str(index)), pixels=image, index=index)
 
 
 def _check_size(shown: str, size: tuple[int, int], max_pixels: int) -> None:

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 from explain_cli.errors import ExplainError
 
@@ -77,14 +78,13 @@ def from_file(path: Path) -> Labels:
     return Labels(names=tuple(line.strip() for line in lines))
 
 
-def for_model(num_classes: int, labels_file: Path | None) -> Labels:
-    """The labels a run uses: the user's file, else ImageNet's for 1000 outputs, else numbers."""
-    if labels_file is not None:
-        labels = from_file(labels_file)
+def for_model(num_classes: int, given: Path | Sequence[str] | None) -> Labels:
+    """The labels a run uses: the user's file (or list of names), else ImageNet's for 1000 outputs, else numbers."""
+    if given is not None:
+        labels = from_file(Path(given)) if isinstance(given, (str, Path)) else Labels(tuple(str(n) for n in given))
         if len(labels) != num_classes:
-            raise ExplainError(
-                f"{labels_file}: has {len(labels)} labels but the model has {num_classes} outputs"
-            )
+            where = given if isinstance(given, (str, Path)) else "labels"
+            raise ExplainError(f"{where}: has {len(labels)} labels but the model has {num_classes} outputs")
         return labels
     if num_classes == 1000:
         return imagenet()

@@ -6,6 +6,7 @@ TensorFlow; everything that builds or loads a model imports it inside the functi
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.util
@@ -66,6 +67,7 @@ class LoadedModel:
     default_layer: str | None
     labels: Labels
     precision: str = "fp32"  # "bf16": the graph explain replays computes in bfloat16 (precision.py)
+    live: bool = False  # a model object in memory, which may be trained further: BatchNorm is not folded (fold.py)
 
 
 def check_spec(spec: str) -> str | None:
@@ -109,6 +111,26 @@ def load(
         converter = _image_converter(model)
         prep = converter if preprocess is None and converter is not None else _mode_preprocess(preprocess or "none")
         default = None
+    return _loaded(model, name, spec, prep, default, labels_file, precision)
+
+
+def from_object(model: Any, labels: Path | Sequence[str] | None = None, preprocess: str | None = None,
+                precision: str = "fp32") -> LoadedModel:
+    """A keras.Model already in memory (a notebook's, a training script's), used as it is: explain replays its own
+    layers, so what it computes follows the model's current weights."""
+    from explain_cli.backend import load_tensorflow
+
+    _, keras = load_tensorflow()
+    if not isinstance(model, keras.Model):
+        raise ExplainError(f"not a Keras model: a {type(model).__name__} (give a keras.Model, a built-in name or a "
+                           "model file)")
+    converter = _image_converter(model)
+    prep = converter if preprocess is None and converter is not None else _mode_preprocess(preprocess or "none")
+    return dataclasses.replace(_loaded(model, model.name, model.name, prep, None, labels, precision), live=True)
+
+
+def _loaded(model: Any, name: str, spec: str, prep: Callable[[Any], Any], default: str | None,
+            labels: Path | Sequence[str] | None, precision: str) -> LoadedModel:
     height, width, channels = _input_size(model, spec)
     num_classes = _classes(model, spec, (height, width, channels))
     return LoadedModel(
@@ -119,7 +141,7 @@ def load(
         channels=channels,
         preprocess=prep,
         default_layer=default,
-        labels=labels_module.for_model(num_classes, labels_file),
+        labels=labels_module.for_model(num_classes, labels),
         precision=precision,
     )
 

@@ -8,12 +8,13 @@ folders or failures. Decoding of the next batch and rendering of the previous on
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -21,32 +22,43 @@ from explain_cli import inputs, output, render
 from explain_cli.errors import BadInput
 from explain_cli.inputs import Source
 from explain_cli.output import Prediction
+from explain_cli.results import Explanation, frozen_array
 
 
 @dataclass(frozen=True)
-class Explanation:
-    """One written explanation: which class of which image, its map, and where it went."""
+class Written:
+    """An explanation and the files it was written to, relative to the output folder."""
 
-    image: str
-    class_index: int
-    label: str
-    rank: int
-    probability: float
-    score: float  # the score that was differentiated: logit or probability
-    layer: str
-    method: str
-    heatmap: np.ndarray  # normalised to [0, 1], at the layer's resolution
-    overlay: str  # relative to the output folder
+    explanation: Explanation
+    image: str  # the image as shown
+    overlay: str
     heatmap_file: str | None
     figure_file: str | None
     map_file: str | None = None  # pixel attributions: the map itself as a grey PNG
+
+    @property
+    def class_index(self) -> int:
+        return self.explanation.class_index
+
+    @property
+    def label(self) -> str:
+        return self.explanation.label
+
+    @property
+    def rank(self) -> int:
+        return self.explanation.rank
+
+    @property
+    def probability(self) -> float:
+        return self.explanation.probability
 
 
 @dataclass(frozen=True)
 class ImageResult:
     source: Source
     predictions: list[Prediction] = field(default_factory=list)
-    explanations: list[Explanation] = field(default_factory=list)
+    explanations: list[Written] = field(default_factory=list)
+    values: list = field(default_factory=list)  # what the library hands out for this image (results.py)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # how the image was read, for --verbose
     error: str | None = None
@@ -92,7 +104,7 @@ class Run:
 
     def __init__(
         self,
-        sources: Sequence[Source],
+        sources: Iterable[Source],
         compute: Compute,
         finish: Finish,
         *,
@@ -121,11 +133,11 @@ class Run:
         return finished
 
     def _produce(
-        self, sources: Sequence[Source], compute: Compute, finish: Finish,
+        self, sources: Iterable[Source], compute: Compute, finish: Finish,
         size: tuple[int, int, int], batch_size: int, max_pixels: int,
     ) -> Iterator[ImageResult]:
         height, width, channels = size
-        chunks = [sources[i : i + batch_size] for i in range(0, len(sources), batch_size)]
+        remaining = iter(sources)  # read a batch at a time: a generator of images is never read ahead of them
 
         def load(source: Source) -> Decoded:
             try:
@@ -134,12 +146,14 @@ class Run:
             except BadInput as error:
                 return source, error, None
 
+        def start_decoding() -> list[Future[Decoded]]:
+            return [self._pool.submit(load, s) for s in itertools.islice(remaining, batch_size)]
+
         try:
-            decoding = [self._pool.submit(load, s) for s in chunks[0]] if chunks else []
-            for index in range(len(chunks)):
+            decoding = start_decoding()
+            while decoding:
                 decoded = [f.result() for f in decoding]
-                if index + 1 < len(chunks):
-                    decoding = [self._pool.submit(load, s) for s in chunks[index + 1]]
+                decoding = start_decoding()  # the next batch, while this one computes
                 ahead = len(self._pending)  # the previous batch, rendering while this one computes
                 self._pending.extend(_compute_and_finish(self._pool, decoded, compute, finish))
                 for _ in range(ahead):
@@ -238,52 +252,62 @@ def activation_grids(out_dir: Path, layers: Sequence[str], max_channels: int, mo
     return finish
 
 
+def explained(source: Source, original: np.ndarray, row: int, batch: Any, names: Sequence[str], layer: str | None,
+              method: str) -> list[Explanation]:
+    """The values of one image's row of a batch result: each explained class with its raw map and the image."""
+    probabilities = batch.probabilities[row]
+    image = frozen_array(original)
+    found = []
+    for class_index, score, raw in zip(batch.classes[row], batch.scores[row], batch.maps[row]):
+        class_index = int(class_index)
+        found.append(Explanation(
+            source=source.key, class_index=class_index, label=output.label_of(names, class_index),
+            rank=int(np.sum(probabilities > probabilities[class_index])) + 1,
+            probability=float(probabilities[class_index]), target_score=float(score), layer=layer, method=method,
+            map=frozen_array(np.asarray(raw, np.float32)), image=image))
+    return found
+
+
+def values_only(names: Sequence[str], layer: str | None, method: str) -> Finish:
+    """A finish step for the library: each image's explanations as values, nothing written."""
+
+    def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> ImageResult:
+        return ImageResult(source, values=explained(source, original, row, batch, names, layer, method))
+
+    return finish
+
+
 def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: Truth = None) -> Finish:
     """A finish step that renders and writes each explained class of an image (overlay, .npy, figure)."""
 
-    def finish(source: Source, original: np.ndarray, row: int, batch: object) -> ImageResult:
+    def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> ImageResult:
         probabilities = batch.probabilities[row]
         predictions = output.top_predictions(probabilities, names, top)
         written, warnings = [], []
         ready = render.backdrop(original, options.alpha)
         files = output.FileSet(options.out_dir)
         with files.complete_or_removed():  # an image's files all exist, or none do
-            for class_index, score, raw in zip(batch.classes[row], batch.scores[row], batch.maps[row]):
-                class_index = int(class_index)
-                label = output.label_of(names, class_index)
-                heatmap = render.normalise(raw)
+            for value in explained(source, original, row, batch, names, options.layer, options.method):
+                heatmap = render.normalise(value.map)
                 if not heatmap.any():
-                    warnings.append(f"warning: {source.shown}: the {options.method} map for class {class_index} "
-                                    f"({label}) is all zero")
-                written.append(_write(source, files, original, ready, heatmap, class_index, label, float(score),
-                                      probabilities, options))
+                    warnings.append(f"warning: {source.shown}: the {options.method} map for class {value.class_index} "
+                                    f"({value.label}) is all zero")
+                written.append(_write(source, files, value, heatmap, ready, options))
         known = _truth_of(source, probabilities, truth)
         fields = {**truth_record(known.get("truth"), known.get("truth_rank"), truth, names),
                   **image_fields(source, probabilities, names)}
-        records = [{**manifest_record(e, options.model), **fields} for e in written]
+        records = [{**manifest_record(w, options.model), **fields} for w in written]
         return ImageResult(source, predictions=predictions, explanations=written, warnings=warnings, records=records,
                            **known)
 
     return finish
 
 
-def _write(
-    source: Source,
-    files: output.FileSet,
-    original: np.ndarray,
-    ready: render.Backdrop,
-    heatmap: np.ndarray,
-    class_index: int,
-    label: str,
-    score: float,
-    probabilities: np.ndarray,
-    options: RenderOptions,
-) -> Explanation:
+def _write(source: Source, files: output.FileSet, value: Explanation, heatmap: np.ndarray, ready: render.Backdrop,
+           options: RenderOptions) -> Written:
     def name(suffix: str) -> str:
-        return output.explanation_name(source.stem, options.method, class_index, label, suffix).as_posix()
+        return output.explanation_name(source.stem, options.method, value.class_index, value.label, suffix).as_posix()
 
-    probability = float(probabilities[class_index])
-    rank = int(np.sum(probabilities > probabilities[class_index])) + 1
     blended = render.overlay_on(ready, heatmap, options.colormap)
     overlay = name(options.image_format)
     heatmap_file = name("npy") if options.save_heatmap else None
@@ -295,38 +319,25 @@ def _write(
     if map_file:
         files.write(map_file, render.encode_grey(heatmap))
     if figure_file:
-        title = f"{label} ({class_index}): p = {probability:.3f}, {options.method} at {options.layer}"
-        files.write(figure_file, render.figure(original, heatmap, np.asarray(blended), title, options.colormap))
-    return Explanation(
-        image=source.shown,
-        class_index=class_index,
-        label=label,
-        rank=rank,
-        probability=probability,
-        score=score,
-        layer=options.layer,
-        method=options.method,
-        heatmap=heatmap,
-        overlay=overlay,
-        heatmap_file=heatmap_file,
-        figure_file=figure_file,
-        map_file=map_file,
-    )
+        title = f"{value.label} ({value.class_index}): p = {value.probability:.3f}, {options.method} at {options.layer}"
+        files.write(figure_file, render.figure(value.image, heatmap, np.asarray(blended), title, options.colormap))
+    return Written(value, source.shown, overlay, heatmap_file, figure_file, map_file)
 
 
-def manifest_record(explanation: Explanation, model: str) -> dict:
+def manifest_record(written: Written, model: str) -> dict:
+    value = written.explanation
     return {
-        "image": explanation.image,
+        "image": written.image,
         "model": model,
-        "layer": explanation.layer,
-        "method": explanation.method,
-        "class_index": explanation.class_index,
-        "label": explanation.label,
-        "score": explanation.probability,
-        "target_score": explanation.score,
-        "rank": explanation.rank,
-        "overlay": explanation.overlay,
-        "heatmap": explanation.heatmap_file,
-        "figure": explanation.figure_file,
-        **({"map": explanation.map_file} if explanation.map_file else {}),
+        "layer": value.layer,
+        "method": value.method,
+        "class_index": value.class_index,
+        "label": value.label,
+        "score": value.probability,
+        "target_score": value.target_score,
+        "rank": value.rank,
+        "overlay": written.overlay,
+        "heatmap": written.heatmap_file,
+        "figure": written.figure_file,
+        **({"map": written.map_file} if written.map_file else {}),
     }

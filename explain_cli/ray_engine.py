@@ -38,10 +38,12 @@ class _Worker:
     """A Ray Data actor: the model and its steps, built once; then one batch of images per call."""
 
     def __init__(self, load: Callable[[], Any], make: Callable[[Any], tuple], max_pixels: int) -> None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        model = load()
-        self.compute, self.finish = make(model)
-        self.size = (model.height, model.width, model.channels)
+        from explain_cli import backend
+
+        backend.quiet_process()  # a worker of the command line, as quiet as its driver
+        made = load()  # an Explainer, made from the driver's settings
+        self.compute, self.finish = make(made)
+        self.size = made.input_size
         self.max_pixels = max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

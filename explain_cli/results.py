@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from explain_cli import render
-
-Source = "str | int"  # a path as given (or as found under a folder given), or the index of an image given in memory
-
+from explain_cli.output import Prediction
 
 def frozen_array(array: np.ndarray) -> np.ndarray:
     """The array, read-only: a value handed out cannot be changed under its other holders."""
@@ -73,14 +71,6 @@ class Explanation:
                 f"map={self.map.shape})")
 
 
-@dataclass(frozen=True)
-class Prediction:
-    rank: int  # 1 = most probable
-    class_index: int
-    label: str
-    probability: float
-
-
 @dataclass(frozen=True, eq=False)
 class ImagePredictions:
     """An image's most probable classes, and every class's probability."""
@@ -133,7 +123,3 @@ class Evaluation:
 
     def summary(self, method: str) -> MethodSummary:
         return next(s for s in self.summaries if s.method == method)
-
-
-def labels_of(names: Sequence[str], class_index: int) -> str:
-    return names[class_index] if class_index < len(names) else str(class_index)

@@ -13,13 +13,16 @@ import posixpath
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from explain_cli.errors import ExplainError
+from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.inputs import Source
 from explain_cli.labels import Labels
 
 
-class TruthError(ExplainError):
-    """The truth given does not fit the model's labels or the inputs: a usage error."""
+class TruthError(BadArgument):
+    """The truth given does not fit the model's labels or the inputs: a usage error of --truth."""
+
+    def __init__(self, message: str, option: str = "--truth") -> None:
+        super().__init__(option, message)
 
 
 def read(spec: str, sources: Sequence[Source], labels: Labels) -> dict[Source, int]:
@@ -68,10 +71,10 @@ def rows_by_source(path: Path, required: Sequence[str], sources: Sequence[Source
     """The (line, row) pairs of a CSV whose `image` names each source: as printed, or relative to its folder."""
     by_name: dict[str, list] = {}
     for number, row in read_csv(path, required):
-        by_name.setdefault(_normal(row["image"]), []).append((number, row))
+        by_name.setdefault(normal_name(row["image"]), []).append((number, row))
     found = {}
     for source in sources:
-        rows = by_name.get(_normal(source.shown)) or by_name.get(_normal(source.relative))
+        rows = by_name.get(normal_name(source.shown)) or by_name.get(normal_name(source.relative))
         if rows:
             found[source] = rows
     return found
@@ -92,5 +95,6 @@ def read_csv(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, s
         raise TruthError(f"{path}: cannot read it: {error}") from None
 
 
-def _normal(name: str) -> str:
+def normal_name(name: str) -> str:
+    """A path as a CSV may give it, normalised for comparison."""
     return posixpath.normpath(PurePosixPath(name.replace("\\", "/")).as_posix())

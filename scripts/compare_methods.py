@@ -44,7 +44,8 @@ def main() -> None:
 
         folder = Path(tempfile.mkdtemp())
         (folder / "labels.txt").write_text("\n".join(SHAPE_CLASSES))
-        path = train_tiny_model(keras, folder / "tiny.keras")
+        path = folder / "tiny.keras"
+        train_tiny_model(keras, path)
         model = models.load(str(path), labels_file=folder / "labels.txt")
         original = make_scene(np.random.default_rng(2026), 160, 200).image
     else:

@@ -1,23 +1,22 @@
-"""What the commands share: their option groups, and loading, running and reporting a batch."""
+"""What the commands share: their option groups, the typed values the options become, and the Command class that
+turns failures into one line and an exit code. Light on purpose: `explain --help` imports this and Click alone."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import os
 import signal
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import click
-import numpy as np
 
-from explain_cli import console, inputs, interrupts, models, output, pipeline
-from explain_cli.errors import ExplainError
+from explain_cli import models
+from explain_cli.errors import BadArgument, ExplainError
+from explain_cli.shards import DEFAULT_MAX_PIXELS, Shard, parse_shard
 
 
 def options(*options: Callable) -> Callable[[Callable], Callable]:
@@ -89,7 +88,7 @@ input_options = options(
     click.argument("sources", nargs=-1, required=True, metavar="INPUTS..."),
     click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
                  help="Images per model call."),
-    click.option("--max-pixels", default=inputs.DEFAULT_MAX_PIXELS, show_default=True,
+    click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True,
                  type=click.IntRange(1), help="Refuse images with more pixels than this, before decoding."),
     click.option("-v", "--verbose", is_flag=True,
                  help="Say how each image was read (first frame of an animation, transparency, bit depth)."),
@@ -104,8 +103,6 @@ input_options = options(
                  help="Take only shard I of N (0 <= I < N): the inputs whose path relative to the folder given "
                  "hashes to I. Shards may write into one output folder at once (manifest.shard-I-of-N.jsonl)."),
 )
-
-
 # --top, --json: the predictions printed per image, by the commands that print them.
 prediction_options = options(
     click.option("--top", default=5, show_default=True, type=click.IntRange(1),
@@ -115,11 +112,11 @@ prediction_options = options(
 )
 
 
-def _shard(value: str | None) -> inputs.Shard | None:
+def _shard(value: str | None) -> Shard | None:
     if value is None:
         return None
     try:
-        return inputs.parse_shard(value)
+        return parse_shard(value)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--shard") from None
 
@@ -129,8 +126,6 @@ truth_option = click.option(
     help="The true classes: `folders` (each image's folder is named after its class, as in val/tabby/x.jpg) or "
     "a CSV with the header image,class. Adds truth and correct to the manifest and accuracy to the summary.",
 )
-
-
 target_options = options(
     click.option("--layer", help="The layer to explain (default: the model's last convolutional block). "
                  "See `explain layers`."),
@@ -163,100 +158,47 @@ render_options = options(
 )
 
 
-def compute_of(step: Callable, classes_of: dict | None = None) -> pipeline.Compute:
-    """A pipeline compute step from a compiled step; with `classes_of`, each image's own class goes to it too."""
-
-    def compute(images: Any, batch: list[inputs.Source]) -> Any:
-        if classes_of is None:
-            return step(images)
-        return step(images, np.array([classes_of[source] for source in batch], np.int32))
-
-    return compute
+# --- options into typed values --------------------------------------------------------------------------------
 
 
-def start(sources: list, make: Callable[[models.LoadedModel], tuple[pipeline.Compute, pipeline.Finish]],
-          model: models.LoadedModel, options: dict) -> Any:
-    """Run the batch on the chosen engine: here (pipeline.Run) with `make(model)`'s compute and finish steps, or
-    on Ray (--engine ray), where each worker loads the model and calls `make` itself."""
-    if options.get("engine") == "ray":
-        from explain_cli import ray_engine
+def settings(options: dict, method: str = "gradcam", **extra: Any) -> Any:
+    """The Explainer's settings the options give (popping them): the model, the layer, the precision."""
+    from explain_cli.api import Settings
 
-        load_here = functools.partial(_load, options, model.precision)  # the driver's choice, on every worker
-        return ray_engine.RayRun(sources, load_here, make, batch_size=options["batch_size"],
-                                 max_pixels=options["max_pixels"], workers=options["workers"],
-                                 address=options["ray_address"])
-    compute, finish = make(model)
-    return pipeline.Run(sources, compute, finish, size=size(model), batch_size=options["batch_size"],
-                        max_pixels=options["max_pixels"])
-
-
-def truth(options: dict, sources: list[inputs.Source], model: models.LoadedModel) -> dict | None:
-    """Each source's true class (--truth), or None when not asked for."""
-    if not options.get("truth"):
-        return None
-    from explain_cli import truth
-
-    try:
-        return truth.read(options["truth"], sources, model.labels)
-    except truth.TruthError as error:
-        raise click.BadParameter(str(error), param_hint="--truth") from None
+    labels = options.pop("labels_file")
+    spec = options.pop("model_spec")
+    for imported in options["imports"]:
+        if imported.endswith(".py") and not Path(imported).is_file():
+            raise click.BadParameter(f"{imported}: no such file", param_hint="--import")
+    return Settings(model=spec, layer=options.pop("layer", None), method=method, precision=options.pop("precision"),
+                    preprocess=options.pop("preprocess"), labels=str(labels) if labels else None,
+                    weights=options.pop("weights"), imports=tuple(options.pop("imports")), unsafe=options.pop("unsafe"),
+                    batch_size=options.get("batch_size", 32), max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS),
+                    **extra)
 
 
-def check_truth_classes(options: dict, sources: list[inputs.Source], truth: dict | None) -> None:
-    """`--class truth` explains each image's true class: it needs --truth, for every image, and no other class."""
-    if truth is None:
-        raise click.BadParameter("--class truth needs --truth folders|FILE.csv", param_hint="--class")
-    if len(options["class_specs"]) > 1:
-        raise click.BadParameter("truth explains each image's own class: give no other --class", param_hint="--class")
-    unknown = [source.shown for source in sources if source not in truth]
-    if unknown:
-        raise click.BadParameter(f"--class truth: {len(unknown)} images have no truth, first {unknown[0]}",
-                                 param_hint="--class")
+def run_options(options: dict) -> Any:
+    """How the run reads its inputs, prints, and where its batches run."""
+    from explain_cli.runs import RunOptions
+
+    return RunOptions(batch_size=options["batch_size"], max_pixels=options["max_pixels"], verbose=options["verbose"],
+                      style=style(options), engine=options["engine"], ray_address=options["ray_address"],
+                      workers=options["workers"], shard=options["shard"])
 
 
-def tally(sources: list, truth: dict | None, skipped: int = 0) -> console.Tally:
-    return console.Tally(len(sources), skipped, truth_given=truth is not None)
+def output_options(options: dict) -> Any:
+    from explain_cli.runs import OutputOptions
+
+    return OutputOptions(out_dir=options["output_dir"], colormap=options["colormap"], alpha=options["alpha"],
+                         image_format=options["image_format"], save_heatmap=options["save_heatmap"],
+                         figure=options["figure"], report=options["make_report"],
+                         skip_existing=options["skip_existing"])
 
 
-def sources(options: dict, skip_dir: Path | None) -> list[inputs.Source]:
-    """The inputs, or this shard's share of them (--shard)."""
-    found = inputs.discover(options["sources"], sys.stdin, skip_dir)
-    if not found:
-        raise click.UsageError("no images found in the inputs given")
-    shard = options.get("shard")
-    return found if shard is None else [source for source in found if shard.takes(source)]
+def class_request(options: dict) -> Any:
+    from explain_cli.runs import ClassRequest
 
-
-def load(options: dict, methods: Sequence[str] = ()) -> models.LoadedModel:
-    """The model the options name, at the precision they ask for, for these methods (said with --verbose)."""
-    from explain_cli import precision
-
-    chosen, why = precision.resolve(options.get("precision", "fp32"), methods)
-    if options.get("verbose"):
-        click.echo(f"note: precision {chosen} ({why})", err=True)
-    return _load(options, chosen)
-
-
-def _load(options: dict, chosen: str) -> models.LoadedModel:
-    problem = models.check_spec(options["model_spec"])
-    if problem:
-        raise click.BadParameter(problem, param_hint="--model")
-    for spec in options["imports"]:
-        if spec.endswith(".py") and not Path(spec).is_file():
-            raise click.BadParameter(f"{spec}: no such file", param_hint="--import")
-    return models.load(options["model_spec"], options["weights"], options["labels_file"], options["preprocess"],
-                       imports=options["imports"], unsafe=options["unsafe"], precision=chosen)
-
-
-def resolve_class(model: models.LoadedModel, spec: str) -> int:
-    try:
-        return model.labels.resolve(spec)
-    except ExplainError as error:
-        raise click.BadParameter(str(error), param_hint="--class") from None
-
-
-def size(model: models.LoadedModel) -> tuple[int, int, int]:
-    return model.height, model.width, model.channels
+    return ClassRequest(tuple(options["class_specs"]), options["top_k"], options.get("truth"))
 
 
 def style(options: dict) -> str:
@@ -265,16 +207,14 @@ def style(options: dict) -> str:
     return "table" if sys.stdout.isatty() else "tsv"
 
 
-def report(run: pipeline.Run, tally: console.Tally, options: dict, manifest: output.Manifest | None = None,
-           side: output.Manifest | None = None) -> None:
-    console.report(run, tally, style=style(options), verbose=options["verbose"], batch_size=options["batch_size"],
-                   manifest=manifest, side=side)
-
-
 class Command(click.Command):
-    """A command whose run-time failures print one line and exit 1; signals exit 130 (INT) or 143 (TERM)."""
+    """A command whose run-time failures print one line and exit 1, whose unusable arguments are usage errors
+    (exit 2); signals exit 130 (INT) or 143 (TERM)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from explain_cli import backend, interrupts
+
+        backend.quiet_process()  # this process is the command line's: TensorFlow's noise never reaches its user
         # Paths are bytes on Linux: print undecodable ones as the bytes they are, not as an exception.
         for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
             if hasattr(stream, "reconfigure"):
@@ -285,6 +225,10 @@ class Command(click.Command):
                 # multi-line noise to a user: what matters reaches them as an error or a note.
                 warnings.filterwarnings("ignore", module=r"(PIL|keras|tensorflow|h5py|absl)(\.|$)")
                 return super().invoke(ctx)
+        except BadArgument as error:
+            if error.option is None:
+                raise click.UsageError(str(error), ctx=ctx) from None
+            raise click.BadParameter(str(error), ctx=ctx, param_hint=error.option) from None
         except ExplainError as error:
             click.echo(f"error: {error}", err=True)
             ctx.exit(1)
@@ -310,68 +254,3 @@ def _silence_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, io.UnsupportedOperation):
         pass
-
-
-def build_report(out_dir: Path, sheet: int = 0) -> None:
-    """Build OUT_DIR/report.html (and sheet.png) and say where it is, on stderr."""
-    from explain_cli import report
-
-    if not report.manifests(out_dir):
-        raise click.BadParameter(f"{out_dir}: no manifest*.jsonl or evaluation.jsonl to build a report from",
-                                 param_hint="OUT_DIR")
-    with output.writing_into(out_dir):
-        page = report.build(out_dir, sheet)
-    click.echo(f"report: {page}" + (f" and {out_dir / 'sheet.png'}" if sheet else ""), err=True)
-
-
-@contextlib.contextmanager
-def report_after(make: bool, out_dir: Path) -> Iterator[None]:
-    """With --report, build the report once the run has ended, also when some images failed (exit 1)."""
-    try:
-        yield
-    except SystemExit:
-        if make:
-            build_report(out_dir)
-        raise
-    if make:
-        build_report(out_dir)
-
-
-def check_class_options(options: dict) -> None:
-    if options["class_specs"] and options["top_k"]:
-        raise click.UsageError("--class and --top-k are exclusive: explain named classes or the top N")
-
-
-@dataclass(frozen=True)
-class Target:
-    """What a run explains: the model cut at its layer, and which classes of which images."""
-
-    layer: str  # the explained layer's full name (checked: make() cuts the model there)
-    truth: dict | None  # each source's true class (--truth)
-    classes: list[int]  # --class: the same classes for every image (empty: the top k)
-    per_image: bool  # --class truth: each image's own true class
-
-
-def target(options: dict, sources: list[inputs.Source], model: models.LoadedModel) -> Target:
-    """The layer and classes a run explains, checked before anything is compiled: usage errors otherwise."""
-    from explain_cli import explainer, split
-
-    known = truth(options, sources, model)
-    per_image = "truth" in options["class_specs"]
-    if per_image:
-        check_truth_classes(options, sources, known)
-    classes = list(dict.fromkeys(resolve_class(model, spec) for spec in options["class_specs"] if spec != "truth"))
-    if options["top_k"] and options["top_k"] > len(model.labels):
-        raise click.BadParameter(
-            f"{options['top_k']} is more than the model's {len(model.labels)} classes", param_hint="--top-k"
-        )
-    graph = explainer.graph_of(model)
-    if options.get("verbose"):
-        for note in graph.notes:
-            click.echo(f"note: {model.name}: {note}", err=True)
-    default = explainer.default_layer(graph, model)
-    try:
-        layer = split.check(graph, options["layer"] or default).name
-    except ExplainError as error:
-        raise click.BadParameter(f"{error}; default: {default}", param_hint="--layer") from None
-    return Target(layer, known, classes, per_image)

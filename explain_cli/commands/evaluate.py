@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
-from explain_cli import evaluate as evaluation, output, render
 from explain_cli.commands import common
 from explain_cli.methods import METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
 
-METHOD_NAMES = (*METHODS, *PIXEL_METHODS, evaluation.RANDOM)
+METHOD_NAMES = (*METHODS, *PIXEL_METHODS, "random")
 
 
 def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -68,126 +65,10 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
     Writes OUTPUT_DIR/evaluation.jsonl (a line per image, class and method) and evaluation.png (the mean
     deletion and insertion curves); prints each method's means, best first by insertion − deletion.
     """
-    common.check_class_options(options)
-    sources = common.sources(options, skip_dir=output_dir)
-    all_shown = {s.shown for s in sources}
-    skipped = 0
-    if skip_existing:
-        done = set.intersection(*(output.explained_images(output_dir, m, evaluation.RECORDS) for m in methods))
-        todo = [s for s in sources if s.shown not in done]
-        skipped, sources = len(sources) - len(todo), todo
-    with output.writing_into(output_dir):
-        records_file = output.Manifest(output_dir, output.record_file(evaluation.RECORDS, options["shard"]))
-        sanity_file = output.Manifest(output_dir, output.record_file(evaluation.SANITY_RECORDS, options["shard"])) \
-            if sanity else None
-    try:
-        model = common.load(options, methods)
-        target = common.target(options, sources, model)
-        truth, per_image, classes, layer = target.truth, target.per_image, target.classes, target.layer
-        boxes = _boxes(boxes_file, sources, model)
-        settings = evaluation.Settings(methods, steps, blur_sigma, tolerance, seed, options["batch_size"])
-        click.echo(f"{model.name}: evaluating {', '.join(methods)} at layer {layer}, {steps} steps: "
-                   f"{len(methods) * (2 * steps + 3)} forward passes per image and class", err=True)
-        real = [m for m in methods if m != evaluation.RANDOM]
-        figures = sources[:sanity_figures]
-        k = 1 if per_image else len(classes) or options["top_k"] or 1
+    from explain_cli import runs
+    from explain_cli.api import EvaluationPlan
 
-        def choose(probabilities: np.ndarray, batch: list) -> np.ndarray:
-            if per_image:
-                return np.array([[truth[s]] for s in batch])
-            if classes:
-                return np.broadcast_to(np.array(classes), (len(probabilities), len(classes)))
-            return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-
-        def make(loaded: Any) -> tuple[Any, Any]:  # on each Ray worker too: it captures plain values only
-            from explain_cli import explainer, split
-
-            graph = explainer.graph_of(loaded)
-            at = split.split(graph, layer)
-            explainers = {m: _explainer(loaded, graph, at, m, max_masks) for m in real}
-            checks = _sanity(loaded, layer, real, sanity_stages, seed, max_masks, figures, output_dir) \
-                if sanity else None
-            compute = evaluation.evaluation_step(explainer.compile_predict(loaded, graph),
-                                                 explainer.compile_predict(loaded, graph, "float32"), explainers,
-                                                 choose, settings, checks)
-            return compute, evaluation.finish_step(loaded.labels.names, loaded.name, layer, settings, truth, boxes,
-                                                   checks)
-
-        run = common.start(sources, make, model, options)
-        status = 0
-        try:
-            tally = dataclasses.replace(common.tally(sources, truth, skipped), records="evaluations")
-            common.report(run, tally, options, records_file, sanity_file)
-        except SystemExit as stop:  # some images failed: the others are still summed up
-            status = stop.code
-        _summarise(output_dir, methods, all_shown, options)
-        if sanity:
-            _summarise_sanity(output_dir, methods, all_shown)
-        if make_report:
-            common.build_report(output_dir)
-        if status:
-            raise SystemExit(status)
-    finally:
-        records_file.close()
-        if sanity_file is not None:
-            sanity_file.close()
-
-
-def _sanity(model: Any, layer: str, methods: list[str], stages: int, seed: int, max_masks: int, figures: list,
-            out_dir: Path) -> evaluation.Sanity:
-    from explain_cli import randomise
-
-    cascade = randomise.cascade(model, stages, seed)
-    click.echo(f"{model.name}: --sanity randomises a copy in {len(cascade.stages)} stages, down to "
-               f"{cascade.stages[-1][0]} weighted layers", err=True)
-    explainers = randomise.explainers_for(
-        cascade, layer, methods, lambda copy, graph, cut, m: _explainer(copy, graph, cut, m, max_masks))
-    return evaluation.Sanity(cascade, explainers, frozenset(figures), out_dir)
-
-
-def _summarise_sanity(out_dir: Path, methods: tuple[str, ...], shown: set[str]) -> None:
-    """The mean Spearman correlation with the trained model's maps, per method and stage, on stderr."""
-    records = [r for r in output.read_records(out_dir, evaluation.SANITY_RECORDS) if r.get("image") in shown]
-    stages = sorted({(r["stage"], r["layers_randomised"]) for r in records})
-    if not stages:
-        return
-    width = max(len(m) for m in methods + ("method",))
-    header = "sanity: mean Spearman of each method's maps with the trained model's, by layers randomised"
-    lines = [header, f"  {'method':<{width}}" + "".join(f"{count:>8}" for _, count in stages)]
-    for method in methods:
-        means = [np.mean([r["spearman"] for r in records if r["method"] == method and r["stage"] == stage] or [np.nan])
-                 for stage, _ in stages]
-        lines.append(f"  {method:<{width}}" + "".join(f"{m:8.3f}" for m in means))
-    click.echo("\n".join(lines), err=True)
-
-
-def _explainer(model: Any, graph: Any, cut: Any, method: str, max_masks: int) -> Any:
-    from explain_cli import explainer
-
-    if method in METHODS:
-        return explainer.compile_explain(model, cut, method, max_masks=max_masks, per_image=True)
-    return explainer.compile_saliency(model, graph, method, layer=cut.layer, per_image=True)
-
-
-def _boxes(path: Path | None, sources: list, model: Any) -> dict | None:
-    if path is None:
-        return None
-    from explain_cli import truth
-
-    try:
-        return evaluation.read_boxes(path, sources, model.labels)
-    except truth.TruthError as error:
-        raise click.BadParameter(str(error), param_hint="--boxes") from None
-
-
-def _summarise(out_dir: Path, methods: tuple[str, ...], shown: set[str], options: dict) -> None:
-    """Every record of these images and methods (this run's and, with --skip-existing, earlier ones): the
-    per-method means on stdout, and the mean curves as evaluation.png."""
-    records = [r for r in output.read_records(out_dir, evaluation.RECORDS) if r.get("image") in shown]
-    summaries = [s for s in evaluation.summarise(records, methods) if s.images]
-    if not summaries:
-        return
-    sys.stdout.write(evaluation.format_summary(summaries, common.style(options)))
-    sys.stdout.flush()
-    files = output.FileSet(out_dir)
-    files.write(evaluation.SUMMARY_FIGURE, render.curves_figure(evaluation.mean_curves(records, methods)))
+    plan = EvaluationPlan(methods, steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
+    settings = common.settings(options, next((m for m in methods if m != "random"), "gradcam"), max_masks=max_masks)
+    runs.evaluate(settings, options["sources"], sys.stdin, plan, common.class_request(options), boxes_file,
+                  sanity_figures, output_dir, skip_existing, make_report, common.run_options(options))

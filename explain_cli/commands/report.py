@@ -19,4 +19,6 @@ def report(out_dir: Path, sheet: int) -> None:
 
     Built from every manifest*.jsonl in OUT_DIR (and evaluation.jsonl); it opens from disk with no network.
     """
-    common.build_report(out_dir, sheet)
+    from explain_cli import runs
+
+    runs.build_report(out_dir, sheet)

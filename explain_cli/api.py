@@ -1,0 +1,376 @@
+"""The library: an `Explainer` made once from a model, then explaining, predicting and evaluating images.
+
+    from explain_cli import Explainer
+    explainer = Explainer("resnet50")                       # or a keras.Model in memory, or a .keras / .h5 file
+    for e in explainer.explain(["cat.jpg", photo_array], top_k=2):
+        e.overlay().save(f"{e.source}-{e.label}.png")       # e.map, e.heatmap(), e.figure(); a notebook shows e
+
+Images stream through the same pipeline as the command line's (decode, batch, compiled step), in batches, so a
+folder or a generator of any length is never loaded whole; each compiled step is traced once and reused by every
+later call. The command line is written on this class (runs.py); nothing here prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from explain_cli import evaluate as evaluation
+from explain_cli import inputs, output, pipeline, targets
+from explain_cli.errors import BadArgument, BadInput, ExplainError
+from explain_cli.inputs import DEFAULT_MAX_PIXELS, Source
+from explain_cli.methods import METHODS
+from explain_cli.methods.saliency import PIXEL_METHODS
+from explain_cli.results import Evaluation, Explanation, ImagePredictions, Layer
+
+if TYPE_CHECKING:
+    from explain_cli.models import LoadedModel
+
+RANDOM = evaluation.RANDOM
+METHOD_NAMES = (*METHODS, *PIXEL_METHODS, RANDOM)
+PER_IMAGE = targets.ClassChoice(per_image={})  # the kind of choice evaluate compiles: a class given per image
+Images = Any  # a numpy batch, an array, a PIL image, a path, a folder, or an iterable of these
+Classes = "int | str | Sequence[int | str] | Mapping[Hashable, int | str] | None"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What an Explainer is made from, as plain values: a Ray worker makes the same Explainer from them."""
+
+    model: str  # a built-in name or a model file ("" for a keras.Model given in memory)
+    layer: str | None = None
+    method: str = "gradcam"
+    precision: str = "auto"
+    preprocess: str | None = None
+    labels: str | tuple[str, ...] | None = None  # a labels file, or the names themselves
+    weights: str = "imagenet"
+    imports: tuple[str, ...] = ()
+    unsafe: bool = False
+    score: str = "logit"
+    counterfactual: bool = False
+    max_masks: int = 64
+    samples: int = 25
+    noise: float = 0.15
+    steps: int = 64
+    seed: int = 0
+    batch_size: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    precision_for: tuple[str, ...] = ()  # other methods "auto" must suit: evaluate's, classviz
+
+
+class Explainer:
+    """Explains a Keras image classifier's decisions, image by image.
+
+    `model`: a keras.Model in memory (used as it is, so its current weights are what is explained), a built-in name
+    ("resnet50", "vgg16", ...) or a .keras / .h5 file. `layer`: where class-activation methods take their maps
+    (default: the model's last convolutional block, or for a transformer the input of its last block). `method`:
+    any class-activation method (gradcam, gradcam++, xgradcam, hirescam, layercam, cam, eigencam, scorecam,
+    attention-rollout), any pixel method (vanilla, smoothgrad, integrated-gradients, guided-backprop,
+    guided-gradcam) or random. `precision`: "auto", "fp32" or "bf16". `preprocess`: "caffe", "tf", "torch" or
+    "none" (default: a built-in model's own; for a model object or file, its keras-hub image converter, else none).
+    `labels`: a labels file or a list of class names. The method's own settings: `score` ("logit" or
+    "probability"), `counterfactual`, `max_masks` (scorecam), `samples` and `noise` (smoothgrad), `steps`
+    (integrated gradients), `seed`. `precision_for`: other methods "auto" must suit (it keeps fp32 for those that
+    do not hold up in bf16). Errors are ExplainError (BadArgument for an argument that cannot be used).
+    """
+
+    def __init__(self, model: Any, *, layer: str | None = None, method: str = "gradcam", precision: str = "auto",
+                 preprocess: str | None = None, labels: str | Path | Sequence[str] | None = None,
+                 weights: str = "imagenet", imports: Sequence[str] = (), unsafe: bool = False, score: str = "logit",
+                 counterfactual: bool = False, max_masks: int = 64, samples: int = 25, noise: float = 0.15,
+                 steps: int = 64, seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 precision_for: Sequence[str] = ()) -> None:
+        from explain_cli import explainer as core
+        from explain_cli import models, split
+        from explain_cli import precision as precisions
+
+        given = isinstance(model, (str, Path))
+        if isinstance(labels, Path):
+            labels = str(labels)
+        self.settings = Settings(
+            model=str(model) if given else "", layer=layer, method=method, precision=precision, preprocess=preprocess,
+            labels=labels if labels is None or isinstance(labels, str) else tuple(labels), weights=weights,
+            imports=tuple(imports), unsafe=unsafe, score=score, counterfactual=counterfactual, max_masks=max_masks,
+            samples=samples, noise=noise, steps=steps, seed=seed, batch_size=batch_size, max_pixels=max_pixels,
+            precision_for=tuple(precision_for))
+        check(self.settings)
+        chosen, why = precisions.resolve(precision, [method, *precision_for])
+        self.notes: list[str] = [f"precision {chosen} ({why})"]  # how it was made, for the curious (--verbose)
+        if given:
+            problem = models.check_spec(str(model))
+            if problem:
+                raise BadArgument("--model", problem)
+            self._model = models.load(str(model), weights, labels, preprocess, imports=imports, unsafe=unsafe,
+                                      precision=chosen)
+        else:
+            self._model = models.from_object(model, labels, preprocess, chosen)
+        self._graph = core.graph_of(self._model)
+        self.notes += list(self._graph.notes)
+        self.default_layer = core.default_layer(self._graph, self._model)
+        try:
+            self.layer: str = split.check(self._graph, layer or self.default_layer).name
+        except ExplainError as error:
+            raise BadArgument("--layer", f"{error}; default: {self.default_layer}") from None
+        self._steps: dict[tuple, Any] = {}
+        self._cuts: dict[tuple, Any] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Explainer:
+        fields = dataclasses.asdict(settings)
+        return cls(fields.pop("model"), **fields)
+
+    # --- what it is ---------------------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> Any:
+        """The keras.Model explained."""
+        return self._model.keras_model
+
+    @property
+    def name(self) -> str:
+        return self._model.name
+
+    @property
+    def method(self) -> str:
+        return self.settings.method
+
+    @property
+    def precision(self) -> str:
+        """The precision it computes in: "fp32" or "bf16" (what "auto" chose)."""
+        return self._model.precision
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self._model.labels.names
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(height, width, channels) the model takes; images of any size are resized to it."""
+        return self._model.height, self._model.width, self._model.channels
+
+    def layers(self) -> list[Layer]:
+        """The layer outputs a method can explain: feature maps, and a transformer's tokens on their patch grid."""
+        return [Layer(p.name, tuple(p.grid_shape), p.kind, p.is_tokens, p.name == self.default_layer)
+                for p in self._graph.explainable()]
+
+    def __repr__(self) -> str:
+        return f"Explainer({self.name!r}, method={self.method!r}, layer={self.layer!r}, precision={self.precision!r})"
+
+    # --- explaining ---------------------------------------------------------------------------------------------
+
+    def explain(self, images: Images, classes: Any = None, top_k: int = 1) -> list[Explanation]:
+        """An Explanation per image and explained class, in input order. `classes`: None (each image's top `top_k`),
+        a class (number, label or WordNet id) or a list of them for every image, or a mapping from each image's key
+        (its path as given, or its index among the images given in memory) to its own class (its truth, say)."""
+        return list(self.iter_explain(images, classes, top_k))
+
+    def iter_explain(self, images: Images, classes: Any = None, top_k: int = 1,
+                     errors: str = "raise") -> Iterator[Explanation]:
+        """explain() one image at a time, as they are computed: memory stays flat however many images there are.
+        `errors`: "raise" (BadInput for an image that cannot be read) or "skip" it."""
+        choice = self.choose(classes, top_k)
+        finish = pipeline.values_only(self.labels, self.layer, self.method)
+        for result in self._run(images, self.compute(choice), finish, errors):
+            yield from result.values
+
+    def predict(self, images: Images, top: int = 5, errors: str = "raise") -> list[ImagePredictions]:
+        """Each image's `top` most probable classes, and all its probabilities."""
+        step = self._step(("predict", self.precision), self._predict_step)
+        names = self.labels
+
+        def finish(source: Source, original: np.ndarray, row: int, probabilities: Any) -> pipeline.ImageResult:
+            p = np.asarray(probabilities[row])
+            value = ImagePredictions(source.key, tuple(output.top_predictions(p, names, top)), p)
+            return pipeline.ImageResult(source, values=[value])
+
+        return [r.values[0] for r in self._run(images, lambda batch, sources: step(batch), finish, errors)]
+
+    def choose(self, classes: Any = None, top_k: int = 1) -> targets.ClassChoice:
+        """What `classes` and `top_k` ask to explain, checked against the model's labels."""
+        return targets.choose(self._model.labels, classes, None if top_k == 1 else top_k, key=_key)
+
+    def compute(self, choice: targets.ClassChoice, method: str | None = None) -> pipeline.Compute:
+        """A pipeline compute step: a uint8 batch and its sources -> the method's BatchResult for the chosen classes.
+        Compiled once per method and kind of choice, and reused by every later call."""
+        method = method or self.method
+        if method == RANDOM:
+            return self._random(choice)
+        step = self._compiled(method, choice)
+        if choice.per_image is None:
+            return lambda batch, sources: step(batch)
+        return lambda batch, sources: step(batch, np.array([targets.own_class(choice, s.key) for s in sources],
+                                                           np.int32))
+
+    # --- evaluating ---------------------------------------------------------------------------------------------
+
+    def evaluate(self, images: Images, methods: Sequence[str] = ("gradcam", RANDOM), classes: Any = None,
+                 top_k: int = 1, boxes: Mapping[Hashable, Sequence[Sequence[Any]]] | str | Path | None = None,
+                 sanity: bool = False, steps: int = 32, blur_sigma: float = 5.0, tolerance: float = 15.0,
+                 seed: int = 0, sanity_stages: int = 6, errors: str = "raise") -> Evaluation:
+        """Each method's maps measured on these images, as `explain evaluate` measures them: deletion and insertion
+        AUC, Average Drop, Increase in Confidence, and with `boxes` (per image key: (x0, y0, x1, y1[, class]) in the
+        original's pixels, or a CSV file image,x0,y0,x1,y1[,class]) the pointing game and the energy in the boxes;
+        with `sanity`, cascading randomisation. The records, and each method's means with their intervals."""
+        choice = self.choose(classes, top_k)
+        plan = EvaluationPlan(tuple(methods), steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
+        located = self._boxes(boxes) if boxes is not None else None
+        compute, finish = self.evaluation(plan, choice, boxes=located)
+        records: list[dict] = []
+        sane: list[dict] = []
+        for result in self._run(images, compute, finish, errors):
+            records += result.records
+            sane += result.side_records
+        return Evaluation(tuple(records), tuple(evaluation.summarise(records, plan.methods)), tuple(sane))
+
+    def evaluation(self, plan: EvaluationPlan, choice: targets.ClassChoice, truth: Mapping | None = None,
+                   boxes: Mapping | None = None, figures: Iterable[Source] = (), out_dir: Path | None = None,
+                   say: Callable[[str], None] = lambda line: None) -> tuple[pipeline.Compute, pipeline.Finish]:
+        """The pipeline steps that evaluate `plan`'s methods (the command line's and evaluate()'s)."""
+        from explain_cli import explainer as core
+
+        _check_methods(plan.methods)
+        real = [m for m in plan.methods if m != RANDOM]
+        explainers = {m: self._compiled(m, PER_IMAGE) for m in real}  # (images, classes (b,)) -> maps (b, 1, h, w)
+        settings = evaluation.Settings(plan.methods, plan.steps, plan.blur_sigma, plan.tolerance, plan.seed,
+                                       self.settings.batch_size)
+        sanity = self._sanity(plan, real, frozenset(figures), out_dir, say) if plan.sanity_stages else None
+        predict = self._step(("predict", self.precision), self._predict_step)
+        forward = self._step(("forward", self.precision), lambda: core.compile_predict(self._model, self._graph,
+                                                                                        "float32"))
+        compute = evaluation.evaluation_step(predict, forward, explainers,
+                                             lambda p, batch: targets.pick(choice, p, [s.key for s in batch]),
+                                             settings, sanity)
+        return compute, evaluation.finish_step(self.labels, self.name, self.layer, settings, truth, boxes, sanity)
+
+    # --- inside -------------------------------------------------------------------------------------------------
+
+    def _run(self, images: Images, compute: pipeline.Compute, finish: pipeline.Finish,
+             errors: str) -> Iterator[pipeline.ImageResult]:
+        if errors not in ("raise", "skip"):
+            raise BadArgument(None, f"errors is 'raise' or 'skip', not {errors!r}")
+        run = pipeline.Run(inputs.sources_of(images), compute, finish, size=self.input_size,
+                           batch_size=self.settings.batch_size, max_pixels=self.settings.max_pixels)
+        try:
+            for result in run:
+                if result.error is None:
+                    yield result
+                elif errors == "raise":
+                    raise BadInput(result.source.shown, result.error.split(": ", 1)[-1])
+        finally:
+            run.stop()
+
+    def _step(self, key: tuple, make: Callable[[], Any]) -> Any:
+        if key not in self._steps:
+            self._steps[key] = make()
+        return self._steps[key]
+
+    def _cut(self) -> Any:
+        from explain_cli import split
+
+        return self._step(("cut", self.precision), lambda: split.split(self._graph, self.layer))
+
+    def _predict_step(self) -> Any:
+        from explain_cli import explainer as core
+
+        return core.compile_predict(self._model, self._graph)
+
+    def _compiled(self, method: str, choice: targets.ClassChoice) -> Any:
+        """The compiled step of a method for a kind of choice: made once, reused."""
+        return self._step((method, self.precision, choice.key), lambda: self._compile(method, choice))
+
+    def _compile(self, method: str, choice: targets.ClassChoice) -> Any:
+        from explain_cli import explainer as core
+
+        s = self.settings
+        per_image = choice.per_image is not None
+        if method in PIXEL_METHODS:
+            return core.compile_saliency(self._model, self._graph, method, layer=self.layer, classes=choice.classes,
+                                         top_k=choice.k, samples=s.samples, noise=s.noise, steps=s.steps, seed=s.seed,
+                                         per_image=per_image)
+        return core.compile_explain(self._model, self._cut(), method, classes=choice.classes, top_k=choice.k,
+                                    score=s.score, counterfactual=s.counterfactual, max_masks=s.max_masks,
+                                    per_image=per_image)
+
+    def _random(self, choice: targets.ClassChoice) -> pipeline.Compute:
+        """The random control: seeded uniform noise at the layer's resolution, for the chosen classes."""
+        from explain_cli.explainer import BatchResult
+
+        predict = self._step(("predict", self.precision), self._predict_step)
+
+        def compute(batch: np.ndarray, sources: list[Source]) -> BatchResult:
+            probabilities = predict(batch)
+            chosen = targets.pick(choice, probabilities, [s.key for s in sources])
+            height, width = batch.shape[1:3]  # as evaluate draws it: a value per pixel of the model's input
+            maps = np.stack([[evaluation.random_map(self.settings.seed, s.shown, int(c), height, width) for c in row]
+                             for s, row in zip(sources, chosen)])
+            scores = np.take_along_axis(probabilities, chosen, axis=1)
+            return BatchResult(probabilities, chosen, scores, maps)
+
+        return compute
+
+    def _sanity(self, plan: EvaluationPlan, methods: list[str], figures: frozenset, out_dir: Path | None,
+                say: Callable[[str], None]) -> evaluation.Sanity:
+        from explain_cli import explainer as core
+        from explain_cli import randomise
+
+        cascade = randomise.cascade(self._model, plan.sanity_stages, plan.seed)
+        say(f"{self.name}: --sanity randomises a copy in {len(cascade.stages)} stages, down to "
+            f"{cascade.stages[-1][0]} weighted layers")
+        s = self.settings
+
+        def build(model: LoadedModel, graph: Any, cut: Any, method: str) -> Any:
+            if method in METHODS:
+                return core.compile_explain(model, cut, method, max_masks=s.max_masks, per_image=True)
+            return core.compile_saliency(model, graph, method, layer=cut.layer, per_image=True)
+
+        explainers = randomise.explainers_for(cascade, self.layer, methods, build)
+        return evaluation.Sanity(cascade, explainers, figures, out_dir)
+
+    def _boxes(self, boxes: Mapping[Hashable, Sequence[Sequence[Any]]] | str | Path) -> dict:
+        if isinstance(boxes, (str, Path)):
+            return evaluation.read_boxes(Path(boxes), None, self._model.labels)
+        located: dict[Hashable, list[evaluation.LabelledBox]] = {}
+        for image, rows in boxes.items():
+            for row in rows:
+                corners = tuple(float(v) for v in row[:4])
+                label = targets.resolve_class(self._model.labels, row[4]) if len(row) > 4 else None
+                located.setdefault(_key(image), []).append(evaluation.LabelledBox(corners, label))  # type: ignore[arg-type]
+        return located
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What evaluate measures: the methods, N deletion / insertion steps, insertion's blur, the pointing game's
+    tolerance, the random control's seed, and the sanity cascade's stages (0: none)."""
+
+    methods: tuple[str, ...]
+    steps: int = 32
+    blur_sigma: float = 5.0
+    tolerance: float = 15.0
+    seed: int = 0
+    sanity_stages: int = 0
+
+
+def _key(image: Hashable) -> Hashable:
+    """An image's key as the library hands it out: a path as a string, an index as an int."""
+    return str(image) if isinstance(image, Path) else image
+
+
+def check(settings: Settings) -> None:
+    """BadArgument for settings no model can be explained with: an unknown method, score, a counterfactual of a method
+    without gradients."""
+    _check_methods([settings.method])
+    if settings.score not in ("logit", "probability"):
+        raise BadArgument("--score", f"score is 'logit' or 'probability', not {settings.score!r}")
+    if settings.counterfactual and not (settings.method in METHODS and METHODS[settings.method].gradients):
+        raise BadArgument("--counterfactual", f"{settings.method} uses no gradients to negate")
+
+
+def _check_methods(methods: Iterable[str]) -> None:
+    for method in methods:
+        if method not in METHOD_NAMES:
+            raise BadArgument("--method", f"unknown method {method!r}; choose from {', '.join(METHOD_NAMES)}")

@@ -1,0 +1,375 @@
+"""The command line's runs, written on the library: inputs through an Explainer's steps into files, a manifest,
+stdout rows and a summary, here or on a Ray cluster.
+
+Each function takes typed values (the command layer parses the options into them) and owns what a run owns beyond
+the library: the output folder and its manifest, --skip-existing, --report, and the accounting and exit code
+(console.py). A Ray worker makes the same Explainer from its Settings and the same steps as a local run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TextIO
+
+from explain_cli import console, output, pipeline, render
+from explain_cli.api import EvaluationPlan, Explainer, Settings, check
+from explain_cli.errors import BadArgument, ExplainError
+from explain_cli.inputs import DEFAULT_MAX_PIXELS, Shard, Source
+
+Make = Callable[[Explainer], "tuple[pipeline.Compute, pipeline.Finish]"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run reads its inputs and where its batches run."""
+
+    batch_size: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    verbose: bool = False
+    style: str = "tsv"  # stdout: "table" (a terminal), "tsv" (a pipe) or "json"
+    engine: str = "local"  # or "ray"
+    ray_address: str | None = None
+    workers: int | None = None
+    shard: Shard | None = None
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where explanations go and how they look."""
+
+    out_dir: Path
+    colormap: str = "jet"
+    alpha: float = 0.4
+    image_format: str = "jpg"
+    save_heatmap: bool = False
+    figure: bool = False
+    report: bool = False
+    skip_existing: bool = False
+
+
+@dataclass(frozen=True)
+class ClassRequest:
+    """The classes asked for on the command line: names or numbers, `truth` for each image's own, or a top k."""
+
+    specs: tuple[str, ...] = ()
+    top_k: int | None = None
+    truth: str | None = None  # --truth: "folders" or a CSV file
+
+
+def say(line: str) -> None:
+    """A line for the user, on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def sources(arguments: Sequence[str], stdin: TextIO, skip_dir: Path | None, shard: Shard | None) -> list[Source]:
+    """The inputs, or this shard's share of them."""
+    from explain_cli import inputs
+
+    found = inputs.discover(arguments, stdin, skip_dir)
+    if not found:
+        raise BadArgument(None, "no images found in the inputs given")
+    return found if shard is None else [source for source in found if shard.takes(source)]
+
+
+def explainer(settings: Settings, run: RunOptions) -> Explainer:
+    """The Explainer the settings make; with --verbose, how it was made."""
+    made = Explainer.from_settings(settings)
+    if run.verbose:
+        for note in made.notes:
+            say(f"note: {note}" if note.startswith("precision ") else f"note: {made.name}: {note}")
+    return made
+
+
+def truth(spec: str | None, found: Sequence[Source], made: Explainer) -> dict | None:
+    """Each source's true class (--truth), or None when not asked for."""
+    if not spec:
+        return None
+    from explain_cli import truth as truth_module
+
+    return truth_module.read(spec, found, made._model.labels)
+
+
+def choice(request: ClassRequest, found: Sequence[Source], made: Explainer, known: dict | None) -> Any:
+    """The ClassChoice of a run; `truth` explains each image's true class, and needs truth for every image."""
+    if request.specs and request.top_k:
+        raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
+    if "truth" not in request.specs:
+        return made.choose(list(request.specs) or None, request.top_k or 1)
+    if known is None:
+        raise BadArgument("--class", "--class truth needs --truth folders|FILE.csv")
+    if len(request.specs) > 1:
+        raise BadArgument("--class", "truth explains each image's own class: give no other --class")
+    unknown = [source.shown for source in found if source not in known]
+    if unknown:
+        raise BadArgument("--class", f"--class truth: {len(unknown)} images have no truth, first {unknown[0]}")
+    return made.choose({source.key: cls for source, cls in known.items()})
+
+
+def start(found: list[Source], make: Make, made: Explainer, run: RunOptions) -> Any:
+    """The run on the chosen engine: here (pipeline.Run), or on Ray, where each worker makes the Explainer from its
+    settings, then its steps with `make`."""
+    if run.engine == "ray":
+        from explain_cli import ray_engine
+
+        settings = dataclasses.replace(made.settings, precision=made.precision)  # the driver's choice, everywhere
+        if not settings.model:
+            raise ExplainError("--engine ray needs a model a worker can load: a built-in name or a file")
+        return ray_engine.RayRun(found, lambda: Explainer.from_settings(settings), make, batch_size=run.batch_size,
+                                 max_pixels=run.max_pixels, workers=run.workers, address=run.ray_address)
+    compute, finish = make(made)
+    return pipeline.Run(found, compute, finish, size=made.input_size, batch_size=run.batch_size,
+                        max_pixels=run.max_pixels)
+
+
+def report(started: Any, tally: console.Tally, run: RunOptions, manifest: output.Manifest | None = None,
+           side: output.Manifest | None = None) -> None:
+    console.report(started, tally, style=run.style, verbose=run.verbose, batch_size=run.batch_size,
+                   manifest=manifest, side=side)
+
+
+def tally(found: Sequence[Source], known: dict | None, skipped: int = 0) -> console.Tally:
+    return console.Tally(len(found), skipped, truth_given=known is not None)
+
+
+def skip_done(found: list[Source], out_dir: Path, done: set[str]) -> tuple[list[Source], int]:
+    """The sources not yet done (--skip-existing), and how many were."""
+    todo = [s for s in found if s.shown not in done]
+    return todo, len(found) - len(todo)
+
+
+@contextlib.contextmanager
+def manifest_in(out_dir: Path, name: str, shard: Shard | None) -> Iterator[output.Manifest]:
+    """The run's record file, opened before the model loads (an unwritable folder fails at once), closed after."""
+    with output.writing_into(out_dir):
+        manifest = output.Manifest(out_dir, output.record_file(name, shard))
+    try:
+        yield manifest
+    finally:
+        manifest.close()
+
+
+def build_report(out_dir: Path, sheet: int = 0) -> None:
+    """Build OUT_DIR/report.html (and sheet.png) and say where it is, on stderr."""
+    from explain_cli import report as report_module
+
+    if not report_module.manifests(out_dir):
+        raise BadArgument("OUT_DIR", f"{out_dir}: no manifest*.jsonl or evaluation.jsonl to build a report from")
+    with output.writing_into(out_dir):
+        page = report_module.build(out_dir, sheet)
+    say(f"report: {page}" + (f" and {out_dir / 'sheet.png'}" if sheet else ""))
+
+
+@contextlib.contextmanager
+def report_after(make: bool, out_dir: Path) -> Iterator[None]:
+    """With --report, build the report once the run has ended, also when some images failed (exit 1)."""
+    try:
+        yield
+    except SystemExit:
+        if make:
+            build_report(out_dir)
+        raise
+    if make:
+        build_report(out_dir)
+
+
+# --- the commands' runs ------------------------------------------------------------------------------------------
+
+
+def explain(settings: Settings, arguments: Sequence[str], stdin: TextIO, request: ClassRequest, top: int,
+            out: OutputOptions, run: RunOptions, name: str | None = None, grey_map: bool = False) -> None:
+    """explain gradcam / cam / saliency: each input's explanations written into OUT_DIR, a manifest line each, the
+    predictions on stdout. `name` names the method in files and the manifest."""
+    check(settings)
+    name = name or settings.method + ("-counterfactual" if settings.counterfactual else "")
+    if not render.is_colormap(out.colormap):
+        raise BadArgument("--colormap", f"unknown matplotlib colormap {out.colormap!r}")
+    if request.specs and request.top_k:
+        raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
+    found = sources(arguments, stdin, out.out_dir, run.shard)
+    skipped = 0
+    if out.skip_existing:
+        done = output.explained_images(out.out_dir, name)
+        if out.out_dir.is_dir():
+            output.remove_stale_temporaries(out.out_dir)
+        found, skipped = skip_done(found, out.out_dir, done)
+        if not found:  # nothing left to do: no need to load a model for it
+            say(console.Tally(0, skipped=skipped).summary(None))
+            return
+    with manifest_in(out.out_dir, output.MANIFEST, run.shard) as manifest:
+        made = explainer(settings, run)
+        known = truth(request.truth, found, made)
+        chosen = choice(request, found, made, known)
+        say(f"{made.name}: {name} at layer {made.layer}" + ("" if settings.layer else " (default)"))
+        options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer, model=made.name,
+                                         colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
+                                         save_heatmap=out.save_heatmap, figure=out.figure, grey_map=grey_map)
+
+        def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
+            return worker.compute(chosen), pipeline.explanations(worker.labels, top, options, known)
+
+        started = start(found, make, made, run)
+        with report_after(out.report, out.out_dir):
+            report(started, tally(found, known, skipped), run, manifest)
+
+
+def predict(settings: Settings, arguments: Sequence[str], stdin: TextIO, truth_spec: str | None, top: int,
+            run: RunOptions) -> None:
+    """explain predict: each input's top predictions on stdout, nothing written."""
+    found = sources(arguments, stdin, None, run.shard)
+    made = explainer(settings, run)
+    known = truth(truth_spec, found, made)
+
+    def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
+        step = worker._step(("predict", worker.precision), worker._predict_step)
+        return (lambda batch, batch_sources: step(batch)), pipeline.predictions_only(worker.labels, top, known)
+
+    report(start(found, make, made, run), tally(found, known), run)
+
+
+def activations(settings: Settings, arguments: Sequence[str], stdin: TextIO, layers: Sequence[str],
+                max_layers: int, max_channels: int, out_dir: Path, run: RunOptions) -> None:
+    """explain activations: each input's channel grids of the layers asked for (or spread through the model)."""
+    from explain_cli import inside
+
+    found = sources(arguments, stdin, out_dir, run.shard)
+    made = explainer(settings, run)
+    graph = made._graph
+    if layers:
+        try:
+            points = [graph.find(layer) for layer in layers]
+        except ExplainError as error:
+            raise BadArgument("--layer", str(error)) from None
+        flat = [p.name for p in points if not p.explainable]
+        if flat:
+            raise BadArgument("--layer", f"{flat[0]!r} has no 4-D output (or tokens on a grid) to draw")
+        drawn = [p.name for p in points]
+    else:
+        drawn, available = inside.default_activation_layers(graph, max_layers)
+        if available > len(drawn):
+            say(f"{made.name}: {available} convolution and pooling layers; drawing {len(drawn)} spread evenly "
+                "(--layer to choose, --max-layers for more)")
+    model_name = made.name
+
+    def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
+        step = inside.compile_activations(worker._model, worker._graph, drawn)
+        return (lambda batch, batch_sources: step(batch)), pipeline.activation_grids(out_dir, drawn, max_channels,
+                                                                                       model_name)
+
+    with manifest_in(out_dir, output.MANIFEST, run.shard) as manifest:
+        report(start(found, make, made, run), console.Tally(len(found)), run, manifest)
+
+
+def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: EvaluationPlan,
+             request: ClassRequest, boxes_file: Path | None, sanity_figures: int, out_dir: Path, skip_existing: bool,
+             make_report: bool, run: RunOptions) -> None:
+    """explain evaluate: each method's maps measured, a record per image, class and method in evaluation.jsonl,
+    the means on stdout (with every earlier record of these images under --skip-existing)."""
+    from explain_cli import evaluate as evaluation
+
+    if request.specs and request.top_k:
+        raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
+    found = sources(arguments, stdin, out_dir, run.shard)
+    all_shown = {s.shown for s in found}
+    skipped = 0
+    if skip_existing:
+        done = set.intersection(*(output.explained_images(out_dir, m, evaluation.RECORDS) for m in plan.methods))
+        found, skipped = skip_done(found, out_dir, done)
+    with manifest_in(out_dir, evaluation.RECORDS, run.shard) as records, contextlib.ExitStack() as stack:
+        side = stack.enter_context(manifest_in(out_dir, evaluation.SANITY_RECORDS, run.shard)) \
+            if plan.sanity_stages else None
+        made = explainer(dataclasses.replace(settings, precision_for=plan.methods), run)
+        known = truth(request.truth, found, made)
+        chosen = choice(request, found, made, known)
+        boxes = evaluation.read_boxes(boxes_file, found, made._model.labels) if boxes_file else None
+        say(f"{made.name}: evaluating {', '.join(plan.methods)} at layer {made.layer}, {plan.steps} steps: "
+            f"{len(plan.methods) * (2 * plan.steps + 3)} forward passes per image and class")
+        figures = found[:sanity_figures]
+
+        def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
+            return worker.evaluation(plan, chosen, known, boxes, figures, out_dir, say)
+
+        started = start(found, make, made, run)
+        status = 0
+        try:
+            counted = dataclasses.replace(tally(found, known, skipped), records="evaluations")
+            report(started, counted, run, records, side)
+        except SystemExit as stop:  # some images failed: the others are still summed up
+            status = stop.code
+        _summarise(out_dir, plan.methods, all_shown, run.style)
+        if plan.sanity_stages:
+            _summarise_sanity(out_dir, plan.methods, all_shown)
+        if make_report:
+            build_report(out_dir)
+        if status:
+            raise SystemExit(status)
+
+
+def layers(settings: Settings) -> None:
+    """explain layers: the layer outputs a method can explain, one a line, * marking the default."""
+    made = Explainer.from_settings(settings)
+    rows = [(layer.name, made._graph.find(layer.name).describe(), layer.default) for layer in made.layers()]
+    width = max((len(name) for name, _, _ in rows), default=0)
+    for name, shape, default in rows:
+        sys.stdout.write(f"{'*' if default else ' '} {name:<{width}}  {shape}\n")
+
+
+def classviz(settings: Settings, class_spec: str, viz: Any, every: int, out_dir: Path, run: RunOptions) -> None:
+    """explain classviz: the image the model finds most CLASS-like, written with its manifest lines; its path on
+    stdout."""
+    from explain_cli import inside, targets
+
+    made = explainer(dataclasses.replace(settings, precision_for=("classviz",)), run)
+    class_index = targets.resolve_class(made._model.labels, class_spec)
+    label = made._model.labels.name(class_index)
+    final, snapshots, logits = inside.class_visualisation(made._model, made._graph, class_index, viz, every)
+    stem = f"classviz.{class_index}-{output.safe_label(label)}"
+    written = [(step, f"{stem}.step{step:04d}.png", picture) for step, picture in snapshots]
+    written.append((viz.steps, f"{stem}.png", final))
+    files = output.FileSet(out_dir)
+    with files.complete_or_removed():
+        for _, name, picture in written:
+            files.write(name, render.encode(picture, "png"))
+        with manifest_in(out_dir, output.MANIFEST, None) as manifest:  # logits[i] is the logit after step i
+            manifest.append([{"model": made.name, "method": "classviz", "class_index": class_index, "label": label,
+                              "step": step, "logit": logits[step], "file": name} for step, name, _ in written])
+    say(f"{made.name}: class {class_index} ({label}) logit {logits[0]:.3f} → {logits[-1]:.3f} in {viz.steps} steps")
+    sys.stdout.write(f"{out_dir / stem}.png\n")
+
+
+def _summarise(out_dir: Path, methods: tuple[str, ...], shown: set[str], style: str) -> None:
+    """Every record of these images and methods (this run's and, with --skip-existing, earlier ones): the
+    per-method means on stdout, and the mean curves as evaluation.png."""
+    from explain_cli import evaluate as evaluation
+
+    records = [r for r in output.read_records(out_dir, evaluation.RECORDS) if r.get("image") in shown]
+    summaries = [s for s in evaluation.summarise(records, methods) if s.images]
+    if not summaries:
+        return
+    sys.stdout.write(evaluation.format_summary(summaries, style))
+    sys.stdout.flush()
+    files = output.FileSet(out_dir)
+    files.write(evaluation.SUMMARY_FIGURE, render.curves_figure(evaluation.mean_curves(records, methods)))
+
+
+def _summarise_sanity(out_dir: Path, methods: tuple[str, ...], shown: set[str]) -> None:
+    """The mean Spearman correlation with the trained model's maps, per method and stage, on stderr."""
+    import numpy as np
+
+    from explain_cli import evaluate as evaluation
+
+    records = [r for r in output.read_records(out_dir, evaluation.SANITY_RECORDS) if r.get("image") in shown]
+    stages = sorted({(r["stage"], r["layers_randomised"]) for r in records})
+    if not stages:
+        return
+    width = max(len(m) for m in methods + ("method",))
+    header = "sanity: mean Spearman of each method's maps with the trained model's, by layers randomised"
+    lines = [header, f"  {'method':<{width}}" + "".join(f"{count:>8}" for _, count in stages)]
+    for method in methods:
+        means = [np.mean([r["spearman"] for r in records if r["method"] == method and r["stage"] == stage] or [np.nan])
+                 for stage, _ in stages]
+        lines.append(f"  {method:<{width}}" + "".join(f"{m:8.3f}" for m in means))
+    say("\n".join(lines))
