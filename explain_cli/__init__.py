@@ -1,7 +1,52 @@
-"""explain: show why an image classifier decided what it decided.
+"""explain: show why an image model decided what it decided.
 
-Importing this package is cheap on purpose: TensorFlow loads only when a command
-that needs a model runs, so `explain --help` stays instant.
+    from explain_cli import Explainer
+    explainer = Explainer("resnet50")              # a built-in name, a .keras / .h5 file, or a keras.Model
+    explanations = explainer.explain("photos/", top_k=2)
+    explanations[0].overlay()                      # a PIL image; in a notebook, an Explanation shows itself
+
+Importing this package is cheap on purpose: its names are resolved when first used, and TensorFlow loads only
+when a model does, so `import explain_cli` and `explain --help` stay instant.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from explain_cli.api import Explainer, Settings
+    from explain_cli.callbacks import ExplainCallback
+    from explain_cli.errors import BadArgument, BadInput, ExplainError
+    from explain_cli.output import Prediction
+    from explain_cli.results import Evaluation, Explanation, ImagePredictions, Layer, MethodSummary
+
+_WHERE = {
+    "Explainer": "explain_cli.api",
+    "Settings": "explain_cli.api",
+    "Explanation": "explain_cli.results",
+    "ImagePredictions": "explain_cli.results",
+    "Layer": "explain_cli.results",
+    "Evaluation": "explain_cli.results",
+    "MethodSummary": "explain_cli.results",
+    "Prediction": "explain_cli.output",
+    "ExplainCallback": "explain_cli.callbacks",
+    "ExplainError": "explain_cli.errors",
+    "BadArgument": "explain_cli.errors",
+    "BadInput": "explain_cli.errors",
+}
+__all__ = ["__version__", *_WHERE]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'explain_cli' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

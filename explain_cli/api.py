@@ -110,11 +110,18 @@ class Explainer:
             self._model = models.from_object(model, labels, preprocess, chosen)
         self._graph = core.graph_of(self._model)
         self.notes += list(self._graph.notes)
-        self.default_layer = core.default_layer(self._graph, self._model)
         try:
-            self.layer: str = split.check(self._graph, layer or self.default_layer).name
-        except ExplainError as error:
-            raise BadArgument("--layer", f"{error}; default: {self.default_layer}") from None
+            self.default_layer: str | None = core.default_layer(self._graph, self._model)
+        except ExplainError as error:  # no feature map at all: predict and classviz still work; explaining does not
+            if layer is not None:
+                raise
+            self.default_layer, self._no_layer = None, error
+        self.layer: str | None = None
+        if layer is not None or self.default_layer is not None:
+            try:
+                self.layer = split.check(self._graph, layer or self.default_layer or "").name
+            except ExplainError as error:
+                raise BadArgument("--layer", f"{error}; default: {self.default_layer}") from None
         self._steps: dict[tuple, Any] = {}
         self._cuts: dict[tuple, Any] = {}
 
@@ -162,16 +169,16 @@ class Explainer:
 
     # --- explaining ---------------------------------------------------------------------------------------------
 
-    def explain(self, images: Images, classes: Any = None, top_k: int = 1) -> list[Explanation]:
+    def explain(self, images: Images, classes: Any = None, top_k: int = 1, errors: str = "raise") -> list[Explanation]:
         """An Explanation per image and explained class, in input order. `classes`: None (each image's top `top_k`),
         a class (number, label or WordNet id) or a list of them for every image, or a mapping from each image's key
-        (its path as given, or its index among the images given in memory) to its own class (its truth, say)."""
-        return list(self.iter_explain(images, classes, top_k))
+        (its path as given, or its index among the images given in memory) to its own class (its truth, say).
+        `errors`: "raise" (BadInput for an image that cannot be read) or "skip" it."""
+        return list(self.iter_explain(images, classes, top_k, errors))
 
     def iter_explain(self, images: Images, classes: Any = None, top_k: int = 1,
                      errors: str = "raise") -> Iterator[Explanation]:
-        """explain() one image at a time, as they are computed: memory stays flat however many images there are.
-        `errors`: "raise" (BadInput for an image that cannot be read) or "skip" it."""
+        """explain() one image at a time, as they are computed: memory stays flat however many images there are."""
         choice = self.choose(classes, top_k)
         finish = pipeline.values_only(self.labels, self.layer, self.method)
         for result in self._run(images, self.compute(choice), finish, errors):
@@ -271,6 +278,8 @@ class Explainer:
     def _cut(self) -> Any:
         from explain_cli import split
 
+        if self.layer is None:
+            raise self._no_layer
         return self._step(("cut", self.precision), lambda: split.split(self._graph, self.layer))
 
     def _predict_step(self) -> Any:
@@ -288,7 +297,8 @@ class Explainer:
         s = self.settings
         per_image = choice.per_image is not None
         if method in PIXEL_METHODS:
-            return core.compile_saliency(self._model, self._graph, method, layer=self.layer, classes=choice.classes,
+            layer = self.layer if method != "guided-gradcam" else self._cut().layer
+            return core.compile_saliency(self._model, self._graph, method, layer=layer, classes=choice.classes,
                                          top_k=choice.k, samples=s.samples, noise=s.noise, steps=s.steps, seed=s.seed,
                                          per_image=per_image)
         return core.compile_explain(self._model, self._cut(), method, classes=choice.classes, top_k=choice.k,
