@@ -4,7 +4,8 @@
 
 1. A ViT-S/16-sized keras-hub ViT (224 × 224, 12 blocks, 384 wide, 6 heads; random weights): plain inference
    (the model called in one tf.function), the gradcam step at the default layer (the input of the last block,
-   cut inside keras-hub's ViTEncoder), and the attention-rollout step.
+   cut inside keras-hub's ViTEncoder), at the last block's first norm (inside the block: its residual needs the
+   block's input, which the head is given from the feature pass), and the attention-rollout step.
 2. ResNet50 cut at conv5_block3_out by replaying its graph and by the same cut taken while the step runs (the way a
    sublayer of a subclassed layer is cut): how much the second way costs where both apply.
 """
@@ -71,6 +72,8 @@ def main() -> None:
     table(f"ViT-S/16 (keras-hub, random weights), batch {args.batch_size}, layer {layer}", timed({
         "plain inference (the model in one tf.function)": plain,
         "gradcam step (predictions + map)": explainer.compile_explain(vit, cut, "gradcam"),
+        "gradcam step at transformer_block_12/ln_1": explainer.compile_explain(
+            vit, split.split(graph, "transformer_block_12/ln_1"), "gradcam"),
         "attention-rollout step": explainer.compile_explain(vit, cut, "attention-rollout"),
     }, images, args.rounds))
 

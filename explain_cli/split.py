@@ -86,8 +86,10 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False) -> Sp
         values = graph.run(head, {a: activations, **dict(zip(skips, skip_values))})
         return values[logit_number]
 
+    captured = 0
     if inside:
         run_features, run_head = _inside(graph, features, head, point, skips, logit_number)
+        captured = len(_finished_before(graph, point))
     if point.is_tokens:
         run_features, run_head = _as_grid(run_features, run_head, point)
     return Split(
@@ -96,7 +98,7 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False) -> Sp
         features=run_features,
         head=run_head,
         head_steps=tuple(head),
-        skips=len(skips) + bool(point.extra),
+        skips=len(skips) + captured + bool(point.extra),
         attentions=attention_scores(graph),
         tokens=_token_layout(graph),
     )
@@ -129,10 +131,17 @@ Head = Callable[[Tensor, tuple[Tensor, ...]], Tensor]
 def _inside(graph: Graph, features: list[Step], head: list[Step], point: Any, skips: tuple[int, ...],
             logit_number: int) -> tuple[Features, Head]:
     """features and head for a cut inside a step's call: the step runs in both, keeping the sublayer's output in
-    the first and replacing it with the given activations in the second (head[0] is that step)."""
+    the first and replacing it with the given activations in the second (head[0] is that step).
+
+    The head starts at the cut where the step's sublayers allow it: every sublayer of the step that finished before
+    the cut began (called once, one tensor per image) keeps its output in the feature pass, and the head is given
+    that output instead of computing it again. A transformer block's residual needs the block's input, which without
+    this the head recomputed through every block before the cut (measured: 1.89x plain inference at the last block's
+    first norm on a ViT-S/16, 1.10x with it)."""
     from explain_cli import inner
 
     cut, before = head[0], features
+    done = _finished_before(graph, point)
 
     def target(step: Step) -> Any:
         return inner.sublayer(step.layer, point.path)
@@ -140,17 +149,30 @@ def _inside(graph: Graph, features: list[Step], head: list[Step], point: Any, sk
     def run_features(x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         values = graph.run(before, {graph.input: x})
         kept: list[Tensor] = []
-        with inner.intercepted([(target(cut), inner.keep_output(kept))]):
+        finished: list[list[Tensor]] = [[] for _ in done]
+        with inner.intercepted([(target(cut), inner.keep_output(kept))] + [
+                (inner.sublayer(cut.layer, path), inner.keep_output(box)) for path, box in zip(done, finished)]):
             cut.run(dict(values))
-        return kept[0], tuple(values[n] for n in skips)
+        return kept[0], tuple(values[n] for n in skips) + tuple(box[0] for box in finished)
 
     def run_head(activations: Tensor, skip_values: tuple[Tensor, ...]) -> Tensor:
-        values = dict(zip(skips, skip_values))
-        with inner.intercepted([(target(cut), inner.replace_output(activations))]):
+        values = dict(zip(skips, skip_values[:len(skips)]))
+        given = skip_values[len(skips):]
+        with inner.intercepted([(target(cut), inner.replace_output(activations))] + [
+                (inner.sublayer(cut.layer, path), inner.replace_output(value)) for path, value in zip(done, given)]):
             cut.run(values)
         return graph.run(head[1:], values)[logit_number]
 
     return run_features, run_head
+
+
+def _finished_before(graph: Graph, point: Any) -> list[tuple[str, ...]]:
+    """The outermost sublayers of the cut's step that finish before the cut begins, each called once with one tensor
+    per image: what the head can be given rather than compute again."""
+    inside = [p for p in graph.points if p.step == point.step and p.path and p.order < point.started]
+    usable = [p for p in inside if p.calls == 1 and len(p.shape) >= 1 and not p.constant]
+    paths = {p.path for p in usable}
+    return [p.path for p in usable if not any(p.path[:i] in paths for i in range(1, len(p.path)))]
 
 
 def _as_grid(features: Features, head: Head, point: Any) -> tuple[Features, Head]:

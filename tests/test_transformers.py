@@ -499,3 +499,48 @@ def test_a_token_lands_in_the_grid_cell_of_its_patch(keras, tmp_path, build, lay
         after = np.asarray(grid_of(model.preprocess(changed.astype("float32")))[0])[0]
         moved = np.abs(after - before).max(axis=-1)
         assert moved[r, c] > 0.1 and np.count_nonzero(moved > 1e-5) == 1, (r, c, np.argwhere(moved > 1e-5))
+
+
+def test_a_cut_inside_a_block_equals_the_hand_computation_and_its_head_starts_at_the_cut(vit):
+    """Cut at block 3's first norm, whose residual needs the block's input: the head is given the outputs of blocks 1
+    and 2 from the feature pass instead of computing them again (each block's call runs once while the step is
+    traced, where the head used to run blocks 1 and 2 a second time), and the map is still the model's own."""
+    import tensorflow as tf
+
+    from explain_cli import inner
+
+    images = _images()
+    cut = split.split(explainer.graph_of(vit), "transformer_block_3/ln_1")
+    encoder = vit.keras_model.backbone.get_layer("vit_encoder")
+    calls = {number: 0 for number in (1, 2, 3)}
+
+    def counting(number):
+        def wrap(original):
+            def call(*args, **kwargs):
+                calls[number] += 1
+                return original(*args, **kwargs)
+
+            return call
+
+        return wrap
+
+    blocks = encoder.encoder_layers
+    with inner.intercepted([(blocks[n - 1], counting(n)) for n in calls]):
+        result = explainer.compile_explain(vit, cut, "gradcam")(images)
+    assert calls == {1: 1, 2: 1, 3: 2}  # block 3 runs in both parts: the cut is inside it
+
+    x = vit.preprocess(tf.constant(images, tf.float32))
+    with tf.GradientTape() as tape:
+        tokens = encoder.dropout(vit.keras_model.backbone.get_layer("vit_patching_and_embedding")(x))
+        for number, block in enumerate(blocks, start=1):
+            normed = block.layer_norm_1(tokens)
+            if number == 3:
+                kept = normed
+                tape.watch(kept)
+            tokens = tokens + block.mha(normed, normed)
+            tokens = tokens + block.mlp(block.layer_norm_2(tokens))
+        logits = vit.keras_model.get_layer("predictions")(encoder.layer_norm(tokens)[:, 0, :])
+        chosen = tf.reduce_sum(tf.gather(logits, result.classes[:, 0], batch_dims=1))
+    gradients = tape.gradient(chosen, kept).numpy()
+    grid = lambda t: t[:, 1:, :].reshape(-1, *GRID, t.shape[-1])  # noqa: E731
+    _close(result.maps[:, 0], _gradcam(grid(kept.numpy()), grid(gradients)))
