@@ -22,10 +22,11 @@ import numpy as np
 from explain_cli import evaluate as evaluation
 from explain_cli import inputs, output, pipeline, targets
 from explain_cli.errors import BadArgument, BadInput, ExplainError
-from explain_cli.inputs import DEFAULT_MAX_PIXELS, Source
+from explain_cli.inputs import Source
 from explain_cli.methods import METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
 from explain_cli.results import Evaluation, Explanation, ImagePredictions, Layer
+from explain_cli.shards import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from explain_cli.models import LoadedModel
@@ -122,8 +123,7 @@ class Explainer:
                 self.layer = split.check(self._graph, layer or self.default_layer or "").name
             except ExplainError as error:
                 raise BadArgument("--layer", f"{error}; default: {self.default_layer}") from None
-        self._steps: dict[tuple, Any] = {}
-        self._cuts: dict[tuple, Any] = {}
+        self._steps: dict[tuple[object, ...], Any] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Explainer:
@@ -225,17 +225,18 @@ class Explainer:
         choice = self.choose(classes, top_k)
         plan = EvaluationPlan(tuple(methods), steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
         located = self._boxes(boxes) if boxes is not None else None
-        compute, finish = self.evaluation(plan, choice, boxes=located)
-        records: list[dict] = []
-        sane: list[dict] = []
+        compute, finish = self.evaluation_steps(plan, choice, boxes=located)
+        records: list[dict[str, Any]] = []
+        sane: list[dict[str, Any]] = []
         for result in self._run(images, compute, finish, errors):
             records += result.records
             sane += result.side_records
         return Evaluation(tuple(records), tuple(evaluation.summarise(records, plan.methods)), tuple(sane))
 
-    def evaluation(self, plan: EvaluationPlan, choice: targets.ClassChoice, truth: Mapping | None = None,
-                   boxes: Mapping | None = None, figures: Iterable[Source] = (), out_dir: Path | None = None,
-                   say: Callable[[str], None] = lambda line: None) -> tuple[pipeline.Compute, pipeline.Finish]:
+    def evaluation_steps(self, plan: EvaluationPlan, choice: targets.ClassChoice,
+                         truth: Mapping[Source, int] | None = None, boxes: Mapping[Any, Any] | None = None,
+                         figures: Iterable[Source] = (), out_dir: Path | None = None,
+                         say: Callable[[str], None] = lambda line: None) -> tuple[pipeline.Compute, pipeline.Finish]:
         """The pipeline steps that evaluate `plan`'s methods (the command line's and evaluate()'s)."""
         from explain_cli import explainer as core
 
@@ -270,7 +271,7 @@ class Explainer:
         finally:
             run.stop()
 
-    def _step(self, key: tuple, make: Callable[[], Any]) -> Any:
+    def _step(self, key: tuple[object, ...], make: Callable[[], Any]) -> Any:
         if key not in self._steps:
             self._steps[key] = make()
         return self._steps[key]
@@ -278,9 +279,10 @@ class Explainer:
     def _cut(self) -> Any:
         from explain_cli import split
 
-        if self.layer is None:
+        layer = self.layer
+        if layer is None:
             raise self._no_layer
-        return self._step(("cut", self.precision), lambda: split.split(self._graph, self.layer))
+        return self._step(("cut", self.precision), lambda: split.split(self._graph, layer))
 
     def _predict_step(self) -> Any:
         from explain_cli import explainer as core
@@ -322,7 +324,7 @@ class Explainer:
 
         return compute
 
-    def _sanity(self, plan: EvaluationPlan, methods: list[str], figures: frozenset, out_dir: Path | None,
+    def _sanity(self, plan: EvaluationPlan, methods: list[str], figures: frozenset[Source], out_dir: Path | None,
                 say: Callable[[str], None]) -> evaluation.Sanity:
         from explain_cli import explainer as core
         from explain_cli import randomise
@@ -337,10 +339,10 @@ class Explainer:
                 return core.compile_explain(model, cut, method, max_masks=s.max_masks, per_image=True)
             return core.compile_saliency(model, graph, method, layer=cut.layer, per_image=True)
 
-        explainers = randomise.explainers_for(cascade, self.layer, methods, build)
+        explainers = randomise.explainers_for(cascade, self._cut().layer, methods, build)
         return evaluation.Sanity(cascade, explainers, figures, out_dir)
 
-    def _boxes(self, boxes: Mapping[Hashable, Sequence[Sequence[Any]]] | str | Path) -> dict:
+    def _boxes(self, boxes: Mapping[Hashable, Sequence[Sequence[Any]]] | str | Path) -> dict[Any, Any]:
         if isinstance(boxes, (str, Path)):
             return evaluation.read_boxes(Path(boxes), None, self._model.labels)
         located: dict[Hashable, list[evaluation.LabelledBox]] = {}

@@ -54,11 +54,11 @@ class ExplainCallback(_keras.callbacks.Callback):  # type: ignore[misc, name-def
             self._explainer = Explainer(self.model, **self._options)
         return self._explainer
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if (epoch + 1) % self.every == 0:
             self.write(epoch)
 
-    def on_train_end(self, logs: dict | None = None) -> None:
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         epochs = self.params.get("epochs") if self.params else None
         if epochs and self._last != epochs - 1:  # the last epoch, when `every` did not land on it
             self.write(epochs - 1)
@@ -71,7 +71,7 @@ class ExplainCallback(_keras.callbacks.Callback):  # type: ignore[misc, name-def
         import tensorflow as tf
 
         self._last = epoch
-        explanations = self.explainer.explain(self.images, self.classes, self.top_k)
+        explanations: list[Any] = self.explainer.explain(self.images, self.classes, self.top_k)
         overlays = [(e, np.asarray(e.overlay(self.colormap, self.alpha))) for e in explanations]
         if self.log_dir is not None:
             if self._writer is None:

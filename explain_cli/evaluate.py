@@ -64,7 +64,7 @@ class Sanity:
     cascade: Any
     explainers: Mapping[str, Callable[[np.ndarray, np.ndarray], Any]]
     figures: frozenset  # the sources that get a figure of their maps across the stages
-    out_dir: Path  # where those figures go
+    out_dir: Path | None  # where those figures go (None: none are made)
 
 
 def random_map(seed: int, image: str, class_index: int, height: int, width: int) -> np.ndarray:
@@ -138,7 +138,7 @@ def _cascade_maps(sanity: Sanity, images: np.ndarray, classes: np.ndarray,
     return {method: np.stack(stack, axis=2) for method, stack in staged.items()}
 
 
-def finish_step(names: Sequence[str], model: str, layer: str, settings: Settings,
+def finish_step(names: Sequence[str], model: str, layer: str | None, settings: Settings,
                 truth: Mapping[Source, int] | None, boxes: Mapping[Source, list[LabelledBox]] | None,
                 sanity: Sanity | None = None) -> Callable:
     """A pipeline finish step: one record per (class, method), with localisation at the original size; with
@@ -186,7 +186,7 @@ def _sanity_records(source: Source, original: np.ndarray, row: int, batch: Evalu
                     "layers_randomised": count, "deepest_randomised": deepest,
                     "spearman": metrics.spearman(stages[0], stages[stage]),
                 })
-    if source in sanity.figures and records:
+    if source in sanity.figures and records and sanity.out_dir is not None:
         name = source.stem.with_name(f"{source.stem.name}.sanity.png").as_posix()
         titles = ["trained"] + [f"top {count} random" for count, _ in sanity.cascade.stages]
         rows = {method: list(batch.stage_maps[method][row, 0]) for method in settings.methods}

@@ -194,7 +194,7 @@ def compile_saliency(
     graph: graph_module.Graph,
     method: str,
     *,
-    layer: str,
+    layer: str | None,
     classes: Sequence[int] = (),
     top_k: int = 1,
     samples: int = 25,

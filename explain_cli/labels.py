@@ -78,7 +78,7 @@ def from_file(path: Path) -> Labels:
     return Labels(names=tuple(line.strip() for line in lines))
 
 
-def for_model(num_classes: int, given: Path | Sequence[str] | None) -> Labels:
+def for_model(num_classes: int, given: Path | str | Sequence[str] | None) -> Labels:
     """The labels a run uses: the user's file (or list of names), else ImageNet's for 1000 outputs, else numbers."""
     if given is not None:
         labels = from_file(Path(given)) if isinstance(given, (str, Path)) else Labels(tuple(str(n) for n in given))

@@ -82,7 +82,7 @@ def check_spec(spec: str) -> str | None:
 def load(
     spec: str,
     weights: str = "imagenet",
-    labels_file: Path | None = None,
+    labels_file: Path | str | Sequence[str] | None = None,
     preprocess: str | None = None,
     imports: Sequence[str] = (),
     unsafe: bool = False,
@@ -114,7 +114,7 @@ def load(
     return _loaded(model, name, spec, prep, default, labels_file, precision)
 
 
-def from_object(model: Any, labels: Path | Sequence[str] | None = None, preprocess: str | None = None,
+def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, preprocess: str | None = None,
                 precision: str = "fp32") -> LoadedModel:
     """A keras.Model already in memory (a notebook's, a training script's), used as it is: explain replays its own
     layers, so what it computes follows the model's current weights."""
@@ -130,7 +130,7 @@ def from_object(model: Any, labels: Path | Sequence[str] | None = None, preproce
 
 
 def _loaded(model: Any, name: str, spec: str, prep: Callable[[Any], Any], default: str | None,
-            labels: Path | Sequence[str] | None, precision: str) -> LoadedModel:
+            labels: Path | str | Sequence[str] | None, precision: str) -> LoadedModel:
     height, width, channels = _input_size(model, spec)
     num_classes = _classes(model, spec, (height, width, channels))
     return LoadedModel(

@@ -60,7 +60,8 @@ class Explanation:
         heatmap = render.normalise(self.map)
         blended = np.asarray(render.overlay_on(render.backdrop(self.image, 0.4), heatmap, colormap))
         with Image.open(io.BytesIO(render.figure(self.image, heatmap, blended, title, colormap))) as panel:
-            return panel.convert("RGB")
+            picture: Image.Image = panel.convert("RGB")
+        return picture
 
     def _repr_png_(self) -> bytes:
         return render.encode(self.overlay(), "png")

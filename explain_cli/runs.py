@@ -290,7 +290,7 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
         figures = found[:sanity_figures]
 
         def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
-            return worker.evaluation(plan, chosen, known, boxes, figures, out_dir, say)
+            return worker.evaluation_steps(plan, chosen, known, boxes, figures, out_dir, say)
 
         started = start(found, make, made, run)
         status = 0

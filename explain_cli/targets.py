@@ -31,7 +31,7 @@ class ClassChoice:
         return 1 if self.per_image is not None else len(self.classes) or self.top_k
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> tuple[object, ...]:
         """What the compiled step depends on: the classes fixed in it, the k, or a class given per image."""
         return ("per_image",) if self.per_image is not None else (self.classes, self.k)
 
