@@ -80,7 +80,7 @@ def compile_predict(model: LoadedModel, graph: graph_module.Graph, pixels: str =
     forward, activation = split_module.logits(graph)
     spec = tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels))
 
-    @tf.function(input_signature=[spec], reduce_retracing=True)
+    @compiled([spec])
     def step(images: Any) -> Any:
         return _probabilities(forward(model.preprocess(tf.cast(images, tf.float32))), activation)
 
@@ -126,7 +126,7 @@ def compile_explain(
         activations, skips = cut.features(x)
         return cut.head(tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips))
 
-    @tf.function(input_signature=_signature(model, per_image), reduce_retracing=True)
+    @compiled(_signature(model, per_image))
     def step(images: Any, *given: Any) -> tuple[Any, Any, Any, Any]:
         x = model.preprocess(tf.cast(images, tf.float32))
         activations, skips = cut.features(x)
@@ -166,7 +166,7 @@ def _attention_step(model: LoadedModel, cut: split_module.Split, spec: Any, fixe
     attention layer's scores; no cut and no gradient."""
     import tensorflow as tf
 
-    @tf.function(input_signature=_signature(model, per_image), reduce_retracing=True)
+    @compiled(_signature(model, per_image))
     def step(images: Any, *given: Any) -> tuple[Any, Any, Any, Any]:
         logits, attentions = cut.attentions(model.preprocess(tf.cast(images, tf.float32)))
         logits = tf.cast(logits, tf.float32)
@@ -179,6 +179,21 @@ def _attention_step(model: LoadedModel, cut: split_module.Split, spec: Any, fixe
         return probabilities, chosen, _per_image(scores, k, b), _per_image(maps, k, b)
 
     return step
+
+
+def compiled(signature: list[Any]) -> Callable[[Callable[..., Any]], Any]:
+    """tf.function over a fixed signature, traced once whatever the batch size. Each compiled step is made once, on
+    purpose, but every step made from the same code counts towards TensorFlow's "frequent retracing" warning (it keys
+    on the code object), which a library making steps for several models and methods would set off for nothing: it is
+    turned off for these functions alone."""
+    import tensorflow as tf
+
+    def compile_(function: Callable[..., Any]) -> Any:
+        step = tf.function(function, input_signature=signature, reduce_retracing=True)
+        step._omit_frequent_tracing_warning = True  # TensorFlow's own switch for it; private, so set, not relied on
+        return step
+
+    return compile_
 
 
 def _tile(tensor: Any, k: int) -> Any:
@@ -219,7 +234,7 @@ def compile_saliency(
     k = 1 if per_image else len(classes) or top_k
     fixed = tf.constant(list(classes), tf.int32) if classes else None
 
-    @tf.function(input_signature=_signature(model, per_image), reduce_retracing=True)
+    @compiled(_signature(model, per_image))
     def step(images: Any, *given: Any) -> tuple[Any, Any, Any, Any]:
         pixels = tf.cast(images, tf.float32)
         b = tf.shape(pixels)[0]

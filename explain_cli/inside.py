@@ -9,6 +9,7 @@ import numpy as np
 
 from explain_cli import graph as graph_module
 from explain_cli import split as split_module
+from explain_cli.explainer import compiled
 from explain_cli.models import LoadedModel
 
 _DRAWN_KINDS = ("Conv", "Pool")  # layer class names containing these are drawn by default
@@ -29,7 +30,7 @@ def compile_activations(model: LoadedModel, graph: graph_module.Graph, layers: S
 
     outputs = split_module.outputs_of(graph, layers)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, model.height, model.width, model.channels], tf.uint8)])
+    @compiled([tf.TensorSpec([None, model.height, model.width, model.channels], tf.uint8)])
     def step(images: Any) -> list[Any]:
         return outputs(model.preprocess(tf.cast(images, tf.float32)))
 
