@@ -193,7 +193,9 @@ def _from_memory(source: Source, max_pixels: int) -> Picture:
     if array.dtype != np.uint8:
         array, note = _as_uint8(source.shown, array)
         notes.append(note)
-    mode = "L" if array.ndim == 2 else ("RGBA" if array.shape[-1] == 4 else "RGB")
+    if array.ndim == 3 and array.shape[-1] == 3:  # already RGB: used as it is (a read-only view, never changed)
+        return Picture(array, tuple(notes))
+    mode = "L" if array.ndim == 2 else "RGBA"
     rgb, how = _to_rgb(Image.fromarray(np.ascontiguousarray(array), mode=mode))
     return Picture(np.asarray(rgb), tuple(notes + ([how] if how else [])))
 
@@ -317,7 +319,9 @@ def _grey(levels: np.ndarray) -> Image.Image:
 
 def model_input(rgb: np.ndarray, width: int, height: int, channels: int) -> np.ndarray:
     """The image resized (bilinear) to the model's input, uint8 (height, width, channels)."""
-    image = Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR)
+    if rgb.shape[:2] == (height, width) and channels == 3:
+        return rgb  # already the model's size
+    image = Image.fromarray(np.ascontiguousarray(rgb)).resize((width, height), Image.Resampling.BILINEAR)
     if channels == 1:
         return np.asarray(image.convert("L"))[..., None]
     return np.asarray(image)

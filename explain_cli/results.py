@@ -17,10 +17,11 @@ from explain_cli import render
 from explain_cli.output import Prediction
 
 def frozen_array(array: np.ndarray) -> np.ndarray:
-    """The array, read-only: a value handed out cannot be changed under its other holders."""
-    array = np.asarray(array)
-    array.setflags(write=False)
-    return array
+    """A read-only view of the array: a value handed out cannot be changed through it (the array itself, perhaps the
+    caller's own, keeps its flags)."""
+    view = np.asarray(array).view()
+    view.setflags(write=False)
+    return view
 
 
 @dataclass(frozen=True, eq=False)

@@ -111,6 +111,7 @@ def test_every_kind_of_images_in_one_call_each_at_its_own_size(tiny_model, tmp_p
     given = [scenes[0], Image.fromarray(scenes[1]), str(tmp_path / "a.png"), tmp_path / "folder",
              scenes[0].astype(np.float32) / 255.0]  # floats in [0, 1]
     explained = explainer.explain(given)
+    assert scenes[0].flags.writeable  # the caller's array is left as it was
     assert [e.source for e in explained] == [0, 1, str(tmp_path / "a.png"), str(tmp_path / "folder" / "b.png"), 2]
     assert [e.image.shape for e in explained] == [s.shape for s in scenes] + [scenes[0].shape]
     assert [e.heatmap().shape for e in explained] == [s.shape[:2] for s in scenes] + [scenes[0].shape[:2]]

@@ -13,12 +13,13 @@ from PIL import Image
 CHECK = """
 import sys
 {body}
-heavy = sorted(m for m in ("tensorflow", "keras", "matplotlib") if m in sys.modules)
-print("loaded:", ",".join(heavy))
+heavy = sorted(m for m in ("tensorflow", "keras", "matplotlib", "numpy", "PIL", "rich") if m in sys.modules)
+print("loaded:" + ",".join(heavy))
 """
 
 
 def _loaded(body: str) -> str:
+    """The heavy modules that `body` loaded, as "loaded:a,b"."""
     done = subprocess.run([sys.executable, "-c", CHECK.format(body=body)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
@@ -26,10 +27,13 @@ def _loaded(body: str) -> str:
 
 
 def test_import_loads_no_tensorflow():
-    assert _loaded("import explain_cli, explain_cli.cli, explain_cli.render, explain_cli.output") == "loaded:"
+    assert _loaded("import explain_cli, explain_cli.cli") == "loaded:"  # help stays instant: Click alone
+    rendering = _loaded("import explain_cli.render, explain_cli.output, explain_cli.api")
+    assert rendering == "loaded:PIL,numpy"  # the library's names: numpy and Pillow, never TensorFlow
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["gradcam", "--help"], ["predict", "--help"], ["layers", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["gradcam", "--help"], ["predict", "--help"],
+                                  ["layers", "--help"], ["evaluate", "--help"]])
 def test_help_loads_no_tensorflow(argv):
     body = f"""
 from explain_cli.cli import main
@@ -39,7 +43,7 @@ try:
 except SystemExit as done:
     assert done.code == 0, done.code
 """
-    assert _loaded(body) == "loaded:"
+    assert _loaded(body) == "loaded:"  # Click and the option groups alone: no TensorFlow, numpy, Pillow or rich
 
 
 def test_python_dash_m_runs_the_cli():
@@ -89,4 +93,4 @@ from explain_cli import render
 render.overlay(np.zeros((4, 4, 3), np.uint8), np.ones((2, 2), np.float32), "jet")
 assert render.is_colormap("jet")
 """
-    assert _loaded(body) == "loaded:"
+    assert _loaded(body) == "loaded:PIL,numpy"  # no matplotlib (and no TensorFlow)
