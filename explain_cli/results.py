@@ -19,7 +19,7 @@ from explain_cli.output import Prediction
 def frozen_array(array: np.ndarray) -> np.ndarray:
     """A read-only view of the array: a value handed out cannot be changed through it (the array itself, perhaps the
     caller's own, keeps its flags)."""
-    view = np.asarray(array).view()
+    view: np.ndarray = np.asarray(array).view()
     view.setflags(write=False)
     return view
 
