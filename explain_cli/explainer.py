@@ -2,53 +2,81 @@
 
 The feature part runs outside the gradient tape; only the head runs under it. For k classes per
 image the head runs on the activations tiled k times, so one backward pass yields every
-(image, class) gradient at once, and no image's gradient is ever mixed with another's.
+(image, class) gradient at once, and no image's gradient is ever mixed with another's. What is differentiated is
+the model's head's target for each row (heads.py, targets.rows): a class's logit, a binary head's ±logit, a value, or
+a segmentation class's scores summed over a region.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from explain_cli import graph as graph_module
 from explain_cli import split as split_module
-from explain_cli.guided import guided
 from explain_cli.errors import ExplainError
+from explain_cli.guided import guided
 from explain_cli.methods import METHODS, MethodInputs
 from explain_cli.models import LoadedModel
+from explain_cli.rows import per_image as regroup
+from explain_cli.rows import read_rows, tile
 
 
 @dataclass(frozen=True)
 class BatchResult:
     """What one compiled explain step returns for a batch of b images and k classes each."""
 
-    probabilities: np.ndarray  # (b, classes)
+    probabilities: np.ndarray  # (b, classes): probabilities; a value head's value; a segmentation's pixel shares
     classes: np.ndarray  # (b, k) class numbers explained
-    scores: np.ndarray  # (b, k) the differentiated score: logit or probability
+    scores: np.ndarray  # (b, k) the differentiated score: logit (a value, a region's sum) or probability
     maps: np.ndarray  # (b, k, h, w) the method's maps at the layer's resolution, not normalised
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # a segmentation: "share", "mean_probability" (b, k)
+    # of each explained region, and "segmentation" (b, h, w): each pixel's class
 
 
 def graph_of(model: LoadedModel) -> graph_module.Graph:
     """The model's graph as explain replays it: in bfloat16 when the model's precision says so; BatchNorm unfolded for
     a model in memory, whose weights may change after the steps are compiled."""
-    graph = graph_module.flatten(model.keras_model)
+    graph = graph_module.flatten(model.keras_model, model.output)
     return dataclasses.replace(graph, precision=model.precision, foldable=graph.foldable and not model.live)
 
 
 def default_layer(graph: graph_module.Graph, model: LoadedModel) -> str:
     """The registered layer of a built-in model; for a transformer, the input of its last block; else the last
-    feature map (or tokens on a grid) larger than 1×1."""
+    feature map (or tokens on a grid) larger than 1×1 before the output's own layer (a segmenter's output is a
+    feature map too, and explains nothing of itself)."""
     if model.default_layer is not None:
         return model.default_layer
     if graph.transformer_default is not None:
         return graph.transformer_default
-    spatial = [p for p in graph.explainable() if all(d is None or d > 1 for d in p.grid_shape[:2])]
+    before = _steps_before_the_output(graph)
+    spatial = [p for p in graph.explainable() if all(d is None or d > 1 for d in p.grid_shape[:2])
+               and (before is None or p.step in before)]
     if not spatial:
         raise ExplainError(f"model {model.name!r} has no layer with a 4-D output or tokens on a grid to explain")
     return spatial[-1].name
+
+
+def _steps_before_the_output(graph: graph_module.Graph) -> set[str] | None:
+    """The steps before the one that makes the output's scores (None: the model has several outputs, none chosen)."""
+    if graph.output is None:
+        return None
+    logits, _, steps = split_module.pre_activation(graph)
+    last = next(i for i, s in enumerate(steps) if logits in s.outputs)
+    return {s.name for s in steps[:last]} if len(steps) > 1 else {s.name for s in steps}
+
+
+def head_of(model: LoadedModel, graph: graph_module.Graph) -> Any:
+    """The model's head (heads.Head): as loaded, or read from the graph for a LoadedModel made by hand."""
+    from explain_cli import heads
+
+    if model.head is not None:
+        return model.head
+    _, activation, _ = split_module.pre_activation(graph)
+    return heads.detect(split_module.output_shape(graph), activation)
 
 
 def _input_spec(model: LoadedModel) -> Any:
@@ -57,32 +85,26 @@ def _input_spec(model: LoadedModel) -> Any:
     return tf.TensorSpec([None, model.height, model.width, model.channels], tf.uint8)
 
 
-def _probabilities(logits: Any, activation: str) -> Any:
-    import tensorflow as tf
-
-    logits = tf.cast(logits, tf.float32)
-    if activation == "softmax":
-        return tf.nn.softmax(logits, axis=-1)
-    if activation == "sigmoid":
-        return tf.sigmoid(logits)
-    # A model that ends in logits: its probabilities are the softmax, as its loss would have it.
-    return tf.nn.softmax(logits, axis=-1)
-
-
 def compile_predict(model: LoadedModel, graph: graph_module.Graph, pixels: str = "uint8") -> Callable[[np.ndarray], np.ndarray]:
-    """A batch (b, h, w, c) of pixels in 0-255, uint8 (or "float32": perturbed images) -> class
-    probabilities (b, classes), through one traced graph.
+    """A batch (b, h, w, c) of pixels in 0-255, uint8 (or "float32": perturbed images) -> (b, classes): each class's
+    probability (a value head's value; a segmentation's share of pixels per class), through one traced graph.
 
     The returned callable has `.traced` (the tf.function) for counting traces.
     """
     import tensorflow as tf
 
-    forward, activation = split_module.logits(graph)
+    from explain_cli import heads
+
+    forward, _ = split_module.logits(graph)
     spec = tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels))
+    head = head_of(model, graph)
 
     @compiled([spec])
     def step(images: Any) -> Any:
-        return _probabilities(forward(model.preprocess(tf.cast(images, tf.float32))), activation)
+        raw = forward(model.preprocess(tf.cast(images, tf.float32)))
+        if head.kind == "pixels":
+            return tf.reduce_mean(heads.pixel_masks(head, raw), axis=(1, 2))
+        return heads.probabilities(head, raw)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return step(batch).numpy()
@@ -102,14 +124,19 @@ def compile_explain(
     counterfactual: bool = False,
     max_masks: int = 64,
     per_image: bool = False,
+    regions: bool = False,
 ) -> Any:
     """uint8 batch -> BatchResult, explaining `classes` for every image, or else each image's top k; with
-    `per_image`, the step also takes each image's own class (b,) and explains that one.
+    `per_image`, the step also takes each image's own class (b,) and explains that one; with `regions` (a
+    segmentation), each image's region (b, H, W) at the input's resolution, over which a class's scores are summed
+    (default: where the class is predicted).
 
     `counterfactual` negates the gradients (Grad-CAM §counterfactual explanations: what would raise
     the score if removed). The returned callable has `.traced` (a tf.function) for counting traces.
     """
     import tensorflow as tf
+
+    from explain_cli import heads
 
     spec = METHODS[method]
     if counterfactual and not spec.gradients:
@@ -119,28 +146,27 @@ def compile_explain(
         raise ExplainError(f"{method} needs a transformer: this model has no MultiHeadAttention layer on a patch grid")
     k = 1 if per_image else len(classes) or top_k
     fixed = tf.constant(list(classes), tf.int32) if classes else None
+    head = model.head or heads.detect(cut.output_shape, cut.activation)
     if spec.attention:
-        return _numpy_step(_attention_step(model, cut, spec, fixed, k, score, per_image))
+        return _numpy_step(_attention_step(model, cut, spec, head, fixed, k, score, per_image, regions))
 
-    def logits_of(x: Any) -> Any:
+    def raw_of(x: Any) -> Any:
         activations, skips = cut.features(x)
         return cut.head(tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips))
 
-    @compiled(_signature(model, per_image))
-    def step(images: Any, *given: Any) -> tuple[Any, Any, Any, Any]:
+    @compiled(_signature(model, per_image, regions))
+    def step(images: Any, *given: Any) -> tuple[Any, ...]:
         x = model.preprocess(tf.cast(images, tf.float32))
         activations, skips = cut.features(x)
         activations, skips = tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips)
         b = tf.shape(activations)[0]
-        tiled = _tile(activations, k)
-        tiled_skips = tuple(_tile(s, k) for s in skips)
+        tiled = tile(activations, k)
+        tiled_skips = tuple(tile(s, k) for s in skips)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(tiled)
-            logits = tf.cast(cut.head(tiled, tiled_skips), tf.float32)  # (k*b, classes): copy j of image i at j*b + i
-            probabilities = _probabilities(logits[:b], cut.activation)
-            chosen, row_class = _choose(probabilities, fixed, k, *given)
-            source = logits if score == "logit" else _probabilities(logits, cut.activation)
-            scores = tf.gather(source, row_class, batch_dims=1)
+            raw = tf.cast(cut.head(tiled, tiled_skips), tf.float32)  # (k*b, ...): copy j of image i at j*b + i
+            rows = read_rows(head, raw[:b], fixed, k, score, *_given(per_image, regions, given))
+            scores = rows.score(raw)
         gradients = None
         if spec.gradients:
             gradients = tape.gradient(scores, tiled)
@@ -148,35 +174,33 @@ def compile_explain(
         inputs = MethodInputs(
             activations=tiled,
             gradients=gradients,
-            class_weights=tf.gather(tf.transpose(class_kernel), row_class) if class_kernel is not None else None,
-            images=_tile(x, k) if spec.forward else None,
-            classes=row_class,
-            logits=logits_of,
+            class_weights=tf.gather(tf.transpose(class_kernel), rows.row_class) if class_kernel is not None else None,
+            images=tile(x, k) if spec.forward else None,
+            classes=rows.row_class,
+            targets=(lambda images, row: rows.score_one(raw_of(images), row)) if spec.forward else None,
             max_masks=max_masks,
         )
         maps = spec.compute(inputs)  # (k*b, h, w)
-        return probabilities, chosen, _per_image(scores, k, b), _per_image(maps, k, b)
+        return rows.shown, rows.chosen, regroup(scores, k, b), regroup(maps, k, b), rows.extras(k, b)
 
     return _numpy_step(step)
 
 
-def _attention_step(model: LoadedModel, cut: split_module.Split, spec: Any, fixed: Any, k: int, score: str,
-                    per_image: bool) -> Any:
-    """The explain step of a method that reads attention scores: one forward pass gives the logits and every
+def _attention_step(model: LoadedModel, cut: split_module.Split, spec: Any, head: Any, fixed: Any, k: int,
+                    score: str, per_image: bool, regions: bool) -> Any:
+    """The explain step of a method that reads attention scores: one forward pass gives the outputs and every
     attention layer's scores; no cut and no gradient."""
     import tensorflow as tf
 
-    @compiled(_signature(model, per_image))
-    def step(images: Any, *given: Any) -> tuple[Any, Any, Any, Any]:
-        logits, attentions = cut.attentions(model.preprocess(tf.cast(images, tf.float32)))
-        logits = tf.cast(logits, tf.float32)
-        b = tf.shape(logits)[0]
-        probabilities = _probabilities(logits, cut.activation)
-        chosen, row_class = _choose(probabilities, fixed, k, *given)
-        source = logits if score == "logit" else probabilities
-        scores = tf.gather(_tile(source, k), row_class, batch_dims=1)
-        maps = spec.compute(MethodInputs(None, attentions=tuple(_tile(a, k) for a in attentions), tokens=cut.tokens))
-        return probabilities, chosen, _per_image(scores, k, b), _per_image(maps, k, b)
+    @compiled(_signature(model, per_image, regions))
+    def step(images: Any, *given: Any) -> tuple[Any, ...]:
+        raw, attentions = cut.attentions(model.preprocess(tf.cast(images, tf.float32)))
+        raw = tf.cast(raw, tf.float32)
+        b = tf.shape(raw)[0]
+        rows = read_rows(head, raw, fixed, k, score, *_given(per_image, regions, given))
+        scores = rows.score(tile(raw, k))
+        maps = spec.compute(MethodInputs(None, attentions=tuple(tile(a, k) for a in attentions), tokens=cut.tokens))
+        return rows.shown, rows.chosen, regroup(scores, k, b), regroup(maps, k, b), rows.extras(k, b)
 
     return step
 
@@ -196,14 +220,6 @@ def compiled(signature: list[Any]) -> Callable[[Callable[..., Any]], Any]:
     return compile_
 
 
-def _tile(tensor: Any, k: int) -> Any:
-    import tensorflow as tf
-
-    if k == 1:
-        return tensor
-    return tf.tile(tensor, tf.concat([[k], tf.ones([tf.rank(tensor) - 1], tf.int32)], 0))
-
-
 def compile_saliency(
     model: LoadedModel,
     graph: graph_module.Graph,
@@ -217,6 +233,7 @@ def compile_saliency(
     steps: int = 64,
     seed: int = 0,
     per_image: bool = False,
+    regions: bool = False,
 ) -> Any:
     """uint8 batch -> BatchResult whose maps are pixel attributions at the model's input resolution.
 
@@ -228,43 +245,43 @@ def compile_saliency(
     from explain_cli.methods.saliency import PIXEL_METHODS, PixelInputs
 
     attribute = PIXEL_METHODS[method]
-    forward, activation = split_module.logits(graph)
+    forward, _ = split_module.logits(graph)
     guided_forward, _ = split_module.logits(guided(graph))
-    cut = split_module.split(graph, layer) if method == "guided-gradcam" else None
+    cut = split_module.split(graph, layer) if method == "guided-gradcam" and layer is not None else None
     k = 1 if per_image else len(classes) or top_k
     fixed = tf.constant(list(classes), tf.int32) if classes else None
+    head = head_of(model, graph)
 
-    @compiled(_signature(model, per_image))
-    def step(images: Any, *given: Any) -> tuple[Any, Any, Any, Any]:
+    @compiled(_signature(model, per_image, regions))
+    def step(images: Any, *given: Any) -> tuple[Any, ...]:
         pixels = tf.cast(images, tf.float32)
         b = tf.shape(pixels)[0]
-        logits = tf.cast(forward(model.preprocess(pixels)), tf.float32)
-        probabilities = _probabilities(logits, activation)
-        chosen, row_class = _choose(probabilities, fixed, k, *given)
-        rows = _tile(pixels, k)
+        raw = tf.cast(forward(model.preprocess(pixels)), tf.float32)
+        rows = read_rows(head, raw, fixed, k, "logit", *_given(per_image, regions, given))
+        tiled = tile(pixels, k)
 
         def gradient_through(network: Callable[[Any], Any]) -> Callable[[Any], Any]:
             def gradient(x: Any) -> Any:
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)
-                    score = tf.gather(tf.cast(network(model.preprocess(x)), tf.float32), row_class, batch_dims=1)
+                    score = rows.score(tf.cast(network(model.preprocess(x)), tf.float32))
                 return tf.cast(tape.gradient(score, x), tf.float32)
 
             return gradient
 
         def gradcam_at_input_size() -> Any:
-            activations, skips = cut.features(model.preprocess(rows))
+            activations, skips = cut.features(model.preprocess(tiled))
             activations, skips = tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips)
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(activations)
-                score = tf.gather(tf.cast(cut.head(activations, skips), tf.float32), row_class, batch_dims=1)
+                score = rows.score(tf.cast(cut.head(activations, skips), tf.float32))
             maps = gradcam(MethodInputs(activations, tape.gradient(score, activations)))
-            up = tf.image.resize(maps[..., None], tf.shape(rows)[1:3], method="bilinear")[..., 0]
+            up = tf.image.resize(maps[..., None], tf.shape(tiled)[1:3], method="bilinear")[..., 0]
             peak = tf.reduce_max(up, axis=(1, 2), keepdims=True)
             return up / tf.where(peak > 0, peak, tf.ones_like(peak))
 
         inputs = PixelInputs(
-            images=rows,
+            images=tiled,
             gradient=gradient_through(forward),
             guided_gradient=gradient_through(guided_forward),
             gradcam=gradcam_at_input_size,
@@ -274,47 +291,37 @@ def compile_saliency(
             seed=seed,
         )
         maps = attribute(inputs)  # (k*b, H, W)
-        return probabilities, chosen, tf.gather(logits, chosen, batch_dims=1), _per_image(maps, k, b)
+        return rows.shown, rows.chosen, regroup(rows.score(tile(raw, k)), k, b), regroup(maps, k, b), \
+            rows.extras(k, b)
 
     return _numpy_step(step)
 
 
-def _signature(model: LoadedModel, per_image: bool) -> list[Any]:
-    """The explain step's inputs: a uint8 batch, and with `per_image` each image's class (b,)."""
+def _signature(model: LoadedModel, per_image: bool, regions: bool = False) -> list[Any]:
+    """The explain step's inputs: a uint8 batch; with `per_image` each image's class (b,); with `regions` each image's
+    region (b, H, W) at the input's resolution."""
     import tensorflow as tf
 
-    return [_input_spec(model)] + ([tf.TensorSpec([None], tf.int32)] if per_image else [])
+    return [_input_spec(model)] + ([tf.TensorSpec([None], tf.int32)] if per_image else []) + (
+        [tf.TensorSpec([None, model.height, model.width], tf.float32)] if regions else [])
 
 
-def _choose(probabilities: Any, fixed: Any, k: int, per_image: Any = None) -> tuple[Any, Any]:
-    """The classes to explain: (b, k) per image (each image's own, the given ones, or the top k) and
-    (k*b,) per row."""
-    import tensorflow as tf
-
-    b = tf.shape(probabilities)[0]
-    if per_image is not None:
-        chosen = per_image[:, None]
-    elif fixed is None:
-        chosen = tf.math.top_k(probabilities, k=k).indices
-    else:
-        chosen = tf.broadcast_to(fixed, [b, k])
-    return chosen, tf.reshape(tf.transpose(chosen), [-1])
+def _given(per_image: bool, regions: bool, given: Sequence[Any]) -> tuple[Any, Any]:
+    """(each image's class or None, each image's region or None) from the step's extra inputs."""
+    given = list(given)
+    own = given.pop(0) if per_image else None
+    region = given.pop(0) if regions else None
+    return own, region
 
 
-def _per_image(rows: Any, k: int, b: Any) -> Any:
-    """Rows ordered class-major (copy j of image i at j*b + i) regrouped as (b, k, ...)."""
-    import tensorflow as tf
-
-    grouped = tf.reshape(rows, tf.concat([[k, b], tf.shape(rows)[1:]], 0))
-    return tf.transpose(grouped, tf.concat([[1, 0], tf.range(2, tf.rank(grouped))], 0))
-
-
-def _numpy_step(step: Any) -> Callable[[np.ndarray], BatchResult]:
+def _numpy_step(step: Any) -> Callable[..., BatchResult]:
     """The compiled step as numpy in, BatchResult out; `.traced` keeps the tf.function for counting traces."""
 
-    def run(batch: np.ndarray, classes: np.ndarray | None = None) -> BatchResult:
-        probabilities, chosen, scores, maps = step(batch) if classes is None else step(batch, classes)
-        return BatchResult(probabilities.numpy(), chosen.numpy(), scores.numpy(), maps.numpy())
+    def run(batch: np.ndarray, classes: np.ndarray | None = None, regions: np.ndarray | None = None) -> BatchResult:
+        given = [g for g in (classes, regions) if g is not None]
+        probabilities, chosen, scores, maps, extras = step(batch, *given)
+        return BatchResult(probabilities.numpy(), chosen.numpy(), scores.numpy(), maps.numpy(),
+                           {name: value.numpy() for name, value in extras.items()})
 
     run.traced = step  # type: ignore[attr-defined]
     return run

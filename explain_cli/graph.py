@@ -56,12 +56,34 @@ class Graph:
 
     steps: tuple[Step, ...]
     input: int
-    output: int
+    output: int | None  # the output explained (None: the model has several, and none was chosen)
     precision: str = "fp32"  # "bf16": run in bfloat16 (precision.py): a cut's feature part, or a whole forward pass
     points: tuple[Any, ...] = ()  # inner.Point, in the order a forward pass finishes them
     foldable: bool = True  # False: weights will change after compiling (--sanity), so fold nothing (fold.py)
     transformer_default: str | None = None  # the input of the last transformer block, where there is one
     notes: tuple[str, ...] = ()  # how its layers were found, for --verbose
+    outputs: tuple[tuple[str, int], ...] = ()  # every output of the model: its name and value number
+
+    def with_output(self, name: str) -> Graph:
+        """The graph explained through the output called `name`."""
+        from explain_cli.errors import BadArgument
+
+        found = [number for output, number in self.outputs if output == name]
+        if not found:
+            raise BadArgument("--output", f"unknown output {name!r}; the model's outputs: {self.output_names()}")
+        return dataclasses.replace(self, output=found[0])
+
+    def output_names(self) -> str:
+        return ", ".join(name for name, _ in self.outputs) or "one, unnamed"
+
+    def chosen_output(self) -> int:
+        """The output explained; BadArgument when the model has several and none was chosen."""
+        if self.output is None:
+            from explain_cli.errors import BadArgument
+
+            raise BadArgument("--output", f"the model has {len(self.outputs)} outputs: choose one with --output "
+                              f"NAME ({self.output_names()})")
+        return self.output
 
     def explainable(self) -> list[Any]:
         """The layer outputs a method can use: feature maps and tokens on a grid, at any depth."""
@@ -98,25 +120,27 @@ class Graph:
         return values
 
 
-def flatten(model: Any) -> Graph:
-    """The model's call graph as steps, entering nested functional and Sequential models."""
+def flatten(model: Any, output: str | None = None) -> Graph:
+    """The model's call graph as steps, entering nested functional and Sequential models. A model with several
+    outputs is explained through one of them, named by `output` (a graph without one can list its layers)."""
     function = _functional(model)
     if function is None:
         return _whole(model)
-    if len(function.inputs) != 1 or len(function.outputs) != 1:
-        raise ExplainError(
-            f"model {model.name!r} has {len(function.inputs)} inputs and {len(function.outputs)} outputs:"
-            " only single-input, single-output classifiers can be explained"
-        )
+    if len(function.inputs) != 1:
+        raise ExplainError(f"model {model.name!r} has {len(function.inputs)} inputs: only single-input models can be "
+                           "explained")
     numbers = itertools.count()
     input_number = next(numbers)
     steps: list[Step] = []
-    (output,) = _flatten_into(function, [input_number], "", steps, numbers)
+    values = _flatten_into(function, [input_number], "", steps, numbers)
+    names = list(getattr(function, "output_names", None) or [t._keras_history.operation.name for t in function.outputs])
     from explain_cli import inner
 
     found = inner.catalogue(model, steps, input_number, tuple(function.inputs[0].shape))
-    return Graph(steps=tuple(steps), input=input_number, output=output, points=found.points,
-                 transformer_default=found.transformer_default, notes=found.notes())
+    graph = Graph(steps=tuple(steps), input=input_number, output=values[0] if len(values) == 1 else None,
+                  points=found.points, transformer_default=found.transformer_default, notes=found.notes(),
+                  outputs=tuple(zip(names, values)))
+    return graph.with_output(output) if output is not None else graph
 
 
 class _InputAlone:

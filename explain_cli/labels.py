@@ -78,14 +78,18 @@ def from_file(path: Path) -> Labels:
     return Labels(names=tuple(line.strip() for line in lines))
 
 
-def for_model(num_classes: int, given: Path | str | Sequence[str] | None) -> Labels:
-    """The labels a run uses: the user's file (or list of names), else ImageNet's for 1000 outputs, else numbers."""
+def for_model(num_classes: int, given: Path | str | Sequence[str] | None,
+              default: Sequence[str] | None = None) -> Labels:
+    """The labels a run uses: the user's file (or list of names), else `default`, else ImageNet's for 1000 outputs,
+    else numbers."""
     if given is not None:
         labels = from_file(Path(given)) if isinstance(given, (str, Path)) else Labels(tuple(str(n) for n in given))
         if len(labels) != num_classes:
             where = given if isinstance(given, (str, Path)) else "labels"
             raise ExplainError(f"{where}: has {len(labels)} labels but the model has {num_classes} outputs")
         return labels
+    if default is not None:
+        return Labels(names=tuple(default))
     if num_classes == 1000:
         return imagenet()
     return numbered(num_classes)

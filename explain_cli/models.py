@@ -68,6 +68,8 @@ class LoadedModel:
     labels: Labels
     precision: str = "fp32"  # "bf16": the graph explain replays computes in bfloat16 (precision.py)
     live: bool = False  # a model object in memory, which may be trained further: BatchNorm is not folded (fold.py)
+    head: Any = None  # heads.Head: what its output is (None: it has several outputs and none was chosen)
+    output: str | None = None  # the output explained, of a model with several
 
 
 def check_spec(spec: str) -> str | None:
@@ -87,8 +89,10 @@ def load(
     imports: Sequence[str] = (),
     unsafe: bool = False,
     precision: str = "fp32",
+    reading: Any = None,
 ) -> LoadedModel:
-    """Build a built-in model (ImageNet weights or a local weights file) or load a user's model file.
+    """Build a built-in model (ImageNet weights or a local weights file) or load a user's model file; `reading`
+    (heads.Reading) says which output to explain and how to read it.
 
     `imports` (module names or .py files) are imported first, so that the custom layers a model file
     names are defined; `unsafe` lets Keras run the Python code a file stores (Lambda layers).
@@ -111,11 +115,11 @@ def load(
         converter = _image_converter(model)
         prep = converter if preprocess is None and converter is not None else _mode_preprocess(preprocess or "none")
         default = None
-    return _loaded(model, name, spec, prep, default, labels_file, precision)
+    return _loaded(model, name, spec, prep, default, labels_file, precision, reading)
 
 
 def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, preprocess: str | None = None,
-                precision: str = "fp32") -> LoadedModel:
+                precision: str = "fp32", reading: Any = None) -> LoadedModel:
     """A keras.Model already in memory (a notebook's, a training script's), used as it is: explain replays its own
     layers, so what it computes follows the model's current weights."""
     from explain_cli.backend import load_tensorflow
@@ -126,13 +130,27 @@ def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, pr
                            "model file)")
     converter = _image_converter(model)
     prep = converter if preprocess is None and converter is not None else _mode_preprocess(preprocess or "none")
-    return dataclasses.replace(_loaded(model, model.name, model.name, prep, None, labels, precision), live=True)
+    return dataclasses.replace(_loaded(model, model.name, model.name, prep, None, labels, precision, reading),
+                               live=True)
 
 
 def _loaded(model: Any, name: str, spec: str, prep: Callable[[Any], Any], default: str | None,
-            labels: Path | str | Sequence[str] | None, precision: str) -> LoadedModel:
+            labels: Path | str | Sequence[str] | None, precision: str, reading: Any) -> LoadedModel:
+    from explain_cli import graph as graph_module
+    from explain_cli import heads, split
+
+    reading = reading or heads.Reading()
     height, width, channels = _input_size(model, spec)
-    num_classes = _classes(model, spec, (height, width, channels))
+    graph = graph_module.flatten(model, reading.output)
+    head, names = None, None
+    if graph.output is not None:
+        _, activation, _ = split.pre_activation(graph)
+        head = heads.detect(split.output_shape(graph), activation, reading.multi_label, reading.output_index)
+        if head.kind == "value":  # a value is named after its output (and element)
+            output = next((n for n, number in graph.outputs if number == graph.output), None) or "value"
+            names = (f"{output}[{head.index}]" if head.size > 1 else output,)
+    elif reading.multi_label or reading.output_index is not None:
+        graph.chosen_output()  # the usage error naming the outputs
     return LoadedModel(
         name=name,
         keras_model=model,
@@ -141,8 +159,10 @@ def _loaded(model: Any, name: str, spec: str, prep: Callable[[Any], Any], defaul
         channels=channels,
         preprocess=prep,
         default_layer=default,
-        labels=labels_module.for_model(num_classes, labels),
+        labels=labels_module.for_model(head.classes if head else 0, labels, names),
         precision=precision,
+        head=head,
+        output=reading.output,
     )
 
 
@@ -284,22 +304,6 @@ def _import(spec: str) -> ModuleType:
         return importlib.import_module(spec)
     except Exception as error:  # the user's code may raise anything while it runs
         raise ExplainError(f"--import {spec}: {type(error).__name__}: {first_line(error)}") from None
-
-
-def _classes(model: Any, spec: str, size: tuple[int, int, int]) -> int:
-    """How many classes the model scores: its output's last axis (a subclassed model is called once to see it)."""
-    outputs = getattr(model, "outputs", None)
-    shape = outputs[0].shape if outputs else None
-    if shape is None:
-        import numpy as np
-
-        try:
-            shape = model(np.zeros((1, *size), np.float32)).shape
-        except Exception as error:  # a model that cannot run on an image of its own input shape
-            raise ExplainError(f"{spec}: cannot run the model on a {size} image: {first_line(error)}") from None
-    if len(shape) != 2:
-        raise ExplainError(f"{spec}: expected an output of (batch, classes), not {tuple(shape)}")
-    return int(shape[-1])
 
 
 def input_shape_of(model: Any) -> tuple:

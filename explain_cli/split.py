@@ -38,6 +38,7 @@ class Split:
     skips: int = 0  # how many tensors cross the cut besides A
     attentions: Callable[[Tensor], tuple[Tensor, list[Tensor]]] | None = None  # logits, and the attention scores
     tokens: tuple[int, int, int] | None = None  # the attention tokens' layout: (extra, grid h, grid w)
+    output_shape: tuple[int | None, ...] = ()  # the head's output, without the batch axis
 
 
 _PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
@@ -56,7 +57,7 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False) -> Sp
         from explain_cli.fold import fold_batchnorm
 
         graph = fold_batchnorm(graph, keep={a})
-    logit_number, activation, steps = _pre_activation(graph)
+    logit_number, activation, steps = pre_activation(graph)
     inside = bool(point.path) or hook
     if inside:  # the step that makes A now: folding may have merged the cut's step into the one before it
         cut = next(s for s in steps if a in s.outputs)
@@ -101,7 +102,15 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False) -> Sp
         skips=len(skips) + captured + bool(point.extra),
         attentions=attention_scores(graph),
         tokens=_token_layout(graph),
+        output_shape=output_shape(graph),
     )
+
+
+def output_shape(graph: Graph) -> tuple[int | None, ...]:
+    """The explained output's shape, without the batch axis."""
+    output = graph.chosen_output()
+    step = next(s for s in graph.steps if output in s.outputs)
+    return tuple(step.output_shapes[step.outputs.index(output)][1:])
 
 
 def check(graph: Graph, layer: str) -> Any:
@@ -110,7 +119,7 @@ def check(graph: Graph, layer: str) -> Any:
     point = graph.find(layer)
     if not point.explainable:
         raise ExplainError(_not_explainable(point))
-    logit_number, _, steps = _pre_activation(graph)
+    logit_number, _, steps = pre_activation(graph)
     if point.step not in {s.name for s in needed(steps, {logit_number})}:
         raise ExplainError(f"layer {point.name!r} does not feed the model's output, so it cannot explain it")
     return point
@@ -217,7 +226,7 @@ def attention_scores(graph: Graph) -> Callable[[Tensor], tuple[Tensor, list[Tens
 
     if not any(p.attention for p in graph.points):
         return None
-    logit_number, _, steps = _pre_activation(graph)
+    logit_number, _, steps = pre_activation(graph)
     steps = needed(steps, {logit_number})
 
     def layers_of(step: Step) -> list[Any]:
@@ -295,7 +304,7 @@ def logits(graph: Graph, fold: bool = True) -> tuple[Callable[[Tensor], Tensor],
         from explain_cli.fold import fold_batchnorm
 
         graph = fold_batchnorm(graph)
-    logit_number, activation, steps = _pre_activation(graph)
+    logit_number, activation, steps = pre_activation(graph)
     steps = needed(steps, {logit_number})
     if graph.precision == "bf16":
         from explain_cli.precision import bfloat16
@@ -308,7 +317,7 @@ def logits(graph: Graph, fold: bool = True) -> tuple[Callable[[Tensor], Tensor],
     return run_logits, activation
 
 
-def _pre_activation(graph: Graph) -> tuple[int, str, list[Step]]:
+def pre_activation(graph: Graph) -> tuple[int, str, list[Step]]:
     """Where the logits are, how the model turns them into probabilities, and the steps to run.
 
     The Grad-CAM paper differentiates the class score before the softmax. A final softmax or
@@ -317,15 +326,16 @@ def _pre_activation(graph: Graph) -> tuple[int, str, list[Step]]:
     the layer's variables and leaves the user's layer as it was.
     """
     steps = list(graph.steps)
-    last = next(s for s in reversed(steps) if graph.output in s.outputs)
+    output = graph.chosen_output()
+    last = next(s for s in reversed(steps) if output in s.outputs)
     final = _final_sublayer(graph, last)
     if final is not None:  # a layer whose call ends in a sublayer's softmax (a subclassed model)
         path, kind = final
         steps[steps.index(last)] = dataclasses.replace(last, hooks=(*last.hooks, (path, _linear_instead)))
-        return graph.output, kind, steps
+        return output, kind, steps
     kind = activation_name(last.layer)
     if kind not in _PROBABILITY_ACTIVATIONS:
-        return graph.output, "linear", steps
+        return output, "linear", steps
     if is_activation_layer(last.layer):
         ((_, logits),) = last.inputs
         steps.remove(last)
@@ -333,7 +343,7 @@ def _pre_activation(graph: Graph) -> tuple[int, str, list[Step]]:
     from keras import activations
 
     steps[steps.index(last)] = with_activation(last, activations.linear)
-    return graph.output, kind, steps
+    return output, kind, steps
 
 
 def _final_sublayer(graph: Graph, last: Step) -> tuple[tuple[str, ...], str] | None:

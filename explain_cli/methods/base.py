@@ -17,7 +17,7 @@ class MethodInputs:
     class_weights: Tensor | None = None  # (rows, k): a GAP→Dense head's weights for the row's class
     images: Tensor | None = None  # (rows, H, W, C): the model's preprocessed input, for forward-only methods
     classes: Tensor | None = None  # (rows,): the class each row explains
-    logits: Callable[[Tensor], Tensor] | None = None  # preprocessed input -> logits, the whole model
+    targets: Callable[[Tensor, Tensor], Tensor] | None = None  # (n preprocessed inputs, a row) -> (n,) the row's score
     max_masks: int = 64  # Score-CAM: how many channels become masks
     attentions: tuple[Tensor, ...] = ()  # every attention layer's scores (rows, heads, tokens, tokens), in order
     tokens: tuple[int, int, int] | None = None  # those tokens' layout: (tokens before the patches, grid h, grid w)

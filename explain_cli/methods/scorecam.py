@@ -20,20 +20,20 @@ def scorecam(m: MethodInputs) -> Tensor:
     size = tf.shape(m.images)[1:3]
 
     def weights_of_row(row: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
-        activations, image, channels, target = row
+        activations, image, channels, index = row
         chosen = tf.gather(activations, channels, axis=-1)  # (h, w, keep)
         masks = tf.image.resize(chosen[None], size, method="bilinear")[0]  # (H, W, keep)
         low = tf.reduce_min(masks, axis=(0, 1), keepdims=True)
         high = tf.reduce_max(masks, axis=(0, 1), keepdims=True)
         masks = (masks - low) / tf.where(high > low, high - low, tf.ones_like(high))
         masked = image[None] * tf.transpose(masks, [2, 0, 1])[..., None]  # (keep, H, W, C)
-        scores = m.logits(masked)[:, target]
+        scores = m.targets(masked, index)  # the row's score (its class's logit, or a region's sum) of each masked input
         weights = tf.nn.softmax(scores)
         return tf.scatter_nd(channels[:, None], weights, [tf.shape(activations)[-1]])
 
     weights = tf.map_fn(
         weights_of_row,
-        (a, m.images, strongest, m.classes),
+        (a, m.images, strongest, tf.range(tf.shape(a)[0])),
         fn_output_signature=tf.TensorSpec([None], a.dtype),
     )
     return weighted_sum(weights, a)
