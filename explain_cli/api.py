@@ -61,6 +61,11 @@ class Settings:
     batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
     precision_for: tuple[str, ...] = ()  # other methods "auto" must suit: evaluate's, classviz
+    output: str | None = None  # which output, of a model with several
+    multi_label: bool = False  # logits read as several labels per image (sigmoids are, anyway)
+    output_index: int | None = None  # one element of a vector output, read as a value
+    threshold: float = 0.5  # several labels per image: a label is predicted, and explained, at this probability
+    min_area: float = 0.01  # a segmentation: a class is explained where it covers this share of the image
 
 
 class Explainer:
@@ -84,9 +89,10 @@ class Explainer:
                  weights: str = "imagenet", imports: Sequence[str] = (), unsafe: bool = False, score: str = "logit",
                  counterfactual: bool = False, max_masks: int = 64, samples: int = 25, noise: float = 0.15,
                  steps: int = 64, seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 precision_for: Sequence[str] = ()) -> None:
+                 precision_for: Sequence[str] = (), output: str | None = None, multi_label: bool = False,
+                 output_index: int | None = None, threshold: float = 0.5, min_area: float = 0.01) -> None:
         from explain_cli import explainer as core
-        from explain_cli import models, split
+        from explain_cli import heads, models, split
         from explain_cli import precision as precisions
 
         given = isinstance(model, (str, Path))
@@ -97,18 +103,20 @@ class Explainer:
             labels=labels if labels is None or isinstance(labels, str) else tuple(labels), weights=weights,
             imports=tuple(imports), unsafe=unsafe, score=score, counterfactual=counterfactual, max_masks=max_masks,
             samples=samples, noise=noise, steps=steps, seed=seed, batch_size=batch_size, max_pixels=max_pixels,
-            precision_for=tuple(precision_for))
+            precision_for=tuple(precision_for), output=output, multi_label=multi_label, output_index=output_index,
+            threshold=threshold, min_area=min_area)
         check(self.settings)
         chosen, why = precisions.resolve(precision, [method, *precision_for])
         self.notes: list[str] = [f"precision {chosen} ({why})"]  # how it was made, for the curious (--verbose)
+        reading = heads.Reading(output, multi_label, output_index)
         if given:
             problem = models.check_spec(str(model))
             if problem:
                 raise BadArgument("--model", problem)
             self._model = models.load(str(model), weights, labels, preprocess, imports=imports, unsafe=unsafe,
-                                      precision=chosen)
+                                      precision=chosen, reading=reading)
         else:
-            self._model = models.from_object(model, labels, preprocess, chosen)
+            self._model = models.from_object(model, labels, preprocess, chosen, reading)
         self._graph = core.graph_of(self._model)
         self.notes += list(self._graph.notes)
         try:
@@ -117,10 +125,12 @@ class Explainer:
             if layer is not None:
                 raise
             self.default_layer, self._no_layer = None, error
-        self.layer: str | None = None
-        if layer is not None or self.default_layer is not None:
+        self.layer: str | None = layer or self.default_layer
+        if self.layer is not None and self._graph.output is not None:  # several outputs: checked once one is chosen
             try:
-                self.layer = split.check(self._graph, layer or self.default_layer or "").name
+                self.layer = split.check(self._graph, self.layer).name
+            except BadArgument:
+                raise
             except ExplainError as error:
                 raise BadArgument("--layer", f"{error}; default: {self.default_layer}") from None
         self._steps: dict[tuple[object, ...], Any] = {}
@@ -155,6 +165,26 @@ class Explainer:
         return self._model.labels.names
 
     @property
+    def head(self) -> Any:
+        """What the model outputs (heads.Head): its kind (classes, labels, binary, value, pixels) and size."""
+        return self._model.head
+
+    @property
+    def outputs(self) -> list[str]:
+        """The model's outputs, by name (one, for most models)."""
+        return [name for name, _ in self._graph.outputs]
+
+    @property
+    def listing(self) -> output.Listing:
+        """How an image's predictions are listed, by the kind of the model's head."""
+        return output.Listing(self._needs_head().kind, self.settings.threshold)
+
+    def _needs_head(self) -> Any:
+        if self._model.head is None:
+            self._graph.chosen_output()  # BadArgument naming the outputs to choose from
+        return self._model.head
+
+    @property
     def input_size(self) -> tuple[int, int, int]:
         """(height, width, channels) the model takes; images of any size are resized to it."""
         return self._model.height, self._model.width, self._model.channels
@@ -169,36 +199,42 @@ class Explainer:
 
     # --- explaining ---------------------------------------------------------------------------------------------
 
-    def explain(self, images: Images, classes: Any = None, top_k: int = 1, errors: str = "raise") -> list[Explanation]:
-        """An Explanation per image and explained class, in input order. `classes`: None (each image's top `top_k`),
+    def explain(self, images: Images, classes: Any = None, top_k: int | None = None,
+                errors: str = "raise") -> list[Explanation]:
+        """An Explanation per image and explained class, in input order. `classes`: None (each image's top `top_k`,
+        by default 1; for several labels per image, every label at the threshold, up to `top_k`),
         a class (number, label or WordNet id) or a list of them for every image, or a mapping from each image's key
         (its path as given, or its index among the images given in memory) to its own class (its truth, say).
         `errors`: "raise" (BadInput for an image that cannot be read) or "skip" it."""
         return list(self.iter_explain(images, classes, top_k, errors))
 
-    def iter_explain(self, images: Images, classes: Any = None, top_k: int = 1,
+    def iter_explain(self, images: Images, classes: Any = None, top_k: int | None = None,
                      errors: str = "raise") -> Iterator[Explanation]:
         """explain() one image at a time, as they are computed: memory stays flat however many images there are."""
         choice = self.choose(classes, top_k)
-        finish = pipeline.values_only(self.labels, self.layer, self.method)
+        finish = pipeline.values_only(self.labels, self.layer, self.method, choice.floor)
         for result in self._run(images, self.compute(choice), finish, errors):
             yield from result.values
 
     def predict(self, images: Images, top: int = 5, errors: str = "raise") -> list[ImagePredictions]:
         """Each image's `top` most probable classes, and all its probabilities."""
         step = self._step(("predict", self.precision), self._predict_step)
-        names = self.labels
+        names, listing = self.labels, self.listing
 
         def finish(source: Source, original: np.ndarray, row: int, probabilities: Any) -> pipeline.ImageResult:
             p = np.asarray(probabilities[row])
-            value = ImagePredictions(source.key, tuple(output.top_predictions(p, names, top)), p)
+            value = ImagePredictions(source.key, tuple(listing.predictions(p, names, top)), p)
             return pipeline.ImageResult(source, values=[value])
 
         return [r.values[0] for r in self._run(images, lambda batch, sources: step(batch), finish, errors)]
 
-    def choose(self, classes: Any = None, top_k: int = 1) -> targets.ClassChoice:
-        """What `classes` and `top_k` ask to explain, checked against the model's labels."""
-        return targets.choose(self._model.labels, classes, None if top_k == 1 else top_k, key=_key)
+    def choose(self, classes: Any = None, top_k: int | None = None) -> targets.ClassChoice:
+        """What `classes` and `top_k` ask to explain, checked against the model's labels: by default each image's
+        top class, or for several labels per image every label at `threshold` (a segmentation: every class on
+        `min_area` of the image), up to `top_k`."""
+        kind = self._needs_head().kind
+        floor = {"labels": self.settings.threshold, "pixels": self.settings.min_area}.get(kind)
+        return targets.choose(self._model.labels, classes, top_k, key=_key, kind=kind, floor=floor)
 
     def compute(self, choice: targets.ClassChoice, method: str | None = None) -> pipeline.Compute:
         """A pipeline compute step: a uint8 batch and its sources -> the method's BatchResult for the chosen classes.
@@ -215,7 +251,7 @@ class Explainer:
     # --- evaluating ---------------------------------------------------------------------------------------------
 
     def evaluate(self, images: Images, methods: Sequence[str] = ("gradcam", RANDOM), classes: Any = None,
-                 top_k: int = 1, boxes: Mapping[Hashable, Sequence[Sequence[Any]]] | str | Path | None = None,
+                 top_k: int | None = None, boxes: Mapping[Hashable, Sequence[Sequence[Any]]] | str | Path | None = None,
                  sanity: bool = False, steps: int = 32, blur_sigma: float = 5.0, tolerance: float = 15.0,
                  seed: int = 0, sanity_stages: int = 6, errors: str = "raise") -> Evaluation:
         """Each method's maps measured on these images, as `explain evaluate` measures them: deletion and insertion

@@ -28,7 +28,7 @@ class ExplainCallback(_keras.callbacks.Callback):  # type: ignore[misc, name-def
     (labels, preprocess, precision, ...)."""
 
     def __init__(self, images: Any, log_dir: str | Path | None = None, *, every: int = 1, method: str = "gradcam",
-                 layer: str | None = None, classes: Any = None, top_k: int = 1, out_dir: str | Path | None = None,
+                 layer: str | None = None, classes: Any = None, top_k: int | None = None, out_dir: str | Path | None = None,
                  colormap: str = "jet", alpha: float = 0.4, **explainer: Any) -> None:
         super().__init__()
         if log_dir is None and out_dir is None:

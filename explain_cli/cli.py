@@ -50,6 +50,7 @@ def cli() -> None:
 @common.prediction_options
 @common.truth_option
 @common.model_options
+@common.threshold_option
 @common.target_options
 @common.gradient_options
 @common.render_options
@@ -68,6 +69,7 @@ def gradcam(**options: Any) -> None:
 @common.prediction_options
 @common.truth_option
 @common.model_options
+@common.threshold_option
 @click.option("--method", type=click.Choice(list(METHODS)), default="gradcam", show_default=True,
               help="gradcam, gradcam++, xgradcam, hirescam, layercam (gradients); cam (a global-average-"
               "pooling + Dense head's weights); eigencam (first principal component); scorecam (masked "
@@ -91,6 +93,7 @@ def cam(method: str, max_masks: int, **options: Any) -> None:
 @common.prediction_options
 @common.truth_option
 @common.model_options
+@common.threshold_option
 @click.option("--method", type=click.Choice(list(PIXEL_METHODS)), default="vanilla", show_default=True,
               help="vanilla gradients, smoothgrad, integrated-gradients (black baseline), guided-backprop, "
               "guided-gradcam.")
@@ -186,6 +189,7 @@ def _explain_cam(method: str, max_masks: int, options: dict) -> None:
 @common.prediction_options
 @common.truth_option
 @common.model_options
+@common.threshold_option
 def predict(**options: Any) -> None:
     """Print the top predictions for each image; write nothing."""
     from explain_cli import runs

@@ -28,11 +28,42 @@ class Prediction:
     label: str
     probability: float
 
+    def row(self) -> dict:
+        """What a JSON line says of it."""
+        return {"rank": self.rank, "class_index": self.class_index, "label": self.label,
+                "probability": self.probability}
+
+
+@dataclass(frozen=True)
+class Value(Prediction):
+    """A value head's output (a regression): `probability` holds the value, which is no probability."""
+
+    def row(self) -> dict:
+        return {"rank": self.rank, "class_index": self.class_index, "label": self.label, "value": self.probability}
+
 
 def top_predictions(probabilities: np.ndarray, names: Sequence[str], n: int) -> list[Prediction]:
     order = np.argsort(-probabilities, kind="stable")[:n]
     return [Prediction(rank, int(i), label_of(names, int(i)), float(probabilities[i])) for rank, i in
             enumerate(order, start=1)]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """How an image's predictions are listed, by the kind of its model's head (heads.py): the most probable classes
+    (one label per image, a binary head's two, a segmentation's classes by their share of pixels), the labels whose
+    probability is at least `threshold`, highest first (several labels per image), or the value."""
+
+    kind: str = "classes"
+    threshold: float = 0.5
+
+    def predictions(self, shown: np.ndarray, names: Sequence[str], top: int) -> list[Prediction]:
+        if self.kind == "value":
+            return [Value(1, 0, label_of(names, 0), float(shown[0]))]
+        listed = top_predictions(shown, names, top)
+        if self.kind == "labels":
+            return [p for p in listed if p.probability >= self.threshold]
+        return listed
 
 
 def label_of(names: Sequence[str], class_index: int) -> str:
@@ -265,12 +296,13 @@ def format_predictions(image: str, predictions: Sequence[Prediction], style: str
     """One image's predictions for stdout: "table" for a terminal, "tsv" when piped, or "json" lines
     (with `truth`, {"truth": class or None}, when --truth is given; the TSV keeps its five columns)."""
     if style == "json":
-        return _json_line({"image": image, "predictions": [p.__dict__ for p in predictions], **(truth or {})})
+        return _json_line({"image": image, "predictions": [p.row() for p in predictions], **(truth or {})})
     if style == "tsv":
         return "".join(f"{_tsv(image)}\t{p.rank}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\n"
                        for p in predictions)
-    rows = [f"  {p.rank}. {p.label:<30} {p.class_index:>5}  {p.probability:7.2%}\n" for p in predictions]
-    return f"{image}\n" + "".join(rows)
+    rows = [f"  {p.rank}. {p.label:<30} {p.class_index:>5}  " + (
+        f"{p.probability:.6g}\n" if isinstance(p, Value) else f"{p.probability:7.2%}\n") for p in predictions]
+    return f"{image}\n" + "".join(rows or ["  (none listed)\n"])
 
 
 def _tsv(text: str) -> str:

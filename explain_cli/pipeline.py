@@ -84,6 +84,8 @@ class RenderOptions:
     save_heatmap: bool = False
     figure: bool = False
     grey_map: bool = False  # also write the normalised map as an 8-bit grey PNG at its own resolution
+    listing: output.Listing = output.Listing()  # how predictions are listed, by the kind of head
+    floor: float | None = None  # explain only the classes showing at least this (labels: a probability)
 
 
 # A batch's images, once decoded: (source, the picture or the reason it failed, model input).
@@ -196,11 +198,12 @@ def _compute_and_finish(
 Truth = Optional[Mapping[Source, int]]  # each source's true class, or None when --truth is not given
 
 
-def predictions_only(names: Sequence[str], top: int, truth: Truth = None) -> Finish:
+def predictions_only(names: Sequence[str], top: int, truth: Truth = None,
+                     listing: output.Listing = output.Listing()) -> Finish:
     """A finish step for `explain predict`: the top predictions, nothing written."""
 
-    def finish(source: Source, original: np.ndarray, row: int, probabilities: object) -> ImageResult:
-        predictions = output.top_predictions(probabilities[row], names, top)
+    def finish(source: Source, original: np.ndarray, row: int, probabilities: Any) -> ImageResult:
+        predictions = listing.predictions(probabilities[row], names, top)
         return ImageResult(source, predictions=predictions, **_truth_of(source, probabilities[row], truth))
 
     return finish
@@ -214,16 +217,20 @@ def _truth_of(source: Source, probabilities: np.ndarray, truth: Truth) -> dict:
     return {"truth": true_class, "truth_rank": int(np.sum(probabilities > probabilities[true_class])) + 1}
 
 
-def image_fields(source: Source, probabilities: np.ndarray, names: Sequence[str]) -> dict:
+def image_fields(source: Source, probabilities: np.ndarray, names: Sequence[str],
+                 listing: output.Listing = output.Listing()) -> dict:
     """What a manifest line says of its image, for the report: where it is, the top-5 and the prediction's
-    entropy, −Σ p log p in nats."""
+    entropy, −Σ p log p in nats (for one label per image); for several labels per image, those listed."""
+    fields = {"source": str(source.path.absolute()), "predictions": [
+        [q.class_index, q.label, q.probability] for q in output.top_predictions(probabilities, names, 5)]}
+    if listing.kind == "labels":
+        return {**fields, "predicted_labels": [[q.class_index, q.label, q.probability]
+                                               for q in listing.predictions(probabilities, names, len(names))]}
+    if listing.kind != "classes":
+        return fields
     p = np.asarray(probabilities, np.float64)
     p = p[p > 0]
-    return {
-        "source": str(source.path.absolute()),
-        "predictions": [[q.class_index, q.label, q.probability] for q in output.top_predictions(probabilities, names, 5)],
-        "entropy": float(-(p * np.log(p)).sum()),
-    }
+    return {**fields, "entropy": float(-(p * np.log(p)).sum())}
 
 
 def truth_record(result_truth: int | None, truth_rank: int | None, truth: Truth, names: Sequence[str]) -> dict:
@@ -253,26 +260,32 @@ def activation_grids(out_dir: Path, layers: Sequence[str], max_channels: int, mo
 
 
 def explained(source: Source, original: np.ndarray, row: int, batch: Any, names: Sequence[str], layer: str | None,
-              method: str) -> list[Explanation]:
-    """The values of one image's row of a batch result: each explained class with its raw map and the image."""
+              method: str, floor: float | None = None) -> list[Explanation]:
+    """The values of one image's row of a batch result: each explained class with its raw map and the image; with
+    `floor`, only the classes showing at least that much (a label's probability, a share of the pixels)."""
     probabilities = batch.probabilities[row]
+    extras = getattr(batch, "extras", None) or {}
     image = frozen_array(original)
     found = []
-    for class_index, score, raw in zip(batch.classes[row], batch.scores[row], batch.maps[row]):
+    for j, (class_index, score, raw) in enumerate(zip(batch.classes[row], batch.scores[row], batch.maps[row])):
         class_index = int(class_index)
+        if floor is not None and probabilities[class_index] < floor:
+            continue
         found.append(Explanation(
             source=source.key, class_index=class_index, label=output.label_of(names, class_index),
             rank=int(np.sum(probabilities > probabilities[class_index])) + 1,
             probability=float(probabilities[class_index]), target_score=float(score), layer=layer, method=method,
-            map=frozen_array(np.asarray(raw, np.float32)), image=image))
+            map=frozen_array(np.asarray(raw, np.float32)), image=image,
+            share=float(extras["share"][row, j]) if "share" in extras else None,
+            mean_probability=float(extras["mean_probability"][row, j]) if "mean_probability" in extras else None))
     return found
 
 
-def values_only(names: Sequence[str], layer: str | None, method: str) -> Finish:
+def values_only(names: Sequence[str], layer: str | None, method: str, floor: float | None = None) -> Finish:
     """A finish step for the library: each image's explanations as values, nothing written."""
 
     def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> ImageResult:
-        return ImageResult(source, values=explained(source, original, row, batch, names, layer, method))
+        return ImageResult(source, values=explained(source, original, row, batch, names, layer, method, floor))
 
     return finish
 
@@ -282,12 +295,12 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: 
 
     def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> ImageResult:
         probabilities = batch.probabilities[row]
-        predictions = output.top_predictions(probabilities, names, top)
+        predictions = options.listing.predictions(probabilities, names, top)
         written, warnings = [], []
         ready = render.backdrop(original, options.alpha)
         files = output.FileSet(options.out_dir)
         with files.complete_or_removed():  # an image's files all exist, or none do
-            for value in explained(source, original, row, batch, names, options.layer, options.method):
+            for value in explained(source, original, row, batch, names, options.layer, options.method, options.floor):
                 heatmap = render.normalise(value.map)
                 if not heatmap.any():
                     warnings.append(f"warning: {source.shown}: the {options.method} map for class {value.class_index} "
@@ -295,8 +308,11 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: 
                 written.append(_write(source, files, value, heatmap, ready, options))
         known = _truth_of(source, probabilities, truth)
         fields = {**truth_record(known.get("truth"), known.get("truth_rank"), truth, names),
-                  **image_fields(source, probabilities, names)}
-        records = [{**manifest_record(w, options.model), **fields} for w in written]
+                  **image_fields(source, probabilities, names, options.listing)}
+        kind = {} if options.listing.kind == "classes" else {"head": options.listing.kind}
+        if options.listing.kind == "labels":
+            kind["multi_label"] = True
+        records = [{**manifest_record(w, options.model), **kind, **fields} for w in written]
         return ImageResult(source, predictions=predictions, explanations=written, warnings=warnings, records=records,
                            **known)
 

@@ -28,9 +28,10 @@ def frozen_array(array: np.ndarray) -> np.ndarray:
 class Explanation:
     """Why the model gave `class_index` to one image: the method's map at the layer's resolution, and what it explains.
 
-    `probability` is the class's probability for the image (the manifest's `score`), `target_score` the score that was
-    differentiated (the logit, or the probability with score="probability"), `rank` the class's place among the
-    image's predictions (1: the top one).
+    `probability` is the class's probability for the image (the manifest's `score`; a value head's value; a
+    segmentation's share of pixels), `target_score` the score that was differentiated (the logit, or the probability
+    with score="probability"; a value; a segmentation class's logits summed over its region), `rank` the class's place
+    among the image's predictions (1: the top one).
     """
 
     source: str | int
@@ -43,6 +44,8 @@ class Explanation:
     method: str
     map: np.ndarray = field(repr=False)  # float32, not normalised: (h, w) at the layer, or the input for pixel methods
     image: np.ndarray = field(repr=False)  # the original, upright RGB uint8 (height, width, 3)
+    share: float | None = None  # a segmentation: the explained region's share of the image's pixels
+    mean_probability: float | None = None  # a segmentation: the class's mean probability over the region
 
     def heatmap(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """The map normalised to [0, 1] (map / max, negatives 0) and upsampled bilinearly to `size` = (width,

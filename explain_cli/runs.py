@@ -98,7 +98,7 @@ def choice(request: ClassRequest, found: Sequence[Source], made: Explainer, know
     if request.specs and request.top_k:
         raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
     if "truth" not in request.specs:
-        return made.choose(list(request.specs) or None, request.top_k or 1)
+        return made.choose(list(request.specs) or None, request.top_k)
     if known is None:
         raise BadArgument("--class", "--class truth needs --truth folders|FILE.csv")
     if len(request.specs) > 1:
@@ -206,7 +206,8 @@ def explain(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
         say(f"{made.name}: {name} at layer {made.layer}" + ("" if settings.layer else " (default)"))
         options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer, model=made.name,
                                          colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
-                                         save_heatmap=out.save_heatmap, figure=out.figure, grey_map=grey_map)
+                                         save_heatmap=out.save_heatmap, figure=out.figure, grey_map=grey_map,
+                                         listing=made.listing, floor=chosen.floor)
 
         def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
             return worker.compute(chosen), pipeline.explanations(worker.labels, top, options, known)
@@ -225,7 +226,8 @@ def predict(settings: Settings, arguments: Sequence[str], stdin: TextIO, truth_s
 
     def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
         step = worker._step(("predict", worker.precision), worker._predict_step)
-        return (lambda batch, batch_sources: step(batch)), pipeline.predictions_only(worker.labels, top, known)
+        return (lambda batch, batch_sources: step(batch)), pipeline.predictions_only(worker.labels, top, known,
+                                                                                      worker.listing)
 
     report(start(found, make, made, run), tally(found, known), run)
 
@@ -311,10 +313,13 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
 def layers(settings: Settings) -> None:
     """explain layers: the layer outputs a method can explain, one a line, * marking the default."""
     made = Explainer.from_settings(settings)
-    rows = [(layer.name, made._graph.find(layer.name).describe(), layer.default) for layer in made.layers()]
+    rows = [(layer.name, made._graph.find(layer.name).describe(), "*" if layer.default else " ")
+            for layer in made.layers()]
+    if len(made.outputs) > 1:  # the outputs to choose from with --output, marked >
+        rows += [(name, str(made._graph.find(name).shape) + " output", ">") for name in made.outputs]
     width = max((len(name) for name, _, _ in rows), default=0)
-    for name, shape, default in rows:
-        sys.stdout.write(f"{'*' if default else ' '} {name:<{width}}  {shape}\n")
+    for name, shape, mark in rows:
+        sys.stdout.write(f"{mark} {name:<{width}}  {shape}\n")
 
 
 def classviz(settings: Settings, class_spec: str, viz: Any, every: int, out_dir: Path, run: RunOptions) -> None:

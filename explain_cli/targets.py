@@ -24,6 +24,8 @@ class ClassChoice:
     classes: tuple[int, ...] = ()
     top_k: int = 1
     per_image: Mapping[Hashable, int] | None = field(default=None, compare=False, hash=False)
+    floor: float | None = None  # of the top k, only those showing at least this: a label's probability (several
+    # labels per image), a class's share of the pixels (a segmentation)
 
     @property
     def k(self) -> int:
@@ -47,9 +49,12 @@ def resolve_class(labels: Labels, spec: ClassSpec) -> int:
 
 
 def choose(labels: Labels, classes: ClassSpec | Sequence[ClassSpec] | Mapping[Any, ClassSpec] | None = None,
-           top_k: int | None = None, key: Callable[[Any], Hashable] = lambda k: k) -> ClassChoice:
+           top_k: int | None = None, key: Callable[[Any], Hashable] = lambda k: k, kind: str = "classes",
+           floor: float | None = None) -> ClassChoice:
     """The choice that `classes` and `top_k` make: None (the top 1, or the top k), a class or a list of them (the
-    same for every image), or a mapping from each image's key to its class (`key` normalises the mapping's keys)."""
+    same for every image), or a mapping from each image's key to its class (`key` normalises the mapping's keys).
+    For a head of several labels (`kind` "labels") or a segmentation ("pixels"), None means every class showing at
+    least `floor` (a probability, a share of the pixels), most first, up to `top_k`."""
     if classes is not None and top_k:
         raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
     if top_k is not None and top_k > len(labels):
@@ -58,6 +63,8 @@ def choose(labels: Labels, classes: ClassSpec | Sequence[ClassSpec] | Mapping[An
         raise BadArgument("--top-k", f"{top_k} is not a number of classes")
     if isinstance(classes, Mapping):
         return ClassChoice(per_image={key(k): resolve_class(labels, v) for k, v in classes.items()})
+    if classes is None and kind in ("labels", "pixels"):
+        return ClassChoice(top_k=min(top_k or len(labels), len(labels)), floor=floor)
     if classes is None:
         return ClassChoice(top_k=top_k or 1)
     specs = [classes] if isinstance(classes, (int, str)) else list(classes)

@@ -82,7 +82,19 @@ model_options = options(
         "for the methods that do not hold up in it (saliency, classviz, hirescam, layercam). Maps and scores are "
         "summed in float32.",
     ),
+    click.option("--output", "output_name", metavar="NAME",
+                 help="Of a model with several outputs, the one to explain (see `explain layers`)."),
+    click.option("--multi-label", is_flag=True,
+                 help="Read a model's logits as several labels per image, each its own sigmoid (a model ending in "
+                 "sigmoids is read so anyway)."),
+    click.option("--output-index", type=click.IntRange(0), metavar="K",
+                 help="Read element K of a vector output as a value (a regression), explained as itself."),
 )
+# --threshold: several labels per image.
+threshold_option = click.option(
+    "--threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+    help="Several labels per image (sigmoid outputs, --multi-label): a label is predicted, and explained, at this "
+    "probability.")
 # INPUTS, --batch-size, --max-pixels, --verbose and where batches run: what is read, and how.
 input_options = options(
     click.argument("sources", nargs=-1, required=True, metavar="INPUTS..."),
@@ -174,7 +186,8 @@ def settings(options: dict, method: str = "gradcam", **extra: Any) -> Any:
                     preprocess=options.pop("preprocess"), labels=str(labels) if labels else None,
                     weights=options.pop("weights"), imports=tuple(options.pop("imports")), unsafe=options.pop("unsafe"),
                     batch_size=options.get("batch_size", 32), max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS),
-                    **extra)
+                    output=options.pop("output_name"), multi_label=options.pop("multi_label"),
+                    output_index=options.pop("output_index"), threshold=options.pop("threshold", 0.5), **extra)
 
 
 def run_options(options: dict) -> Any:

@@ -30,6 +30,7 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
               "bootstrap intervals (default: a table on a terminal, TSV when piped).")
 @common.truth_option
 @common.model_options
+@common.threshold_option
 @click.option("--methods", default="gradcam,random", show_default=True, callback=_methods, metavar="M1,M2,...",
               help=f"Methods to measure, comma-separated: any of {', '.join(METHOD_NAMES)} (random: seeded "
               "uniform noise, the control).")
