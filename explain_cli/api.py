@@ -200,21 +200,37 @@ class Explainer:
     # --- explaining ---------------------------------------------------------------------------------------------
 
     def explain(self, images: Images, classes: Any = None, top_k: int | None = None,
-                errors: str = "raise") -> list[Explanation]:
+                errors: str = "raise", region: Any = None) -> list[Explanation]:
         """An Explanation per image and explained class, in input order. `classes`: None (each image's top `top_k`,
         by default 1; for several labels per image, every label at the threshold, up to `top_k`),
         a class (number, label or WordNet id) or a list of them for every image, or a mapping from each image's key
         (its path as given, or its index among the images given in memory) to its own class (its truth, say).
-        `errors`: "raise" (BadInput for an image that cannot be read) or "skip" it."""
-        return list(self.iter_explain(images, classes, top_k, errors))
+        `errors`: "raise" (BadInput for an image that cannot be read) or "skip" it. A segmentation explains each
+        class over where it is predicted, or over `region`: a box (x0, y0, x1, y1) in the image's pixels, or a mapping
+        from each image's key to its mask."""
+        return list(self.iter_explain(images, classes, top_k, errors, region))
 
     def iter_explain(self, images: Images, classes: Any = None, top_k: int | None = None,
-                     errors: str = "raise") -> Iterator[Explanation]:
+                     errors: str = "raise", region: Any = None) -> Iterator[Explanation]:
         """explain() one image at a time, as they are computed: memory stays flat however many images there are."""
         choice = self.choose(classes, top_k)
         finish = pipeline.values_only(self.labels, self.layer, self.method, choice.floor)
-        for result in self._run(images, self.compute(choice), finish, errors):
+        for result in self._run(images, self.compute(choice, regions=self._regions(region)), finish, errors):
             yield from result.values
+
+    def _regions(self, region: Any) -> Callable[[list[Source]], tuple[np.ndarray, list[str]]] | None:
+        """A segmentation's region: a box (x0, y0, x1, y1) in each image's pixels, or a mapping from each image's key
+        to its mask (an array, non-zero inside); None: where each class is predicted."""
+        if region is None:
+            return None
+        from explain_cli import segment
+
+        if self._needs_head().kind != "pixels":
+            raise BadArgument("--region", "a region is a segmentation's: this model outputs no classes per pixel")
+        height, width, _ = self.input_size
+        if isinstance(region, Mapping):
+            return segment.regions(None, {_key(k): v for k, v in region.items()}, height, width)
+        return segment.regions(segment.parse_box(",".join(str(v) for v in region)), None, height, width)
 
     def predict(self, images: Images, top: int = 5, errors: str = "raise") -> list[ImagePredictions]:
         """Each image's `top` most probable classes, and all its probabilities."""
@@ -236,17 +252,25 @@ class Explainer:
         floor = {"labels": self.settings.threshold, "pixels": self.settings.min_area}.get(kind)
         return targets.choose(self._model.labels, classes, top_k, key=_key, kind=kind, floor=floor)
 
-    def compute(self, choice: targets.ClassChoice, method: str | None = None) -> pipeline.Compute:
-        """A pipeline compute step: a uint8 batch and its sources -> the method's BatchResult for the chosen classes.
-        Compiled once per method and kind of choice, and reused by every later call."""
+    def compute(self, choice: targets.ClassChoice, method: str | None = None,
+                regions: Callable[[list[Source]], tuple[np.ndarray, list[str]]] | None = None) -> pipeline.Compute:
+        """A pipeline compute step: a uint8 batch and its sources -> the method's BatchResult for the chosen classes;
+        with `regions` (a segmentation), each image's region over which its classes' scores are summed. Compiled
+        once per method and kind of choice, and reused by every later call."""
         method = method or self.method
         if method == RANDOM:
             return self._random(choice)
-        step = self._compiled(method, choice)
-        if choice.per_image is None:
-            return lambda batch, sources: step(batch)
-        return lambda batch, sources: step(batch, np.array([targets.own_class(choice, s.key) for s in sources],
-                                                           np.int32))
+        step = self._compiled(method, choice, regions is not None)
+
+        def compute(batch: np.ndarray, sources: list[Source]) -> Any:
+            given: dict[str, np.ndarray] = {}  # only what the step was compiled to take
+            if choice.per_image is not None:
+                given["classes"] = np.array([targets.own_class(choice, s.key) for s in sources], np.int32)
+            if regions is not None:
+                given["regions"] = regions(sources)[0]
+            return step(batch, **given)
+
+        return compute
 
     # --- evaluating ---------------------------------------------------------------------------------------------
 
@@ -325,11 +349,12 @@ class Explainer:
 
         return core.compile_predict(self._model, self._graph)
 
-    def _compiled(self, method: str, choice: targets.ClassChoice) -> Any:
+    def _compiled(self, method: str, choice: targets.ClassChoice, regions: bool = False) -> Any:
         """The compiled step of a method for a kind of choice: made once, reused."""
-        return self._step((method, self.precision, choice.key), lambda: self._compile(method, choice))
+        return self._step((method, self.precision, choice.key, regions),
+                          lambda: self._compile(method, choice, regions))
 
-    def _compile(self, method: str, choice: targets.ClassChoice) -> Any:
+    def _compile(self, method: str, choice: targets.ClassChoice, regions: bool = False) -> Any:
         from explain_cli import explainer as core
 
         s = self.settings
@@ -338,10 +363,10 @@ class Explainer:
             layer = self.layer if method != "guided-gradcam" else self._cut().layer
             return core.compile_saliency(self._model, self._graph, method, layer=layer, classes=choice.classes,
                                          top_k=choice.k, samples=s.samples, noise=s.noise, steps=s.steps, seed=s.seed,
-                                         per_image=per_image)
+                                         per_image=per_image, regions=regions)
         return core.compile_explain(self._model, self._cut(), method, classes=choice.classes, top_k=choice.k,
                                     score=s.score, counterfactual=s.counterfactual, max_masks=s.max_masks,
-                                    per_image=per_image)
+                                    per_image=per_image, regions=regions)
 
     def _random(self, choice: targets.ClassChoice) -> pipeline.Compute:
         """The random control: seeded uniform noise at the layer's resolution, for the chosen classes."""

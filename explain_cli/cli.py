@@ -186,6 +186,49 @@ def _explain_cam(method: str, max_masks: int, options: dict) -> None:
 
 @cli.command()
 @common.input_options
+@click.option("--top", default=5, show_default=True, type=click.IntRange(1),
+              help="Classes printed per image (those explained: present on --min-area of it, most pixels first).")
+@click.option("--json", "as_json", is_flag=True, help="Print each image's classes as JSON lines (default: a table on "
+              "a terminal, TSV when piped: image, class, label, pixel share, mean probability).")
+@common.model_options
+@click.option("--method", type=click.Choice([*METHODS, *PIXEL_METHODS]), default="gradcam", show_default=True,
+              help="Any class-activation or pixel method.")
+@click.option("--max-masks", type=click.IntRange(1), default=64, show_default=True, help="scorecam: masks.")
+@click.option("--min-area", type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
+              help="Explain each class predicted on at least this share of the image, most pixels first.")
+@click.option("--region", metavar="x0,y0,x1,y1", help="Explain the classes over this box (the image's pixels, x1 and "
+              "y1 exclusive) instead of where each is predicted.")
+@click.option("--masks", "masks", type=click.Path(path_type=Path), metavar="DIR",
+              help="Explain the classes over each image's own region: a PNG of the same relative path under DIR, "
+              "non-zero inside.")
+@click.option("--truth-masks", type=click.Path(path_type=Path), metavar="DIR",
+              help="True label PNGs (each pixel its class number), the same relative paths under DIR: adds each "
+              "class's IoU and the mean IoU to the summary.")
+@common.target_options
+@common.gradient_options
+@common.render_options
+def segment(method: str, max_masks: int, min_area: float, region: str | None, masks: Path | None,
+            truth_masks: Path | None, **options: Any) -> None:
+    """Segmentation models: why each class was predicted where it was (Seg-Grad-CAM, Vinogradova et al. 2020).
+
+    A class is explained by the sum of its pixel scores over a region: where it is predicted (default), a box
+    (--region) or a mask (--masks). For each image, writes OUTPUT_DIR/<name>.segmentation.png (its classes coloured
+    over it, with a legend) and OUTPUT_DIR/<name>.<method>.<class>-<label>.jpg per class explained, a manifest line
+    each, and prints each explained class with its share of the pixels and mean probability.
+    """
+    from explain_cli import runs, segment as segmenting
+
+    if region and masks:
+        raise click.UsageError("--region and --masks are exclusive: one region per image")
+    box = segmenting.parse_box(region) if region else None
+    settings = common.settings(options, method, score=options.pop("score"),
+                               counterfactual=options.pop("counterfactual"), max_masks=max_masks, min_area=min_area)
+    runs.segment(settings, options["sources"], sys.stdin, common.class_request(options), options["top"],
+                 common.output_options(options), common.run_options(options), box, masks, truth_masks)
+
+
+@cli.command()
+@common.input_options
 @common.prediction_options
 @common.truth_option
 @common.model_options

@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from explain_cli import interrupts, output
+import numpy as np
+
+from explain_cli import interrupts, metrics, output
 from explain_cli.errors import ExplainError
 from explain_cli.pipeline import ImageResult, Run
 
@@ -34,13 +36,55 @@ class Tally:
     with_truth: int = 0  # images done whose truth is known
     top1: int = 0  # ... and predicted right
     top5: int = 0  # ... and among the five most probable
+    labels: tuple[str, ...] = ()  # several labels per image: their names, to sum each up
+    threshold: float = 0.5  # ... and the probability a label is predicted at
+    label_rows: list = field(default_factory=list)  # ... (each label's probability, the true set) per image
+    both: Any = None  # a segmentation with true masks: per class, the pixels in both (summed over the images)
+    either: Any = None  # ... and in either
+    with_masks: int = 0  # ... over this many images
 
     def count(self, result: ImageResult) -> None:
         self.done += 1
-        if result.truth_rank is not None:
+        if result.overlap is not None:
+            both, either = result.overlap
+            self.both = both if self.both is None else self.both + both
+            self.either = either if self.either is None else self.either + either
+            self.with_masks += 1
+        if isinstance(result.truth, frozenset) and result.shown is not None:
+            self.label_rows.append((result.shown, result.truth))
+        elif result.truth_rank is not None:
             self.with_truth += 1
             self.top1 += result.truth_rank == 1
             self.top5 += result.truth_rank <= 5
+
+    def label_scores(self) -> metrics.LabelScores | None:
+        """Several labels per image: precision, recall, F1 and AP per label over the images with truth."""
+        if not self.label_rows:
+            return None
+        shown = np.stack([row for row, _ in self.label_rows])
+        truth = np.zeros(shown.shape, bool)
+        for i, (_, labels) in enumerate(self.label_rows):
+            truth[i, sorted(labels)] = True
+        return metrics.label_scores(shown, truth, self.threshold)
+
+    def ious(self) -> np.ndarray:
+        """A segmentation's IoU per class over the images with true masks (NaN for a class in none of either)."""
+        return np.divide(self.both, self.either, out=np.full(len(self.both), np.nan), where=self.either > 0)
+
+    def details(self) -> list[str]:
+        """Lines after the summary: several labels per image, each label summed up; a segmentation's IoU per class."""
+        if self.with_masks:
+            names = self.labels or tuple(str(i) for i in range(len(self.both)))
+            return [f"  {name}: IoU " + ("-" if np.isnan(iou) else f"{iou:.3f}")
+                    for name, iou in zip(names, self.ious())]
+        scores = self.label_scores()
+        if scores is None:
+            return []
+        names = self.labels or tuple(str(i) for i in range(len(scores.f1)))
+        width = max(len(name) for name in names)
+        return [f"  {name:<{width}}  precision {p:.3f}, recall {r:.3f}, F1 {f:.3f}, AP " + (
+            "-" if np.isnan(a) else f"{a:.3f}") for name, p, r, f, a in zip(
+            names, scores.precision, scores.recall, scores.f1, scores.average_precision)]
 
     def summary(self, manifest: output.Manifest | None) -> str:
         parts = [f"{self.done} of {self.total} images done"]
@@ -49,6 +93,12 @@ class Tally:
         if self.with_truth:
             parts.append(f"accuracy top-1 {self.top1 / self.with_truth:.1%}, top-5 {self.top5 / self.with_truth:.1%} "
                          f"over {self.with_truth} images with truth")
+        scores = self.label_scores()
+        if scores is not None:
+            parts.append(f"labels at {self.threshold:g}: macro F1 {scores.macro_f1:.3f}, mAP "
+                         f"{scores.mean_average_precision:.3f} over {len(self.label_rows)} images with truth")
+        if self.with_masks:
+            parts.append(f"mean IoU {np.nanmean(self.ious()):.3f} over {self.with_masks} images with true masks")
         if self.skipped:
             parts.append(f"{self.skipped} skipped (already explained)")
         if self.failed:
@@ -90,6 +140,8 @@ def report(run: Run, tally: Tally, *, style: str, verbose: bool, batch_size: int
                         except BrokenPipeError:
                             stdout_open = False
                 display.message(tally.summary(manifest))
+                for line in tally.details():
+                    display.message(line)
     if tally.failed:
         raise SystemExit(1)
 

@@ -318,7 +318,7 @@ def _numpy_step(step: Any) -> Callable[..., BatchResult]:
     """The compiled step as numpy in, BatchResult out; `.traced` keeps the tf.function for counting traces."""
 
     def run(batch: np.ndarray, classes: np.ndarray | None = None, regions: np.ndarray | None = None) -> BatchResult:
-        given = [g for g in (classes, regions) if g is not None]
+        given = [g for g in (classes, regions) if g is not None]  # what the step was compiled to take
         probabilities, chosen, scores, maps, extras = step(batch, *given)
         return BatchResult(probabilities.numpy(), chosen.numpy(), scores.numpy(), maps.numpy(),
                            {name: value.numpy() for name, value in extras.items()})

@@ -211,6 +211,14 @@ def _flatten_into(function: Any, input_numbers: list[int], prefix: str, steps: l
 
 
 def _takes_training(layer: Any) -> bool:
+    """Whether the step is called with training=False: every Keras layer is (Keras takes the flag for any layer and
+    hands it to the layers it calls, so a subclassed layer whose own call has no `training`, keras-hub's atrous
+    pooling say, still runs its BatchNorm and Dropout in inference mode, and leaves their statistics alone), and any
+    other call that names it."""
+    import keras
+
+    if isinstance(layer, keras.Layer):
+        return True
     try:
         return "training" in inspect.signature(layer.call).parameters
     except (TypeError, ValueError, AttributeError):

@@ -191,3 +191,40 @@ def bootstrap_ci(values: Sequence[float], resamples: int = 2000, seed: int = 0) 
     means = data[rng.integers(0, len(data), (resamples, len(data)))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class LabelScores:
+    """Several labels per image, summed up over n images: per label precision, recall, F1 and average precision,
+    their macro F1 and their mean average precision (over the labels some image has: the others have no AP)."""
+
+    precision: np.ndarray  # (labels,)
+    recall: np.ndarray
+    f1: np.ndarray
+    average_precision: np.ndarray  # NaN for a label no image has
+    macro_f1: float
+    mean_average_precision: float
+
+
+def label_scores(probabilities: np.ndarray, truth: np.ndarray, threshold: float) -> LabelScores:
+    """Predicted: probability ≥ threshold. Precision TP / (TP + FP), recall TP / (TP + FN), F1 2TP / (2TP + FP + FN)
+    (0 where undefined); AP = Σ_k P@k · rel_k / positives over the images ranked by probability (ties in input
+    order); mAP and macro F1 their means over the labels."""
+    scores = np.asarray(probabilities, np.float64)
+    truth = np.asarray(truth, bool)
+    predicted = scores >= threshold
+    tp = (predicted & truth).sum(axis=0).astype(np.float64)
+    fp = (predicted & ~truth).sum(axis=0)
+    fn = (~predicted & truth).sum(axis=0)
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+    recall = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=(tp + fn) > 0)
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
+    average = np.full(scores.shape[1], np.nan)
+    for label in range(scores.shape[1]):
+        hits = truth[np.argsort(-scores[:, label], kind="stable"), label]
+        if hits.any():
+            at_k = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+            average[label] = float((at_k * hits).sum() / hits.sum())
+    present = ~np.isnan(average)
+    return LabelScores(precision, recall, f1, average, float(f1.mean()) if f1.size else 0.0,
+                       float(average[present].mean()) if present.any() else float("nan"))

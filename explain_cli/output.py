@@ -177,7 +177,7 @@ def remove_files(out_dir: Path, names: Sequence[str]) -> None:
 
 
 # The manifest keys that name files, relative to the output folder.
-FILE_KEYS = ("overlay", "heatmap", "figure", "map", "grid", "file")
+FILE_KEYS = ("overlay", "heatmap", "figure", "map", "grid", "file", "segmentation")
 
 
 def files_of(records: Sequence[dict]) -> list[str]:
@@ -299,9 +299,13 @@ def format_predictions(image: str, predictions: Sequence[Prediction], style: str
         return _json_line({"image": image, "predictions": [p.row() for p in predictions], **(truth or {})})
     if style == "tsv":
         return "".join(f"{_tsv(image)}\t{p.rank}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\n"
+                       if not hasattr(p, "mean_probability") else  # a segmentation's class: its share, its probability
+                       f"{_tsv(image)}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\t{p.mean_probability:.6f}\n"
                        for p in predictions)
     rows = [f"  {p.rank}. {p.label:<30} {p.class_index:>5}  " + (
-        f"{p.probability:.6g}\n" if isinstance(p, Value) else f"{p.probability:7.2%}\n") for p in predictions]
+        f"{p.probability:.6g}\n" if isinstance(p, Value) else f"{p.probability:7.2%}" + (
+            f" of the pixels, p = {p.mean_probability:.3f}\n" if hasattr(p, "mean_probability") else "\n"))
+        for p in predictions]
     return f"{image}\n" + "".join(rows or ["  (none listed)\n"])
 
 

@@ -64,8 +64,11 @@ class ImageResult:
     error: str | None = None
     records: list[dict] = field(default_factory=list)  # its manifest lines, naming every file written
     side_records: list[dict] = field(default_factory=list)  # lines of a second record file (evaluate's sanity.jsonl)
-    truth: int | None = None  # the true class, when known (--truth)
+    truth: int | frozenset[int] | None = None  # the true class (several labels per image: the set), when known
     truth_rank: int | None = None  # where the model ranks it: 1 is a correct top-1 prediction
+    shown: np.ndarray | None = None  # several labels per image, with truth: each label's probability, to sum up
+    overlap: tuple[np.ndarray, np.ndarray] | None = None  # a segmentation with a true mask: per class, pixels in both
+    # and in either
 
     def files(self) -> list[str]:
         """The files written for this image, relative to the output folder."""
@@ -210,10 +213,13 @@ def predictions_only(names: Sequence[str], top: int, truth: Truth = None,
 
 
 def _truth_of(source: Source, probabilities: np.ndarray, truth: Truth) -> dict:
-    """ImageResult's truth fields: the true class and the rank the model gives it (1 + classes above it)."""
+    """ImageResult's truth fields: the true class and the rank the model gives it (1 + classes above it); for several
+    labels per image, the true set and every label's probability."""
     if truth is None or source not in truth:
         return {}
     true_class = truth[source]
+    if isinstance(true_class, frozenset):
+        return {"truth": true_class, "shown": np.asarray(probabilities, np.float64)}
     return {"truth": true_class, "truth_rank": int(np.sum(probabilities > probabilities[true_class])) + 1}
 
 
@@ -233,11 +239,18 @@ def image_fields(source: Source, probabilities: np.ndarray, names: Sequence[str]
     return {**fields, "entropy": float(-(p * np.log(p)).sum())}
 
 
-def truth_record(result_truth: int | None, truth_rank: int | None, truth: Truth, names: Sequence[str]) -> dict:
-    """The manifest's truth fields, present whenever --truth was given (null for an image it does not list)."""
+def truth_record(known: dict, truth: Truth, names: Sequence[str], listing: output.Listing = output.Listing()) -> dict:
+    """The manifest's truth fields, present whenever --truth was given (null for an image it does not list); for
+    several labels per image, the true labels, and whether the labels predicted are exactly those."""
     if truth is None:
         return {}
+    result_truth = known.get("truth")
+    if isinstance(result_truth, frozenset):
+        listed = {p.class_index for p in listing.predictions(known["shown"], names, len(names))}
+        return {"truth": sorted(result_truth), "truth_label": [output.label_of(names, c) for c in sorted(result_truth)],
+                "correct": listed == result_truth}
     label = None if result_truth is None else output.label_of(names, result_truth)
+    truth_rank = known.get("truth_rank")
     return {"truth": result_truth, "truth_label": label, "correct": None if truth_rank is None else truth_rank == 1}
 
 
@@ -305,9 +318,9 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: 
                 if not heatmap.any():
                     warnings.append(f"warning: {source.shown}: the {options.method} map for class {value.class_index} "
                                     f"({value.label}) is all zero")
-                written.append(_write(source, files, value, heatmap, ready, options))
+                written.append(write_explanation(source, files, value, heatmap, ready, options))
         known = _truth_of(source, probabilities, truth)
-        fields = {**truth_record(known.get("truth"), known.get("truth_rank"), truth, names),
+        fields = {**truth_record(known, truth, names, options.listing),
                   **image_fields(source, probabilities, names, options.listing)}
         kind = {} if options.listing.kind == "classes" else {"head": options.listing.kind}
         if options.listing.kind == "labels":
@@ -319,8 +332,9 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: 
     return finish
 
 
-def _write(source: Source, files: output.FileSet, value: Explanation, heatmap: np.ndarray, ready: render.Backdrop,
-           options: RenderOptions) -> Written:
+def write_explanation(source: Source, files: output.FileSet, value: Explanation, heatmap: np.ndarray,
+                      ready: render.Backdrop, options: RenderOptions) -> Written:
+    """An explanation's files (overlay; with the options, its .npy, grey map and figure), and their names."""
     def name(suffix: str) -> str:
         return output.explanation_name(source.stem, options.method, value.class_index, value.label, suffix).as_posix()
 

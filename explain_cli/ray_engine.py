@@ -22,7 +22,7 @@ from explain_cli import pipeline
 from explain_cli.backend import native_stderr_silenced
 from explain_cli.errors import ExplainError
 from explain_cli.inputs import Source
-from explain_cli.output import Prediction
+from explain_cli.output import Prediction, Value
 
 
 def _import_ray() -> Any:
@@ -58,15 +58,22 @@ class _Worker:
 def encode(result: pipeline.ImageResult) -> str:
     """What the driver needs of an image's result, as JSON (not its maps: they are in the files already)."""
     return json.dumps({
-        "predictions": [[p.rank, p.class_index, p.label, p.probability] for p in result.predictions],
+        "predictions": [[p.rank, p.class_index, p.label, p.probability, isinstance(p, Value)]
+                        for p in result.predictions],
         "warnings": result.warnings, "notes": result.notes, "error": result.error, "records": result.records,
-        "side_records": result.side_records, "truth": result.truth, "truth_rank": result.truth_rank,
+        "side_records": result.side_records, "truth_rank": result.truth_rank,
+        "truth": sorted(result.truth) if isinstance(result.truth, frozenset) else result.truth,
+        "shown": None if result.shown is None else result.shown.tolist(),
     })
 
 
 def decode(source: Source, text: str) -> pipeline.ImageResult:
     fields = json.loads(text)
-    predictions = [Prediction(*p) for p in fields.pop("predictions")]
+    predictions = [(Value if value else Prediction)(*p) for *p, value in fields.pop("predictions")]
+    if isinstance(fields["truth"], list):  # several labels per image: a set
+        fields["truth"] = frozenset(fields["truth"])
+    if fields["shown"] is not None:
+        fields["shown"] = np.array(fields["shown"])
     return pipeline.ImageResult(source, predictions=predictions, **fields)
 
 

@@ -40,9 +40,12 @@ class Card:
     thumb: str | None = None  # relative to OUT_DIR
     predictions: list = field(default_factory=list)  # [class_index, label, probability], most probable first
     entropy: float | None = None
-    truth: int | None = None
-    truth_label: str | None = None
-    correct: bool | None = None
+    truth: int | list | None = None  # several labels per image: the list of true labels
+    truth_label: str | list | None = None
+    correct: bool | None = None  # several labels per image: the labels predicted are exactly the true ones
+    labels: list | None = None  # several labels per image: [class_index, label, probability] of those predicted
+    segmentation: str | None = None  # a segmentation: the picture of its classes over the image (relative to OUT_DIR)
+    segmentation_thumb: str | None = None
     explanations: list = field(default_factory=list)
     evaluation: list = field(default_factory=list)
 
@@ -90,6 +93,10 @@ def _take_image_fields(card: Card, record: dict) -> None:
         card.predictions = record["predictions"]
     if record.get("entropy") is not None and card.entropy is None:
         card.entropy = record["entropy"]
+    if record.get("predicted_labels") is not None and card.labels is None:
+        card.labels = record["predicted_labels"]
+    if record.get("segmentation") and card.segmentation is None:
+        card.segmentation = record["segmentation"]
     if record.get("truth") is not None and card.truth is None:
         card.truth = record["truth"]
         card.truth_label = record.get("truth_label")
@@ -138,14 +145,14 @@ def _display_names(found: Sequence[Card]) -> dict[int, str]:
     classes share a label (ImageNet's two "crane"s) and as its number where no record names it."""
     labels: dict[int, str] = {}
     for card in found:
-        named = [(i, label) for i, label, _ in card.predictions]
+        named = [(i, label) for i, label, _ in card.predictions + (card.labels or [])]
         named += [(e["class_index"], e["label"]) for e in card.explanations + card.evaluation]
-        named.append((card.truth, card.truth_label))
+        named += list(zip(_listed(card.truth), _listed(card.truth_label)))
         for class_index, label in named:
             if class_index is not None and label:
                 labels.setdefault(int(class_index), label)
-        if card.truth is not None:
-            labels.setdefault(int(card.truth), str(card.truth))
+        for class_index in _listed(card.truth):
+            labels.setdefault(int(class_index), str(class_index))
     uses = Counter(labels.values())
     return {i: label if uses[label] == 1 else f"{label} ({i})" for i, label in labels.items()}
 
@@ -154,11 +161,20 @@ def _name_classes(found: Sequence[Card], labels: dict[int, str]) -> None:
     """Every class of every card shown by its display name."""
     for card in found:
         card.predictions = [[i, labels.get(int(i), label), p] for i, label, p in card.predictions]
+        if card.labels is not None:
+            card.labels = [[i, labels.get(int(i), label), p] for i, label, p in card.labels]
         for row in card.explanations + card.evaluation:
             if row.get("class_index") is not None:
                 row["label"] = labels.get(int(row["class_index"]), row["label"])
-        if card.truth is not None:
+        if isinstance(card.truth, list):
+            card.truth_label = [labels[int(c)] for c in card.truth]
+        elif card.truth is not None:
             card.truth_label = labels[int(card.truth)]
+
+
+def _listed(value: Any) -> list:
+    """A value or a list of them (several labels per image), as a list; None as none."""
+    return value if isinstance(value, list) else [] if value is None else [value]
 
 
 def _make_thumbnails(out_dir: Path, found: Sequence[Card], workers: int | None) -> None:
@@ -171,6 +187,8 @@ def _make_thumbnails(out_dir: Path, found: Sequence[Card], workers: int | None) 
             original = out_dir / card.explanations[0]["overlay"] if card.explanations else None
         if original is not None:
             jobs.append((original, card, "thumb"))
+        if card.segmentation:
+            jobs.append((out_dir / card.segmentation, card, "segmentation_thumb"))
         for explanation in card.explanations:
             jobs.append((out_dir / explanation["overlay"], explanation, "thumb"))
     keep: set[str] = set()
@@ -189,7 +207,7 @@ def _make_thumbnails(out_dir: Path, found: Sequence[Card], workers: int | None) 
         relative = f"{FILES}/{THUMBS}/{name}"
         keep.add(name)
         if isinstance(target, Card):
-            target.thumb = relative
+            setattr(target, key, relative)
         else:
             target[key] = relative
 
@@ -232,6 +250,7 @@ def _sheet_entries(out_dir: Path, found: Sequence[Card], count: int) -> list[tup
         picture = out_dir / card.explanations[0]["overlay"] if card.explanations else (
             Path(card.source) if card.source else None)
         predicted = f"{card.predictions[0][1]} {card.predictions[0][2]:.0%}" if card.predictions else "?"
-        title = predicted if card.truth is None else f"{predicted} (truth: {card.truth_label})"
+        truth = ", ".join(card.truth_label) if isinstance(card.truth_label, list) else card.truth_label
+        title = predicted if card.truth is None else f"{predicted} (truth: {truth})"
         entries.append((picture, title, card.correct))
     return entries

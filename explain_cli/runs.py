@@ -90,7 +90,7 @@ def truth(spec: str | None, found: Sequence[Source], made: Explainer) -> dict | 
         return None
     from explain_cli import truth as truth_module
 
-    return truth_module.read(spec, found, made._model.labels)
+    return truth_module.read(spec, found, made._model.labels, several=made.listing.kind == "labels")
 
 
 def choice(request: ClassRequest, found: Sequence[Source], made: Explainer, known: dict | None) -> Any:
@@ -103,6 +103,9 @@ def choice(request: ClassRequest, found: Sequence[Source], made: Explainer, know
         raise BadArgument("--class", "--class truth needs --truth folders|FILE.csv")
     if len(request.specs) > 1:
         raise BadArgument("--class", "truth explains each image's own class: give no other --class")
+    if any(isinstance(labels, frozenset) for labels in known.values()):
+        raise BadArgument("--class", "truth explains one class per image, and these truths are sets of labels: "
+                          "explain the labels predicted, or name them with --class")
     unknown = [source.shown for source in found if source not in known]
     if unknown:
         raise BadArgument("--class", f"--class truth: {len(unknown)} images have no truth, first {unknown[0]}")
@@ -131,8 +134,11 @@ def report(started: Any, tally: console.Tally, run: RunOptions, manifest: output
                    manifest=manifest, side=side)
 
 
-def tally(found: Sequence[Source], known: dict | None, skipped: int = 0) -> console.Tally:
-    return console.Tally(len(found), skipped, truth_given=known is not None)
+def tally(found: Sequence[Source], known: dict | None, skipped: int = 0, made: Explainer | None = None) -> console.Tally:
+    several = made is not None and made.listing.kind == "labels"
+    return console.Tally(len(found), skipped, truth_given=known is not None,
+                         labels=made.labels if several and made else (),
+                         threshold=made.settings.threshold if made else 0.5)
 
 
 def skip_done(found: list[Source], out_dir: Path, done: set[str]) -> tuple[list[Source], int]:
@@ -214,7 +220,59 @@ def explain(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
 
         started = start(found, make, made, run)
         with report_after(out.report, out.out_dir):
-            report(started, tally(found, known, skipped), run, manifest)
+            report(started, tally(found, known, skipped, made), run, manifest)
+
+
+def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request: ClassRequest, top: int,
+            out: OutputOptions, run: RunOptions, box: tuple[float, float, float, float] | None = None,
+            masks: Path | None = None, truth_masks: Path | None = None) -> None:
+    """explain segment: each input's segmentation (its classes coloured over it), each class present on
+    --min-area of it explained (a map of what raised the class's scores over where it is predicted, or over a box or
+    a mask given), a manifest line each; its classes on stdout; with true masks, the IoU."""
+    from explain_cli import segment as segmenting
+
+    check(settings)
+    name = settings.method + ("-counterfactual" if settings.counterfactual else "")
+    if not render.is_colormap(out.colormap):
+        raise BadArgument("--colormap", f"unknown matplotlib colormap {out.colormap!r}")
+    if request.specs and request.top_k:
+        raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
+    for option, folder in (("--masks", masks), ("--truth-masks", truth_masks)):
+        if folder is not None and not folder.is_dir():
+            raise BadArgument(option, f"{folder}: no such folder")
+    found = sources(arguments, stdin, out.out_dir, run.shard)
+    with manifest_in(out.out_dir, output.MANIFEST, run.shard) as manifest:
+        made = explainer(settings, run)
+        if made.listing.kind != "pixels":
+            raise BadArgument("--model", f"{made.name} outputs {made.head.kind}, not classes per pixel: explain segment "
+                              "reads a segmentation model (an output of (batch, height, width, classes))")
+        chosen = choice(request, found, made, None)
+        say(f"{made.name}: {name} at layer {made.layer}" + ("" if settings.layer else " (default)") +
+            (", over --region" if box else ", over --masks" if masks else ""))
+        options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer, model=made.name,
+                                         colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
+                                         save_heatmap=out.save_heatmap, figure=out.figure, listing=made.listing,
+                                         floor=chosen.floor)
+        height, width, _ = made.input_size
+
+        def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
+            missing: set[str] = set()
+            regions_of = segmenting.regions(box, masks, height, width) if box or masks else None
+
+            def regions(batch_sources: list[Source]) -> tuple[Any, list[str]]:
+                assert regions_of is not None
+                found_regions, absent = regions_of(batch_sources)
+                missing.update(absent)
+                return found_regions, absent
+
+            compute = worker.compute(chosen, regions=regions if regions_of else None)
+            return compute, segmenting.finish_step(worker.labels, top, options, truth_masks,
+                                                   lambda source: source.shown in missing)
+
+        started = start(found, make, made, run)
+        counted = dataclasses.replace(tally(found, None), labels=made.labels if truth_masks else ())
+        with report_after(out.report, out.out_dir):
+            report(started, counted, run, manifest)
 
 
 def predict(settings: Settings, arguments: Sequence[str], stdin: TextIO, truth_spec: str | None, top: int,
@@ -229,7 +287,7 @@ def predict(settings: Settings, arguments: Sequence[str], stdin: TextIO, truth_s
         return (lambda batch, batch_sources: step(batch)), pipeline.predictions_only(worker.labels, top, known,
                                                                                       worker.listing)
 
-    report(start(found, make, made, run), tally(found, known), run)
+    report(start(found, make, made, run), tally(found, known, 0, made), run)
 
 
 def activations(settings: Settings, arguments: Sequence[str], stdin: TextIO, layers: Sequence[str],
@@ -297,7 +355,7 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
         started = start(found, make, made, run)
         status = 0
         try:
-            counted = dataclasses.replace(tally(found, known, skipped), records="evaluations")
+            counted = dataclasses.replace(tally(found, known, skipped, made), records="evaluations")
             report(started, counted, run, records, side)
         except SystemExit as stop:  # some images failed: the others are still summed up
             status = stop.code

@@ -11,7 +11,7 @@ import csv
 import difflib
 import posixpath
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Any, Sequence
 
 from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.inputs import Source
@@ -25,10 +25,15 @@ class TruthError(BadArgument):
         super().__init__(option, message)
 
 
-def read(spec: str, sources: Sequence[Source], labels: Labels) -> dict[Source, int]:
-    """The true class of each source that has one (`spec`: "folders" or a CSV file's path)."""
+def read(spec: str, sources: Sequence[Source], labels: Labels, several: bool = False) -> dict[Source, Any]:
+    """The true class of each source that has one (`spec`: "folders" or a CSV file's path); with `several` (a model
+    of several labels per image), each source's set of true labels: a CSV image,labels with the labels separated by
+    ';' (an empty cell: none of them), or a folder's one label."""
     if spec == "folders":
-        return _from_folders(sources, labels)
+        found = _from_folders(sources, labels)
+        return {source: frozenset({label}) for source, label in found.items()} if several else found
+    if several:
+        return _sets_from_csv(Path(spec), sources, labels)
     return _from_csv(Path(spec), sources, labels)
 
 
@@ -56,6 +61,15 @@ def _from_csv(path: Path, sources: Sequence[Source], labels: Labels) -> dict[Sou
     for source, rows in rows_by_source(path, ("image", "class"), sources).items():
         number, row = rows[-1]
         found[source] = resolve(labels, row["class"], path, number)
+    return found
+
+
+def _sets_from_csv(path: Path, sources: Sequence[Source], labels: Labels) -> dict[Source, frozenset[int]]:
+    found: dict[Source, frozenset[int]] = {}
+    for source, rows in rows_by_source(path, ("image", "labels"), sources).items():
+        number, row = rows[-1]
+        found[source] = frozenset(resolve(labels, name, path, number) for name in row["labels"].split(";")
+                                  if name.strip())
     return found
 
 

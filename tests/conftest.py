@@ -18,7 +18,8 @@ from tests.synthetic import SHAPE_CLASSES, SHAPES, make_scene
 from tests.trained import Trainer
 
 # The trained fixtures (tests/trained.py) and the kind each is made by.
-TRAINED = {"tiny_model": "tiny", "shapes_model": "shapes", "marks_model": "marks"}
+TRAINED = {"tiny_model": "tiny", "shapes_model": "shapes", "marks_model": "marks", "multilabel_model": "multilabel",
+           "segmenter_model": "segmenter"}
 
 
 def pytest_configure(config) -> None:
@@ -105,6 +106,18 @@ def shapes_model(pytestconfig):
 def marks_model(pytestconfig) -> Path:
     """The shapes architecture trained on MARKS (tests/synthetic.py), half its images perturbed as evaluate does."""
     return pytestconfig.trainer.get("marks") / "marks.keras"
+
+
+@pytest.fixture(scope="session")
+def multilabel_model(pytestconfig) -> Path:
+    """One sigmoid per shape, trained on images holding several SHAPES at once (tests/synthetic.py)."""
+    return pytestconfig.trainer.get("multilabel") / "multilabel.keras"
+
+
+@pytest.fixture(scope="session")
+def segmenter_model(pytestconfig) -> Path:
+    """A small U-Net scoring each pixel as background or one of SHAPES (tests/synthetic.py)."""
+    return pytestconfig.trainer.get("segmenter") / "segmenter.keras"
 
 
 @pytest.fixture(scope="session")

@@ -246,3 +246,144 @@ def train_marks_model(keras, path: Path, count: int = 3000, epochs: int = 8, see
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
     model.save(path)
     return check_quality("marks", held_out_accuracy(model, make_mark, 2029), 0.97)
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Several SHAPES in one image: which are present, a box around each, and each pixel's class."""
+
+    image: np.ndarray  # (h, w, 3) uint8
+    present: frozenset[int]  # the SHAPES drawn
+    boxes: tuple[tuple[int, tuple[int, int, int, int]], ...]  # (shape, (top, left, bottom, right)) per shape drawn
+    mask: np.ndarray  # (h, w) uint8: 0 background, 1 + the shape's index where it is drawn
+
+
+def make_shapes(rng: np.random.Generator, size: int = SHAPES_SIZE, most: int = 3) -> Shapes:
+    """One to `most` different SHAPES, apart, each in its own colour, on a noisy background of another brightness."""
+    background = rng.integers(40, 200)
+    image = np.clip(rng.normal(background, 18, (size, size, 3)), 0, 255).astype(np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    drawn: list[tuple[int, tuple[int, int, int, int]]] = []
+    y, x = np.mgrid[:size, :size]
+    for label in rng.permutation(len(SHAPES))[: int(rng.integers(1, most + 1))]:
+        radius = int(rng.integers(size // 9, size // 6))
+        for _ in range(50):  # a place apart from the shapes drawn
+            cy, cx = (int(rng.integers(radius + 1, size - radius - 1)) for _ in range(2))
+            if all(cy + radius + 2 < top or cy - radius - 2 > bottom or cx + radius + 2 < left or cx - radius - 2 > right
+                   for _, (top, left, bottom, right) in drawn):
+                break
+        else:
+            continue
+        dy, dx = y - cy, x - cx
+        distance = np.hypot(dy, dx)
+        bar = max(2, radius // 3)
+        where = {
+            "disc": distance <= radius,
+            "square": (np.abs(dy) <= radius * 0.85) & (np.abs(dx) <= radius * 0.85),
+            "cross": ((np.abs(dy) <= bar) | (np.abs(dx) <= bar)) & (np.abs(dy) <= radius) & (np.abs(dx) <= radius),
+            "ring": (distance <= radius) & (distance >= radius - bar),
+        }[SHAPES[int(label)]]
+        colour = rng.integers(0, 256, 3)
+        while abs(int(colour.mean()) - int(background)) < 60:
+            colour = rng.integers(0, 256, 3)
+        image[where] = colour
+        mask[where] = int(label) + 1
+        rows, cols = np.nonzero(where)
+        drawn.append((int(label), (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)))
+    return Shapes(image, frozenset(label for label, _ in drawn), tuple(drawn), mask)
+
+
+def train_multilabel_model(keras, path: Path, count: int = 3000, epochs: int = 10, seed: int = 13) -> str:
+    """The shapes architecture ending in one sigmoid per shape, trained on several shapes per image; its held-out
+    macro F1 at 0.5."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    scenes = [make_shapes(rng) for _ in range(count)]
+    x = np.stack([s.image for s in scenes]).astype("float32")
+    y = np.array([[label in s.present for label in range(len(SHAPES))] for s in scenes], np.float32)
+    layers = _shapes_layers(keras, first_bias=False)
+    layers[-1] = keras.layers.Dense(len(SHAPES), activation="sigmoid", name="labels")
+    model = keras.Sequential([keras.Input((SHAPES_SIZE, SHAPES_SIZE, 3)), keras.layers.Rescaling(1 / 255.0)] + layers,
+                             name="several_shapes")
+    steps = epochs * -(-count // 32)
+    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3, steps)),
+                  loss="binary_crossentropy")
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    model.save(path)
+    rng = np.random.default_rng(2030)
+    held = [make_shapes(rng) for _ in range(300)]
+    predicted = model.predict(np.stack([s.image for s in held]).astype("float32"), verbose=0) >= 0.5
+    truth = np.array([[label in s.present for label in range(len(SHAPES))] for s in held])
+    true_positive = (predicted & truth).sum(0)
+    f1 = 2 * true_positive / np.maximum(predicted.sum(0) + truth.sum(0), 1)
+    return check_quality("multilabel", float(f1.mean()), 0.9).replace("accuracy", "macro F1")
+
+
+COLOURS = ("red", "green", "blue")  # a segmentation's classes, after the background
+
+
+def make_colour_blobs(rng: np.random.Generator, size: int = SHAPES_SIZE, most: int = 3) -> Shapes:
+    """One to `most` discs or squares, apart, each pure red, green or blue, on grey clutter: `present` are the
+    colours drawn (indexes of COLOURS), and each pixel's class 1 + its colour's index (0: the background)."""
+    image = rng.integers(60, 160, size=(size, size, 1), dtype=np.uint8).repeat(3, axis=2)
+    for _ in range(6):  # grey bars: clutter without colour
+        top, left = rng.integers(0, size - 4), rng.integers(0, size - 4)
+        image[top : top + rng.integers(2, 6), left : left + rng.integers(4, 20)] = rng.integers(0, 255)
+    mask = np.zeros((size, size), np.uint8)
+    drawn: list[tuple[int, tuple[int, int, int, int]]] = []
+    y, x = np.mgrid[:size, :size]
+    for _ in range(int(rng.integers(1, most + 1))):
+        colour, radius = int(rng.integers(0, len(COLOURS))), int(rng.integers(size // 10, size // 6))
+        for _ in range(50):
+            cy, cx = (int(rng.integers(radius + 1, size - radius - 1)) for _ in range(2))
+            if all(cy + radius + 2 < top or cy - radius - 2 > bottom or cx + radius + 2 < left or cx - radius - 2 > right
+                   for _, (top, left, bottom, right) in drawn):
+                break
+        else:
+            continue
+        where = np.hypot(y - cy, x - cx) <= radius if rng.random() < 0.5 else (
+            (np.abs(y - cy) <= radius) & (np.abs(x - cx) <= radius))
+        image[where] = np.eye(3, dtype=np.uint8)[colour] * int(rng.integers(190, 250))
+        mask[where] = colour + 1
+        rows, cols = np.nonzero(where)
+        drawn.append((colour, (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)))
+    return Shapes(image, frozenset(c for c, _ in drawn), tuple(drawn), mask)
+
+
+def train_segmenter(keras, path: Path, count: int = 1500, epochs: int = 6, seed: int = 17) -> str:
+    """A small U-Net (two poolings down, two transposed convolutions up, skips joined) scoring each pixel as
+    background or one of COLOURS, trained on colour blobs; its held-out mean IoU over the colours."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    scenes = [make_colour_blobs(rng) for _ in range(count)]
+    x = np.stack([s.image for s in scenes]).astype("float32")
+    y = np.stack([s.mask for s in scenes]).astype("int32")
+    layers = keras.layers
+    inputs = keras.Input((SHAPES_SIZE, SHAPES_SIZE, 3))
+    scaled = layers.Rescaling(1 / 255.0)(inputs)
+
+    def block(t, width, name):
+        t = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv")(t)
+        return layers.ReLU(name=f"{name}_relu")(layers.BatchNormalization(name=f"{name}_bn")(t))
+
+    down1 = block(scaled, 8, "down1")
+    down2 = block(layers.MaxPooling2D(name="pool1")(down1), 16, "down2")
+    bottom = block(layers.MaxPooling2D(name="pool2")(down2), 32, "bottom")
+    up2 = layers.Conv2DTranspose(16, 2, strides=2, name="up2_transpose")(bottom)
+    up2 = block(layers.Concatenate(name="up2_join")([up2, down2]), 16, "up2")
+    up1 = layers.Conv2DTranspose(8, 2, strides=2, name="up1_transpose")(up2)
+    up1 = block(layers.Concatenate(name="up1_join")([up1, down1]), 8, "up1")
+    outputs = layers.Conv2D(len(COLOURS) + 1, 1, activation="softmax", name="pixels")(up1)
+    model = keras.Model(inputs, outputs, name="segmenter")
+    steps = epochs * -(-count // 32)
+    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(5e-3, steps)),
+                  loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    model.save(path)
+    rng = np.random.default_rng(2031)
+    held = [make_colour_blobs(rng) for _ in range(100)]
+    predicted = np.argmax(model.predict(np.stack([s.image for s in held]).astype("float32"), verbose=0), -1)
+    truth = np.stack([s.mask for s in held])
+    ious = [((predicted == c) & (truth == c)).sum() / max(((predicted == c) | (truth == c)).sum(), 1)
+            for c in range(1, len(COLOURS) + 1)]
+    return check_quality("segmenter", float(np.mean(ious)), 0.85).replace("accuracy", "mean IoU")

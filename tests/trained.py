@@ -55,10 +55,24 @@ def _marks(keras, folder: Path) -> str:
     return synthetic.train_marks_model(keras, folder / "marks.keras")
 
 
+def _multilabel(keras, folder: Path) -> str:
+    from tests import synthetic
+
+    return synthetic.train_multilabel_model(keras, folder / "multilabel.keras")
+
+
+def _segmenter(keras, folder: Path) -> str:
+    from tests import synthetic
+
+    return synthetic.train_segmenter(keras, folder / "segmenter.keras")
+
+
 RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(("tiny.keras",), _tiny),
     "shapes": Recipe(tuple(f"shapes_{m}.keras" for m in ("none", "caffe", "tf", "torch")), _shapes),
     "marks": Recipe(("marks.keras",), _marks),
+    "multilabel": Recipe(("multilabel.keras",), _multilabel),
+    "segmenter": Recipe(("segmenter.keras",), _segmenter),
 }
 
 

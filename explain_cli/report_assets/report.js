@@ -22,6 +22,11 @@ function el(tag, attributes = {}, children = []) {
 
 const predicted = (card) => (card.predictions.length ? card.predictions[0][1] : "");
 const confidence = (card) => (card.predictions.length ? card.predictions[0][2] : 0);
+// Several labels per image: the labels predicted, and the true ones, are lists.
+const several = (card) => Array.isArray(card.labels) || Array.isArray(card.truth);
+const predictedLabels = (card) => (Array.isArray(card.labels) ? card.labels.map((l) => l[1]) : [predicted(card)]);
+const truthLabels = (card) => (Array.isArray(card.truth_label) ? card.truth_label :
+  card.truth_label ? [card.truth_label] : []);
 const percent = (p) => `${(100 * p).toFixed(1)} %`;
 
 // --- the view in the URL: #wrong, #right, #class=<label>, or key=value pairs joined by & ---
@@ -54,8 +59,8 @@ function visible() {
   const q = state.q.toLowerCase();
   let list = cards.filter((card) =>
     (!q || card.image.toLowerCase().includes(q)) &&
-    (!state.class || predicted(card) === state.class) &&
-    (!state.truth || card.truth_label === state.truth) &&
+    (!state.class || predictedLabels(card).includes(state.class)) &&
+    (!state.truth || truthLabels(card).includes(state.truth)) &&
     (!state.result || card.correct === (state.result === "right")) &&
     (!state.method || card.explanations.some((e) => e.method === state.method)));
   if (state.sort === "confidence") list = [...list].sort((a, b) => confidence(a) - confidence(b));
@@ -70,15 +75,23 @@ function card(item) {
   const node = el("article", { class: "card", "data-image": item.image,
                                "data-correct": known ? String(item.correct) : null });
   const verdict = known ? el("span", { class: "verdict",
-    text: item.correct ? "right" : `wrong — truth: ${item.truth_label}` }) : null;
+    text: item.correct ? "right" : `wrong — truth: ${truthLabels(item).join(", ") || "none"}` }) : null;
   node.append(el("h3", {}, [document.createTextNode(item.image), known ? el("br") : null, verdict]));
   if (item.thumb) {
     node.append(el("img", { class: "original", src: item.thumb, alt: item.image, loading: "lazy",
                             onclick: () => openViewer(item, null) }));
   }
+  if (item.segmentation_thumb) {
+    node.append(el("img", { class: "segmentation", src: item.segmentation_thumb, alt: `${item.image}: segmentation`,
+                            loading: "lazy", onclick: () => openViewer(item, null, item.segmentation) }));
+  }
+  if (several(item)) {
+    node.append(el("p", { class: "labels", text: `labels: ${predictedLabels(item).join(", ") || "none"}` }));
+  }
+  const trueIndexes = Array.isArray(item.truth) ? item.truth : [item.truth];
   const bars = el("ol", { class: "bars", "aria-label": "top predictions" });
   for (const [index, label, p] of item.predictions.slice(0, 5)) {
-    bars.append(el("li", { class: index === item.truth ? "truth" : null }, [
+    bars.append(el("li", { class: trueIndexes.includes(index) ? "truth" : null }, [
       el("span", { class: "label", text: label, title: `${label} (${index})` }),
       el("span", { class: "bar", style: `width: ${Math.max(1, 100 * p).toFixed(1)}%` }),
       el("span", { class: "p", text: percent(p) }),
@@ -113,17 +126,17 @@ function scores(rows) {
 
 // --- the large view: an explanation's overlay, toggled with the original ---
 let viewing = null;
-function openViewer(item, explanation) {
-  viewing = { item, explanation, original: explanation === null };
+function openViewer(item, explanation, picture = null) {
+  viewing = { item, explanation, original: explanation === null, picture };
   showViewer();
   const dialog = $("viewer");
   if (!dialog.open) dialog.showModal();
 }
 
 function showViewer() {
-  const { item, explanation, original } = viewing;
+  const { item, explanation, original, picture } = viewing;
   const image = $("viewer-image");
-  image.src = original || !explanation ? item.thumb || "" : explanation.overlay;
+  image.src = picture || (original || !explanation ? item.thumb || "" : explanation.overlay);
   image.alt = item.image;
   $("viewer-caption").textContent = explanation
     ? `${item.image} — ${explanation.label} (${explanation.class_index}), p = ${percent(explanation.score ?? 0)}, ` +
@@ -137,7 +150,10 @@ function showViewer() {
 function summary() {
   const withTruth = cards.filter((c) => c.truth !== null && c.truth !== undefined);
   let text = `${cards.length} images, ${cards.reduce((n, c) => n + c.explanations.length, 0)} explanations`;
-  if (withTruth.length) {
+  if (withTruth.length && withTruth.some(several)) {
+    const exact = withTruth.filter((c) => c.correct).length;
+    text += ` · labels exactly right on ${percent(exact / withTruth.length)} of ${withTruth.length} images with truth`;
+  } else if (withTruth.length) {
     const top1 = withTruth.filter((c) => c.correct).length;
     const top5 = withTruth.filter((c) => c.predictions.slice(0, 5).some(([i]) => i === c.truth)).length;
     text += ` · accuracy top-1 ${percent(top1 / withTruth.length)}, top-5 ${percent(top5 / withTruth.length)}` +
@@ -151,8 +167,32 @@ function options(select, values) {
   for (const value of [...new Set(values)].filter(Boolean).sort()) select.append(el("option", { value, text: value }));
 }
 
+// Several labels per image: per label, how often it is true, predicted, and both.
+function labelCounts(withTruth) {
+  const labels = [...new Set(withTruth.flatMap((c) => [...truthLabels(c), ...predictedLabels(c)]))].sort();
+  const head = ["label", "true", "predicted", "both (TP)", "predicted, not true (FP)", "true, missed (FN)"];
+  const table = el("table", { class: "label-counts" }, [el("tr", {}, head.map((h) => el("th", { text: h })))]);
+  for (const label of labels) {
+    const truthHas = (c) => truthLabels(c).includes(label);
+    const predictedHas = (c) => predictedLabels(c).includes(label);
+    const counts = [withTruth.filter(truthHas).length, withTruth.filter(predictedHas).length,
+      withTruth.filter((c) => truthHas(c) && predictedHas(c)).length,
+      withTruth.filter((c) => !truthHas(c) && predictedHas(c)).length,
+      withTruth.filter((c) => truthHas(c) && !predictedHas(c)).length];
+    table.append(el("tr", {}, [el("th", { text: label, scope: "row" }), ...counts.map((n, i) => el("td", {}, [
+      el("button", { type: "button", text: String(n), "data-label": label,
+        onclick: () => { Object.assign(state, { truth: i === 1 ? "" : label, class: i === 0 || i === 4 ? "" : label,
+          result: "", page: 1 }); update(); } })]))]));
+  }
+  $("matrix").append(table);
+  $("confusion").querySelector("h2").replaceChildren("Labels ",
+    el("small", { text: "(counts over the images with truth; click one to see its images)" }));
+  $("confusion").hidden = false;
+}
+
 function matrix(withTruth) {
   if (!withTruth.length) return;
+  if (withTruth.some(several)) { labelCounts(withTruth); return; }
   const labels = [...new Set(withTruth.flatMap((c) => [c.truth_label, predicted(c)]))].sort();
   const counts = new Map();
   for (const c of withTruth) {
@@ -206,8 +246,8 @@ function bind(id, key, event = "change") {
 }
 
 const withTruth = summary();
-options($("filter-class"), cards.map(predicted));
-options($("filter-truth"), withTruth.map((c) => c.truth_label));
+options($("filter-class"), cards.flatMap(predictedLabels));
+options($("filter-truth"), withTruth.flatMap(truthLabels));
 options($("filter-method"), cards.flatMap((c) => c.explanations.map((e) => e.method)));
 matrix(withTruth);
 bind("search", "q", "input");
