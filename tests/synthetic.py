@@ -115,8 +115,9 @@ def make_shape(rng: np.random.Generator, size: int = SHAPES_SIZE) -> Scene:
     return Scene(image, label, (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1))
 
 
-def _shapes_layers(keras, first_bias: bool, classes: int = len(SHAPES)) -> list:
-    """conv / BatchNorm / ReLU blocks, global average pooling and a Dense of logits."""
+def _shapes_layers(keras, first_bias: bool, classes: int = len(SHAPES), pools: int = 2) -> list:
+    """conv / BatchNorm / ReLU blocks (max pooling after the first `pools`), global average pooling and a Dense of
+    logits."""
     layers = keras.layers
     stack: list = []
     for block, width in enumerate((16, 32, 64), start=1):
@@ -125,7 +126,7 @@ def _shapes_layers(keras, first_bias: bool, classes: int = len(SHAPES)) -> list:
             layers.BatchNormalization(momentum=0.9, name=f"bn{block}"),  # short training: track fast
             layers.ReLU(name=f"relu{block}"),
         ]
-        if block < 3:
+        if block <= pools:
             stack.append(layers.MaxPooling2D(name=f"pool{block}"))
     return stack + [layers.GlobalAveragePooling2D(name="gap"), layers.Dense(classes, name="logits")]
 
@@ -266,7 +267,7 @@ def make_shapes(rng: np.random.Generator, size: int = SHAPES_SIZE, most: int = 3
     drawn: list[tuple[int, tuple[int, int, int, int]]] = []
     y, x = np.mgrid[:size, :size]
     for label in rng.permutation(len(SHAPES))[: int(rng.integers(1, most + 1))]:
-        radius = int(rng.integers(size // 9, size // 6))
+        radius = int(rng.integers(size // 8, size // 5))
         for _ in range(50):  # a place apart from the shapes drawn
             cy, cx = (int(rng.integers(radius + 1, size - radius - 1)) for _ in range(2))
             if all(cy + radius + 2 < top or cy - radius - 2 > bottom or cx + radius + 2 < left or cx - radius - 2 > right
@@ -301,7 +302,7 @@ def train_multilabel_model(keras, path: Path, count: int = 3000, epochs: int = 1
     scenes = [make_shapes(rng) for _ in range(count)]
     x = np.stack([s.image for s in scenes]).astype("float32")
     y = np.array([[label in s.present for label in range(len(SHAPES))] for s in scenes], np.float32)
-    layers = _shapes_layers(keras, first_bias=False)
+    layers = _shapes_layers(keras, first_bias=False, pools=1)  # its last feature map at 32 × 32: maps that land
     layers[-1] = keras.layers.Dense(len(SHAPES), activation="sigmoid", name="labels")
     model = keras.Sequential([keras.Input((SHAPES_SIZE, SHAPES_SIZE, 3)), keras.layers.Rescaling(1 / 255.0)] + layers,
                              name="several_shapes")
