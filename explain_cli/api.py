@@ -244,11 +244,14 @@ class Explainer:
 
         return [r.values[0] for r in self._run(images, lambda batch, sources: step(batch), finish, errors)]
 
-    def choose(self, classes: Any = None, top_k: int | None = None) -> targets.ClassChoice:
+    def choose(self, classes: Any = None, top_k: int | None = None, evaluating: bool = False) -> targets.ClassChoice:
         """What `classes` and `top_k` ask to explain, checked against the model's labels: by default each image's
         top class, or for several labels per image every label at `threshold` (a segmentation: every class on
-        `min_area` of the image), up to `top_k`."""
+        `min_area` of the image), up to `top_k`; evaluating a segmentation, its `top_k` largest classes (default 1:
+        each measured class costs 2N + 3 forward passes)."""
         kind = self._needs_head().kind
+        if evaluating and kind == "pixels":
+            return targets.choose(self._model.labels, classes, top_k or (None if classes is not None else 1), key=_key)
         floor = {"labels": self.settings.threshold, "pixels": self.settings.min_area}.get(kind)
         return targets.choose(self._model.labels, classes, top_k, key=_key, kind=kind, floor=floor)
 
@@ -282,7 +285,7 @@ class Explainer:
         AUC, Average Drop, Increase in Confidence, and with `boxes` (per image key: (x0, y0, x1, y1[, class]) in the
         original's pixels, or a CSV file image,x0,y0,x1,y1[,class]) the pointing game and the energy in the boxes;
         with `sanity`, cascading randomisation. The records, and each method's means with their intervals."""
-        choice = self.choose(classes, top_k)
+        choice = self.choose(classes, top_k, evaluating=True)
         plan = EvaluationPlan(tuple(methods), steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
         located = self._boxes(boxes) if boxes is not None else None
         compute, finish = self.evaluation_steps(plan, choice, boxes=located)
@@ -309,9 +312,13 @@ class Explainer:
         predict = self._step(("predict", self.precision), self._predict_step)
         forward = self._step(("forward", self.precision), lambda: core.compile_predict(self._model, self._graph,
                                                                                         "float32"))
+        segmentation = None
+        if self._needs_head().kind == "pixels":
+            segmentation = self._step(("regions", self.precision), lambda: core.compile_regions(self._model,
+                                                                                                self._graph))
         compute = evaluation.evaluation_step(predict, forward, explainers,
                                              lambda p, batch: targets.pick(choice, p, [s.key for s in batch]),
-                                             settings, sanity)
+                                             settings, sanity, segmentation)
         return compute, evaluation.finish_step(self.labels, self.name, self.layer, settings, truth, boxes, sanity)
 
     # --- inside -------------------------------------------------------------------------------------------------

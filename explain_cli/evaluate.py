@@ -9,6 +9,7 @@ uniform-noise map, is the control every method must beat.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class EvaluationBatch:
     maps: dict[str, np.ndarray]  # method -> (b, k, h, w) in [0, 1], at the method's own resolution
     faithfulness: dict[tuple[int, int, str], metrics.Faithfulness] = field(default_factory=dict)
     stage_maps: dict[str, np.ndarray] = field(default_factory=dict)  # --sanity: method -> (b, k, stages + 1, h, w)
+    regions: np.ndarray | None = None  # a segmentation: (b, h, w, classes) where each class is predicted
 
 
 @dataclass(frozen=True)
@@ -81,17 +83,21 @@ def evaluation_step(
     choose: Callable[[np.ndarray, Sequence[Source]], np.ndarray],
     settings: Settings,
     sanity: Sanity | None = None,
+    segmentation: tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
 ) -> Callable[[np.ndarray, list[Source]], EvaluationBatch]:
     """A pipeline compute step: maps of every method for the chosen classes, then their faithfulness.
 
     `predict` maps uint8 images to probabilities, `forward` float pixels to probabilities, each
     explainer (images, classes (b,)) to a result with maps (b, 1, h, w), and `choose` picks the (b, k)
-    classes to explain from the probabilities.
+    classes to explain from the probabilities. A segmentation's `segmentation` is (uint8 images -> where each class
+    is predicted (b, h, w, classes); (float pixels, those regions of one image) -> each class's mean probability
+    over its region): a class's score, perturbed, is its mean probability over the region of the unperturbed image.
     """
 
     def compute(images: np.ndarray, sources: list[Source]) -> EvaluationBatch:
         probabilities = predict(images)
         classes = choose(probabilities, sources)
+        regions = segmentation[0](images) if segmentation is not None else None
         b, k = classes.shape
         height, width = images.shape[1:3]
         maps: dict[str, np.ndarray] = {}
@@ -101,15 +107,19 @@ def evaluation_step(
                                                    for c in row]) for s, row in zip(sources, classes)])
             else:
                 maps[method] = _maps(explainers[method], images, classes)
-        batch = EvaluationBatch(probabilities, classes, maps)
+        batch = EvaluationBatch(probabilities, classes, maps, regions=regions)
         if sanity is not None:
             batch.stage_maps = _cascade_maps(sanity, images, classes, maps)
         for i in range(b):
+            image_forward, scored = forward, probabilities[i]
+            if segmentation is not None and regions is not None:  # the regions of this image, unperturbed
+                image_forward = functools.partial(segmentation[1], regions=regions[i])
+                scored = image_forward(images[i:i + 1].astype(np.float32))[0]
             keys = [(i, j, method) for j in range(k) for method in settings.methods]
             requests = [(render.upsample(maps[method][i, j], width, height), int(classes[i, j]),
-                         float(probabilities[i, classes[i, j]])) for i, j, method in keys]
+                         float(scored[classes[i, j]])) for i, j, method in keys]
             blurred = metrics.gaussian_blur(images[i], settings.blur_sigma)
-            scores = metrics.faithfulness_of_maps(forward, images[i], blurred, requests, settings.steps,
+            scores = metrics.faithfulness_of_maps(image_forward, images[i], blurred, requests, settings.steps,
                                                   settings.batch_size)
             batch.faithfulness.update(zip(keys, scores))
         return batch
@@ -150,13 +160,18 @@ def finish_step(names: Sequence[str], model: str, layer: str | None, settings: S
         known = truth.get(source) if truth is not None else None
         for j, class_index in enumerate(int(c) for c in batch.classes[row]):
             located = _boxes_for(boxes, source, class_index)
+            region = _region(batch, row, class_index, width, height)
             for method in settings.methods:
                 scores = batch.faithfulness[row, j, method]
                 hit = energy = None
-                if located:
+                if located or region is not None:
                     full = render.upsample(batch.maps[method][row, j], width, height)
+                if located:
                     hit, energy = metrics.pointing_hit(full, located, settings.tolerance), metrics.energy_in_boxes(
                         full, located)
+                elif region is not None:  # a segmentation: against where the class is predicted
+                    hit = metrics.pointing_hit_mask(full, region, settings.tolerance)
+                    energy = metrics.energy_in_mask(full, region)
                 records.append({
                     "image": source.shown, "model": model, "method": method,
                     "layer": None if method == RANDOM else layer, "class_index": class_index,
@@ -193,6 +208,16 @@ def _sanity_records(source: Source, original: np.ndarray, row: int, batch: Evalu
         output.FileSet(sanity.out_dir).write(name, render.stage_figure(original, rows, titles))
         records[0]["figure"] = name
     return records
+
+
+def _region(batch: EvaluationBatch, row: int, class_index: int, width: int, height: int) -> np.ndarray | None:
+    """A segmentation's region of a class at the original's size (nearest), where the unperturbed image has it."""
+    if batch.regions is None:
+        return None
+    from PIL import Image
+
+    mask = (batch.regions[row, ..., class_index] > 0).astype(np.uint8)
+    return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST)) > 0
 
 
 def _boxes_for(boxes: Mapping[Any, list[LabelledBox]] | None, source: Source, class_index: int) -> list[Box]:

@@ -113,6 +113,32 @@ def compile_predict(model: LoadedModel, graph: graph_module.Graph, pixels: str =
     return run
 
 
+def compile_regions(model: LoadedModel, graph: graph_module.Graph) -> tuple[Callable[[np.ndarray], np.ndarray],
+                                                                              Callable[..., np.ndarray]]:
+    """A segmentation's two steps for evaluate: uint8 batch -> (b, h, w, classes) where each class is predicted; and
+    (float pixels (n, H, W, C), one image's regions (h, w, classes)) -> (n, classes) each class's mean probability over
+    its region (0 where the region is empty)."""
+    import tensorflow as tf
+
+    from explain_cli import heads
+
+    forward, _ = split_module.logits(graph)
+    head = head_of(model, graph)
+    pixels = [None, model.height, model.width, model.channels]
+
+    @compiled([tf.TensorSpec(pixels, tf.uint8)])
+    def masks(images: Any) -> Any:
+        return heads.pixel_masks(head, forward(model.preprocess(tf.cast(images, tf.float32))))
+
+    @compiled([tf.TensorSpec(pixels, tf.float32), tf.TensorSpec([None, None, None], tf.float32)])
+    def region_mean(images: Any, regions: Any) -> Any:
+        probability = heads.pixel_probabilities(head, forward(model.preprocess(images)))
+        area = tf.reduce_sum(regions, axis=(0, 1))
+        return tf.reduce_sum(probability * regions[None], axis=(1, 2)) / tf.maximum(area, 1.0)
+
+    return (lambda batch: masks(batch).numpy()), (lambda batch, regions: region_mean(batch, regions).numpy())
+
+
 def compile_explain(
     model: LoadedModel,
     cut: split_module.Split,

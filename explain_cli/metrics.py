@@ -164,6 +164,20 @@ def energy_in_boxes(saliency: np.ndarray, boxes: Sequence[Box]) -> float | None:
     return float(saliency[inside].sum() / total)
 
 
+def pointing_hit_mask(saliency: np.ndarray, mask: np.ndarray, tolerance: float) -> bool:
+    """Pointing game against a region: the map's maximum lies on a pixel of the mask, or within `tolerance` pixels
+    (centre to centre) of one."""
+    row, col = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
+    rows, cols = np.nonzero(mask)
+    return bool(rows.size) and float(np.min(np.hypot(rows - row, cols - col))) <= tolerance
+
+
+def energy_in_mask(saliency: np.ndarray, mask: np.ndarray) -> float | None:
+    """Energy-based pointing game against a region: the share of the map's sum on the mask's pixels."""
+    total = float(saliency.sum())
+    return None if total <= 0 else float(saliency[np.asarray(mask, bool)].sum() / total)
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation of two maps (average ranks for ties); 0 when either is constant."""
     ra, rb = _ranks(a.ravel()), _ranks(b.ravel())

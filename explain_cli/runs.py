@@ -93,12 +93,13 @@ def truth(spec: str | None, found: Sequence[Source], made: Explainer) -> dict | 
     return truth_module.read(spec, found, made._model.labels, several=made.listing.kind == "labels")
 
 
-def choice(request: ClassRequest, found: Sequence[Source], made: Explainer, known: dict | None) -> Any:
+def choice(request: ClassRequest, found: Sequence[Source], made: Explainer, known: dict | None,
+           evaluating: bool = False) -> Any:
     """The ClassChoice of a run; `truth` explains each image's true class, and needs truth for every image."""
     if request.specs and request.top_k:
         raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
     if "truth" not in request.specs:
-        return made.choose(list(request.specs) or None, request.top_k)
+        return made.choose(list(request.specs) or None, request.top_k, evaluating)
     if known is None:
         raise BadArgument("--class", "--class truth needs --truth folders|FILE.csv")
     if len(request.specs) > 1:
@@ -343,7 +344,7 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
             if plan.sanity_stages else None
         made = explainer(dataclasses.replace(settings, precision_for=plan.methods), run)
         known = truth(request.truth, found, made)
-        chosen = choice(request, found, made, known)
+        chosen = choice(request, found, made, known, evaluating=True)
         boxes = evaluation.read_boxes(boxes_file, found, made._model.labels) if boxes_file else None
         say(f"{made.name}: evaluating {', '.join(plan.methods)} at layer {made.layer}, {plan.steps} steps: "
             f"{len(plan.methods) * (2 * plan.steps + 3)} forward passes per image and class")
