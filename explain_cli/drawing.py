@@ -10,6 +10,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 LEGEND_LINE = 16  # pixels per legend line, with Pillow's default font
+MAX_SIDE = 640  # a segmentation picture's longest side, at most: the classes are far coarser than a photo
+DETAIL = 2  # ... and at most this many times the classes' own longest side (a PNG of a photo costs ~40 ns a pixel)
 
 
 @functools.lru_cache(maxsize=64)
@@ -20,26 +22,34 @@ def colour(index: int) -> tuple[int, int, int]:
     return int(red * 255), int(green * 255), int(blue * 255)
 
 
-def segmentation(original: np.ndarray, classes: np.ndarray, names: Sequence[str], alpha: float = 0.5) -> Image.Image:
-    """Each pixel's class coloured over the image (`classes` (h, w), upsampled to the image by nearest neighbour),
-    and below it a legend of the classes present, most pixels first, with their share of the image."""
+def segmentation(original: np.ndarray, classes: np.ndarray, names: Sequence[str], alpha: float = 0.5,
+                 longest: int = MAX_SIDE) -> Image.Image:
+    """Each pixel's class coloured over the image (`classes` (h, w), upsampled by nearest neighbour; the picture at
+    most `longest` pixels, and DETAIL times the classes', on its longest side: the model's classes are far coarser
+    than a photo's pixels), and below it a legend of the classes present, most pixels first, with their share of the
+    image."""
     height, width = original.shape[:2]
-    grid = Image.fromarray(classes.astype(np.uint8), mode="L").resize((width, height), Image.Resampling.NEAREST)
-    indexes = np.asarray(grid)
-    palette = np.array([colour(i) for i in range(max(len(names), int(indexes.max()) + 1))], np.uint8)
-    blended = (original.astype(np.float32) * (1 - alpha) + palette[indexes].astype(np.float32) * alpha)
-    present, counts = np.unique(indexes, return_counts=True)
-    order = [int(present[i]) for i in np.argsort(-counts, kind="stable")]
-    shares = dict(zip(present.tolist(), (counts / indexes.size).tolist()))
-    legend = Image.new("RGB", (width, LEGEND_LINE * len(order) + 4), "white")
+    scale = min(1.0, min(longest, DETAIL * max(classes.shape)) / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    picture = Image.fromarray(original)
+    if size != (width, height):
+        picture = picture.resize(size, Image.Resampling.BILINEAR)
+    indexes = Image.fromarray(classes.astype(np.uint8), mode="L").resize(size, Image.Resampling.NEAREST)
+    count = max(len(names), int(classes.max()) + 1)
+    painted = indexes.copy()
+    painted.putpalette([channel for i in range(min(count, 256)) for channel in colour(i)])
+    blended = Image.blend(picture, painted.convert("RGB"), alpha)
+    counts = np.bincount(np.asarray(indexes).ravel(), minlength=count)
+    order = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i]]
+    legend = Image.new("RGB", (size[0], LEGEND_LINE * len(order) + 4), "white")
     draw = ImageDraw.Draw(legend)
     font = ImageFont.load_default()
     for line, index in enumerate(order):
         top = 2 + line * LEGEND_LINE
         draw.rectangle((4, top + 2, 16, top + 13), fill=colour(index))
         name = names[index] if index < len(names) else str(index)
-        draw.text((22, top + 1), f"{name} ({index}): {shares[index]:.1%}", fill="black", font=font)
-    picture = Image.new("RGB", (width, height + legend.height), "white")
-    picture.paste(Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8)), (0, 0))
-    picture.paste(legend, (0, height))
-    return picture
+        draw.text((22, top + 1), f"{name} ({index}): {counts[index] / counts.sum():.1%}", fill="black", font=font)
+    whole = Image.new("RGB", (size[0], size[1] + legend.height), "white")
+    whole.paste(blended, (0, 0))
+    whole.paste(legend, (0, size[1]))
+    return whole

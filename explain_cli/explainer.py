@@ -47,17 +47,21 @@ def graph_of(model: LoadedModel) -> graph_module.Graph:
 def default_layer(graph: graph_module.Graph, model: LoadedModel) -> str:
     """The registered layer of a built-in model; for a transformer, the input of its last block; else the last
     feature map (or tokens on a grid) larger than 1×1 before the output's own layer (a segmenter's output is a
-    feature map too, and explains nothing of itself)."""
+    feature map too, and explains nothing of itself), not counting layers that only resize the one before."""
     if model.default_layer is not None:
         return model.default_layer
     if graph.transformer_default is not None:
         return graph.transformer_default
     before = _steps_before_the_output(graph)
     spatial = [p for p in graph.explainable() if all(d is None or d > 1 for d in p.grid_shape[:2])
-               and (before is None or p.step in before)]
+               and (before is None or p.step in before) and p.kind not in RESIZES]
     if not spatial:
         raise ExplainError(f"model {model.name!r} has no layer with a 4-D output or tokens on a grid to explain")
     return spatial[-1].name
+
+
+# Layers that only resize the map before them: that map, larger (and costlier to weigh), explains nothing more.
+RESIZES = ("UpSampling2D", "Resizing")
 
 
 def _steps_before_the_output(graph: graph_module.Graph) -> set[str] | None:
@@ -103,7 +107,7 @@ def compile_predict(model: LoadedModel, graph: graph_module.Graph, pixels: str =
     def step(images: Any) -> Any:
         raw = forward(model.preprocess(tf.cast(images, tf.float32)))
         if head.kind == "pixels":
-            return tf.reduce_mean(heads.pixel_masks(head, raw), axis=(1, 2))
+            return heads.pixel_shares(head, raw, heads.pixel_classes(head, raw))
         return heads.probabilities(head, raw)
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -235,11 +239,12 @@ def compiled(signature: list[Any]) -> Callable[[Callable[..., Any]], Any]:
     """tf.function over a fixed signature, traced once whatever the batch size. Each compiled step is made once, on
     purpose, but every step made from the same code counts towards TensorFlow's "frequent retracing" warning (it keys
     on the code object), which a library making steps for several models and methods would set off for nothing: it is
-    turned off for these functions alone."""
+    turned off for these functions alone. AutoGraph is off: nothing here branches on a tensor, Keras 3 layers are never
+    converted anyway, and converting the rest cost every run 1.3 s before its first batch."""
     import tensorflow as tf
 
     def compile_(function: Callable[..., Any]) -> Any:
-        step = tf.function(function, input_signature=signature, reduce_retracing=True)
+        step = tf.function(function, input_signature=signature, reduce_retracing=True, autograph=False)
         step._omit_frequent_tracing_warning = True  # TensorFlow's own switch for it; private, so set, not relied on
         return step
 

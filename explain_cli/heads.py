@@ -147,3 +147,47 @@ def pixel_masks(head: Head, raw: Tensor) -> Tensor:
     if head.activation == "sigmoid" and head.size > 1:
         return tf.cast(probability >= 0.5, tf.float32)
     return tf.one_hot(tf.argmax(probability, axis=-1), head.classes, dtype=tf.float32)
+
+
+def pixel_classes(head: Head, raw: Tensor) -> Tensor:
+    """(b, h, w) int32: each pixel's most probable class, argmax of its scores (softmax and sigmoid keep their order;
+    one sigmoid channel: 1 where z > 0)."""
+    import tensorflow as tf
+
+    raw = tf.cast(raw, tf.float32)
+    if head.size == 1:
+        return tf.cast(raw[..., 0] > 0, tf.int32)
+    return tf.argmax(raw, axis=-1, output_type=tf.int32)
+
+
+def several_per_pixel(head: Head) -> bool:
+    """Sigmoids over several classes: a pixel may show any number of them (each at probability ≥ 0.5)."""
+    return head.activation == "sigmoid" and head.size > 1
+
+
+def pixel_shares(head: Head, raw: Tensor, classes: Tensor) -> Tensor:
+    """(b, classes) each class's share of the pixels, from `classes` = pixel_classes(head, raw)."""
+    import tensorflow as tf
+
+    if several_per_pixel(head):
+        return tf.reduce_mean(tf.cast(tf.cast(raw, tf.float32) >= 0, tf.float32), axis=(1, 2))
+    flat = tf.reshape(classes, [tf.shape(classes)[0], -1])
+    counts = tf.math.bincount(flat, minlength=head.classes, maxlength=head.classes, axis=-1, dtype=tf.float32)
+    return counts / tf.cast(tf.shape(flat)[1], tf.float32)
+
+
+def class_region(head: Head, raw: Tensor, classes: Tensor, chosen: Tensor) -> Tensor:
+    """(b, h, w) float 0 / 1: where image i's class chosen[i] is predicted, from `classes` = pixel_classes(head, raw)."""
+    import tensorflow as tf
+
+    if several_per_pixel(head):
+        return tf.cast(tf.gather(tf.cast(raw, tf.float32), chosen, axis=3, batch_dims=1) >= 0, tf.float32)
+    return tf.cast(tf.equal(classes, chosen[:, None, None]), tf.float32)
+
+
+def class_pixels(head: Head, raw: Tensor, chosen: Tensor, score: str = "logit") -> Tensor:
+    """(b, h, w): image i's score of class chosen[i] at each pixel, its pre-activation score or its probability."""
+    import tensorflow as tf
+
+    values = pixel_scores(head, raw) if score == "logit" else pixel_probabilities(head, raw)
+    return tf.gather(values, chosen, axis=3, batch_dims=1)

@@ -77,7 +77,7 @@ def class_visualisation(
     def logit(x: Any) -> Any:
         return forward(model.preprocess(x * 255.0))[0, class_index]
 
-    @tf.function
+    @tf.function(autograph=False)
     def ascend(shift: Any) -> Any:
         shifted = tf.roll(image, shift, axis=[1, 2])
         with tf.GradientTape() as tape:

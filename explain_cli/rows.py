@@ -52,36 +52,35 @@ def _pixel_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, s
                 regions: Tensor | None) -> Rows:
     import tensorflow as tf
 
-    masks = tf.stop_gradient(heads.pixel_masks(head, first))  # (b, h, w, classes)
-    shown = tf.reduce_mean(masks, axis=(1, 2))
+    # Every pass over a (b, h, w, classes) output at the input's resolution costs about as much as a small
+    # layer: each is made once, the rest works on (b, h, w) maps.
+    first = tf.stop_gradient(first)
+    classes = heads.pixel_classes(head, first)  # (b, h, w)
+    shown = heads.pixel_shares(head, first, classes)
     chosen, row_class = choose(shown, fixed, k, own)
-    size = tf.shape(masks)[1:3]
+    size = tf.shape(classes)[1:3]
     if regions is None:
-        region = tf.gather(tf.transpose(tile(masks, k), [0, 3, 1, 2]), row_class, batch_dims=1)  # (rows, h, w)
+        region = heads.class_region(head, tile(first, k) if heads.several_per_pixel(head) else first, tile(classes, k),
+                                    row_class)
     else:
         given = tf.image.resize(regions[..., None], size, method="nearest")[..., 0]
         region = tile(tf.cast(given > 0.5, tf.float32), k)
 
-    def per_pixel(raw: Tensor) -> Tensor:
-        return heads.pixel_scores(head, raw) if score == "logit" else heads.pixel_probabilities(head, raw)
-
     def score_rows(raw: Tensor) -> Tensor:
-        values = tf.gather(tf.transpose(per_pixel(raw), [0, 3, 1, 2]), row_class, batch_dims=1)
-        return tf.reduce_sum(values * region, axis=(1, 2))
+        return tf.reduce_sum(heads.class_pixels(head, raw, row_class, score) * region, axis=(1, 2))
 
     def score_one(raw: Tensor, row: Tensor) -> Tensor:
         values = tf.gather(heads.pixel_scores(head, raw), row_class[row], axis=3)  # (n, h, w)
         return tf.reduce_sum(values * region[row][None], axis=(1, 2))
 
     def extras(k: int, b: Tensor) -> dict[str, Tensor]:
-        probability = tf.gather(tf.transpose(tile(heads.pixel_probabilities(head, first), k), [0, 3, 1, 2]),
-                                row_class, batch_dims=1)
+        probabilities = tile(heads.pixel_probabilities(head, first), k)  # k copies, one softmax
+        probability = tf.gather(probabilities, row_class, axis=3, batch_dims=1)
         area = tf.reduce_sum(region, axis=(1, 2))
         pixels = tf.cast(size[0] * size[1], tf.float32)
         mean = tf.reduce_sum(probability * region, axis=(1, 2)) / tf.maximum(area, 1.0)
-        segmentation = tf.cast(tf.argmax(heads.pixel_probabilities(head, first), axis=-1), tf.int32)
         return {"share": per_image(area / pixels, k, b), "mean_probability": per_image(mean, k, b),
-                "segmentation": segmentation}
+                "segmentation": classes}
 
     return Rows(shown, chosen, row_class, score_rows, score_one, extras)
 

@@ -197,7 +197,7 @@ def test_segment_from_the_command_line(segmenter_model, tmp_path):
         assert row[2] == LABELS[int(row[1])] == record["label"]
         assert float(row[3]) == pytest.approx(record["region_share"], abs=1e-6) and float(row[3]) >= 0.01
         assert float(row[4]) == pytest.approx(record["mean_probability"], abs=1e-6)
-    assert Image.open(out / "0.segmentation.png").size[0] == 64
+    assert Image.open(out / "0.segmentation.png").size[0] == 64  # a small image is drawn at its own size
     # the IoU in the summary, against numpy's on the same predictions
     explainer = Explainer(segmenter_model, labels=LABELS, precision="fp32")
     predicted = np.argmax(explainer.model.predict(np.stack([s.image for s in scenes]).astype("float32"), verbose=0), -1)
