@@ -47,14 +47,15 @@ def graph_of(model: LoadedModel) -> graph_module.Graph:
 def default_layer(graph: graph_module.Graph, model: LoadedModel) -> str:
     """The registered layer of a built-in model; for a transformer, the input of its last block; else the last
     feature map (or tokens on a grid) larger than 1×1 before the output's own layer (a segmenter's output is a
-    feature map too, and explains nothing of itself), not counting layers that only resize the one before."""
+    feature map too, and explains nothing of itself, nor does a resize after it), not counting layers that only resize
+    or pass on the map before them."""
     if model.default_layer is not None:
         return model.default_layer
     if graph.transformer_default is not None:
         return graph.transformer_default
     before = _steps_before_the_output(graph)
     spatial = [p for p in graph.explainable() if all(d is None or d > 1 for d in p.grid_shape[:2])
-               and (before is None or p.step in before) and p.kind not in RESIZES]
+               and (before is None or p.step in before) and p.kind not in PASSING]
     if not spatial:
         raise ExplainError(f"model {model.name!r} has no layer with a 4-D output or tokens on a grid to explain")
     return spatial[-1].name
@@ -62,6 +63,8 @@ def default_layer(graph: graph_module.Graph, model: LoadedModel) -> str:
 
 # Layers that only resize the map before them: that map, larger (and costlier to weigh), explains nothing more.
 RESIZES = ("UpSampling2D", "Resizing")
+# Layers whose output at inference is the map before them, or that map resized: the default names the map's maker.
+PASSING = (*RESIZES, "Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "Identity")
 
 
 def _steps_before_the_output(graph: graph_module.Graph) -> set[str] | None:
@@ -69,7 +72,12 @@ def _steps_before_the_output(graph: graph_module.Graph) -> set[str] | None:
     if graph.output is None:
         return None
     logits, _, steps = split_module.pre_activation(graph)
-    last = next(i for i, s in enumerate(steps) if logits in s.outputs)
+    maker = {value: i for i, s in enumerate(steps) for value in s.outputs}
+    last = maker[logits]
+    while (type(steps[last].layer).__name__ in RESIZES and len(steps[last].inputs) == 1
+           and steps[last].inputs[0][1] in maker):
+        # SegFormer resizes its class scores to the input's size: the layer that scored them is the output's own.
+        last = maker[steps[last].inputs[0][1]]
     return {s.name for s in steps[:last]} if len(steps) > 1 else {s.name for s in steps}
 
 

@@ -1,5 +1,5 @@
 """explain segment: a segmentation model's class explained over a region (Seg-Grad-CAM): the map equals a full tape of
-Σ over the region of the class's pre-activation scores, for a U-Net built here and keras-hub's DeepLabV3; on a trained
+Σ over the region of the class's pre-activation scores, for a U-Net built here and keras-hub's DeepLabV3 and SegFormer; on a trained
 segmenter it lands on the class's own pixels; --region and --masks select what they say; the files, stdout and IoU."""
 
 from __future__ import annotations
@@ -149,6 +149,38 @@ def test_keras_hubs_deeplab_v3_saved_as_a_file_equals_a_full_tape(keras, tmp_pat
 
     for e in explained:
         close(e.map, seg_gradcam_by_tape(keras, reference, images, [e.class_index])[0])
+
+
+def test_keras_hubs_segformer_saved_as_a_file_equals_a_full_tape_at_its_fused_decoder(keras, tmp_path):
+    import keras_hub
+
+    keras.utils.set_random_seed(5)
+    encoder = keras_hub.models.MiTBackbone(
+        layerwise_depths=[1, 1, 1, 1], num_layers=4, layerwise_num_heads=[1, 1, 1, 2], layerwise_sr_ratios=[4, 2, 1, 1],
+        max_drop_path_rate=0.0, layerwise_patch_sizes=[7, 3, 3, 3], layerwise_strides=[4, 2, 2, 2],
+        hidden_dims=[8, 16, 24, 32], image_shape=(64, 64, 3))
+    backbone = keras_hub.models.SegFormerBackbone(image_encoder=encoder, projection_filters=16)
+    path = tmp_path / "segformer.keras"
+    keras_hub.models.SegFormerImageSegmenter(backbone=backbone, num_classes=3).save(path)
+    explainer = Explainer(path, precision="fp32")
+    # Its class scores are made at a quarter of the input's size, then resized to it: neither the scoring convolution
+    # nor the resize (nor the dropout before them) is the default; the decoder's fused features are.
+    model = explainer.model
+    fused = model.get_layer("seg_former_backbone")  # its output is that activation's
+    fuse = fused.linear_fuse  # Sequential: 1×1 convolution, BatchNorm, ReLU
+    assert explainer.head.kind == "pixels" and explainer.layer == f"{fused.name}/{fuse.name}/{fuse.layers[-1].name}"
+    score, resize = model.layers[-2], model.layers[-1]
+
+    def reference(x):
+        activations = fused(x, training=False)
+        return activations, resize(score(activations))
+
+    images = blocky(1, 64)
+    explained = explainer.explain(images, top_k=3)
+    expected = [seg_gradcam_by_tape(keras, reference, images, [e.class_index])[0] for e in explained]
+    assert sum(np.abs(m).max() > 0 for m in expected) >= 2  # random weights: a class's map may be all negative
+    for e, reference_map in zip(explained, expected):
+        np.testing.assert_allclose(e.map, reference_map, atol=2e-4 * max(np.abs(m).max() for m in expected))
 
 
 def test_on_a_trained_segmenter_a_class_map_lands_on_that_class(segmenter_model):

@@ -52,8 +52,13 @@ def run_on_terminal(arguments: list[str], stdout_to_pipe: bool = False) -> tuple
             break
         if not chunk:
             break
-        stream.feed(chunk)
-        screens.append([line.rstrip() for line in screen.display])
+        # A screen after every piece that draws the bar, not only after every read: a busy machine reads late, and
+        # one read can hold a bar drawn and erased again.
+        pieces = re.split(rb"(?=\x1b)", chunk)
+        for i, piece in enumerate(pieces):
+            stream.feed(piece)
+            if b"images" in piece or i == len(pieces) - 1:
+                screens.append([line.rstrip() for line in screen.display])
     piped = process.stdout.read() if stdout_to_pipe else b""
     assert process.wait(timeout=300) == 0
     os.close(controller)
