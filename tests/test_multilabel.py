@@ -71,14 +71,15 @@ def test_every_label_at_the_threshold_is_explained_on_its_shape_and_summed_up_as
         boxes = [box for label, box in scene.boxes if label == record["class_index"]]
         if not boxes:
             continue  # a label predicted that is not there: no box to land in
-        top, left, bottom, right = boxes[0]
         heat = explainer.explain(scene.image, classes=record["class_index"])[0].heatmap()
-        energies.append(heat[top:bottom, left:right].sum() / max(heat.sum(), 1e-9))
-        row, col = np.unravel_index(np.argmax(heat), heat.shape)
-        peaks.append(top <= row < bottom and left <= col < right)
-    # The maps land on their shapes: most of their energy inside the shape's tight box, none under 0.3 of it, and nearly
-    # all peak inside it (measured: energy 0.63 on average, 0.32 the least, of 28 maps; Grad-CAM at 32 × 32, upsampled,
-    # spills past a box's edges, and a label's map can light a look-alike shape beside its own)
+        inside = np.zeros(heat.shape, bool)  # every shape of the label: a scene may hold two
+        for top, left, bottom, right in boxes:
+            inside[top:bottom, left:right] = True
+        energies.append(heat[inside].sum() / max(heat.sum(), 1e-9))
+        peaks.append(inside.flat[np.argmax(heat)])
+    # The maps land on their shapes: most of their energy inside the shapes' tight boxes, none under 0.3 of it, and
+    # nearly all peak inside (measured: energy 0.63 on average, 0.32 the least, 23 of 28 maps at 0.5 or more; Grad-CAM
+    # at 32 × 32, upsampled, spills past a box's edges, and a label's map can light a look-alike shape beside its own)
     assert len(energies) >= 20 and np.mean(energies) >= 0.5 and min(energies) >= 0.3 and np.mean(peaks) >= 0.85, str(
         [round(float(e), 3) for e in energies] + [float(np.mean(peaks))])
 
