@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from explain_cli.api import Explainer, Settings
+    from explain_cli.api import Explainer
+    from explain_cli.settings import Settings
     from explain_cli.callbacks import ExplainCallback
     from explain_cli.errors import BadArgument, BadInput, ExplainError
     from explain_cli.output import Prediction
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "Explainer": "explain_cli.api",
-    "Settings": "explain_cli.api",
+    "Settings": "explain_cli.settings",
     "Explanation": "explain_cli.results",
     "ImagePredictions": "explain_cli.results",
     "Layer": "explain_cli.results",

@@ -13,7 +13,6 @@ later call. The command line is written on this class (runs.py); nothing here pr
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
@@ -24,48 +23,18 @@ from explain_cli import inputs, output, pipeline, targets
 from explain_cli.errors import BadArgument, BadInput, ExplainError
 from explain_cli.inputs import Source
 from explain_cli.methods import METHODS
+from explain_cli.methods.perturbation import PERTURBATION_METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
 from explain_cli.results import Evaluation, Explanation, ImagePredictions, Layer
+from explain_cli.settings import RANDOM, EvaluationPlan, Settings, check, check_methods
 from explain_cli.shards import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from explain_cli.models import LoadedModel
 
-RANDOM = evaluation.RANDOM
-METHOD_NAMES = (*METHODS, *PIXEL_METHODS, RANDOM)
 PER_IMAGE = targets.ClassChoice(per_image={})  # the kind of choice evaluate compiles: a class given per image
 Images = Any  # a numpy batch, an array, a PIL image, a path, a folder, or an iterable of these
 Classes = "int | str | Sequence[int | str] | Mapping[Hashable, int | str] | None"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What an Explainer is made from, as plain values: a Ray worker makes the same Explainer from them."""
-
-    model: str  # a built-in name or a model file ("" for a keras.Model given in memory)
-    layer: str | None = None
-    method: str = "gradcam"
-    precision: str = "auto"
-    preprocess: str | None = None
-    labels: str | tuple[str, ...] | None = None  # a labels file, or the names themselves
-    weights: str = "imagenet"
-    imports: tuple[str, ...] = ()
-    unsafe: bool = False
-    score: str = "logit"
-    counterfactual: bool = False
-    max_masks: int = 64
-    samples: int = 25
-    noise: float = 0.15
-    steps: int = 64
-    seed: int = 0
-    batch_size: int = 32
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    precision_for: tuple[str, ...] = ()  # other methods "auto" must suit: evaluate's, classviz
-    output: str | None = None  # which output, of a model with several
-    multi_label: bool = False  # logits read as several labels per image (sigmoids are, anyway)
-    output_index: int | None = None  # one element of a vector output, read as a value
-    threshold: float = 0.5  # several labels per image: a label is predicted, and explained, at this probability
-    min_area: float = 0.01  # a segmentation: a class is explained where it covers this share of the image
 
 
 class Explainer:
@@ -90,7 +59,8 @@ class Explainer:
                  counterfactual: bool = False, max_masks: int = 64, samples: int = 25, noise: float = 0.15,
                  steps: int = 64, seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  precision_for: Sequence[str] = (), output: str | None = None, multi_label: bool = False,
-                 output_index: int | None = None, threshold: float = 0.5, min_area: float = 0.01) -> None:
+                 output_index: int | None = None, threshold: float = 0.5, min_area: float = 0.01, masks: int = 4000,
+                 cells: int = 7, keep: float = 0.5, window: int | None = None, stride: int | None = None) -> None:
         from explain_cli import explainer as core
         from explain_cli import heads, models, split
         from explain_cli import precision as precisions
@@ -104,7 +74,7 @@ class Explainer:
             imports=tuple(imports), unsafe=unsafe, score=score, counterfactual=counterfactual, max_masks=max_masks,
             samples=samples, noise=noise, steps=steps, seed=seed, batch_size=batch_size, max_pixels=max_pixels,
             precision_for=tuple(precision_for), output=output, multi_label=multi_label, output_index=output_index,
-            threshold=threshold, min_area=min_area)
+            threshold=threshold, min_area=min_area, masks=masks, cells=cells, keep=keep, window=window, stride=stride)
         check(self.settings)
         chosen, why = precisions.resolve(precision, [method, *precision_for])
         self.notes: list[str] = [f"precision {chosen} ({why})"]  # how it was made, for the curious (--verbose)
@@ -194,6 +164,17 @@ class Explainer:
         return [Layer(p.name, tuple(p.grid_shape), p.kind, p.is_tokens, p.name == self.default_layer)
                 for p in self._graph.explainable()]
 
+    def layer_for(self, method: str) -> str | None:
+        """The layer a method's maps come from: None for those that perturb the input (and random)."""
+        return None if method in evaluation.LAYERLESS else self.layer
+
+    def perturbing(self, method: str) -> str:
+        """How a perturbation method perturbs the input, in words."""
+        from explain_cli import perturbing
+
+        height, width, _ = self.input_size
+        return perturbing.describe(method, self.settings, height, width)
+
     def __repr__(self) -> str:
         return f"Explainer({self.name!r}, method={self.method!r}, layer={self.layer!r}, precision={self.precision!r})"
 
@@ -214,7 +195,7 @@ class Explainer:
                      errors: str = "raise", region: Any = None) -> Iterator[Explanation]:
         """explain() one image at a time, as they are computed: memory stays flat however many images there are."""
         choice = self.choose(classes, top_k)
-        finish = pipeline.values_only(self.labels, self.layer, self.method, choice.floor)
+        finish = pipeline.values_only(self.labels, self.layer_for(self.method), self.method, choice.floor)
         for result in self._run(images, self.compute(choice, regions=self._regions(region)), finish, errors):
             yield from result.values
 
@@ -234,7 +215,7 @@ class Explainer:
 
     def predict(self, images: Images, top: int = 5, errors: str = "raise") -> list[ImagePredictions]:
         """Each image's `top` most probable classes, and all its probabilities."""
-        step = self._step(("predict", self.precision), self._predict_step)
+        step = self._predict()
         names, listing = self.labels, self.listing
 
         def finish(source: Source, original: np.ndarray, row: int, probabilities: Any) -> pipeline.ImageResult:
@@ -303,15 +284,13 @@ class Explainer:
         """The pipeline steps that evaluate `plan`'s methods (the command line's and evaluate()'s)."""
         from explain_cli import explainer as core
 
-        _check_methods(plan.methods)
+        check_methods(plan.methods)
         real = [m for m in plan.methods if m != RANDOM]
         explainers = {m: self._compiled(m, PER_IMAGE) for m in real}  # (images, classes (b,)) -> maps (b, 1, h, w)
         settings = evaluation.Settings(plan.methods, plan.steps, plan.blur_sigma, plan.tolerance, plan.seed,
                                        self.settings.batch_size)
         sanity = self._sanity(plan, real, frozenset(figures), out_dir, say) if plan.sanity_stages else None
-        predict = self._step(("predict", self.precision), self._predict_step)
-        forward = self._step(("forward", self.precision), lambda: core.compile_predict(self._model, self._graph,
-                                                                                        "float32"))
+        predict, forward = self._predict(), self._forward()
         segmentation = None
         if self._needs_head().kind == "pixels":
             segmentation = self._step(("regions", self.precision), lambda: core.compile_regions(self._model,
@@ -356,6 +335,18 @@ class Explainer:
 
         return core.compile_predict(self._model, self._graph)
 
+    def _predict(self) -> Callable[[np.ndarray], np.ndarray]:
+        """uint8 batch -> (b, classes) probabilities, compiled once."""
+        return self._step(("predict", self.precision), self._predict_step)  # type: ignore[no-any-return]
+
+    def _forward(self) -> Callable[[np.ndarray], np.ndarray]:
+        """float32 pixels (perturbed images) -> (n, classes) probabilities: the one forward step of every method and
+        metric that perturbs images, compiled once."""
+        from explain_cli import explainer as core
+
+        return self._step(("forward", self.precision),  # type: ignore[no-any-return]
+                          lambda: core.compile_predict(self._model, self._graph, "float32"))
+
     def _compiled(self, method: str, choice: targets.ClassChoice, regions: bool = False) -> Any:
         """The compiled step of a method for a kind of choice: made once, reused."""
         return self._step((method, self.precision, choice.key, regions),
@@ -366,6 +357,14 @@ class Explainer:
 
         s = self.settings
         per_image = choice.per_image is not None
+        if method in PERTURBATION_METHODS:
+            from explain_cli import perturbing
+
+            if regions or self._needs_head().kind == "pixels":
+                raise BadArgument("--method", f"{method} explains a class's probability, not a segmentation's region")
+            height, width, _ = self.input_size
+            masks = self._step(("rise masks",), lambda: perturbing.masks_for(s, height, width))
+            return perturbing.step(method, self._predict(), self._forward(), choice, s, masks, height, width)
         if method in PIXEL_METHODS:
             layer = self.layer if method != "guided-gradcam" else self._cut().layer
             return core.compile_saliency(self._model, self._graph, method, layer=layer, classes=choice.classes,
@@ -379,7 +378,7 @@ class Explainer:
         """The random control: seeded uniform noise at the layer's resolution, for the chosen classes."""
         from explain_cli.explainer import BatchResult
 
-        predict = self._step(("predict", self.precision), self._predict_step)
+        predict = self._predict()
 
         def compute(batch: np.ndarray, sources: list[Source]) -> BatchResult:
             probabilities = predict(batch)
@@ -403,6 +402,14 @@ class Explainer:
         s = self.settings
 
         def build(model: LoadedModel, graph: Any, cut: Any, method: str) -> Any:
+            if method in PERTURBATION_METHODS:  # the randomised copy's own forward passes
+                from explain_cli import perturbing
+
+                height, width, _ = self.input_size
+                masks = self._step(("rise masks",), lambda: perturbing.masks_for(s, height, width))
+                return perturbing.step(method, core.compile_predict(model, graph),
+                                       core.compile_predict(model, graph, "float32"), PER_IMAGE, s, masks, height,
+                                       width)
             if method in METHODS:
                 return core.compile_explain(model, cut, method, max_masks=s.max_masks, per_image=True)
             return core.compile_saliency(model, graph, method, layer=cut.layer, per_image=True)
@@ -422,35 +429,6 @@ class Explainer:
         return located
 
 
-@dataclass(frozen=True)
-class EvaluationPlan:
-    """What evaluate measures: the methods, N deletion / insertion steps, insertion's blur, the pointing game's
-    tolerance, the random control's seed, and the sanity cascade's stages (0: none)."""
-
-    methods: tuple[str, ...]
-    steps: int = 32
-    blur_sigma: float = 5.0
-    tolerance: float = 15.0
-    seed: int = 0
-    sanity_stages: int = 0
-
-
 def _key(image: Hashable) -> Hashable:
     """An image's key as the library hands it out: a path as a string, an index as an int."""
     return str(image) if isinstance(image, Path) else image
-
-
-def check(settings: Settings) -> None:
-    """BadArgument for settings no model can be explained with: an unknown method, score, a counterfactual of a method
-    without gradients."""
-    _check_methods([settings.method])
-    if settings.score not in ("logit", "probability"):
-        raise BadArgument("--score", f"score is 'logit' or 'probability', not {settings.score!r}")
-    if settings.counterfactual and not (settings.method in METHODS and METHODS[settings.method].gradients):
-        raise BadArgument("--counterfactual", f"{settings.method} uses no gradients to negate")
-
-
-def _check_methods(methods: Iterable[str]) -> None:
-    for method in methods:
-        if method not in METHOD_NAMES:
-            raise BadArgument("--method", f"unknown method {method!r}; choose from {', '.join(METHOD_NAMES)}")

@@ -21,6 +21,7 @@ from explain_cli.commands import common
 from explain_cli.commands import evaluate as evaluate_command
 from explain_cli.commands import report as report_command
 from explain_cli.methods import METHODS
+from explain_cli.methods.perturbation import PERTURBATION_METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
 
 
@@ -70,22 +71,25 @@ def gradcam(**options: Any) -> None:
 @common.truth_option
 @common.model_options
 @common.threshold_option
-@click.option("--method", type=click.Choice(list(METHODS)), default="gradcam", show_default=True,
+@click.option("--method", type=click.Choice([*METHODS, *PERTURBATION_METHODS]), default="gradcam", show_default=True,
               help="gradcam, gradcam++, xgradcam, hirescam, layercam (gradients); cam (a global-average-"
               "pooling + Dense head's weights); eigencam (first principal component); scorecam (masked "
-              "forward passes); attention-rollout (a transformer's attention, multiplied through its blocks).")
+              "forward passes); attention-rollout (a transformer's attention, multiplied through its blocks); "
+              "rise (random masks), occlusion (a sliding grey patch): forward passes alone, for any model.")
 @click.option("--max-masks", type=click.IntRange(1), default=64, show_default=True,
               help="scorecam: the channels of highest mean activation used as masks (one forward pass each).")
+@common.perturbation_options
+@click.option("--seed", type=int, default=0, show_default=True, help="rise: the masks' seed.")
 @common.target_options
 @common.gradient_options
 @common.render_options
-def cam(method: str, max_masks: int, **options: Any) -> None:
+def cam(method: str, max_masks: int, seed: int, **options: Any) -> None:
     """Class-activation maps at a layer, by any method: one flag to compare them on the same images.
 
     Writes OUTPUT_DIR/<name>.<method>.<class>-<label>.jpg and a manifest line per explanation, like
     `explain gradcam`.
     """
-    _explain_cam(method, max_masks, options)
+    _explain_cam(method, max_masks, options, seed=seed, **common.perturbation_settings(options))
 
 
 @cli.command()
@@ -175,11 +179,11 @@ def classviz(class_spec: str, steps: int, lr: float, l2: float, jitter: int, blu
     runs.classviz(common.settings(options), class_spec, viz, every, output_dir, runs.RunOptions())
 
 
-def _explain_cam(method: str, max_masks: int, options: dict) -> None:
+def _explain_cam(method: str, max_masks: int, options: dict, **extra: Any) -> None:
     from explain_cli import runs
 
     settings = common.settings(options, method, score=options.pop("score"),
-                               counterfactual=options.pop("counterfactual"), max_masks=max_masks)
+                               counterfactual=options.pop("counterfactual"), max_masks=max_masks, **extra)
     runs.explain(settings, options["sources"], sys.stdin, common.class_request(options), options["top"],
                  common.output_options(options), common.run_options(options))
 

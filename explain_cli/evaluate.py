@@ -20,10 +20,12 @@ import numpy as np
 from explain_cli import metrics, output, render
 from explain_cli.inputs import Source
 from explain_cli.metrics import Box
+from explain_cli.methods.perturbation import PERTURBATION_METHODS
 from explain_cli.pipeline import ImageResult
 from explain_cli.results import MethodSummary
 
 RANDOM = "random"
+LAYERLESS = (RANDOM, *PERTURBATION_METHODS)  # methods whose maps come from no layer
 RECORDS = output.EVALUATION
 SANITY_RECORDS = "sanity.jsonl"
 SUMMARY_FIGURE = "evaluation.png"
@@ -174,7 +176,7 @@ def finish_step(names: Sequence[str], model: str, layer: str | None, settings: S
                     energy = metrics.energy_in_mask(full, region)
                 records.append({
                     "image": source.shown, "model": model, "method": method,
-                    "layer": None if method == RANDOM else layer, "class_index": class_index,
+                    "layer": None if method in LAYERLESS else layer, "class_index": class_index,
                     "label": output.label_of(names, class_index),
                     "truth": known, "truth_label": None if known is None else output.label_of(names, known),
                     "deletion_auc": scores.deletion_auc, "insertion_auc": scores.insertion_auc,

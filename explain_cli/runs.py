@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from explain_cli import console, output, pipeline, render
-from explain_cli.api import EvaluationPlan, Explainer, Settings, check
+from explain_cli.api import Explainer
+from explain_cli.settings import EvaluationPlan, Settings, check
 from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.inputs import DEFAULT_MAX_PIXELS, Shard, Source
 
@@ -210,8 +211,9 @@ def explain(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
         made = explainer(settings, run)
         known = truth(request.truth, found, made)
         chosen = choice(request, found, made, known)
-        say(f"{made.name}: {name} at layer {made.layer}" + ("" if settings.layer else " (default)"))
-        options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer, model=made.name,
+        say(f"{made.name}: {name} " + (f"at layer {made.layer}" + ("" if settings.layer else " (default)")
+                                        if made.layer_for(name) else made.perturbing(name)))
+        options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer_for(name), model=made.name,
                                          colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
                                          save_heatmap=out.save_heatmap, figure=out.figure, grey_map=grey_map,
                                          listing=made.listing, floor=chosen.floor)
@@ -346,7 +348,9 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
         known = truth(request.truth, found, made)
         chosen = choice(request, found, made, known, evaluating=True)
         boxes = evaluation.read_boxes(boxes_file, found, made._model.labels) if boxes_file else None
-        say(f"{made.name}: evaluating {', '.join(plan.methods)} at layer {made.layer}, {plan.steps} steps: "
+        layered = [m for m in plan.methods if made.layer_for(m)]
+        say(f"{made.name}: evaluating {', '.join(plan.methods)}" + (f" ({', '.join(layered)} at layer {made.layer})"
+                                                                    if layered else "") + f", {plan.steps} steps: "
             f"{len(plan.methods) * (2 * plan.steps + 3)} forward passes per image and class")
         figures = found[:sanity_figures]
 

@@ -152,6 +152,25 @@ gradient_options = options(
     click.option("--counterfactual", is_flag=True,
                  help="Negate the gradients: show the regions whose removal would raise the score."),
 )
+perturbation_options = options(
+    click.option("--masks", "rise_masks", type=click.IntRange(1), default=4000, show_default=True,
+                 help="rise: random masks (one forward pass each)."),
+    click.option("--cells", type=click.IntRange(1), default=7, show_default=True,
+                 help="rise: each mask is a grid of N × N cells, upsampled."),
+    click.option("--keep", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5, show_default=True,
+                 help="rise: the probability a cell is kept."),
+    click.option("--window", type=click.IntRange(1), help="occlusion: the grey patch's side, in the model input's "
+                 "pixels (default: a seventh of its shorter side, 32 at 224)."),
+    click.option("--stride", type=click.IntRange(1), help="occlusion: the patch's step (default: half the window)."),
+)
+
+
+def perturbation_settings(options: dict) -> dict[str, Any]:
+    """The perturbation methods' settings the options give (popping them)."""
+    return {"masks": options.pop("rise_masks"), "cells": options.pop("cells"), "keep": options.pop("keep"),
+            "window": options.pop("window"), "stride": options.pop("stride")}
+
+
 render_options = options(
     click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
                  default=Path("explanations"), show_default=True, help="Where explanations are written."),
@@ -175,7 +194,7 @@ render_options = options(
 
 def settings(options: dict, method: str = "gradcam", **extra: Any) -> Any:
     """The Explainer's settings the options give (popping them): the model, the layer, the precision."""
-    from explain_cli.api import Settings
+    from explain_cli.settings import Settings
 
     labels = options.pop("labels_file")
     spec = options.pop("model_spec")

@@ -10,9 +10,10 @@ import click
 
 from explain_cli.commands import common
 from explain_cli.methods import METHODS
+from explain_cli.methods.perturbation import PERTURBATION_METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
 
-METHOD_NAMES = (*METHODS, *PIXEL_METHODS, "random")
+METHOD_NAMES = (*METHODS, *PIXEL_METHODS, *PERTURBATION_METHODS, "random")
 
 
 def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -44,8 +45,9 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
               "and the energy in the boxes.")
 @click.option("--tolerance", type=click.FloatRange(0.0), default=15.0, show_default=True,
               help="Pointing game: a hit within this many pixels of a box.")
-@click.option("--seed", type=int, default=0, show_default=True, help="The random control's noise.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The random control's noise, and rise's masks.")
 @click.option("--max-masks", type=click.IntRange(1), default=64, show_default=True, help="scorecam: masks.")
+@common.perturbation_options
 @click.option("--sanity", is_flag=True,
               help="Cascading randomisation (Adebayo et al. 2018): randomise a copy of the model from the logits down "
               "and report how each method's maps change (Spearman), in sanity.jsonl and on stderr.")
@@ -67,9 +69,10 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
     deletion and insertion curves); prints each method's means, best first by insertion − deletion.
     """
     from explain_cli import runs
-    from explain_cli.api import EvaluationPlan
+    from explain_cli.settings import EvaluationPlan
 
     plan = EvaluationPlan(methods, steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
-    settings = common.settings(options, next((m for m in methods if m != "random"), "gradcam"), max_masks=max_masks)
+    settings = common.settings(options, next((m for m in methods if m != "random"), "gradcam"), max_masks=max_masks,
+                               seed=seed, **common.perturbation_settings(options))
     runs.evaluate(settings, options["sources"], sys.stdin, plan, common.class_request(options), boxes_file,
                   sanity_figures, output_dir, skip_existing, make_report, common.run_options(options))
