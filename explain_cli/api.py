@@ -45,11 +45,12 @@ class Explainer:
     (default: the model's last convolutional block, or for a transformer the input of its last block). `method`:
     any class-activation method (gradcam, gradcam++, xgradcam, hirescam, layercam, cam, eigencam, scorecam,
     attention-rollout), any pixel method (vanilla, smoothgrad, integrated-gradients, guided-backprop,
-    guided-gradcam) or random. `precision`: "auto", "fp32" or "bf16". `preprocess`: "caffe", "tf", "torch" or
-    "none" (default: a built-in model's own; for a model object or file, its keras-hub image converter, else none).
-    `labels`: a labels file or a list of class names. The method's own settings: `score` ("logit" or
-    "probability"), `counterfactual`, `max_masks` (scorecam), `samples` and `noise` (smoothgrad), `steps`
-    (integrated gradients), `seed`. `precision_for`: other methods "auto" must suit (it keeps fp32 for those that
+    guided-gradcam), a perturbation method (rise, occlusion) or random. `precision`: "auto", "fp32" or "bf16".
+    `preprocess`: "caffe", "tf", "torch" or "none" (default: a built-in model's own; for a model object or file, its
+    keras-hub image converter, else none). `labels`: a labels file or a list of class names. The method's own
+    settings: `score` ("logit" or "probability"), `counterfactual`, `max_masks` (scorecam), `samples` and `noise`
+    (smoothgrad), `steps` (integrated gradients), `masks`, `cells` and `keep` (rise), `window` and `stride`
+    (occlusion), `seed`. `precision_for`: other methods "auto" must suit (it keeps fp32 for those that
     do not hold up in bf16). Errors are ExplainError (BadArgument for an argument that cannot be used).
     """
 

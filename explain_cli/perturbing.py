@@ -46,7 +46,7 @@ def step(method: str, predict: Callable[[np.ndarray], np.ndarray], forward: Call
          choice: targets.ClassChoice, settings: Any, masks: RiseMasks, height: int,
          width: int) -> Callable[..., BatchResult]:
     """uint8 batch (and each image's own class (b,), for a per-image choice) -> BatchResult: the maps at the input's
-    resolution (rise) or the window's grid (occlusion); the scores are the classes' probabilities."""
+    resolution; the scores are the classes' probabilities."""
     compute = PERTURBATION_METHODS[method]
     window, stride = window_and_stride(settings, height, width)
 

@@ -348,9 +348,9 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
         known = truth(request.truth, found, made)
         chosen = choice(request, found, made, known, evaluating=True)
         boxes = evaluation.read_boxes(boxes_file, found, made._model.labels) if boxes_file else None
-        layered = [m for m in plan.methods if made.layer_for(m)]
-        say(f"{made.name}: evaluating {', '.join(plan.methods)}" + (f" ({', '.join(layered)} at layer {made.layer})"
-                                                                    if layered else "") + f", {plan.steps} steps: "
+        layered = any(made.layer_for(m) for m in plan.methods)
+        say(f"{made.name}: evaluating {', '.join(plan.methods)}" + (f" at layer {made.layer}" if layered else "") +
+            f", {plan.steps} steps: "
             f"{len(plan.methods) * (2 * plan.steps + 3)} forward passes per image and class")
         figures = found[:sanity_figures]
 
