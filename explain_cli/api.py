@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, M
 import numpy as np
 
 from explain_cli import evaluate as evaluation
-from explain_cli import inputs, output, pipeline, targets
+from explain_cli import inputs, output, pipeline, runtimes, targets
 from explain_cli.errors import BadArgument, BadInput, ExplainError
 from explain_cli.inputs import Source
 from explain_cli.methods import METHODS
@@ -61,7 +61,9 @@ class Explainer:
                  steps: int = 64, seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  precision_for: Sequence[str] = (), output: str | None = None, multi_label: bool = False,
                  output_index: int | None = None, threshold: float = 0.5, min_area: float = 0.01, masks: int = 4000,
-                 cells: int = 7, keep: float = 0.5, window: int | None = None, stride: int | None = None) -> None:
+                 cells: int = 7, keep: float = 0.5, window: int | None = None, stride: int | None = None,
+                 input_size: tuple[int, int] | None = None, layout: str | None = None,
+                 outputs_are: str | None = None) -> None:
         from explain_cli import explainer as core
         from explain_cli import heads, models, split
         from explain_cli import precision as precisions
@@ -75,8 +77,15 @@ class Explainer:
             imports=tuple(imports), unsafe=unsafe, score=score, counterfactual=counterfactual, max_masks=max_masks,
             samples=samples, noise=noise, steps=steps, seed=seed, batch_size=batch_size, max_pixels=max_pixels,
             precision_for=tuple(precision_for), output=output, multi_label=multi_label, output_index=output_index,
-            threshold=threshold, min_area=min_area, masks=masks, cells=cells, keep=keep, window=window, stride=stride)
+            threshold=threshold, min_area=min_area, masks=masks, cells=cells, keep=keep, window=window, stride=stride,
+            input_size=input_size, layout=layout, outputs_are=outputs_are)
         check(self.settings)
+        self._steps: dict[tuple[object, ...], Any] = {}
+        self._model: LoadedModel | runtimes.RuntimeModel  # the second: a file only a runtime runs
+        self._graph: Any  # graph.Graph; None for a runtime's file
+        if given and runtimes.is_runtime_model(str(model)):
+            self._open_runtime(str(model))
+            return
         chosen, why = precisions.resolve(precision, [method, *precision_for])
         self.notes: list[str] = [f"precision {chosen} ({why})"]  # how it was made, for the curious (--verbose)
         reading = heads.Reading(output, multi_label, output_index)
@@ -104,7 +113,20 @@ class Explainer:
                 raise
             except ExplainError as error:
                 raise BadArgument("--layer", f"{error}; default: {self.default_layer}") from None
-        self._steps: dict[tuple[object, ...], Any] = {}
+
+    def _open_runtime(self, path: str) -> None:
+        """A SavedModel, LiteRT or ONNX file: run by its runtime, explained by forward passes alone."""
+        from explain_cli import models
+
+        s = self.settings
+        if s.layer is not None:
+            raise BadArgument("--layer", f"{path}: {runtimes.NOT_FOR_THEM}")
+        self._model = opened = runtimes.load(path, s.labels, models.preprocessing(s.preprocess or "none"),
+                                             runtimes.Runtime(s.input_size, s.layout, s.outputs_are))
+        self.notes = list(opened.notes)
+        self._graph = None
+        self.default_layer = self.layer = None
+        self._no_layer = BadArgument("--model", f"{path}: {runtimes.NOT_FOR_THEM}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Explainer:
@@ -142,8 +164,21 @@ class Explainer:
 
     @property
     def outputs(self) -> list[str]:
-        """The model's outputs, by name (one, for most models)."""
-        return [name for name, _ in self._graph.outputs]
+        """The model's outputs, by name (one, for most models; none named for a runtime's model file)."""
+        return [name for name, _ in self._graph.outputs] if self._graph is not None else []
+
+    @property
+    def _loaded(self) -> LoadedModel:
+        """The Keras model's LoadedModel; BadArgument for a runtime's file."""
+        if isinstance(self._model, runtimes.RuntimeModel):
+            raise self._no_layer
+        return self._model
+
+    def _layered(self) -> Any:
+        """The model's graph; BadArgument for a runtime's model file, which has none."""
+        if self._graph is None:
+            raise self._no_layer
+        return self._graph
 
     @property
     def listing(self) -> output.Listing:
@@ -162,19 +197,18 @@ class Explainer:
 
     def layers(self) -> list[Layer]:
         """The layer outputs a method can explain: feature maps, and a transformer's tokens on their patch grid."""
+        self._layered()
         return [Layer(p.name, tuple(p.grid_shape), p.kind, p.is_tokens, p.name == self.default_layer)
                 for p in self._graph.explainable()]
+
+    def check_method(self, method: str) -> None:
+        """BadArgument for a method this model cannot be explained by: one that needs layers, of a runtime's file."""
+        if self._graph is None and method not in evaluation.LAYERLESS:
+            raise BadArgument("--method", f"{self.name}: {method} needs the model's layers; {runtimes.NOT_FOR_THEM}")
 
     def layer_for(self, method: str) -> str | None:
         """The layer a method's maps come from: None for those that perturb the input (and random)."""
         return None if method in evaluation.LAYERLESS else self.layer
-
-    def perturbing(self, method: str) -> str:
-        """How a perturbation method perturbs the input, in words."""
-        from explain_cli import perturbing
-
-        height, width, _ = self.input_size
-        return perturbing.describe(method, self.settings, height, width)
 
     def __repr__(self) -> str:
         return f"Explainer({self.name!r}, method={self.method!r}, layer={self.layer!r}, precision={self.precision!r})"
@@ -201,18 +235,11 @@ class Explainer:
             yield from result.values
 
     def _regions(self, region: Any) -> Callable[[list[Source]], tuple[np.ndarray, list[str]]] | None:
-        """A segmentation's region: a box (x0, y0, x1, y1) in each image's pixels, or a mapping from each image's key
-        to its mask (an array, non-zero inside); None: where each class is predicted."""
-        if region is None:
-            return None
+        """A segmentation's region (segment.given_region); None: where each class is predicted."""
         from explain_cli import segment
 
-        if self._needs_head().kind != "pixels":
-            raise BadArgument("--region", "a region is a segmentation's: this model outputs no classes per pixel")
         height, width, _ = self.input_size
-        if isinstance(region, Mapping):
-            return segment.regions(None, {_key(k): v for k, v in region.items()}, height, width)
-        return segment.regions(segment.parse_box(",".join(str(v) for v in region)), None, height, width)
+        return None if region is None else segment.given_region(region, self._needs_head().kind, height, width, _key)
 
     def predict(self, images: Images, top: int = 5, errors: str = "raise") -> list[ImagePredictions]:
         """Each image's `top` most probable classes, and all its probabilities."""
@@ -294,7 +321,7 @@ class Explainer:
         predict, forward = self._predict(), self._forward()
         segmentation = None
         if self._needs_head().kind == "pixels":
-            segmentation = self._step(("regions", self.precision), lambda: core.compile_regions(self._model,
+            segmentation = self._step(("regions", self.precision), lambda: core.compile_regions(self._loaded,
                                                                                                 self._graph))
         compute = evaluation.evaluation_step(predict, forward, explainers,
                                              lambda p, batch: targets.pick(choice, p, [s.key for s in batch]),
@@ -334,10 +361,12 @@ class Explainer:
     def _predict_step(self) -> Any:
         from explain_cli import explainer as core
 
-        return core.compile_predict(self._model, self._graph)
+        return core.compile_predict(self._loaded, self._graph)
 
     def _predict(self) -> Callable[[np.ndarray], np.ndarray]:
         """uint8 batch -> (b, classes) probabilities, compiled once."""
+        if isinstance(self._model, runtimes.RuntimeModel):
+            return self._model.forward
         return self._step(("predict", self.precision), self._predict_step)  # type: ignore[no-any-return]
 
     def _forward(self) -> Callable[[np.ndarray], np.ndarray]:
@@ -345,8 +374,10 @@ class Explainer:
         metric that perturbs images, compiled once."""
         from explain_cli import explainer as core
 
+        if isinstance(self._model, runtimes.RuntimeModel):
+            return self._model.forward
         return self._step(("forward", self.precision),  # type: ignore[no-any-return]
-                          lambda: core.compile_predict(self._model, self._graph, "float32"))
+                          lambda: core.compile_predict(self._loaded, self._graph, "float32"))
 
     def _compiled(self, method: str, choice: targets.ClassChoice, regions: bool = False) -> Any:
         """The compiled step of a method for a kind of choice: made once, reused."""
@@ -366,38 +397,29 @@ class Explainer:
             height, width, _ = self.input_size
             masks = self._step(("rise masks",), lambda: perturbing.masks_for(s, height, width))
             return perturbing.step(method, self._predict(), self._forward(), choice, s, masks, height, width)
+        self.check_method(method)
         if method in PIXEL_METHODS:
             layer = self.layer if method != "guided-gradcam" else self._cut().layer
-            return core.compile_saliency(self._model, self._graph, method, layer=layer, classes=choice.classes,
+            return core.compile_saliency(self._loaded, self._graph, method, layer=layer, classes=choice.classes,
                                          top_k=choice.k, samples=s.samples, noise=s.noise, steps=s.steps, seed=s.seed,
                                          per_image=per_image, regions=regions)
-        return core.compile_explain(self._model, self._cut(), method, classes=choice.classes, top_k=choice.k,
+        return core.compile_explain(self._loaded, self._cut(), method, classes=choice.classes, top_k=choice.k,
                                     score=s.score, counterfactual=s.counterfactual, max_masks=s.max_masks,
                                     per_image=per_image, regions=regions)
 
     def _random(self, choice: targets.ClassChoice) -> pipeline.Compute:
-        """The random control: seeded uniform noise at the layer's resolution, for the chosen classes."""
-        from explain_cli.explainer import BatchResult
+        """The random control: seeded uniform noise at the input's resolution, for the chosen classes."""
+        from explain_cli import perturbing
 
-        predict = self._predict()
-
-        def compute(batch: np.ndarray, sources: list[Source]) -> BatchResult:
-            probabilities = predict(batch)
-            chosen = targets.pick(choice, probabilities, [s.key for s in sources])
-            height, width = batch.shape[1:3]  # as evaluate draws it: a value per pixel of the model's input
-            maps = np.stack([[evaluation.random_map(self.settings.seed, s.shown, int(c), height, width) for c in row]
-                             for s, row in zip(sources, chosen)])
-            scores = np.take_along_axis(probabilities, chosen, axis=1)
-            return BatchResult(probabilities, chosen, scores, maps)
-
-        return compute
+        return perturbing.random_step(self._predict(), choice, self.settings.seed)
 
     def _sanity(self, plan: EvaluationPlan, methods: list[str], figures: frozenset[Source], out_dir: Path | None,
                 say: Callable[[str], None]) -> evaluation.Sanity:
         from explain_cli import explainer as core
         from explain_cli import randomise
 
-        cascade = randomise.cascade(self._model, plan.sanity_stages, plan.seed)
+        self._layered()
+        cascade = randomise.cascade(self._loaded, plan.sanity_stages, plan.seed)
         say(f"{self.name}: --sanity randomises a copy in {len(cascade.stages)} stages, down to "
             f"{cascade.stages[-1][0]} weighted layers")
         s = self.settings
@@ -421,13 +443,7 @@ class Explainer:
     def _boxes(self, boxes: Mapping[Hashable, Sequence[Sequence[Any]]] | str | Path) -> dict[Any, Any]:
         if isinstance(boxes, (str, Path)):
             return evaluation.read_boxes(Path(boxes), None, self._model.labels)
-        located: dict[Hashable, list[evaluation.LabelledBox]] = {}
-        for image, rows in boxes.items():
-            for row in rows:
-                corners = tuple(float(v) for v in row[:4])
-                label = targets.resolve_class(self._model.labels, row[4]) if len(row) > 4 else None
-                located.setdefault(_key(image), []).append(evaluation.LabelledBox(corners, label))  # type: ignore[arg-type]
-        return located
+        return evaluation.given_boxes(boxes, self._model.labels, _key)
 
 
 def _key(image: Hashable) -> Hashable:

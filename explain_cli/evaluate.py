@@ -222,6 +222,20 @@ def _region(batch: EvaluationBatch, row: int, class_index: int, width: int, heig
     return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST)) > 0
 
 
+def given_boxes(boxes: Mapping[Any, Sequence[Sequence[Any]]], labels: Any,
+                key: Callable[[Any], Any]) -> dict[Any, list[LabelledBox]]:
+    """Boxes given in memory, per image: (x0, y0, x1, y1[, class]), the class a number, label or WordNet id."""
+    from explain_cli import targets
+
+    located: dict[Any, list[LabelledBox]] = {}
+    for image, rows in boxes.items():
+        for row in rows:
+            corners = tuple(float(v) for v in row[:4])
+            label = targets.resolve_class(labels, row[4]) if len(row) > 4 else None
+            located.setdefault(key(image), []).append(LabelledBox(corners, label))  # type: ignore[arg-type]
+    return located
+
+
 def _boxes_for(boxes: Mapping[Any, list[LabelledBox]] | None, source: Source, class_index: int) -> list[Box]:
     """The boxes of an image for a class: keyed by the image's key, or for a file by its name as a CSV gives it."""
     if not boxes:

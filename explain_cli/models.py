@@ -105,7 +105,7 @@ def load(
         name = spec.lower()
         entry = BUILT_IN[name]
         model = _build(name, entry, weights)
-        prep = _own_preprocess(entry) if preprocess is None else _mode_preprocess(preprocess)
+        prep = _own_preprocess(entry) if preprocess is None else preprocessing(preprocess)
         default = entry.layer
     else:
         name = Path(spec).name
@@ -113,7 +113,7 @@ def load(
         if weights != "imagenet":
             _load_weights(model, Path(weights), name)
         converter = _image_converter(model)
-        prep = converter if preprocess is None and converter is not None else _mode_preprocess(preprocess or "none")
+        prep = converter if preprocess is None and converter is not None else preprocessing(preprocess or "none")
         default = None
     return _loaded(model, name, spec, prep, default, labels_file, precision, reading)
 
@@ -129,7 +129,7 @@ def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, pr
         raise ExplainError(f"not a Keras model: a {type(model).__name__} (give a keras.Model, a built-in name or a "
                            "model file)")
     converter = _image_converter(model)
-    prep = converter if preprocess is None and converter is not None else _mode_preprocess(preprocess or "none")
+    prep = converter if preprocess is None and converter is not None else preprocessing(preprocess or "none")
     return dataclasses.replace(_loaded(model, model.name, model.name, prep, None, labels, precision, reading),
                                live=True)
 
@@ -343,7 +343,8 @@ def _image_converter(model: Any) -> Callable[[Any], Any] | None:
     return (lambda x: converter(x)) if callable(converter) else None
 
 
-def _mode_preprocess(mode: str) -> Callable[[Any], Any]:
+def preprocessing(mode: str) -> Callable[[Any], Any]:
+    """The scaling of a --preprocess mode, for tensors or numpy arrays of pixels in 0-255."""
     if mode == "none":
         return lambda x: x
     from keras.applications import imagenet_utils

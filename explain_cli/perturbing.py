@@ -1,6 +1,6 @@
-"""The explain step of a perturbation method (methods/perturbation.py): the predictions of a batch pick its classes,
-then each image's perturbed copies go through the one forward step in full batches, every explained class of the
-image read from the same passes. Whatever runs the model (Keras, a SavedModel, LiteRT, ONNX Runtime) is behind
+"""The steps of the methods that need no layer. A perturbation method (methods/perturbation.py): the predictions of a
+batch pick its classes, then each image's perturbed copies go through the one forward step in full batches, every
+explained class of the image read from the same passes. The random control: seeded noise. Whatever runs the model (Keras, a SavedModel, LiteRT, ONNX Runtime) is behind
 `predict` and `forward`."""
 
 from __future__ import annotations
@@ -59,3 +59,19 @@ def step(method: str, predict: Callable[[np.ndarray], np.ndarray], forward: Call
         return BatchResult(probabilities, chosen, np.take_along_axis(probabilities, chosen, axis=1), maps)
 
     return run
+
+
+def random_step(predict: Callable[[np.ndarray], np.ndarray], choice: targets.ClassChoice,
+                seed: int) -> Callable[[np.ndarray, list[Any]], BatchResult]:
+    """The random control's compute step: seeded uniform noise at the input's resolution, as evaluate draws it."""
+    from explain_cli.evaluate import random_map
+
+    def compute(batch: np.ndarray, sources: list[Any]) -> BatchResult:
+        probabilities = predict(batch)
+        chosen = targets.pick(choice, probabilities, [s.key for s in sources])
+        height, width = batch.shape[1:3]
+        maps = np.stack([[random_map(seed, s.shown, int(c), height, width) for c in row]
+                         for s, row in zip(sources, chosen)])
+        return BatchResult(probabilities, chosen, np.take_along_axis(probabilities, chosen, axis=1), maps)
+
+    return compute

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
-from explain_cli import console, output, pipeline, render
+from explain_cli import console, output, perturbing, pipeline, render
 from explain_cli.api import Explainer
-from explain_cli.settings import EvaluationPlan, Settings, check
 from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.inputs import DEFAULT_MAX_PIXELS, Shard, Source
+from explain_cli.settings import EvaluationPlan, Settings, check
 
 Make = Callable[[Explainer], "tuple[pipeline.Compute, pipeline.Finish]"]
 
@@ -211,8 +211,10 @@ def explain(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
         made = explainer(settings, run)
         known = truth(request.truth, found, made)
         chosen = choice(request, found, made, known)
+        made.check_method(name)
         say(f"{made.name}: {name} " + (f"at layer {made.layer}" + ("" if settings.layer else " (default)")
-                                        if made.layer_for(name) else made.perturbing(name)))
+                                        if made.layer_for(name) else perturbing.describe(name, made.settings,
+                                                                                          *made.input_size[:2])))
         options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer_for(name), model=made.name,
                                          colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
                                          save_heatmap=out.save_heatmap, figure=out.figure, grey_map=grey_map,
@@ -286,7 +288,7 @@ def predict(settings: Settings, arguments: Sequence[str], stdin: TextIO, truth_s
     known = truth(truth_spec, found, made)
 
     def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
-        step = worker._step(("predict", worker.precision), worker._predict_step)
+        step = worker._predict()
         return (lambda batch, batch_sources: step(batch)), pipeline.predictions_only(worker.labels, top, known,
                                                                                       worker.listing)
 
@@ -300,7 +302,7 @@ def activations(settings: Settings, arguments: Sequence[str], stdin: TextIO, lay
 
     found = sources(arguments, stdin, out_dir, run.shard)
     made = explainer(settings, run)
-    graph = made._graph
+    graph = made._layered()
     if layers:
         try:
             points = [graph.find(layer) for layer in layers]
@@ -348,6 +350,8 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
         known = truth(request.truth, found, made)
         chosen = choice(request, found, made, known, evaluating=True)
         boxes = evaluation.read_boxes(boxes_file, found, made._model.labels) if boxes_file else None
+        for method in plan.methods:
+            made.check_method(method)
         layered = any(made.layer_for(m) for m in plan.methods)
         say(f"{made.name}: evaluating {', '.join(plan.methods)}" + (f" at layer {made.layer}" if layered else "") +
             f", {plan.steps} steps: "
@@ -393,7 +397,7 @@ def classviz(settings: Settings, class_spec: str, viz: Any, every: int, out_dir:
     made = explainer(dataclasses.replace(settings, precision_for=("classviz",)), run)
     class_index = targets.resolve_class(made._model.labels, class_spec)
     label = made._model.labels.name(class_index)
-    final, snapshots, logits = inside.class_visualisation(made._model, made._graph, class_index, viz, every)
+    final, snapshots, logits = inside.class_visualisation(made._model, made._layered(), class_index, viz, every)
     stem = f"classviz.{class_index}-{output.safe_label(label)}"
     written = [(step, f"{stem}.step{step:04d}.png", picture) for step, picture in snapshots]
     written.append((viz.steps, f"{stem}.png", final))

@@ -75,6 +75,17 @@ def regions(box: tuple[float, float, float, float] | None, masks: Path | Mapping
     return of
 
 
+def given_region(region: Any, kind: str, height: int, width: int,
+                 key: Callable[[Any], Any]) -> Callable[[list[Source]], tuple[np.ndarray, list[str]]]:
+    """The library's region: a box (x0, y0, x1, y1) in each image's pixels, or a mapping from each image's key to its
+    mask (an array, non-zero inside); BadArgument for a model that outputs no classes per pixel."""
+    if kind != "pixels":
+        raise BadArgument("--region", "a region is a segmentation's: this model outputs no classes per pixel")
+    if isinstance(region, Mapping):
+        return regions(None, {key(k): v for k, v in region.items()}, height, width)
+    return regions(parse_box(",".join(str(v) for v in region)), None, height, width)
+
+
 def size_of(source: Source) -> tuple[int, int]:
     """An input's (width, height), from its header (or its array): what a box in its pixels is scaled by."""
     if source.pixels is not None:

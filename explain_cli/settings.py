@@ -49,6 +49,9 @@ class Settings:
     keep: float = 0.5  # rise: the probability a cell is kept
     window: int | None = None  # occlusion: the patch's side in input pixels (default: a seventh of the shorter side)
     stride: int | None = None  # occlusion: its step (default: half the window)
+    input_size: tuple[int, int] | None = None  # a runtime's model file: (height, width), where the file leaves it free
+    layout: str | None = None  # a runtime's model file: "nhwc" or "nchw", where the file does not say
+    outputs_are: str | None = None  # a runtime's model file: "logits" or "probabilities", where the file does not say
 
 
 @dataclass(frozen=True)

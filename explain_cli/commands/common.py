@@ -36,7 +36,8 @@ model_options = options(
         default="resnet50",
         show_default=True,
         metavar="NAME|PATH",
-        help=f"A built-in model ({', '.join(models.BUILT_IN)}) or your .keras / .h5 file.",
+        help=f"A built-in model ({', '.join(models.BUILT_IN)}), your .keras / .h5 file, or a model explain can only "
+        "run (a SavedModel folder, a .tflite or an .onnx file: rise and occlusion explain those).",
     ),
     click.option(
         "--weights",
@@ -89,7 +90,26 @@ model_options = options(
                  "sigmoids is read so anyway)."),
     click.option("--output-index", type=click.IntRange(0), metavar="K",
                  help="Read element K of a vector output as a value (a regression), explained as itself."),
+    click.option("--input-size", callback=lambda ctx, param, value: _input_size(value), metavar="HEIGHTxWIDTH",
+                 help="A SavedModel, .tflite or .onnx file whose input size is free: the size to feed it."),
+    click.option("--layout", type=click.Choice(["nhwc", "nchw"]),
+                 help="A SavedModel, .tflite or .onnx file: its input's layout, where its shape does not say."),
+    click.option("--outputs", "outputs_are", type=click.Choice(["logits", "probabilities"]),
+                 help="A SavedModel, .tflite or .onnx file: what its output holds (default: its final softmax or "
+                 "sigmoid says; else whether it is a probability vector)."),
 )
+
+
+def _input_size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        height, width = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HEIGHTxWIDTH (say 224x224)") from None
+    if height < 1 or width < 1:
+        raise click.BadParameter(f"{value!r}: both sides must be 1 or more")
+    return height, width
 # --threshold: several labels per image.
 threshold_option = click.option(
     "--threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
@@ -206,7 +226,9 @@ def settings(options: dict, method: str = "gradcam", **extra: Any) -> Any:
                     weights=options.pop("weights"), imports=tuple(options.pop("imports")), unsafe=options.pop("unsafe"),
                     batch_size=options.get("batch_size", 32), max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS),
                     output=options.pop("output_name"), multi_label=options.pop("multi_label"),
-                    output_index=options.pop("output_index"), threshold=options.pop("threshold", 0.5), **extra)
+                    output_index=options.pop("output_index"), threshold=options.pop("threshold", 0.5),
+                    input_size=options.pop("input_size"), layout=options.pop("layout"),
+                    outputs_are=options.pop("outputs_are"), **extra)
 
 
 def run_options(options: dict) -> Any:
