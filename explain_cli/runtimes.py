@@ -95,7 +95,17 @@ def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime
         if np.issubdtype(runner.dtype, np.integer):
             info = np.iinfo(runner.dtype)
             x = np.clip(np.round(x), info.min, info.max)
-        out = np.asarray(runner.run(np.ascontiguousarray(x.astype(runner.dtype))), np.float32)
+        x = np.ascontiguousarray(x.astype(runner.dtype))
+        fixed = runner.shape[0] if isinstance(runner.shape[0], int) and runner.shape[0] > 0 else None
+        if fixed is None:
+            out = np.asarray(runner.run(x), np.float32)
+        else:  # a file exported for one batch size (PyTorch's default is 1): run in its batches, the last padded
+            pieces = []
+            for start in range(0, len(x), fixed):
+                piece = x[start:start + fixed]
+                padded = np.concatenate([piece, np.repeat(piece[-1:], fixed - len(piece), axis=0)])
+                pieces.append(np.asarray(runner.run(padded), np.float32)[:len(piece)])
+            out = np.concatenate(pieces)
         return out.reshape(len(out), -1)
 
     probe = raw(np.full((1, height, width, channels), 128.0, np.float32))
@@ -162,7 +172,7 @@ def _outputs(probe: np.ndarray, ends_in: str | None, given: str | None, notes: l
         notes.append(f"outputs read as probabilities (the graph ends in a {ends_in})")
         return "probabilities"
     bounded = bool(np.all((probe >= 0) & (probe <= 1)))
-    summed = probe.shape[1] == 1 or bool(np.allclose(probe.sum(axis=1), 1.0, atol=1e-3))
+    summed = probe.shape[1] == 1 or bool(np.allclose(probe.sum(axis=1), 1.0, atol=0.02))  # quantised outputs round
     outputs = "probabilities" if bounded and summed else "logits"
     notes.append(f"outputs read as {outputs} (the file does not say; its output on a grey image "
                  f"{'is' if outputs == 'probabilities' else 'is not'} a probability vector; --outputs to say)")
@@ -243,13 +253,21 @@ def _litert(path: Path) -> Runner:
         return (out - zero) * scale if scale else out
 
     scale, zero = first["quantization"]
-    ends_in = None
-    try:  # the op that writes the output, when this interpreter lists its ops
-        writer = next(op for op in interpreter._get_ops_details() if output["index"] in op["outputs"])
-        ends_in = {"SOFTMAX": "softmax", "LOGISTIC": "sigmoid"}.get(writer["op_name"])
-    except (AttributeError, StopIteration, KeyError):
-        pass
-    return Runner(shape, first["dtype"], run, ends_in, (float(scale), int(zero)) if scale else None)
+    return Runner(shape, first["dtype"], run, _litert_ends_in(interpreter, output["index"]),
+                  (float(scale), int(zero)) if scale else None)
+
+
+def _litert_ends_in(interpreter: Any, output: int) -> str | None:
+    """"softmax" / "sigmoid" when the op writing the output (through (de)quantisations and reshapes) is one."""
+    try:  # the ops, where this interpreter lists them (a delegate's node writes copies: the first writer counts)
+        ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    except AttributeError:
+        return None
+    writers = {int(t): op for op in ops for t in op["outputs"]}
+    op = writers.get(output)
+    while op is not None and op["op_name"] in ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE"):
+        op = writers.get(int(op["inputs"][0]))
+    return {"SOFTMAX": "softmax", "LOGISTIC": "sigmoid"}.get(op["op_name"]) if op is not None else None
 
 
 def _saved_model(path: Path) -> Runner:
@@ -270,5 +288,4 @@ def _saved_model(path: Path) -> Runner:
     def run(batch: np.ndarray) -> np.ndarray:
         return function(**{name: tf.constant(batch)})[outputs[0]].numpy()  # type: ignore[no-any-return]
 
-    shape = tuple(spec.shape.as_list())
-    return Runner((None, *shape[1:]), spec.dtype.as_numpy_dtype, run)
+    return Runner(tuple(spec.shape.as_list()), spec.dtype.as_numpy_dtype, run)

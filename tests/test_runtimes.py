@@ -68,8 +68,28 @@ def test_a_keras_model_exported_by_keras_predicts_and_explains_as_itself(tiny_mo
         assert np.corrcoef(ours.map.ravel(), theirs.map.ravel())[0, 1] >= 0.999
 
 
-def nchw_softmax_model(path, weights: np.ndarray) -> None:
-    """An ONNX model built with onnx's helpers: (N, 3, H, W) floats in [0, 1] -> mean per channel -> MatMul -> Softmax."""
+def test_a_fully_quantised_litert_model_takes_and_gives_uint8(tiny_model, scenes, tmp_path):
+    """Quantised to 8 bits, input and output: pixels go in through its scale and zero point, and its softmax is found
+    behind the final quantisation, so its outputs are read as probabilities (to the 8 bits' rounding)."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.models.load_model(tiny_model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None].astype(np.float32)] for image in scenes)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.uint8
+    (tmp_path / "q.tflite").write_bytes(converter.convert())
+    explainer = Explainer(tmp_path / "q.tflite", method="occlusion")
+    assert "outputs read as probabilities (the graph ends in a softmax)" in explainer.notes
+    got = np.stack([p.probabilities for p in explainer.predict(scenes)])
+    np.testing.assert_allclose(got, model.predict(scenes.astype(np.float32), verbose=0), atol=0.03)
+
+
+def nchw_softmax_model(path, weights: np.ndarray, batch: int | str = "batch") -> None:
+    """An ONNX model built with onnx's helpers: (N, 3, H, W) floats in [0, 1] -> mean per channel -> MatMul -> Softmax;
+    `batch`: a fixed batch size, as PyTorch exports by default, or a free one."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -81,8 +101,8 @@ def nchw_softmax_model(path, weights: np.ndarray) -> None:
     ]
     graph = helper.make_graph(
         nodes, "colours",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 24, 20])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", weights.shape[1]])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 24, 20])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, weights.shape[1]])],
         initializer=[numpy_helper.from_array(np.array(255.0, np.float32), "scale"),
                      numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
                      numpy_helper.from_array(weights.astype(np.float32), "weights")])
@@ -92,12 +112,13 @@ def nchw_softmax_model(path, weights: np.ndarray) -> None:
     onnx.save(model, str(path))
 
 
-def test_an_onnx_model_no_keras_code_made_is_read_from_its_graph_and_explained(tmp_path):
+@pytest.mark.parametrize("batch", ["batch", 1, 5])
+def test_an_onnx_model_no_keras_code_made_is_read_from_its_graph_and_explained(tmp_path, batch):
     weights = np.array([[8.0, -4.0, -4.0], [-4.0, 8.0, -4.0], [-4.0, -4.0, 8.0]])  # red, green, blue
-    nchw_softmax_model(tmp_path / "colours.onnx", weights)
+    nchw_softmax_model(tmp_path / "colours.onnx", weights, batch)
     explainer = Explainer(tmp_path / "colours.onnx", method="occlusion", window=4, stride=4, labels=["r", "g", "b"])
     assert explainer.input_size == (24, 20, 3)
-    assert "layout NCHW (from the file: input (?, 3, 24, 20))" in explainer.notes
+    assert f"layout NCHW (from the file: input ({'?' if batch == 'batch' else batch}, 3, 24, 20))" in explainer.notes
     assert "outputs read as probabilities (the graph ends in a softmax)" in explainer.notes
     image = np.full((24, 20, 3), 30, np.uint8)
     image[4:12, 8:16] = (40, 40, 250)  # a blue square
