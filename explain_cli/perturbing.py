@@ -1,7 +1,7 @@
 """The steps of the methods that need no layer. A perturbation method (methods/perturbation.py): the predictions of a
 batch pick its classes, then each image's perturbed copies go through the one forward step in full batches, every
-explained class of the image read from the same passes. The random control: seeded noise. Whatever runs the model (Keras, a SavedModel, LiteRT, ONNX Runtime) is behind
-`predict` and `forward`."""
+explained class of the image read from the same passes. The random control: seeded noise. Whatever runs the model
+(Keras, a SavedModel, LiteRT, ONNX Runtime) is behind `predict` and `forward`."""
 
 from __future__ import annotations
 

@@ -349,7 +349,8 @@ def write_explanation(source: Source, files: output.FileSet, value: Explanation,
     if map_file:
         files.write(map_file, render.encode_grey(heatmap))
     if figure_file:
-        title = f"{value.label} ({value.class_index}): p = {value.probability:.3f}, {options.method} at {options.layer}"
+        where = f" at {options.layer}" if options.layer else ""  # the perturbation methods have no layer
+        title = f"{value.label} ({value.class_index}): p = {value.probability:.3f}, {options.method}{where}"
         files.write(figure_file, render.figure(value.image, heatmap, np.asarray(blended), title, options.colormap))
     return Written(value, source.shown, overlay, heatmap_file, figure_file, map_file)
 

@@ -73,15 +73,15 @@ def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime
     """Open the file and read (or take from `runtime`) its input size, layout and outputs."""
     path = Path(spec)
     kind = KINDS.get(path.suffix.lower(), "SavedModel")
+    article = "an" if kind == "ONNX" else "a"
     try:
         runner = {"ONNX": _onnx, "LiteRT": _litert, "SavedModel": _saved_model}[kind](path)
     except ExplainError:
         raise
     except Exception as error:  # each runtime's own error for a file it cannot read
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        article = "an" if kind == "ONNX" else "a"
         raise ExplainError(f"{path}: not {article} {kind} model it can read ({first})") from None
-    notes = [f"{'an' if kind == 'ONNX' else 'a'} {kind} model, run by {'ONNX Runtime' if kind == 'ONNX' else 'TensorFlow'}"]
+    notes = [f"{article} {kind} model, run by {'ONNX Runtime' if kind == 'ONNX' else 'TensorFlow'}"]
     layout = _layout(path, runner.shape, runtime.layout, notes)
     height, width, channels = _size(path, runner.shape, layout, runtime.input_size, notes)
 

@@ -86,8 +86,9 @@ class PerturbationInputs:
 def rise(p: PerturbationInputs) -> np.ndarray:
     """RISE (Petsiuk et al. 2018): S_c = Σ_i p_c(I ⊙ M_i) · M_i / (N · keep) less its minimum, at the input's
     resolution; I ⊙ M = 128 + (I − 128) · M, so what a mask hides goes to grey, as the paper's masks of mean-centred
-    images do (black, which evaluate's deletion uses, is evidence of its own to many models). Every pixel's sum holds about E[p_c] / keep of baseline (a pixel is in half the masks whatever it
-    shows): without the minimum taken off, a map scaled by its maximum would be nearly flat."""
+    images do (black, which evaluate's deletion uses, is evidence of its own to many models). Every pixel's sum holds
+    about E[p_c] / keep of baseline (a pixel is in half the masks whatever it shows): without the minimum taken off, a
+    map scaled by its maximum would be nearly flat."""
     import numpy as np
 
     masks = p.masks

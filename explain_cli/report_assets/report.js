@@ -140,7 +140,7 @@ function showViewer() {
   image.alt = item.image;
   $("viewer-caption").textContent = explanation
     ? `${item.image} — ${explanation.label} (${explanation.class_index}), p = ${percent(explanation.score ?? 0)}, ` +
-      `${explanation.method} at ${explanation.layer}${original ? " — original" : ""}`
+      `${explanation.method}${explanation.layer ? ` at ${explanation.layer}` : ""}${original ? " — original" : ""}`
     : `${item.image} — original`;
   $("toggle").hidden = !explanation;
   $("toggle").textContent = original ? "Show overlay" : "Show original";
