@@ -222,6 +222,9 @@ def segment(method: str, max_masks: int, min_area: float, region: str | None, ma
     """
     from explain_cli import runs, segment as segmenting
 
+    if click.get_current_context().get_parameter_source("model_spec") is click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("explain segment needs a segmentation model: --model FILE (the default, resnet50, is a "
+                               "classifier)")
     if region and masks:
         raise click.UsageError("--region and --masks are exclusive: one region per image")
     box = segmenting.parse_box(region) if region else None

@@ -253,6 +253,8 @@ def test_segment_needs_a_segmentation_model(tiny_model, tmp_path):
         result.stderr.split())
     both = run("segment", tmp_path / "a.png", "--model", tiny_model, "--region", "0,0,4,4", "--masks", tmp_path)
     assert both.exit_code == 2 and "--region and --masks are exclusive" in both.stderr
+    unnamed = run("segment", tmp_path / "a.png")  # not the classifier every other command defaults to
+    assert unnamed.exit_code == 2 and "explain segment needs a segmentation model: --model FILE" in unnamed.stderr
 
 
 def test_evaluate_on_a_segmenter_scores_a_class_by_its_mean_probability_over_its_region(segmenter_model, tmp_path):
