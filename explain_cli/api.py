@@ -390,13 +390,9 @@ class Explainer:
         s = self.settings
         per_image = choice.per_image is not None
         if method in PERTURBATION_METHODS:
-            from explain_cli import perturbing
-
             if regions or self._needs_head().kind == "pixels":
                 raise BadArgument("--method", f"{method} explains a class's probability, not a segmentation's region")
-            height, width, _ = self.input_size
-            masks = self._step(("rise masks",), lambda: perturbing.masks_for(s, height, width))
-            return perturbing.step(method, self._predict(), self._forward(), choice, s, masks, height, width)
+            return self._perturbation(method, choice, self._predict(), self._forward())
         self.check_method(method)
         if method in PIXEL_METHODS:
             layer = self.layer if method != "guided-gradcam" else self._cut().layer
@@ -406,6 +402,15 @@ class Explainer:
         return core.compile_explain(self._loaded, self._cut(), method, classes=choice.classes, top_k=choice.k,
                                     score=s.score, counterfactual=s.counterfactual, max_masks=s.max_masks,
                                     per_image=per_image, regions=regions)
+
+    def _perturbation(self, method: str, choice: targets.ClassChoice, predict: Callable[[np.ndarray], np.ndarray],
+                      forward: Callable[[np.ndarray], np.ndarray]) -> Any:
+        """A perturbation method's step over these forward functions, with the run's one set of RISE masks."""
+        from explain_cli import perturbing
+
+        height, width, _ = self.input_size
+        masks = self._step(("rise masks",), lambda: perturbing.masks_for(self.settings, height, width))
+        return perturbing.step(method, predict, forward, choice, self.settings, masks, height, width)
 
     def _random(self, choice: targets.ClassChoice) -> pipeline.Compute:
         """The random control: seeded uniform noise at the input's resolution, for the chosen classes."""
@@ -426,13 +431,8 @@ class Explainer:
 
         def build(model: LoadedModel, graph: Any, cut: Any, method: str) -> Any:
             if method in PERTURBATION_METHODS:  # the randomised copy's own forward passes
-                from explain_cli import perturbing
-
-                height, width, _ = self.input_size
-                masks = self._step(("rise masks",), lambda: perturbing.masks_for(s, height, width))
-                return perturbing.step(method, core.compile_predict(model, graph),
-                                       core.compile_predict(model, graph, "float32"), PER_IMAGE, s, masks, height,
-                                       width)
+                return self._perturbation(method, PER_IMAGE, core.compile_predict(model, graph),
+                                          core.compile_predict(model, graph, "float32"))
             if method in METHODS:
                 return core.compile_explain(model, cut, method, max_masks=s.max_masks, per_image=True)
             return core.compile_saliency(model, graph, method, layer=cut.layer, per_image=True)

@@ -20,7 +20,6 @@ from typing import Any
 from explain_cli.errors import BadArgument, ExplainError
 
 Tensor = Any
-KINDS = ("classes", "labels", "binary", "value", "pixels")
 UNDERSTOOD = ("explain understands outputs of shape (batch, classes) (a softmax or logits; sigmoids for several "
               "labels), (batch, 1) (a sigmoid: binary; linear: a value), and (batch, height, width, classes) (per "
               "pixel: a segmentation)")
@@ -143,10 +142,9 @@ def pixel_masks(head: Head, raw: Tensor) -> Tensor:
     sigmoids over several classes, each class at probability ≥ 0.5)."""
     import tensorflow as tf
 
-    probability = pixel_probabilities(head, raw)
-    if head.activation == "sigmoid" and head.size > 1:
-        return tf.cast(probability >= 0.5, tf.float32)
-    return tf.one_hot(tf.argmax(probability, axis=-1), head.classes, dtype=tf.float32)
+    if several_per_pixel(head):  # σ(z) ≥ 0.5 where z ≥ 0
+        return tf.cast(tf.cast(raw, tf.float32) >= 0, tf.float32)
+    return tf.one_hot(pixel_classes(head, raw), head.classes, dtype=tf.float32)
 
 
 def pixel_classes(head: Head, raw: Tensor) -> Tensor:

@@ -183,6 +183,13 @@ def _shown(shape: Sequence[Any]) -> str:
     return "(" + ", ".join("?" if not isinstance(d, int) else str(d) for d in shape) + ")"
 
 
+def _one_input(path: Path, inputs: Sequence[Any]) -> Sequence[Any]:
+    """The model's inputs, when there is exactly one; ExplainError otherwise."""
+    if len(inputs) != 1:
+        raise ExplainError(f"{path}: the model takes {len(inputs)} inputs; explain feeds one image batch")
+    return inputs
+
+
 # --- the runtimes ----------------------------------------------------------------------------------------------------
 
 
@@ -192,9 +199,7 @@ def _onnx(path: Path) -> Runner:
     except ImportError:
         raise ExplainError(f"{path}: ONNX models need ONNX Runtime: pip install 'explain-cli[onnx]'") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (first, *rest) = session.get_inputs()
-    if rest:
-        raise ExplainError(f"{path}: the model takes {1 + len(rest)} inputs; explain feeds one image batch")
+    (first,) = _one_input(path, session.get_inputs())
     dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(double)": np.float64,
              "tensor(float16)": np.float16}.get(first.type)
     if dtype is None:
@@ -232,9 +237,7 @@ def _litert(path: Path) -> Runner:
     with warnings.catch_warnings(), native_stderr_silenced():  # its deprecation, its delegate's start-up line
         warnings.simplefilter("ignore")
         interpreter = Interpreter(model_path=str(path))
-    (first, *rest) = interpreter.get_input_details()
-    if rest:
-        raise ExplainError(f"{path}: the model takes {1 + len(rest)} inputs; explain feeds one image batch")
+    (first,) = _one_input(path, interpreter.get_input_details())
     output = interpreter.get_output_details()[0]
     shape = tuple(int(d) if d > 0 else None for d in first.get("shape_signature", first["shape"]))
     shape = (None, *shape[1:])
@@ -280,9 +283,7 @@ def _saved_model(path: Path) -> Runner:
     if function is None:
         raise ExplainError(f"{path}: the SavedModel has no signature to call")
     _, named = function.structured_input_signature
-    if len(named) != 1:
-        raise ExplainError(f"{path}: its signature takes {len(named)} inputs; explain feeds one image batch")
-    (name, spec), = named.items()
+    ((name, spec),) = _one_input(path, list(named.items()))
     outputs = sorted(function.structured_outputs)
 
     def run(batch: np.ndarray) -> np.ndarray:

@@ -90,6 +90,19 @@ SHAPES = ("disc", "square", "cross", "ring")  # the outline is the class, whatev
 SHAPES_SIZE = 64
 
 
+def shape_mask(name: str, dy: np.ndarray, dx: np.ndarray, radius: int) -> np.ndarray:
+    """Where a shape of SHAPES lies, given each pixel's offset (dy, dx) from its centre."""
+    distance = np.hypot(dy, dx)
+    bar = max(2, radius // 3)
+    if name == "disc":
+        return distance <= radius
+    if name == "square":
+        return (np.abs(dy) <= radius * 0.85) & (np.abs(dx) <= radius * 0.85)
+    if name == "cross":
+        return ((np.abs(dy) <= bar) | (np.abs(dx) <= bar)) & (np.abs(dy) <= radius) & (np.abs(dx) <= radius)
+    return (distance <= radius) & (distance >= radius - bar)  # ring
+
+
 def make_shape(rng: np.random.Generator, size: int = SHAPES_SIZE) -> Scene:
     """One of SHAPES, in a random colour, size and place, on a noisy background of another brightness."""
     background = rng.integers(40, 200)
@@ -98,15 +111,7 @@ def make_shape(rng: np.random.Generator, size: int = SHAPES_SIZE) -> Scene:
     radius = int(rng.integers(size // 7, size // 4))
     cy, cx = (int(rng.integers(radius + 2, size - radius - 2)) for _ in range(2))
     y, x = np.mgrid[:size, :size]
-    dy, dx = y - cy, x - cx
-    distance = np.hypot(dy, dx)
-    bar = max(2, radius // 3)
-    mask = {
-        "disc": distance <= radius,
-        "square": (np.abs(dy) <= radius * 0.85) & (np.abs(dx) <= radius * 0.85),
-        "cross": ((np.abs(dy) <= bar) | (np.abs(dx) <= bar)) & (np.abs(dy) <= radius) & (np.abs(dx) <= radius),
-        "ring": (distance <= radius) & (distance >= radius - bar),
-    }[SHAPES[label]]
+    mask = shape_mask(SHAPES[label], y - cy, x - cx, radius)
     colour = rng.integers(0, 256, 3)
     while abs(int(colour.mean()) - int(background)) < 60:  # the shape stands out from its background
         colour = rng.integers(0, 256, 3)
@@ -275,15 +280,7 @@ def make_shapes(rng: np.random.Generator, size: int = SHAPES_SIZE, most: int = 3
                 break
         else:
             continue
-        dy, dx = y - cy, x - cx
-        distance = np.hypot(dy, dx)
-        bar = max(2, radius // 3)
-        where = {
-            "disc": distance <= radius,
-            "square": (np.abs(dy) <= radius * 0.85) & (np.abs(dx) <= radius * 0.85),
-            "cross": ((np.abs(dy) <= bar) | (np.abs(dx) <= bar)) & (np.abs(dy) <= radius) & (np.abs(dx) <= radius),
-            "ring": (distance <= radius) & (distance >= radius - bar),
-        }[SHAPES[int(label)]]
+        where = shape_mask(SHAPES[int(label)], y - cy, x - cx, radius)
         colour = rng.integers(0, 256, 3)
         while abs(int(colour.mean()) - int(background)) < 60:
             colour = rng.integers(0, 256, 3)
