@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from explain_cli.api import Explainer
+    from explain_cli.detect import Detection, Detector
     from explain_cli.settings import Settings
     from explain_cli.callbacks import ExplainCallback
     from explain_cli.errors import BadArgument, BadInput, ExplainError
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "Explainer": "explain_cli.api",
+    "Detector": "explain_cli.detect",
+    "Detection": "explain_cli.detect",
     "Settings": "explain_cli.settings",
     "Explanation": "explain_cli.results",
     "ImagePredictions": "explain_cli.results",

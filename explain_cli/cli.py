@@ -18,6 +18,7 @@ import click
 
 from explain_cli import __version__
 from explain_cli.commands import common
+from explain_cli.commands import detect as detect_command
 from explain_cli.commands import evaluate as evaluate_command
 from explain_cli.commands import report as report_command
 from explain_cli.methods import METHODS
@@ -258,6 +259,7 @@ def layers(**options: Any) -> None:
     runs.layers(common.settings(options))
 
 
+cli.add_command(detect_command.detect)
 cli.add_command(evaluate_command.evaluate)
 cli.add_command(report_command.report)
 

@@ -42,6 +42,8 @@ class Tally:
     both: Any = None  # a segmentation with true masks: per class, the pixels in both (summed over the images)
     either: Any = None  # ... and in either
     with_masks: int = 0  # ... over this many images
+    detections: list = field(default_factory=list)  # a detector with true boxes: every detection (boxes.Found)
+    true_boxes: dict = field(default_factory=dict)  # ... and each image's true (class, box) pairs
 
     def count(self, result: ImageResult) -> None:
         self.done += 1
@@ -50,6 +52,10 @@ class Tally:
             self.both = both if self.both is None else self.both + both
             self.either = either if self.either is None else self.either + either
             self.with_masks += 1
+        if result.detected is not None:
+            found, true = result.detected
+            self.detections.extend(found)
+            self.true_boxes[result.source.key] = true
         if isinstance(result.truth, frozenset) and result.shown is not None:
             self.label_rows.append((result.shown, result.truth))
         elif result.truth_rank is not None:
@@ -71,8 +77,18 @@ class Tally:
         """A segmentation's IoU per class over the images with true masks (NaN for a class in none of either)."""
         return np.divide(self.both, self.either, out=np.full(len(self.both), np.nan), where=self.either > 0)
 
+    def box_scores(self) -> dict | None:
+        """A detector's precision, recall and mAP at IoU 0.5 over the images with true boxes (boxes.precision_recall)."""
+        from explain_cli import boxes
+
+        return boxes.precision_recall(self.detections, self.true_boxes) if self.true_boxes else None
+
     def details(self) -> list[str]:
-        """Lines after the summary: several labels per image, each label summed up; a segmentation's IoU per class."""
+        """Lines after the summary: several labels per image, each label summed up; a segmentation's IoU per class; a
+        detector's AP per class."""
+        found = self.box_scores()
+        if found is not None:
+            return [f"  {self.labels[c] if c < len(self.labels) else c}: AP@0.5 {ap:.3f}" for c, ap in found["ap50"].items()]
         if self.with_masks:
             names = self.labels or tuple(str(i) for i in range(len(self.both)))
             return [f"  {name}: IoU " + ("-" if np.isnan(iou) else f"{iou:.3f}")
@@ -97,6 +113,10 @@ class Tally:
         if scores is not None:
             parts.append(f"labels at {self.threshold:g}: macro F1 {scores.macro_f1:.3f}, mAP "
                          f"{scores.mean_average_precision:.3f} over {len(self.label_rows)} images with truth")
+        found = self.box_scores()
+        if found is not None:
+            parts.append(f"detections at IoU 0.5: precision {found['precision']:.3f}, recall {found['recall']:.3f}, "
+                         f"mAP@0.5 {found['map50']:.3f} over {len(self.true_boxes)} images with true boxes")
         if self.with_masks:
             parts.append(f"mean IoU {np.nanmean(self.ious()):.3f} over {self.with_masks} images with true masks")
         if self.skipped:
@@ -167,7 +187,8 @@ def _record(result: ImageResult, tally: Tally, manifest: output.Manifest | None,
             output.remove_files(target.path.parent, result.files())
             raise
     if manifest is not None:
-        tally.explained += len(result.records)
+        tally.explained += sum(1 for r in result.records if r.get("overlay", "") is not None)  # an image with
+        # nothing explained (no detection, no class present) still has its line
     tally.count(result)
 
 

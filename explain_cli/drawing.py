@@ -1,4 +1,5 @@
-"""Pictures drawn over an image: a segmentation's classes, with a legend of those present. numpy and Pillow only."""
+"""Pictures drawn over an image: a segmentation's classes, with a legend of those present; a detector's boxes, captioned.
+numpy and Pillow only."""
 
 from __future__ import annotations
 
@@ -53,3 +54,21 @@ def segmentation(original: np.ndarray, classes: np.ndarray, names: Sequence[str]
     whole.paste(blended, (0, 0))
     whole.paste(legend, (0, size[1]))
     return whole
+
+
+def boxes(picture: np.ndarray | Image.Image, drawn: Sequence[tuple[tuple[float, float, float, float], int, str]],
+          width: int = 2) -> Image.Image:
+    """Boxes drawn over a picture: each (x0, y0, x1, y1) in its pixels, in its class's colour, with its caption on a
+    band of that colour above it (inside the picture where the box touches its top)."""
+    canvas = (picture if isinstance(picture, Image.Image) else Image.fromarray(picture)).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for (x0, y0, x1, y1), class_index, caption in drawn:
+        fill = colour(class_index)
+        draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=fill, width=width)
+        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+        band = bottom - top + 4
+        y = y0 - band if y0 - band >= 0 else y0
+        draw.rectangle((x0, y, x0 + right - left + 4, y + band), fill=fill)
+        draw.text((x0 + 2, y + 2 - top), caption, fill="black" if sum(fill) > 360 else "white", font=font)
+    return canvas

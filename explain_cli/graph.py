@@ -44,6 +44,10 @@ class Step:
                 result = self.layer(*args, **kwargs)
         else:
             result = self.layer(*args, **kwargs)
+        if isinstance(result, dict):  # a layer returning a dict (keras-hub's feature pyramid): Keras' flat order
+            from keras import tree
+
+            result = tree.flatten(result)
         results = result if isinstance(result, (list, tuple)) else [result]
         for number, value in zip(self.outputs, results):
             values[number] = value

@@ -297,11 +297,15 @@ def format_predictions(image: str, predictions: Sequence[Prediction], style: str
     (with `truth`, {"truth": class or None}, when --truth is given; the TSV keeps its five columns)."""
     if style == "json":
         return _json_line({"image": image, "predictions": [p.row() for p in predictions], **(truth or {})})
+    if style == "tsv" and any(hasattr(p, "tsv") for p in predictions):  # a detection: its own columns
+        return "".join(p.tsv(_tsv(image)) for p in predictions)  # type: ignore[attr-defined]
     if style == "tsv":
         return "".join(f"{_tsv(image)}\t{p.rank}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\n"
                        if not hasattr(p, "mean_probability") else  # a segmentation's class: its share, its probability
                        f"{_tsv(image)}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\t{p.mean_probability:.6f}\n"
                        for p in predictions)
+    if any(hasattr(p, "line") for p in predictions):
+        return f"{image}\n" + "".join(p.line() for p in predictions)  # type: ignore[attr-defined]
     rows = [f"  {p.rank}. {p.label:<30} {p.class_index:>5}  " + (
         f"{p.probability:.6g}\n" if isinstance(p, Value) else f"{p.probability:7.2%}" + (
             f" of the pixels, p = {p.mean_probability:.3f}\n" if hasattr(p, "mean_probability") else "\n"))

@@ -69,6 +69,8 @@ class ImageResult:
     shown: np.ndarray | None = None  # several labels per image, with truth: each label's probability, to sum up
     overlap: tuple[np.ndarray, np.ndarray] | None = None  # a segmentation with a true mask: per class, pixels in both
     # and in either
+    detected: tuple[list, list] | None = None  # a detector's, with true boxes: its detections (boxes.Found) and the
+    # image's true (class, box) pairs
 
     def files(self) -> list[str]:
         """The files written for this image, relative to the output folder."""
@@ -339,6 +341,10 @@ def write_explanation(source: Source, files: output.FileSet, value: Explanation,
         return output.explanation_name(source.stem, options.method, value.class_index, value.label, suffix).as_posix()
 
     blended = render.overlay_on(ready, heatmap, options.colormap)
+    if value.box is not None:  # a detection: its box drawn over its map
+        from explain_cli import drawing
+
+        blended = drawing.boxes(blended, [(value.box, value.class_index, f"{value.label} {value.probability:.2f}")])
     overlay = name(options.image_format)
     heatmap_file = name("npy") if options.save_heatmap else None
     figure_file = name("figure.png") if options.figure else None

@@ -46,6 +46,9 @@ class Card:
     labels: list | None = None  # several labels per image: [class_index, label, probability] of those predicted
     segmentation: str | None = None  # a segmentation: the picture of its classes over the image (relative to OUT_DIR)
     segmentation_thumb: str | None = None
+    detections: str | None = None  # a detector: the picture of its boxes over the image (relative to OUT_DIR)
+    detections_thumb: str | None = None
+    boxes: list = field(default_factory=list)  # ... and each box: [k, class_index, label, score, [x0, y0, x1, y1]]
     explanations: list = field(default_factory=list)
     evaluation: list = field(default_factory=list)
 
@@ -73,15 +76,18 @@ def cards(out_dir: Path) -> list[Card]:
             card.explanations.append({
                 "method": record.get("method"), "class_index": record.get("class_index"),
                 "label": record.get("label"), "score": record.get("score"), "layer": record.get("layer"),
-                "rank": record.get("rank"), "overlay": overlay, "thumb": None,
+                "rank": record.get("rank"), "overlay": overlay, "thumb": None, "detection": record.get("detection"),
             })
+        box = [record.get(key) for key in ("detection", "class_index", "label", "score", "box")]
+        if record.get("box") is not None and box not in card.boxes:  # each method of a run repeats the box
+            card.boxes.append(box)
     for record in output.read_records(out_dir, output.EVALUATION):
         image = record.get("image")
         if isinstance(image, str):
             card = by_image.setdefault(image, Card(image))
             _take_image_fields(card, record)
             card.evaluation.append({key: record.get(key) for key in (
-                "method", "class_index", "label", "deletion_auc", "insertion_auc", "average_drop",
+                "method", "class_index", "label", "detection", "deletion_auc", "insertion_auc", "average_drop",
                 "increase_in_confidence", "pointing_hit", "energy_in_box")})
     return list(by_image.values())
 
@@ -97,6 +103,8 @@ def _take_image_fields(card: Card, record: dict) -> None:
         card.labels = record["predicted_labels"]
     if record.get("segmentation") and card.segmentation is None:
         card.segmentation = record["segmentation"]
+    if isinstance(record.get("detections"), str) and card.detections is None:
+        card.detections = record["detections"]
     if record.get("truth") is not None and card.truth is None:
         card.truth = record["truth"]
         card.truth_label = record.get("truth_label")
@@ -189,6 +197,8 @@ def _make_thumbnails(out_dir: Path, found: Sequence[Card], workers: int | None) 
             jobs.append((original, card, "thumb"))
         if card.segmentation:
             jobs.append((out_dir / card.segmentation, card, "segmentation_thumb"))
+        if card.detections:
+            jobs.append((out_dir / card.detections, card, "detections_thumb"))
         for explanation in card.explanations:
             jobs.append((out_dir / explanation["overlay"], explanation, "thumb"))
     keep: set[str] = set()

@@ -46,6 +46,7 @@ class Explanation:
     image: np.ndarray = field(repr=False)  # the original, upright RGB uint8 (height, width, 3)
     share: float | None = None  # a segmentation: the explained region's share of the image's pixels
     mean_probability: float | None = None  # a segmentation: the class's mean probability over the region
+    box: tuple[float, float, float, float] | None = None  # a detection: its box (x0, y0, x1, y1), the image's pixels
 
     def heatmap(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """The map normalised to [0, 1] (map / max, negatives 0) and upsampled bilinearly to `size` = (width,
@@ -54,8 +55,14 @@ class Explanation:
         return render.upsample(render.normalise(self.map), width, height)
 
     def overlay(self, colormap: str = "jet", alpha: float = 0.4) -> Image.Image:
-        """(1 − alpha) · image + alpha · colormap(heatmap), at the original image's size, as a PIL image."""
-        return render.overlay_on(render.backdrop(self.image, alpha), render.normalise(self.map), colormap)
+        """(1 − alpha) · image + alpha · colormap(heatmap), at the original image's size, as a PIL image; a
+        detection's box drawn over it."""
+        blended = render.overlay_on(render.backdrop(self.image, alpha), render.normalise(self.map), colormap)
+        if self.box is None:
+            return blended
+        from explain_cli import drawing
+
+        return drawing.boxes(blended, [(self.box, self.class_index, f"{self.label} {self.probability:.2f}")])
 
     def figure(self, colormap: str = "jet") -> Image.Image:
         """The panel original | heatmap | overlay, titled with the class, its probability, the method and the layer."""

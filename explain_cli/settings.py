@@ -79,5 +79,7 @@ def check(settings: Settings) -> None:
 
 def check_methods(methods: Iterable[str]) -> None:
     for method in methods:
+        if method == "drise":
+            raise BadArgument("--method", "drise explains an object detector's boxes, and this model is no detector")
         if method not in METHOD_NAMES:
             raise BadArgument("--method", f"unknown method {method!r}; choose from {', '.join(METHOD_NAMES)}")

@@ -39,6 +39,7 @@ class Split:
     attentions: Callable[[Tensor], tuple[Tensor, list[Tensor]]] | None = None  # logits, and the attention scores
     tokens: tuple[int, int, int] | None = None  # the attention tokens' layout: (extra, grid h, grid w)
     output_shape: tuple[int | None, ...] = ()  # the head's output, without the batch axis
+    skip_values: tuple[int, ...] | None = None  # the graph's value numbers of the skips, for a cut between steps
 
 
 _PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
@@ -103,6 +104,7 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False) -> Sp
         attentions=attention_scores(graph),
         tokens=_token_layout(graph),
         output_shape=output_shape(graph),
+        skip_values=None if inside or point.is_tokens else skips,
     )
 
 

@@ -19,7 +19,7 @@ from tests.trained import Trainer
 
 # The trained fixtures (tests/trained.py) and the kind each is made by.
 TRAINED = {"tiny_model": "tiny", "shapes_model": "shapes", "marks_model": "marks", "multilabel_model": "multilabel",
-           "segmenter_model": "segmenter"}
+           "segmenter_model": "segmenter", "detector_model": "detector"}
 
 
 def pytest_configure(config) -> None:
@@ -118,6 +118,13 @@ def multilabel_model(pytestconfig) -> Path:
 def segmenter_model(pytestconfig) -> Path:
     """A small U-Net scoring each pixel as background or one of SHAPES (tests/synthetic.py)."""
     return pytestconfig.trainer.get("segmenter") / "segmenter.keras"
+
+
+@pytest.fixture(scope="session")
+def detector_model(pytestconfig) -> Path:
+    """A one-stage detector of colour blobs, two or three to an image (tests/synthetic_detector.py): outputs boxes
+    (b, 256, 4) in pixels and sigmoid scores (b, 256, 3) before non-maximum suppression."""
+    return pytestconfig.trainer.get("detector") / "detector.keras"
 
 
 @pytest.fixture(scope="session")

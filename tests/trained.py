@@ -67,19 +67,26 @@ def _segmenter(keras, folder: Path) -> str:
     return synthetic.train_segmenter(keras, folder / "segmenter.keras")
 
 
+def _detector(keras, folder: Path) -> str:
+    from tests import synthetic_detector
+
+    return synthetic_detector.train(keras, folder / "detector.keras")
+
+
 RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(("tiny.keras",), _tiny),
     "shapes": Recipe(tuple(f"shapes_{m}.keras" for m in ("none", "caffe", "tf", "torch")), _shapes),
     "marks": Recipe(("marks.keras",), _marks),
     "multilabel": Recipe(("multilabel.keras",), _multilabel),
     "segmenter": Recipe(("segmenter.keras",), _segmenter),
+    "detector": Recipe(("detector.keras",), _detector),
 }
 
 
 def key(kind: str) -> str:
     """What a kind's models depend on: the code that makes them and the versions that run it."""
     digest = hashlib.sha1(kind.encode())
-    for path in (HERE / "trained.py", HERE / "synthetic.py"):
+    for path in (HERE / "trained.py", HERE / "synthetic.py", HERE / "synthetic_detector.py"):
         digest.update(path.read_bytes())
     for package in ("tensorflow", "keras"):
         digest.update(metadata.version(package).encode())

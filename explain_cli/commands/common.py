@@ -185,6 +185,17 @@ perturbation_options = options(
 )
 
 
+# --min-score, --iou, --max-boxes: which of an object detector's predictions are its detections.
+detection_options = options(
+    click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=0.3, show_default=True,
+                 help="Object detectors: a detection is a prediction whose class probability is at least this."),
+    click.option("--iou", type=click.FloatRange(0.0, 1.0), help="Object detectors: non-maximum suppression's IoU "
+                 "threshold (default: a keras-hub model's own, else 0.5)."),
+    click.option("--max-boxes", type=click.IntRange(1), default=20, show_default=True,
+                 help="Object detectors: detections per image, at most."),
+)
+
+
 def perturbation_settings(options: dict) -> dict[str, Any]:
     """The perturbation methods' settings the options give (popping them)."""
     return {"masks": options.pop("rise_masks"), "cells": options.pop("cells"), "keep": options.pop("keep"),

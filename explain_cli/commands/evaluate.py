@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from explain_cli.commands import common
 from explain_cli.methods import METHODS
 from explain_cli.methods.perturbation import PERTURBATION_METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
 
-METHOD_NAMES = (*METHODS, *PIXEL_METHODS, *PERTURBATION_METHODS, "random")
+METHOD_NAMES = (*METHODS, *PIXEL_METHODS, *PERTURBATION_METHODS, "drise", "random")
 
 
 def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -48,6 +49,7 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @click.option("--seed", type=int, default=0, show_default=True, help="The random control's noise, and rise's masks.")
 @click.option("--max-masks", type=click.IntRange(1), default=64, show_default=True, help="scorecam: masks.")
 @common.perturbation_options
+@common.detection_options
 @click.option("--sanity", is_flag=True,
               help="Cascading randomisation (Adebayo et al. 2018): randomise a copy of the model from the logits down "
               "and report how each method's maps change (Spearman), in sanity.jsonl and on stderr.")
@@ -68,11 +70,22 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
     Writes OUTPUT_DIR/evaluation.jsonl (a line per image, class and method) and evaluation.png (the mean
     deletion and insertion curves); prints each method's means, best first by insertion − deletion.
     """
-    from explain_cli import runs
+    from explain_cli import detect_run, runs
     from explain_cli.settings import EvaluationPlan
 
     plan = EvaluationPlan(methods, steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
+    detection = {name: options.pop(name) for name in ("min_score", "iou", "max_boxes")}
+    given = click.get_current_context().get_parameter_source
+    drise = {"masks": options["rise_masks"], "cells": options["cells"], "keep": options["keep"]}
+    drise = {k: v for k, v in drise.items() if given("rise_masks" if k == "masks" else k) is not ParameterSource.DEFAULT}
     settings = common.settings(options, next((m for m in methods if m != "random"), "gradcam"), max_masks=max_masks,
                                seed=seed, **common.perturbation_settings(options))
+    if detect_run.is_detector_file(settings.model, settings.output):  # a detector: its detections are evaluated
+        if boxes_file or common.class_request(options).specs or options.get("truth"):
+            raise click.UsageError("a detector's detections are measured against their own boxes: --boxes, --class "
+                                   "and --truth are for classifiers")
+        detect_run.evaluate(settings, options["sources"], sys.stdin, plan, {**detection, **drise}, output_dir,
+                            skip_existing, make_report, common.run_options(options))
+        return
     runs.evaluate(settings, options["sources"], sys.stdin, plan, common.class_request(options), boxes_file,
                   sanity_figures, output_dir, skip_existing, make_report, common.run_options(options))

@@ -26,4 +26,8 @@ METHODS: dict[str, Method] = {
     "attention-rollout": Method(attention_rollout, gradients=False, attention=True),
 }
 
-__all__ = ["METHODS", "Method", "MethodInputs"]
+# What explains an object detector's boxes (detect.py): the gradient methods and EigenCAM at a layer, D-RISE's masks,
+# and the random control.
+DETECTION_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "drise", "random")
+
+__all__ = ["DETECTION_METHODS", "METHODS", "Method", "MethodInputs"]

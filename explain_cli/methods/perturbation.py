@@ -103,6 +103,31 @@ def rise(p: PerturbationInputs) -> np.ndarray:
     return (saliency - saliency.min(axis=1, keepdims=True)).reshape(-1, height, width).astype(np.float32)
 
 
+def drise(p: PerturbationInputs) -> np.ndarray:
+    """D-RISE (Petsiuk et al. 2021): S_t = Σ_i (s_t,i − s̄_t) · M_i / (N · keep), s_t,i the masked image i's similarity to
+    target t (`forward` returns (m, targets)), s̄_t its mean over the masks. Taking the mean off, not the minimum as
+    rise does, leaves a pixel that does not matter at about 0 (it is kept in masks of every score alike), so the map's
+    energy is where the target's score rose or fell; the negatives (pixels whose presence lowered it) are kept."""
+    import numpy as np
+
+    masks = p.masks
+    assert masks is not None, "drise needs its masks"
+    height, width = p.image.shape[:2]
+    weighted = np.zeros((len(p.classes), height * width), np.float64)
+    coverage = np.zeros(height * width, np.float64)
+    scores = []
+    for start in range(0, len(masks), p.batch_size):
+        chunk = masks.chunk(start, min(start + p.batch_size, len(masks)))
+        found = p.forward(GREY + (p.image[None] - GREY) * chunk[..., None])[:, p.classes].astype(np.float64)
+        flat = chunk.reshape(len(chunk), -1)
+        weighted += found.T @ flat
+        coverage += flat.sum(axis=0)
+        scores.append(found)
+    mean = np.concatenate(scores).mean(axis=0)  # (k,)
+    saliency = (weighted - mean[:, None] * coverage[None]) / (len(masks) * masks.keep)
+    return saliency.reshape(-1, height, width).astype(np.float32)
+
+
 def occlusion(p: PerturbationInputs) -> np.ndarray:
     """Occlusion (Zeiler & Fergus 2014): S_c(x) = mean over the windows W covering x of p_c(I) − p_c(I, W grey), at
     the input's resolution. Windows step by `stride` and the last one of a row or column touches the edge, so every

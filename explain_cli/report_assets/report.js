@@ -85,6 +85,21 @@ function card(item) {
     node.append(el("img", { class: "segmentation", src: item.segmentation_thumb, alt: `${item.image}: segmentation`,
                             loading: "lazy", onclick: () => openViewer(item, null, item.segmentation) }));
   }
+  if (item.detections_thumb) {
+    node.append(el("img", { class: "segmentation", src: item.detections_thumb, alt: `${item.image}: detections`,
+                            loading: "lazy", onclick: () => openViewer(item, null, item.detections) }));
+  }
+  if (item.boxes.length) {
+    const found = el("ol", { class: "bars boxes", "aria-label": "detections" });
+    for (const [k, index, label, score, [x0, y0, x1, y1]] of item.boxes) {
+      found.append(el("li", { title: `detection ${k}: ${label} (${index}) at (${x0}, ${y0}, ${x1}, ${y1})` }, [
+        el("span", { class: "label", text: `${k}. ${label}` }),
+        el("span", { class: "bar", style: `width: ${Math.max(1, 100 * score).toFixed(1)}%` }),
+        el("span", { class: "p", text: percent(score) }),
+      ]));
+    }
+    node.append(found);
+  }
   if (several(item)) {
     node.append(el("p", { class: "labels", text: `labels: ${predictedLabels(item).join(", ") || "none"}` }));
   }
@@ -105,7 +120,7 @@ function card(item) {
       title: `${explanation.method}: ${explanation.label}`, onclick: () => openViewer(item, explanation) }, [
       explanation.thumb ? el("img", { src: explanation.thumb, alt: `${explanation.method} ${explanation.label}`,
                                       loading: "lazy" }) : null,
-      document.createTextNode(`${explanation.method} · ${explanation.label}`),
+      document.createTextNode(`${explanation.method} · ${detectionOf(explanation)}${explanation.label}`),
     ]));
   }
   node.append(explanations);
@@ -113,12 +128,17 @@ function card(item) {
   return node;
 }
 
+// A detection's explanation or score names its box: "2. person".
+function detectionOf(row) {
+  return row.detection === null || row.detection === undefined ? "" : `${row.detection}. `;
+}
+
 function scores(rows) {
   const number = (v) => (v === null || v === undefined ? "" : typeof v === "boolean" ? (v ? "yes" : "no") : v.toFixed(3));
   const table = el("table", { class: "scores" }, [el("tr", {}, ["method", "class", "deletion", "insertion", "drop",
     "pointing"].map((h) => el("th", { text: h })))]);
   for (const r of rows) {
-    table.append(el("tr", {}, [r.method, r.label, number(r.deletion_auc), number(r.insertion_auc),
+    table.append(el("tr", {}, [r.method, detectionOf(r) + r.label, number(r.deletion_auc), number(r.insertion_auc),
       number(r.average_drop), number(r.pointing_hit)].map((v) => el("td", { text: v }))));
   }
   return table;

@@ -1,0 +1,359 @@
+"""The library's detector: a `Detector` made once from an object detector, then finding and explaining its boxes.
+
+    from explain_cli import Detector
+    detector = Detector("retinanet.keras")                     # or a keras.Model; min_score, iou, max_boxes
+    for e in detector.explain(["street.jpg"]):                  # gradcam; method="drise" needs no layer
+        e.overlay().save(f"{e.source}-det{e.rank}-{e.label}.png")   # e.box: (x0, y0, x1, y1) in the image's pixels
+
+Each image's detections are the model's own predictions after non-maximum suppression (detector.py reads its
+outputs). A detection is explained by a gradient method at a layer (its target: Σ IoU × class score over the
+predictions that make it up), EigenCAM (class-agnostic), D-RISE (masks and forward passes alone) or random noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from explain_cli import boxes as box_module
+from explain_cli import inputs, pipeline
+from explain_cli.errors import BadArgument, BadInput, ExplainError
+from explain_cli.inputs import Source
+from explain_cli.methods import DETECTION_METHODS
+from explain_cli.methods.perturbation import PerturbationInputs, drise
+from explain_cli.results import Explanation, frozen_array
+from explain_cli.shards import DEFAULT_MAX_PIXELS
+
+LAYERLESS = ("drise", "random")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A box the model found: its place among the image's detections (1: the most confident), class, score (its
+    class's probability) and box (x0, y0, x1, y1) in the image's pixels."""
+
+    rank: int
+    class_index: int
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+    probabilities: np.ndarray = field(repr=False, compare=False)  # (C,) every class's probability for it
+
+    def row(self) -> dict:
+        return {"k": self.rank, "class_index": self.class_index, "label": self.label, "score": self.score,
+                "box": [round(v, 2) for v in self.box]}
+
+
+@dataclass(frozen=True)
+class Found:
+    """One image's detections as the batch computed them: in the input's pixels, with the explained maps."""
+
+    prediction: np.ndarray  # (k,) which pre-NMS prediction each is
+    classes: np.ndarray  # (k,)
+    scores: np.ndarray  # (k,)
+    boxes: np.ndarray  # (k, 4) xyxy, input pixels
+    probabilities: np.ndarray  # (k, C)
+    targets: np.ndarray | None = None  # (k,) the explained score (gradient methods: Σ IoU × class score)
+    maps: np.ndarray | None = None  # (k, h, w)
+
+
+@dataclass(frozen=True)
+class DetectBatch:
+    images: list[Found]
+
+
+class Detector:
+    """Explains a Keras object detector's boxes.
+
+    `model`: a keras.Model or a .keras file: a keras-hub RetinaNetObjectDetector, or a model whose outputs are boxes
+    (b, A, 4) and class scores (b, A, C) before non-maximum suppression (`boxes_output` and `scores_output` name them
+    when it has more; `box_format`: how its boxes read, boxes.FORMATS, default xyxy in the input's pixels). A
+    detection is a prediction whose class probability is at least `min_score` and that survives suppression at `iou`
+    (the model's own threshold for keras-hub's models), at most `max_boxes` per image. `method`: DETECTION_METHODS;
+    `layer` where the gradient methods take their maps. D-RISE: `masks`, `cells`, `keep`, `seed`.
+    """
+
+    def __init__(self, model: Any, *, layer: str | None = None, method: str = "gradcam", precision: str = "auto",
+                 preprocess: str | None = None, labels: str | Path | Sequence[str] | None = None,
+                 imports: Sequence[str] = (), unsafe: bool = False, boxes_output: str | None = None,
+                 scores_output: str | None = None, box_format: str | None = None, min_score: float = 0.3,
+                 iou: float | None = None, max_boxes: int = 20, masks: int = 1000, cells: int = 16, keep: float = 0.5,
+                 seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 input_size: tuple[int, int] | None = None) -> None:
+        from explain_cli import detection_steps, detector
+        from explain_cli import explainer as core
+        from explain_cli import precision as precisions
+
+        if method not in DETECTION_METHODS:
+            raise BadArgument("--method", f"{method!r} does not explain detections; choose from "
+                              f"{', '.join(DETECTION_METHODS)}")
+        for option, value, low, high in (("--min-score", min_score, 0.0, 1.0), ("--iou", iou, 0.0, 1.0),
+                                         ("--keep", keep, 0.0, 1.0)):
+            if value is not None and not low <= value <= high:
+                raise BadArgument(option, f"{value} is not between {low:g} and {high:g}")
+        if max_boxes < 1 or masks < 1 or cells < 1 or batch_size < 1:
+            raise BadArgument(None, "max_boxes, masks, cells and batch_size are counts of 1 or more")
+        self.method, self.min_score, self.max_boxes, self.batch_size = method, min_score, max_boxes, batch_size
+        self.max_pixels, self.seed, self._masks_setting = max_pixels, seed, (masks, cells, keep)
+        chosen, why = precisions.resolve(precision, [method])
+        self.precision = chosen
+        self.notes = [f"precision {chosen} ({why})"]
+        self._model = _load(model, labels, preprocess, imports, unsafe, chosen, input_size)
+        self._graph = core.graph_of(self._model)
+        self.format = detector.read(self._model.keras_model, self._graph, self._model.height, self._model.width,
+                                    boxes_output, scores_output, box_format, iou)
+        from explain_cli import labels as labels_module
+
+        self._model = _with_labels(self._model, labels_module.for_model(self.format.classes, labels))
+        try:
+            self.default_layer: str | None = detection_steps.default_layer(self._graph, self.format)
+        except ExplainError:
+            if layer is not None or method not in LAYERLESS:
+                raise
+            self.default_layer = None  # D-RISE and the control need no layer
+        self.layer: str | None = layer or self.default_layer
+        if self.layer is not None:
+            from explain_cli import split
+
+            try:
+                self.layer = split.check(detector.joined(self._graph, self.format), self.layer).name
+            except ExplainError as error:
+                raise BadArgument("--layer", f"{error}; default: {self.default_layer}") from None
+        self.notes.append(f"{self.format.predictions} predictions of {self.format.classes} classes, boxes as "
+                          f"{self.format.box_format}, suppression at IoU {self.format.iou:g}" +
+                          ("" if self.format.per_class else " over all classes"))
+        self._steps = detection_steps.build(self._model, self._graph, self.format,
+                                            None if method in LAYERLESS and layer is None else self.layer)
+        self._rise_masks: Any = None
+
+    def layer_for(self, method: str) -> str | None:
+        """The layer `method`'s maps are taken at (None: it needs none)."""
+        return None if method in LAYERLESS else self.layer
+
+    @property
+    def name(self) -> str:
+        return self._model.name
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self._model.labels.names)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return self._model.height, self._model.width, self._model.channels
+
+    def __repr__(self) -> str:
+        return (f"Detector({self.name!r}, method={self.method!r}, layer={self.layer!r}, classes={self.format.classes}, "
+                f"min_score={self.min_score}, iou={self.format.iou})")
+
+    def detect(self, images: Any, errors: str = "raise") -> list[tuple[Any, list[Detection]]]:
+        """Each image's detections, as (its key, [Detection]), no map computed."""
+        return [(r.source.key, r.values) for r in self._run(images, self.compute(explain=False), self._values(False),
+                                                             errors)]
+
+    def explain(self, images: Any, errors: str = "raise") -> list[Explanation]:
+        """Every detection of every image explained: an Explanation each, with its `box` and `rank` (k)."""
+        return [value for r in self._run(images, self.compute(), self._values(True), errors) for value in r.values]
+
+    def iter_explain(self, images: Any, errors: str = "raise") -> Iterator[list[Explanation]]:
+        """explain, one image at a time (its detections' explanations), streaming."""
+        for result in self._run(images, self.compute(), self._values(True), errors):
+            yield result.values
+
+    def evaluate(self, images: Any, methods: Sequence[str] = ("gradcam", "random"), steps: int = 32,
+                 blur_sigma: float = 5.0, tolerance: float = 15.0, errors: str = "raise") -> Any:
+        """Each method's maps of every detection measured as `explain evaluate` measures them (detect_evaluate.py):
+        a record per (image, detection, method), and each method's means (results.Evaluation)."""
+        from explain_cli import detect_evaluate
+        from explain_cli import evaluate as evaluation
+        from explain_cli.results import Evaluation
+
+        detect_evaluate.check(methods)
+        settings = evaluation.Settings(tuple(methods), steps, blur_sigma, tolerance, self.seed, self.batch_size)
+        records: list[dict[str, Any]] = []
+        for result in self._run(images, detect_evaluate.evaluation_step(self, settings),
+                                detect_evaluate.finish_step(self, settings), errors):
+            records += result.records
+        return Evaluation(tuple(records), tuple(evaluation.summarise(records, settings.methods)))
+
+    def _values(self, explained: bool) -> pipeline.Finish:
+        def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> pipeline.ImageResult:
+            found = batch.images[row]
+            values = explanations(self, source, original, found) if explained else \
+                detections(found, self.labels, self.input_size[:2], original.shape[:2])
+            return pipeline.ImageResult(source, values=values)
+
+        return finish
+
+    def _run(self, images: Any, compute: pipeline.Compute, finish: pipeline.Finish,
+             errors: str) -> Iterator[pipeline.ImageResult]:
+        if errors not in ("raise", "skip"):
+            raise BadArgument(None, f"errors is 'raise' or 'skip', not {errors!r}")
+        run = pipeline.Run(inputs.sources_of(images), compute, finish, size=self.input_size,
+                           batch_size=self.batch_size, max_pixels=self.max_pixels)
+        try:
+            for result in run:
+                if result.error is None:
+                    yield result
+                elif errors == "raise":
+                    raise BadInput(result.source.shown, result.error.split(": ", 1)[-1])
+        finally:
+            run.stop()
+
+    def compute(self, explain: bool = True, method: str | None = None) -> Callable[[np.ndarray, list[Source]],
+                                                                                   DetectBatch]:
+        """uint8 batch -> DetectBatch: each image's detections and, with `explain`, each one's map by `method`
+        (default: the Detector's)."""
+        chosen = method or self.method
+
+        def compute(batch: np.ndarray, sources: list[Source]) -> DetectBatch:
+            looked = self._steps.look(batch)
+            found = [self.suppress(looked.boxes[i], looked.probabilities[i]) for i in range(len(batch))]
+            return DetectBatch(self.maps(chosen, batch, sources, looked, found) if explain else found)
+
+        return compute
+
+    def maps(self, method: str, batch: np.ndarray, sources: list[Source], looked: Any,
+             found: list[Found]) -> list[Found]:
+        """A batch's detections, each with its map by `method` and its target."""
+        if method == "drise":
+            return [self._drise(image, f) for image, f in zip(batch, found)]
+        if method == "random":
+            return [_with(f, np.full(len(f.classes), np.nan), self._random(source, f, *batch.shape[1:3]))
+                    for source, f in zip(sources, found)]
+        return self._gradient(method, looked, found)
+
+    def suppress(self, found_boxes: np.ndarray, probabilities: np.ndarray) -> Found:
+        """One image's detections from its predictions (A, 4) and (A, C): each prediction's most probable class and
+        that probability as its score, then non-maximum suppression."""
+        classes = np.argmax(probabilities, axis=1)
+        scores = probabilities[np.arange(len(classes)), classes]
+        kept = box_module.nms(found_boxes, scores, classes, self.format.iou, self.min_score, self.max_boxes,
+                              self.format.per_class)
+        return Found(kept, classes[kept], scores[kept], found_boxes[kept], probabilities[kept])
+
+    def weights(self, found_boxes: np.ndarray, found: Found) -> np.ndarray:
+        """(k, A): each detection's weight on every prediction: their boxes' IoU where it is at least 0.5."""
+        return np.stack([box_module.match_weights(found_boxes, box) for box in found.boxes]) if len(found.boxes) \
+            else np.zeros((0, len(found_boxes)), np.float32)
+
+    def _gradient(self, method: str, looked: Any, found: list[Found]) -> list[Found]:
+        """Every detection of a batch explained by a method at the layer, `batch_size` rows per backward pass."""
+        explain = self._steps.explain(method)
+        images = np.concatenate([np.full(len(f.classes), i) for i, f in enumerate(found)]).astype(np.int32)
+        classes = np.concatenate([f.classes for f in found]).astype(np.int32)
+        weights = np.concatenate([self.weights(looked.boxes[i], f) for i, f in enumerate(found)])
+        targets, maps = [], []
+        for start in range(0, len(images), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            target, made = explain(looked, images[part], classes[part], weights[part])
+            targets.append(target)
+            maps.append(made)
+        if not targets:
+            return [_with(f, np.zeros(0), np.zeros((0, 1, 1), np.float32)) for f in found]
+        target_all, maps_all = np.concatenate(targets), np.concatenate(maps)
+        ends = np.cumsum([len(f.classes) for f in found])
+        return [_with(f, target_all[end - len(f.classes):end], maps_all[end - len(f.classes):end])
+                for f, end in zip(found, ends)]
+
+    def masks(self) -> Any:
+        """D-RISE's masks, drawn once for the run from its seed."""
+        from explain_cli.methods.perturbation import rise_masks
+
+        if self._rise_masks is None:
+            count, cells, keep = self._masks_setting
+            self._rise_masks = rise_masks(count, cells, keep, self.seed, *self.input_size[:2])
+        return self._rise_masks
+
+    def _drise(self, image: np.ndarray, found: Found) -> Found:
+        """D-RISE (methods/perturbation.drise), s_t the best similarity (detector.similarity) of a masked image's
+        predictions to detection t: every detection of the image from the same passes."""
+        if not len(found.classes):
+            return _with(found, np.zeros(0), np.zeros((0, *self.input_size[:2]), np.float32))
+
+        def forward(pixels: np.ndarray) -> np.ndarray:
+            return self._steps.judge(pixels, found.boxes, found.probabilities, found.classes)[0]
+
+        maps = drise(PerturbationInputs(forward, image.astype(np.float32), np.arange(len(found.classes)),
+                                       self.batch_size, self.masks()))
+        return _with(found, np.full(len(found.classes), np.nan), maps)
+
+    def _random(self, source: Source, found: Found, height: int, width: int) -> np.ndarray:
+        from explain_cli.evaluate import random_map
+
+        return np.stack([random_map(self.seed, f"{source.shown}#{k}", int(c), height, width)
+                         for k, c in enumerate(found.classes)]) if len(found.classes) else \
+            np.zeros((0, height, width), np.float32)
+
+
+def _with(found: Found, targets: np.ndarray, maps: np.ndarray) -> Found:
+    return Found(found.prediction, found.classes, found.scores, found.boxes, found.probabilities, targets, maps)
+
+
+def detections(found: Found, names: Sequence[str], input_size: tuple[int, int],
+               image_size: tuple[int, int]) -> list[Detection]:
+    """An image's detections as values, their boxes in its own pixels."""
+    from explain_cli.output import label_of
+
+    placed = box_module.to_image(found.boxes, input_size, image_size)
+    return [Detection(k, int(c), label_of(names, int(c)), float(s), tuple(float(v) for v in box),  # type: ignore[arg-type]
+                      frozen_array(p)) for k, (c, s, box, p) in
+            enumerate(zip(found.classes, found.scores, placed, found.probabilities), 1)]
+
+
+def explanations(made: Detector, source: Source, original: np.ndarray, found: Found,
+                 method: str | None = None) -> list[Explanation]:
+    """An image's explained detections as values: each one's map, box (the image's pixels) and target."""
+    image = frozen_array(original)
+    method = method or made.method
+    assert found.maps is not None and found.targets is not None
+    return [Explanation(source=source.key, class_index=d.class_index, label=d.label, rank=d.rank,
+                        probability=d.score, target_score=float(target), layer=made.layer_for(method), method=method,
+                        map=frozen_array(np.asarray(raw, np.float32)), image=image, box=d.box)
+            for d, target, raw in zip(detections(found, made.labels, made.input_size[:2], original.shape[:2]),
+                                      found.targets, found.maps)]
+
+
+def _load(model: Any, labels: Any, preprocess: str | None, imports: Sequence[str], unsafe: bool, precision: str,
+          input_size: tuple[int, int] | None) -> Any:
+    """The detector as a LoadedModel: its input size from its input, its keras-hub image converter, or `input_size`."""
+    from explain_cli import labels as labels_module
+    from explain_cli import models
+    from explain_cli.backend import load_tensorflow
+
+    _, keras = load_tensorflow()
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.exists():
+            raise BadArgument("--model", f"{path}: no such file")
+        keras_model = models._load_file(path, models.import_user_code(imports), unsafe)
+        name, live = path.name, False
+    elif isinstance(model, keras.Model):
+        keras_model, name, live = model, model.name, True
+    else:
+        raise ExplainError(f"not a Keras model: a {type(model).__name__} (give a keras.Model or a .keras file)")
+    converter = models._image_converter(keras_model)
+    prep = converter if preprocess is None and converter is not None else models.preprocessing(preprocess or "none")
+    shape = models.input_shape_of(keras_model)
+    if len(shape) != 4 or shape[3] not in (1, 3):
+        raise ExplainError(f"{name}: expected one image input (batch, height, width, channels), not {shape}")
+    size = tuple(shape[1:3]) if None not in shape[1:3] else input_size or _converter_size(keras_model)
+    if size is None:
+        raise BadArgument("--input-size", f"{name}: the model's input has no fixed size: give --input-size HxW")
+    return models.LoadedModel(name=name, keras_model=keras_model, height=int(size[0]), width=int(size[1]),
+                              channels=int(shape[3]), preprocess=prep, default_layer=None,
+                              labels=labels_module.Labels(()), precision=precision, live=live)
+
+
+def _converter_size(model: Any) -> tuple[int, int] | None:
+    size = getattr(getattr(getattr(model, "preprocessor", None), "image_converter", None), "image_size", None)
+    return (int(size[0]), int(size[1])) if size is not None and None not in tuple(size) else None
+
+
+def _with_labels(model: Any, labels: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(model, labels=labels)

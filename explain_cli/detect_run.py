@@ -1,0 +1,130 @@
+"""`explain detect`'s run: inputs through a Detector's steps into files, a manifest, stdout rows and a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from explain_cli import output, pipeline, render
+from explain_cli.errors import BadArgument
+from explain_cli.runs import OutputOptions, RunOptions, manifest_in, report, report_after, say, skip_done, sources
+
+# The command's options that make the Detector, as its keyword arguments are named.
+DETECTOR_OPTIONS = {"model_spec": "model", "labels_file": "labels", "preprocess": "preprocess", "imports": "imports",
+                    "unsafe": "unsafe", "precision": "precision", "input_size": "input_size",
+                    "boxes_output": "boxes_output", "scores_output": "scores_output", "box_format": "box_format",
+                    "min_score": "min_score", "iou": "iou", "max_boxes": "max_boxes", "layer": "layer",
+                    "method": "method", "rise_masks": "masks", "cells": "cells", "keep": "keep", "seed": "seed"}
+
+
+def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_file: Path | None, out: OutputOptions,
+        run_options: RunOptions) -> None:
+    """explain detect: each input's detections drawn, each detection explained, a manifest line each; the detections
+    on stdout; with true boxes, precision, recall and mAP@0.5."""
+    from explain_cli import console, detect_output, evaluate
+    from explain_cli.detect import Detector, explanations
+
+    if not render.is_colormap(out.colormap):
+        raise BadArgument("--colormap", f"unknown matplotlib colormap {out.colormap!r}")
+    for imported in given.get("imports", ()):
+        if imported.endswith(".py") and not Path(imported).is_file():
+            raise BadArgument("--import", f"{imported}: no such file")
+    found = sources(arguments, stdin, out.out_dir, run_options.shard)
+    method = given["method"]
+    skipped = 0
+    if out.skip_existing:
+        if out.out_dir.is_dir():
+            output.remove_stale_temporaries(out.out_dir)
+        found, skipped = skip_done(found, out.out_dir, output.explained_images(out.out_dir, method))
+        if not found:
+            say(console.Tally(0, skipped=skipped).summary(None))
+            return
+    with manifest_in(out.out_dir, output.MANIFEST, run_options.shard) as manifest:
+        made = Detector(**{DETECTOR_OPTIONS[k]: v for k, v in given.items()}, batch_size=run_options.batch_size,
+                        max_pixels=run_options.max_pixels)
+        if run_options.verbose:
+            for note in made.notes:
+                say(f"note: {made.name}: {note}")
+        truth = None
+        if truth_file is not None:
+            truth = detect_output.truth_boxes(evaluate.read_boxes(truth_file, found, made._model.labels), made.labels)
+        layer = made.layer_for(method)
+        where = f"at layer {layer}" + ("" if given.get("layer") else " (default)") if layer else (
+            f"{made._masks_setting[0]} masks of {made._masks_setting[1]} × {made._masks_setting[1]} cells, forward "
+            "passes only" if method == "drise" else "seeded noise")
+        say(f"{made.name}: {method} {where}; detections at score ≥ {made.min_score:g}, IoU {made.format.iou:g}, "
+            f"at most {made.max_boxes} per image")
+        options = pipeline.RenderOptions(out_dir=out.out_dir, method=method, layer=layer, model=made.name,  # type: ignore[arg-type]
+                                         colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
+                                         save_heatmap=out.save_heatmap, figure=out.figure)
+        started = pipeline.Run(found, made.compute(), detect_output.finish_step(made, options, truth, explanations),
+                               size=made.input_size, batch_size=run_options.batch_size,
+                               max_pixels=run_options.max_pixels)
+        tally = console.Tally(len(found), skipped, records="explained detections", labels=made.labels)
+        with report_after(out.report, out.out_dir):
+            report(started, tally, run_options, manifest)
+
+
+def is_detector_file(spec: str, output_name: str | None) -> bool:
+    """Whether a model file is an object detector, read from its .keras archive's config without loading it: a
+    keras-hub ObjectDetector, or a model of two outputs (boxes and scores) when no --output picks one of them."""
+    import json
+    import zipfile
+
+    if output_name or not spec.lower().endswith(".keras") or not Path(spec).is_file():
+        return False
+    try:
+        with zipfile.ZipFile(spec) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False  # loading it says what is wrong
+    if "ObjectDetector" in str(config.get("class_name", "")):
+        return True
+    outputs = (config.get("config") or {}).get("output_layers")
+    return isinstance(outputs, (list, dict)) and len(outputs) == 2
+
+
+def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, given: dict[str, Any], out_dir: Path,
+             skip_existing: bool, make_report: bool, run_options: RunOptions) -> None:
+    """explain evaluate on an object detector: a record per image, detection and method in evaluation.jsonl, the
+    means on stdout. `given` holds the detection options (min_score, iou, max_boxes) and D-RISE's masks and cells."""
+    from explain_cli import detect_evaluate, runs
+    from explain_cli import evaluate as evaluation
+    from explain_cli.detect import Detector
+
+    detect_evaluate.check(plan.methods)
+    if plan.sanity_stages:
+        raise BadArgument("--sanity", "cascading randomisation is for classifiers: it is not run on detectors yet")
+    found = sources(arguments, stdin, out_dir, run_options.shard)
+    all_shown = {s.shown for s in found}
+    skipped = 0
+    if skip_existing:
+        done = set.intersection(*(output.explained_images(out_dir, m, evaluation.RECORDS) for m in plan.methods))
+        found, skipped = skip_done(found, out_dir, done)
+    with manifest_in(out_dir, evaluation.RECORDS, run_options.shard) as records:
+        first = next((m for m in plan.methods if m not in ("drise", "random")), "drise")
+        made = Detector(settings.model, layer=settings.layer, method=first, precision=settings.precision,
+                        preprocess=settings.preprocess, labels=settings.labels, imports=settings.imports,
+                        unsafe=settings.unsafe, seed=plan.seed, batch_size=run_options.batch_size,
+                        max_pixels=run_options.max_pixels, input_size=settings.input_size, **given)
+        layered = [m for m in plan.methods if made.layer_for(m)]
+        say(f"{made.name}: evaluating {', '.join(plan.methods)}" + (f" at layer {made.layer}" if layered else "") +
+            f" on each detection, {plan.steps} steps: {len(plan.methods) * (2 * plan.steps + 3)} forward passes per "
+            "detection")
+        measured = evaluation.Settings(plan.methods, plan.steps, plan.blur_sigma, plan.tolerance, plan.seed,
+                                       run_options.batch_size)
+        started = pipeline.Run(found, detect_evaluate.evaluation_step(made, measured),
+                               detect_evaluate.finish_step(made, measured), size=made.input_size,
+                               batch_size=run_options.batch_size, max_pixels=run_options.max_pixels)
+        status = 0
+        try:
+            from explain_cli import console
+
+            report(started, console.Tally(len(found), skipped, records="evaluations"), run_options, records)
+        except SystemExit as stop:
+            status = int(stop.code or 0)
+        runs._summarise(out_dir, plan.methods, all_shown, run_options.style)
+        if make_report:
+            runs.build_report(out_dir)
+        if status:
+            raise SystemExit(status)

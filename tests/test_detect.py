@@ -1,0 +1,347 @@
+"""explain detect: an object detector's boxes found and explained, each checked against an independent computation
+(boxes by hand, the gradient target on a full tape, D-RISE in numpy, keras-hub's own decoding and suppression)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from explain_cli import boxes, metrics, render
+from explain_cli.cli import cli
+from tests.synthetic_detector import make_scene
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def iou_by_hand(box, many):
+    """IoU of one xyxy box with each of many, written out again for the tests."""
+    x0, y0 = np.maximum(box[0], many[:, 0]), np.maximum(box[1], many[:, 1])
+    x1, y1 = np.minimum(box[2], many[:, 2]), np.minimum(box[3], many[:, 3])
+    inner = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
+    return inner / (area(box) + area(many) - inner)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> tuple[Path, Path, list]:
+    """Five scenes of two or three blobs, saved at 96 × 96 (the detector takes 64: boxes are scaled back), with a
+    truth CSV of their boxes in the saved images' pixels."""
+    root = tmp_path_factory.mktemp("detect")
+    rng = np.random.default_rng(7)
+    rows, made = ["image,x0,y0,x1,y1,class"], []
+    for i in range(5):
+        scene = make_scene(rng)
+        path = root / "scenes" / f"s{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(scene.image).resize((96, 96), Image.Resampling.NEAREST).save(path)
+        for colour, (top, left, bottom, right) in scene.boxes:
+            rows.append(f"{path},{left * 1.5},{top * 1.5},{right * 1.5},{bottom * 1.5},{colour}")
+        made.append(scene)
+    (root / "truth.csv").write_text("\n".join(rows) + "\n")
+    return root / "scenes", root / "truth.csv", made
+
+
+# --- boxes, worked by hand ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("box_format, expected", [
+    ("xyxy", [10, 20, 30, 60]), ("yxyx", [20, 10, 60, 30]), ("xywh", [10, 20, 40, 80]),
+    ("center_xywh", [-5, -10, 25, 50]), ("center_yxhw", [-10, -5, 50, 25]), ("rel_xyxy", [2000, 2000, 6000, 6000]),
+])
+def test_each_box_format_becomes_corners_in_pixels(box_format, expected):
+    found = boxes.to_xyxy(np.array([[10.0, 20.0, 30.0, 60.0]]), box_format, height=100, width=200)
+    assert found.tolist() == [expected]
+
+
+def test_iou_and_suppression_by_hand():
+    a, b = np.array([[0, 0, 10, 10]]), np.array([[5, 5, 15, 15], [0, 0, 10, 10], [20, 20, 30, 30]])
+    assert boxes.iou(a, b)[0] == pytest.approx([25 / 175, 1.0, 0.0])
+    found = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [1, 1, 11, 11], [50, 50, 60, 60]], float)
+    scores, classes = np.array([0.9, 0.8, 0.7, 0.2]), np.array([0, 0, 1, 0])
+    # the second overlaps the first by 81/119 of their union: gone; the third is of another class; the fourth is faint
+    assert boxes.nms(found, scores, classes, 0.5, 0.3, 10).tolist() == [0, 2]
+    assert boxes.nms(found, scores, classes, 0.5, 0.3, 10, per_class=False).tolist() == [0]
+    assert boxes.nms(found, scores, classes, 0.5, 0.0, 1).tolist() == [0]
+
+
+def test_precision_recall_and_average_precision_by_hand():
+    truth = {0: [(0, (0, 0, 10, 10))], 1: [(0, (0, 0, 10, 10))]}
+    found = [boxes.Found(0, 0, 0.9, (0, 0, 10, 10)), boxes.Found(1, 0, 0.8, (50, 50, 60, 60)),
+             boxes.Found(1, 0, 0.7, (1, 1, 10, 10))]
+    result = boxes.precision_recall(found, truth)
+    # ranked right, wrong, right: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1; interpolated: 1/2 · 1 + 1/2 · 2/3
+    assert result["map50"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert (result["precision"], result["recall"]) == (pytest.approx(2 / 3), 1.0)
+
+
+# --- the targets against independent computations ------------------------------------------------------------------
+
+
+def test_each_boxs_target_and_gradcam_equal_a_full_tape(keras, detector_model):
+    """Σ IoU × class score over the predictions overlapping the box by IoU ≥ 0.5, and its Grad-CAM at `features`,
+    from the whole model on one tape: the class scores made again from the layer by the class convolution's own
+    kernel, before its sigmoid."""
+    import tensorflow as tf
+
+    from explain_cli import Detector
+
+    image = make_scene(np.random.default_rng(3)).image
+    explained = Detector(detector_model, precision="fp32").explain([image])
+    assert len(explained) >= 2
+    model = keras.models.load_model(detector_model, compile=False)
+    trunk = keras.Model(model.inputs, model.get_layer("features").output)
+    scorer = model.get_layer("classes")
+    x = image[None].astype("float32")
+    predicted = model(x)["boxes"].numpy()[0]
+    for e in explained:
+        own = predicted[np.argmax(iou_by_hand(np.array(e.box), predicted))]  # the prediction it is (boxes inside)
+        overlap = iou_by_hand(own, predicted)
+        weights = np.where(overlap >= 0.5, overlap, 0.0).astype(np.float32)
+        with tf.GradientTape() as tape:
+            a = trunk(x)
+            tape.watch(a)
+            z = tf.reshape(tf.nn.conv2d(a, tf.convert_to_tensor(scorer.kernel), 1, "SAME") + scorer.bias, [-1, 3])
+            target = tf.reduce_sum(weights * z[:, e.class_index])
+        gradient = tape.gradient(target, a)[0].numpy()
+        gradcam = np.maximum((a[0].numpy() * gradient.mean(axis=(0, 1))).sum(-1), 0)
+        assert e.target_score == pytest.approx(float(target), rel=1e-4)
+        assert np.corrcoef(e.map.ravel(), gradcam.ravel())[0, 1] >= 0.9999
+        assert np.allclose(e.map, gradcam, atol=1e-4 * gradcam.max())
+
+
+def test_drise_equals_its_formula_in_numpy(keras, detector_model):
+    """D-RISE with the run's masks: each masked image through the model, scored against each detection by
+    max over predictions of IoU × cosine of the probabilities × confidence; the masks weighted by the score less its
+    mean."""
+    from explain_cli import Detector
+
+    image = make_scene(np.random.default_rng(4)).image
+    made = Detector(detector_model, method="drise", masks=24, cells=4, batch_size=10, precision="fp32")
+    explained = made.explain([image])
+    found = made.detect([image])[0][1]
+    assert len(explained) == len(found) >= 2
+    model = keras.models.load_model(detector_model, compile=False)
+    masks = made.masks().chunk(0, 24)
+    out = model(128 + (image[None].astype("float32") - 128) * masks[..., None])
+    predicted, probabilities = out["boxes"].numpy(), out["scores"].numpy()
+    for e, detection in zip(explained, found):
+        assert all(0 < v < 64 for v in detection.box)  # inside the image: its box is the model's, unclipped
+        target = detection.probabilities / np.linalg.norm(detection.probabilities)
+        scores = np.array([
+            np.max(iou_by_hand(np.array(detection.box), predicted[i]) * (probabilities[i] @ target)
+                   / np.linalg.norm(probabilities[i], axis=1) * probabilities[i].max(axis=1))
+            for i in range(len(masks))])
+        expected = np.tensordot(scores - scores.mean(), masks, axes=1) / (24 * 0.5)
+        assert np.allclose(e.map, expected, atol=1e-4 * np.abs(expected).max())
+
+
+# --- the trained detector: maps on their own boxes, and better than random -----------------------------------------
+
+
+@pytest.mark.parametrize("method, masks", [("gradcam", 0), ("drise", 2000)])
+def test_every_detections_map_puts_most_of_its_energy_in_its_own_box(detector_model, method, masks):
+    from explain_cli import Detector
+
+    rng = np.random.default_rng(5)
+    images = [make_scene(rng).image for _ in range(6)]
+    made = Detector(detector_model, method=method, masks=masks or 1000, precision="fp32")
+    explained = made.explain(images)
+    assert len(explained) >= 12
+    energies = [metrics.energy_in_boxes(e.heatmap(), [e.box]) for e in explained]
+    peaks = [metrics.pointing_hit(e.heatmap(), [e.box], 0.0) for e in explained]
+    assert min(energies) >= 0.5 and all(peaks), (method, np.round(energies, 3))
+
+
+def test_evaluate_on_the_detector_beats_random(detector_model, scenes, tmp_path):
+    folder, _, _ = scenes
+    result = run("evaluate", folder, "--model", detector_model, "--methods", "gradcam,drise,random", "--masks", "500",
+                 "--steps", "16", "-o", tmp_path, "--json", "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    means = {row["method"]: row for row in map(json.loads, result.stdout.splitlines())}
+    for method in ("gradcam", "drise"):
+        assert means[method]["deletion_auc"]["mean"] < means["random"]["deletion_auc"]["mean"] - 0.3
+        assert means[method]["insertion_auc"]["mean"] > means["random"]["insertion_auc"]["mean"]
+        assert means[method]["pointing_game"]["mean"] == 1.0
+    records = [json.loads(line) for line in (tmp_path / "evaluation.jsonl").read_text().splitlines()]
+    assert {r["head"] for r in records} == {"detections"} and all(len(r["box"]) == 4 for r in records)
+    assert "forward passes per detection" in result.stderr
+
+
+# --- the command line ------------------------------------------------------------------------------------------------
+
+
+def test_detect_writes_the_boxes_each_map_a_manifest_line_and_the_rows(detector_model, scenes, tmp_path):
+    folder, truth, made = scenes
+    result = run("detect", folder, "--model", detector_model, "-o", tmp_path, "--truth", truth)
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert all(len(row) == 9 for row in rows) and len(rows) == sum(len(s.boxes) for s in made)
+    for row in rows:  # image, k, class, label, score, x0, y0, x1, y1: each box on a true one, in the image's pixels
+        scene = made[int(Path(row[0]).stem[1:])]
+        true = np.array([[left, top, right, bottom] for c, (top, left, bottom, right) in scene.boxes
+                         if c == int(row[2])]) * 1.5
+        assert iou_by_hand(np.array(row[5:], float), true).max() >= 0.5 and float(row[4]) >= 0.3
+    assert "precision 1.000, recall 1.000, mAP@0.5 1.000 over 5 images with true boxes" in result.stderr
+    lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert len(lines) == len(rows)
+    for line in lines:
+        assert line["overlay"] == f"{Path(line['image']).stem}.det{line['detection']}.gradcam.{line['class_index']}-" \
+                                  f"{line['label']}.jpg"
+        assert (tmp_path / line["overlay"]).is_file() and (tmp_path / line["detections"]).is_file()
+        assert line["layer"] == "features" and len(line["box"]) == 4
+    with Image.open(tmp_path / lines[0]["overlay"]) as overlay:
+        assert overlay.size == (96, 96)
+
+
+def test_detect_json_rows_and_an_image_without_detections(detector_model, tmp_path):
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (64, 64), (120, 120, 120)).save(blank)
+    image = tmp_path / "scene.png"
+    Image.fromarray(make_scene(np.random.default_rng(9)).image).save(image)
+    result = run("detect", blank, image, "--model", detector_model, "-o", tmp_path / "out", "--json",
+                 "--method", "eigencam")
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in result.stdout.splitlines()]  # the blank image has none to list
+    assert row["image"] == str(image) and [d["k"] for d in row["predictions"]] == list(range(1, len(row["predictions"]) + 1))
+    lines = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert lines[0]["image"] == str(blank) and lines[0]["detection"] is None  # its picture is still listed
+    assert (tmp_path / "out" / lines[0]["detections"]).is_file()
+
+
+def test_what_explain_detect_cannot_read_gets_one_line(keras, tiny_model, tmp_path):
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 64)).save(image)
+    result = run("detect", image, "--model", tiny_model, "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: explain detect reads a keras-hub RetinaNetObjectDetector, or a model with two outputs")
+    inputs = keras.Input((32, 32, 3))
+    flat = keras.layers.Flatten()(inputs)
+    odd = keras.Model(inputs, {"boxes": keras.layers.Reshape((10, 4), name="boxes")(keras.layers.Dense(40)(flat)),
+                               "scores": keras.layers.Reshape((12, 3), name="scores")(keras.layers.Dense(36)(flat))})
+    odd.save(tmp_path / "odd.keras")
+    result = run("detect", image, "--model", tmp_path / "odd.keras", "-o", tmp_path / "out")
+    assert result.exit_code == 1 and "this model's outputs: boxes (None, 10, 4), scores (None, 12, 3)" in result.stderr
+    result = run("detect", image, "--model", tmp_path / "odd.keras", "--boxes-output", "nope", "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "unknown output 'nope'" in result.output
+
+
+def test_several_outputs_that_could_be_boxes_are_named(keras, tmp_path):
+    from explain_cli import Detector
+    from explain_cli.errors import BadArgument
+
+    inputs = keras.Input((32, 32, 3))
+    grid = keras.layers.Conv2D(4, 3, strides=4, padding="same", name="grid")(inputs)
+    outputs = {name: keras.layers.Reshape((64, 4), name=name)(keras.layers.Conv2D(4, 1, name=f"{name}_conv")(grid))
+               for name in ("boxes", "anchors")}
+    outputs["scores"] = keras.layers.Reshape((64, 2), name="scores")(
+        keras.layers.Conv2D(2, 1, activation="sigmoid", name="classes")(grid))
+    model = keras.Model(inputs, outputs)
+    with pytest.raises(BadArgument, match="several outputs could be"):
+        Detector(model)
+    made = Detector(model, boxes_output="boxes", min_score=0.0, max_boxes=3)
+    assert made.format.scores_output == "scores" and made.format.activation == "sigmoid"
+    assert made.layer == "grid" and len(made.explain([np.zeros((32, 32, 3), np.uint8)])) == 3
+
+
+# --- keras-hub's RetinaNet -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def retinanet(tmp_path_factory) -> Path:
+    """A small keras-hub RetinaNet (a ResNet of basic blocks, pyramid levels 3 to 5, random weights) at 128 px, saved
+    with its preprocessor, whose image converter scales pixels by 1/255."""
+    keras_hub = pytest.importorskip("keras_hub")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    encoder = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 32, 32, 32],
+        stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_strides=[1, 2, 2, 2], block_type="basic_block",
+        use_pre_activation=False, image_shape=(None, None, 3))
+    backbone = keras_hub.models.RetinaNetBackbone(image_encoder=encoder, min_level=3, max_level=5, use_p5=False,
+                                                  image_shape=(128, 128, 3))
+    converter = keras_hub.layers.RetinaNetImageConverter(image_size=(128, 128), scale=1 / 255.0)
+    detector = keras_hub.models.RetinaNetObjectDetector(
+        backbone=backbone, num_classes=3, bounding_box_format="yxyx", pre_logits_num_conv_layers=1,
+        preprocessor=keras_hub.models.RetinaNetObjectDetectorPreprocessor(image_converter=converter))
+    # keras-hub starts the box head's bias at the class head's prior (−4.6): untrained boxes would be 1 % of their
+    # anchors, slivers whose suppression no two implementations agree on. Small deltas keep them near their anchors.
+    kernel, bias = detector.box_head.weights[-2:]
+    kernel.assign(kernel.numpy() * 0.05)
+    bias.assign(np.zeros(bias.shape))
+    path = tmp_path_factory.mktemp("retinanet") / "retinanet.keras"
+    detector.save(path)
+    return path
+
+
+def test_retinanet_detections_are_its_own_and_targets_its_logits(keras, retinanet):
+    """Our decoding of its anchors' deltas and suppression at its own threshold give keras-hub's own detections;
+    each box's target is Σ IoU × its class logit, read from the whole model's outputs."""
+    from explain_cli import Detector
+
+    model = keras.models.load_model(retinanet, compile=False)
+    images = np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3)).astype(np.uint8)
+    raw = model(model.preprocessor.image_converter(images.astype("float32")))
+    theirs = {k: np.asarray(v) for k, v in model.decode_predictions(raw, images.astype("float32")).items()}
+    made = Detector(retinanet, min_score=0.5, max_boxes=100, precision="fp32")
+    assert made.format.per_class is False and made.format.iou == 0.5
+    looked = made._steps.look(images)
+    for i in range(2):
+        found = made.suppress(looked.boxes[i], looked.probabilities[i])
+        count = int(theirs["num_detections"][i])
+        assert len(found.scores) == count > 0
+        assert np.allclose(np.sort(found.scores), np.sort(theirs["confidence"][i][:count]), atol=1e-5)
+        own = theirs["boxes"][i][:count][:, [1, 0, 3, 2]]  # yxyx to xyxy
+        assert all(np.abs(own - box).max(axis=1).min() < 1e-2 for box in found.boxes)
+        logits = raw["cls_logits"].numpy()[i]
+        explained = made.explain([images[i]])[:3]
+        for e, box, cls in zip(explained, found.boxes, found.classes):
+            overlap = iou_by_hand(box, looked.boxes[i])
+            expected = float(np.sum(np.where(overlap >= 0.5, overlap, 0) * logits[:, cls]))
+            assert e.target_score == pytest.approx(expected, rel=1e-3, abs=1e-3)
+
+
+def test_retinanet_runs_end_to_end_with_its_preprocessor(retinanet, tmp_path):
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (90, 140, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.jpg")
+    result = run("detect", tmp_path / "0.jpg", tmp_path / "1.jpg", "--model", retinanet, "--min-score", "0.5",
+                 "--max-boxes", "4", "-o", tmp_path / "out", "-v")
+    assert result.exit_code == 0, result.output
+    assert "gradcam at layer retina_net_backbone/backbone/stack3_block0_out (default)" in result.stderr
+    assert "anchor_deltas, suppression at IoU 0.5 over all classes" in result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(rows) == 8 and all(0 <= float(v) <= 140 for row in rows for v in row[5:])
+    lines = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 and all((tmp_path / "out" / line["overlay"]).is_file() for line in lines)
+
+
+# --- the library ------------------------------------------------------------------------------------------------------
+
+
+def test_the_library_hands_out_detections_and_explanations_with_their_boxes(detector_model):
+    from explain_cli import Detection, Detector
+
+    scene = make_scene(np.random.default_rng(11))
+    made = Detector(detector_model)
+    ((key, found),) = made.detect([scene.image])
+    assert key == 0 and all(isinstance(d, Detection) for d in found) and [d.rank for d in found] == [1, 2, 3][:len(found)]
+    explained = made.explain([scene.image])
+    assert [(e.rank, e.class_index, e.box) for e in explained] == [(d.rank, d.class_index, d.box) for d in found]
+    e = explained[0]
+    plain = np.asarray(render.overlay_on(render.backdrop(e.image, 0.4), render.normalise(e.map)))
+    drawn = np.asarray(e.overlay())
+    x0, y0 = int(e.box[0]), int(e.box[1])
+    assert (drawn[y0 + 3, x0] != plain[y0 + 3, x0]).any()  # its box's left side is drawn
+    assert (drawn[63, 63] == plain[63, 63]).all() or not (x0 <= 63 <= e.box[2])
+    evaluation = made.evaluate([scene.image], methods=("gradcam", "random"), steps=8)
+    assert {r["detection"] for r in evaluation.records} == set(range(1, len(found) + 1))
+    assert evaluation.summary("gradcam").means["deletion_auc"] < evaluation.summary("random").means["deletion_auc"]
