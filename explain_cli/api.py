@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, M
 import numpy as np
 
 from explain_cli import evaluate as evaluation
-from explain_cli import inputs, output, pipeline, runtimes, targets
-from explain_cli.errors import BadArgument, BadInput, ExplainError
+from explain_cli import output, pipeline, runtimes, targets
+from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.inputs import Source
 from explain_cli.methods import METHODS
 from explain_cli.methods.perturbation import PERTURBATION_METHODS
@@ -332,18 +332,8 @@ class Explainer:
 
     def _run(self, images: Images, compute: pipeline.Compute, finish: pipeline.Finish,
              errors: str) -> Iterator[pipeline.ImageResult]:
-        if errors not in ("raise", "skip"):
-            raise BadArgument(None, f"errors is 'raise' or 'skip', not {errors!r}")
-        run = pipeline.Run(inputs.sources_of(images), compute, finish, size=self.input_size,
-                           batch_size=self.settings.batch_size, max_pixels=self.settings.max_pixels)
-        try:
-            for result in run:
-                if result.error is None:
-                    yield result
-                elif errors == "raise":
-                    raise BadInput(result.source.shown, result.error.split(": ", 1)[-1])
-        finally:
-            run.stop()
+        return pipeline.library_results(images, compute, finish, self.input_size, self.settings.batch_size,
+                                        self.settings.max_pixels, errors)
 
     def _step(self, key: tuple[object, ...], make: Callable[[], Any]) -> Any:
         if key not in self._steps:

@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from explain_cli import boxes as box_module
-from explain_cli import inputs, pipeline
-from explain_cli.errors import BadArgument, BadInput, ExplainError
+from explain_cli import pipeline
+from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.inputs import Source
 from explain_cli.methods import DETECTION_METHODS
 from explain_cli.methods.perturbation import PerturbationInputs, drise
@@ -41,10 +41,6 @@ class Detection:
     score: float
     box: tuple[float, float, float, float]
     probabilities: np.ndarray = field(repr=False, compare=False)  # (C,) every class's probability for it
-
-    def row(self) -> dict:
-        return {"k": self.rank, "class_index": self.class_index, "label": self.label, "score": self.score,
-                "box": [round(v, 2) for v in self.box]}
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,8 @@ class Detector:
 
     `model`: a keras.Model or a .keras file: a keras-hub RetinaNetObjectDetector, or a model whose outputs are boxes
     (b, A, 4) and class scores (b, A, C) before non-maximum suppression (`boxes_output` and `scores_output` name them
-    when it has more; `box_format`: how its boxes read, boxes.FORMATS, default xyxy in the input's pixels). A
+    when it has more; `box_format`: how its boxes read, boxes.FORMATS, default xyxy in the input's pixels;
+    `objectness_output`: a YOLO's (b, A, 1), which multiplies the class probabilities). A
     detection is a prediction whose class probability is at least `min_score` and that survives suppression at `iou`
     (the model's own threshold for keras-hub's models), at most `max_boxes` per image. `method`: DETECTION_METHODS;
     `layer` where the gradient methods take their maps. D-RISE: `masks`, `cells`, `keep`, `seed`.
@@ -79,7 +76,8 @@ class Detector:
     def __init__(self, model: Any, *, layer: str | None = None, method: str = "gradcam", precision: str = "auto",
                  preprocess: str | None = None, labels: str | Path | Sequence[str] | None = None,
                  imports: Sequence[str] = (), unsafe: bool = False, boxes_output: str | None = None,
-                 scores_output: str | None = None, box_format: str | None = None, min_score: float = 0.3,
+                 scores_output: str | None = None, box_format: str | None = None,
+                 objectness_output: str | None = None, min_score: float = 0.3,
                  iou: float | None = None, max_boxes: int = 20, masks: int = 1000, cells: int = 16, keep: float = 0.5,
                  seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  input_size: tuple[int, int] | None = None) -> None:
@@ -104,7 +102,7 @@ class Detector:
         self._model = _load(model, labels, preprocess, imports, unsafe, chosen, input_size)
         self._graph = core.graph_of(self._model)
         self.format = detector.read(self._model.keras_model, self._graph, self._model.height, self._model.width,
-                                    boxes_output, scores_output, box_format, iou)
+                                    boxes_output, scores_output, box_format, iou, objectness_output)
         from explain_cli import labels as labels_module
 
         self._model = _with_labels(self._model, labels_module.for_model(self.format.classes, labels))
@@ -135,7 +133,7 @@ class Detector:
 
     @property
     def name(self) -> str:
-        return self._model.name
+        return str(self._model.name)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -190,18 +188,8 @@ class Detector:
 
     def _run(self, images: Any, compute: pipeline.Compute, finish: pipeline.Finish,
              errors: str) -> Iterator[pipeline.ImageResult]:
-        if errors not in ("raise", "skip"):
-            raise BadArgument(None, f"errors is 'raise' or 'skip', not {errors!r}")
-        run = pipeline.Run(inputs.sources_of(images), compute, finish, size=self.input_size,
-                           batch_size=self.batch_size, max_pixels=self.max_pixels)
-        try:
-            for result in run:
-                if result.error is None:
-                    yield result
-                elif errors == "raise":
-                    raise BadInput(result.source.shown, result.error.split(": ", 1)[-1])
-        finally:
-            run.stop()
+        return pipeline.library_results(images, compute, finish, self.input_size, self.batch_size, self.max_pixels,
+                                        errors)
 
     def compute(self, explain: bool = True, method: str | None = None) -> Callable[[np.ndarray, list[Source]],
                                                                                    DetectBatch]:
@@ -323,6 +311,7 @@ def _load(model: Any, labels: Any, preprocess: str | None, imports: Sequence[str
     from explain_cli import labels as labels_module
     from explain_cli import models
     from explain_cli.backend import load_tensorflow
+    from explain_cli.graph import input_shape_of
 
     _, keras = load_tensorflow()
     if isinstance(model, (str, Path)):
@@ -337,7 +326,7 @@ def _load(model: Any, labels: Any, preprocess: str | None, imports: Sequence[str
         raise ExplainError(f"not a Keras model: a {type(model).__name__} (give a keras.Model or a .keras file)")
     converter = models._image_converter(keras_model)
     prep = converter if preprocess is None and converter is not None else models.preprocessing(preprocess or "none")
-    shape = models.input_shape_of(keras_model)
+    shape = input_shape_of(keras_model)
     if len(shape) != 4 or shape[3] not in (1, 3):
         raise ExplainError(f"{name}: expected one image input (batch, height, width, channels), not {shape}")
     size = tuple(shape[1:3]) if None not in shape[1:3] else input_size or _converter_size(keras_model)

@@ -57,7 +57,7 @@ def evaluation_step(made: Any, settings: Settings) -> Callable[[np.ndarray, list
     return compute
 
 
-def finish_step(made: Any, settings: Settings) -> Callable[[Source, np.ndarray, int, DetectionEvaluation], ImageResult]:
+def finish_step(made: Any, settings: Settings) -> Callable[[Source, np.ndarray, int, Any], ImageResult]:
     """A pipeline finish step: a record per (detection, method), localised against the detection's own box at the
     original image's size."""
 

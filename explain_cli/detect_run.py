@@ -7,12 +7,14 @@ from typing import Any, Sequence, TextIO
 
 from explain_cli import output, pipeline, render
 from explain_cli.errors import BadArgument
-from explain_cli.runs import OutputOptions, RunOptions, manifest_in, report, report_after, say, skip_done, sources
+from explain_cli.runs import (OutputOptions, RunOptions, build_report, manifest_in, report, report_after, say,
+                              skip_done, sources)
 
 # The command's options that make the Detector, as its keyword arguments are named.
 DETECTOR_OPTIONS = {"model_spec": "model", "labels_file": "labels", "preprocess": "preprocess", "imports": "imports",
                     "unsafe": "unsafe", "precision": "precision", "input_size": "input_size",
                     "boxes_output": "boxes_output", "scores_output": "scores_output", "box_format": "box_format",
+                    "objectness_output": "objectness_output",
                     "min_score": "min_score", "iou": "iou", "max_boxes": "max_boxes", "layer": "layer",
                     "method": "method", "rise_masks": "masks", "cells": "cells", "keep": "keep", "seed": "seed"}
 
@@ -88,19 +90,15 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
              skip_existing: bool, make_report: bool, run_options: RunOptions) -> None:
     """explain evaluate on an object detector: a record per image, detection and method in evaluation.jsonl, the
     means on stdout. `given` holds the detection options (min_score, iou, max_boxes) and D-RISE's masks and cells."""
-    from explain_cli import detect_evaluate, runs
+    from explain_cli import detect_evaluate, evaluate_run
     from explain_cli import evaluate as evaluation
     from explain_cli.detect import Detector
 
     detect_evaluate.check(plan.methods)
     if plan.sanity_stages:
         raise BadArgument("--sanity", "cascading randomisation is for classifiers: it is not run on detectors yet")
-    found = sources(arguments, stdin, out_dir, run_options.shard)
-    all_shown = {s.shown for s in found}
-    skipped = 0
-    if skip_existing:
-        done = set.intersection(*(output.explained_images(out_dir, m, evaluation.RECORDS) for m in plan.methods))
-        found, skipped = skip_done(found, out_dir, done)
+    found, all_shown, skipped = evaluate_run.evaluation_inputs(arguments, stdin, out_dir, run_options.shard, plan.methods,
+                                                       skip_existing)
     with manifest_in(out_dir, evaluation.RECORDS, run_options.shard) as records:
         first = next((m for m in plan.methods if m not in ("drise", "random")), "drise")
         made = Detector(settings.model, layer=settings.layer, method=first, precision=settings.precision,
@@ -123,8 +121,9 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
             report(started, console.Tally(len(found), skipped, records="evaluations"), run_options, records)
         except SystemExit as stop:
             status = int(stop.code or 0)
-        runs._summarise(out_dir, plan.methods, all_shown, run_options.style)
+        evaluate_run.summarise(out_dir, plan.methods, all_shown, run_options.style)
         if make_report:
-            runs.build_report(out_dir)
+            build_report(out_dir)
         if status:
             raise SystemExit(status)
+

@@ -45,12 +45,22 @@ def default_layer(graph: graph_module.Graph, found: detector.Format) -> str:
     return spatial[-1].name
 
 
+def default_if_detector(model: Any, graph: graph_module.Graph, height: int, width: int) -> str | None:
+    """The layer `explain detect` explains a model at by default, where the model is a detector it reads (None: it
+    is not one)."""
+    try:
+        return default_layer(graph, detector.read(model, graph, height, width))
+    except ExplainError:
+        return None
+
+
 @dataclass
 class Steps:
     look: Callable[[np.ndarray], Looked]
     judge: Callable[..., tuple[np.ndarray, np.ndarray]]  # (float pixels, target boxes, their probabilities, classes)
     # -> (similarity (n, T), matched score (n, T))
     cuts: tuple[split_module.Split, split_module.Split] | None = None  # the joined model's and the scores' own
+    classes: int = 0
     explained: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
     def explain(self, method: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
@@ -59,7 +69,7 @@ class Steps:
         if self.cuts is None:
             raise ExplainError(f"{method} needs a layer, and this detector has none to explain at")
         if method not in self.explained:
-            self.explained[method] = _explain(*self.cuts, method)
+            self.explained[method] = _explain(*self.cuts, method, self.classes)
         return self.explained[method]
 
 
@@ -101,7 +111,7 @@ def build(model: LoadedModel, graph: graph_module.Graph, found: detector.Format,
         return Steps(look_only, judged)
     cut = split_module.split(joined, layer)
     return Steps(_look(model, cut, read, pixels), judged,
-                 (cut, split_module.split(detector.scores_only(graph, found), layer)))
+                 (cut, split_module.split(detector.scores_only(graph, found), layer)), found.classes)
 
 
 def _look(model: LoadedModel, cut: split_module.Split, read: Callable[[Any], tuple[Any, Any]],
@@ -122,8 +132,8 @@ def _look(model: LoadedModel, cut: split_module.Split, read: Callable[[Any], tup
     return run
 
 
-def _explain(cut: split_module.Split, scores_cut: split_module.Split,
-             method: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+def _explain(cut: split_module.Split, scores_cut: split_module.Split, method: str,
+             classes: int) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """(looked, row image (R,), row class (R,), weights (R, A)) -> each row's target Σ_a w_a · z_a,c (R,) and map
     (R, h, w). The rows' heads run on the features gathered by image, under one tape: the class scores alone (the
     boxes' weights are fixed), where the cut lets the scores' head be run apart from the boxes'."""
@@ -139,7 +149,7 @@ def _explain(cut: split_module.Split, scores_cut: split_module.Split,
             return scores_cut.head(activations, tuple(skips[i] for i in picked))
     else:
         def scores_head(activations: Any, skips: tuple[Any, ...]) -> Any:
-            return cut.head(activations, skips)[..., 4:]
+            return cut.head(activations, skips)[..., 4:4 + classes]
 
     @tf.function(reduce_retracing=True, autograph=False)
     def explain(activations: Any, skips: tuple[Any, ...], images: Any, classes: Any, weights: Any) -> tuple[Any, Any]:

@@ -23,7 +23,7 @@ from explain_cli import graph as graph_module
 from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.twin import activation_name, is_activation_layer, with_activation
 
-UNDERSTOOD = ("explain detect reads a keras-hub RetinaNetObjectDetector, or a model with two outputs before "
+UNDERSTOOD = ("explain detect reads keras-hub's RetinaNet and D-FINE detectors, or a model with two outputs before "
               "non-maximum suppression: boxes (batch, A, 4) and class scores (batch, A, classes)")
 
 
@@ -40,23 +40,39 @@ class Format:
     iou: float = 0.5  # non-maximum suppression's threshold
     per_class: bool = True  # suppression among boxes of one class (False: of any class, as keras-hub's layer does)
     anchors: Any = None  # (A, 4) a RetinaNet's anchors, in `anchor_format`, for the input's size
+    objectness_output: str | None = None  # (b, A, 1): how likely each prediction is an object at all (a YOLO's)
+    objectness_activation: str = "sigmoid"  # "sigmoid": the output is probabilities; "linear": logits
     anchor_format: str = "yxyx"
     own_format: str = "yxyx"  # the format a RetinaNet decodes its deltas to
 
 
 def read(model: Any, graph: graph_module.Graph, height: int, width: int, boxes_output: str | None = None,
-         scores_output: str | None = None, box_format: str | None = None, iou: float | None = None) -> Format:
+         scores_output: str | None = None, box_format: str | None = None, iou: float | None = None,
+         objectness_output: str | None = None) -> Format:
     """The detector format of a model; ExplainError (naming the outputs) where it is no detector explain reads."""
     if type(model).__name__ == "RetinaNetObjectDetector":
         return _retinanet(model, height, width, iou)
+    if type(model).__name__ == "DFineObjectDetector":  # its queries' final boxes (cx, cy, w, h in fractions) and logits
+        found = outputs_of(graph, "pred_boxes", "logits", "rel_center_xywh", iou)
+        decoder = model.prediction_decoder
+        return dataclasses.replace(found, activation="sigmoid" if decoder.from_logits else found.activation,
+                                   iou=iou if iou is not None else float(decoder.iou_threshold), per_class=False)
     if "ObjectDetector" in type(model).__name__:
         raise ExplainError(f"{type(model).__name__} is not read yet: {UNDERSTOOD}")
+    return outputs_of(graph, boxes_output, scores_output, box_format, iou, objectness_output)
+
+
+def outputs_of(graph: graph_module.Graph, boxes_output: str | None, scores_output: str | None,
+               box_format: str | None, iou: float | None, objectness_output: str | None = None) -> Format:
+    """The format of a model's two outputs, boxes (b, A, 4) and scores (b, A, C): as named, or found by their shapes;
+    and its objectness (b, A, 1), where named."""
     shapes = {name: _shape_of(graph, number) for name, number in graph.outputs}
     described = ", ".join(f"{name} {(None, *shape)}" for name, shape in shapes.items()) or "none"
-    for option, name in (("--boxes-output", boxes_output), ("--scores-output", scores_output)):
+    for option, name in (("--boxes-output", boxes_output), ("--scores-output", scores_output),
+                         ("--objectness-output", objectness_output)):
         if name is not None and name not in shapes:
             raise BadArgument(option, f"unknown output {name!r}; the model's outputs: {described}")
-    triples = {name: shape for name, shape in shapes.items() if len(shape) == 2}
+    triples = {name: shape for name, shape in shapes.items() if len(shape) == 2 and name != objectness_output}
     boxes_name = boxes_output or _only([n for n, s in triples.items() if s[-1] == 4 and n != scores_output],
                                        "--boxes-output", described, "(batch, A, 4)")
     others = [n for n, shape in triples.items() if n != boxes_name and shape[0] == shapes[boxes_name][0]]
@@ -69,8 +85,15 @@ def read(model: Any, graph: graph_module.Graph, height: int, width: int, boxes_o
     if chosen not in box_module.FORMATS:
         raise BadArgument("--box-format", f"unknown box format {chosen!r}; choose from {', '.join(box_module.FORMATS)}")
     activation = scores_activation(graph, dict(graph.outputs)[scores_name])
+    objectness = "sigmoid"
+    if objectness_output is not None:
+        if shapes[objectness_output] != (box_shape[0], 1):
+            raise BadArgument("--objectness-output", f"{objectness_output} is {(None, *shapes[objectness_output])}, "
+                              f"not (None, {box_shape[0]}, 1)")
+        objectness = scores_activation(graph, dict(graph.outputs)[objectness_output])
     return Format(boxes_name, scores_name, chosen, "softmax" if activation == "softmax" else "sigmoid",
-                  int(score_shape[-1] or 0), int(box_shape[0] or 0), iou if iou is not None else 0.5)
+                  int(score_shape[-1] or 0), int(box_shape[0] or 0), iou if iou is not None else 0.5,
+                  objectness_output=objectness_output, objectness_activation=objectness)
 
 
 def _only(names: list[str], option: str, described: str, wanted: str) -> str:
@@ -103,33 +126,37 @@ def _retinanet(model: Any, height: int, width: int, iou: float | None) -> Format
 
 
 class _Join:
-    """The last step of the joined model: (b, A, 4) boxes and (b, A, C) scores -> (b, A, 4 + C) float32."""
+    """The last step of the joined model: (b, A, 4) boxes, (b, A, C) scores and perhaps (b, A, 1) objectness ->
+    (b, A, 4 + C [+ 1]) float32."""
 
     name = "explain_detections"
 
-    def __call__(self, found_boxes: Any, scores: Any) -> Any:
+    def __call__(self, *parts: Any) -> Any:
         import tensorflow as tf
 
-        return tf.concat([tf.cast(found_boxes, tf.float32), tf.cast(scores, tf.float32)], axis=-1)
+        return tf.concat([tf.cast(part, tf.float32) for part in parts], axis=-1)
 
 
-class _Pair:
-    """The join step's call arguments: the values numbered 0 (boxes) and 1 (scores)."""
+class _Parts:
+    """The join step's call arguments: the values numbered 0, 1 (and 2), in order."""
 
     keras_tensors: tuple = ()
 
     def fill_in(self, values: dict) -> tuple[tuple, dict]:
-        return (values[0], values[1]), {}
+        return tuple(values[key] for key in sorted(values)), {}
 
 
 def joined(graph: graph_module.Graph, found: Format) -> graph_module.Graph:
-    """The graph whose one output is (b, A, 4 + C): the boxes output as the model gives it, and the scores output
-    before its final sigmoid or softmax."""
-    boxes_number = dict(graph.outputs)[found.boxes_output]
-    steps, scores = linear_scores(graph, dict(graph.outputs)[found.scores_output])
+    """The graph whose one output is (b, A, 4 + C [+ 1]): the boxes output as the model gives it, the scores output
+    before its final sigmoid or softmax, and the objectness output where there is one."""
+    outputs = dict(graph.outputs)
+    steps, scores = linear_scores(graph, outputs[found.scores_output])
+    parts = [outputs[found.boxes_output], scores] + ([outputs[found.objectness_output]] if found.objectness_output
+                                                     else [])
     number = max(n for s in graph.steps for n in s.outputs) + 1
-    join = graph_module.Step(name=_Join.name, layer=_Join(), arguments=_Pair(), inputs=((0, boxes_number), (1, scores)),
-                             outputs=(number,), output_shapes=((None, found.predictions, 4 + found.classes),),
+    width = 4 + found.classes + bool(found.objectness_output)
+    join = graph_module.Step(name=_Join.name, layer=_Join(), arguments=_Parts(), inputs=tuple(enumerate(parts)),
+                             outputs=(number,), output_shapes=((None, found.predictions, width),),
                              takes_training=False)
     return dataclasses.replace(graph, steps=(*steps, join), output=number, outputs=(("detections", number),))
 
@@ -216,11 +243,17 @@ def decode(found: Format, height: int, width: int) -> Callable[[Any], Any]:
     return from_deltas
 
 
-def probabilities(found: Format, scores: Any) -> Any:
-    """(b, A, C) each prediction's class probabilities from its pre-activation scores."""
+def probabilities(found: Format, joined_scores: Any) -> Any:
+    """(b, A, C) each prediction's class probabilities from the joined output's scores (its columns after the box's):
+    the pre-activation scores made probabilities, times the objectness where there is one (YOLO's confidence)."""
     import tensorflow as tf
 
-    return tf.nn.softmax(scores, axis=-1) if found.activation == "softmax" else tf.sigmoid(scores)
+    scores = joined_scores[..., :found.classes]
+    found_probabilities = tf.nn.softmax(scores, axis=-1) if found.activation == "softmax" else tf.sigmoid(scores)
+    if not found.objectness_output:
+        return found_probabilities
+    objectness = joined_scores[..., found.classes:]
+    return found_probabilities * (tf.sigmoid(objectness) if found.objectness_activation == "linear" else objectness)
 
 
 def pairwise_iou(targets: Any, candidates: Any) -> Any:
@@ -238,8 +271,9 @@ def pairwise_iou(targets: Any, candidates: Any) -> Any:
 
 def similarity(found_boxes: Any, found_probabilities: Any, targets: Any, target_probabilities: Any) -> Any:
     """D-RISE's score of each target in each masked image (n, T): max over its predictions a of IoU(target, box_a) ·
-    cos(p_target, p_a) · max_c p_a,c (the prediction's confidence stands in for objectness: without it, a faint
-    prediction whose few percent point the same way would count as a full match)."""
+    cos(p_target, p_a) · max_c p_a,c, the prediction's confidence: its objectness times its best class's probability
+    where the model has objectness, and standing in for it where not (without it, a faint prediction whose few
+    percent point the same way would count as a full match)."""
     import tensorflow as tf
 
     overlap = pairwise_iou(targets, found_boxes)  # (n, T, A)

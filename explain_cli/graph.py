@@ -44,11 +44,11 @@ class Step:
                 result = self.layer(*args, **kwargs)
         else:
             result = self.layer(*args, **kwargs)
-        if isinstance(result, dict):  # a layer returning a dict (keras-hub's feature pyramid): Keras' flat order
-            from keras import tree
+        if isinstance(result, (dict, list, tuple)):  # a dict (keras-hub's feature pyramid) or nested structures
+            from keras import tree  # (D-FINE's decoder): in Keras' flat order, its node's outputs' order
 
             result = tree.flatten(result)
-        results = result if isinstance(result, (list, tuple)) else [result]
+        results = result if isinstance(result, list) else [result]
         for number, value in zip(self.outputs, results):
             values[number] = value
 
@@ -137,7 +137,7 @@ def flatten(model: Any, output: str | None = None) -> Graph:
     input_number = next(numbers)
     steps: list[Step] = []
     values = _flatten_into(function, [input_number], "", steps, numbers)
-    names = list(getattr(function, "output_names", None) or [t._keras_history.operation.name for t in function.outputs])
+    names = _output_names(function)
     from explain_cli import inner
 
     found = inner.catalogue(model, steps, input_number, tuple(function.inputs[0].shape))
@@ -145,6 +145,17 @@ def flatten(model: Any, output: str | None = None) -> Graph:
                   points=found.points, transformer_default=found.transformer_default, notes=found.notes(),
                   outputs=tuple(zip(names, values)))
     return graph.with_output(output) if output is not None else graph
+
+
+def _output_names(function: Any) -> list[str]:
+    """The outputs' names: a dict of outputs' keys (in Keras' flat order, which is its outputs' order), else the
+    model's output names."""
+    from keras import tree
+
+    struct = getattr(function, "_outputs_struct", None)
+    if isinstance(struct, dict):
+        return [str(key) for key in tree.flatten({key: key for key in struct})]
+    return list(getattr(function, "output_names", None) or [t._keras_history.operation.name for t in function.outputs])
 
 
 class _InputAlone:
@@ -159,7 +170,6 @@ class _InputAlone:
 def _whole(model: Any) -> Graph:
     """A subclassed model as one step; its layers are cut while it runs (inner.py)."""
     from explain_cli import inner
-    from explain_cli.models import input_shape_of
 
     shape = input_shape_of(model)
     step = Step(name=model.name, layer=model, arguments=_InputAlone(), inputs=((0, 0),), outputs=(1,),
@@ -238,3 +248,15 @@ def needed(steps: Sequence[Step], wanted: set[int]) -> list[Step]:
             kept.append(step)
             wanted.update(n for _, n in step.inputs)
     return kept[::-1]
+
+
+def input_shape_of(model: Any) -> tuple:
+    """The model's input shape, (batch, height, width, channels) for an image classifier: its input's, or for a
+    subclassed model the shape it was built with (saved with it); () when there is no single one."""
+    inputs = getattr(model, "inputs", None)
+    if inputs is not None:
+        return tuple(inputs[0].shape) if len(inputs) == 1 else ()
+    built = list((getattr(model, "_build_shapes_dict", None) or {}).values())
+    if len(built) != 1 or not isinstance(built[0], (list, tuple)):
+        return ()
+    return (None, *built[0][1:])

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 from explain_cli import labels as labels_module
 from explain_cli.errors import ExplainError, first_line
+from explain_cli.graph import input_shape_of  # noqa: F401 (its users read it here too)
 from explain_cli.labels import Labels
 
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
@@ -304,18 +305,6 @@ def _import(spec: str) -> ModuleType:
         return importlib.import_module(spec)
     except Exception as error:  # the user's code may raise anything while it runs
         raise ExplainError(f"--import {spec}: {type(error).__name__}: {first_line(error)}") from None
-
-
-def input_shape_of(model: Any) -> tuple:
-    """The model's input shape, (batch, height, width, channels) for an image classifier: its input's, or for a
-    subclassed model the shape it was built with (saved with it); () when there is no single one."""
-    inputs = getattr(model, "inputs", None)
-    if inputs is not None:
-        return tuple(inputs[0].shape) if len(inputs) == 1 else ()
-    built = list((getattr(model, "_build_shapes_dict", None) or {}).values())
-    if len(built) != 1 or not isinstance(built[0], (list, tuple)):
-        return ()
-    return (None, *built[0][1:])
 
 
 def _input_size(model: Any, spec: str) -> tuple[int, int, int]:

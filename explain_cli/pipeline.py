@@ -178,6 +178,25 @@ class Run:
         return result
 
 
+def library_results(images: Any, compute: Compute, finish: Finish, size: tuple[int, int, int], batch_size: int,
+                    max_pixels: int, errors: str) -> Iterator[ImageResult]:
+    """The library's run over images given in any form: each image's result in order; an image that cannot be read
+    raises BadInput with errors="raise", and is left out with "skip"."""
+    if errors not in ("raise", "skip"):
+        from explain_cli.errors import BadArgument
+
+        raise BadArgument(None, f"errors is 'raise' or 'skip', not {errors!r}")
+    run = Run(inputs.sources_of(images), compute, finish, size=size, batch_size=batch_size, max_pixels=max_pixels)
+    try:
+        for result in run:
+            if result.error is None:
+                yield result
+            elif errors == "raise":
+                raise BadInput(result.source.shown, result.error.split(": ", 1)[-1])
+    finally:
+        run.stop()
+
+
 def _compute_and_finish(
     pool: ThreadPoolExecutor, decoded: list[Decoded], compute: Compute, finish: Finish
 ) -> list[Future[ImageResult]]:

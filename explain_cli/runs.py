@@ -19,7 +19,7 @@ from explain_cli import console, output, perturbing, pipeline, render
 from explain_cli.api import Explainer
 from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.inputs import DEFAULT_MAX_PIXELS, Shard, Source
-from explain_cli.settings import EvaluationPlan, Settings, check
+from explain_cli.settings import Settings, check
 
 Make = Callable[[Explainer], "tuple[pipeline.Compute, pipeline.Finish]"]
 
@@ -328,60 +328,14 @@ def activations(settings: Settings, arguments: Sequence[str], stdin: TextIO, lay
         report(start(found, make, made, run), console.Tally(len(found)), run, manifest)
 
 
-def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: EvaluationPlan,
-             request: ClassRequest, boxes_file: Path | None, sanity_figures: int, out_dir: Path, skip_existing: bool,
-             make_report: bool, run: RunOptions) -> None:
-    """explain evaluate: each method's maps measured, a record per image, class and method in evaluation.jsonl,
-    the means on stdout (with every earlier record of these images under --skip-existing)."""
-    from explain_cli import evaluate as evaluation
-
-    if request.specs and request.top_k:
-        raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
-    found = sources(arguments, stdin, out_dir, run.shard)
-    all_shown = {s.shown for s in found}
-    skipped = 0
-    if skip_existing:
-        done = set.intersection(*(output.explained_images(out_dir, m, evaluation.RECORDS) for m in plan.methods))
-        found, skipped = skip_done(found, out_dir, done)
-    with manifest_in(out_dir, evaluation.RECORDS, run.shard) as records, contextlib.ExitStack() as stack:
-        side = stack.enter_context(manifest_in(out_dir, evaluation.SANITY_RECORDS, run.shard)) \
-            if plan.sanity_stages else None
-        made = explainer(dataclasses.replace(settings, precision_for=plan.methods), run)
-        known = truth(request.truth, found, made)
-        chosen = choice(request, found, made, known, evaluating=True)
-        boxes = evaluation.read_boxes(boxes_file, found, made._model.labels) if boxes_file else None
-        for method in plan.methods:
-            made.check_method(method)
-        layered = any(made.layer_for(m) for m in plan.methods)
-        say(f"{made.name}: evaluating {', '.join(plan.methods)}" + (f" at layer {made.layer}" if layered else "") +
-            f", {plan.steps} steps: "
-            f"{len(plan.methods) * (2 * plan.steps + 3)} forward passes per image and class")
-        figures = found[:sanity_figures]
-
-        def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
-            return worker.evaluation_steps(plan, chosen, known, boxes, figures, out_dir, say)
-
-        started = start(found, make, made, run)
-        status = 0
-        try:
-            counted = dataclasses.replace(tally(found, known, skipped, made), records="evaluations")
-            report(started, counted, run, records, side)
-        except SystemExit as stop:  # some images failed: the others are still summed up
-            status = stop.code
-        _summarise(out_dir, plan.methods, all_shown, run.style)
-        if plan.sanity_stages:
-            _summarise_sanity(out_dir, plan.methods, all_shown)
-        if make_report:
-            build_report(out_dir)
-        if status:
-            raise SystemExit(status)
-
-
 def layers(settings: Settings) -> None:
     """explain layers: the layer outputs a method can explain, one a line, * marking the default."""
+    from explain_cli.detection_steps import default_if_detector
+
     made = Explainer.from_settings(settings)
-    rows = [(layer.name, made._graph.find(layer.name).describe(), "*" if layer.default else " ")
-            for layer in made.layers()]
+    default = default_if_detector(made.model, made._graph, *made.input_size[:2]) if len(made.outputs) > 1 else None
+    rows = [(layer.name, made._graph.find(layer.name).describe(),
+             "*" if (layer.name == default if default else layer.default) else " ") for layer in made.layers()]
     if len(made.outputs) > 1:  # the outputs to choose from with --output, marked >
         rows += [(name, str(made._graph.find(name).shape) + " output", ">") for name in made.outputs]
     width = max((len(name) for name, _, _ in rows), default=0)
@@ -410,38 +364,3 @@ def classviz(settings: Settings, class_spec: str, viz: Any, every: int, out_dir:
                               "step": step, "logit": logits[step], "file": name} for step, name, _ in written])
     say(f"{made.name}: class {class_index} ({label}) logit {logits[0]:.3f} → {logits[-1]:.3f} in {viz.steps} steps")
     sys.stdout.write(f"{out_dir / stem}.png\n")
-
-
-def _summarise(out_dir: Path, methods: tuple[str, ...], shown: set[str], style: str) -> None:
-    """Every record of these images and methods (this run's and, with --skip-existing, earlier ones): the
-    per-method means on stdout, and the mean curves as evaluation.png."""
-    from explain_cli import evaluate as evaluation
-
-    records = [r for r in output.read_records(out_dir, evaluation.RECORDS) if r.get("image") in shown]
-    summaries = [s for s in evaluation.summarise(records, methods) if s.images]
-    if not summaries:
-        return
-    sys.stdout.write(evaluation.format_summary(summaries, style))
-    sys.stdout.flush()
-    files = output.FileSet(out_dir)
-    files.write(evaluation.SUMMARY_FIGURE, render.curves_figure(evaluation.mean_curves(records, methods)))
-
-
-def _summarise_sanity(out_dir: Path, methods: tuple[str, ...], shown: set[str]) -> None:
-    """The mean Spearman correlation with the trained model's maps, per method and stage, on stderr."""
-    import numpy as np
-
-    from explain_cli import evaluate as evaluation
-
-    records = [r for r in output.read_records(out_dir, evaluation.SANITY_RECORDS) if r.get("image") in shown]
-    stages = sorted({(r["stage"], r["layers_randomised"]) for r in records})
-    if not stages:
-        return
-    width = max(len(m) for m in methods + ("method",))
-    header = "sanity: mean Spearman of each method's maps with the trained model's, by layers randomised"
-    lines = [header, f"  {'method':<{width}}" + "".join(f"{count:>8}" for _, count in stages)]
-    for method in methods:
-        means = [np.mean([r["spearman"] for r in records if r["method"] == method and r["stage"] == stage] or [np.nan])
-                 for stage, _ in stages]
-        lines.append(f"  {method:<{width}}" + "".join(f"{m:8.3f}" for m in means))
-    say("\n".join(lines))

@@ -221,7 +221,7 @@ def test_what_explain_detect_cannot_read_gets_one_line(keras, tiny_model, tmp_pa
     result = run("detect", image, "--model", tiny_model, "-o", tmp_path / "out")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1].startswith(
-        "error: explain detect reads a keras-hub RetinaNetObjectDetector, or a model with two outputs")
+        "error: explain detect reads keras-hub's RetinaNet and D-FINE detectors, or a model with two outputs")
     inputs = keras.Input((32, 32, 3))
     flat = keras.layers.Flatten()(inputs)
     odd = keras.Model(inputs, {"boxes": keras.layers.Reshape((10, 4), name="boxes")(keras.layers.Dense(40)(flat)),
@@ -251,24 +251,18 @@ def test_several_outputs_that_could_be_boxes_are_named(keras, tmp_path):
     assert made.layer == "grid" and len(made.explain([np.zeros((32, 32, 3), np.uint8)])) == 3
 
 
-# --- keras-hub's RetinaNet -------------------------------------------------------------------------------------------
+# --- keras-hub's RetinaNet and D-FINE ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def retinanet(tmp_path_factory) -> Path:
-    """A small keras-hub RetinaNet (a ResNet of basic blocks, pyramid levels 3 to 5, random weights) at 128 px, saved
-    with its preprocessor, whose image converter scales pixels by 1/255."""
-    keras_hub = pytest.importorskip("keras_hub")
-    import keras
-
-    keras.utils.set_random_seed(0)
+def _retinanet(keras_hub, keras, size: int):
+    """A small RetinaNet: a ResNet of basic blocks, pyramid levels 3 to 5, one convolution per head."""
     encoder = keras_hub.models.ResNetBackbone(
         input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 32, 32, 32],
         stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_strides=[1, 2, 2, 2], block_type="basic_block",
         use_pre_activation=False, image_shape=(None, None, 3))
     backbone = keras_hub.models.RetinaNetBackbone(image_encoder=encoder, min_level=3, max_level=5, use_p5=False,
-                                                  image_shape=(128, 128, 3))
-    converter = keras_hub.layers.RetinaNetImageConverter(image_size=(128, 128), scale=1 / 255.0)
+                                                  image_shape=(size, size, 3))
+    converter = keras_hub.layers.RetinaNetImageConverter(image_size=(size, size), scale=1 / 255.0)
     detector = keras_hub.models.RetinaNetObjectDetector(
         backbone=backbone, num_classes=3, bounding_box_format="yxyx", pre_logits_num_conv_layers=1,
         preprocessor=keras_hub.models.RetinaNetObjectDetectorPreprocessor(image_converter=converter))
@@ -277,21 +271,70 @@ def retinanet(tmp_path_factory) -> Path:
     kernel, bias = detector.box_head.weights[-2:]
     kernel.assign(kernel.numpy() * 0.05)
     bias.assign(np.zeros(bias.shape))
-    path = tmp_path_factory.mktemp("retinanet") / "retinanet.keras"
-    detector.save(path)
-    return path
+    return detector
 
 
-def test_retinanet_detections_are_its_own_and_targets_its_logits(keras, retinanet):
-    """Our decoding of its anchors' deltas and suppression at its own threshold give keras-hub's own detections;
-    each box's target is Σ IoU × its class logit, read from the whole model's outputs."""
+def _dfine(keras_hub, keras, size: int):
+    """A small D-FINE: a two-stage HGNetV2, one encoder and one decoder layer, ten queries."""
+    from keras_hub.src.models.d_fine.d_fine_backbone import DFineBackbone
+    from keras_hub.src.models.d_fine.d_fine_image_converter import DFineImageConverter
+    from keras_hub.src.models.d_fine.d_fine_object_detector import DFineObjectDetector
+    from keras_hub.src.models.d_fine.d_fine_object_detector_preprocessor import DFineObjectDetectorPreprocessor
+
+    stages = ["stage1", "stage2"]
+    hgnet = keras_hub.models.HGNetV2Backbone(
+        stem_channels=[3, 8, 8], stackwise_stage_filters=[[8, 8, 16, 1, 1, 3], [16, 8, 32, 1, 1, 3]],
+        apply_downsample=[False, True], use_lightweight_conv_block=[False, False], depths=[1, 1],
+        hidden_sizes=[16, 32], embedding_size=8, use_learnable_affine_block=True, hidden_act="relu",
+        image_shape=(size, size, 3), out_features=stages)
+    backbone = DFineBackbone(
+        backbone=hgnet, decoder_in_channels=[16, 16], encoder_hidden_dim=16, num_denoising=0, num_labels=3,
+        hidden_dim=16, learn_initial_query=False, num_queries=10, anchor_image_size=(size, size), feat_strides=[4, 8],
+        num_feature_levels=2, encoder_in_channels=[16, 32], encode_proj_layers=[1], num_attention_heads=2,
+        encoder_ffn_dim=32, num_encoder_layers=1, hidden_expansion=0.5, depth_multiplier=0.5, eval_idx=-1,
+        num_decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32, decoder_method="default",
+        decoder_n_points=[2, 2], lqe_hidden_dim=16, num_lqe_layers=1, out_features=stages, image_shape=(size, size, 3),
+        seed=0)
+    converter = DFineImageConverter(bounding_box_format="yxyx", image_size=(size, size), scale=1 / 255.0)
+    return DFineObjectDetector(backbone=backbone, num_classes=3, bounding_box_format="yxyx",
+                               preprocessor=DFineObjectDetectorPreprocessor(image_converter=converter))
+
+
+HUB = {"retinanet": (_retinanet, 128, "retina_net_backbone/backbone/stack3_block0_out"),
+       "dfine": (_dfine, 64, "d_fine_backbone/encoder_input_proj_bn_1")}
+
+
+@pytest.fixture(scope="module", params=list(HUB))
+def hub_detector(request, tmp_path_factory) -> tuple[str, Path, int]:
+    """keras-hub's RetinaNet and D-FINE, small, random weights, saved with their preprocessors (whose image converters
+    scale pixels by 1/255): (kind, file, input size)."""
+    keras_hub = pytest.importorskip("keras_hub")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    make, size, _ = HUB[request.param]
+    path = tmp_path_factory.mktemp(request.param) / f"{request.param}.keras"
+    make(keras_hub, keras, size).save(path)
+    return request.param, path, size
+
+
+def test_keras_hub_detections_are_their_own_and_targets_their_logits(keras, hub_detector):
+    """Our decoding (a RetinaNet's anchor deltas, D-FINE's query boxes) and suppression at the model's own IoU give
+    keras-hub's own detections (its decode_predictions, its decoder's score floor lowered to ours); each box's target
+    is Σ IoU × its class logit, read from the whole model's outputs."""
+    from keras_hub.layers import NonMaxSuppression
+
     from explain_cli import Detector
 
-    model = keras.models.load_model(retinanet, compile=False)
-    images = np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3)).astype(np.uint8)
+    kind, path, size = hub_detector
+    model = keras.models.load_model(path, compile=False)
+    model.prediction_decoder = NonMaxSuppression(bounding_box_format="yxyx", from_logits=True, iou_threshold=0.5,
+                                                 confidence_threshold=0.3, max_detections=100)
+    images = np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype(np.uint8)
     raw = model(model.preprocessor.image_converter(images.astype("float32")))
     theirs = {k: np.asarray(v) for k, v in model.decode_predictions(raw, images.astype("float32")).items()}
-    made = Detector(retinanet, min_score=0.5, max_boxes=100, precision="fp32")
+    logits = np.asarray(raw["cls_logits" if kind == "retinanet" else "logits"])
+    made = Detector(path, min_score=0.3, max_boxes=100, precision="fp32")
     assert made.format.per_class is False and made.format.iou == 0.5
     looked = made._steps.look(images)
     for i in range(2):
@@ -301,27 +344,29 @@ def test_retinanet_detections_are_its_own_and_targets_its_logits(keras, retinane
         assert np.allclose(np.sort(found.scores), np.sort(theirs["confidence"][i][:count]), atol=1e-5)
         own = theirs["boxes"][i][:count][:, [1, 0, 3, 2]]  # yxyx to xyxy
         assert all(np.abs(own - box).max(axis=1).min() < 1e-2 for box in found.boxes)
-        logits = raw["cls_logits"].numpy()[i]
         explained = made.explain([images[i]])[:3]
         for e, box, cls in zip(explained, found.boxes, found.classes):
             overlap = iou_by_hand(box, looked.boxes[i])
-            expected = float(np.sum(np.where(overlap >= 0.5, overlap, 0) * logits[:, cls]))
+            expected = float(np.sum(np.where(overlap >= 0.5, overlap, 0) * logits[i][:, cls]))
             assert e.target_score == pytest.approx(expected, rel=1e-3, abs=1e-3)
 
 
-def test_retinanet_runs_end_to_end_with_its_preprocessor(retinanet, tmp_path):
+def test_keras_hub_detectors_run_end_to_end_with_their_preprocessors(hub_detector, tmp_path):
+    kind, path, size = hub_detector
     for i in range(2):
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (90, 140, 3), dtype=np.uint8)).save(
             tmp_path / f"{i}.jpg")
-    result = run("detect", tmp_path / "0.jpg", tmp_path / "1.jpg", "--model", retinanet, "--min-score", "0.5",
-                 "--max-boxes", "4", "-o", tmp_path / "out", "-v")
-    assert result.exit_code == 0, result.output
-    assert "gradcam at layer retina_net_backbone/backbone/stack3_block0_out (default)" in result.stderr
-    assert "anchor_deltas, suppression at IoU 0.5 over all classes" in result.stderr
-    rows = [line.split("\t") for line in result.stdout.splitlines()]
-    assert len(rows) == 8 and all(0 <= float(v) <= 140 for row in rows for v in row[5:])
-    lines = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
-    assert len(lines) == 8 and all((tmp_path / "out" / line["overlay"]).is_file() for line in lines)
+    for method in ("gradcam", "drise"):
+        result = run("detect", tmp_path / "0.jpg", tmp_path / "1.jpg", "--model", path, "--min-score", "0.3",
+                     "--max-boxes", "2", "--method", method, "--masks", "40", "-o", tmp_path / method, "-v")
+        assert result.exit_code == 0, result.output
+        assert ("gradcam at layer " + HUB[kind][2] + " (default)" if method == "gradcam" else "drise 40 masks") \
+            in result.stderr
+        assert ("anchor_deltas" if kind == "retinanet" else "rel_center_xywh") in result.stderr
+        rows = [line.split("\t") for line in result.stdout.splitlines()]
+        assert len(rows) == 4 and all(0 <= float(v) <= 140 for row in rows for v in row[5:])
+        lines = [json.loads(line) for line in (tmp_path / method / "manifest.jsonl").read_text().splitlines()]
+        assert len(lines) == 4 and all((tmp_path / method / line["overlay"]).is_file() for line in lines)
 
 
 # --- the library ------------------------------------------------------------------------------------------------------
@@ -345,3 +390,61 @@ def test_the_library_hands_out_detections_and_explanations_with_their_boxes(dete
     evaluation = made.evaluate([scene.image], methods=("gradcam", "random"), steps=8)
     assert {r["detection"] for r in evaluation.records} == set(range(1, len(found) + 1))
     assert evaluation.summary("gradcam").means["deletion_auc"] < evaluation.summary("random").means["deletion_auc"]
+
+
+def test_layers_marks_the_detectors_default_and_evaluate_refuses_classifier_options(detector_model, scenes, tmp_path):
+    result = run("layers", "--model", detector_model)
+    assert result.exit_code == 0, result.output
+    marked = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("*")]
+    assert marked == ["features"]
+    assert {line.split()[1] for line in result.stdout.splitlines() if line.startswith(">")} == {"boxes", "scores"}
+    folder, truth, _ = scenes
+    result = run("evaluate", folder, "--model", detector_model, "--boxes", truth, "-o", tmp_path)
+    assert result.exit_code == 2 and "a detector's detections are measured against their own boxes" in result.output
+    result = run("evaluate", folder, "--model", detector_model, "--methods", "scorecam", "-o", tmp_path)
+    assert result.exit_code == 2 and "scorecam does not explain detections" in result.output
+
+
+def test_the_report_shows_each_images_boxes(detector_model, scenes, tmp_path):
+    from explain_cli import report
+
+    folder, _, made = scenes
+    result = run("detect", folder, "--model", detector_model, "-o", tmp_path, "--report")
+    assert result.exit_code == 0, result.output
+    cards = report.cards(tmp_path)
+    assert len(cards) == 5
+    for card, scene in zip(cards, made):
+        assert card.detections == f"{Path(card.image).stem}.detections.jpg"
+        assert [box[0] for box in card.boxes] == list(range(1, len(scene.boxes) + 1))
+        assert [e["detection"] for e in card.explanations] == [box[0] for box in card.boxes]
+
+
+def test_an_objectness_output_multiplies_the_class_probabilities(keras, tmp_path):
+    """A YOLO-style head: boxes, class sigmoids and an objectness sigmoid per cell; a detection's score is its class
+    probability times its objectness, and its maps (gradient and D-RISE) are made."""
+    from explain_cli import Detector
+    from explain_cli.errors import BadArgument
+
+    keras.utils.set_random_seed(3)
+    layers = keras.layers
+    inputs = keras.Input((32, 32, 3))
+    grid = layers.Conv2D(8, 3, strides=4, padding="same", activation="relu", name="grid")(layers.Rescaling(1 / 255)(inputs))
+    outputs = {
+        "boxes": layers.Reshape((64, 4), name="boxes")(layers.Conv2D(4, 1, name="box_conv")(grid) * 10 + 16),
+        "scores": layers.Reshape((64, 3), name="scores")(layers.Conv2D(3, 1, activation="sigmoid", name="cls")(grid)),
+        "objectness": layers.Reshape((64, 1), name="objectness")(
+            layers.Conv2D(1, 1, activation="sigmoid", name="obj")(grid)),
+    }
+    model = keras.Model(inputs, outputs)
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    with pytest.raises(BadArgument, match="several outputs could be"):
+        Detector(model)
+    made = Detector(model, objectness_output="objectness", min_score=0.0, max_boxes=4, precision="fp32")
+    out = model(image[None].astype("float32"))
+    confidence = (out["scores"].numpy()[0] * out["objectness"].numpy()[0])
+    found = made.detect([image])[0][1]
+    assert len(found) == 4 and found[0].score == pytest.approx(float(confidence.max()), abs=1e-5)  # the best survives
+    assert all(np.isclose(confidence[:, d.class_index], d.score, atol=1e-5).any() for d in found)
+    assert 0.05 < found[0].score < float(out["scores"].numpy().max()) - 0.05  # not the class probability alone
+    assert len(Detector(model, objectness_output="objectness", method="drise", masks=16, min_score=0.0,
+                        max_boxes=2).explain([image])) == 2

@@ -232,3 +232,30 @@ def test_confusion_matrix_cells_filter_the_cards(page, run_dir):
     assert len(shown) == count and all(c["predicted"] == guess for c in shown)
     found = {c.image: c for c in report.cards(run_dir)}
     assert all(SHAPE_CLASSES[found[s["image"]].truth] == truth for s in shown)
+
+
+def test_a_detectors_cards_show_its_boxes_in_the_browser(browser, detector_model, tmp_path):
+    from tests.synthetic_detector import make_scene
+
+    rng = np.random.default_rng(12)
+    scenes = [make_scene(rng) for _ in range(3)]
+    for i, scene in enumerate(scenes):
+        Image.fromarray(scene.image).save(tmp_path / f"{i}.png")
+    out = tmp_path / "out"
+    result = run("detect", *(tmp_path / f"{i}.png" for i in range(3)), "--model", detector_model, "-o", out, "--report")
+    assert result.exit_code == 0, result.output
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto((out / "report.html").as_uri())
+    page.wait_for_selector("body[data-ready=true]")
+    shown = page.eval_on_selector_all("article.card", "cards => cards.map(c => ({boxes: [...c.querySelectorAll("
+                                      "'.boxes .label')].map(l => l.textContent), pictures: c.querySelectorAll("
+                                      "'img.segmentation').length, buttons: [...c.querySelectorAll('button.explanation')]"
+                                      ".map(b => b.textContent)}))")
+    assert errors == [] and len(shown) == 3
+    for card, data in zip(shown, report.cards(out)):
+        assert card["boxes"] == [f"{k}. {label}" for k, _, label, _, _ in data.boxes] and data.boxes
+        assert card["pictures"] == 1  # the detections picture
+        assert all(b.startswith("gradcam · ") and ". " in b for b in card["buttons"])
+    page.close()

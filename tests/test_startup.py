@@ -33,7 +33,7 @@ def test_import_loads_no_tensorflow():
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["gradcam", "--help"], ["predict", "--help"],
-                                  ["layers", "--help"], ["evaluate", "--help"]])
+                                  ["layers", "--help"], ["evaluate", "--help"], ["detect", "--help"]])
 def test_help_loads_no_tensorflow(argv):
     body = f"""
 from explain_cli.cli import main

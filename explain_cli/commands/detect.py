@@ -17,7 +17,7 @@ from explain_cli.methods import DETECTION_METHODS
 @click.option("--json", "as_json", is_flag=True, help="Print each image's detections as JSON lines (default: a table "
               "on a terminal, TSV when piped: image, k, class, label, score, x0, y0, x1, y1).")
 @click.option("--model", "model_spec", required=True, metavar="PATH",
-              help="A .keras object detector: a keras-hub RetinaNetObjectDetector, or a model whose outputs are boxes "
+              help="A .keras object detector: keras-hub's RetinaNet or D-FINE, or a model whose outputs are boxes "
               "(batch, A, 4) and class scores (batch, A, classes) before non-maximum suppression.")
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Class names, one a line (default: numbers).")
@@ -35,6 +35,8 @@ from explain_cli.methods import DETECTION_METHODS
               "feed it.")
 @click.option("--boxes-output", metavar="NAME", help="The output holding the boxes (batch, A, 4), of several.")
 @click.option("--scores-output", metavar="NAME", help="The output holding the class scores (batch, A, classes).")
+@click.option("--objectness-output", metavar="NAME", help="The output holding each prediction's objectness (batch, "
+              "A, 1), a YOLO's: it multiplies the class probabilities.")
 @click.option("--box-format", metavar="FORMAT", help="How the boxes output reads: xyxy (default), yxyx, xywh, "
               "center_xywh, center_yxhw in the input's pixels, or rel_ any of these in fractions of its size.")
 @common.detection_options

@@ -70,7 +70,7 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
     Writes OUTPUT_DIR/evaluation.jsonl (a line per image, class and method) and evaluation.png (the mean
     deletion and insertion curves); prints each method's means, best first by insertion − deletion.
     """
-    from explain_cli import detect_run, runs
+    from explain_cli import detect_run, evaluate_run
     from explain_cli.settings import EvaluationPlan
 
     plan = EvaluationPlan(methods, steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
@@ -87,5 +87,5 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
         detect_run.evaluate(settings, options["sources"], sys.stdin, plan, {**detection, **drise}, output_dir,
                             skip_existing, make_report, common.run_options(options))
         return
-    runs.evaluate(settings, options["sources"], sys.stdin, plan, common.class_request(options), boxes_file,
+    evaluate_run.evaluate(settings, options["sources"], sys.stdin, plan, common.class_request(options), boxes_file,
                   sanity_figures, output_dir, skip_existing, make_report, common.run_options(options))
