@@ -64,7 +64,7 @@ class DetectBatch:
 class Detector:
     """Explains a Keras object detector's boxes.
 
-    `model`: a keras.Model or a .keras file: a keras-hub RetinaNetObjectDetector, or a model whose outputs are boxes
+    `model`: a keras.Model or a .keras file: keras-hub's RetinaNet or D-FINE detector, or a model whose outputs are boxes
     (b, A, 4) and class scores (b, A, C) before non-maximum suppression (`boxes_output` and `scores_output` name them
     when it has more; `box_format`: how its boxes read, boxes.FORMATS, default xyxy in the input's pixels;
     `objectness_output`: a YOLO's (b, A, 1), which multiplies the class probabilities). A
@@ -81,8 +81,9 @@ class Detector:
                  iou: float | None = None, max_boxes: int = 20, masks: int = 1000, cells: int = 16, keep: float = 0.5,
                  seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  input_size: tuple[int, int] | None = None) -> None:
-        from explain_cli import detection_steps, detector
+        from explain_cli import detection_steps, detector, split
         from explain_cli import explainer as core
+        from explain_cli import labels as labels_module
         from explain_cli import precision as precisions
 
         if method not in DETECTION_METHODS:
@@ -103,8 +104,6 @@ class Detector:
         self._graph = core.graph_of(self._model)
         self.format = detector.read(self._model.keras_model, self._graph, self._model.height, self._model.width,
                                     boxes_output, scores_output, box_format, iou, objectness_output)
-        from explain_cli import labels as labels_module
-
         self._model = _with_labels(self._model, labels_module.for_model(self.format.classes, labels))
         try:
             self.default_layer: str | None = detection_steps.default_layer(self._graph, self.format)
@@ -114,8 +113,6 @@ class Detector:
             self.default_layer = None  # D-RISE and the control need no layer
         self.layer: str | None = layer or self.default_layer
         if self.layer is not None:
-            from explain_cli import split
-
             try:
                 self.layer = split.check(detector.joined(self._graph, self.format), self.layer).name
             except ExplainError as error:
