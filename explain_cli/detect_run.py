@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from explain_cli import output, pipeline, render
-from explain_cli.errors import BadArgument
+from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.runs import (OutputOptions, RunOptions, build_report, manifest_in, report, report_after, say,
                               skip_done, sources)
 
@@ -101,10 +101,16 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
                                                        skip_existing)
     with manifest_in(out_dir, evaluation.RECORDS, run_options.shard) as records:
         first = next((m for m in plan.methods if m not in ("drise", "random")), "drise")
-        made = Detector(settings.model, layer=settings.layer, method=first, precision=settings.precision,
-                        preprocess=settings.preprocess, labels=settings.labels, imports=settings.imports,
-                        unsafe=settings.unsafe, seed=plan.seed, batch_size=run_options.batch_size,
-                        max_pixels=run_options.max_pixels, input_size=settings.input_size, **given)
+        try:
+            made = Detector(settings.model, layer=settings.layer, method=first, precision=settings.precision,
+                            preprocess=settings.preprocess, labels=settings.labels, imports=settings.imports,
+                            unsafe=settings.unsafe, seed=plan.seed, batch_size=run_options.batch_size,
+                            max_pixels=run_options.max_pixels, input_size=settings.input_size, **given)
+        except BadArgument:
+            raise
+        except ExplainError as error:  # two outputs that are no detector's: a classifier's, one to be chosen
+            raise ExplainError(f"{error}; a model of several outputs that is no detector: name one with --output") \
+                from None
         layered = [m for m in plan.methods if made.layer_for(m)]
         say(f"{made.name}: evaluating {', '.join(plan.methods)}" + (f" at layer {made.layer}" if layered else "") +
             f" on each detection, {plan.steps} steps: {len(plan.methods) * (2 * plan.steps + 3)} forward passes per "
