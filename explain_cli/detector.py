@@ -1,4 +1,5 @@
-"""Object detectors: how their outputs read, and the compiled steps that find and explain their boxes.
+"""Object detectors: how their outputs read, the one output explain joins them into, and the tensor maths on them
+(decoding, probabilities, D-RISE's similarity, evaluate's matched score); detection_steps.py compiles the steps.
 
 A detector's model outputs, before non-maximum suppression, a box and class scores for each of A predictions (a
 RetinaNet's anchors, a DETR's queries, a grid's cells). explain reads two outputs, boxes (b, A, 4) and class scores
@@ -176,7 +177,7 @@ def scores_activation(graph: graph_module.Graph, scores: int) -> str:
     """How a detector's scores output became probabilities: "sigmoid", "softmax" or "linear" (logits), read from the
     layers that made its values, back through the reshapes and joins that gather a feature pyramid's levels."""
     steps = [_step_making(graph, n) for n in score_makers(graph, scores)]
-    kinds = {activation_name(step.layer) if step is not None else "linear" for step in steps}
+    kinds = {_activation_of(step.layer) if step is not None else "linear" for step in steps}
     return kinds.pop() if len(kinds) == 1 else "linear"
 
 
@@ -186,8 +187,8 @@ def linear_scores(graph: graph_module.Graph, scores: int) -> tuple[list[graph_mo
     makers = set(score_makers(graph, scores))
     steps = []
     for step in graph.steps:
-        if step.outputs[0] in makers and activation_name(step.layer) in ("sigmoid", "softmax"):
-            if is_activation_layer(step.layer) or type(step.layer).__name__ in ("Sigmoid", "Softmax"):
+        if step.outputs[0] in makers and _activation_of(step.layer) in ("sigmoid", "softmax"):
+            if is_activation_layer(step.layer) or type(step.layer).__name__ in _ACTIVATION_OPS:
                 step = dataclasses.replace(step, layer=_passing, takes_training=False)
             else:
                 from keras import activations
@@ -195,6 +196,15 @@ def linear_scores(graph: graph_module.Graph, scores: int) -> tuple[list[graph_mo
                 step = with_activation(step, activations.linear)
         steps.append(step)
     return steps, scores
+
+
+# Keras ops called on a model's tensors (keras.ops.sigmoid, keras.ops.softmax) are steps of their own.
+_ACTIVATION_OPS = {"Sigmoid": "sigmoid", "Softmax": "softmax"}
+
+
+def _activation_of(layer: Any) -> str:
+    """What a step's layer ends with: its activation, or the activation op it is."""
+    return _ACTIVATION_OPS.get(type(layer).__name__) or activation_name(layer)
 
 
 def _passing(values: Any, *args: Any, **kwargs: Any) -> Any:

@@ -420,8 +420,9 @@ def test_the_report_shows_each_images_boxes(detector_model, scenes, tmp_path):
 
 
 def test_an_objectness_output_multiplies_the_class_probabilities(keras, tmp_path):
-    """A YOLO-style head: boxes, class sigmoids and an objectness sigmoid per cell; a detection's score is its class
-    probability times its objectness, and its maps (gradient and D-RISE) are made."""
+    """A YOLO-style head: boxes, class sigmoids (keras.ops.sigmoid on the model's tensor) and an objectness sigmoid
+    per cell; a detection's score is its class probability times its objectness, and its maps (gradient and D-RISE)
+    are made."""
     from explain_cli import Detector
     from explain_cli.errors import BadArgument
 
@@ -431,7 +432,7 @@ def test_an_objectness_output_multiplies_the_class_probabilities(keras, tmp_path
     grid = layers.Conv2D(8, 3, strides=4, padding="same", activation="relu", name="grid")(layers.Rescaling(1 / 255)(inputs))
     outputs = {
         "boxes": layers.Reshape((64, 4), name="boxes")(layers.Conv2D(4, 1, name="box_conv")(grid) * 10 + 16),
-        "scores": layers.Reshape((64, 3), name="scores")(layers.Conv2D(3, 1, activation="sigmoid", name="cls")(grid)),
+        "scores": keras.ops.sigmoid(layers.Reshape((64, 3))(layers.Conv2D(3, 1, name="cls")(grid))),  # an op ends it
         "objectness": layers.Reshape((64, 1), name="objectness")(
             layers.Conv2D(1, 1, activation="sigmoid", name="obj")(grid)),
     }
