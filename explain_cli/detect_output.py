@@ -29,7 +29,8 @@ class Detected(Prediction):
 
     def tsv(self, image: str) -> str:
         x0, y0, x1, y1 = self.box
-        return (f"{image}\t{self.rank}\t{self.class_index}\t{self.label}\t{self.probability:.6f}\t{x0:.1f}\t{y0:.1f}\t"
+        label = self.label.replace("\t", " ").replace("\n", " ")  # a column of its own, whatever the labels file says
+        return (f"{image}\t{self.rank}\t{self.class_index}\t{label}\t{self.probability:.6f}\t{x0:.1f}\t{y0:.1f}\t"
                 f"{x1:.1f}\t{y1:.1f}\n")
 
     def line(self) -> str:
