@@ -33,7 +33,7 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="explain")
 def cli() -> None:
-    """Show why an image classifier decided what it decided.
+    """Show why an image model decided what it decided: a classifier, a segmentation model, an object detector.
 
     INPUTS are image files, folders (searched recursively) or - to read paths from stdin.
     Predictions go to stdout; explanations are written as image files; progress, warnings and
@@ -44,6 +44,7 @@ def cli() -> None:
       explain gradcam photos/ -o out/ --top-k 3    a folder, three classes per image
       explain predict photos/ | sort -t$'\\t' -k5 -gr
       explain layers --model vgg16                 layers that can be explained
+      explain detect street.jpg --model det.keras  a map for every box a detector finds
     """
 
 
