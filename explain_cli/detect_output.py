@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def _numbered(source: Source, k: int) -> Source:
     return dataclasses.replace(source, stem=source.stem.with_name(f"{source.stem.name}.det{k}"))
 
 
-def truth_boxes(known: dict[Any, list[Any]], names: Sequence[str]) -> dict[Any, list[tuple[int, tuple[float, ...]]]]:
+def truth_boxes(known: dict[Any, list[Any]]) -> dict[Any, list[tuple[int, tuple[float, ...]]]]:
     """--truth FILE.csv's boxes (evaluate.read_boxes) as (class, box) per image; ExplainError where one has no class."""
     from explain_cli.errors import BadArgument
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from explain_cli import output, pipeline, render
+from explain_cli import output, pipeline
 from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.runs import (OutputOptions, RunOptions, build_report, manifest_in, report, report_after, say,
-                              skip_done, sources)
+                              sources, unexplained)
 
 # The command's options that make the Detector, as its keyword arguments are named.
 DETECTOR_OPTIONS = {"model_spec": "model", "labels_file": "labels", "preprocess": "preprocess", "imports": "imports",
@@ -26,21 +26,12 @@ def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_fi
     from explain_cli import console, detect_output, evaluate
     from explain_cli.detect import Detector, explanations
 
-    if not render.is_colormap(out.colormap):
-        raise BadArgument("--colormap", f"unknown matplotlib colormap {out.colormap!r}")
-    for imported in given.get("imports", ()):
-        if imported.endswith(".py") and not Path(imported).is_file():
-            raise BadArgument("--import", f"{imported}: no such file")
-    found = sources(arguments, stdin, out.out_dir, run_options.shard)
+    out.check()
     method = given["method"]
-    skipped = 0
-    if out.skip_existing:
-        if out.out_dir.is_dir():
-            output.remove_stale_temporaries(out.out_dir)
-        found, skipped = skip_done(found, out.out_dir, output.explained_images(out.out_dir, method))
-        if not found:
-            say(console.Tally(0, skipped=skipped).summary(None))
-            return
+    found, skipped = unexplained(sources(arguments, stdin, out.out_dir, run_options.shard), out, method)
+    if not found:  # nothing left to do: no need to load a model for it
+        say(console.Tally(0, skipped=skipped).summary(None))
+        return
     with manifest_in(out.out_dir, output.MANIFEST, run_options.shard) as manifest:
         made = Detector(**{DETECTOR_OPTIONS[k]: v for k, v in given.items()}, batch_size=run_options.batch_size,
                         max_pixels=run_options.max_pixels)
@@ -49,7 +40,7 @@ def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_fi
                 say(f"note: {made.name}: {note}")
         truth = None
         if truth_file is not None:
-            truth = detect_output.truth_boxes(evaluate.read_boxes(truth_file, found, made._model.labels), made.labels)
+            truth = detect_output.truth_boxes(evaluate.read_boxes(truth_file, found, made._model.labels))
         layer = made.layer_for(method)
         where = f"at layer {layer}" + ("" if given.get("layer") else " (default)") if layer else (
             f"{made._masks_setting[0]} masks of {made._masks_setting[1]} × {made._masks_setting[1]} cells, forward "

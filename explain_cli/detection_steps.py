@@ -5,6 +5,7 @@ images scored against fixed boxes: D-RISE's similarity and evaluate's matched sc
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -36,8 +37,8 @@ def default_layer(graph: graph_module.Graph, found: detector.Format) -> str:
     made_by = {n: s for s in graph.steps for n in s.outputs}
     common = set.intersection(*({id(s) for s in graph_module.needed(graph.steps, {b})} for b in branches))
     common -= {id(made_by[b]) for b in branches if b in made_by}  # the layers that score the classes themselves
-    names = [s.name for s in graph.steps]
-    shared = {s.name for s in graph.steps if id(s) in common and names.count(s.name) == 1}
+    calls = Counter(s.name for s in graph.steps)  # a layer called once per level is no one place to cut
+    shared = {s.name for s in graph.steps if id(s) in common and calls[s.name] == 1}
     spatial = [p for p in graph.explainable() if p.step in shared and not p.path and p.kind not in PASSING
                and all(d is None or d > 1 for d in p.grid_shape[:2])]
     if not spatial:
@@ -133,7 +134,7 @@ def _look(model: LoadedModel, cut: split_module.Split, read: Callable[[Any], tup
 
 
 def _explain(cut: split_module.Split, scores_cut: split_module.Split, method: str,
-             classes: int) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+             class_count: int) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """(looked, row image (R,), row class (R,), weights (R, A)) -> each row's target Σ_a w_a · z_a,c (R,) and map
     (R, h, w). The rows' heads run on the features gathered by image, under one tape: the class scores alone (the
     boxes' weights are fixed), where the cut lets the scores' head be run apart from the boxes'."""
@@ -149,7 +150,7 @@ def _explain(cut: split_module.Split, scores_cut: split_module.Split, method: st
             return scores_cut.head(activations, tuple(skips[i] for i in picked))
     else:
         def scores_head(activations: Any, skips: tuple[Any, ...]) -> Any:
-            return cut.head(activations, skips)[..., 4:4 + classes]
+            return cut.head(activations, skips)[..., 4:4 + class_count]
 
     @tf.function(reduce_retracing=True, autograph=False)
     def explain(activations: Any, skips: tuple[Any, ...], images: Any, classes: Any, weights: Any) -> tuple[Any, Any]:

@@ -51,6 +51,11 @@ class OutputOptions:
     report: bool = False
     skip_existing: bool = False
 
+    def check(self) -> None:
+        """BadArgument for what cannot be drawn: an unknown colormap."""
+        if not render.is_colormap(self.colormap):
+            raise BadArgument("--colormap", f"unknown matplotlib colormap {self.colormap!r}")
+
 
 @dataclass(frozen=True)
 class ClassRequest:
@@ -143,6 +148,17 @@ def tally(found: Sequence[Source], known: dict | None, skipped: int = 0, made: E
                          threshold=made.settings.threshold if made else 0.5)
 
 
+def unexplained(found: list[Source], out: OutputOptions, method: str) -> tuple[list[Source], int]:
+    """With --skip-existing, the sources OUT_DIR's manifest has not explained by `method` (the temporary files of runs
+    no longer alive removed), and how many it has; without, all of them."""
+    if not out.skip_existing:
+        return found, 0
+    done = output.explained_images(out.out_dir, method)
+    if out.out_dir.is_dir():
+        output.remove_stale_temporaries(out.out_dir)
+    return skip_done(found, out.out_dir, done)
+
+
 def skip_done(found: list[Source], out_dir: Path, done: set[str]) -> tuple[list[Source], int]:
     """The sources not yet done (--skip-existing), and how many were."""
     todo = [s for s in found if s.shown not in done]
@@ -193,20 +209,13 @@ def explain(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
     predictions on stdout. `name` names the method in files and the manifest."""
     check(settings)
     name = name or settings.method + ("-counterfactual" if settings.counterfactual else "")
-    if not render.is_colormap(out.colormap):
-        raise BadArgument("--colormap", f"unknown matplotlib colormap {out.colormap!r}")
+    out.check()
     if request.specs and request.top_k:
         raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
-    found = sources(arguments, stdin, out.out_dir, run.shard)
-    skipped = 0
-    if out.skip_existing:
-        done = output.explained_images(out.out_dir, name)
-        if out.out_dir.is_dir():
-            output.remove_stale_temporaries(out.out_dir)
-        found, skipped = skip_done(found, out.out_dir, done)
-        if not found:  # nothing left to do: no need to load a model for it
-            say(console.Tally(0, skipped=skipped).summary(None))
-            return
+    found, skipped = unexplained(sources(arguments, stdin, out.out_dir, run.shard), out, name)
+    if not found:  # nothing left to do: no need to load a model for it
+        say(console.Tally(0, skipped=skipped).summary(None))
+        return
     with manifest_in(out.out_dir, output.MANIFEST, run.shard) as manifest:
         made = explainer(settings, run)
         known = truth(request.truth, found, made)
@@ -238,8 +247,7 @@ def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
 
     check(settings)
     name = settings.method + ("-counterfactual" if settings.counterfactual else "")
-    if not render.is_colormap(out.colormap):
-        raise BadArgument("--colormap", f"unknown matplotlib colormap {out.colormap!r}")
+    out.check()
     if request.specs and request.top_k:
         raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
     for option, folder in (("--masks", masks), ("--truth-masks", truth_masks)):

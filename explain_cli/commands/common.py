@@ -10,7 +10,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import click
 
@@ -223,15 +223,20 @@ render_options = options(
 # --- options into typed values --------------------------------------------------------------------------------
 
 
+def check_imports(imports: Sequence[str]) -> None:
+    """--import: a usage error for a .py file that is not there (a module name is looked for when the model loads)."""
+    for imported in imports:
+        if imported.endswith(".py") and not Path(imported).is_file():
+            raise click.BadParameter(f"{imported}: no such file", param_hint="--import")
+
+
 def settings(options: dict, method: str = "gradcam", **extra: Any) -> Any:
     """The Explainer's settings the options give (popping them): the model, the layer, the precision."""
     from explain_cli.settings import Settings
 
     labels = options.pop("labels_file")
     spec = options.pop("model_spec")
-    for imported in options["imports"]:
-        if imported.endswith(".py") and not Path(imported).is_file():
-            raise click.BadParameter(f"{imported}: no such file", param_hint="--import")
+    check_imports(options["imports"])
     return Settings(model=spec, layer=options.pop("layer", None), method=method, precision=options.pop("precision"),
                     preprocess=options.pop("preprocess"), labels=str(labels) if labels else None,
                     weights=options.pop("weights"), imports=tuple(options.pop("imports")), unsafe=options.pop("unsafe"),

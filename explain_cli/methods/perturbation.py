@@ -91,16 +91,31 @@ def rise(p: PerturbationInputs) -> np.ndarray:
     map scaled by its maximum would be nearly flat."""
     import numpy as np
 
-    masks = p.masks
-    assert masks is not None, "rise needs its masks"
+    saliency, _, _ = _masks_weighted(p, "rise")
     height, width = p.image.shape[:2]
-    total = np.zeros((len(p.classes), height * width), np.float64)
+    return (saliency - saliency.min(axis=1, keepdims=True)).reshape(-1, height, width).astype(np.float32)
+
+
+def _masks_weighted(p: PerturbationInputs, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every mask's image (grey where it hides) through `forward` in batches: Σ_i s_i · M_i / (N · keep) per class
+    (k, H·W), Σ_i M_i / (N · keep) (H·W), and the mean score s̄ per class (k,), in float64."""
+    import numpy as np
+
+    masks = p.masks
+    assert masks is not None, f"{method} needs its masks"
+    height, width = p.image.shape[:2]
+    weighted = np.zeros((len(p.classes), height * width), np.float64)
+    coverage = np.zeros(height * width, np.float64)
+    total = np.zeros(len(p.classes), np.float64)
     for start in range(0, len(masks), p.batch_size):
         chunk = masks.chunk(start, min(start + p.batch_size, len(masks)))
-        scores = p.forward(GREY + (p.image[None] - GREY) * chunk[..., None])[:, p.classes]  # (m, k)
-        total += scores.T.astype(np.float64) @ chunk.reshape(len(chunk), -1)
-    saliency = total / (len(masks) * masks.keep)
-    return (saliency - saliency.min(axis=1, keepdims=True)).reshape(-1, height, width).astype(np.float32)
+        scores = p.forward(GREY + (p.image[None] - GREY) * chunk[..., None])[:, p.classes].astype(np.float64)
+        flat = chunk.reshape(len(chunk), -1)
+        weighted += scores.T @ flat
+        coverage += flat.sum(axis=0)
+        total += scores.sum(axis=0)
+    scale = len(masks) * masks.keep
+    return weighted / scale, coverage / scale, total / len(masks)
 
 
 def drise(p: PerturbationInputs) -> np.ndarray:
@@ -110,21 +125,9 @@ def drise(p: PerturbationInputs) -> np.ndarray:
     energy is where the target's score rose or fell; the negatives (pixels whose presence lowered it) are kept."""
     import numpy as np
 
-    masks = p.masks
-    assert masks is not None, "drise needs its masks"
+    weighted, coverage, mean = _masks_weighted(p, "drise")
+    saliency = weighted - mean[:, None] * coverage[None]
     height, width = p.image.shape[:2]
-    weighted = np.zeros((len(p.classes), height * width), np.float64)
-    coverage = np.zeros(height * width, np.float64)
-    scores = []
-    for start in range(0, len(masks), p.batch_size):
-        chunk = masks.chunk(start, min(start + p.batch_size, len(masks)))
-        found = p.forward(GREY + (p.image[None] - GREY) * chunk[..., None])[:, p.classes].astype(np.float64)
-        flat = chunk.reshape(len(chunk), -1)
-        weighted += found.T @ flat
-        coverage += flat.sum(axis=0)
-        scores.append(found)
-    mean = np.concatenate(scores).mean(axis=0)  # (k,)
-    saliency = (weighted - mean[:, None] * coverage[None]) / (len(masks) * masks.keep)
     return saliency.reshape(-1, height, width).astype(np.float32)
 
 
