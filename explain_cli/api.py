@@ -20,7 +20,7 @@ import numpy as np
 
 from explain_cli import evaluate as evaluation
 from explain_cli import output, pipeline, runtimes, targets
-from explain_cli.errors import BadArgument, ExplainError
+from explain_cli.errors import BadArgument, ExplainError, Listener, Notes
 from explain_cli.inputs import Source
 from explain_cli.methods import METHODS
 from explain_cli.methods.perturbation import PERTURBATION_METHODS
@@ -51,7 +51,10 @@ class Explainer:
     settings: `score` ("logit" or "probability"), `counterfactual`, `max_masks` (scorecam), `samples` and `noise`
     (smoothgrad), `steps` (integrated gradients), `masks`, `cells` and `keep` (rise), `window` and `stride`
     (occlusion), `seed`. `precision_for`: other methods "auto" must suit (it keeps fp32 for those that
-    do not hold up in bf16). Errors are ExplainError (BadArgument for an argument that cannot be used).
+    do not hold up in bf16). `runtime`: where forward-only passes run (the feature pass before the layer,
+    predictions, perturbed images): "auto" (OpenVINO where installed), "tensorflow", "openvino" or "onnxruntime"; the
+    gradient always runs in TensorFlow. `on_note`: hears each of `notes` as it comes, and whether it is a warning
+    (default: warnings are Python warnings). Errors are ExplainError (BadArgument for an argument that cannot be used).
     """
 
     def __init__(self, model: Any, *, layer: str | None = None, method: str = "gradcam", precision: str = "auto",
@@ -63,9 +66,9 @@ class Explainer:
                  output_index: int | None = None, threshold: float = 0.5, min_area: float = 0.01, masks: int = 4000,
                  cells: int = 7, keep: float = 0.5, window: int | None = None, stride: int | None = None,
                  input_size: tuple[int, int] | None = None, layout: str | None = None,
-                 outputs_are: str | None = None) -> None:
+                 outputs_are: str | None = None, runtime: str = "auto", on_note: Listener | None = None) -> None:
         from explain_cli import explainer as core
-        from explain_cli import heads, models, split
+        from explain_cli import heads, models, offload, split
         from explain_cli import precision as precisions
 
         given = isinstance(model, (str, Path))
@@ -78,8 +81,9 @@ class Explainer:
             samples=samples, noise=noise, steps=steps, seed=seed, batch_size=batch_size, max_pixels=max_pixels,
             precision_for=tuple(precision_for), output=output, multi_label=multi_label, output_index=output_index,
             threshold=threshold, min_area=min_area, masks=masks, cells=cells, keep=keep, window=window, stride=stride,
-            input_size=input_size, layout=layout, outputs_are=outputs_are)
+            input_size=input_size, layout=layout, outputs_are=outputs_are, runtime=runtime)
         check(self.settings)
+        self.notes = Notes(on_note)  # how it was made and runs, for the curious (--verbose)
         self._steps: dict[tuple[object, ...], Any] = {}
         self._model: LoadedModel | runtimes.RuntimeModel  # the second: a file only a runtime runs
         self._graph: Any  # graph.Graph; None for a runtime's file
@@ -87,7 +91,7 @@ class Explainer:
             self._open_runtime(str(model))
             return
         chosen, why = precisions.resolve(precision, [method, *precision_for])
-        self.notes: list[str] = [f"precision {chosen} ({why})"]  # how it was made, for the curious (--verbose)
+        self.notes.add(f"precision {chosen} ({why})")
         reading = heads.Reading(output, multi_label, output_index)
         if given:
             problem = models.check_spec(str(model))
@@ -97,8 +101,9 @@ class Explainer:
                                       precision=chosen, reading=reading)
         else:
             self._model = models.from_object(model, labels, preprocess, chosen, reading)
-        self._graph = core.graph_of(self._model)
-        self.notes += list(self._graph.notes)
+        self._graph = core.graph_of(self._model, offload.choose(runtime, self._model, self.notes.add))
+        for note in self._graph.notes:
+            self.notes.add(note)
         try:
             self.default_layer: str | None = core.default_layer(self._graph, self._model)
         except ExplainError as error:  # no feature map at all: predict and classviz still work; explaining does not
@@ -113,6 +118,7 @@ class Explainer:
                 raise
             except ExplainError as error:
                 raise BadArgument("--layer", f"{error}; default: {self.default_layer}") from None
+        self._graph = offload.ending_at(self._graph, self.layer)
 
     def _open_runtime(self, path: str) -> None:
         """A SavedModel, LiteRT or ONNX file: run by its runtime, explained by forward passes alone."""
@@ -123,15 +129,16 @@ class Explainer:
             raise BadArgument("--layer", f"{path}: {runtimes.NOT_FOR_THEM}")
         self._model = opened = runtimes.load(path, s.labels, models.preprocessing(s.preprocess or "none"),
                                              runtimes.Runtime(s.input_size, s.layout, s.outputs_are))
-        self.notes = list(opened.notes)
+        for note in opened.notes:
+            self.notes.add(note)
         self._graph = None
         self.default_layer = self.layer = None
         self._no_layer = BadArgument("--model", f"{path}: {runtimes.NOT_FOR_THEM}")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Explainer:
+    def from_settings(cls, settings: Settings, on_note: Listener | None = None) -> Explainer:
         fields = dataclasses.asdict(settings)
-        return cls(fields.pop("model"), **fields)
+        return cls(fields.pop("model"), on_note=on_note, **fields)
 
     # --- what it is ---------------------------------------------------------------------------------------------
 

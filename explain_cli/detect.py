@@ -20,7 +20,7 @@ import numpy as np
 
 from explain_cli import boxes as box_module
 from explain_cli import pipeline
-from explain_cli.errors import BadArgument, ExplainError
+from explain_cli.errors import BadArgument, ExplainError, Listener, Notes
 from explain_cli.inputs import Source
 from explain_cli.methods import DETECTION_METHODS
 from explain_cli.methods.perturbation import PerturbationInputs, drise
@@ -70,7 +70,8 @@ class Detector:
     `objectness_output`: a YOLO's (b, A, 1), which multiplies the class probabilities). A
     detection is a prediction whose class probability is at least `min_score` and that survives suppression at `iou`
     (the model's own threshold for keras-hub's models), at most `max_boxes` per image. `method`: DETECTION_METHODS;
-    `layer` where the gradient methods take their maps. D-RISE: `masks`, `cells`, `keep`, `seed`.
+    `layer` where the gradient methods take their maps. D-RISE: `masks`, `cells`, `keep`, `seed`. `runtime` and
+    `on_note`: as the Explainer's.
     """
 
     def __init__(self, model: Any, *, layer: str | None = None, method: str = "gradcam", precision: str = "auto",
@@ -80,8 +81,9 @@ class Detector:
                  objectness_output: str | None = None, min_score: float = 0.3,
                  iou: float | None = None, max_boxes: int = 20, masks: int = 1000, cells: int = 16, keep: float = 0.5,
                  seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 input_size: tuple[int, int] | None = None) -> None:
-        from explain_cli import detection_steps, detector, split
+                 input_size: tuple[int, int] | None = None, runtime: str = "auto",
+                 on_note: Listener | None = None) -> None:
+        from explain_cli import detection_steps, detector, offload, split
         from explain_cli import explainer as core
         from explain_cli import labels as labels_module
         from explain_cli import precision as precisions
@@ -99,9 +101,10 @@ class Detector:
         self.max_pixels, self.seed, self._masks_setting = max_pixels, seed, (masks, cells, keep)
         chosen, why = precisions.resolve(precision, [method])
         self.precision = chosen
-        self.notes = [f"precision {chosen} ({why})"]
+        self.notes = Notes(on_note)
+        self.notes.add(f"precision {chosen} ({why})")
         self._model = _load(model, labels, preprocess, imports, unsafe, chosen, input_size)
-        self._graph = core.graph_of(self._model)
+        self._graph = core.graph_of(self._model, offload.choose(runtime, self._model, self.notes.add))
         self.format = detector.read(self._model.keras_model, self._graph, self._model.height, self._model.width,
                                     boxes_output, scores_output, box_format, iou, objectness_output)
         self._model = _with_labels(self._model, labels_module.for_model(self.format.classes, labels))
@@ -117,11 +120,12 @@ class Detector:
                 self.layer = split.check(detector.joined(self._graph, self.format), self.layer).name
             except ExplainError as error:
                 raise BadArgument("--layer", f"{error}; default: {self.default_layer}") from None
-        self.notes.append(f"{self.format.predictions} predictions of {self.format.classes} classes, boxes as "
+        self.notes.add(f"{self.format.predictions} predictions of {self.format.classes} classes, boxes as "
                           f"{self.format.box_format}, suppression at IoU {self.format.iou:g}" +
                           ("" if self.format.per_class else " over all classes"))
-        self._steps = detection_steps.build(self._model, self._graph, self.format,
-                                            None if method in LAYERLESS and layer is None else self.layer)
+        cut = None if method in LAYERLESS and layer is None else self.layer
+        self._graph = offload.ending_at(self._graph, cut)
+        self._steps = detection_steps.build(self._model, self._graph, self.format, cut)
         self._rise_masks: Any = None
 
     def layer_for(self, method: str) -> str | None:
@@ -331,7 +335,8 @@ def _load(model: Any, labels: Any, preprocess: str | None, imports: Sequence[str
         raise BadArgument("--input-size", f"{name}: the model's input has no fixed size: give --input-size HxW")
     return models.LoadedModel(name=name, keras_model=keras_model, height=int(size[0]), width=int(size[1]),
                               channels=int(shape[3]), preprocess=prep, default_layer=None,
-                              labels=labels_module.Labels(()), precision=precision, live=live)
+                              labels=labels_module.Labels(()), precision=precision, live=live,
+                              identity=None if live else models.identity(str(model), "imagenet", imports))
 
 
 def _converter_size(model: Any) -> tuple[int, int] | None:

@@ -7,8 +7,8 @@ from typing import Any, Sequence, TextIO
 
 from explain_cli import output, pipeline
 from explain_cli.errors import BadArgument, ExplainError
-from explain_cli.runs import (OutputOptions, RunOptions, build_report, manifest_in, report, report_after, say,
-                              sources, unexplained)
+from explain_cli.runs import (OutputOptions, RunOptions, build_report, listener, manifest_in, report, report_after,
+                              say, sources, unexplained)
 
 # The command's options that make the Detector, as its keyword arguments are named.
 DETECTOR_OPTIONS = {"model_spec": "model", "labels_file": "labels", "preprocess": "preprocess", "imports": "imports",
@@ -16,7 +16,8 @@ DETECTOR_OPTIONS = {"model_spec": "model", "labels_file": "labels", "preprocess"
                     "boxes_output": "boxes_output", "scores_output": "scores_output", "box_format": "box_format",
                     "objectness_output": "objectness_output",
                     "min_score": "min_score", "iou": "iou", "max_boxes": "max_boxes", "layer": "layer",
-                    "method": "method", "rise_masks": "masks", "cells": "cells", "keep": "keep", "seed": "seed"}
+                    "method": "method", "rise_masks": "masks", "cells": "cells", "keep": "keep", "seed": "seed",
+                    "runtime": "runtime"}
 
 
 def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_file: Path | None, out: OutputOptions,
@@ -34,10 +35,8 @@ def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_fi
         return
     with manifest_in(out.out_dir, output.MANIFEST, run_options.shard) as manifest:
         made = Detector(**{DETECTOR_OPTIONS[k]: v for k, v in given.items()}, batch_size=run_options.batch_size,
-                        max_pixels=run_options.max_pixels)
-        if run_options.verbose:
-            for note in made.notes:
-                say(f"note: {made.name}: {note}")
+                        max_pixels=run_options.max_pixels, on_note=listener(Path(given["model_spec"]).name,
+                                                                            run_options.verbose))
         truth = None
         if truth_file is not None:
             truth = detect_output.truth_boxes(evaluate.read_boxes(truth_file, found, made._model.labels))

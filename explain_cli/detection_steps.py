@@ -80,7 +80,7 @@ def build(model: LoadedModel, graph: graph_module.Graph, found: detector.Format,
 
     joined = detector.joined(graph, found)
     decode = detector.decode(found, model.height, model.width)
-    whole, _ = split_module.logits(joined)
+    whole, _ = split_module.logits(joined, forward_only=True)
     pixels = [None, model.height, model.width, model.channels]
 
     def read(raw: Any) -> tuple[Any, Any]:

@@ -1,6 +1,8 @@
 """The two ways a run can fail short of a bug, each printed as one line, and the one line of a library's error."""
 
 import re
+import warnings
+from typing import Callable
 
 
 class ExplainError(Exception):
@@ -35,3 +37,23 @@ def first_line(error: BaseException) -> str:
     lines = [_ANSI.sub("", line).strip() for line in str(error).splitlines()]
     lines = [line for line in lines if line and not line.startswith(_WRAPPERS)]
     return lines[0] if lines else type(error).__name__
+
+
+Listener = Callable[[str, bool], None]  # a note as it comes, and whether it is a warning
+
+
+class Notes(list[str]):
+    """How a model was made and runs, line by line, for --verbose: some come later than the model (a runtime's pass,
+    converted when a step first needs it), so a listener hears each as it comes. A warning (a runtime asked for by
+    name that cannot run a pass) with no one listening is a Python warning."""
+
+    def __init__(self, listener: Listener | None = None) -> None:
+        super().__init__()
+        self.listener = listener
+
+    def add(self, line: str, warning: bool = False) -> None:
+        self.append(line)
+        if self.listener is not None:
+            self.listener(line, warning)
+        elif warning:
+            warnings.warn(line, RuntimeWarning, stacklevel=3)

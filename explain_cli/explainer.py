@@ -37,11 +37,13 @@ class BatchResult:
     # of each explained region, and "segmentation" (b, h, w): each pixel's class
 
 
-def graph_of(model: LoadedModel) -> graph_module.Graph:
+def graph_of(model: LoadedModel, offload: Any = None) -> graph_module.Graph:
     """The model's graph as explain replays it: in bfloat16 when the model's precision says so; BatchNorm unfolded for
-    a model in memory, whose weights may change after the steps are compiled."""
+    a model in memory, whose weights may change after the steps are compiled; its forward-only passes on `offload`'s
+    runtime (offload.Offload; None: TensorFlow)."""
     graph = graph_module.flatten(model.keras_model, model.output)
-    return dataclasses.replace(graph, precision=model.precision, foldable=graph.foldable and not model.live)
+    return dataclasses.replace(graph, precision=model.precision, foldable=graph.foldable and not model.live,
+                               offload=offload)
 
 
 def default_layer(graph: graph_module.Graph, model: LoadedModel) -> str:
@@ -107,7 +109,7 @@ def compile_predict(model: LoadedModel, graph: graph_module.Graph, pixels: str =
 
     from explain_cli import heads
 
-    forward, _ = split_module.logits(graph)
+    forward, _ = split_module.logits(graph, forward_only=True)
     spec = tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels))
     head = head_of(model, graph)
 
@@ -134,7 +136,7 @@ def compile_regions(model: LoadedModel, graph: graph_module.Graph) -> tuple[Call
 
     from explain_cli import heads
 
-    forward, _ = split_module.logits(graph)
+    forward, _ = split_module.logits(graph, forward_only=True)
     head = head_of(model, graph)
     pixels = [None, model.height, model.width, model.channels]
 

@@ -67,6 +67,7 @@ class Graph:
     transformer_default: str | None = None  # the input of the last transformer block, where there is one
     notes: tuple[str, ...] = ()  # how its layers were found, for --verbose
     outputs: tuple[tuple[str, int], ...] = ()  # every output of the model: its name and value number
+    offload: Any = None  # offload.Offload: the runtime its forward-only passes run on (None: TensorFlow)
 
     def with_output(self, name: str) -> Graph:
         """The graph explained through the output called `name`."""

@@ -71,6 +71,7 @@ class LoadedModel:
     live: bool = False  # a model object in memory, which may be trained further: BatchNorm is not folded (fold.py)
     head: Any = None  # heads.Head: what its output is (None: it has several outputs and none was chosen)
     output: str | None = None  # the output explained, of a model with several
+    identity: str | None = None  # the files it was made from, as they are now (offload.py's cache key); None: memory
 
 
 def check_spec(spec: str) -> str | None:
@@ -116,7 +117,23 @@ def load(
         converter = _image_converter(model)
         prep = converter if preprocess is None and converter is not None else preprocessing(preprocess or "none")
         default = None
-    return _loaded(model, name, spec, prep, default, labels_file, precision, reading)
+    loaded = _loaded(model, name, spec, prep, default, labels_file, precision, reading)
+    return dataclasses.replace(loaded, identity=identity(spec, weights, imports))
+
+
+def identity(spec: str, weights: str, imports: Sequence[str] = ()) -> str:
+    """What a loaded model is made from, as it is now: the built-in's name or the file's path, size and time of
+    change, the same of a weights file, and the code imported first."""
+    import keras
+
+    def of(path: Path) -> str:
+        found = path.resolve()
+        status = found.stat()
+        return f"{found} {status.st_size} {status.st_mtime_ns}"
+
+    model = spec.lower() if spec.lower() in BUILT_IN else of(Path(spec))
+    weighted = f"imagenet, keras {keras.__version__}" if weights == "imagenet" else of(Path(weights))
+    return repr((model, weighted, tuple(of(Path(i)) if i.endswith(".py") else i for i in imports)))
 
 
 def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, preprocess: str | None = None,

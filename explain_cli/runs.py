@@ -83,11 +83,19 @@ def sources(arguments: Sequence[str], stdin: TextIO, skip_dir: Path | None, shar
 
 def explainer(settings: Settings, run: RunOptions) -> Explainer:
     """The Explainer the settings make; with --verbose, how it was made."""
-    made = Explainer.from_settings(settings)
-    if run.verbose:
-        for note in made.notes:
-            say(f"note: {note}" if note.startswith("precision ") else f"note: {made.name}: {note}")
-    return made
+    return Explainer.from_settings(settings, on_note=listener(Path(settings.model).name, run.verbose))
+
+
+def listener(name: str, verbose: bool) -> Callable[[str, bool], None]:
+    """Says a model's notes as they come: its warnings always, the rest with --verbose."""
+
+    def hear(note: str, warning: bool) -> None:
+        if warning:
+            say(f"warning: {name}: {note}")
+        elif verbose:
+            say(f"note: {note}" if note.startswith("precision ") else f"note: {name}: {note}")
+
+    return hear
 
 
 def truth(spec: str | None, found: Sequence[Source], made: Explainer) -> dict | None:

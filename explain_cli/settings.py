@@ -52,6 +52,7 @@ class Settings:
     input_size: tuple[int, int] | None = None  # a runtime's model file: (height, width), where the file leaves it free
     layout: str | None = None  # a runtime's model file: "nhwc" or "nchw", where the file does not say
     outputs_are: str | None = None  # a runtime's model file: "logits" or "probabilities", where the file does not say
+    runtime: str = "auto"  # where forward-only passes run: "auto", "tensorflow", "openvino" or "onnxruntime"
 
 
 @dataclass(frozen=True)

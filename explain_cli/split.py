@@ -75,14 +75,20 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False) -> Sp
     made_by_head = {n for s in head for n in s.outputs}
     skips = tuple(sorted({n for s in head for _, n in s.inputs if n not in made_by_head and n != a}))
     features = needed([s for s in steps if s not in head], {a, *skips})
+    exact = features  # in float32 for a runtime, which then computes in the run's precision itself (offload.py)
     if graph.precision == "bf16":
         from explain_cli.precision import bfloat16
 
         features = bfloat16(features)  # the head stays float32: see precision.py
 
-    def run_features(x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-        values = graph.run(features, {graph.input: x})
-        return values[a], tuple(values[n] for n in skips)
+    def features_of(chosen: list[Step]) -> Features:
+        def run(x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+            values = graph.run(chosen, {graph.input: x})
+            return values[a], tuple(values[n] for n in skips)
+
+        return run
+
+    run_features, exact_features = features_of(features), features_of(exact)
 
     def run_head(activations: Tensor, skip_values: tuple[Tensor, ...]) -> Tensor:
         values = graph.run(head, {a: activations, **dict(zip(skips, skip_values))})
@@ -90,10 +96,18 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False) -> Sp
 
     captured = 0
     if inside:
+        exact_features, _ = _inside(graph, exact, head, point, skips, logit_number)
         run_features, run_head = _inside(graph, features, head, point, skips, logit_number)
         captured = len(_finished_before(graph, point))
     if point.is_tokens:
+        exact_features, _ = _as_grid(exact_features, run_head, point)
         run_features, run_head = _as_grid(run_features, run_head, point)
+    if graph.offload is not None:
+        from explain_cli import offload
+
+        part = ("features", point.name, hook, tuple(s.name for s in exact), a, skips, graph.foldable)
+        run_features = offload.forward(graph.offload, f"the feature pass up to {point.name}", part, exact_features,
+                                       run_features)
     return Split(
         layer=point.name,
         activation=activation,
@@ -299,24 +313,43 @@ def outputs_of(graph: Graph, names: Sequence[str]) -> Callable[[Tensor], list[Te
     return run
 
 
-def logits(graph: Graph, fold: bool = True) -> tuple[Callable[[Tensor], Tensor], str]:
+def logits(graph: Graph, fold: bool = True, forward_only: bool = False) -> tuple[Callable[[Tensor], Tensor], str]:
     """The whole model up to its logits, and how they become probabilities (uncut, for predictions); BatchNorm
-    folded with `fold`."""
+    folded with `fold`. `forward_only`: nothing is differentiated through it, so it may run on the graph's runtime:
+    up to its offload's layer there, and after it in TensorFlow as an explanation's head does."""
+    if forward_only and graph.offload is not None and graph.offload.layer is not None:
+        return _through(split(graph, graph.offload.layer, fold=fold))
     if fold and graph.foldable:
         from explain_cli.fold import fold_batchnorm
 
         graph = fold_batchnorm(graph)
     logit_number, activation, steps = pre_activation(graph)
-    steps = needed(steps, {logit_number})
+    exact = steps = needed(steps, {logit_number})
     if graph.precision == "bf16":
         from explain_cli.precision import bfloat16
 
         steps = bfloat16(steps)
 
-    def run_logits(x: Tensor) -> Tensor:
-        return graph.run(steps, {graph.input: x})[logit_number]
+    def logits_of(chosen: list[Step]) -> Callable[[Tensor], Tensor]:
+        return lambda x: graph.run(chosen, {graph.input: x})[logit_number]
 
-    return run_logits, activation
+    if forward_only and graph.offload is not None:
+        from explain_cli import offload
+
+        part = ("logits", tuple(s.name for s in exact), logit_number, graph.foldable)
+        return offload.forward(graph.offload, "the forward passes", part, logits_of(exact), logits_of(steps)), activation
+    return logits_of(steps), activation
+
+
+def _through(cut: Split) -> tuple[Callable[[Tensor], Tensor], str]:
+    """The logits through a cut: its feature part, then its head in float32."""
+    import tensorflow as tf
+
+    def run(x: Tensor) -> Tensor:
+        activations, skips = cut.features(x)
+        return cut.head(tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips))
+
+    return run, cut.activation
 
 
 def pre_activation(graph: Graph) -> tuple[int, str, list[Step]]:

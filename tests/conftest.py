@@ -7,6 +7,7 @@ here, on synthetic images, so that its explanations can be checked against where
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,8 @@ TRAINED = {"tiny_model": "tiny", "shapes_model": "shapes", "marks_model": "marks
 
 
 def pytest_configure(config) -> None:
+    if "EXPLAIN_CACHE" not in os.environ:  # converted passes (offload.py) of the tests' models: not in the user's cache
+        os.environ["EXPLAIN_CACHE"] = tempfile.mkdtemp(prefix="explain-cache-")
     cache = getattr(config, "cache", None)  # None under -p no:cacheprovider: made afresh in a temporary folder
     config.trainer = Trainer(cache.mkdir("trained") if cache is not None else Path(tempfile.mkdtemp(prefix="trained-")))
 

@@ -65,6 +65,7 @@ def test_verbose_says_how_awkward_images_were_read(tiny_model, tmp_path):
     assert result.exit_code == 0
     notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
     assert re.fullmatch(r"note: precision (bf16|fp32) \(auto: .+\)", notes.pop(0))  # which precision, and why
+    assert re.fullmatch(r"note: tiny\.keras: runtime (openvino|tensorflow) .+", notes.pop(0))  # which runtime
     assert notes == [
         f"note: {tmp_path / 'dump' / 'animated.gif'}: 3 frames; using the first",
         f"note: {tmp_path / 'dump' / 'grey16.png'}: 16-bit grey scaled to 8 bits",

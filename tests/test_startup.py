@@ -13,7 +13,8 @@ from PIL import Image
 CHECK = """
 import sys
 {body}
-heavy = sorted(m for m in ("tensorflow", "keras", "matplotlib", "numpy", "PIL", "rich") if m in sys.modules)
+heavy = sorted(m for m in ("tensorflow", "keras", "matplotlib", "numpy", "PIL", "rich", "openvino", "onnxruntime")
+               if m in sys.modules)
 print("loaded:" + ",".join(heavy))
 """
 

@@ -28,6 +28,17 @@ def options(*options: Callable) -> Callable[[Callable], Callable]:
     return apply
 
 
+# --runtime: where forward-only passes run; every command that runs a Keras model takes it.
+runtime_option = click.option(
+    "--runtime",
+    type=click.Choice(["auto", "tensorflow", "openvino", "onnxruntime"]),
+    default="auto",
+    show_default=True,
+    help="Where forward-only passes run (the feature pass before --layer, predictions, perturbed images); the "
+    "gradient always runs in TensorFlow. auto: OpenVINO where it is installed (pip install "
+    "'explain-cli[openvino]'), else TensorFlow. Converted passes are cached in $EXPLAIN_CACHE "
+    "(default ~/.cache/explain).",
+)
 # --model, --weights, --labels, --preprocess: which classifier, shared by every command.
 model_options = options(
     click.option(
@@ -83,6 +94,7 @@ model_options = options(
         "for the methods that do not hold up in it (saliency, classviz, hirescam, layercam). Maps and scores are "
         "summed in float32.",
     ),
+    runtime_option,
     click.option("--output", "output_name", metavar="NAME",
                  help="Of a model with several outputs, the one to explain (see `explain layers`)."),
     click.option("--multi-label", is_flag=True,
@@ -244,7 +256,7 @@ def settings(options: dict, method: str = "gradcam", **extra: Any) -> Any:
                     output=options.pop("output_name"), multi_label=options.pop("multi_label"),
                     output_index=options.pop("output_index"), threshold=options.pop("threshold", 0.5),
                     input_size=options.pop("input_size"), layout=options.pop("layout"),
-                    outputs_are=options.pop("outputs_are"), **extra)
+                    outputs_are=options.pop("outputs_are"), runtime=options.pop("runtime"), **extra)
 
 
 def run_options(options: dict) -> Any:

@@ -30,6 +30,7 @@ from explain_cli.methods import DETECTION_METHODS
               help="Let the model file run the Python code it stores (Lambda layers); only for files you trust.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="Compute the model in bfloat16 or float32 (auto: bf16 where the CPU has it natively).")
+@common.runtime_option
 @click.option("--input-size", callback=lambda ctx, param, value: common._input_size(value), metavar="HEIGHTxWIDTH",
               help="A detector whose input size is free (and that has no image converter saying it): the size to "
               "feed it.")
