@@ -131,9 +131,19 @@ def identity(spec: str, weights: str, imports: Sequence[str] = ()) -> str:
         status = found.stat()
         return f"{found} {status.st_size} {status.st_mtime_ns}"
 
+    def code(imported: str) -> str:  # a module by name: its file, where it has one
+        if imported.endswith(".py"):
+            return of(Path(imported))
+        try:
+            found = importlib.util.find_spec(imported)
+        except (ImportError, ValueError):
+            found = None
+        return of(Path(found.origin)) if found is not None and found.origin and Path(found.origin).is_file() \
+            else imported
+
     model = spec.lower() if spec.lower() in BUILT_IN else of(Path(spec))
     weighted = f"imagenet, keras {keras.__version__}" if weights == "imagenet" else of(Path(weights))
-    return repr((model, weighted, tuple(of(Path(i)) if i.endswith(".py") else i for i in imports)))
+    return repr((model, weighted, tuple(code(i) for i in imports)))
 
 
 def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, preprocess: str | None = None,

@@ -330,3 +330,15 @@ def test_segment_explains_the_same_regions_on_either_runtime(segmenter_model):
         assert a.share == pytest.approx(b.share, abs=1e-3)
         if b.map.std() > 0:
             assert np.corrcoef(a.map.ravel(), b.map.ravel())[0, 1] >= 0.9999
+
+
+def test_the_cache_key_follows_the_code_a_model_imports_by_name_or_file(tmp_path, monkeypatch):
+    from explain_cli import models
+
+    module = tmp_path / "my_layers.py"
+    module.write_text("SCALE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    by_name, by_file = (models.identity("resnet50", "imagenet", [i]) for i in ("my_layers", str(module)))
+    assert str(module) in by_name and by_name == by_file
+    os.utime(module, ns=(module.stat().st_atime_ns, module.stat().st_mtime_ns + 10**9))  # the code changed
+    assert models.identity("resnet50", "imagenet", ["my_layers"]) != by_name
