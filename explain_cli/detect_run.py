@@ -95,7 +95,9 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
             made = Detector(settings.model, layer=settings.layer, method=first, precision=settings.precision,
                             preprocess=settings.preprocess, labels=settings.labels, imports=settings.imports,
                             unsafe=settings.unsafe, seed=plan.seed, batch_size=run_options.batch_size,
-                            max_pixels=run_options.max_pixels, input_size=settings.input_size, **given)
+                            max_pixels=run_options.max_pixels, input_size=settings.input_size,
+                            runtime=settings.runtime, on_note=listener(Path(settings.model).name, run_options.verbose),
+                            **given)
         except BadArgument:
             raise
         except ExplainError as error:  # two outputs that are no detector's: a classifier's, one to be chosen

@@ -140,9 +140,8 @@ def _reason(error: BaseException) -> str:
 
 
 def _precision(offload: Offload) -> str:
-    if offload.runtime == "onnxruntime":
-        return "fp32"
-    return "bf16" if offload.precision == "bf16" else "fp32"
+    """The precision the runtime computes in: the run's, except ONNX Runtime's CPU provider, in fp32 alone."""
+    return "fp32" if offload.runtime == "onnxruntime" else offload.precision
 
 
 @dataclass
@@ -178,7 +177,7 @@ def _signature(traced: Any) -> dict[str, Any]:
     leaves = iter(range(len(traced.outputs)))
     structure = tf.nest.map_structure(lambda _: next(leaves), traced.structured_outputs)
     specs = [[t.shape.as_list(), t.dtype.name] for t in tf.nest.flatten(traced.structured_outputs)]
-    return {"structure": json.loads(json.dumps(structure)), "specs": specs}
+    return {"structure": json.loads(json.dumps(structure)), "specs": specs}  # as read back from disk: lists
 
 
 _LOADED: dict[str, _Runner | Exception] = {}  # once per process: every Explainer of the same model shares it (or its
@@ -189,8 +188,9 @@ def _runner(offload: Offload, key: object, fp32: Callable[[Any], Any]) -> tuple[
     """The runner of a pass, and where it came from: "memory" (this process made it), "disk" (the cache: nothing is
     traced) or "converted"."""
     name = _key(offload, key)
+    loaded = name + offload.precision  # one conversion on disk, compiled once per precision
     with _LOCK:
-        known = _LOADED.get(name + offload.precision)
+        known = _LOADED.get(loaded)
         if isinstance(known, Exception):
             raise known
         if known is not None:
@@ -203,12 +203,12 @@ def _runner(offload: Offload, key: object, fp32: Callable[[Any], Any]) -> tuple[
                 how, (folder, signature) = "converted", _convert(offload, fp32, folder)
             run = (_openvino if offload.runtime == "openvino" else _onnxruntime)(folder, offload.precision)
         except Exception as error:
-            _LOADED[name + offload.precision] = error
+            _LOADED[loaded] = error
             raise
         finally:
             if offload.identity is None and folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
-        runner = _LOADED[name + offload.precision] = _Runner(run, signature)
+        runner = _LOADED[loaded] = _Runner(run, signature)
     return runner, how
 
 

@@ -319,6 +319,19 @@ def test_detect_finds_and_explains_the_same_boxes_on_either_runtime(detector_mod
         assert np.corrcoef(a.map.ravel(), b.map.ravel())[0, 1] >= 0.9999
 
 
+def test_evaluate_on_a_detector_runs_where_runtime_says_and_verbose_says_so(detector_model, tmp_path):
+    from tests.synthetic_detector import make_scene
+
+    image = tmp_path / "scene.png"
+    Image.fromarray(make_scene(np.random.default_rng(21)).image).save(image)
+    for runtime, said in (("tensorflow", "runtime tensorflow (--runtime tensorflow)"),
+                          ("openvino", "runtime openvino for the feature pass up to")):
+        result = _run("evaluate", image, "--model", detector_model, "--methods", "gradcam,random", "--steps", "4",
+                      "-o", tmp_path / runtime, "--runtime", runtime, "-v")
+        assert result.exit_code == 0, result.output
+        assert f"note: {detector_model.name}: {said}" in result.stderr
+
+
 def test_segment_explains_the_same_regions_on_either_runtime(segmenter_model):
     from tests.synthetic import make_colour_blobs
 
