@@ -62,9 +62,9 @@ class Steps:
     # -> (similarity (n, T), matched score (n, T))
     cuts: tuple[split_module.Split, split_module.Split] | None = None  # the joined model's and the scores' own
     classes: int = 0
-    explained: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    explained: dict[str, Rows] = field(default_factory=dict)
 
-    def explain(self, method: str) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    def explain(self, method: str) -> Rows:
         """(looked, row image, row class, weights) -> (each row's target (R,), its map (R, h, w)) by `method`,
         compiled once."""
         if self.cuts is None:
@@ -134,12 +134,14 @@ def _look(model: LoadedModel, cut: split_module.Split, read: Callable[[Any], tup
 
 
 def _explain(cut: split_module.Split, scores_cut: split_module.Split, method: str,
-             class_count: int) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+             class_count: int) -> Rows:
     """(looked, row image (R,), row class (R,), weights (R, A)) -> each row's target Σ_a w_a · z_a,c (R,) and map
-    (R, h, w). The rows' heads run on the features gathered by image, under one tape: the class scores alone (the
-    boxes' weights are fixed), where the cut lets the scores' head be run apart from the boxes'."""
-    import tensorflow as tf
+    (R, h, w), from the class scores alone where the cut lets the scores' head be run apart from the boxes'.
 
+    Each image's head runs once and its rows' gradients come from one vectorised backward pass, so a box costs a
+    backward pass through the head. Where TensorFlow cannot vectorise the head's backward pass (an operation pfor has
+    no rule for, as in D-FINE's decoder), the rows' heads run on copies of their images' features instead, under one
+    tape: a box then costs a forward pass and a backward pass."""
     spec = METHODS[method]
     if spec.dense_head or spec.forward or spec.attention:
         raise ExplainError(f"{method} does not explain a detection: use a gradient method, eigencam or drise")
@@ -151,6 +153,69 @@ def _explain(cut: split_module.Split, scores_cut: split_module.Split, method: st
     else:
         def scores_head(activations: Any, skips: tuple[Any, ...]) -> Any:
             return cut.head(activations, skips)[..., 4:4 + class_count]
+
+    return Rows(_vectorised(scores_head, spec), _tiled(scores_head, spec))
+
+
+Explain = Callable[["Looked", np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Rows:
+    """A method's rows explained the vectorised way while TensorFlow can, else tiled; `vectorised` says which."""
+
+    by_image: Explain
+    tiled: Explain
+    vectorised: bool = True
+
+    def __call__(self, looked: Looked, images: np.ndarray, classes: np.ndarray,
+                 weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.vectorised:
+            try:
+                return self.by_image(looked, images, classes, weights)
+            except ValueError:  # pfor's "no vectorization defined for ...", raised as the step is traced
+                self.vectorised = False
+        return self.tiled(looked, images, classes, weights)
+
+
+def _vectorised(scores_head: Callable[..., Any], spec: Any) -> Explain:
+    """The rows of each image in turn: its head once, every row's gradient from one backward pass batched over the
+    rows (tf.vectorized_map over what flows back, one one-hot row each)."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def explain(activations: Any, skips: tuple[Any, ...], classes: Any, weights: Any) -> tuple[Any, Any]:
+        activations = tf.cast(activations, tf.float32)  # one image's: (1, h, w, channels)
+        skips = tuple(tf.cast(s, tf.float32) for s in skips)
+        with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
+            tape.watch(activations)
+            scores = tf.cast(scores_head(activations, skips), tf.float32)[0]  # (A, C)
+            target = tf.reduce_sum(weights * tf.transpose(tf.gather(scores, classes, axis=1)), axis=1)  # (R,)
+        gradients = None
+        if spec.gradients:  # pfor's fallback, a while loop, crashed the process on D-FINE's head: an error instead
+            gradients = tf.vectorized_map(lambda row: tape.gradient(target, activations, output_gradients=row)[0],
+                                          tf.eye(tf.size(classes)), fallback_to_while_loop=False)
+        rows = tf.repeat(activations, tf.size(classes), axis=0)
+        return target, spec.compute(MethodInputs(rows, gradients, classes=classes))
+
+    def run(looked: Looked, images: np.ndarray, classes: np.ndarray,
+            weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        activations, skips = looked.features
+        targets, maps = [], []
+        for rows in np.split(np.arange(len(images)), np.flatnonzero(np.diff(images)) + 1):  # each image's run of rows
+            image = int(images[rows[0]])
+            target, made = explain(activations[image:image + 1], tuple(s[image:image + 1] for s in skips),
+                                   tf.constant(classes[rows], tf.int32), tf.constant(weights[rows], tf.float32))
+            targets.append(target.numpy())
+            maps.append(made.numpy())
+        return np.concatenate(targets), np.concatenate(maps)
+
+    return run
+
+
+def _tiled(scores_head: Callable[..., Any], spec: Any) -> Explain:
+    """All rows at once: the head on each row's copy of its image's features, one backward pass for them all."""
+    import tensorflow as tf
 
     @tf.function(reduce_retracing=True, autograph=False)
     def explain(activations: Any, skips: tuple[Any, ...], images: Any, classes: Any, weights: Any) -> tuple[Any, Any]:

@@ -93,8 +93,9 @@ def test_each_boxs_target_and_gradcam_equal_a_full_tape(keras, detector_model):
     from explain_cli import Detector
 
     image = make_scene(np.random.default_rng(3)).image
-    explained = Detector(detector_model, precision="fp32").explain([image])
-    assert len(explained) >= 2
+    made = Detector(detector_model, precision="fp32")
+    explained = made.explain([image])
+    assert len(explained) >= 2 and made._steps.explained["gradcam"].vectorised  # one backward pass, batched over rows
     model = keras.models.load_model(detector_model, compile=False)
     trunk = keras.Model(model.inputs, model.get_layer("features").output)
     scorer = model.get_layer("classes")
@@ -114,6 +115,28 @@ def test_each_boxs_target_and_gradcam_equal_a_full_tape(keras, detector_model):
         assert e.target_score == pytest.approx(float(target), rel=1e-4)
         assert np.corrcoef(e.map.ravel(), gradcam.ravel())[0, 1] >= 0.9999
         assert np.allclose(e.map, gradcam, atol=1e-4 * gradcam.max())
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam"])
+def test_the_vectorised_backward_pass_equals_the_tiled_one(detector_model, method):
+    """Each image's head once and its rows' gradients from one vectorised backward pass give the targets and maps of
+    the rows' heads run on copies of their images' features: rows of three images, in one call and in two."""
+    from explain_cli import Detector
+
+    made = Detector(detector_model, method=method, precision="fp32", min_score=0.0, max_boxes=4)
+    batch = np.stack([make_scene(np.random.default_rng(seed)).image for seed in (4, 5, 6)])
+    looked = made._steps.look(batch)
+    found = [made.suppress(looked.boxes[i], looked.probabilities[i]) for i in range(3)]
+    images = np.repeat(np.arange(3), [len(f.classes) for f in found]).astype(np.int32)
+    classes = np.concatenate([f.classes for f in found]).astype(np.int32)
+    weights = np.concatenate([made.weights(looked.boxes[i], f) for i, f in enumerate(found)])
+    rows = made._steps.explain(method)
+    tiled = rows.tiled(looked, images, classes, weights)
+    for part in (slice(None), slice(0, 6), slice(6, None)):  # an image's rows split between two calls, too
+        target, maps = rows.by_image(looked, images[part], classes[part], weights[part])
+        assert np.allclose(target, tiled[0][part], rtol=1e-5, atol=1e-5)
+        assert np.allclose(maps, tiled[1][part], atol=1e-5 * np.abs(tiled[1]).max())
+    assert rows.vectorised and len(images) == 12
 
 
 def test_drise_equals_its_formula_in_numpy(keras, detector_model):
@@ -349,6 +372,8 @@ def test_keras_hub_detections_are_their_own_and_targets_their_logits(keras, hub_
             overlap = iou_by_hand(box, looked.boxes[i])
             expected = float(np.sum(np.where(overlap >= 0.5, overlap, 0) * logits[i][:, cls]))
             assert e.target_score == pytest.approx(expected, rel=1e-3, abs=1e-3)
+    # RetinaNet's head vectorises; pfor has no rule for the ScatterNd in D-FINE's decoder, so its rows are tiled
+    assert made._steps.explained["gradcam"].vectorised == (kind == "retinanet")
 
 
 def test_keras_hub_detectors_run_end_to_end_with_their_preprocessors(hub_detector, tmp_path):
