@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from explain_cli import output, pipeline
 from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.runs import (OutputOptions, RunOptions, build_report, listener, manifest_in, report, report_after,
-                              say, sources, unexplained)
+                              say, sources, start, unexplained)
 
 # The command's options that make the Detector, as its keyword arguments are named.
 DETECTOR_OPTIONS = {"model_spec": "model", "labels_file": "labels", "preprocess": "preprocess", "imports": "imports",
@@ -34,9 +35,9 @@ def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_fi
         say(console.Tally(0, skipped=skipped).summary(None))
         return
     with manifest_in(out.out_dir, output.MANIFEST, run_options.shard) as manifest:
-        made = Detector(**{DETECTOR_OPTIONS[k]: v for k, v in given.items()}, batch_size=run_options.batch_size,
-                        max_pixels=run_options.max_pixels, on_note=listener(Path(given["model_spec"]).name,
-                                                                            run_options.verbose))
+        settings = {**{DETECTOR_OPTIONS[k]: v for k, v in given.items()}, "batch_size": run_options.batch_size,
+                    "max_pixels": run_options.max_pixels}
+        made = Detector(**settings, on_note=listener(Path(given["model_spec"]).name, run_options.verbose))
         truth = None
         if truth_file is not None:
             truth = detect_output.truth_boxes(evaluate.read_boxes(truth_file, found, made._model.labels))
@@ -49,9 +50,9 @@ def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_fi
         options = pipeline.RenderOptions(out_dir=out.out_dir, method=method, layer=layer, model=made.name,  # type: ignore[arg-type]
                                          colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
                                          save_heatmap=out.save_heatmap, figure=out.figure)
-        started = pipeline.Run(found, made.compute(), detect_output.finish_step(made, options, truth, explanations),
-                               size=made.input_size, batch_size=run_options.batch_size,
-                               max_pixels=run_options.max_pixels)
+        started = start(found, lambda made: (made.compute(), detect_output.finish_step(made, options, truth,
+                                                                                       explanations)),
+                        made, run_options, functools.partial(Detector, **{**settings, "precision": made.precision}))
         tally = console.Tally(len(found), skipped, records="explained detections", labels=made.labels)
         with report_after(out.report, out.out_dir):
             report(started, tally, run_options, manifest)
@@ -91,13 +92,14 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
                                                        skip_existing)
     with manifest_in(out_dir, evaluation.RECORDS, run_options.shard) as records:
         first = next((m for m in plan.methods if m not in ("drise", "random")), "drise")
+        detector_options = dict(layer=settings.layer, method=first, precision=settings.precision,
+                                preprocess=settings.preprocess, labels=settings.labels, imports=settings.imports,
+                                unsafe=settings.unsafe, seed=plan.seed, batch_size=run_options.batch_size,
+                                max_pixels=run_options.max_pixels, input_size=settings.input_size,
+                                runtime=settings.runtime, **given)
         try:
-            made = Detector(settings.model, layer=settings.layer, method=first, precision=settings.precision,
-                            preprocess=settings.preprocess, labels=settings.labels, imports=settings.imports,
-                            unsafe=settings.unsafe, seed=plan.seed, batch_size=run_options.batch_size,
-                            max_pixels=run_options.max_pixels, input_size=settings.input_size,
-                            runtime=settings.runtime, on_note=listener(Path(settings.model).name, run_options.verbose),
-                            **given)
+            made = Detector(settings.model, **detector_options,
+                            on_note=listener(Path(settings.model).name, run_options.verbose))
         except BadArgument:
             raise
         except ExplainError as error:  # two outputs that are no detector's: a classifier's, one to be chosen
@@ -109,9 +111,10 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
             "detection")
         measured = evaluation.Settings(plan.methods, plan.steps, plan.blur_sigma, plan.tolerance, plan.seed,
                                        run_options.batch_size)
-        started = pipeline.Run(found, detect_evaluate.evaluation_step(made, measured),
-                               detect_evaluate.finish_step(made, measured), size=made.input_size,
-                               batch_size=run_options.batch_size, max_pixels=run_options.max_pixels)
+        started = start(found, lambda made: (detect_evaluate.evaluation_step(made, measured),
+                                             detect_evaluate.finish_step(made, measured)),
+                        made, run_options, functools.partial(Detector, settings.model,
+                                                             **{**detector_options, "precision": made.precision}))
         status = 0
         try:
             from explain_cli import console

@@ -10,6 +10,7 @@ again under the same names (atomically), and the driver still receives each batc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ import numpy as np
 
 from explain_cli import pipeline
 from explain_cli.backend import native_stderr_silenced
+from explain_cli.boxes import Found
+from explain_cli.detect_output import Detected
 from explain_cli.errors import ExplainError
 from explain_cli.inputs import Source
 from explain_cli.output import Prediction, Value
@@ -55,25 +58,37 @@ class _Worker:
         return {"index": batch["index"], "result": np.array(results, dtype=object)}
 
 
+# What an image's stdout rows can be: a class's probability, a value, a detection (its box too).
+ROWS: dict[str, Any] = {kind.__name__: kind for kind in (Prediction, Value, Detected)}
+
+
 def encode(result: pipeline.ImageResult) -> str:
     """What the driver needs of an image's result, as JSON (not its maps: they are in the files already)."""
+    detected = None
+    if result.detected is not None:  # a detector's, with true boxes: what its mAP is counted from
+        found, true = result.detected
+        detected = [[[f.image, f.class_index, f.score, f.box] for f in found], true]
     return json.dumps({
-        "predictions": [[p.rank, p.class_index, p.label, p.probability, isinstance(p, Value)]
-                        for p in result.predictions],
+        "predictions": [[type(p).__name__, *dataclasses.astuple(p)] for p in result.predictions],
         "warnings": result.warnings, "notes": result.notes, "error": result.error, "records": result.records,
         "side_records": result.side_records, "truth_rank": result.truth_rank,
         "truth": sorted(result.truth) if isinstance(result.truth, frozenset) else result.truth,
-        "shown": None if result.shown is None else result.shown.tolist(),
+        "shown": None if result.shown is None else result.shown.tolist(), "detected": detected,
     })
 
 
 def decode(source: Source, text: str) -> pipeline.ImageResult:
     fields = json.loads(text)
-    predictions = [(Value if value else Prediction)(*p) for *p, value in fields.pop("predictions")]
+    predictions = [ROWS[kind](*(tuple(v) if isinstance(v, list) else v for v in values))
+                   for kind, *values in fields.pop("predictions")]
     if isinstance(fields["truth"], list):  # several labels per image: a set
         fields["truth"] = frozenset(fields["truth"])
     if fields["shown"] is not None:
         fields["shown"] = np.array(fields["shown"])
+    if fields["detected"] is not None:
+        found, true = fields["detected"]
+        found = [Found(image, class_index, score, tuple(box)) for image, class_index, score, box in found]
+        fields["detected"] = (found, None if true is None else [(class_index, tuple(box)) for class_index, box in true])
     return pipeline.ImageResult(source, predictions=predictions, **fields)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,17 +128,20 @@ def choice(request: ClassRequest, found: Sequence[Source], made: Explainer, know
     return made.choose({source.key: cls for source, cls in known.items()})
 
 
-def start(found: list[Source], make: Make, made: Explainer, run: RunOptions) -> Any:
-    """The run on the chosen engine: here (pipeline.Run), or on Ray, where each worker makes the Explainer from its
-    settings, then its steps with `make`."""
+def start(found: list[Source], make: Callable[[Any], tuple[pipeline.Compute, pipeline.Finish]], made: Any,
+          run: RunOptions, load: Callable[[], Any] | None = None) -> Any:
+    """The run on the chosen engine: here (pipeline.Run), or on Ray, where each worker makes its own `made` with `load`
+    (default: the Explainer from `made`'s settings), then its steps with `make`."""
     if run.engine == "ray":
         from explain_cli import ray_engine
 
-        settings = dataclasses.replace(made.settings, precision=made.precision)  # the driver's choice, everywhere
-        if not settings.model:
-            raise ExplainError("--engine ray needs a model a worker can load: a built-in name or a file")
-        return ray_engine.RayRun(found, lambda: Explainer.from_settings(settings), make, batch_size=run.batch_size,
-                                 max_pixels=run.max_pixels, workers=run.workers, address=run.ray_address)
+        if load is None:
+            settings = dataclasses.replace(made.settings, precision=made.precision)  # the driver's choice, everywhere
+            if not settings.model:
+                raise ExplainError("--engine ray needs a model a worker can load: a built-in name or a file")
+            load = functools.partial(Explainer.from_settings, settings)
+        return ray_engine.RayRun(found, load, make, batch_size=run.batch_size, max_pixels=run.max_pixels,
+                                 workers=run.workers, address=run.ray_address)
     compute, finish = make(made)
     return pipeline.Run(found, compute, finish, size=made.input_size, batch_size=run.batch_size,
                         max_pixels=run.max_pixels)

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -175,3 +176,50 @@ def test_interrupting_the_driver_stops_the_cluster_work(folder, tiny_model, tmp_
     assert own_workers(marker) == [] and not any(Path(f"/proc/{pid}").exists() for pid in workers)  # none left
     records = output.read_manifest(out)
     assert len({r["image"] for r in records}) == len(records) // 2  # whole images only, none twice
+
+
+def test_detect_and_its_evaluation_on_ray_equal_them_here(detector_model, tmp_path):
+    """explain detect (with true boxes) and explain evaluate on a detector: the same rows, files, manifest lines,
+    precision, recall and mAP from Ray's workers as from a run here."""
+    from tests.synthetic_detector import make_scene
+
+    rng = np.random.default_rng(9)
+    rows = ["image,x0,y0,x1,y1,class"]
+    for i in range(5):
+        scene = make_scene(rng)
+        Image.fromarray(scene.image).save(tmp_path / f"s{i}.png")
+        rows += [f"{tmp_path / f's{i}.png'},{left},{top},{right},{bottom},{colour}"
+                 for colour, (top, left, bottom, right) in scene.boxes]
+    (tmp_path / "truth.csv").write_text("\n".join(rows) + "\n")
+    scenes = sorted(tmp_path.glob("s*.png"))
+
+    def explain_detector(*args) -> Any:
+        """A run here in this process; on Ray, in its own (the driver's Ray session ends with it)."""
+        if "ray" not in args:
+            done = run(*args)
+            assert done.exit_code == 0, done.output
+            return done
+        done = subprocess.run([sys.executable, "-m", "explain_cli", *map(str, args)], capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    outputs = {}
+    for engine in ("local", "ray"):
+        out, common = tmp_path / engine, ("--model", detector_model, "--engine", engine)
+        outputs[engine, "detect"] = explain_detector("detect", *scenes, "--truth", tmp_path / "truth.csv",
+                                                     "--batch-size", 2, "-o", out, *common)
+        outputs[engine, "evaluate"] = explain_detector("evaluate", *scenes, "--methods", "gradcam,random", "--steps", 4,
+                                                       "-o", out / "evaluated", *common)
+        outputs[engine] = (output.read_manifest(out), output.read_manifest(out / "evaluated", "evaluation.jsonl"),
+                           sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")))
+    for command in ("detect", "evaluate"):
+        assert outputs["ray", command].stdout == outputs["local", command].stdout
+    summaries = {engine: [line.split("; ")[-1] for line in outputs[engine, "detect"].stderr.splitlines()
+                          if "mAP@0.5" in line] for engine in ("local", "ray")}
+    assert summaries["ray"] == summaries["local"]
+    assert summaries["local"][0].startswith("detections at IoU 0.5: precision")
+    here, ray = outputs["local"], outputs["ray"]
+    assert len(here[0]) >= 10 and ray[2] == here[2]  # every detection's overlay and each image's boxes
+    same_records(ray[0], here[0])
+    same_records(ray[1], here[1])

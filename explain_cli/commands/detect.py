@@ -67,8 +67,6 @@ def detect(**options: Any) -> None:
     """
     from explain_cli import detect_run
 
-    if options["engine"] != "local":
-        raise click.UsageError("explain detect runs here: --engine ray is for the classifier commands")
     common.check_imports(options["imports"])
     detect_run.run({k: options.pop(k) for k in list(options) if k in detect_run.DETECTOR_OPTIONS},
                    options["sources"], sys.stdin, options["truth_file"], common.output_options(options),
