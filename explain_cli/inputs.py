@@ -138,7 +138,19 @@ pixel_limit = _PixelLimit()
 
 
 def decode(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
-    """The image as upright RGB; BadInput naming the problem otherwise. Never raises anything else.
+    """The image as upright RGB; BadInput naming the problem otherwise. Never raises anything else."""
+    return _decoded(source, max_pixels)[0]
+
+
+def decode_for(source: Source, max_pixels: int, width: int, height: int, channels: int) -> tuple[Picture, np.ndarray]:
+    """`decode` and `model_input` at once: the input resized from Pillow's own copy of the pixels, not from the array
+    (a copy of a large photo costs as much as its resize)."""
+    picture, image = _decoded(source, max_pixels)
+    return picture, model_input(picture.rgb, width, height, channels, image)
+
+
+def _decoded(source: Source, max_pixels: int) -> tuple[Picture, Image.Image | None]:
+    """The picture, and the same pixels as a Pillow image where decoding made one.
 
     The file is opened without blocking (a FIFO named x.jpg must not hang the batch) and must be a
     regular file. Its pixel count is checked from the header before any pixel is decoded, and Pillow's own guard
@@ -147,7 +159,7 @@ def decode(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     """
     shown = source.shown
     if source.pixels is not None:
-        return _from_memory(source, max_pixels)
+        return _from_memory(source, max_pixels), None
     try:
         with pixel_limit(max_pixels), _open_regular(source) as stream, Image.open(stream) as image:
             _check_size(shown, image.size, max_pixels)
@@ -157,9 +169,9 @@ def decode(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
                 notes.append(f"{frames} frames; using the first")
             image.load()
             _check_size(shown, image.size, max_pixels)  # what was decoded: a container's image may not be its header's
-            upright = ImageOps.exif_transpose(image)
-            rgb, how = _to_rgb(upright)
-            return Picture(np.asarray(rgb), tuple(notes + ([how] if how else [])))
+            ImageOps.exif_transpose(image, in_place=True)  # a copy would cost as much as the decode's resize
+            rgb, how = _to_rgb(image)
+            return Picture(np.asarray(rgb), tuple(notes + ([how] if how else []))), rgb
     except BadInput:
         raise
     except Image.DecompressionBombError as error:
@@ -310,18 +322,21 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
         low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
         span = high - low if high > low else 1.0
         return _grey(np.nan_to_num((values - low) / span * 255.0)), "32-bit grey stretched to its range"
-    return image.convert("RGB"), ""
+    return (image if image.mode == "RGB" else image.convert("RGB")), ""
 
 
 def _grey(levels: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8), mode="L").convert("RGB")
 
 
-def model_input(rgb: np.ndarray, width: int, height: int, channels: int) -> np.ndarray:
-    """The image resized (bilinear) to the model's input, uint8 (height, width, channels)."""
+def model_input(rgb: np.ndarray, width: int, height: int, channels: int,
+                held: Image.Image | None = None) -> np.ndarray:
+    """The image resized (bilinear) to the model's input, uint8 (height, width, channels); from `held`, the same
+    pixels as a Pillow image, where given."""
     if rgb.shape[:2] == (height, width) and channels == 3:
         return rgb  # already the model's size
-    image = Image.fromarray(np.ascontiguousarray(rgb)).resize((width, height), Image.Resampling.BILINEAR)
+    image = held if held is not None else Image.fromarray(np.ascontiguousarray(rgb))
+    image = image.resize((width, height), Image.Resampling.BILINEAR)
     if channels == 1:
         return np.asarray(image.convert("L"))[..., None]
     return np.asarray(image)

@@ -148,8 +148,8 @@ class Run:
 
         def load(source: Source) -> Decoded:
             try:
-                picture = inputs.decode(source, max_pixels)
-                return source, picture, inputs.model_input(picture.rgb, width, height, channels)
+                picture, x = inputs.decode_for(source, max_pixels, width, height, channels)
+                return source, picture, x
             except BadInput as error:
                 return source, error, None
 

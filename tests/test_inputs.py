@@ -80,3 +80,22 @@ def test_model_input_resizes_and_keeps_channels():
     rgb = np.zeros((100, 60, 3), np.uint8)
     assert inputs.model_input(rgb, 32, 16, 3).shape == (16, 32, 3)
     assert inputs.model_input(rgb, 32, 16, 1).shape == (16, 32, 1)
+
+
+@pytest.mark.parametrize("name, mode, orientation", [("photo.jpg", "RGB", 1), ("turned.jpg", "RGB", 6),
+                                                     ("grey.png", "L", 1), ("clear.png", "RGBA", 8)])
+def test_decoding_for_the_model_equals_decoding_then_resizing(tmp_path, name, mode, orientation):
+    """The model's input made from Pillow's copy of the pixels, as the pipeline makes it, is the one made from the
+    decoded array, whatever the mode and orientation."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (90, 130, len(mode)), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / name
+    Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode).save(path, exif=exif)
+    source = inputs.Source(path, str(path), PurePosixPath(path.stem))
+    picture, x = inputs.decode_for(source, inputs.DEFAULT_MAX_PIXELS, 48, 32, 3)
+    decoded = inputs.decode(source)
+    np.testing.assert_array_equal(picture.rgb, decoded.rgb)
+    np.testing.assert_array_equal(x, inputs.model_input(decoded.rgb, 48, 32, 3))
+    assert x.shape == (32, 48, 3) and picture.rgb.shape == ((130, 90, 3) if orientation in (6, 8) else (90, 130, 3))
