@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 from explain_cli import output, pipeline
 from explain_cli.errors import BadArgument, ExplainError
@@ -26,7 +26,7 @@ def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_fi
     """explain detect: each input's detections drawn, each detection explained, a manifest line each; the detections
     on stdout; with true boxes, precision, recall and mAP@0.5."""
     from explain_cli import console, detect_output, evaluate
-    from explain_cli.detect import Detector, explanations
+    from explain_cli.detect import explanations
 
     out.check()
     method = given["method"]
@@ -35,9 +35,9 @@ def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_fi
         say(console.Tally(0, skipped=skipped).summary(None))
         return
     with manifest_in(out.out_dir, output.MANIFEST, run_options.shard) as manifest:
-        settings = {**{DETECTOR_OPTIONS[k]: v for k, v in given.items()}, "batch_size": run_options.batch_size,
-                    "max_pixels": run_options.max_pixels}
-        made = Detector(**settings, on_note=listener(Path(given["model_spec"]).name, run_options.verbose))
+        made, load = _detector({**{DETECTOR_OPTIONS[k]: v for k, v in given.items()},
+                                "batch_size": run_options.batch_size, "max_pixels": run_options.max_pixels},
+                               run_options.verbose)
         truth = None
         if truth_file is not None:
             truth = detect_output.truth_boxes(evaluate.read_boxes(truth_file, found, made._model.labels))
@@ -52,7 +52,7 @@ def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_fi
                                          save_heatmap=out.save_heatmap, figure=out.figure)
         started = start(found, lambda made: (made.compute(), detect_output.finish_step(made, options, truth,
                                                                                        explanations)),
-                        made, run_options, functools.partial(Detector, **{**settings, "precision": made.precision}))
+                        made, run_options, load)
         tally = console.Tally(len(found), skipped, records="explained detections", labels=made.labels)
         with report_after(out.report, out.out_dir):
             report(started, tally, run_options, manifest)
@@ -83,7 +83,6 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
     means on stdout. `given` holds the detection options (min_score, iou, max_boxes) and D-RISE's masks and cells."""
     from explain_cli import detect_evaluate, evaluate_run
     from explain_cli import evaluate as evaluation
-    from explain_cli.detect import Detector
 
     detect_evaluate.check(plan.methods)
     if plan.sanity_stages:
@@ -92,14 +91,13 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
                                                        skip_existing)
     with manifest_in(out_dir, evaluation.RECORDS, run_options.shard) as records:
         first = next((m for m in plan.methods if m not in ("drise", "random")), "drise")
-        detector_options = dict(layer=settings.layer, method=first, precision=settings.precision,
-                                preprocess=settings.preprocess, labels=settings.labels, imports=settings.imports,
-                                unsafe=settings.unsafe, seed=plan.seed, batch_size=run_options.batch_size,
-                                max_pixels=run_options.max_pixels, input_size=settings.input_size,
-                                runtime=settings.runtime, **given)
         try:
-            made = Detector(settings.model, **detector_options,
-                            on_note=listener(Path(settings.model).name, run_options.verbose))
+            made, load = _detector(dict(model=settings.model, layer=settings.layer, method=first,
+                                        precision=settings.precision, preprocess=settings.preprocess,
+                                        labels=settings.labels, imports=settings.imports, unsafe=settings.unsafe,
+                                        seed=plan.seed, batch_size=run_options.batch_size,
+                                        max_pixels=run_options.max_pixels, input_size=settings.input_size,
+                                        runtime=settings.runtime, **given), run_options.verbose)
         except BadArgument:
             raise
         except ExplainError as error:  # two outputs that are no detector's: a classifier's, one to be chosen
@@ -113,8 +111,7 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
                                        run_options.batch_size)
         started = start(found, lambda made: (detect_evaluate.evaluation_step(made, measured),
                                              detect_evaluate.finish_step(made, measured)),
-                        made, run_options, functools.partial(Detector, settings.model,
-                                                             **{**detector_options, "precision": made.precision}))
+                        made, run_options, load)
         status = 0
         try:
             from explain_cli import console
@@ -128,3 +125,11 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
         if status:
             raise SystemExit(status)
 
+
+def _detector(options: dict[str, Any], verbose: bool) -> tuple[Any, Callable[[], Any]]:
+    """The run's Detector, saying its notes, and how a Ray worker makes its own: the same options at the precision
+    the driver chose, so an `auto` resolves alike on every node."""
+    from explain_cli.detect import Detector
+
+    made = Detector(**options, on_note=listener(Path(options["model"]).name, verbose))
+    return made, functools.partial(Detector, **{**options, "precision": made.precision})

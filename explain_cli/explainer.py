@@ -190,10 +190,6 @@ def compile_explain(
     if spec.attention:
         return _numpy_step(_attention_step(model, cut, spec, head, fixed, k, score, per_image, regions))
 
-    def raw_of(x: Any) -> Any:
-        activations, skips = cut.features(x)
-        return cut.head(tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips))
-
     @compiled(_signature(model, per_image, regions))
     def step(images: Any, *given: Any) -> tuple[Any, ...]:
         x = model.preprocess(tf.cast(images, tf.float32))
@@ -217,7 +213,7 @@ def compile_explain(
             class_weights=tf.gather(tf.transpose(class_kernel), rows.row_class) if class_kernel is not None else None,
             images=tile(x, k) if spec.forward else None,
             classes=rows.row_class,
-            targets=(lambda images, row: rows.score_one(raw_of(images), row)) if spec.forward else None,
+            targets=(lambda images, row: rows.score_one(cut.through(images), row)) if spec.forward else None,
             max_masks=max_masks,
         )
         maps = spec.compute(inputs)  # (k*b, h, w)

@@ -22,8 +22,6 @@ from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.inputs import DEFAULT_MAX_PIXELS, Shard, Source
 from explain_cli.settings import Settings, check
 
-Make = Callable[[Explainer], "tuple[pipeline.Compute, pipeline.Finish]"]
-
 
 @dataclass(frozen=True)
 class RunOptions:

@@ -41,6 +41,13 @@ class Split:
     output_shape: tuple[int | None, ...] = ()  # the head's output, without the batch axis
     skip_values: tuple[int, ...] | None = None  # the graph's value numbers of the skips, for a cut between steps
 
+    def through(self, x: Tensor) -> Tensor:
+        """The logits through the cut: its feature part, then its head in float32."""
+        import tensorflow as tf
+
+        activations, skips = self.features(x)
+        return self.head(tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips))
+
 
 _PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
 
@@ -318,7 +325,8 @@ def logits(graph: Graph, fold: bool = True, forward_only: bool = False) -> tuple
     folded with `fold`. `forward_only`: nothing is differentiated through it, so it may run on the graph's runtime:
     up to its offload's layer there, and after it in TensorFlow as an explanation's head does."""
     if forward_only and graph.offload is not None and graph.offload.layer is not None:
-        return _through(split(graph, graph.offload.layer, fold=fold))
+        cut = split(graph, graph.offload.layer, fold=fold)
+        return cut.through, cut.activation
     if fold and graph.foldable:
         from explain_cli.fold import fold_batchnorm
 
@@ -339,17 +347,6 @@ def logits(graph: Graph, fold: bool = True, forward_only: bool = False) -> tuple
         part = ("logits", tuple(s.name for s in exact), logit_number, graph.foldable)
         return offload.forward(graph.offload, "the forward passes", part, logits_of(exact), logits_of(steps)), activation
     return logits_of(steps), activation
-
-
-def _through(cut: Split) -> tuple[Callable[[Tensor], Tensor], str]:
-    """The logits through a cut: its feature part, then its head in float32."""
-    import tensorflow as tf
-
-    def run(x: Tensor) -> Tensor:
-        activations, skips = cut.features(x)
-        return cut.head(tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips))
-
-    return run, cut.activation
 
 
 def pre_activation(graph: Graph) -> tuple[int, str, list[Step]]:
