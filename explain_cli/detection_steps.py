@@ -110,9 +110,11 @@ def build(model: LoadedModel, graph: graph_module.Graph, found: detector.Format,
             return Looked(found_boxes.numpy(), found_probabilities.numpy())
 
         return Steps(look_only, judged)
-    cut = split_module.split(joined, layer)
+    # A detector's head (its pyramid, and class and box heads on every level) is half its work or more, so under
+    # bf16 it computes in bfloat16 too, as it does in the whole forward passes that D-RISE and evaluate judge by.
+    cut = split_module.split(joined, layer, bf16_head=True)
     return Steps(_look(model, cut, read, pixels), judged,
-                 (cut, split_module.split(detector.scores_only(graph, found), layer)), found.classes)
+                 (cut, split_module.split(detector.scores_only(graph, found), layer, bf16_head=True)), found.classes)
 
 
 def _look(model: LoadedModel, cut: split_module.Split, read: Callable[[Any], tuple[Any, Any]],

@@ -3,10 +3,13 @@
 bf16 runs the replayed graph with layers whose dtype policy is mixed_bfloat16 (twins sharing the float32
 weights: twin.py; the user's model is untouched). When a model is cut, only the feature part (input → A, where
 nearly all the work is) computes in bfloat16: A is taken to float32 and the head runs in float32, so the
-gradient ∂y/∂A that every method weighs A with is exact for the A it is given. Logits, gradients and maps are
-summed in float32. `auto` chooses bf16 where the CPU has native bfloat16 arithmetic (AMX or AVX512-BF16:
-measured here, folded ResNet50's gradcam step 18.0 → 9.6 ms per image) and fp32 elsewhere, where bfloat16 is
-emulated and slower than float32. Some methods stay fp32 under `auto` (FP32_UNDER_AUTO, measured).
+gradient ∂y/∂A that every method weighs A with is exact for the A it is given; a detector's head (its pyramid and
+its class and box heads on every level, half its work or more) is the exception, and computes in bfloat16 too, held
+to the same bounds. A layer of layers (a keras-hub pyramid or head) is twinned with its sublayers, which would
+otherwise compute in the float32 they were made with. Logits, gradients and maps are summed in float32. `auto`
+chooses bf16 where the CPU has native bfloat16 arithmetic (AMX or AVX512-BF16: measured here, folded ResNet50's
+gradcam step 18.0 → 9.6 ms per image) and fp32 elsewhere, where bfloat16 is emulated and slower than float32.
+Some methods stay fp32 under `auto` (FP32_UNDER_AUTO, measured).
 """
 
 from __future__ import annotations
@@ -99,8 +102,6 @@ def bfloat16(steps: Sequence[Any]) -> list[Any]:
     and so predictions are the same whether they come from a whole forward pass or from the explain step."""
     import keras
 
-    from explain_cli.twin import twin
-
     policy = keras.DTypePolicy("mixed_bfloat16")
     converted = []
     for step in steps:
@@ -110,10 +111,40 @@ def bfloat16(steps: Sequence[Any]) -> list[Any]:
             # what it is given to the dtype it computes in.
             converted.append(step)
             continue
-        layer = twin(step.layer)
-        object.__setattr__(layer, "_dtype_policy", policy)  # Keras has no public setter; the twin alone changes
-        converted.append(dataclasses.replace(step, layer=layer))
+        converted.append(dataclasses.replace(step, layer=_in_bfloat16(step.layer, policy, {})))
     return converted
+
+
+def _in_bfloat16(layer: Any, policy: Any, made: dict[int, Any]) -> Any:
+    """A twin of a Keras layer computing in bfloat16, and so are the Keras sublayers it calls: each sublayer computes
+    in the policy it was made with and casts what it is given to it, so a feature pyramid or a detector's head (a
+    layer of layers) would otherwise compute in float32 under a bfloat16 twin. `made`: the twins so far, by id, so a
+    sublayer held in two attributes has one twin."""
+    from explain_cli.twin import twin
+
+    if id(layer) in made:
+        return made[id(layer)]
+    double = made[id(layer)] = twin(layer)
+    object.__setattr__(double, "_dtype_policy", policy)  # Keras has no public setter; the twin alone changes
+    for name, value in vars(layer).items():
+        replaced = _sublayers_in_bfloat16(value, policy, made)
+        if replaced is not value:
+            object.__setattr__(double, name, replaced)
+    return double
+
+
+def _sublayers_in_bfloat16(value: Any, policy: Any, made: dict[int, Any]) -> Any:
+    """`value` with its Keras layers (alone, or in a list, tuple or dict) replaced by their bfloat16 twins."""
+    import keras
+
+    if isinstance(value, keras.Layer):
+        return _in_bfloat16(value, policy, made) if _keras_own(value) and not isinstance(value, keras.Model) else value
+    if isinstance(value, (list, tuple)) and any(isinstance(v, keras.Layer) for v in value):
+        items = [_sublayers_in_bfloat16(v, policy, made) for v in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    if isinstance(value, dict) and any(isinstance(v, keras.Layer) for v in value.values()):
+        return {k: _sublayers_in_bfloat16(v, policy, made) for k, v in value.items()}
+    return value
 
 
 KERAS_PACKAGES = ("keras", "keras_hub")

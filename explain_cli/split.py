@@ -52,9 +52,10 @@ class Split:
 _PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
 
 
-def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False) -> Split:
+def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False, bf16_head: bool = False) -> Split:
     """Cut `graph` after the layer named `layer` (see the module docstring); with `fold`, every BatchNorm that
-    can be is folded into the layer before it (fold.py), except where that would change A itself.
+    can be is folded into the layer before it (fold.py), except where that would change A itself. With `bf16_head`,
+    a bf16 run computes the head's feature maps in bfloat16 too: a detector's pyramid and heads, most of its work.
 
     A sublayer inside a subclassed layer is cut while its step runs (inner.py); `hook` cuts a step of the graph
     that way too (the two agree: tested). Tokens are cut as their patch grid (inner.Point.grid)."""
@@ -86,7 +87,9 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False) -> Sp
     if graph.precision == "bf16":
         from explain_cli.precision import bfloat16
 
-        features = bfloat16(features)  # the head stays float32: see precision.py
+        features = bfloat16(features)  # the head stays float32 unless asked: see precision.py
+        if bf16_head:
+            head = bfloat16(head)
 
     def features_of(chosen: list[Step]) -> Features:
         def run(x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:

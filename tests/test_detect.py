@@ -14,6 +14,7 @@ from PIL import Image
 from explain_cli import boxes, metrics, render
 from explain_cli.cli import cli
 from tests.synthetic_detector import make_scene
+from tests.test_precision import AGREEMENT, SUPPORT, needs_bf16
 
 
 def run(*args):
@@ -137,6 +138,24 @@ def test_the_vectorised_backward_pass_equals_the_tiled_one(detector_model, metho
         assert np.allclose(target, tiled[0][part], rtol=1e-5, atol=1e-5)
         assert np.allclose(maps, tiled[1][part], atol=1e-5 * np.abs(tiled[1]).max())
     assert rows.vectorised and len(images) == 12
+
+
+@needs_bf16
+def test_in_bf16_the_head_computes_in_bf16_and_finds_and_explains_the_same_boxes(detector_model):
+    """A detector's head (here its class and box convolutions after the cut) is much of its work, so bf16 computes it
+    in bfloat16 too: the same detections (boxes to half a pixel) and maps that agree with fp32's."""
+    from explain_cli import Detector
+
+    images = [make_scene(np.random.default_rng(seed)).image for seed in range(8)]
+    for method in ("gradcam", "gradcam++", "eigencam"):
+        fp32, bf16 = (Detector(detector_model, method=method, precision=p) for p in ("fp32", "bf16"))
+        reference, lower = fp32.explain(images), bf16.explain(images)
+        assert [(e.source, e.class_index) for e in lower] == [(e.source, e.class_index) for e in reference]
+        for e, f in zip(reference, lower):
+            assert np.abs(np.subtract(e.box, f.box)).max() <= 0.5
+            assert np.corrcoef(e.map.ravel(), f.map.ravel())[0, 1] >= AGREEMENT[SUPPORT], (method, e.source)
+    head = {s.name: s.layer for s in bf16._steps.cuts[0].head_steps}
+    assert head["classes"].compute_dtype == head["distances"].compute_dtype == "bfloat16"
 
 
 def test_drise_equals_its_formula_in_numpy(keras, detector_model):

@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from explain_cli import explainer, models, offload, precision, render, split
+from explain_cli.graph import flatten
 from explain_cli.cli import cli
 from explain_cli.methods import METHODS
 from tests.synthetic import make_scene
@@ -183,3 +184,21 @@ def test_the_replayed_layers_share_the_users_variables(tiny_model, chosen):
         assert not np.allclose(after.probabilities, before.probabilities), name
     np.testing.assert_array_equal(step(images).probabilities, before.probabilities)
     assert step.traced.experimental_get_tracing_count() == 1
+
+
+def test_a_layer_of_layers_computes_in_bf16_with_its_sublayers(keras):
+    """A layer that calls layers (keras-hub's RetinaNet head: convolutions inside one layer) is twinned with its
+    sublayers, each of which would otherwise compute in the float32 it was made with, whatever its parent's policy.
+    The user's layer stays float32 and the twins hold its variables, not copies."""
+    pytest.importorskip("keras_hub")
+    from keras_hub.src.models.retinanet.prediction_head import PredictionHead
+
+    inputs = keras.Input((8, 8, 16))
+    head = PredictionHead(output_filters=6, num_filters=16, num_conv_layers=2)
+    model = keras.Model(inputs, head(inputs))
+    step = flatten(model).step(head.name)
+    converted = precision.bfloat16([step])[0].layer
+    assert converted.conv_layers[0] is not head.conv_layers[0]
+    assert converted(keras.Input((8, 8, 16))).dtype == "bfloat16"  # its last convolution computed in bfloat16
+    assert head(keras.Input((8, 8, 16))).dtype == "float32" and head.conv_layers[0].compute_dtype == "float32"
+    assert {id(v) for v in converted.weights} == {id(v) for v in head.weights}
