@@ -58,13 +58,18 @@ def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_fi
             report(started, tally, run_options, manifest)
 
 
-def is_detector_file(spec: str, output_name: str | None) -> bool:
+def is_detector_file(spec: str, output_name: str | None, named: bool = False) -> bool:
     """Whether a model file is an object detector, read from its .keras archive's config without loading it: a
-    keras-hub ObjectDetector, or a model of two outputs (boxes and scores) when no --output picks one of them."""
+    keras-hub ObjectDetector, or a model of two outputs (boxes and scores) when no --output picks one of them, or any
+    model whose detector outputs are `named` (--boxes-output and the like: a YOLO's three outputs)."""
     import json
     import zipfile
 
-    if output_name or not spec.lower().endswith(".keras") or not Path(spec).is_file():
+    if output_name:
+        return False
+    if named:
+        return True
+    if not spec.lower().endswith(".keras") or not Path(spec).is_file():
         return False
     try:
         with zipfile.ZipFile(spec) as archive:

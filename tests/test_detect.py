@@ -493,3 +493,17 @@ def test_an_objectness_output_multiplies_the_class_probabilities(keras, tmp_path
     assert 0.05 < found[0].score < float(out["scores"].numpy().max()) - 0.05  # not the class probability alone
     assert len(Detector(model, objectness_output="objectness", method="drise", masks=16, min_score=0.0,
                         max_boxes=2).explain([image])) == 2
+    model.save(tmp_path / "yolo.keras")
+    Image.fromarray(image).save(tmp_path / "x.png")
+    result = run("evaluate", tmp_path / "x.png", "--model", tmp_path / "yolo.keras", "--objectness-output",
+                 "objectness", "--min-score", "0", "--max-boxes", "2", "--steps", "4", "-o", tmp_path / "eval",
+                 "--precision", "fp32")
+    assert result.exit_code == 0, result.output  # explain evaluate reads a detector's outputs as explain detect does
+    records = [json.loads(line) for line in (tmp_path / "eval" / "evaluation.jsonl").read_text().splitlines()]
+    assert sorted((r["detection"], r["method"]) for r in records) == [(1, "gradcam"), (1, "random"), (2, "gradcam"),
+                                                                      (2, "random")]
+    assert records[0]["score"] == pytest.approx(found[int(records[0]["detection"]) - 1].score, abs=1e-5)
+    result = run("evaluate", tmp_path / "x.png", "--model", tmp_path / "yolo.keras", "--objectness-output",
+                 "objectness", "--output", "scores", "-o", tmp_path / "eval")
+    assert result.exit_code == 2 and "--objectness-output reads an object detector's outputs, and --output" in \
+        result.output

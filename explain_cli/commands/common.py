@@ -208,6 +208,21 @@ detection_options = options(
 )
 
 
+# --boxes-output, --scores-output, --objectness-output, --box-format: how an object detector's outputs read.
+DETECTOR_FORMAT = ("boxes_output", "scores_output", "objectness_output", "box_format")
+detector_format_options = options(
+    click.option("--boxes-output", metavar="NAME", help="Object detectors: the output holding the boxes (batch, A, 4), "
+                 "of several."),
+    click.option("--scores-output", metavar="NAME", help="Object detectors: the output holding the class scores "
+                 "(batch, A, classes)."),
+    click.option("--objectness-output", metavar="NAME", help="Object detectors: the output holding each prediction's "
+                 "objectness (batch, A, 1), a YOLO's: it multiplies the class probabilities."),
+    click.option("--box-format", metavar="FORMAT", help="Object detectors: how the boxes output reads: xyxy (default), "
+                 "yxyx, xywh, center_xywh, center_yxhw in the input's pixels, or rel_ any of these in fractions of its "
+                 "size."),
+)
+
+
 def perturbation_settings(options: dict) -> dict[str, Any]:
     """The perturbation methods' settings the options give (popping them)."""
     return {"masks": options.pop("rise_masks"), "cells": options.pop("cells"), "keep": options.pop("keep"),

@@ -34,12 +34,7 @@ from explain_cli.methods import DETECTION_METHODS
 @click.option("--input-size", callback=lambda ctx, param, value: common._input_size(value), metavar="HEIGHTxWIDTH",
               help="A detector whose input size is free (and that has no image converter saying it): the size to "
               "feed it.")
-@click.option("--boxes-output", metavar="NAME", help="The output holding the boxes (batch, A, 4), of several.")
-@click.option("--scores-output", metavar="NAME", help="The output holding the class scores (batch, A, classes).")
-@click.option("--objectness-output", metavar="NAME", help="The output holding each prediction's objectness (batch, "
-              "A, 1), a YOLO's: it multiplies the class probabilities.")
-@click.option("--box-format", metavar="FORMAT", help="How the boxes output reads: xyxy (default), yxyx, xywh, "
-              "center_xywh, center_yxhw in the input's pixels, or rel_ any of these in fractions of its size.")
+@common.detector_format_options
 @common.detection_options
 @click.option("--layer", help="Where the gradient methods take their maps (default: the last feature map every "
               "class score depends on: a feature pyramid's backbone's last stage).")

@@ -50,6 +50,7 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @click.option("--max-masks", type=click.IntRange(1), default=64, show_default=True, help="scorecam: masks.")
 @common.perturbation_options
 @common.detection_options
+@common.detector_format_options
 @click.option("--sanity", is_flag=True,
               help="Cascading randomisation (Adebayo et al. 2018): randomise a copy of the model from the logits down "
               "and report how each method's maps change (Spearman), in sanity.jsonl and on stderr.")
@@ -74,13 +75,17 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
     from explain_cli.settings import EvaluationPlan
 
     plan = EvaluationPlan(methods, steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
-    detection = {name: options.pop(name) for name in ("min_score", "iou", "max_boxes")}
+    detection = {name: options.pop(name) for name in ("min_score", "iou", "max_boxes", *common.DETECTOR_FORMAT)}
     given = click.get_current_context().get_parameter_source
     drise = {"masks": options["rise_masks"], "cells": options["cells"], "keep": options["keep"]}
     drise = {k: v for k, v in drise.items() if given("rise_masks" if k == "masks" else k) is not ParameterSource.DEFAULT}
     settings = common.settings(options, next((m for m in methods if m != "random"), "gradcam"), max_masks=max_masks,
                                seed=seed, **common.perturbation_settings(options))
-    if detect_run.is_detector_file(settings.model, settings.output):  # a detector: its detections are evaluated
+    named = [name for name in common.DETECTOR_FORMAT if detection[name] is not None]
+    if named and settings.output:
+        raise click.UsageError(f"--{named[0].replace('_', '-')} reads an object detector's outputs, and --output picks "
+                               "one output of a model that is no detector: give one or the other")
+    if detect_run.is_detector_file(settings.model, settings.output, bool(named)):  # a detector's detections are evaluated
         if boxes_file or common.class_request(options).specs or options.get("truth"):
             raise click.UsageError("a detector's detections are measured against their own boxes: --boxes, --class "
                                    "and --truth are for classifiers")
