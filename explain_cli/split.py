@@ -304,23 +304,33 @@ def outputs_of(graph: Graph, names: Sequence[str]) -> Callable[[Tensor], list[Te
 
     points = [graph.find(name) for name in names]
     wanted = {graph.step(p.step).outputs[0] for p in points}
-    steps = needed(graph.steps, wanted)
+    exact = steps = needed(graph.steps, wanted)
     if graph.precision == "bf16":
         from explain_cli.precision import bfloat16
 
         steps = bfloat16(steps)
 
-    def run(x: Tensor) -> list[Tensor]:
-        kept: dict[str, list[Tensor]] = {p.name: [] for p in points}
-        values = {graph.input: x}
-        for step in steps:
-            hooks = [(inner.sublayer(step.layer, p.path), inner.keep_output(kept[p.name]))
-                     for p in points if p.step == step.name]
-            with inner.intercepted(hooks):
-                step.run(values)
-        return [_grid(kept[p.name][0], p) if p.is_tokens else kept[p.name][0] for p in points]
+    def through(chosen: list[Step]) -> Callable[[Tensor], tuple[Tensor, ...]]:
+        def run(x: Tensor) -> tuple[Tensor, ...]:
+            kept: dict[str, list[Tensor]] = {p.name: [] for p in points}
+            values = {graph.input: x}
+            for step in chosen:
+                hooks = [(inner.sublayer(step.layer, p.path), inner.keep_output(kept[p.name]))
+                         for p in points if p.step == step.name]
+                with inner.intercepted(hooks):
+                    step.run(values)
+            return tuple(_grid(kept[p.name][0], p) if p.is_tokens else kept[p.name][0] for p in points)
 
-    return run
+        return run
+
+    run = through(steps)
+    if graph.offload is not None:  # a forward pass alone: the runtime's, as the feature pass before a cut
+        from explain_cli import offload
+
+        part = ("outputs", tuple(p.name for p in points), tuple(s.name for s in exact))
+        said = points[0].name if len(points) == 1 else f"{len(points)} layers, {points[0].name} to {points[-1].name}"
+        run = offload.forward(graph.offload, f"the activations of {said}", part, through(exact), run)
+    return lambda x: list(run(x))
 
 
 def logits(graph: Graph, fold: bool = True, forward_only: bool = False) -> tuple[Callable[[Tensor], Tensor], str]:

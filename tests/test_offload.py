@@ -355,3 +355,23 @@ def test_the_cache_key_follows_the_code_a_model_imports_by_name_or_file(tmp_path
     assert str(module) in by_name and by_name == by_file
     os.utime(module, ns=(module.stat().st_atime_ns, module.stat().st_mtime_ns + 10**9))  # the code changed
     assert models.identity("resnet50", "imagenet", ["my_layers"]) != by_name
+
+
+def test_activations_run_on_the_runtime_and_equal_tensorflows(tiny_model, photo, tmp_path, monkeypatch):
+    """explain activations is a forward pass alone: its layers' outputs come from the runtime, as TensorFlow's."""
+    from explain_cli import inside
+
+    monkeypatch.setenv("EXPLAIN_CACHE", str(tmp_path / "cache"))
+    images = np.random.default_rng(2).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    layers = ("conv1", "conv2", "conv3")
+    found = []
+    for runtime in ("tensorflow", "openvino"):
+        made = Explainer(tiny_model, precision="fp32", runtime=runtime)
+        found.append(inside.compile_activations(made._model, made._graph, layers)(images))
+    for name, expected, got in zip(layers, *found, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()), err_msg=name)
+    result = _run("activations", photo, "--model", tiny_model, "--layer", "conv1", "--layer", "conv3", "-o",
+                  tmp_path / "out", "-v", "--runtime", "openvino")
+    assert result.exit_code == 0, result.output
+    assert "runtime openvino for the activations of 2 layers, conv1 to conv3 (converted in" in result.stderr
+    assert len(list((tmp_path / "out").glob("*.activations.*.png"))) == 2
