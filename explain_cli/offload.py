@@ -101,7 +101,22 @@ def forward(offload: Offload, part: str, key: object, fp32: Callable[[Any], Any]
             fallback: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """`fp32` (the model's input batch -> a tensor or a tuple of them, computed in float32) run by the runtime, as a
     function to call inside a tf.function; `fallback` where the runtime cannot take it. `part` names it for the
-    user ("the feature pass up to conv5_block3_out"); `key` tells it from the model's other parts."""
+    user ("the feature pass up to conv5_block3_out"); `key` tells it from the model's other parts. It is converted
+    when first called: a pass made and never run (a detector's scores-only cut, whose head alone is used) costs
+    nothing."""
+    chosen: list[Callable[[Any], Any]] = []
+
+    def run(x: Any) -> Any:
+        if not chosen:
+            chosen.append(_chosen(offload, part, key, fp32, fallback))
+        return chosen[0](x)
+
+    return run
+
+
+def _chosen(offload: Offload, part: str, key: object, fp32: Callable[[Any], Any],
+            fallback: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The runtime's runner of the pass (converted, or read from the cache), else `fallback`, said once per part."""
     import tensorflow as tf
 
     started = time.perf_counter()

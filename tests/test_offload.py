@@ -310,8 +310,8 @@ def test_detect_finds_and_explains_the_same_boxes_on_either_runtime(detector_mod
 
     images = [make_scene(np.random.default_rng(20 + i)).image for i in range(3)]
     made = {r: Detector(detector_model, precision="fp32", runtime=r) for r in ("tensorflow", "openvino")}
-    assert any("runtime openvino for the feature pass" in note for note in made["openvino"].notes)
     expected, got = (made[r].explain(images) for r in ("tensorflow", "openvino"))
+    assert any("runtime openvino for the feature pass" in note for note in made["openvino"].notes)  # once it ran
     assert [(e.source, e.class_index) for e in got] == [(e.source, e.class_index) for e in expected] and expected
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a.box, b.box, atol=1e-3)
@@ -375,3 +375,29 @@ def test_activations_run_on_the_runtime_and_equal_tensorflows(tiny_model, photo,
     assert result.exit_code == 0, result.output
     assert "runtime openvino for the activations of 2 layers, conv1 to conv3 (converted in" in result.stderr
     assert len(list((tmp_path / "out").glob("*.activations.*.png"))) == 2
+
+
+def test_a_pass_is_converted_only_when_it_runs(keras, tmp_path, monkeypatch):
+    """A detector whose box head also reads a skip from before the cut: its boxes' cut has a feature pass with that
+    skip, its scores' own cut one without, which is never run (the scores' head alone is): one conversion, not two."""
+    from explain_cli import Detector
+
+    monkeypatch.setenv("EXPLAIN_CACHE", str(tmp_path / "cache"))
+    keras.utils.set_random_seed(4)
+    layers = keras.layers
+    inputs = keras.Input((32, 32, 3))
+    stem = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="stem")(
+        layers.Rescaling(1 / 255)(inputs))
+    features = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="features")(stem)
+    skip = layers.MaxPooling2D(name="skip")(stem)
+    boxes = layers.Conv2D(4, 1, name="box_conv")(layers.Concatenate()([features, skip])) * 10 + 16
+    model = keras.Model(inputs, {"boxes": layers.Reshape((64, 4), name="boxes")(boxes), "scores": layers.Reshape(
+        (64, 3), name="scores")(layers.Conv2D(3, 1, activation="sigmoid", name="classes")(features))})
+    model.save(tmp_path / "skip.keras")
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    made = Detector(tmp_path / "skip.keras", runtime="openvino", precision="fp32", min_score=0.0, max_boxes=2)
+    cuts = made._steps.cuts
+    assert made.layer == "features" and cuts[0].skips == 1 and cuts[1].skips == 0  # two feature passes differ
+    explained = made.explain([image])
+    assert len(explained) == 2 and any("runtime openvino for the feature pass up to features" in n for n in made.notes)
+    assert len(list((tmp_path / "cache").iterdir())) == 1
