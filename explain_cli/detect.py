@@ -98,6 +98,11 @@ class Detector:
         if max_boxes < 1 or masks < 1 or cells < 1 or batch_size < 1:
             raise BadArgument(None, "max_boxes, masks, cells and batch_size are counts of 1 or more")
         self.method, self.min_score, self.max_boxes, self.batch_size = method, min_score, max_boxes, batch_size
+        # What a second Detector like this one is made with (--sanity's, on a copy of the model)
+        self.options = dict(method=method, preprocess=preprocess, boxes_output=boxes_output,
+                            scores_output=scores_output, box_format=box_format, objectness_output=objectness_output,
+                            min_score=min_score, iou=iou, max_boxes=max_boxes, masks=masks, cells=cells, keep=keep,
+                            seed=seed, batch_size=batch_size, max_pixels=max_pixels, input_size=input_size)
         self.max_pixels, self.seed, self._masks_setting = max_pixels, seed, (masks, cells, keep)
         chosen, why = precisions.resolve(precision, [method])
         self.precision = chosen
@@ -163,20 +168,26 @@ class Detector:
             yield result.values
 
     def evaluate(self, images: Any, methods: Sequence[str] = ("gradcam", "random"), steps: int = 32,
-                 blur_sigma: float = 5.0, tolerance: float = 15.0, errors: str = "raise") -> Any:
+                 blur_sigma: float = 5.0, tolerance: float = 15.0, sanity: bool = False, sanity_stages: int = 6,
+                 errors: str = "raise") -> Any:
         """Each method's maps of every detection measured as `explain evaluate` measures them (detect_evaluate.py):
-        a record per (image, detection, method), and each method's means (results.Evaluation)."""
-        from explain_cli import detect_evaluate
+        a record per (image, detection, method), and each method's means (results.Evaluation); with `sanity`,
+        cascading randomisation (detect_sanity.py), a record per (image, detection, method, stage)."""
+        from explain_cli import detect_evaluate, detect_sanity
         from explain_cli import evaluate as evaluation
         from explain_cli.results import Evaluation
 
         detect_evaluate.check(methods)
         settings = evaluation.Settings(tuple(methods), steps, blur_sigma, tolerance, self.seed, self.batch_size)
+        cascade = detect_sanity.prepare(self, sanity_stages, self.seed, frozenset(), None, self.notes.add) \
+            if sanity else None
         records: list[dict[str, Any]] = []
-        for result in self._run(images, detect_evaluate.evaluation_step(self, settings),
-                                detect_evaluate.finish_step(self, settings), errors):
+        sane: list[dict[str, Any]] = []
+        for result in self._run(images, detect_evaluate.evaluation_step(self, settings, cascade),
+                                detect_evaluate.finish_step(self, settings, cascade), errors):
             records += result.records
-        return Evaluation(tuple(records), tuple(evaluation.summarise(records, settings.methods)))
+            sane += result.side_records
+        return Evaluation(tuple(records), tuple(evaluation.summarise(records, settings.methods)), tuple(sane))
 
     def _values(self, explained: bool) -> pipeline.Finish:
         def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> pipeline.ImageResult:

@@ -26,16 +26,24 @@ class DetectionEvaluation:
     found: list[Any]  # per image: detect.Found (its detections)
     maps: dict[str, list[np.ndarray]]  # method -> per image (k, h, w)
     faithfulness: dict[tuple[int, int, str], metrics.Faithfulness]
+    stage_maps: dict[str, list[np.ndarray]] | None = None  # --sanity: method -> per image (k, stages + 1, h, w)
 
 
-def evaluation_step(made: Any, settings: Settings) -> Callable[[np.ndarray, list[Source]], DetectionEvaluation]:
-    """A pipeline compute step: every detection of a batch, each method's map of it, and its faithfulness."""
+def evaluation_step(made: Any, settings: Settings, sanity: Any = None) -> Callable[[np.ndarray, list[Source]],
+                                                                                  DetectionEvaluation]:
+    """A pipeline compute step: every detection of a batch, each method's map of it, and its faithfulness; with
+    `sanity` (detect_sanity.DetectorSanity), its maps at every stage of the randomisation cascade."""
 
     def compute(images: np.ndarray, sources: list[Source]) -> DetectionEvaluation:
         looked = made._steps.look(images)
         found = [made.suppress(looked.boxes[i], looked.probabilities[i]) for i in range(len(images))]
         maps = {method: [f.maps for f in made.maps(method, images, sources, looked, found)]
                 for method in settings.methods}
+        staged = None
+        if sanity is not None:
+            from explain_cli import detect_sanity
+
+            staged = detect_sanity.stage_maps(sanity, settings.methods, images, sources, looked, found, maps)
         height, width = images.shape[1:3]
         scores: dict[tuple[int, int, str], metrics.Faithfulness] = {}
         for i, f in enumerate(found):
@@ -52,14 +60,15 @@ def evaluation_step(made: Any, settings: Settings) -> Callable[[np.ndarray, list
             blurred = metrics.gaussian_blur(images[i], settings.blur_sigma)
             scores.update(zip(keys, metrics.faithfulness_of_maps(matched, images[i], blurred, requests, settings.steps,
                                                                  settings.batch_size)))
-        return DetectionEvaluation(found, maps, scores)
+        return DetectionEvaluation(found, maps, scores, staged)
 
     return compute
 
 
-def finish_step(made: Any, settings: Settings) -> Callable[[Source, np.ndarray, int, Any], ImageResult]:
+def finish_step(made: Any, settings: Settings, sanity: Any = None) -> Callable[[Source, np.ndarray, int, Any],
+                                                                             ImageResult]:
     """A pipeline finish step: a record per (detection, method), localised against the detection's own box at the
-    original image's size."""
+    original image's size; with `sanity`, a side record per (detection, method, stage)."""
 
     def finish(source: Source, original: np.ndarray, row: int, batch: DetectionEvaluation) -> ImageResult:
         height, width = original.shape[:2]
@@ -83,7 +92,13 @@ def finish_step(made: Any, settings: Settings) -> Callable[[Source, np.ndarray, 
                     "energy_in_box": metrics.energy_in_boxes(full, [corners]), "steps": settings.steps,
                     "deletion_curve": scores.deletion_curve, "insertion_curve": scores.insertion_curve,
                 })
-        return ImageResult(source, records=records)
+        side = []
+        if sanity is not None and batch.stage_maps is not None:
+            from explain_cli import detect_sanity
+
+            staged = {method: maps[row] for method, maps in batch.stage_maps.items()}
+            side = detect_sanity.records(source, original, found, staged, made.labels, sanity)
+        return ImageResult(source, records=records, side_records=side)
 
     return finish
 

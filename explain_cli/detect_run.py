@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
@@ -83,18 +84,19 @@ def is_detector_file(spec: str, output_name: str | None, named: bool = False) ->
 
 
 def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, given: dict[str, Any], out_dir: Path,
-             skip_existing: bool, make_report: bool, run_options: RunOptions) -> None:
-    """explain evaluate on an object detector: a record per image, detection and method in evaluation.jsonl, the
-    means on stdout. `given` holds the detection options (min_score, iou, max_boxes) and D-RISE's masks and cells."""
-    from explain_cli import detect_evaluate, evaluate_run
+             skip_existing: bool, make_report: bool, run_options: RunOptions, sanity_figures: int = 0) -> None:
+    """explain evaluate on an object detector: a record per image, detection and method in evaluation.jsonl (and with
+    --sanity, per stage in sanity.jsonl), the means on stdout. `given` holds the detection options (min_score, iou,
+    max_boxes) and D-RISE's masks and cells."""
+    from explain_cli import detect_evaluate, detect_sanity, evaluate_run
     from explain_cli import evaluate as evaluation
 
     detect_evaluate.check(plan.methods)
-    if plan.sanity_stages:
-        raise BadArgument("--sanity", "cascading randomisation is for classifiers: it is not run on detectors yet")
     found, all_shown, skipped = evaluate_run.evaluation_inputs(arguments, stdin, out_dir, run_options.shard, plan.methods,
                                                        skip_existing)
-    with manifest_in(out_dir, evaluation.RECORDS, run_options.shard) as records:
+    with manifest_in(out_dir, evaluation.RECORDS, run_options.shard) as records, contextlib.ExitStack() as stack:
+        side = stack.enter_context(manifest_in(out_dir, evaluation.SANITY_RECORDS, run_options.shard)) \
+            if plan.sanity_stages else None
         first = next((m for m in plan.methods if m not in ("drise", "random")), "drise")
         try:
             made, load = _detector(dict(model=settings.model, layer=settings.layer, method=first,
@@ -114,17 +116,25 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
             "detection")
         measured = evaluation.Settings(plan.methods, plan.steps, plan.blur_sigma, plan.tolerance, plan.seed,
                                        run_options.batch_size)
-        started = start(found, lambda made: (detect_evaluate.evaluation_step(made, measured),
-                                             detect_evaluate.finish_step(made, measured)),
-                        made, run_options, load)
+        figures = frozenset(found[:sanity_figures])
+
+        def make(made: Any) -> tuple[Any, Any]:
+            sanity = detect_sanity.prepare(made, plan.sanity_stages, plan.seed, figures, out_dir, say) \
+                if plan.sanity_stages else None
+            return (detect_evaluate.evaluation_step(made, measured, sanity),
+                    detect_evaluate.finish_step(made, measured, sanity))
+
+        started = start(found, make, made, run_options, load)
         status = 0
         try:
             from explain_cli import console
 
-            report(started, console.Tally(len(found), skipped, records="evaluations"), run_options, records)
+            report(started, console.Tally(len(found), skipped, records="evaluations"), run_options, records, side)
         except SystemExit as stop:
             status = int(stop.code or 0)
         evaluate_run.summarise(out_dir, plan.methods, all_shown, run_options.style)
+        if plan.sanity_stages:
+            evaluate_run.summarise_sanity(out_dir, plan.methods, all_shown)
         if make_report:
             build_report(out_dir)
         if status:

@@ -26,15 +26,18 @@ class Cascade:
     names: dict[str, str]  # the model's layer names -> the copy's (a subclassed model's copy names its own layers)
 
 
-def cascade(model: LoadedModel, stages: int, seed: int) -> Cascade:
+def cascade(model: LoadedModel, stages: int, seed: int, same_class: bool = False) -> Cascade:
     """A copy of the model and its randomisation stages: stage s makes the top n_s weighted layers random,
     n_s spread evenly from 1 (the logits) to all. Each weight is drawn from a normal of the trained weight's
-    own mean and standard deviation (a positive one stays positive), so activations keep their scale."""
+    own mean and standard deviation (a positive one stays positive), so activations keep their scale. With
+    `same_class` the copy is made from the model's config by its own class (a keras-hub detector, whose anchors,
+    decoder and preprocessor clone_model would drop with the class), not cloned as a graph."""
     import keras
 
     try:
-        copy = keras.models.clone_model(model.keras_model)
-        copy.set_weights(model.keras_model.get_weights())
+        original = model.keras_model
+        copy = type(original).from_config(original.get_config()) if same_class else keras.models.clone_model(original)
+        copy.set_weights(original.get_weights())
     except Exception as error:  # Keras raises many kinds for models it cannot rebuild from their config
         raise ExplainError(f"{model.name}: cannot copy the model to randomise it (--sanity): {error}") from None
     loaded = dataclasses.replace(model, keras_model=copy)

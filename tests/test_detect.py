@@ -449,6 +449,37 @@ def test_layers_marks_the_detectors_default_and_evaluate_refuses_classifier_opti
     assert result.exit_code == 2 and "scorecam does not explain detections" in result.output
 
 
+def test_sanity_randomises_a_copy_from_the_head_down_holding_each_detection(detector_model, scenes, tmp_path):
+    """--sanity on a detector: a copy randomised in stages from its outputs down, each detection explained again with
+    its box, class and matched predictions held. With only the head random the features are the trained ones, so
+    EigenCAM (the features alone) is unchanged and Grad-CAM (the head's gradient) is not; with every layer random
+    neither is like its trained map; the random control is; and the user's detector is untouched."""
+    from explain_cli import Detector
+
+    folder, _, made = scenes
+    result = run("evaluate", folder, "--model", detector_model, "--methods", "gradcam,eigencam,random", "--steps", "4",
+                 "--sanity", "--sanity-stages", "3", "--sanity-figures", "1", "-o", tmp_path, "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    assert "sanity: mean Spearman of each method's maps with the trained model's" in result.stderr
+    records = [json.loads(line) for line in (tmp_path / "sanity.jsonl").read_text().splitlines()]
+    detections = sum(len(s.boxes) for s in made)  # the trained detector finds every blob of the five scenes
+    assert len(records) == detections * 3 * 3 and {r["layers_randomised"] for r in records} == {1, 4, 6}
+    by = {(r["image"], r["detection"], r["method"], r["stage"]): r["spearman"] for r in records}
+    for (image, k, method, stage), rho in by.items():
+        if method == "random" or (method == "eigencam" and stage == 1):
+            assert rho == pytest.approx(1.0), (image, k, method, stage)
+    assert np.mean([rho for (_, _, m, stage), rho in by.items() if m == "gradcam" and stage == 1]) < 0.5
+    assert max(rho for (_, _, m, stage), rho in by.items() if m != "random" and stage == 3) < 0.9
+    figures = [r["figure"] for r in records if "figure" in r]
+    assert len(figures) == 1 and (tmp_path / figures[0]).is_file()
+    detector = Detector(detector_model, precision="fp32")
+    image = made[0].image
+    before = detector.explain([image])
+    evaluation = detector.evaluate([image], methods=("gradcam",), steps=4, sanity=True, sanity_stages=2)
+    assert len(evaluation.sanity) == len(before) * 2
+    assert all(np.array_equal(a.map, b.map) for a, b in zip(before, detector.explain([image])))
+
+
 def test_the_report_shows_each_images_boxes(detector_model, scenes, tmp_path):
     from explain_cli import report
 

@@ -90,7 +90,7 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
             raise click.UsageError("a detector's detections are measured against their own boxes: --boxes, --class "
                                    "and --truth are for classifiers")
         detect_run.evaluate(settings, options["sources"], sys.stdin, plan, {**detection, **drise}, output_dir,
-                            skip_existing, make_report, common.run_options(options))
+                            skip_existing, make_report, common.run_options(options), sanity_figures)
         return
     evaluate_run.evaluate(settings, options["sources"], sys.stdin, plan, common.class_request(options), boxes_file,
                   sanity_figures, output_dir, skip_existing, make_report, common.run_options(options))
