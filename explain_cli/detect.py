@@ -99,7 +99,7 @@ class Detector:
             raise BadArgument(None, "max_boxes, masks, cells and batch_size are counts of 1 or more")
         self.method, self.min_score, self.max_boxes, self.batch_size = method, min_score, max_boxes, batch_size
         # What a second Detector like this one is made with (--sanity's, on a copy of the model)
-        self.options = dict(method=method, preprocess=preprocess, boxes_output=boxes_output,
+        self._options = dict(method=method, preprocess=preprocess, boxes_output=boxes_output,
                             scores_output=scores_output, box_format=box_format, objectness_output=objectness_output,
                             min_score=min_score, iou=iou, max_boxes=max_boxes, masks=masks, cells=cells, keep=keep,
                             seed=seed, batch_size=batch_size, max_pixels=max_pixels, input_size=input_size)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from explain_cli import metrics, output, render
+from explain_cli.evaluate import sanity_figure
 from explain_cli.inputs import Source
 
 
@@ -33,7 +34,7 @@ def prepare(made: Any, stages: int, seed: int, figures: frozenset, out_dir: Path
 
     cascade = randomise.cascade(made._model, stages, seed, same_class=True)
     layer = cascade.names.get(made.layer, made.layer) if made.layer else None
-    copy = Detector(cascade.model.keras_model, **{**made.options, "layer": layer, "labels": made.labels,
+    copy = Detector(cascade.model.keras_model, **{**made._options, "layer": layer, "labels": made.labels,
                                                   "precision": made.precision, "runtime": "tensorflow"})
     say(f"{made.name}: --sanity randomises a copy in {len(cascade.stages)} stages, down to {cascade.stages[-1][0]} "
         "weighted layers; each detection is held from the trained model")
@@ -78,9 +79,6 @@ def records(source: Source, original: np.ndarray, found: Any, staged: dict[str, 
                              "layers_randomised": count, "deepest_randomised": deepest,
                              "spearman": metrics.spearman(maps[j, 0], maps[j, stage])})
     if source in sanity.figures and rows and sanity.out_dir is not None:
-        name = source.stem.with_name(f"{source.stem.name}.sanity.png").as_posix()
-        titles = ["trained"] + [f"top {count} random" for count, _ in sanity.cascade.stages]
         shown = {method: list(maps[0]) for method, maps in staged.items()}
-        output.FileSet(sanity.out_dir).write(name, render.stage_figure(original, shown, titles))
-        rows[0]["figure"] = name
+        rows[0]["figure"] = sanity_figure(sanity.out_dir, source, original, shown, sanity.cascade.stages)
     return rows

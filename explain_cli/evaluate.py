@@ -204,12 +204,18 @@ def _sanity_records(source: Source, original: np.ndarray, row: int, batch: Evalu
                     "spearman": metrics.spearman(stages[0], stages[stage]),
                 })
     if source in sanity.figures and records and sanity.out_dir is not None:
-        name = source.stem.with_name(f"{source.stem.name}.sanity.png").as_posix()
-        titles = ["trained"] + [f"top {count} random" for count, _ in sanity.cascade.stages]
         rows = {method: list(batch.stage_maps[method][row, 0]) for method in settings.methods}
-        output.FileSet(sanity.out_dir).write(name, render.stage_figure(original, rows, titles))
-        records[0]["figure"] = name
+        records[0]["figure"] = sanity_figure(sanity.out_dir, source, original, rows, sanity.cascade.stages)
     return records
+
+
+def sanity_figure(out_dir: Path, source: Source, original: np.ndarray, rows: Mapping[str, list[np.ndarray]],
+                  stages: Sequence[tuple[int, str]]) -> str:
+    """<stem>.sanity.png: each method's maps (a row) across the cascade's stages, written; its name."""
+    name = source.stem.with_name(f"{source.stem.name}.sanity.png").as_posix()
+    titles = ["trained"] + [f"top {count} random" for count, _ in stages]
+    output.FileSet(out_dir).write(name, render.stage_figure(original, dict(rows), titles))
+    return name
 
 
 def _region(batch: EvaluationBatch, row: int, class_index: int, width: int, height: int) -> np.ndarray | None:
