@@ -118,9 +118,11 @@ def bfloat16(steps: Sequence[Any]) -> list[Any]:
 def _in_bfloat16(layer: Any, policy: Any, made: dict[int, Any]) -> Any:
     """A twin of a Keras layer computing in bfloat16, and so are the Keras sublayers it calls: each sublayer computes
     in the policy it was made with and casts what it is given to it, so a feature pyramid or a detector's head (a
-    layer of layers) would otherwise compute in float32 under a bfloat16 twin. `made`: the twins so far, by id, so a
-    sublayer held in two attributes has one twin."""
+    layer of layers) would otherwise compute in float32 under a bfloat16 twin; a keras.Sequential among them runs its
+    twinned list of layers. `made`: the twins so far, by id, so a sublayer held in two attributes has one twin."""
     from explain_cli.twin import twin
+
+    import keras
 
     if id(layer) in made:
         return made[id(layer)]
@@ -130,6 +132,8 @@ def _in_bfloat16(layer: Any, policy: Any, made: dict[int, Any]) -> Any:
         replaced = _sublayers_in_bfloat16(value, policy, made)
         if replaced is not value:
             object.__setattr__(double, name, replaced)
+    if isinstance(layer, keras.Sequential):  # it calls its graph of the user's layers; without one, its own list
+        object.__setattr__(double, "_functional", None)
     return double
 
 
@@ -138,7 +142,8 @@ def _sublayers_in_bfloat16(value: Any, policy: Any, made: dict[int, Any]) -> Any
     import keras
 
     if isinstance(value, keras.Layer):
-        return _in_bfloat16(value, policy, made) if _keras_own(value) and not isinstance(value, keras.Model) else value
+        plain = not isinstance(value, keras.Model) or type(value) is keras.Sequential
+        return _in_bfloat16(value, policy, made) if _keras_own(value) and plain else value
     if isinstance(value, (list, tuple)) and any(isinstance(v, keras.Layer) for v in value):
         items = [_sublayers_in_bfloat16(v, policy, made) for v in value]
         return tuple(items) if isinstance(value, tuple) else items

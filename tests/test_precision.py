@@ -186,19 +186,25 @@ def test_the_replayed_layers_share_the_users_variables(tiny_model, chosen):
     assert step.traced.experimental_get_tracing_count() == 1
 
 
-def test_a_layer_of_layers_computes_in_bf16_with_its_sublayers(keras):
-    """A layer that calls layers (keras-hub's RetinaNet head: convolutions inside one layer) is twinned with its
-    sublayers, each of which would otherwise compute in the float32 it was made with, whatever its parent's policy.
-    The user's layer stays float32 and the twins hold its variables, not copies."""
+@pytest.mark.parametrize("kind", ["head", "pooling"])
+def test_a_layer_of_layers_computes_in_bf16_with_its_sublayers(keras, kind):
+    """A layer that calls layers (keras-hub's RetinaNet head: convolutions inside one layer; DeepLabV3's pyramid
+    pooling: keras.Sequential stacks inside one layer) is twinned with its sublayers, each of which would otherwise
+    compute in the float32 it was made with, whatever its parent's policy. The user's layer stays float32 and the
+    twins hold its variables, not copies."""
     pytest.importorskip("keras_hub")
+    from keras_hub.src.models.deeplab_v3.deeplab_v3_layers import SpatialPyramidPooling
     from keras_hub.src.models.retinanet.prediction_head import PredictionHead
 
     inputs = keras.Input((8, 8, 16))
-    head = PredictionHead(output_filters=6, num_filters=16, num_conv_layers=2)
-    model = keras.Model(inputs, head(inputs))
-    step = flatten(model).step(head.name)
+    layer = PredictionHead(output_filters=6, num_filters=16, num_conv_layers=2) if kind == "head" else \
+        SpatialPyramidPooling(dilation_rates=[2], num_channels=8)
+    model = keras.Model(inputs, layer(inputs))
+    step = flatten(model).step(layer.name)
     converted = precision.bfloat16([step])[0].layer
-    assert converted.conv_layers[0] is not head.conv_layers[0]
-    assert converted(keras.Input((8, 8, 16))).dtype == "bfloat16"  # its last convolution computed in bfloat16
-    assert head(keras.Input((8, 8, 16))).dtype == "float32" and head.conv_layers[0].compute_dtype == "float32"
-    assert {id(v) for v in converted.weights} == {id(v) for v in head.weights}
+    assert all(sub.compute_dtype == "bfloat16" for sub in converted._flatten_layers())
+    assert all(sub.compute_dtype == "float32" for sub in layer._flatten_layers())
+    assert {id(v) for v in converted.weights} == {id(v) for v in layer.weights}
+    if SUPPORT != "unavailable":  # run: the sublayers it calls are the twins (a Sequential's too)
+        x = np.random.default_rng(0).normal(size=(1, 8, 8, 16)).astype("float32")
+        assert converted(x).dtype == "bfloat16" and layer(x).dtype == "float32"
