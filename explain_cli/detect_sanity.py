@@ -33,7 +33,8 @@ def prepare(made: Any, stages: int, seed: int, figures: frozenset, out_dir: Path
     from explain_cli.detect import Detector
 
     cascade = randomise.cascade(made._model, stages, seed, same_class=True)
-    layer = cascade.names.get(made.layer, made.layer) if made.layer else None
+    cut = made._steps.cuts is not None  # a layer only where `made` has one cut: D-RISE alone needs none
+    layer = cascade.names.get(made.layer, made.layer) if cut and made.layer else None
     copy = Detector(cascade.model.keras_model, **{**made._options, "layer": layer, "labels": made.labels,
                                                   "precision": made.precision, "runtime": "tensorflow"})
     say(f"{made.name}: --sanity randomises a copy in {len(cascade.stages)} stages, down to {cascade.stages[-1][0]} "
@@ -46,10 +47,10 @@ def stage_maps(sanity: DetectorSanity, methods: Sequence[str], images: np.ndarra
     """Per method, per image, its detections' maps at every stage, (k, stages + 1, h, w) in [0, 1]; stage 0 is the
     trained model's (`trained`), and the random control's maps are its own at every stage."""
     staged: dict[str, list[list[np.ndarray]]] = {m: [[_normalised(maps)] for maps in trained[m]] for m in methods}
+    layered = any(sanity.copy.layer_for(m) for m in methods if m not in ("drise", "random"))
     try:
         for stage in range(1, len(sanity.cascade.stages) + 1):
             sanity.cascade.assign(stage)
-            layered = any(sanity.copy.layer_for(m) for m in methods if m not in ("drise", "random"))
             features = sanity.copy._steps.look(images).features if layered else None
             held = replace(looked, features=features)  # the trained boxes and scores, the copy's features
             for method in methods:

@@ -42,7 +42,8 @@ class Split:
     skip_values: tuple[int, ...] | None = None  # the graph's value numbers of the skips, for a cut between steps
 
     def through(self, x: Tensor) -> Tensor:
-        """The logits through the cut: its feature part, then its head in float32."""
+        """The logits through the cut: its feature part, then its head given float32 (computing in float32, or in
+        bfloat16 where the cut was made with bf16_head)."""
         import tensorflow as tf
 
         activations, skips = self.features(x)
