@@ -264,7 +264,7 @@ class Explainer:
         """What `classes` and `top_k` ask to explain, checked against the model's labels: by default each image's
         top class, or for several labels per image every label at `threshold` (a segmentation: every class on
         `min_area` of the image), up to `top_k`; evaluating a segmentation, its `top_k` largest classes (default 1:
-        each measured class costs 2N + 3 forward passes)."""
+        each measured class costs 2N − 1 forward passes)."""
         kind = self._needs_head().kind
         if evaluating and kind == "pixels":
             return targets.choose(self._model.labels, classes, top_k or (None if classes is not None else 1), key=_key)

@@ -59,7 +59,7 @@ def evaluation_step(made: Any, settings: Settings, sanity: Any = None) -> Callab
                         for _, j, method in keys]
             blurred = metrics.gaussian_blur(images[i], settings.blur_sigma)
             scores.update(zip(keys, metrics.faithfulness_of_maps(matched, images[i], blurred, requests, settings.steps,
-                                                                 settings.batch_size)))
+                                                                 settings.batch_size, unperturbed)))
         return DetectionEvaluation(found, maps, scores, staged)
 
     return compute

@@ -122,7 +122,7 @@ def evaluation_step(
                          float(scored[classes[i, j]])) for i, j, method in keys]
             blurred = metrics.gaussian_blur(images[i], settings.blur_sigma)
             scores = metrics.faithfulness_of_maps(image_forward, images[i], blurred, requests, settings.steps,
-                                                  settings.batch_size)
+                                                  settings.batch_size, unperturbed=scored)
             batch.faithfulness.update(zip(keys, scores))
         return batch
 

@@ -27,21 +27,24 @@ def step_counts(pixels: int, steps: int) -> np.ndarray:
 
 
 def _revealed(order: np.ndarray, shape: tuple[int, int], steps: int) -> np.ndarray:
-    """(N+1, H, W) bool: at step t, the first round(t·H·W/N) pixels of `order`."""
+    """(N−1, H, W) bool: at step t = 1…N−1, the first round(t·H·W/N) pixels of `order` (step 0 has none of them and
+    step N all, whatever the order)."""
     rank = np.empty(order.size, int)
     rank[order] = np.arange(order.size)
-    counts = step_counts(order.size, steps)
+    counts = step_counts(order.size, steps)[1:-1]
     return (rank.reshape(shape)[None] < counts[:, None, None])
 
 
 def deletion_inputs(image: np.ndarray, saliency: np.ndarray, steps: int) -> np.ndarray:
-    """Deletion (Petsiuk et al. 2018): step t sets the first round(t·H·W/N) pixels by the map to black."""
+    """Deletion (Petsiuk et al. 2018): step t = 1…N−1 sets the first round(t·H·W/N) pixels by the map to black
+    (step 0 is the image and step N black, for every map)."""
     gone = _revealed(pixel_order(saliency), saliency.shape, steps)
     return np.where(gone[..., None], 0.0, image[None].astype(np.float32))
 
 
 def insertion_inputs(image: np.ndarray, blurred: np.ndarray, saliency: np.ndarray, steps: int) -> np.ndarray:
-    """Insertion: from the blurred image, step t puts back the first round(t·H·W/N) original pixels by the map."""
+    """Insertion: from the blurred image, step t = 1…N−1 puts back the first round(t·H·W/N) original pixels by the
+    map (step 0 is the blurred image and step N the image, for every map)."""
     back = _revealed(pixel_order(saliency), saliency.shape, steps)
     return np.where(back[..., None], image[None].astype(np.float32), blurred[None].astype(np.float32))
 
@@ -96,28 +99,41 @@ class Faithfulness:
 def faithfulness(forward: Forward, image: np.ndarray, blurred: np.ndarray, saliency: np.ndarray,
                  class_index: int, p: float, steps: int, batch_size: int) -> Faithfulness:
     """Deletion and insertion curves, Average Drop and Increase in Confidence of one map at input size in [0, 1]:
-    2N + 3 forward passes (N + 1 deleted, N + 1 inserted, the image times the map), in batches."""
+    2N + 2 forward passes (the image, black, the blurred image, N − 1 deleted, N − 1 inserted, the image times the
+    map), in batches."""
     return faithfulness_of_maps(forward, image, blurred, [(saliency, class_index, p)], steps, batch_size)[0]
 
 
 def faithfulness_of_maps(forward: Forward, image: np.ndarray, blurred: np.ndarray,
-                         maps: Sequence[tuple[np.ndarray, int, float]], steps: int, batch_size: int) -> list[Faithfulness]:
+                         maps: Sequence[tuple[np.ndarray, int, float]], steps: int, batch_size: int,
+                         unperturbed: np.ndarray | None = None) -> list[Faithfulness]:
     """`faithfulness` for several (map, class, p) of one image, their perturbed inputs streamed through
-    `forward` in full batches (made as they are needed, so memory stays at a few batches)."""
+    `forward` in full batches (made as they are needed, so memory stays at a few batches).
+
+    The curves' ends are the same inputs for every map: deletion starts at the image and ends black, insertion
+    starts blurred and ends at the image. They go through `forward` once (the image not at all where the caller
+    has its scores: `unperturbed`), so M maps cost 3 + M · (2N − 1) passes, not M · (2N + 3).
+    """
+    ends = [image, np.zeros_like(image), blurred] if unperturbed is None else [np.zeros_like(image), blurred]
 
     def perturbed() -> Iterator[np.ndarray]:
+        yield np.stack(ends).astype(np.float32)
         for saliency, _, _ in maps:
             yield deletion_inputs(image, saliency, steps)
             yield insertion_inputs(image, blurred, saliency, steps)
             yield image[None].astype(np.float32) * saliency[None, :, :, None]
 
     probabilities = _in_batches(forward, perturbed(), batch_size)
-    results, per_map = [], 2 * steps + 3
+    if unperturbed is None:
+        unperturbed, probabilities = probabilities[0], probabilities[1:]
+    black, blur = probabilities[0], probabilities[1]
+    results, per_map = [], 2 * steps - 1
     for index, (_, class_index, p) in enumerate(maps):
-        scores = probabilities[index * per_map : (index + 1) * per_map, class_index]
+        scores = probabilities[2 + index * per_map : 2 + (index + 1) * per_map, class_index]
+        deleted, inserted = scores[: steps - 1], scores[steps - 1 : 2 * steps - 2]
         p_masked = float(scores[-1])
-        results.append(Faithfulness([float(v) for v in scores[: steps + 1]],
-                                    [float(v) for v in scores[steps + 1 : 2 * steps + 2]],
+        results.append(Faithfulness([float(v) for v in (unperturbed[class_index], *deleted, black[class_index])],
+                                    [float(v) for v in (blur[class_index], *inserted, unperturbed[class_index])],
                                     average_drop(p, p_masked), increase_in_confidence(p, p_masked)))
     return results
 

@@ -57,7 +57,28 @@ def test_step_counts_round_halves_up_and_every_input_goes_through_forward_in_bat
         return sees_the_object(batch)
 
     metrics.faithfulness(counting, IMAGE, IMAGE, OBJECT * 1.0, 0, 1.0, steps=8, batch_size=7)
-    assert sum(calls) == 2 * 8 + 3 and max(calls) == 7  # 2N + 3 forward passes, never more than a batch
+    assert sum(calls) == 2 * 8 + 2 and max(calls) == 7  # 2N + 2 forward passes, never more than a batch
+
+
+def test_the_curves_ends_go_through_forward_once_for_every_map_of_an_image():
+    # Deletion starts at the image and ends black, insertion starts blurred and ends at the image, whatever the map:
+    # three passes for all the maps of an image, then 2N − 1 a map (N − 1 deleted, N − 1 inserted, the masked image).
+    calls: list[int] = []
+
+    def counting(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return sees_the_object(batch)
+
+    black = np.zeros_like(IMAGE)
+    maps = [(OBJECT * 1.0, 0, 1.0), (1.0 - OBJECT, 0, 1.0), (np.ones((4, 4)), 1, 0.0)]
+    together = metrics.faithfulness_of_maps(counting, IMAGE, black, maps, steps=4, batch_size=5)
+    assert sum(calls) == 3 + len(maps) * (2 * 4 - 1)
+    assert together == [metrics.faithfulness(sees_the_object, IMAGE, black, m, c, p, 4, 32) for m, c, p in maps]
+    # The image's own scores, where the caller has them, are the curves' ends: no pass of the image itself.
+    calls.clear()
+    given = metrics.faithfulness_of_maps(counting, IMAGE, black, maps[:1], 4, 5, unperturbed=np.array([0.9, 0.1]))
+    assert sum(calls) == 2 + 2 * 4 - 1
+    assert given[0].deletion_curve == [0.9, 0, 0, 0, 0] and given[0].insertion_curve == [0, 1, 1, 1, 0.9]
 
 
 def test_auc_is_the_trapezoid_rule():
