@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
-from explain_cli import output, pipeline
+from explain_cli import metrics, output, pipeline
 from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.runs import (OutputOptions, RunOptions, build_report, listener, manifest_in, report, report_after,
                               say, sources, start, unexplained)
@@ -112,8 +112,8 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
                 from None
         layered = [m for m in plan.methods if made.layer_for(m)]
         say(f"{made.name}: evaluating {', '.join(plan.methods)}" + (f" at layer {made.layer}" if layered else "") +
-            f" on each detection, {plan.steps} steps: {len(plan.methods) * (2 * plan.steps + 3)} forward passes per "
-            "detection")
+            f" on each detection, {plan.steps} steps: {metrics.passes_of_maps(len(plan.methods), plan.steps)} forward "
+            "passes per detection, plus the curves' ends once an image")
         measured = evaluation.Settings(plan.methods, plan.steps, plan.blur_sigma, plan.tolerance, plan.seed,
                                        run_options.batch_size)
         figures = frozenset(found[:sanity_figures])

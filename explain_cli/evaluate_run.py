@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from explain_cli import output, pipeline, render
+from explain_cli import metrics, output, pipeline, render
 from explain_cli.api import Explainer
 from explain_cli.errors import BadArgument
 from explain_cli.inputs import Shard, Source
@@ -40,7 +40,8 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
         layered = any(made.layer_for(m) for m in plan.methods)
         say(f"{made.name}: evaluating {', '.join(plan.methods)}" + (f" at layer {made.layer}" if layered else "") +
             f", {plan.steps} steps: "
-            f"{len(plan.methods) * (2 * plan.steps + 3)} forward passes per image and class")
+            f"{metrics.passes_of_maps(len(plan.methods), plan.steps)} forward passes per image and class, plus the "
+            "curves' ends once an image")
         figures = found[:sanity_figures]
 
         def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:

@@ -104,6 +104,11 @@ def faithfulness(forward: Forward, image: np.ndarray, blurred: np.ndarray, salie
     return faithfulness_of_maps(forward, image, blurred, [(saliency, class_index, p)], steps, batch_size)[0]
 
 
+def passes_of_maps(maps: int, steps: int) -> int:
+    """The forward passes M maps of one image make beyond the curves' ends, which they share: M · (2N − 1)."""
+    return maps * (2 * steps - 1)
+
+
 def faithfulness_of_maps(forward: Forward, image: np.ndarray, blurred: np.ndarray,
                          maps: Sequence[tuple[np.ndarray, int, float]], steps: int, batch_size: int,
                          unperturbed: np.ndarray | None = None) -> list[Faithfulness]:
@@ -127,7 +132,7 @@ def faithfulness_of_maps(forward: Forward, image: np.ndarray, blurred: np.ndarra
     if unperturbed is None:
         unperturbed, probabilities = probabilities[0], probabilities[1:]
     black, blur = probabilities[0], probabilities[1]
-    results, per_map = [], 2 * steps - 1
+    results, per_map = [], passes_of_maps(1, steps)
     for index, (_, class_index, p) in enumerate(maps):
         scores = probabilities[2 + index * per_map : 2 + (index + 1) * per_map, class_index]
         deleted, inserted = scores[: steps - 1], scores[steps - 1 : 2 * steps - 2]

@@ -228,6 +228,7 @@ def test_evaluate_json_intervals_and_resume(tiny_model, tiny_labels, photo_tree,
             "--steps", "4", "-o", out, "--json"]
     first = run(*args)
     assert first.exit_code == 0, first.output
+    assert "4 steps: 14 forward passes per image and class, plus the curves' ends once an image" in first.stderr
     summary = [json.loads(line) for line in first.stdout.splitlines()]
     assert {s["method"] for s in summary} == {"gradcam", "random"} and all(s["images"] == 3 for s in summary)
     for s in summary:
