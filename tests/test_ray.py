@@ -210,9 +210,10 @@ def test_detect_and_its_evaluation_on_ray_equal_them_here(detector_model, tmp_pa
         outputs[engine, "detect"] = explain_detector("detect", *scenes, "--truth", tmp_path / "truth.csv",
                                                      "--batch-size", 2, "-o", out, *common)
         outputs[engine, "evaluate"] = explain_detector("evaluate", *scenes, "--methods", "gradcam,random", "--steps", 4,
-                                                       "-o", out / "evaluated", *common)
+                                                       "--sanity", "--sanity-stages", 2, "-o", out / "evaluated", *common)
         outputs[engine] = (output.read_manifest(out), output.read_manifest(out / "evaluated", "evaluation.jsonl"),
-                           sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")))
+                           sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")),
+                           output.read_manifest(out / "evaluated", "sanity.jsonl"))
     for command in ("detect", "evaluate"):
         assert outputs["ray", command].stdout == outputs["local", command].stdout
     summaries = {engine: [line.split("; ")[-1] for line in outputs[engine, "detect"].stderr.splitlines()
@@ -223,3 +224,5 @@ def test_detect_and_its_evaluation_on_ray_equal_them_here(detector_model, tmp_pa
     assert len(here[0]) >= 10 and ray[2] == here[2]  # every detection's overlay and each image's boxes
     same_records(ray[0], here[0])
     same_records(ray[1], here[1])
+    assert len(here[3]) == 2 * len(here[1]) and {r["stage"] for r in here[3]} == {1, 2}  # --sanity on the workers
+    same_records(ray[3], here[3])
