@@ -120,9 +120,9 @@ def _in_bfloat16(layer: Any, policy: Any, made: dict[int, Any]) -> Any:
     in the policy it was made with and casts what it is given to it, so a feature pyramid or a detector's head (a
     layer of layers) would otherwise compute in float32 under a bfloat16 twin; a keras.Sequential among them runs its
     twinned list of layers. `made`: the twins so far, by id, so a sublayer held in two attributes has one twin."""
-    from explain_cli.twin import twin
-
     import keras
+
+    from explain_cli.twin import twin
 
     if id(layer) in made:
         return made[id(layer)]
