@@ -98,9 +98,9 @@ class Explainer:
             if problem:
                 raise BadArgument("--model", problem)
             self._model = models.load(str(model), weights, labels, preprocess, imports=imports, unsafe=unsafe,
-                                      precision=chosen, reading=reading)
+                                      precision=chosen, reading=reading, input_size=input_size)
         else:
-            self._model = models.from_object(model, labels, preprocess, chosen, reading)
+            self._model = models.from_object(model, labels, preprocess, chosen, reading, input_size)
         self._graph = core.graph_of(self._model, offload.choose(runtime, self._model, self.notes.add))
         for note in self._graph.notes:
             self.notes.add(note)

@@ -319,11 +319,10 @@ def explanations(made: Detector, source: Source, original: np.ndarray, found: Fo
 
 def _load(model: Any, labels: Any, preprocess: str | None, imports: Sequence[str], unsafe: bool, precision: str,
           input_size: tuple[int, int] | None) -> Any:
-    """The detector as a LoadedModel: its input size from its input, its keras-hub image converter, or `input_size`."""
+    """The detector as a LoadedModel, fed at its input's size (models.size_of)."""
     from explain_cli import labels as labels_module
     from explain_cli import models
     from explain_cli.backend import load_tensorflow
-    from explain_cli.graph import input_shape_of
 
     _, keras = load_tensorflow()
     if isinstance(model, (str, Path)):
@@ -338,21 +337,11 @@ def _load(model: Any, labels: Any, preprocess: str | None, imports: Sequence[str
         raise ExplainError(f"not a Keras model: a {type(model).__name__} (give a keras.Model or a .keras file)")
     converter = models._image_converter(keras_model)
     prep = converter if preprocess is None and converter is not None else models.preprocessing(preprocess or "none")
-    shape = input_shape_of(keras_model)
-    if len(shape) != 4 or shape[3] not in (1, 3):
-        raise ExplainError(f"{name}: expected one image input (batch, height, width, channels), not {shape}")
-    size = tuple(shape[1:3]) if None not in shape[1:3] else input_size or _converter_size(keras_model)
-    if size is None:
-        raise BadArgument("--input-size", f"{name}: the model's input has no fixed size: give --input-size HxW")
-    return models.LoadedModel(name=name, keras_model=keras_model, height=int(size[0]), width=int(size[1]),
-                              channels=int(shape[3]), preprocess=prep, default_layer=None,
+    height, width, channels = models.size_of(keras_model, name, input_size)
+    return models.LoadedModel(name=name, keras_model=keras_model, height=height, width=width,
+                              channels=channels, preprocess=prep, default_layer=None,
                               labels=labels_module.Labels(()), precision=precision, live=live,
                               identity=None if live else models.identity(str(model), "imagenet", imports))
-
-
-def _converter_size(model: Any) -> tuple[int, int] | None:
-    size = getattr(getattr(getattr(model, "preprocessor", None), "image_converter", None), "image_size", None)
-    return (int(size[0]), int(size[1])) if size is not None and None not in tuple(size) else None
 
 
 def _with_labels(model: Any, labels: Any) -> Any:

@@ -39,6 +39,18 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def model_failure(error: BaseException) -> str | None:
+    """One line for an error TensorFlow raised while running the model's graph (None for any other error): the last
+    unindented line of its message, which TensorFlow puts after the stack where the failing node was made."""
+    if not type(error).__module__.startswith("tensorflow"):
+        return None
+    lines = [_ANSI.sub("", line).rstrip() for line in str(error).splitlines()]
+    said = [line for line in lines if line and not line[0].isspace() and not line.startswith(_TENSORFLOW_FRAMING)]
+    return said[-1] if said else type(error).__name__
+
+
+_TENSORFLOW_FRAMING = ("Traceback", "Detected at node", "Graph execution error")
+
 Listener = Callable[[str, bool], None]  # a note as it comes, and whether it is a warning
 
 

@@ -21,8 +21,8 @@ from types import ModuleType
 from typing import Any, Callable, Sequence
 
 from explain_cli import labels as labels_module
-from explain_cli.errors import ExplainError, first_line
-from explain_cli.graph import input_shape_of  # noqa: F401 (its users read it here too)
+from explain_cli.errors import BadArgument, ExplainError, first_line
+from explain_cli.graph import input_shape_of
 from explain_cli.labels import Labels
 
 PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
@@ -92,9 +92,11 @@ def load(
     unsafe: bool = False,
     precision: str = "fp32",
     reading: Any = None,
+    input_size: tuple[int, int] | None = None,
 ) -> LoadedModel:
     """Build a built-in model (ImageNet weights or a local weights file) or load a user's model file; `reading`
-    (heads.Reading) says which output to explain and how to read it.
+    (heads.Reading) says which output to explain and how to read it; `input_size`, the size to feed a model whose
+    input's is free.
 
     `imports` (module names or .py files) are imported first, so that the custom layers a model file
     names are defined; `unsafe` lets Keras run the Python code a file stores (Lambda layers).
@@ -117,7 +119,7 @@ def load(
         converter = _image_converter(model)
         prep = converter if preprocess is None and converter is not None else preprocessing(preprocess or "none")
         default = None
-    loaded = _loaded(model, name, spec, prep, default, labels_file, precision, reading)
+    loaded = _loaded(model, name, spec, prep, default, labels_file, precision, reading, input_size)
     return dataclasses.replace(loaded, identity=identity(spec, weights, imports))
 
 
@@ -147,7 +149,8 @@ def identity(spec: str, weights: str, imports: Sequence[str] = ()) -> str:
 
 
 def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, preprocess: str | None = None,
-                precision: str = "fp32", reading: Any = None) -> LoadedModel:
+                precision: str = "fp32", reading: Any = None,
+                input_size: tuple[int, int] | None = None) -> LoadedModel:
     """A keras.Model already in memory (a notebook's, a training script's), used as it is: explain replays its own
     layers, so what it computes follows the model's current weights."""
     from explain_cli.backend import load_tensorflow
@@ -158,17 +161,19 @@ def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, pr
                            "model file)")
     converter = _image_converter(model)
     prep = converter if preprocess is None and converter is not None else preprocessing(preprocess or "none")
-    return dataclasses.replace(_loaded(model, model.name, model.name, prep, None, labels, precision, reading),
+    return dataclasses.replace(_loaded(model, model.name, model.name, prep, None, labels, precision, reading,
+                                               input_size),
                                live=True)
 
 
 def _loaded(model: Any, name: str, spec: str, prep: Callable[[Any], Any], default: str | None,
-            labels: Path | str | Sequence[str] | None, precision: str, reading: Any) -> LoadedModel:
+            labels: Path | str | Sequence[str] | None, precision: str, reading: Any,
+            input_size: tuple[int, int] | None = None) -> LoadedModel:
     from explain_cli import graph as graph_module
     from explain_cli import heads, split
 
     reading = reading or heads.Reading()
-    height, width, channels = _input_size(model, spec)
+    height, width, channels = size_of(model, spec, input_size)
     graph = graph_module.flatten(model, reading.output)
     head, names = None, None
     if graph.output is not None:
@@ -334,16 +339,34 @@ def _import(spec: str) -> ModuleType:
         raise ExplainError(f"--import {spec}: {type(error).__name__}: {first_line(error)}") from None
 
 
-def _input_size(model: Any, spec: str) -> tuple[int, int, int]:
+def size_of(model: Any, spec: str, given: tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """(height, width, channels) the model is fed at: its input's own size; where that is free, `given`
+    (--input-size) or the size its keras-hub image converter resizes to (which must then agree)."""
     shape = input_shape_of(model)
     if len(shape) != 4:
         raise ExplainError(f"{spec}: expected one image input (batch, height, width, channels)")
     _, height, width, channels = shape
-    if height is None or width is None:
-        raise ExplainError(f"{spec}: the model's input has no fixed height and width to resize images to")
     if channels not in (1, 3):
         raise ExplainError(f"{spec}: the model's input has {channels} channels; expected 1 or 3")
-    return int(height), int(width), int(channels)
+    if height is not None and width is not None:
+        if given is not None and given != (height, width):
+            raise BadArgument("--input-size", f"{spec} takes {height}×{width} images, not {given[0]}×{given[1]}")
+        return int(height), int(width), int(channels)
+    converted = converter_size(model)
+    if given is not None and converted is not None and given != converted:  # it would resize them back
+        raise BadArgument("--input-size", f"{spec}: its image converter resizes images to {converted[0]}×{converted[1]}, "
+                          f"not {given[0]}×{given[1]}")
+    size = given or converted
+    if size is None:
+        raise BadArgument("--input-size", f"{spec}: the model's input has no fixed height and width; give "
+                          "--input-size HEIGHTxWIDTH")
+    return size[0], size[1], int(channels)
+
+
+def converter_size(model: Any) -> tuple[int, int] | None:
+    """The (height, width) a keras-hub task's image converter resizes to, where it says one."""
+    size = getattr(getattr(getattr(model, "preprocessor", None), "image_converter", None), "image_size", None)
+    return (int(size[0]), int(size[1])) if size is not None and None not in tuple(size) else None
 
 
 def _own_preprocess(entry: BuiltIn) -> Callable[[Any], Any]:

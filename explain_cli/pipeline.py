@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 import numpy as np
 
-from explain_cli import inputs, output, render
-from explain_cli.errors import BadInput
+from explain_cli import inputs, interrupts, output, render
+from explain_cli.errors import BadInput, model_failure
 from explain_cli.inputs import Source
 from explain_cli.output import Prediction
 from explain_cli.results import Explanation, frozen_array
@@ -201,7 +201,17 @@ def _compute_and_finish(
     pool: ThreadPoolExecutor, decoded: list[Decoded], compute: Compute, finish: Finish
 ) -> list[Future[ImageResult]]:
     good = [(source, picture, x) for source, picture, x in decoded if x is not None]
-    result = compute(np.stack([x for _, _, x in good]), [source for source, _, _ in good]) if good else None
+    try:
+        result = compute(np.stack([x for _, _, x in good]), [source for source, _, _ in good]) if good else None
+    except Exception as error:
+        failure = model_failure(error)
+        if failure is None or interrupts.received() is not None:
+            raise
+        # The model failed on this batch (a check of its own, a shape it refuses): each of its images says so,
+        # and the run goes on, as for an image that cannot be read.
+        decoded = [(source, BadInput(source.shown, f"the model failed as it ran: {failure}"), None)
+                   for source, _, _ in decoded]
+        result = None
     rows = {id(source): row for row, (source, _, _) in enumerate(good)}
 
     def finish_with_notes(source: Source, picture: inputs.Picture) -> ImageResult:

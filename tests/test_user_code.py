@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -189,3 +190,47 @@ def test_an_unexpected_failure_while_listing_layers_is_not_hidden(keras):
     model = keras.Model(inputs, Broken()(keras.layers.Conv2D(2, 3)(inputs)))
     with pytest.raises(RuntimeError, match="a defect in the layer"):
         graph.flatten(model)
+
+
+def test_a_batch_the_model_fails_on_is_one_line_an_image_and_the_run_goes_on(keras, tmp_path):
+    """Picky refuses the dark image once it is scaled to [-1, 1]: TensorFlow's error, with its stack of where the
+    node was made, becomes one line for each image of that batch (here one); the others are explained."""
+    code = tmp_path / "picky.py"
+    code.write_text(PICKY_CODE)
+    spec = importlib.util.spec_from_file_location("picky", code)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = tmp_path / "picky.keras"
+    small_model(keras, module.Picky(name="picky")).save(path)
+    keras.saving.get_custom_objects().pop("explain_test>Picky", None)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, value in (("bright", 255), ("dark", 60), ("white", 255)):
+        Image.fromarray(np.full((30, 40, 3), value, np.uint8)).save(folder / f"{name}.png")
+    result = CliRunner().invoke(cli, ["gradcam", str(folder), "--model", str(path), "--import", str(code),
+                                      "--preprocess", "tf", "--runtime", "tensorflow", "--batch-size", "1",
+                                      "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    failed = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert failed == [f"error: {folder / 'dark.png'}: the model failed as it ran: assertion failed: [pixels must be "
+                      "0-255] [Condition x >= y did not hold element-wise:] [x (picky_1/Max:0) = ] [-0.529411733] "
+                      "[y (picky_1/assert_greater_equal/y:0) = ] [1]"]
+    written = [json.loads(line)["image"] for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(Path(p).name for p in written) == ["bright.png", "white.png"]
+
+
+def test_tensorflows_errors_are_told_by_their_last_line_and_others_are_not_taken():
+    import tensorflow as tf
+
+    from explain_cli.errors import model_failure
+
+    @tf.function
+    def picky(x):
+        tf.debugging.assert_greater_equal(tf.reduce_max(x), 1.0, message="pixels must be 0-255")
+        return x
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        picky(tf.zeros((2, 2)))
+    assert str(raised.value).count("\n") > 2  # TensorFlow's message: its framing and the stack, then what failed
+    assert model_failure(raised.value).startswith("assertion failed: [pixels must be 0-255]")
+    assert model_failure(ValueError("explain's own defect")) is None  # a bug stays a traceback

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import click
 
 from explain_cli import models
-from explain_cli.errors import BadArgument, ExplainError
+from explain_cli.errors import BadArgument, ExplainError, model_failure
 from explain_cli.shards import DEFAULT_MAX_PIXELS, Shard, parse_shard
 
 
@@ -103,7 +103,8 @@ model_options = options(
     click.option("--output-index", type=click.IntRange(0), metavar="K",
                  help="Read element K of a vector output as a value (a regression), explained as itself."),
     click.option("--input-size", callback=lambda ctx, param, value: _input_size(value), metavar="HEIGHTxWIDTH",
-                 help="A SavedModel, .tflite or .onnx file whose input size is free: the size to feed it."),
+                 help="A model whose input size is free (a Keras file whose keras-hub image converter does not say it, "
+                 "a SavedModel, .tflite or .onnx file): the size to feed it."),
     click.option("--layout", type=click.Choice(["nhwc", "nchw"]),
                  help="A SavedModel, .tflite or .onnx file: its input's layout, where its shape does not say."),
     click.option("--outputs", "outputs_are", type=click.Choice(["logits", "probabilities"]),
@@ -337,10 +338,14 @@ class Command(click.Command):
             # `explain predict dir | head`: the reader left; stop quietly, like any Unix filter.
             _silence_stdout()
             ctx.exit(141)
-        except Exception:  # after a signal, whatever a library made of it (see interrupts.received)
+        except Exception as error:  # after a signal, whatever a library made of it (see interrupts.received)
             signum = interrupts.received()
             if signum is None:
-                raise
+                failure = model_failure(error)  # the user's model failed as it ran: one line, not TensorFlow's stack
+                if failure is None:
+                    raise
+                click.echo(f"error: the model failed as it ran: {failure}", err=True)
+                ctx.exit(1)
             click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
             ctx.exit(128 + signum)
 
