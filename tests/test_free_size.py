@@ -147,3 +147,25 @@ def _saved(images, folder):
         paths.append(folder / f"photo{i}.png")
         Image.fromarray(image).save(paths[-1])
     return paths
+
+
+def test_a_fully_convolutional_segmenter_is_fed_at_the_size_given(keras, tmp_path):
+    from tests.test_segment import close, seg_gradcam_by_tape
+
+    keras.utils.set_random_seed(9)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    features = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="features")(x)
+    logits = keras.layers.Conv2D(3, 1, name="logits")(features)
+    path = tmp_path / "fcn.keras"
+    keras.Model(inputs, keras.layers.Softmax(name="pixels")(logits)).save(path)
+    explainer = Explainer(path, input_size=(32, 48), precision="fp32", runtime="tensorflow")
+    assert explainer.head.kind == "pixels" and explainer.input_size == (32, 48, 3)
+    images = photos(1, size=(32, 48))
+    model = keras.models.load_model(path)
+    multi = keras.Model(model.input, [model.get_layer("features").output, model.get_layer("logits").output])
+    explained = explainer.explain(images, top_k=2)
+    assert len(explained) == 2
+    for e in explained:
+        assert e.map.shape == (32, 48)
+        close(e.map, seg_gradcam_by_tape(keras, multi, images, [e.class_index])[0])
