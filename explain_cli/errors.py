@@ -1,4 +1,5 @@
-"""The two ways a run can fail short of a bug, each printed as one line, and the one line of a library's error."""
+"""The two ways a run can fail short of a bug, each printed as one line, and the one line of a library's error (and of a
+model that fails as it runs)."""
 
 import re
 import warnings
@@ -39,6 +40,10 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+# The lines TensorFlow frames a failing node's own message with.
+_TENSORFLOW_FRAMING = ("Traceback", "Detected at node", "Graph execution error")
+
+
 def model_failure(error: BaseException) -> str | None:
     """One line for an error TensorFlow raised while running the model's graph (None for any other error): the last
     unindented line of its message, which TensorFlow puts after the stack where the failing node was made."""
@@ -48,8 +53,6 @@ def model_failure(error: BaseException) -> str | None:
     said = [line for line in lines if line and not line[0].isspace() and not line.startswith(_TENSORFLOW_FRAMING)]
     return said[-1] if said else type(error).__name__
 
-
-_TENSORFLOW_FRAMING = ("Traceback", "Detected at node", "Graph execution error")
 
 Listener = Callable[[str, bool], None]  # a note as it comes, and whether it is a warning
 

@@ -161,9 +161,8 @@ def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, pr
                            "model file)")
     converter = _image_converter(model)
     prep = converter if preprocess is None and converter is not None else preprocessing(preprocess or "none")
-    return dataclasses.replace(_loaded(model, model.name, model.name, prep, None, labels, precision, reading,
-                                               input_size),
-                               live=True)
+    loaded = _loaded(model, model.name, model.name, prep, None, labels, precision, reading, input_size)
+    return dataclasses.replace(loaded, live=True)
 
 
 def _loaded(model: Any, name: str, spec: str, prep: Callable[[Any], Any], default: str | None,
@@ -346,6 +345,7 @@ def size_of(model: Any, spec: str, given: tuple[int, int] | None = None) -> tupl
     if len(shape) != 4:
         raise ExplainError(f"{spec}: expected one image input (batch, height, width, channels)")
     _, height, width, channels = shape
+    given = None if given is None else (int(given[0]), int(given[1]))  # a list from Python compares as a tuple
     if channels not in (1, 3):
         raise ExplainError(f"{spec}: the model's input has {channels} channels; expected 1 or 3")
     if height is not None and width is not None:
@@ -354,8 +354,8 @@ def size_of(model: Any, spec: str, given: tuple[int, int] | None = None) -> tupl
         return int(height), int(width), int(channels)
     converted = converter_size(model)
     if given is not None and converted is not None and given != converted:  # it would resize them back
-        raise BadArgument("--input-size", f"{spec}: its image converter resizes images to {converted[0]}×{converted[1]}, "
-                          f"not {given[0]}×{given[1]}")
+        raise BadArgument("--input-size", f"{spec}: its image converter resizes images to "
+                          f"{converted[0]}×{converted[1]}, not {given[0]}×{given[1]}")
     size = given or converted
     if size is None:
         raise BadArgument("--input-size", f"{spec}: the model's input has no fixed height and width; give "

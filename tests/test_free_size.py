@@ -89,7 +89,7 @@ def test_a_size_other_than_a_fixed_inputs_is_refused(tmp_path, keras):
     done = run("predict", path, "--model", path, "--input-size", "32x32")
     assert done.exit_code == 2
     assert done.output.splitlines()[-1] == f"Error: Invalid value for --input-size: {path} takes 40×48 images, not 32×32"
-    assert Explainer(path, input_size=(40, 48)).input_size == (40, 48, 3)  # the same size is no contradiction
+    assert Explainer(path, input_size=[40, 48]).input_size == (40, 48, 3)  # the same size is no contradiction
 
 
 @pytest.fixture(scope="module")
