@@ -348,9 +348,10 @@ def size_of(model: Any, spec: str, given: tuple[int, int] | None = None) -> tupl
     given = None if given is None else (int(given[0]), int(given[1]))  # a list from Python compares as a tuple
     if channels not in (1, 3):
         raise ExplainError(f"{spec}: the model's input has {channels} channels; expected 1 or 3")
+    if given is not None and any(side is not None and side != want for side, want in zip((height, width), given)):
+        shown = "×".join("any" if side is None else str(side) for side in (height, width))
+        raise BadArgument("--input-size", f"{spec} takes {shown} images, not {given[0]}×{given[1]}")
     if height is not None and width is not None:
-        if given is not None and given != (height, width):
-            raise BadArgument("--input-size", f"{spec} takes {height}×{width} images, not {given[0]}×{given[1]}")
         return int(height), int(width), int(channels)
     converted = converter_size(model)
     if given is not None and converted is not None and given != converted:  # it would resize them back

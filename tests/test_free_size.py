@@ -92,6 +92,17 @@ def test_a_size_other_than_a_fixed_inputs_is_refused(tmp_path, keras):
     assert Explainer(path, input_size=[40, 48]).input_size == (40, 48, 3)  # the same size is no contradiction
 
 
+def test_a_side_the_model_fixes_must_be_the_size_givens(keras):
+    """A text-line model: 32 pixels high, any width."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((32, None, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(keras.layers.Rescaling(1 / 255.0)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)), name="line")
+    with pytest.raises(BadArgument, match=r"^line takes 32×any images, not 40×96$"):
+        Explainer(model, input_size=(40, 96))
+    assert Explainer(model, input_size=(32, 96)).input_size == (32, 96, 3)
+
+
 @pytest.fixture(scope="module")
 def hub_classifier(keras, tmp_path_factory):
     """keras-hub's ResNet image classifier as keras-hub builds it (its backbone takes any size), saved with the
