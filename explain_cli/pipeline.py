@@ -207,10 +207,11 @@ def _compute_and_finish(
         failure = model_failure(error)
         if failure is None or interrupts.received() is not None:
             raise
-        # The model failed on this batch (a check of its own, a shape it refuses): each of its images says so,
-        # and the run goes on, as for an image that cannot be read.
-        decoded = [(source, BadInput(source.shown, f"the model failed as it ran: {failure}"), None)
-                   for source, _, _ in decoded]
+        # The model failed on this batch (a check of its own, a shape it refuses): each of its images says so (an
+        # image that could not be read, why not), and the run goes on, as for an image that cannot be read.
+        decoded = [(source, picture if isinstance(picture, BadInput) else
+                    BadInput(source.shown, f"the model failed as it ran: {failure}"), None)
+                   for source, picture, _ in decoded]
         result = None
     rows = {id(source): row for row, (source, _, _) in enumerate(good)}
 

@@ -194,7 +194,8 @@ def test_an_unexpected_failure_while_listing_layers_is_not_hidden(keras):
 
 def test_a_batch_the_model_fails_on_is_one_line_an_image_and_the_run_goes_on(keras, tmp_path):
     """Picky refuses the dark image once it is scaled to [-1, 1]: TensorFlow's error, with its stack of where the
-    node was made, becomes one line for each image of that batch (here one); the others are explained."""
+    node was made, becomes one line for each image of that batch (an empty file beside it keeps its own); the next
+    batch is explained."""
     code = tmp_path / "picky.py"
     code.write_text(PICKY_CODE)
     spec = importlib.util.spec_from_file_location("picky", code)
@@ -205,18 +206,20 @@ def test_a_batch_the_model_fails_on_is_one_line_an_image_and_the_run_goes_on(ker
     keras.saving.get_custom_objects().pop("explain_test>Picky", None)
     folder = tmp_path / "photos"
     folder.mkdir()
-    for name, value in (("bright", 255), ("dark", 60), ("white", 255)):
+    (folder / "a_empty.png").write_bytes(b"")  # in the failing batch too: it keeps its own reason
+    for name, value in (("b_dark", 60), ("c_white", 255), ("d_bright", 255)):
         Image.fromarray(np.full((30, 40, 3), value, np.uint8)).save(folder / f"{name}.png")
     result = CliRunner().invoke(cli, ["gradcam", str(folder), "--model", str(path), "--import", str(code),
-                                      "--preprocess", "tf", "--runtime", "tensorflow", "--batch-size", "1",
+                                      "--preprocess", "tf", "--runtime", "tensorflow", "--batch-size", "2",
                                       "-o", str(tmp_path / "out")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     failed = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert failed == [f"error: {folder / 'dark.png'}: the model failed as it ran: assertion failed: [pixels must be "
+    assert failed == [f"error: {folder / 'a_empty.png'}: empty file",
+                      f"error: {folder / 'b_dark.png'}: the model failed as it ran: assertion failed: [pixels must be "
                       "0-255] [Condition x >= y did not hold element-wise:] [x (picky_1/Max:0) = ] [-0.529411733] "
                       "[y (picky_1/assert_greater_equal/y:0) = ] [1]"]
     written = [json.loads(line)["image"] for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
-    assert sorted(Path(p).name for p in written) == ["bright.png", "white.png"]
+    assert sorted(Path(p).name for p in written) == ["c_white.png", "d_bright.png"]
 
 
 def test_tensorflows_errors_are_told_by_their_last_line_and_others_are_not_taken():
