@@ -252,6 +252,10 @@ def _convert(offload: Offload, fp32: Callable[[Any], Any], folder: Path | None) 
 
     spec = tf.TensorSpec([None, *offload.shape], tf.float32)
     traced = tf.function(fp32, autograph=False).get_concrete_function(spec)
+    checks = _checks(traced)
+    if checks:  # the converters drop them: a model's own check of its inputs would pass whatever it is given
+        raise ExplainError(f"it checks what it is given ({', '.join(checks)}), which {_NAMES[offload.runtime]} "
+                           "would skip")
     signature = _signature(traced)
     root = folder.parent if folder is not None else Path(tempfile.gettempdir())
     root.mkdir(parents=True, exist_ok=True)
@@ -276,6 +280,17 @@ def _convert(offload: Offload, fp32: Callable[[Any], Any], folder: Path | None) 
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def _checks(traced: Any) -> list[str]:
+    """The assertion operations in a traced function, its nested functions' (a tf.debugging.assert_* in a layer's
+    call: an Assert inside a conditional) included."""
+    graph = traced.graph.as_graph_def()
+    nodes = [*graph.node, *(node for function in graph.library.function for node in function.node_def)]
+    return sorted({node.op for node in nodes if node.op in _ASSERTIONS})
+
+
+_ASSERTIONS = ("Assert", "CheckNumerics", "CheckNumericsV2")
 
 
 def _outputs_only(openvino: Any, converted: Any, wanted: list[str]) -> Any:

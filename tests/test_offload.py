@@ -100,8 +100,11 @@ def _results(explainer, images, methods):
 
 def _same(spec, layer, images, methods, **made):
     """The maps, feature pass and probabilities of TensorFlow alone and of OpenVINO's feature pass, in fp32."""
-    tensorflow, runtime = (_results(Explainer(spec, layer=layer, precision="fp32", runtime=r, max_masks=8, **made),
-                                    images, methods) for r in ("tensorflow", "openvino"))
+    explainers = [Explainer(spec, layer=layer, precision="fp32", runtime=r, max_masks=8, **made)
+                  for r in ("tensorflow", "openvino")]
+    tensorflow, runtime = (_results(explainer, images, methods) for explainer in explainers)
+    # OpenVINO did run (a pass that fell back to TensorFlow would make this comparison hollow)
+    assert any(n.startswith("runtime openvino for the feature pass") for n in explainers[1].notes), explainers[1].notes
     for method, expected in tensorflow[0].items():
         got = runtime[0][method]
         if isinstance(expected, str):
@@ -166,6 +169,41 @@ def squash_model(keras, tmp_path_factory):
     x = keras.layers.Conv2D(8, 3, name="last")(Squash()(x))
     outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
     path = folder / "squash.keras"
+    keras.Model(inputs, outputs).save(path)
+    return ["--model", str(path), "--import", str(code)]
+
+
+CHECKED = '''
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class Checked(keras.layers.Layer):
+    """Passes its input on, once it has checked the pixels were scaled to [0, 1]."""
+
+    def call(self, x):
+        tf.debugging.assert_less_equal(tf.reduce_max(x), 1.0, message="pixels must be scaled to [0, 1]")
+        return x
+'''
+
+
+@pytest.fixture(scope="module")
+def checked_model(keras, tmp_path_factory):
+    """A user's model that checks what it is given before its convolution: a check the converters would drop."""
+    folder = tmp_path_factory.mktemp("checked")
+    code = folder / "checked.py"
+    code.write_text(CHECKED)
+    sys.path.insert(0, str(folder))
+    try:
+        from checked import Checked
+    finally:
+        sys.path.remove(str(folder))
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((40, 40, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="last")(Checked()(inputs))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    path = folder / "checked.keras"
     keras.Model(inputs, outputs).save(path)
     return ["--model", str(path), "--import", str(code)]
 
@@ -401,3 +439,16 @@ def test_a_pass_is_converted_only_when_it_runs(keras, tmp_path, monkeypatch):
     explained = made.explain([image])
     assert len(explained) == 2 and any("runtime openvino for the feature pass up to features" in n for n in made.notes)
     assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_a_model_that_checks_its_inputs_keeps_its_checks_on_tensorflow(checked_model, photo, tmp_path):
+    """Unscaled pixels (0-255, with --preprocess none) fail the model's own check: on TensorFlow, as they would
+    without explain, not waved through by a converter that drops assertions."""
+    auto = _run("predict", photo, *checked_model, "-v")
+    assert auto.exit_code == 1
+    assert ("note: checked.keras: runtime tensorflow for the feature pass up to last: OpenVINO could not take it (it "
+            "checks what it is given (Assert), which OpenVINO would skip)") in auto.stderr
+    assert f"error: {photo}: the model failed as it ran: assertion failed: [pixels must be scaled to [0, 1]]" in \
+        auto.stderr
+    scaled = _run("predict", photo, *checked_model, "--preprocess", "tf")  # [-1, 1]: the check holds
+    assert scaled.exit_code == 0 and len(_rows(scaled)) == 3, scaled.output

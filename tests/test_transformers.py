@@ -43,7 +43,8 @@ def _vit(keras, class_token: bool = True, preprocessor: bool = False):
 
     keras.utils.set_random_seed(7)
     backbone = keras_hub.models.ViTBackbone(image_shape=(HEIGHT, WIDTH, 3), patch_size=PATCH, num_layers=4,
-                                            num_heads=3, hidden_dim=192, mlp_dim=384, use_class_token=class_token)
+                                            num_heads=3, hidden_dim=192, mlp_dim=384, use_class_token=class_token,
+                                            name="vi_t_backbone")  # not _1, _2 after others made in this process
     converter = keras_hub.layers.ViTImageConverter(image_size=(HEIGHT, WIDTH), scale=1 / 127.5, offset=-1.0)
     return keras_hub.models.ViTImageClassifier(
         backbone=backbone, num_classes=CLASSES, pooling="token" if class_token else "gap",
