@@ -353,7 +353,7 @@ def size_of(model: Any, spec: str, given: tuple[int, int] | None = None) -> tupl
         raise BadArgument("--input-size", f"{spec} takes {shown} images, not {given[0]}×{given[1]}")
     if height is not None and width is not None:
         return int(height), int(width), int(channels)
-    converted = converter_size(model)
+    converted = _converter_size(model)
     if given is not None and converted is not None and given != converted:  # it would resize them back
         raise BadArgument("--input-size", f"{spec}: its image converter resizes images to "
                           f"{converted[0]}×{converted[1]}, not {given[0]}×{given[1]}")
@@ -364,9 +364,9 @@ def size_of(model: Any, spec: str, given: tuple[int, int] | None = None) -> tupl
     return size[0], size[1], int(channels)
 
 
-def converter_size(model: Any) -> tuple[int, int] | None:
+def _converter_size(model: Any) -> tuple[int, int] | None:
     """The (height, width) a keras-hub task's image converter resizes to, where it says one."""
-    size = getattr(getattr(getattr(model, "preprocessor", None), "image_converter", None), "image_size", None)
+    size = getattr(_converter_layer(model), "image_size", None)
     return (int(size[0]), int(size[1])) if size is not None and None not in tuple(size) else None
 
 
@@ -376,10 +376,15 @@ def _own_preprocess(entry: BuiltIn) -> Callable[[Any], Any]:
     return getattr(keras.applications, entry.module).preprocess_input
 
 
+def _converter_layer(model: Any) -> Any:
+    """A keras-hub task's image converter (a layer), where it was saved with its preprocessor; else None."""
+    return getattr(getattr(model, "preprocessor", None), "image_converter", None)
+
+
 def _image_converter(model: Any) -> Callable[[Any], Any] | None:
     """A keras-hub task saved with its preprocessor: the image converter that scales its inputs (its resize is the
     identity here: images arrive at the model's size)."""
-    converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
+    converter = _converter_layer(model)
     return (lambda x: converter(x)) if callable(converter) else None
 
 

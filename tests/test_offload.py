@@ -3,6 +3,7 @@ Runtime, with the same maps as TensorFlow alone; converted once and cached on di
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -152,25 +153,34 @@ class Squash(keras.layers.Layer):
 '''
 
 
-@pytest.fixture(scope="module")
-def squash_model(keras, tmp_path_factory):
-    """A user's model with a custom layer that runs numpy before its last convolution: no converter takes it."""
-    folder = tmp_path_factory.mktemp("squash")
-    code = folder / "squash.py"
-    code.write_text(SQUASH)
+def _users_model(keras, tmp_path_factory, module: str, code: str, make) -> list[str]:
+    """A user's model file that loads only with its code: `code`, written as MODULE.py and imported, hands its layer
+    class to `make`, which builds the model; the command line's arguments for it."""
+    folder = tmp_path_factory.mktemp(module)
+    source = folder / f"{module}.py"
+    source.write_text(code)
     sys.path.insert(0, str(folder))
     try:
-        from squash import Squash
+        imported = importlib.import_module(module)
     finally:
         sys.path.remove(str(folder))
     keras.utils.set_random_seed(2)
-    inputs = keras.Input((40, 40, 3))
-    x = keras.layers.Conv2D(8, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
-    x = keras.layers.Conv2D(8, 3, name="last")(Squash()(x))
-    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
-    path = folder / "squash.keras"
-    keras.Model(inputs, outputs).save(path)
-    return ["--model", str(path), "--import", str(code)]
+    path = folder / f"{module}.keras"
+    make(imported).save(path)
+    return ["--model", str(path), "--import", str(source)]
+
+
+@pytest.fixture(scope="module")
+def squash_model(keras, tmp_path_factory):
+    """A user's model with a custom layer that runs numpy before its last convolution: no converter takes it."""
+
+    def make(code):
+        inputs = keras.Input((40, 40, 3))
+        x = keras.layers.Conv2D(8, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+        x = keras.layers.Conv2D(8, 3, name="last")(code.Squash()(x))
+        return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+
+    return _users_model(keras, tmp_path_factory, "squash", SQUASH, make)
 
 
 CHECKED = '''
@@ -191,21 +201,13 @@ class Checked(keras.layers.Layer):
 @pytest.fixture(scope="module")
 def checked_model(keras, tmp_path_factory):
     """A user's model that checks what it is given before its convolution: a check the converters would drop."""
-    folder = tmp_path_factory.mktemp("checked")
-    code = folder / "checked.py"
-    code.write_text(CHECKED)
-    sys.path.insert(0, str(folder))
-    try:
-        from checked import Checked
-    finally:
-        sys.path.remove(str(folder))
-    keras.utils.set_random_seed(2)
-    inputs = keras.Input((40, 40, 3))
-    x = keras.layers.Conv2D(8, 3, activation="relu", name="last")(Checked()(inputs))
-    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
-    path = folder / "checked.keras"
-    keras.Model(inputs, outputs).save(path)
-    return ["--model", str(path), "--import", str(code)]
+
+    def make(code):
+        inputs = keras.Input((40, 40, 3))
+        x = keras.layers.Conv2D(8, 3, activation="relu", name="last")(code.Checked()(inputs))
+        return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+
+    return _users_model(keras, tmp_path_factory, "checked", CHECKED, make)
 
 
 @pytest.fixture

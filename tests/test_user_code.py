@@ -134,15 +134,21 @@ class Picky(keras.layers.Layer):
 '''
 
 
-def test_a_model_that_cannot_run_on_random_images_says_why_with_verbose_and_is_explained(keras, image, tmp_path):
-    code = tmp_path / "picky.py"
+def picky_model(keras, folder: Path) -> tuple[Path, Path]:
+    """small_model behind Picky, saved to a file; its code, written beside it, is the only way to load it again."""
+    code = folder / "picky.py"
     code.write_text(PICKY_CODE)
     spec = importlib.util.spec_from_file_location("picky", code)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    path = tmp_path / "picky.keras"
+    path = folder / "picky.keras"
     small_model(keras, module.Picky(name="picky")).save(path)
     keras.saving.get_custom_objects().pop("explain_test>Picky", None)
+    return path, code
+
+
+def test_a_model_that_cannot_run_on_random_images_says_why_with_verbose_and_is_explained(keras, image, tmp_path):
+    path, code = picky_model(keras, tmp_path)
     result = run("gradcam", image, "--model", path, "--import", code, "-o", tmp_path / "out", "-v")
     assert result.exit_code == 0, result.output
     assert ("note: picky.keras: running it on two random images to list the layers inside its subclassed layers "
@@ -159,14 +165,7 @@ def test_a_users_own_layer_computes_in_float32_whatever_the_precision(keras, ima
 
     if precision.bf16_support() == "unavailable":
         pytest.skip("ONEDNN_MAX_CPU_ISA denies oneDNN bfloat16 (test_precision.py)")
-    code = tmp_path / "picky.py"
-    code.write_text(PICKY_CODE)
-    spec = importlib.util.spec_from_file_location("picky", code)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    path = tmp_path / "picky.keras"
-    small_model(keras, module.Picky(name="picky")).save(path)
-    keras.saving.get_custom_objects().pop("explain_test>Picky", None)
+    path, code = picky_model(keras, tmp_path)
     result = run("gradcam", image, "--model", path, "--import", code, "-o", tmp_path / "out", "--precision", "bf16")
     assert result.exit_code == 0, result.output
 
@@ -196,14 +195,7 @@ def test_a_batch_the_model_fails_on_is_one_line_an_image_and_the_run_goes_on(ker
     """Picky refuses the dark image once it is scaled to [-1, 1]: TensorFlow's error, with its stack of where the
     node was made, becomes one line for each image of that batch (an empty file beside it keeps its own); the next
     batch is explained."""
-    code = tmp_path / "picky.py"
-    code.write_text(PICKY_CODE)
-    spec = importlib.util.spec_from_file_location("picky", code)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    path = tmp_path / "picky.keras"
-    small_model(keras, module.Picky(name="picky")).save(path)
-    keras.saving.get_custom_objects().pop("explain_test>Picky", None)
+    path, code = picky_model(keras, tmp_path)
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "a_empty.png").write_bytes(b"")  # in the failing batch too: it keeps its own reason
