@@ -12,6 +12,7 @@ later call. The command line is written on this class (runs.py); nothing here pr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -23,7 +24,7 @@ from explain_cli import output, pipeline, runtimes, targets
 from explain_cli.errors import BadArgument, ExplainError, Listener, Notes
 from explain_cli.inputs import Source
 from explain_cli.methods import METHODS
-from explain_cli.methods.perturbation import PERTURBATION_METHODS
+from explain_cli.methods.perturbation import GREY, PERTURBATION_METHODS
 from explain_cli.methods.saliency import PIXEL_METHODS
 from explain_cli.results import Evaluation, Explanation, ImagePredictions, Layer
 from explain_cli.settings import RANDOM, EvaluationPlan, Settings, check, check_methods
@@ -55,7 +56,14 @@ class Explainer:
     predictions, perturbed images): "auto" (OpenVINO where installed), "tensorflow", "openvino" or "onnxruntime"; the
     gradient always runs in TensorFlow. `on_note`: hears each of `notes` as it comes, and whether it is a warning
     (default: warnings are Python warnings). Errors are ExplainError (BadArgument for an argument that cannot be used).
+
+    Images: a float array is the model's input as it stands, exactly as `model.predict` takes it (no resizing, no
+    preprocessing); a uint8 array, a PIL image or a file is a picture, resized and preprocessed. `arrays="input"` reads
+    every array as the model's input, `arrays="pixels"` every array as a picture (floats as 0-255). An input given as
+    it stands is perturbed there (RISE, occlusion, evaluate): what is hidden goes to 0 of the model's input.
     """
+
+    _fill = GREY  # what a perturbation hides becomes: grey pixels (0 in the view fed the model's input as it stands)
 
     def __init__(self, model: Any, *, layer: str | None = None, method: str = "gradcam", precision: str = "auto",
                  preprocess: str | None = None, labels: str | Path | Sequence[str] | None = None,
@@ -66,7 +74,8 @@ class Explainer:
                  output_index: int | None = None, threshold: float = 0.5, min_area: float = 0.01, masks: int = 4000,
                  cells: int = 7, keep: float = 0.5, window: int | None = None, stride: int | None = None,
                  input_size: tuple[int, int] | None = None, layout: str | None = None,
-                 outputs_are: str | None = None, runtime: str = "auto", on_note: Listener | None = None) -> None:
+                 outputs_are: str | None = None, runtime: str = "auto", arrays: str = "auto",
+                 on_note: Listener | None = None) -> None:
         from explain_cli import explainer as core
         from explain_cli import heads, models, offload, split
         from explain_cli import precision as precisions
@@ -81,10 +90,11 @@ class Explainer:
             samples=samples, noise=noise, steps=steps, seed=seed, batch_size=batch_size, max_pixels=max_pixels,
             precision_for=tuple(precision_for), output=output, multi_label=multi_label, output_index=output_index,
             threshold=threshold, min_area=min_area, masks=masks, cells=cells, keep=keep, window=window, stride=stride,
-            input_size=input_size, layout=layout, outputs_are=outputs_are, runtime=runtime)
+            input_size=input_size, layout=layout, outputs_are=outputs_are, runtime=runtime, arrays=arrays)
         check(self.settings)
         self.notes = Notes(on_note)  # how it was made and runs, for the curious (--verbose)
         self._steps: dict[tuple[object, ...], Any] = {}
+        self._input_view: Explainer | None = None  # itself fed arrays that are the model's input as they stand
         self._model: LoadedModel | runtimes.RuntimeModel  # the second: a file only a runtime runs
         self._graph: Any  # graph.Graph; None for a runtime's file
         if given and runtimes.is_runtime_model(str(model)):
@@ -223,23 +233,27 @@ class Explainer:
     # --- explaining ---------------------------------------------------------------------------------------------
 
     def explain(self, images: Images, classes: Any = None, top_k: int | None = None,
-                errors: str = "raise", region: Any = None) -> list[Explanation]:
+                errors: str = "raise", region: Any = None, pictures: Images | None = None) -> list[Explanation]:
         """An Explanation per image and explained class, in input order. `classes`: None (each image's top `top_k`,
         by default 1; for several labels per image, every label at the threshold, up to `top_k`),
         a class (number, label or WordNet id) or a list of them for every image, or a mapping from each image's key
         (its path as given, or its index among the images given in memory) to its own class (its truth, say).
         `errors`: "raise" (BadInput for an image that cannot be read) or "skip" it. A segmentation explains each
         class over where it is predicted, or over `region`: a box (x0, y0, x1, y1) in the image's pixels, or a mapping
-        from each image's key to its mask."""
-        return list(self.iter_explain(images, classes, top_k, errors, region))
+        from each image's key to its mask. `pictures`: what to draw the maps on, one per image in the order given (for
+        arrays given as the model's input, drawn by default from the array itself, its range stretched)."""
+        return list(self.iter_explain(images, classes, top_k, errors, region, pictures))
 
     def iter_explain(self, images: Images, classes: Any = None, top_k: int | None = None,
-                     errors: str = "raise", region: Any = None) -> Iterator[Explanation]:
+                     errors: str = "raise", region: Any = None, pictures: Images | None = None) -> Iterator[Explanation]:
         """explain() one image at a time, as they are computed: memory stays flat however many images there are."""
         choice = self.choose(classes, top_k)
         finish = pipeline.values_only(self.labels, self.layer_for(self.method), self.method, choice.floor)
-        for result in self._run(images, self.compute(choice, regions=self._regions(region)), finish, errors):
-            yield from result.values
+        regions = self._regions(region)
+        drawn = _pictures(pictures)
+        for result in self._run(images, lambda made: made.compute(choice, regions=regions), finish, errors):
+            for value in result.values:
+                yield value if drawn is None else dataclasses.replace(value, image=drawn(value.source))
 
     def _regions(self, region: Any) -> Callable[[list[Source]], tuple[np.ndarray, list[str]]] | None:
         """A segmentation's region (segment.given_region); None: where each class is predicted."""
@@ -250,7 +264,6 @@ class Explainer:
 
     def predict(self, images: Images, top: int = 5, errors: str = "raise") -> list[ImagePredictions]:
         """Each image's `top` most probable classes, and all its probabilities."""
-        step = self._predict()
         names, listing = self.labels, self.listing
 
         def finish(source: Source, original: np.ndarray, row: int, probabilities: Any) -> pipeline.ImageResult:
@@ -258,7 +271,11 @@ class Explainer:
             value = ImagePredictions(source.key, tuple(listing.predictions(p, names, top)), p)
             return pipeline.ImageResult(source, values=[value])
 
-        return [r.values[0] for r in self._run(images, lambda batch, sources: step(batch), finish, errors)]
+        def make(made: Explainer) -> pipeline.Compute:
+            step = made._predict()
+            return lambda batch, sources: step(batch)
+
+        return [r.values[0] for r in self._run(images, make, finish, errors)]
 
     def choose(self, classes: Any = None, top_k: int | None = None, evaluating: bool = False) -> targets.ClassChoice:
         """What `classes` and `top_k` ask to explain, checked against the model's labels: by default each image's
@@ -305,9 +322,13 @@ class Explainer:
         plan = EvaluationPlan(tuple(methods), steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
         located = self._boxes(boxes) if boxes is not None else None
         compute, finish = self.evaluation_steps(plan, choice, boxes=located)
+
+        def make(made: Explainer) -> pipeline.Compute:
+            return compute if made is self else made.evaluation_steps(plan, choice, boxes=located)[0]
+
         records: list[dict[str, Any]] = []
         sane: list[dict[str, Any]] = []
-        for result in self._run(images, compute, finish, errors):
+        for result in self._run(images, make, finish, errors):
             records += result.records
             sane += result.side_records
         return Evaluation(tuple(records), tuple(evaluation.summarise(records, plan.methods)), tuple(sane))
@@ -337,10 +358,23 @@ class Explainer:
 
     # --- inside -------------------------------------------------------------------------------------------------
 
-    def _run(self, images: Images, compute: pipeline.Compute, finish: pipeline.Finish,
+    def _run(self, images: Images, make: Callable[[Explainer], pipeline.Compute], finish: pipeline.Finish,
              errors: str) -> Iterator[pipeline.ImageResult]:
+        """Each image's result; `make(explainer)` makes the compute step, for pictures from this explainer, for arrays
+        given as the model's input from its view fed them as they stand (`as_input`)."""
+        compute = pipeline.by_reading(lambda given: make(self.as_input() if given else self))
         return pipeline.library_results(images, compute, finish, self.input_size, self.settings.batch_size,
-                                        self.settings.max_pixels, errors)
+                                        self.settings.max_pixels, errors, self.settings.arrays)
+
+    def as_input(self) -> Explainer:
+        """This explainer fed arrays that are the model's input as they stand: float32, no preprocessing, perturbed
+        towards 0; its own compiled steps, the same model, graph and settings."""
+        if self._input_view is None:
+            view = copy.copy(self)
+            view._steps, view._fill = {}, 0.0
+            view._model = self._model.as_input()
+            view._input_view = self._input_view = view
+        return self._input_view
 
     def _step(self, key: tuple[object, ...], make: Callable[[], Any]) -> Any:
         if key not in self._steps:
@@ -407,7 +441,7 @@ class Explainer:
 
         height, width, _ = self.input_size
         masks = self._step(("rise masks",), lambda: perturbing.masks_for(self.settings, height, width))
-        return perturbing.step(method, predict, forward, choice, self.settings, masks, height, width)
+        return perturbing.step(method, predict, forward, choice, self.settings, masks, height, width, self._fill)
 
     def _random(self, choice: targets.ClassChoice) -> pipeline.Compute:
         """The random control: seeded uniform noise at the input's resolution, for the chosen classes."""
@@ -441,6 +475,24 @@ class Explainer:
         if isinstance(boxes, (str, Path)):
             return evaluation.read_boxes(Path(boxes), None, self._model.labels)
         return evaluation.given_boxes(boxes, self._model.labels, _key)
+
+
+def _pictures(pictures: Images | None) -> Callable[[Hashable], np.ndarray] | None:
+    """The pictures a user gives to draw on, decoded, each as the frozen image of the explanation of the same key."""
+    if pictures is None:
+        return None
+    from explain_cli import inputs
+    from explain_cli.results import frozen_array
+
+    decoded = {source.key: frozen_array(inputs.decode(source).rgb)
+               for source in inputs.sources_of(pictures, "pixels")}
+
+    def drawn(key: Hashable) -> np.ndarray:
+        if key not in decoded:
+            raise BadArgument("pictures", f"no picture for image {key!r}: give one picture per image, in their order")
+        return decoded[key]
+
+    return drawn
 
 
 def _key(image: Hashable) -> Hashable:

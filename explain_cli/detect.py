@@ -12,6 +12,7 @@ predictions that make it up), EigenCAM (class-agnostic), D-RISE (masks and forwa
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -23,7 +24,7 @@ from explain_cli import pipeline
 from explain_cli.errors import BadArgument, ExplainError, Listener, Notes
 from explain_cli.inputs import Source
 from explain_cli.methods import DETECTION_METHODS
-from explain_cli.methods.perturbation import PerturbationInputs, drise
+from explain_cli.methods.perturbation import GREY, PerturbationInputs, drise
 from explain_cli.results import Explanation, frozen_array
 from explain_cli.shards import DEFAULT_MAX_PIXELS
 
@@ -71,11 +72,13 @@ class Detector:
     detection is a prediction whose class probability is at least `min_score` and that survives suppression at `iou`
     (the model's own threshold for keras-hub's models), at most `max_boxes` per image. `method`: DETECTION_METHODS;
     `layer` where the gradient methods take their maps. D-RISE: `masks`, `cells`, `keep`, `seed`. `runtime` and
-    `on_note`: as the Explainer's.
+    `on_note`: as the Explainer's. Images as the Explainer reads them: a float array is the model's input as it stands.
     """
 
+    _fill = GREY  # what D-RISE's masks hide becomes: grey pixels (0 in the view fed the model's input as it stands)
+
     def __init__(self, model: Any, *, layer: str | None = None, method: str = "gradcam", precision: str = "auto",
-                 preprocess: str | None = None, labels: str | Path | Sequence[str] | None = None,
+                 preprocess: Any = None, labels: str | Path | Sequence[str] | None = None,
                  imports: Sequence[str] = (), unsafe: bool = False, boxes_output: str | None = None,
                  scores_output: str | None = None, box_format: str | None = None,
                  objectness_output: str | None = None, min_score: float = 0.3,
@@ -91,12 +94,8 @@ class Detector:
         if method not in DETECTION_METHODS:
             raise BadArgument("--method", f"{method!r} does not explain detections; choose from "
                               f"{', '.join(DETECTION_METHODS)}")
-        for option, value, low, high in (("--min-score", min_score, 0.0, 1.0), ("--iou", iou, 0.0, 1.0),
-                                         ("--keep", keep, 0.0, 1.0)):
-            if value is not None and not low <= value <= high:
-                raise BadArgument(option, f"{value} is not between {low:g} and {high:g}")
-        if max_boxes < 1 or masks < 1 or cells < 1 or batch_size < 1:
-            raise BadArgument(None, "max_boxes, masks, cells and batch_size are counts of 1 or more")
+        _check(min_score, iou, keep, max_boxes, masks, cells, seed, batch_size, max_pixels, precision, preprocess,
+               runtime)
         self.method, self.min_score, self.max_boxes, self.batch_size = method, min_score, max_boxes, batch_size
         # What a second Detector like this one is made with (--sanity's, on a copy of the model)
         self._options = dict(method=method, preprocess=preprocess, boxes_output=boxes_output,
@@ -130,8 +129,10 @@ class Detector:
                           ("" if self.format.per_class else " over all classes"))
         cut = None if method in LAYERLESS and layer is None else self.layer
         self._graph = offload.ending_at(self._graph, cut)
+        self._cut = cut
         self._steps = detection_steps.build(self._model, self._graph, self.format, cut)
         self._rise_masks: Any = None
+        self._input_view: Detector | None = None  # itself fed arrays that are the model's input as they stand
 
     def layer_for(self, method: str) -> str | None:
         """The layer `method`'s maps are taken at (None: it needs none)."""
@@ -155,16 +156,17 @@ class Detector:
 
     def detect(self, images: Any, errors: str = "raise") -> list[tuple[Any, list[Detection]]]:
         """Each image's detections, as (its key, [Detection]), no map computed."""
-        return [(r.source.key, r.values) for r in self._run(images, self.compute(explain=False), self._values(False),
-                                                             errors)]
+        return [(r.source.key, r.values) for r in self._run(images, lambda made: made.compute(explain=False),
+                                                             self._values(False), errors)]
 
     def explain(self, images: Any, errors: str = "raise") -> list[Explanation]:
         """Every detection of every image explained: an Explanation each, with its `box` and `rank` (k)."""
-        return [value for r in self._run(images, self.compute(), self._values(True), errors) for value in r.values]
+        return [value for r in self._run(images, lambda made: made.compute(), self._values(True), errors)
+                for value in r.values]
 
     def iter_explain(self, images: Any, errors: str = "raise") -> Iterator[list[Explanation]]:
         """explain, one image at a time (its detections' explanations), streaming."""
-        for result in self._run(images, self.compute(), self._values(True), errors):
+        for result in self._run(images, lambda made: made.compute(), self._values(True), errors):
             yield result.values
 
     def evaluate(self, images: Any, methods: Sequence[str] = ("gradcam", "random"), steps: int = 32,
@@ -183,7 +185,7 @@ class Detector:
             if sanity else None
         records: list[dict[str, Any]] = []
         sane: list[dict[str, Any]] = []
-        for result in self._run(images, detect_evaluate.evaluation_step(self, settings, cascade),
+        for result in self._run(images, lambda made: detect_evaluate.evaluation_step(made, settings, cascade),
                                 detect_evaluate.finish_step(self, settings, cascade), errors):
             records += result.records
             sane += result.side_records
@@ -198,10 +200,25 @@ class Detector:
 
         return finish
 
-    def _run(self, images: Any, compute: pipeline.Compute, finish: pipeline.Finish,
+    def _run(self, images: Any, make: Callable[[Detector], pipeline.Compute], finish: pipeline.Finish,
              errors: str) -> Iterator[pipeline.ImageResult]:
+        """Each image's result; `make(detector)` makes the compute step, for arrays given as the model's input from
+        the view fed them as they stand (`as_input`), as the Explainer does."""
+        compute = pipeline.by_reading(lambda given: make(self.as_input() if given else self))
         return pipeline.library_results(images, compute, finish, self.input_size, self.batch_size, self.max_pixels,
                                         errors)
+
+    def as_input(self) -> Detector:
+        """This detector fed arrays that are the model's input as they stand: float32, no preprocessing, D-RISE's
+        masks hiding towards 0; its own compiled steps, the same model and graph."""
+        from explain_cli import detection_steps
+
+        if self._input_view is None:
+            view = copy.copy(self)
+            view._model, view._fill = self._model.as_input(), 0.0
+            view._steps = detection_steps.build(view._model, self._graph, self.format, self._cut)
+            view._input_view = self._input_view = view
+        return self._input_view
 
     def compute(self, explain: bool = True, method: str | None = None) -> Callable[[np.ndarray, list[Source]],
                                                                                    DetectBatch]:
@@ -278,7 +295,7 @@ class Detector:
             return self._steps.judge(pixels, found.boxes, found.probabilities, found.classes)[0]
 
         maps = drise(PerturbationInputs(forward, image.astype(np.float32), np.arange(len(found.classes)),
-                                       self.batch_size, self.masks()))
+                                       self.batch_size, self.masks(), fill=self._fill))
         return _with(found, np.full(len(found.classes), np.nan), maps)
 
     def _random(self, source: Source, found: Found, height: int, width: int) -> np.ndarray:
@@ -287,6 +304,27 @@ class Detector:
         return np.stack([random_map(self.seed, f"{source.shown}#{k}", int(c), height, width)
                          for k, c in enumerate(found.classes)]) if len(found.classes) else \
             np.zeros((0, height, width), np.float32)
+
+
+def _check(min_score: Any, iou: Any, keep: Any, max_boxes: Any, masks: Any, cells: Any, seed: Any, batch_size: Any,
+           max_pixels: Any, precision: Any, preprocess: Any, runtime: Any) -> None:
+    """BadArgument for a Detector's argument that cannot be used, naming it and what it may be."""
+    from explain_cli import settings
+    from explain_cli.models import check_preprocess
+    from explain_cli.offload import RUNTIMES
+    from explain_cli.precision import CHOICES
+
+    for option, name, value in (("--min-score", "min_score", min_score), ("--iou", "iou", iou), ("--keep", "keep", keep)):
+        if value is not None:
+            settings.between(option, name, value, 0.0, 1.0)
+    for option, name, value, least in (("--max-boxes", "max_boxes", max_boxes, 1), ("--masks", "masks", masks, 1),
+                                       ("--cells", "cells", cells, 1), ("--seed", "seed", seed, 0),
+                                       ("--batch-size", "batch_size", batch_size, 1),
+                                       ("--max-pixels", "max_pixels", max_pixels, 1)):
+        settings.whole(option, name, value, least)
+    settings.choose("--precision", "precision", precision, CHOICES)
+    settings.choose("--runtime", "runtime", runtime, RUNTIMES)
+    check_preprocess(preprocess)
 
 
 def _with(found: Found, targets: np.ndarray, maps: np.ndarray) -> Found:

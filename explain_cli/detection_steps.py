@@ -101,7 +101,7 @@ def build(model: LoadedModel, graph: graph_module.Graph, found: detector.Format,
         return similar.numpy(), matched.numpy()
 
     if layer is None:
-        @compiled([tf.TensorSpec(pixels, tf.uint8)])
+        @compiled([tf.TensorSpec(pixels, getattr(tf, model.pixels))])
         def predictions(images: Any) -> tuple[Any, Any]:
             return read(whole(model.preprocess(tf.cast(images, tf.float32))))
 
@@ -121,7 +121,7 @@ def _look(model: LoadedModel, cut: split_module.Split, read: Callable[[Any], tup
           pixels: list[Any]) -> Callable[[np.ndarray], Looked]:
     import tensorflow as tf
 
-    @compiled([tf.TensorSpec(pixels, tf.uint8)])
+    @compiled([tf.TensorSpec(pixels, getattr(tf, model.pixels))])
     def look(images: Any) -> tuple[Any, ...]:
         activations, skips = cut.features(model.preprocess(tf.cast(images, tf.float32)))
         raw = cut.head(tf.cast(activations, tf.float32), tuple(tf.cast(s, tf.float32) for s in skips))

@@ -96,11 +96,13 @@ def head_of(model: LoadedModel, graph: graph_module.Graph) -> Any:
 def _input_spec(model: LoadedModel) -> Any:
     import tensorflow as tf
 
-    return tf.TensorSpec([None, model.height, model.width, model.channels], tf.uint8)
+    return tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, model.pixels))
 
 
-def compile_predict(model: LoadedModel, graph: graph_module.Graph, pixels: str = "uint8") -> Callable[[np.ndarray], np.ndarray]:
-    """A batch (b, h, w, c) of pixels in 0-255, uint8 (or "float32": perturbed images) -> (b, classes): each class's
+def compile_predict(model: LoadedModel, graph: graph_module.Graph,
+                    pixels: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A batch (b, h, w, c) of pixels in 0-255, uint8 (or "float32": perturbed images; by default what the model's
+    steps take, model.pixels) -> (b, classes): each class's
     probability (a value head's value; a segmentation's share of pixels per class), through one traced graph.
 
     The returned callable has `.traced` (the tf.function) for counting traces.
@@ -110,7 +112,7 @@ def compile_predict(model: LoadedModel, graph: graph_module.Graph, pixels: str =
     from explain_cli import heads
 
     forward, _ = split_module.logits(graph, forward_only=True)
-    spec = tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels))
+    spec = tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels or model.pixels))
     head = head_of(model, graph)
 
     @compiled([spec])
@@ -140,7 +142,7 @@ def compile_regions(model: LoadedModel, graph: graph_module.Graph) -> tuple[Call
     head = head_of(model, graph)
     pixels = [None, model.height, model.width, model.channels]
 
-    @compiled([tf.TensorSpec(pixels, tf.uint8)])
+    @compiled([tf.TensorSpec(pixels, getattr(tf, model.pixels))])
     def masks(images: Any) -> Any:
         return heads.pixel_masks(head, forward(model.preprocess(tf.cast(images, tf.float32))))
 
@@ -326,12 +328,22 @@ def compile_saliency(
             noise=noise,
             steps=steps,
             seed=seed,
+            span=255.0 if model.pixels == "uint8" else _spans(tiled),
         )
         maps = attribute(inputs)  # (k*b, H, W)
         return rows.shown, rows.chosen, regroup(rows.score(tile(raw, k)), k, b), regroup(maps, k, b), \
             rows.extras(k, b)
 
     return _numpy_step(step)
+
+
+def _spans(images: Any) -> Any:
+    """Each row's range, max − min (rows, 1, 1, 1): SmoothGrad's σ is a share of it for an input given as it stands."""
+    import tensorflow as tf
+
+    axes = tf.range(1, tf.rank(images))
+    span = tf.reduce_max(images, axis=axes, keepdims=True) - tf.reduce_min(images, axis=axes, keepdims=True)
+    return tf.where(span > 0, span, tf.ones_like(span))
 
 
 def _signature(model: LoadedModel, per_image: bool, regions: bool = False) -> list[Any]:

@@ -40,6 +40,7 @@ class Source:
     stem: PurePosixPath  # output name without extension: "sub/img" for folder/sub/img.jpg
     pixels: Any = field(default=None, compare=False, hash=False, repr=False)  # a numpy array or PIL image in memory
     index: int | None = None  # an in-memory image's place among those given
+    as_input: bool = False  # an array that is the model's input as it stands (not a picture to preprocess)
 
     @property
     def key(self) -> str | int:
@@ -144,7 +145,10 @@ def decode(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
 
 def decode_for(source: Source, max_pixels: int, width: int, height: int, channels: int) -> tuple[Picture, np.ndarray]:
     """`decode` and `model_input` at once: the input resized from Pillow's own copy of the pixels, not from the array
-    (a copy of a large photo costs as much as its resize)."""
+    (a copy of a large photo costs as much as its resize). An array given as the model's input is taken as it stands
+    (float32), and a picture of it made to draw on."""
+    if source.as_input:
+        return given_input(source, height, width, channels)
     picture, image = _decoded(source, max_pixels)
     return picture, model_input(picture.rgb, width, height, channels, image)
 
@@ -188,8 +192,8 @@ def _decoded(source: Source, max_pixels: int) -> tuple[Picture, Image.Image | No
 
 def _from_memory(source: Source, max_pixels: int) -> Picture:
     """An image given in memory as upright RGB: a PIL image (any mode; EXIF orientation applied), or an array of
-    (h, w), (h, w, 1), (h, w, 3) or (h, w, 4) pixels: uint8, or floats in 0-255 (keras.utils.img_to_array's),
-    or floats in [0, 1] when none is above 1."""
+    (h, w), (h, w, 1), (h, w, 3) or (h, w, 4) pixels: uint8, or other numbers taken as 0-255 (keras.utils.
+    img_to_array's floats)."""
     given = source.pixels
     if isinstance(given, Image.Image):
         _check_size(source.shown, given.size, max_pixels)
@@ -213,18 +217,51 @@ def _from_memory(source: Source, max_pixels: int) -> Picture:
 
 
 def _as_uint8(shown: str, array: np.ndarray) -> tuple[np.ndarray, str]:
-    """Numbers as 0-255 pixels: floats all within [0, 1] scaled by 255, anything else taken as 0-255 and clipped."""
+    """Numbers as 0-255 pixels (keras.utils.img_to_array's floats), rounded and clipped."""
+    _check_finite(shown, array)
+    return np.clip(np.rint(array.astype(np.float64)), 0, 255).astype(np.uint8), "values taken as 0-255"
+
+
+def _check_finite(shown: str, array: np.ndarray) -> None:
     if not (np.issubdtype(array.dtype, np.number) and np.isfinite(array).all()):
         raise BadInput(shown, f"an image array holds finite numbers, not {array.dtype} with NaN or infinity")
-    unit = np.issubdtype(array.dtype, np.floating) and array.size > 0 and float(array.max()) <= 1.0
-    pixels = np.clip(np.rint(array.astype(np.float64) * (255.0 if unit else 1.0)), 0, 255).astype(np.uint8)
-    return pixels, "values in [0, 1] scaled to 0-255" if unit else "values taken as 0-255"
 
 
-def sources_of(images: Any) -> Iterator[Source]:
+# How the library reads arrays: "auto" (floats are the model's input as it stands, as model.predict takes them; uint8
+# arrays are pictures), "input" (every array is the model's input) or "pixels" (every array is a picture, 0-255).
+ARRAY_READINGS = ("auto", "input", "pixels")
+
+
+def is_model_input(array: Any, arrays: str) -> bool:
+    """Whether an array is read as the model's input as it stands, not as a picture to preprocess."""
+    if isinstance(array, Image.Image) or arrays == "pixels":
+        return False
+    return arrays == "input" or np.issubdtype(np.asarray(array).dtype, np.floating)
+
+
+def given_input(source: Source, height: int, width: int, channels: int) -> tuple[Picture, np.ndarray]:
+    """An array that is the model's input as it stands: float32 of the input's own shape (never resized), and a picture
+    of it to draw on (its range stretched to 0-255; its first three channels, or its one as grey)."""
+    array = np.asarray(source.pixels)
+    if array.ndim == 2 and channels == 1:
+        array = array[..., None]
+    if array.shape != (height, width, channels):
+        raise BadInput(source.shown, f"an array given as the model's input is its input's shape, {height}×{width}×"
+                       f"{channels}, not {'×'.join(map(str, array.shape))}; give pixels (uint8, a PIL image or a file) "
+                       "to have it resized and preprocessed")
+    _check_finite(source.shown, array)
+    x = array.astype(np.float32)
+    low, high = float(x.min()), float(x.max())
+    shown = (x - low) * (255.0 / (high - low)) if high > low else np.zeros_like(x)
+    rgb = np.rint(shown[..., :3] if channels >= 3 else np.repeat(shown[..., :1], 3, axis=-1)).astype(np.uint8)
+    return Picture(rgb, (f"the model's input as given, values {low:.4g} to {high:.4g}",)), x
+
+
+def sources_of(images: Any, arrays: str = "auto") -> Iterator[Source]:
     """The images the library is given, one Source each, lazily (a generator is never read ahead of the batches):
     a numpy batch (n, h, w[, c]), one array or PIL image, a path to an image, a folder (walked as the command line
-    walks it), or any iterable of these. In-memory images are numbered in the order given."""
+    walks it), or any iterable of these. In-memory images are numbered in the order given. `arrays`: how arrays are
+    read (ARRAY_READINGS)."""
     counter = iter(range(1 << 62))
     for item in [images] if _is_one(images) or _is_array_batch(images) else images:
         if isinstance(item, (str, Path)):
@@ -232,13 +269,12 @@ def sources_of(images: Any) -> Iterator[Source]:
                 yield from _unique_stems(list(_walk(Path(item), None)))
             else:
                 yield _file_source(str(item))
-        elif _is_array_batch(item):  # a float batch is scaled as one: a dark image in it is not read as [0, 1]
+        elif _is_array_batch(item):
             batch = np.asarray(item)
-            batch = batch if batch.dtype == np.uint8 else _as_uint8(f"a batch of {len(batch)}", batch)[0]
             for image in batch:
-                yield _memory_source(image, next(counter))
+                yield _memory_source(image, next(counter), arrays)
         else:
-            yield _memory_source(item, next(counter))
+            yield _memory_source(item, next(counter), arrays)
 
 
 def _is_array_batch(images: Any) -> bool:
@@ -249,10 +285,11 @@ def _is_one(images: Any) -> bool:
     return isinstance(images, (str, Path, Image.Image)) or (hasattr(images, "__array__") and len(np.shape(images)) <= 3)
 
 
-def _memory_source(image: Any, index: int) -> Source:
+def _memory_source(image: Any, index: int, arrays: str = "auto") -> Source:
     if not (isinstance(image, Image.Image) or hasattr(image, "__array__")):
         raise BadInput(str(index), f"not an image: a {type(image).__name__} (give arrays, PIL images or paths)")
-    return Source(path=Path(str(index)), shown=str(index), stem=PurePosixPath(str(index)), pixels=image, index=index)
+    return Source(path=Path(str(index)), shown=str(index), stem=PurePosixPath(str(index)), pixels=image, index=index,
+                  as_input=is_model_input(image, arrays))
 
 
 def _check_size(shown: str, size: tuple[int, int], max_pixels: int) -> None:

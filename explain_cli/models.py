@@ -18,14 +18,18 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 from explain_cli import labels as labels_module
 from explain_cli.errors import BadArgument, ExplainError, first_line
 from explain_cli.graph import input_shape_of
 from explain_cli.labels import Labels
 
-PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
+# The named --preprocess modes: keras.applications' three, x / 255 ("unit") and none.
+PREPROCESS_MODES = ("caffe", "tf", "torch", "unit", "none")
+Preprocess = Union[str, Callable[[Any], Any]]
+
+
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,15 @@ class LoadedModel:
     head: Any = None  # heads.Head: what its output is (None: it has several outputs and none was chosen)
     output: str | None = None  # the output explained, of a model with several
     identity: str | None = None  # the files it was made from, as they are now (offload.py's cache key); None: memory
+    pixels: str = "uint8"  # what its steps take: "uint8" pictures, preprocessed; "float32": the model's input as it is
+
+    def as_input(self) -> LoadedModel:
+        """The model fed its input as it stands: float32 batches, no preprocessing (an array a user already scaled)."""
+        return dataclasses.replace(self, preprocess=_unchanged, pixels="float32")
+
+
+def _unchanged(x: Any) -> Any:
+    return x
 
 
 def check_spec(spec: str) -> str | None:
@@ -87,7 +100,7 @@ def load(
     spec: str,
     weights: str = "imagenet",
     labels_file: Path | str | Sequence[str] | None = None,
-    preprocess: str | None = None,
+    preprocess: Preprocess | None = None,
     imports: Sequence[str] = (),
     unsafe: bool = False,
     precision: str = "fp32",
@@ -148,7 +161,7 @@ def identity(spec: str, weights: str, imports: Sequence[str] = ()) -> str:
     return repr((model, weighted, tuple(code(i) for i in imports)))
 
 
-def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, preprocess: str | None = None,
+def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, preprocess: Preprocess | None = None,
                 precision: str = "fp32", reading: Any = None,
                 input_size: tuple[int, int] | None = None) -> LoadedModel:
     """A keras.Model already in memory (a notebook's, a training script's), used as it is: explain replays its own
@@ -388,10 +401,24 @@ def _image_converter(model: Any) -> Callable[[Any], Any] | None:
     return (lambda x: converter(x)) if callable(converter) else None
 
 
-def preprocessing(mode: str) -> Callable[[Any], Any]:
-    """The scaling of a --preprocess mode, for tensors or numpy arrays of pixels in 0-255."""
+def check_preprocess(preprocess: Preprocess | None) -> None:
+    """BadArgument unless `preprocess` is None, a named mode or a function."""
+    if preprocess is None or callable(preprocess) or preprocess in PREPROCESS_MODES:
+        return
+    raise BadArgument("--preprocess", f"preprocess is one of {', '.join(PREPROCESS_MODES)} or a function "
+                      f"(pixels 0-255 -> the model's input), not {preprocess!r}")
+
+
+def preprocessing(mode: Preprocess) -> Callable[[Any], Any]:
+    """The scaling of a --preprocess mode (or the user's own function), for tensors or numpy arrays of pixels in
+    0-255: caffe, tf and torch as keras.applications scales; unit: x / 255."""
+    check_preprocess(mode)
+    if callable(mode):
+        return mode
     if mode == "none":
         return lambda x: x
+    if mode == "unit":
+        return lambda x: x / 255.0
     from keras.applications import imagenet_utils
 
     return lambda x: imagenet_utils.preprocess_input(x, mode=mode)

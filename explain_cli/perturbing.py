@@ -12,8 +12,8 @@ import numpy as np
 from explain_cli import targets
 from explain_cli.errors import BadArgument
 from explain_cli.explainer import BatchResult
-from explain_cli.methods.perturbation import PERTURBATION_METHODS, PerturbationInputs, RiseMasks, default_window, \
-    rise_masks
+from explain_cli.methods.perturbation import GREY, PERTURBATION_METHODS, PerturbationInputs, RiseMasks, \
+    default_window, rise_masks
 
 
 def masks_for(settings: Any, height: int, width: int) -> RiseMasks:
@@ -44,9 +44,10 @@ def describe(method: str, settings: Any, height: int, width: int) -> str:
 
 def step(method: str, predict: Callable[[np.ndarray], np.ndarray], forward: Callable[[np.ndarray], np.ndarray],
          choice: targets.ClassChoice, settings: Any, masks: RiseMasks, height: int,
-         width: int) -> Callable[..., BatchResult]:
+         width: int, fill: float = GREY) -> Callable[..., BatchResult]:
     """uint8 batch (and each image's own class (b,), for a per-image choice) -> BatchResult: the maps at the input's
-    resolution; the scores are the classes' probabilities."""
+    resolution; the scores are the classes' probabilities. `fill`: what is hidden becomes (0 for an input as it
+    stands)."""
     compute = PERTURBATION_METHODS[method]
     window, stride = window_and_stride(settings, height, width)
 
@@ -55,7 +56,8 @@ def step(method: str, predict: Callable[[np.ndarray], np.ndarray], forward: Call
         chosen = classes[:, None].astype(np.int32) if classes is not None else \
             np.asarray(targets.pick(choice, probabilities, [None] * len(batch)))
         maps = np.stack([compute(PerturbationInputs(forward, image.astype(np.float32), row, settings.batch_size,
-                                                    masks, window, stride)) for image, row in zip(batch, chosen)])
+                                                    masks, window, stride, fill))
+                         for image, row in zip(batch, chosen)])
         return BatchResult(probabilities, chosen, np.take_along_axis(probabilities, chosen, axis=1), maps)
 
     return run

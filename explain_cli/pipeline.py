@@ -8,7 +8,6 @@ folders or failures. Decoding of the next batch and rendering of the previous on
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -144,7 +143,7 @@ class Run:
         size: tuple[int, int, int], batch_size: int, max_pixels: int,
     ) -> Iterator[ImageResult]:
         height, width, channels = size
-        remaining = iter(sources)  # read a batch at a time: a generator of images is never read ahead of them
+        remaining = batches(sources, batch_size)  # a batch at a time: a generator of images is never read ahead
 
         def load(source: Source) -> Decoded:
             try:
@@ -154,7 +153,7 @@ class Run:
                 return source, error, None
 
         def start_decoding() -> list[Future[Decoded]]:
-            return [self._pool.submit(load, s) for s in itertools.islice(remaining, batch_size)]
+            return [self._pool.submit(load, s) for s in next(remaining, [])]
 
         try:
             decoding = start_decoding()
@@ -178,15 +177,47 @@ class Run:
         return result
 
 
+def batches(sources: Iterable[Source], batch_size: int) -> Iterator[list[Source]]:
+    """The sources in batches of at most `batch_size`, each of one kind (pictures, or arrays that are the model's
+    input as they stand), so that a batch is one stack through one step; a full batch is handed out before the next
+    source is read."""
+    batch: list[Source] = []
+    for source in sources:
+        if batch and source.as_input != batch[0].as_input:
+            yield batch
+            batch = []
+        batch.append(source)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def by_reading(make: Callable[[bool], Compute]) -> Compute:
+    """A compute step running, for each batch, the step made (once) for its kind: `make(False)` for pictures,
+    `make(True)` for arrays that are the model's input as they stand (batches are of one kind: `batches`)."""
+    made: dict[bool, Compute] = {}
+
+    def compute(batch: np.ndarray, sources: list[Source]) -> object:
+        given = sources[0].as_input
+        if given not in made:
+            made[given] = make(given)
+        return made[given](batch, sources)
+
+    return compute
+
+
 def library_results(images: Any, compute: Compute, finish: Finish, size: tuple[int, int, int], batch_size: int,
-                    max_pixels: int, errors: str) -> Iterator[ImageResult]:
+                    max_pixels: int, errors: str, arrays: str = "auto") -> Iterator[ImageResult]:
     """The library's run over images given in any form: each image's result in order; an image that cannot be read
-    raises BadInput with errors="raise", and is left out with "skip"."""
+    raises BadInput with errors="raise", and is left out with "skip". `arrays`: how arrays are read
+    (inputs.ARRAY_READINGS)."""
     if errors not in ("raise", "skip"):
         from explain_cli.errors import BadArgument
 
         raise BadArgument(None, f"errors is 'raise' or 'skip', not {errors!r}")
-    run = Run(inputs.sources_of(images), compute, finish, size=size, batch_size=batch_size, max_pixels=max_pixels)
+    run = Run(inputs.sources_of(images, arrays), compute, finish, size=size, batch_size=batch_size, max_pixels=max_pixels)
     try:
         for result in run:
             if result.error is None:

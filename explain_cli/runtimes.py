@@ -9,6 +9,7 @@ say comes from the options (`Runtime`), else from one probing pass, and `notes` 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,11 +57,17 @@ class RuntimeModel:
     head: Head
     forward: Callable[[np.ndarray], np.ndarray]  # (n, H, W, C) pixels 0-255, NHWC -> (n, classes) probabilities
     notes: list[str] = field(default_factory=list)
+    unscaled: Callable[[np.ndarray], np.ndarray] | None = None  # forward from the model's input as it stands (NHWC)
     keras_model: Any = None
     default_layer: str | None = None
     precision: str = "fp32"
     live: bool = False
     output: str | None = None
+
+    def as_input(self) -> RuntimeModel:
+        """The model fed its input as it stands (an array a user already scaled): no preprocessing."""
+        assert self.unscaled is not None, "a runtime's model is made with its unscaled forward"
+        return dataclasses.replace(self, forward=self.unscaled)
 
 
 def is_runtime_model(spec: str) -> bool:
@@ -85,8 +92,8 @@ def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime
     layout = _layout(path, runner.shape, runtime.layout, notes)
     height, width, channels = _size(path, runner.shape, layout, runtime.input_size, notes)
 
-    def raw(pixels: np.ndarray) -> np.ndarray:
-        x = np.asarray(preprocess(pixels.astype(np.float32)), np.float32)
+    def raw(pixels: np.ndarray, scaling: Callable[[Any], Any] = preprocess) -> np.ndarray:
+        x = np.asarray(scaling(pixels.astype(np.float32)), np.float32)
         if layout == "nchw":
             x = x.transpose(0, 3, 1, 2)
         if runner.quantised is not None:
@@ -117,8 +124,11 @@ def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime
     def forward(pixels: np.ndarray) -> np.ndarray:
         return _probabilities(raw(pixels), outputs, size)
 
+    def forward_input(x: np.ndarray) -> np.ndarray:
+        return _probabilities(raw(x, lambda given: given), outputs, size)
+
     names = labels_module.for_model(2 if size == 1 else size, given_labels)
-    return RuntimeModel(path.name, height, width, channels, names, head, forward, notes)
+    return RuntimeModel(path.name, height, width, channels, names, head, forward, notes, unscaled=forward_input)
 
 
 def _probabilities(out: np.ndarray, outputs: str, size: int) -> np.ndarray:

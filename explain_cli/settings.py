@@ -3,8 +3,10 @@ the command line's settings, and what a Ray worker rebuilds an Explainer from.""
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from explain_cli.errors import BadArgument
 from explain_cli.evaluate import RANDOM as RANDOM
@@ -24,7 +26,7 @@ class Settings:
     layer: str | None = None
     method: str = "gradcam"
     precision: str = "auto"
-    preprocess: str | None = None
+    preprocess: str | Callable[[Any], Any] | None = None  # a named mode (models.PREPROCESS_MODES) or a function
     labels: str | tuple[str, ...] | None = None  # a labels file, or the names themselves
     weights: str = "imagenet"
     imports: tuple[str, ...] = ()
@@ -53,6 +55,7 @@ class Settings:
     layout: str | None = None  # a runtime's model file: "nhwc" or "nchw", where the file does not say
     outputs_are: str | None = None  # a runtime's model file: "logits" or "probabilities", where the file does not say
     runtime: str = "auto"  # where forward-only passes run: "auto", "tensorflow", "openvino" or "onnxruntime"
+    arrays: str = "auto"  # how the library reads arrays (inputs.ARRAY_READINGS)
 
 
 @dataclass(frozen=True)
@@ -69,13 +72,72 @@ class EvaluationPlan:
 
 
 def check(settings: Settings) -> None:
-    """BadArgument for settings no model can be explained with: an unknown method, score, a counterfactual of a method
-    without gradients."""
-    check_methods([settings.method])
-    if settings.score not in ("logit", "probability"):
-        raise BadArgument("--score", f"score is 'logit' or 'probability', not {settings.score!r}")
-    if settings.counterfactual and not (settings.method in METHODS and METHODS[settings.method].gradients):
-        raise BadArgument("--counterfactual", f"{settings.method} uses no gradients to negate")
+    """BadArgument, naming the argument and what it may be, for settings no model can be explained with: every value
+    checked where it enters, before any model is loaded."""
+    from explain_cli.inputs import ARRAY_READINGS
+    from explain_cli.models import check_preprocess
+    from explain_cli.offload import RUNTIMES
+    from explain_cli.precision import CHOICES
+
+    s = settings
+    if not isinstance(s.method, str):
+        raise BadArgument("--method", f"method is a name, not {s.method!r}")
+    check_methods([s.method, *s.precision_for])
+    choose("--score", "score", s.score, ("logit", "probability"))
+    choose("--precision", "precision", s.precision, CHOICES)
+    choose("--runtime", "runtime", s.runtime, RUNTIMES)
+    choose(None, "arrays", s.arrays, ARRAY_READINGS)
+    choose("--layout", "layout", s.layout, ("nhwc", "nchw", None))
+    choose("--outputs", "outputs_are", s.outputs_are, ("logits", "probabilities", None))
+    check_preprocess(s.preprocess)
+    for option, name, value in (("--layer", "layer", s.layer), ("--output", "output", s.output)):
+        if value is not None and not isinstance(value, str):
+            raise BadArgument(option, f"{name} is a name, not {value!r}")
+    for option, name, value, least in (
+            ("--batch-size", "batch_size", s.batch_size, 1), ("--max-pixels", "max_pixels", s.max_pixels, 1),
+            ("--max-masks", "max_masks", s.max_masks, 1), ("--samples", "samples", s.samples, 1),
+            ("--steps", "steps", s.steps, 1), ("--seed", "seed", s.seed, 0), ("--masks", "masks", s.masks, 1),
+            ("--cells", "cells", s.cells, 1)):
+        whole(option, name, value, least)
+    for option, name, value, least in (("--window", "window", s.window, 1), ("--stride", "stride", s.stride, 1),
+                                       ("--output-index", "output_index", s.output_index, 0)):
+        if value is not None:  # None: its default
+            whole(option, name, value, least)
+    for option, name, value, low, high in (("--noise", "noise", s.noise, 0.0, None),
+                                           ("--threshold", "threshold", s.threshold, 0.0, 1.0),
+                                           ("--min-area", "min_area", s.min_area, 0.0, 1.0),
+                                           ("--keep", "keep", s.keep, 0.0, 1.0)):
+        between(option, name, value, low, high)
+    if s.keep == 0:
+        raise BadArgument("--keep", "keep is above 0 (the share of RISE's cells each mask keeps), not 0")
+    if s.input_size is not None and not (isinstance(s.input_size, (tuple, list)) and len(s.input_size) == 2):
+        raise BadArgument("--input-size", f"input_size is (height, width), not {s.input_size!r}")
+    for side in s.input_size or ():
+        whole("--input-size", "input_size", side, 1)
+    if s.counterfactual and not (s.method in METHODS and METHODS[s.method].gradients):
+        raise BadArgument("--counterfactual", f"{s.method} uses no gradients to negate")
+
+
+def choose(option: str | None, name: str, value: object, allowed: Iterable[object]) -> None:
+    """BadArgument unless `value` is one of `allowed`."""
+    allowed = tuple(allowed)
+    if not any(value is a or (isinstance(value, str) and value == a) for a in allowed):
+        shown = ", ".join(str(a) for a in allowed if a is not None)
+        raise BadArgument(option, f"{name} is one of {shown}, not {value!r}")
+
+
+def whole(option: str | None, name: str, value: object, least: int) -> None:
+    """BadArgument unless `value` is a whole number of at least `least`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise BadArgument(option, f"{name} is a whole number ≥ {least}, not {value!r}")
+
+
+def between(option: str | None, name: str, value: object, low: float, high: float | None) -> None:
+    """BadArgument unless `value` is a finite number in [low, high] (no upper bound where high is None)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < low \
+            or (high is not None and value > high):
+        bound = f"between {low:g} and {high:g}" if high is not None else f"≥ {low:g}"
+        raise BadArgument(option, f"{name} is a number {bound}, not {value!r}")
 
 
 def check_methods(methods: Iterable[str]) -> None:

@@ -102,14 +102,14 @@ def test_maps_equal_the_command_lines_saved_heatmaps(tiny_model, tiny_labels, ph
 
 
 def test_every_kind_of_images_in_one_call_each_at_its_own_size(tiny_model, tmp_path):
-    explainer = Explainer(tiny_model)
+    explainer = Explainer(tiny_model, arrays="pixels")  # float arrays are pictures too (test_given_arrays.py: inputs)
     rng = np.random.default_rng(7)
     scenes = [make_scene(rng, 64 + 10 * i, 80 - 6 * i).image for i in range(4)]
     Image.fromarray(scenes[2]).save(tmp_path / "a.png")
     (tmp_path / "folder").mkdir()
     Image.fromarray(scenes[3]).save(tmp_path / "folder" / "b.png")
     given = [scenes[0], Image.fromarray(scenes[1]), str(tmp_path / "a.png"), tmp_path / "folder",
-             scenes[0].astype(np.float32) / 255.0]  # floats in [0, 1]
+             scenes[0].astype(np.float32)]  # floats in 0-255, as keras.utils.img_to_array gives
     explained = explainer.explain(given)
     assert scenes[0].flags.writeable  # the caller's array is left as it was
     assert [e.source for e in explained] == [0, 1, str(tmp_path / "a.png"), str(tmp_path / "folder" / "b.png"), 2]
@@ -253,7 +253,7 @@ def test_bad_images_raise_or_are_skipped(tiny_model, tmp_path):
     # in-memory images are numbered among themselves; a file is its path
     assert [e.source for e in explainer.explain([good, str(broken), good], errors="skip")] == [0, 1]
     with pytest.raises(BadInput, match=r"an image array is \(height, width"):
-        explainer.explain(np.zeros((8, 8, 5)))  # five channels: not an image
+        explainer.explain(np.zeros((8, 8, 5), np.uint8))  # five channels: not a picture
     assert issubclass(BadInput, ExplainError) and explain_cli.__version__
 
 

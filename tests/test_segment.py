@@ -115,7 +115,7 @@ def test_a_box_or_a_mask_is_the_region_instead(keras):
 
 
 def test_keras_hubs_deeplab_v3_saved_as_a_file_equals_a_full_tape(keras, tmp_path):
-    import keras_hub
+    keras_hub = pytest.importorskip("keras_hub")
 
     keras.utils.set_random_seed(3)
     resnet = keras_hub.models.ResNetBackbone(
@@ -152,7 +152,7 @@ def test_keras_hubs_deeplab_v3_saved_as_a_file_equals_a_full_tape(keras, tmp_pat
 
 
 def test_keras_hubs_segformer_saved_as_a_file_equals_a_full_tape_at_its_fused_decoder(keras, tmp_path):
-    import keras_hub
+    keras_hub = pytest.importorskip("keras_hub")
 
     keras.utils.set_random_seed(5)
     encoder = keras_hub.models.MiTBackbone(

@@ -68,8 +68,9 @@ model_options = options(
     click.option(
         "--preprocess",
         type=click.Choice(models.PREPROCESS_MODES),
-        help="Input scaling: caffe, tf ([-1, 1]), torch or none. Default: the built-in model's own; for your "
-        "model files, the image converter of a keras-hub model saved with its preprocessor, else none.",
+        help="Input scaling: caffe, tf ([-1, 1]), torch, unit (x / 255: [0, 1]) or none. Default: the built-in "
+        "model's own; for your model files, the image converter of a keras-hub model saved with its preprocessor, "
+        "else none.",
     ),
     click.option(
         "--import",

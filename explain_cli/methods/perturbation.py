@@ -4,7 +4,9 @@ A perturbation method is a function of `PerturbationInputs` (one image, its expl
 function over batches of perturbed images) returning (k, h, w) maps, plus one line in PERTURBATION_METHODS. It
 needs no TensorFlow: the forward function is whatever runs the model (a compiled Keras step, a SavedModel
 signature, an interpreter, an ONNX Runtime session). Images are float pixels, 0-255, at the model's input size,
-before any preprocessing: what is hidden goes to mid grey, as a person would see it.
+before any preprocessing: what is hidden goes to mid grey, as a person would see it. (An array given as the model's
+input is perturbed as it stands, what is hidden going to 0 there: black for [0, 1], mid grey for [-1, 1] and
+mean-centred inputs, the baseline Captum's methods take by default.)
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class PerturbationInputs:
     masks: RiseMasks | None = None  # RISE
     window: int = 32  # occlusion: the patch's side, in input pixels
     stride: int = 16  # occlusion: its step
+    fill: float = GREY  # what is hidden becomes: mid grey for pixels, 0 for an input given as it stands
 
 
 def rise(p: PerturbationInputs) -> np.ndarray:
@@ -109,7 +112,7 @@ def _masks_weighted(p: PerturbationInputs, method: str) -> tuple[np.ndarray, np.
     total = np.zeros(len(p.classes), np.float64)
     for start in range(0, len(masks), p.batch_size):
         chunk = masks.chunk(start, min(start + p.batch_size, len(masks)))
-        scores = p.forward(GREY + (p.image[None] - GREY) * chunk[..., None])[:, p.classes].astype(np.float64)
+        scores = p.forward(p.fill + (p.image[None] - p.fill) * chunk[..., None])[:, p.classes].astype(np.float64)
         flat = chunk.reshape(len(chunk), -1)
         weighted += scores.T @ flat
         coverage += flat.sum(axis=0)
@@ -147,7 +150,7 @@ def occlusion(p: PerturbationInputs) -> np.ndarray:
         chunk = places[start:start + p.batch_size]
         batch = np.repeat(p.image[None], len(chunk), axis=0)
         for patch, (top, left) in zip(batch, chunk):
-            patch[top:top + window_h, left:left + window_w] = GREY
+            patch[top:top + window_h, left:left + window_w] = p.fill
         drops = unperturbed[None] - p.forward(batch)[:, p.classes]  # (m, k)
         for drop, (top, left) in zip(drops, chunk):
             sums[:, top:top + window_h, left:left + window_w] += drop[:, None, None]

@@ -1,8 +1,8 @@
 """Pixel attributions: maps at the model's input resolution from gradients with respect to the pixels.
 
 Each function takes `PixelInputs` (one row per explained (image, class)) and returns (rows, H, W).
-Gradients are taken with respect to the raw pixels I in [0, 255], before the model's preprocessing,
-and S_c is the class logit.
+Gradients are taken with respect to the raw pixels I in [0, 255], before the model's preprocessing (or to the model's
+input itself, for an array given as it stands), and S_c is the class logit.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class PixelInputs:
     gradcam: Callable[[], Tensor]  # -> the rows' Grad-CAM maps at input resolution, in [0, 1]
     samples: int = 25  # SmoothGrad
     noise: float = 0.15  # SmoothGrad: σ as a fraction of the input range
+    span: Tensor | float = 255.0  # the input's range: 255 for pixels, each row's max − min for an input as it stands
     steps: int = 64  # integrated gradients
     seed: int = 0
 
@@ -33,13 +34,14 @@ def vanilla(p: PixelInputs) -> Tensor:
 
 
 def smoothgrad(p: PixelInputs) -> Tensor:
-    """SmoothGrad (Smilkov et al. 2017): the mean of vanilla saliency over I + N(0, (σ·255)²) samples."""
+    """SmoothGrad (Smilkov et al. 2017): the mean of vanilla saliency over I + N(0, (σ·span)²) samples, span the
+    input's range (255 for pixels)."""
     import tensorflow as tf
 
-    sigma = p.noise * 255.0
+    sigma = p.noise * p.span
 
     def add_sample(i: Tensor, total: Tensor) -> tuple[Tensor, Tensor]:
-        noise = tf.random.stateless_normal(tf.shape(p.images), seed=[p.seed, i], stddev=sigma)
+        noise = tf.random.stateless_normal(tf.shape(p.images), seed=[p.seed, i]) * sigma
         return i + 1, total + tf.reduce_max(tf.abs(p.gradient(p.images + noise)), axis=-1)
 
     _, total = tf.while_loop(lambda i, _: i < p.samples, add_sample, (0, tf.zeros(tf.shape(p.images)[:3])))
