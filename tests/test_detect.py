@@ -296,18 +296,19 @@ def test_several_outputs_that_could_be_boxes_are_named(keras, tmp_path):
 # --- keras-hub's RetinaNet and D-FINE ---------------------------------------------------------------------------------
 
 
-def _retinanet(keras_hub, keras, size: int):
-    """A small RetinaNet: a ResNet of basic blocks, pyramid levels 3 to 5, one convolution per head."""
+def _retinanet(keras_hub, keras, size: int, free: bool = False):
+    """A small RetinaNet: a ResNet of basic blocks, pyramid levels 3 to 5, one convolution per head; `free`: taking
+    any size, with no preprocessor (fed at --input-size, its pyramid's layers left unbuilt when saved)."""
     encoder = keras_hub.models.ResNetBackbone(
         input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 32, 32, 32],
         stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_strides=[1, 2, 2, 2], block_type="basic_block",
         use_pre_activation=False, image_shape=(None, None, 3))
     backbone = keras_hub.models.RetinaNetBackbone(image_encoder=encoder, min_level=3, max_level=5, use_p5=False,
-                                                  image_shape=(size, size, 3))
+                                                  image_shape=(None, None, 3) if free else (size, size, 3))
     converter = keras_hub.layers.RetinaNetImageConverter(image_size=(size, size), scale=1 / 255.0)
     detector = keras_hub.models.RetinaNetObjectDetector(
         backbone=backbone, num_classes=3, bounding_box_format="yxyx", pre_logits_num_conv_layers=1,
-        preprocessor=keras_hub.models.RetinaNetObjectDetectorPreprocessor(image_converter=converter))
+        preprocessor=None if free else keras_hub.models.RetinaNetObjectDetectorPreprocessor(image_converter=converter))
     # keras-hub starts the box head's bias at the class head's prior (−4.6): untrained boxes would be 1 % of their
     # anchors, slivers whose suppression no two implementations agree on. Small deltas keep them near their anchors.
     kernel, bias = detector.box_head.weights[-2:]

@@ -103,22 +103,27 @@ def test_a_side_the_model_fixes_must_be_the_size_givens(keras):
     assert Explainer(model, input_size=(32, 96)).input_size == (32, 96, 3)
 
 
-@pytest.fixture(scope="module")
-def hub_classifier(keras, tmp_path_factory):
-    """keras-hub's ResNet image classifier as keras-hub builds it (its backbone takes any size), saved with the
-    preprocessor whose image converter resizes to 48 × 40 and scales by 1/255."""
-    keras_hub = pytest.importorskip("keras_hub")
+def hub_resnet(keras_hub, keras):
+    """keras-hub's ResNet image classifier as keras-hub builds it (its backbone takes any size), with the preprocessor
+    whose image converter resizes to 48 × 40 and scales by 1/255."""
     keras.utils.set_random_seed(6)
     backbone = keras_hub.models.ResNetBackbone(
         input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 32],
         stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block", use_pre_activation=False,
         image_shape=(None, None, 3))
     converter = keras_hub.layers.ResNetImageConverter(image_size=(48, 40), scale=1 / 255.0)
-    classifier = keras_hub.models.ResNetImageClassifier(
+    return keras_hub.models.ResNetImageClassifier(
         backbone=backbone, num_classes=3,
         preprocessor=keras_hub.models.ResNetImageClassifierPreprocessor(image_converter=converter))
+
+
+@pytest.fixture(scope="module")
+def hub_classifier(keras, tmp_path_factory):
+    """keras-hub's ResNet image classifier as keras-hub builds it (its backbone takes any size), saved with the
+    preprocessor whose image converter resizes to 48 × 40 and scales by 1/255."""
+    keras_hub = pytest.importorskip("keras_hub")
     path = tmp_path_factory.mktemp("hub") / "hub_resnet.keras"
-    classifier.save(path)
+    hub_resnet(keras_hub, keras).save(path)
     return path
 
 

@@ -114,9 +114,8 @@ def test_a_box_or_a_mask_is_the_region_instead(keras):
         explainer.explain(images, region=(8, 4, 2, 12))
 
 
-def test_keras_hubs_deeplab_v3_saved_as_a_file_equals_a_full_tape(keras, tmp_path):
-    keras_hub = pytest.importorskip("keras_hub")
-
+def deeplab(keras_hub, keras):
+    """keras-hub's DeepLabV3 on a small ResNet, 64 × 64, three classes."""
     keras.utils.set_random_seed(3)
     resnet = keras_hub.models.ResNetBackbone(
         input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 64, 64],
@@ -125,8 +124,24 @@ def test_keras_hubs_deeplab_v3_saved_as_a_file_equals_a_full_tape(keras, tmp_pat
     backbone = keras_hub.models.DeepLabV3Backbone(
         image_encoder=resnet, low_level_feature_key="P2", spatial_pyramid_pooling_key="P4", dilation_rates=[6, 12],
         upsampling_size=4, projection_filters=16, image_shape=(64, 64, 3))
+    return keras_hub.models.DeepLabV3ImageSegmenter(backbone=backbone, num_classes=3)
+
+
+def segformer(keras_hub, keras):
+    """keras-hub's SegFormer on a small MiT, 64 × 64, three classes."""
+    keras.utils.set_random_seed(5)
+    encoder = keras_hub.models.MiTBackbone(
+        layerwise_depths=[1, 1, 1, 1], num_layers=4, layerwise_num_heads=[1, 1, 1, 2], layerwise_sr_ratios=[4, 2, 1, 1],
+        max_drop_path_rate=0.0, layerwise_patch_sizes=[7, 3, 3, 3], layerwise_strides=[4, 2, 2, 2],
+        hidden_dims=[8, 16, 24, 32], image_shape=(64, 64, 3))
+    backbone = keras_hub.models.SegFormerBackbone(image_encoder=encoder, projection_filters=16)
+    return keras_hub.models.SegFormerImageSegmenter(backbone=backbone, num_classes=3)
+
+
+def test_keras_hubs_deeplab_v3_saved_as_a_file_equals_a_full_tape(keras, tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
     path = tmp_path / "deeplab.keras"
-    keras_hub.models.DeepLabV3ImageSegmenter(backbone=backbone, num_classes=3).save(path)
+    deeplab(keras_hub, keras).save(path)
     explainer = Explainer(path, precision="fp32")
     assert explainer.head.kind == "pixels"
     images = blocky(1, 64)
@@ -153,15 +168,8 @@ def test_keras_hubs_deeplab_v3_saved_as_a_file_equals_a_full_tape(keras, tmp_pat
 
 def test_keras_hubs_segformer_saved_as_a_file_equals_a_full_tape_at_its_fused_decoder(keras, tmp_path):
     keras_hub = pytest.importorskip("keras_hub")
-
-    keras.utils.set_random_seed(5)
-    encoder = keras_hub.models.MiTBackbone(
-        layerwise_depths=[1, 1, 1, 1], num_layers=4, layerwise_num_heads=[1, 1, 1, 2], layerwise_sr_ratios=[4, 2, 1, 1],
-        max_drop_path_rate=0.0, layerwise_patch_sizes=[7, 3, 3, 3], layerwise_strides=[4, 2, 2, 2],
-        hidden_dims=[8, 16, 24, 32], image_shape=(64, 64, 3))
-    backbone = keras_hub.models.SegFormerBackbone(image_encoder=encoder, projection_filters=16)
     path = tmp_path / "segformer.keras"
-    keras_hub.models.SegFormerImageSegmenter(backbone=backbone, num_classes=3).save(path)
+    segformer(keras_hub, keras).save(path)
     explainer = Explainer(path, precision="fp32")
     # Its class scores are made at a quarter of the input's size, then resized to it: neither the scoring convolution
     # nor the resize (nor the dropout before them) is the default; the decoder's fused features are.
