@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, M
 import numpy as np
 
 from explain_cli import evaluate as evaluation
-from explain_cli import output, pipeline, runtimes, targets
-from explain_cli.errors import BadArgument, ExplainError, Listener, Notes
+from explain_cli import inputs, output, pipeline, runtimes, targets
+from explain_cli.errors import BadArgument, ExplainError, Listener, Notes, blamed
 from explain_cli.inputs import Source
 from explain_cli.methods import METHODS
 from explain_cli.methods.perturbation import GREY, PERTURBATION_METHODS
@@ -81,6 +81,7 @@ class Explainer:
         from explain_cli import precision as precisions
 
         given = isinstance(model, (str, Path))
+        self._given = model  # what it was made from: a sibling at another precision is made from it too
         if isinstance(labels, Path):
             labels = str(labels)
         self.settings = Settings(
@@ -250,7 +251,7 @@ class Explainer:
         choice = self.choose(classes, top_k)
         finish = pipeline.values_only(self.labels, self.layer_for(self.method), self.method, choice.floor)
         regions = self._regions(region)
-        drawn = _pictures(pictures)
+        drawn = None if pictures is None else inputs.pictures_by_key(pictures)
         for result in self._run(images, lambda made: made.compute(choice, regions=regions), finish, errors):
             for value in result.values:
                 yield value if drawn is None else dataclasses.replace(value, image=drawn(value.source))
@@ -306,7 +307,7 @@ class Explainer:
                 given["regions"] = regions(sources)[0]
             return step(batch, **given)
 
-        return compute
+        return blamed(compute, self._predict())
 
     # --- evaluating ---------------------------------------------------------------------------------------------
 
@@ -317,7 +318,12 @@ class Explainer:
         """Each method's maps measured on these images, as `explain evaluate` measures them: deletion and insertion
         AUC, Average Drop, Increase in Confidence, and with `boxes` (per image key: (x0, y0, x1, y1[, class]) in the
         original's pixels, or a CSV file image,x0,y0,x1,y1[,class]) the pointing game and the energy in the boxes;
-        with `sanity`, cascading randomisation. The records, and each method's means with their intervals."""
+        with `sanity`, cascading randomisation. The records, and each method's means with their intervals. "auto"
+        precision is chosen for all the methods measured together, as `explain evaluate` chooses it."""
+        suited = self._suiting(methods)
+        if suited is not self:
+            return suited.evaluate(images, methods, classes, top_k, boxes, sanity, steps, blur_sigma, tolerance, seed,
+                                   sanity_stages, errors)
         choice = self.choose(classes, top_k, evaluating=True)
         plan = EvaluationPlan(tuple(methods), steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
         located = self._boxes(boxes) if boxes is not None else None
@@ -332,6 +338,20 @@ class Explainer:
             records += result.records
             sane += result.side_records
         return Evaluation(tuple(records), tuple(evaluation.summarise(records, plan.methods)), tuple(sane))
+
+    def _suiting(self, methods: Sequence[str]) -> Explainer:
+        """This explainer, or where "auto" chooses another precision once `methods` are suited too (one of them keeps
+        fp32), a sibling made from the same model and settings at that precision: the command line's rule."""
+        from explain_cli import precision as precisions
+
+        check_methods(methods)
+        wanted = (*self.settings.precision_for, *methods)
+        if self.settings.precision != "auto" or isinstance(self._model, runtimes.RuntimeModel) or \
+                precisions.resolve("auto", [self.method, *wanted])[0] == self.precision:
+            return self
+        fields = dataclasses.asdict(dataclasses.replace(self.settings, precision_for=tuple(dict.fromkeys(wanted))))
+        fields.pop("model")
+        return Explainer(self._given, on_note=self.notes.listener, **fields)
 
     def evaluation_steps(self, plan: EvaluationPlan, choice: targets.ClassChoice,
                          truth: Mapping[Source, int] | None = None, boxes: Mapping[Any, Any] | None = None,
@@ -351,9 +371,9 @@ class Explainer:
         if self._needs_head().kind == "pixels":
             segmentation = self._step(("regions", self.precision), lambda: core.compile_regions(self._loaded,
                                                                                                 self._graph))
-        compute = evaluation.evaluation_step(predict, forward, explainers,
-                                             lambda p, batch: targets.pick(choice, p, [s.key for s in batch]),
-                                             settings, sanity, segmentation)
+        compute = blamed(evaluation.evaluation_step(predict, forward, explainers,
+                                                    lambda p, batch: targets.pick(choice, p, [s.key for s in batch]),
+                                                    settings, sanity, segmentation), predict)
         return compute, evaluation.finish_step(self.labels, self.name, self.layer, settings, truth, boxes, sanity)
 
     # --- inside -------------------------------------------------------------------------------------------------
@@ -364,7 +384,7 @@ class Explainer:
         given as the model's input from its view fed them as they stand (`as_input`)."""
         compute = pipeline.by_reading(lambda given: make(self.as_input() if given else self))
         return pipeline.library_results(images, compute, finish, self.input_size, self.settings.batch_size,
-                                        self.settings.max_pixels, errors, self.settings.arrays)
+                                        self.settings.max_pixels, errors, self.settings.arrays, self.notes)
 
     def as_input(self) -> Explainer:
         """This explainer fed arrays that are the model's input as they stand: float32, no preprocessing, perturbed
@@ -475,24 +495,6 @@ class Explainer:
         if isinstance(boxes, (str, Path)):
             return evaluation.read_boxes(Path(boxes), None, self._model.labels)
         return evaluation.given_boxes(boxes, self._model.labels, _key)
-
-
-def _pictures(pictures: Images | None) -> Callable[[Hashable], np.ndarray] | None:
-    """The pictures a user gives to draw on, decoded, each as the frozen image of the explanation of the same key."""
-    if pictures is None:
-        return None
-    from explain_cli import inputs
-    from explain_cli.results import frozen_array
-
-    decoded = {source.key: frozen_array(inputs.decode(source).rgb)
-               for source in inputs.sources_of(pictures, "pixels")}
-
-    def drawn(key: Hashable) -> np.ndarray:
-        if key not in decoded:
-            raise BadArgument("pictures", f"no picture for image {key!r}: give one picture per image, in their order")
-        return decoded[key]
-
-    return drawn
 
 
 def _key(image: Hashable) -> Hashable:

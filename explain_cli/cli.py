@@ -204,21 +204,23 @@ def _explain_cam(method: str, max_masks: int, options: dict, **extra: Any) -> No
               help="Explain each class predicted on at least this share of the image, most pixels first.")
 @click.option("--region", metavar="x0,y0,x1,y1", help="Explain the classes over this box (the image's pixels, x1 and "
               "y1 exclusive) instead of where each is predicted.")
-@click.option("--masks", "masks", type=click.Path(path_type=Path), metavar="DIR",
+@click.option("--region-masks", type=click.Path(path_type=Path), metavar="DIR",
               help="Explain the classes over each image's own region: a PNG of the same relative path under DIR, "
               "non-zero inside.")
+@click.option("--masks", "old_masks", type=click.Path(path_type=Path), metavar="DIR", hidden=True,
+              help="The old name of --region-masks (--masks counts RISE's masks in the other commands).")
 @click.option("--truth-masks", type=click.Path(path_type=Path), metavar="DIR",
               help="True label PNGs (each pixel its class number), the same relative paths under DIR: adds each "
               "class's IoU and the mean IoU to the summary.")
 @common.target_options
 @common.gradient_options
 @common.render_options
-def segment(method: str, max_masks: int, min_area: float, region: str | None, masks: Path | None,
-            truth_masks: Path | None, **options: Any) -> None:
+def segment(method: str, max_masks: int, min_area: float, region: str | None, region_masks: Path | None,
+            old_masks: Path | None, truth_masks: Path | None, **options: Any) -> None:
     """Segmentation models: why each class was predicted where it was (Seg-Grad-CAM, Vinogradova et al. 2020).
 
     A class is explained by the sum of its pixel scores over a region: where it is predicted (default), a box
-    (--region) or a mask (--masks). For each image, writes OUTPUT_DIR/<name>.segmentation.png (its classes coloured
+    (--region) or a mask (--region-masks). For each image, writes OUTPUT_DIR/<name>.segmentation.png (its classes coloured
     over it, with a legend) and OUTPUT_DIR/<name>.<method>.<class>-<label>.jpg per class explained, a manifest line
     each, and prints each explained class with its share of the pixels and mean probability.
     """
@@ -227,8 +229,14 @@ def segment(method: str, max_masks: int, min_area: float, region: str | None, ma
     if click.get_current_context().get_parameter_source("model_spec") is click.core.ParameterSource.DEFAULT:
         raise click.UsageError("explain segment needs a segmentation model: --model FILE (the default, resnet50, is a "
                                "classifier)")
+    if old_masks is not None:
+        if region_masks is not None:
+            raise click.UsageError("--masks is the old name of --region-masks: give one")
+        click.echo("note: segment's --masks DIR is now --region-masks DIR; --masks will be the count of RISE's masks, "
+                   "as in cam, evaluate and detect", err=True)
+    masks = region_masks if region_masks is not None else old_masks
     if region and masks:
-        raise click.UsageError("--region and --masks are exclusive: one region per image")
+        raise click.UsageError("--region and --region-masks are exclusive: one region per image")
     box = segmenting.parse_box(region) if region else None
     settings = common.settings(options, method, score=options.pop("score"),
                                counterfactual=options.pop("counterfactual"), max_masks=max_masks, min_area=min_area)

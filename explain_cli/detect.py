@@ -21,7 +21,7 @@ import numpy as np
 
 from explain_cli import boxes as box_module
 from explain_cli import pipeline
-from explain_cli.errors import BadArgument, ExplainError, Listener, Notes
+from explain_cli.errors import BadArgument, ExplainError, Listener, Notes, blamed
 from explain_cli.inputs import Source
 from explain_cli.methods import DETECTION_METHODS
 from explain_cli.methods.perturbation import GREY, PerturbationInputs, drise
@@ -84,11 +84,13 @@ class Detector:
                  objectness_output: str | None = None, min_score: float = 0.3,
                  iou: float | None = None, max_boxes: int = 20, masks: int = 1000, cells: int = 16, keep: float = 0.5,
                  seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 input_size: tuple[int, int] | None = None, runtime: str = "auto",
+                 input_size: tuple[int, int] | None = None, runtime: str = "auto", precision_for: Sequence[str] = (),
                  on_note: Listener | None = None) -> None:
+        self._arguments = {name: value for name, value in locals().items() if name != "self"}  # for a sibling
         from explain_cli import detection_steps, detector, offload, split
         from explain_cli import explainer as core
         from explain_cli import labels as labels_module
+        from explain_cli import detect_evaluate
         from explain_cli import precision as precisions
 
         if method not in DETECTION_METHODS:
@@ -103,7 +105,9 @@ class Detector:
                             min_score=min_score, iou=iou, max_boxes=max_boxes, masks=masks, cells=cells, keep=keep,
                             seed=seed, batch_size=batch_size, max_pixels=max_pixels, input_size=input_size)
         self.max_pixels, self.seed, self._masks_setting = max_pixels, seed, (masks, cells, keep)
-        chosen, why = precisions.resolve(precision, [method])
+        for other in precision_for:
+            detect_evaluate.check([other])
+        chosen, why = precisions.resolve(precision, [method, *precision_for])
         self.precision = chosen
         self.notes = Notes(on_note)
         self.notes.add(f"precision {chosen} ({why})")
@@ -177,9 +181,15 @@ class Detector:
         cascading randomisation (detect_sanity.py), a record per (image, detection, method, stage)."""
         from explain_cli import detect_evaluate, detect_sanity
         from explain_cli import evaluate as evaluation
+        from explain_cli import precision as precisions
         from explain_cli.results import Evaluation
 
         detect_evaluate.check(methods)
+        if self._arguments["precision"] == "auto" and precisions.resolve(
+                "auto", [self.method, *self._arguments["precision_for"], *methods])[0] != self.precision:
+            # "auto" chosen for every method measured, as `explain evaluate` chooses it: a sibling at that precision
+            sibling = Detector(**{**self._arguments, "precision_for": (*self._arguments["precision_for"], *methods)})
+            return sibling.evaluate(images, methods, steps, blur_sigma, tolerance, sanity, sanity_stages, errors)
         settings = evaluation.Settings(tuple(methods), steps, blur_sigma, tolerance, self.seed, self.batch_size)
         cascade = detect_sanity.prepare(self, sanity_stages, self.seed, frozenset(), None, self.notes.add) \
             if sanity else None
@@ -206,7 +216,7 @@ class Detector:
         the view fed them as they stand (`as_input`), as the Explainer does."""
         compute = pipeline.by_reading(lambda given: make(self.as_input() if given else self))
         return pipeline.library_results(images, compute, finish, self.input_size, self.batch_size, self.max_pixels,
-                                        errors)
+                                        errors, notes=self.notes)
 
     def as_input(self) -> Detector:
         """This detector fed arrays that are the model's input as they stand: float32, no preprocessing, D-RISE's
@@ -231,7 +241,7 @@ class Detector:
             found = [self.suppress(looked.boxes[i], looked.probabilities[i]) for i in range(len(batch))]
             return DetectBatch(self.maps(chosen, batch, sources, looked, found) if explain else found)
 
-        return compute
+        return blamed(compute, self._steps.look)
 
     def maps(self, method: str, batch: np.ndarray, sources: list[Source], looked: Any,
              found: list[Found]) -> list[Found]:

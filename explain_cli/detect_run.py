@@ -104,7 +104,8 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
                                         labels=settings.labels, imports=settings.imports, unsafe=settings.unsafe,
                                         seed=plan.seed, batch_size=run_options.batch_size,
                                         max_pixels=run_options.max_pixels, input_size=settings.input_size,
-                                        runtime=settings.runtime, **given), run_options.verbose)
+                                        runtime=settings.runtime, precision_for=plan.methods, **given),
+                                   run_options.verbose)
         except BadArgument:
             raise
         except ExplainError as error:  # two outputs that are no detector's: a classifier's, one to be chosen

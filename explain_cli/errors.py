@@ -3,7 +3,7 @@ model that fails as it runs)."""
 
 import re
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 
 class ExplainError(Exception):
@@ -52,6 +52,32 @@ def model_failure(error: BaseException) -> str | None:
     lines = [_ANSI.sub("", line).rstrip() for line in str(error).splitlines()]
     said = [line for line in lines if line and not line[0].isspace() and not line.startswith(_TENSORFLOW_FRAMING)]
     return said[-1] if said else type(error).__name__
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether an error says memory ran out (Python's, or TensorFlow's ResourceExhaustedError)."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "ResourceExhaustedError"
+
+
+class StepError(RuntimeError):
+    """explain's own compiled step failed on a batch the model alone runs: a bug of explain's, never filed as a bad
+    image, shown with its traceback."""
+
+
+def blamed(step: Callable[[Any, Any], Any], forward: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
+    """A compute step whose TensorFlow failure is filed by what failed: where the model alone (`forward`) fails on the
+    batch too, the model's own error (its images' one line each); where the model runs, StepError (a bug)."""
+
+    def run(batch: Any, sources: Any) -> Any:
+        try:
+            return step(batch, sources)
+        except Exception as error:
+            if model_failure(error) is None or out_of_memory(error):
+                raise
+            forward(batch)  # the model's own failure propagates as TensorFlow raised it
+            raise StepError(f"explain's step failed on a batch the model itself runs: {first_line(error)}") from error
+
+    return run
 
 
 Listener = Callable[[str, bool], None]  # a note as it comes, and whether it is a warning

@@ -15,7 +15,7 @@ import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Iterable, Iterator, TextIO
+from typing import Any, BinaryIO, Callable, Hashable, Iterable, Iterator, TextIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -275,6 +275,21 @@ def sources_of(images: Any, arrays: str = "auto") -> Iterator[Source]:
                 yield _memory_source(image, next(counter), arrays)
         else:
             yield _memory_source(item, next(counter), arrays)
+
+
+def pictures_by_key(pictures: Any) -> Callable[[Hashable], np.ndarray]:
+    """Pictures a user gives to draw on (any form `sources_of` takes), decoded: each image's, by its key."""
+    from explain_cli.errors import BadArgument
+    from explain_cli.results import frozen_array
+
+    decoded = {source.key: frozen_array(decode(source).rgb) for source in sources_of(pictures, "pixels")}
+
+    def drawn(key: Hashable) -> np.ndarray:
+        if key not in decoded:
+            raise BadArgument("pictures", f"no picture for image {key!r}: give one picture per image, in their order")
+        return decoded[key]
+
+    return drawn
 
 
 def _is_array_batch(images: Any) -> bool:

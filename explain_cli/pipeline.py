@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 import numpy as np
 
 from explain_cli import inputs, interrupts, output, render
-from explain_cli.errors import BadInput, model_failure
+from explain_cli.errors import BadInput, ExplainError, Notes, model_failure, out_of_memory
 from explain_cli.inputs import Source
 from explain_cli.output import Prediction
 from explain_cli.results import Explanation, frozen_array
@@ -209,23 +209,32 @@ def by_reading(make: Callable[[bool], Compute]) -> Compute:
 
 
 def library_results(images: Any, compute: Compute, finish: Finish, size: tuple[int, int, int], batch_size: int,
-                    max_pixels: int, errors: str, arrays: str = "auto") -> Iterator[ImageResult]:
-    """The library's run over images given in any form: each image's result in order; an image that cannot be read
-    raises BadInput with errors="raise", and is left out with "skip". `arrays`: how arrays are read
+                    max_pixels: int, errors: str, arrays: str = "auto",
+                    notes: Notes | None = None) -> Iterator[ImageResult]:
+    """The library's run over images given in any form: each image's result in order; an image that cannot be used
+    raises BadInput with errors="raise", and is left out with "skip", which says once the run ends how many it
+    skipped and which (a warning in `notes`, else a Python warning). `arrays`: how arrays are read
     (inputs.ARRAY_READINGS)."""
     if errors not in ("raise", "skip"):
         from explain_cli.errors import BadArgument
 
         raise BadArgument(None, f"errors is 'raise' or 'skip', not {errors!r}")
     run = Run(inputs.sources_of(images, arrays), compute, finish, size=size, batch_size=batch_size, max_pixels=max_pixels)
+    skipped: list[str] = []
     try:
         for result in run:
             if result.error is None:
                 yield result
             elif errors == "raise":
                 raise BadInput(result.source.shown, result.error.split(": ", 1)[-1])
+            else:
+                skipped.append(result.error)
     finally:
         run.stop()
+    if skipped:
+        shown = "; ".join(skipped[:5]) + ("; ..." if len(skipped) > 5 else "")
+        (notes if notes is not None else Notes()).add(f"skipped {len(skipped)} image{'s' * (len(skipped) > 1)} that "
+                                                      f"could not be used: {shown}", warning=True)
 
 
 def _compute_and_finish(
@@ -235,8 +244,13 @@ def _compute_and_finish(
     try:
         result = compute(np.stack([x for _, _, x in good]), [source for source, _, _ in good]) if good else None
     except Exception as error:
+        if interrupts.received() is not None:
+            raise
+        if out_of_memory(error):  # every later batch would fail alike: the run ends, what is done accounted
+            raise ExplainError(f"out of memory computing a batch of {len(good)} images: try a smaller --batch-size "
+                               "(batch_size= in Python)") from None
         failure = model_failure(error)
-        if failure is None or interrupts.received() is not None:
+        if failure is None:  # explain's own: a bug, never a bad image
             raise
         # The model failed on this batch (a check of its own, a shape it refuses): each of its images says so (an
         # image that could not be read, why not), and the run goes on, as for an image that cannot be read.

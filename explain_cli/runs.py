@@ -177,11 +177,23 @@ def skip_done(found: list[Source], out_dir: Path, done: set[str]) -> tuple[list[
 
 @contextlib.contextmanager
 def manifest_in(out_dir: Path, name: str, shard: Shard | None) -> Iterator[output.Manifest]:
-    """The run's record file, opened before the model loads (an unwritable folder fails at once), closed after."""
+    """The run's record file, opened before the model loads (an unwritable folder fails at once), closed after. A run
+    that ends in an error before it wrote a line (a model refused, a usage error) leaves nothing behind: the file and
+    the folders it made are removed."""
+    made = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
+    path = out_dir / output.record_file(name, shard)
+    new = not path.exists()
     with output.writing_into(out_dir):
-        manifest = output.Manifest(out_dir, output.record_file(name, shard))
+        manifest = output.Manifest(out_dir, path.name)
     try:
         yield manifest
+    except BaseException:
+        if new and path.stat().st_size == 0:
+            path.unlink()
+            for folder in made:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise
     finally:
         manifest.close()
 
@@ -260,7 +272,7 @@ def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
     out.check()
     if request.specs and request.top_k:
         raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
-    for option, folder in (("--masks", masks), ("--truth-masks", truth_masks)):
+    for option, folder in (("--region-masks", masks), ("--truth-masks", truth_masks)):
         if folder is not None and not folder.is_dir():
             raise BadArgument(option, f"{folder}: no such folder")
     found = sources(arguments, stdin, out.out_dir, run.shard)
@@ -271,7 +283,7 @@ def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
                               "reads a segmentation model (an output of (batch, height, width, classes))")
         chosen = choice(request, found, made, None)
         say(f"{made.name}: {name} at layer {made.layer}" + ("" if settings.layer else " (default)") +
-            (", over --region" if box else ", over --masks" if masks else ""))
+            (", over --region" if box else ", over --region-masks" if masks else ""))
         options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer, model=made.name,
                                          colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
                                          save_heatmap=out.save_heatmap, figure=out.figure, listing=made.listing,

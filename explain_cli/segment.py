@@ -124,7 +124,7 @@ def finish_step(names: Sequence[str], top: int, options: RenderOptions, truth_ma
         files = output.FileSet(options.out_dir)
         height, width = original.shape[:2]
         written: list[tuple[Written, Any]] = []
-        warnings = [f"warning: {source.shown}: no mask for it under --masks: its region is empty"] \
+        warnings = [f"warning: {source.shown}: no mask for it under --region-masks: its region is empty"] \
             if missing(source) else []
         picture = source.stem.with_name(f"{source.stem.name}.segmentation.png").as_posix()
         with files.complete_or_removed():

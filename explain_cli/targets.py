@@ -7,6 +7,8 @@ k, or a class given per image.
 
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping, Sequence, Union
 
@@ -55,6 +57,8 @@ def choose(labels: Labels, classes: ClassSpec | Sequence[ClassSpec] | Mapping[An
     same for every image), or a mapping from each image's key to its class (`key` normalises the mapping's keys).
     For a head of several labels (`kind` "labels") or a segmentation ("pixels"), None means every class showing at
     least `floor` (a probability, a share of the pixels), most first, up to `top_k`."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+        raise BadArgument("--top-k", f"top_k is a whole number ≥ 1, not {top_k!r}")
     if classes is not None and top_k:
         raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
     if top_k is not None and top_k > len(labels):

@@ -208,3 +208,29 @@ def test_a_layer_of_layers_computes_in_bf16_with_its_sublayers(keras, kind):
     if SUPPORT != "unavailable":  # run: the sublayers it calls are the twins (a Sequential's too)
         x = np.random.default_rng(0).normal(size=(1, 8, 8, 16)).astype("float32")
         assert converted(x).dtype == "bfloat16" and layer(x).dtype == "float32"
+
+
+def test_evaluate_chooses_auto_precision_alike_in_python_and_on_the_command_line(tiny_model, tmp_path, monkeypatch):
+    """On a CPU with native bfloat16, `auto` keeps fp32 for all the methods evaluate measures together when one of them
+    needs it (layercam), from Python as from the command line: the same request, the same numbers."""
+    import json
+
+    from PIL import Image
+
+    from explain_cli import Explainer
+
+    monkeypatch.setattr(precision, "native_bf16", lambda flags=None, max_isa=None: ["avx512_bf16"])
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        Image.fromarray(make_scene(rng).image).save(tmp_path / f"{i}.png")
+    paths = [str(tmp_path / f"{i}.png") for i in range(2)]
+    explainer = Explainer(tiny_model)
+    assert explainer.precision == "bf16"  # gradcam alone would run in bf16 here
+    mine = explainer.evaluate(paths, methods=("gradcam", "layercam"), steps=4).records
+    result = CliRunner().invoke(cli, ["evaluate", *paths, "--model", str(tiny_model), "--methods", "gradcam,layercam",
+                                      "--steps", "4", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    theirs = [json.loads(line) for line in (tmp_path / "out" / "evaluation.jsonl").read_text().splitlines()]
+    key = ("image", "method", "class_index")
+    assert sorted((tuple(r[k] for k in key), r["deletion_auc"], r["insertion_auc"]) for r in mine) == sorted(
+        (tuple(r[k] for k in key), r["deletion_auc"], r["insertion_auc"]) for r in theirs)

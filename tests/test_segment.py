@@ -1,6 +1,6 @@
 """explain segment: a segmentation model's class explained over a region (Seg-Grad-CAM): the map equals a full tape of
 Σ over the region of the class's pre-activation scores, for a U-Net built here and keras-hub's DeepLabV3 and SegFormer; on a trained
-segmenter it lands on the class's own pixels; --region and --masks select what they say; the files, stdout and IoU."""
+segmenter it lands on the class's own pixels; --region and --region-masks select what they say; the files, stdout and IoU."""
 
 from __future__ import annotations
 
@@ -245,12 +245,14 @@ def test_segment_from_the_command_line(segmenter_model, tmp_path):
     either = [sum(((p == c) | (s.mask == c)).sum() for p, s in zip(predicted, scenes)) for c in range(4)]
     mean_iou = np.mean([b / e for b, e in zip(both, either) if e])
     assert f"mean IoU {mean_iou:.3f} over 3 images with true masks" in result.stderr
-    # --masks: each image's own region; an image without one is told so
+    # --region-masks (given by its old name, --masks, which says so): each image's own region; an image without one
+    # is told so
     Image.fromarray((scenes[0].mask > 0).astype(np.uint8) * 255).save(masks / "0.png")
     masked = run("segment", folder, "--model", segmenter_model, "--labels", labels, "--masks", masks, "--class", "1",
                  "-o", tmp_path / "masked", "--precision", "fp32")
     assert masked.exit_code == 0, masked.output
-    assert f"warning: {folder / '1.png'}: no mask for it under --masks: its region is empty" in masked.stderr
+    assert "note: segment's --masks DIR is now --region-masks DIR" in masked.stderr
+    assert f"warning: {folder / '1.png'}: no mask for it under --region-masks: its region is empty" in masked.stderr
 
 
 def test_segment_needs_a_segmentation_model(tiny_model, tmp_path):
@@ -259,8 +261,8 @@ def test_segment_needs_a_segmentation_model(tiny_model, tmp_path):
     assert result.exit_code == 2
     assert "tiny.keras outputs classes, not classes per pixel: explain segment reads a segmentation model" in " ".join(
         result.stderr.split())
-    both = run("segment", tmp_path / "a.png", "--model", tiny_model, "--region", "0,0,4,4", "--masks", tmp_path)
-    assert both.exit_code == 2 and "--region and --masks are exclusive" in both.stderr
+    both = run("segment", tmp_path / "a.png", "--model", tiny_model, "--region", "0,0,4,4", "--region-masks", tmp_path)
+    assert both.exit_code == 2 and "--region and --region-masks are exclusive" in both.stderr
     unnamed = run("segment", tmp_path / "a.png")  # not the classifier every other command defaults to
     assert unnamed.exit_code == 2 and "explain segment needs a segmentation model: --model FILE" in unnamed.stderr
 
