@@ -82,7 +82,9 @@ def check(settings: Settings) -> None:
     s = settings
     if not isinstance(s.method, str):
         raise BadArgument("--method", f"method is a name, not {s.method!r}")
-    check_methods([s.method, *s.precision_for])
+    check_methods([s.method])
+    if not all(isinstance(m, str) for m in s.precision_for):  # other methods "auto" suits: classviz is one too
+        raise BadArgument(None, f"precision_for holds method names, not {s.precision_for!r}")
     choose("--score", "score", s.score, ("logit", "probability"))
     choose("--precision", "precision", s.precision, CHOICES)
     choose("--runtime", "runtime", s.runtime, RUNTIMES)
