@@ -304,7 +304,8 @@ def _retinanet(keras_hub, keras, size: int, free: bool = False):
         stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_strides=[1, 2, 2, 2], block_type="basic_block",
         use_pre_activation=False, image_shape=(None, None, 3))
     backbone = keras_hub.models.RetinaNetBackbone(image_encoder=encoder, min_level=3, max_level=5, use_p5=False,
-                                                  image_shape=(None, None, 3) if free else (size, size, 3))
+                                                  image_shape=(None, None, 3) if free else (size, size, 3),
+                                                  name="retina_net_backbone")  # not _1 after others made here
     converter = keras_hub.layers.RetinaNetImageConverter(image_size=(size, size), scale=1 / 255.0)
     detector = keras_hub.models.RetinaNetObjectDetector(
         backbone=backbone, num_classes=3, bounding_box_format="yxyx", pre_logits_num_conv_layers=1,
@@ -337,7 +338,7 @@ def _dfine(keras_hub, keras, size: int):
         encoder_ffn_dim=32, num_encoder_layers=1, hidden_expansion=0.5, depth_multiplier=0.5, eval_idx=-1,
         num_decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32, decoder_method="default",
         decoder_n_points=[2, 2], lqe_hidden_dim=16, num_lqe_layers=1, out_features=stages, image_shape=(size, size, 3),
-        seed=0)
+        seed=0, name="d_fine_backbone")
     converter = DFineImageConverter(bounding_box_format="yxyx", image_size=(size, size), scale=1 / 255.0)
     return DFineObjectDetector(backbone=backbone, num_classes=3, bounding_box_format="yxyx",
                                preprocessor=DFineObjectDetectorPreprocessor(image_converter=converter))

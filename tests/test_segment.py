@@ -134,7 +134,8 @@ def segformer(keras_hub, keras):
         layerwise_depths=[1, 1, 1, 1], num_layers=4, layerwise_num_heads=[1, 1, 1, 2], layerwise_sr_ratios=[4, 2, 1, 1],
         max_drop_path_rate=0.0, layerwise_patch_sizes=[7, 3, 3, 3], layerwise_strides=[4, 2, 2, 2],
         hidden_dims=[8, 16, 24, 32], image_shape=(64, 64, 3))
-    backbone = keras_hub.models.SegFormerBackbone(image_encoder=encoder, projection_filters=16)
+    backbone = keras_hub.models.SegFormerBackbone(image_encoder=encoder, projection_filters=16,
+                                                   name="seg_former_backbone")  # not _1 after others made here
     return keras_hub.models.SegFormerImageSegmenter(backbone=backbone, num_classes=3)
 
 

@@ -441,7 +441,7 @@ def _deit(keras):
 
     keras.utils.set_random_seed(9)
     backbone = keras_hub.models.DeiTBackbone(image_shape=(HEIGHT, WIDTH, 3), patch_size=PATCH, num_layers=2,
-                                             num_heads=3, hidden_dim=192, intermediate_dim=384)
+                                             num_heads=3, hidden_dim=192, intermediate_dim=384, name="dei_t_backbone")
     return keras_hub.models.DeiTImageClassifier(backbone=backbone, num_classes=CLASSES)
 
 
@@ -450,7 +450,8 @@ def _swin(keras):
 
     keras.utils.set_random_seed(10)
     backbone = keras_hub.models.SwinTransformerBackbone(image_shape=(64, 64, 3), embed_dim=32, depths=[2, 2],
-                                                        num_heads=[2, 4], window_size=4, patch_size=4)
+                                                        num_heads=[2, 4], window_size=4, patch_size=4,
+                                                        name="swin_transformer_backbone")
     return keras_hub.models.SwinTransformerImageClassifier(backbone=backbone, num_classes=CLASSES)
 
 
