@@ -28,7 +28,7 @@ def make_weights(workdir: Path) -> Path:
     path = workdir / "resnet50.weights.h5"
     if not path.exists():
         code = (
-            "import sys; from explain_cli.backend import load_tensorflow; tf, keras = load_tensorflow();"
+            "import sys; from explain_cli.model.backend import load_tensorflow; tf, keras = load_tensorflow();"
             "keras.utils.set_random_seed(0); keras.applications.ResNet50(weights=None).save_weights(sys.argv[1])"
         )
         subprocess.run([sys.executable, "-c", code, str(path)], check=True)
@@ -95,11 +95,17 @@ def breakdown(weights: Path, image: Path, out: Path) -> list[tuple[str, float]]:
     code = f"""
 import time, numpy as np
 t = [time.perf_counter()]
-from explain_cli.backend import load_tensorflow; load_tensorflow(); t.append(time.perf_counter())
+from explain_cli.model.backend import load_tensorflow; load_tensorflow(); t.append(time.perf_counter())
 import keras; m = keras.applications.ResNet50(weights=None); t.append(time.perf_counter())
 m.load_weights({str(weights)!r}); t.append(time.perf_counter())
-from explain_cli import explainer, inputs, models, pipeline, split, render, output
-from explain_cli.labels import imagenet
+from explain_cli.steps import compiled as explainer
+from explain_cli.inputs import sources as inputs
+from explain_cli.model import loading as models
+from explain_cli.running import pipeline
+from explain_cli.model import cut as split
+from explain_cli.render import heatmaps as render
+from explain_cli.io import files as output
+from explain_cli.inputs.labels import imagenet
 model = models.LoadedModel("resnet50", m, 224, 224, 3, keras.applications.resnet50.preprocess_input,
                            "conv5_block3_out", imagenet())
 graph = explainer.graph_of(model); cut = split.split(graph, "conv5_block3_out")
@@ -137,7 +143,9 @@ def compute_ratio(weights: Path, batch: int = 32, repeats: int = 5) -> tuple[flo
     """Seconds per batch of the compiled explain step alone, top-1 and top-5 (median of `repeats`)."""
     code = f"""
 import statistics, time, numpy as np
-from explain_cli import explainer, models, split
+from explain_cli.steps import compiled as explainer
+from explain_cli.model import loading as models
+from explain_cli.model import cut as split
 model = models.load("resnet50", weights={str(weights)!r})
 cut = split.split(explainer.graph_of(model), "conv5_block3_out")
 x = np.random.default_rng(0).integers(0, 256, ({batch}, 224, 224, 3), dtype=np.uint8)

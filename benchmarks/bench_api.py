@@ -37,7 +37,7 @@ def process_seconds(arguments: list[str], rounds: int) -> float:
 
 def compare(explainer: Any, images: list[np.ndarray], args: argparse.Namespace) -> tuple[float, float]:
     """ms per image: the command line's compute step on the images decoded and batched, and explain() on them."""
-    from explain_cli import inputs
+    from explain_cli.inputs import sources as inputs
 
     sources = list(inputs.sources_of(images))
     batches = [(np.stack([inputs.model_input(image, 224, 224, 3) for image in images[i:i + args.batch_size]]),
@@ -67,7 +67,7 @@ def main() -> None:
             ("`explain --version`", f"{process_seconds(explain + ['--version'], args.rounds):.3f} s")]
 
     from explain_cli import Explainer
-    from explain_cli.backend import load_tensorflow
+    from explain_cli.model.backend import load_tensorflow
 
     _, keras = load_tensorflow()
     explainer = Explainer("resnet50", weights=str(random_weights(keras, "ResNet50")))

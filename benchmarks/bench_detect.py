@@ -70,7 +70,7 @@ def main() -> None:
     import keras
 
     from explain_cli import Detector
-    from explain_cli.inputs import Source
+    from explain_cli.inputs.sources import Source
 
     batch = photos(args.images, args.size)
     model = keras.models.load_model(args.model, compile=False)

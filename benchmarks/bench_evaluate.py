@@ -46,9 +46,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    from explain_cli import evaluate, explainer, models, split
-    from explain_cli.backend import load_tensorflow
-    from explain_cli.inputs import Source
+    from explain_cli.evaluation import evaluate
+    from explain_cli.steps import compiled as explainer
+    from explain_cli.model import loading as models
+    from explain_cli.model import cut as split
+    from explain_cli.model.backend import load_tensorflow
+    from explain_cli.inputs.sources import Source
 
     _, keras = load_tensorflow()
     keras.utils.set_random_seed(0)

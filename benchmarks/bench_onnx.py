@@ -23,7 +23,7 @@ from bench import explain_cmd, make_images, ratio, rounds  # noqa: E402
 
 MAKE = """
 import sys
-from explain_cli.backend import load_tensorflow
+from explain_cli.model.backend import load_tensorflow
 tf, keras = load_tensorflow()
 keras.utils.set_random_seed(0)
 keras.applications.ResNet50(weights=None).save(sys.argv[1])

@@ -27,8 +27,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--whole", type=int, default=2, help="rounds of whole runs (ResNet50 only; 0: none)")
     args = parser.parse_args()
-    from explain_cli import explainer, models, split
-    from explain_cli.backend import load_tensorflow
+    from explain_cli.steps import compiled as explainer
+    from explain_cli.model import loading as models
+    from explain_cli.model import cut as split
+    from explain_cli.model.backend import load_tensorflow
 
     _, keras = load_tensorflow()
     keras.utils.set_random_seed(0)

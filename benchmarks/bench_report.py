@@ -74,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10_000)
     args = parser.parse_args()
-    from explain_cli import report
+    from explain_cli.io import report
 
     with tempfile.TemporaryDirectory(prefix="explain-bench-report-") as work:
         folder = Path(work)

@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from explain_cli import Explainer
-    from explain_cli.backend import load_tensorflow
+    from explain_cli.model.backend import load_tensorflow
     from explain_cli.methods.perturbation import _starts
 
     _, keras = load_tensorflow()

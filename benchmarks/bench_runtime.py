@@ -69,7 +69,10 @@ def ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
 
 STEP = """
 import statistics, sys, time, numpy as np
-from explain_cli import explainer, models, offload, split
+from explain_cli.steps import compiled as explainer
+from explain_cli.model import loading as models
+from explain_cli.model import runtime as offload
+from explain_cli.model import cut as split
 results = []
 for precision in sys.argv[2].split(","):
     model = models.load("resnet50", weights=sys.argv[1], precision=precision)

@@ -52,8 +52,10 @@ def main() -> None:
     args = parser.parse_args()
     import keras_hub
 
-    from explain_cli import explainer, models, split
-    from explain_cli.backend import load_tensorflow
+    from explain_cli.steps import compiled as explainer
+    from explain_cli.model import loading as models
+    from explain_cli.model import cut as split
+    from explain_cli.model.backend import load_tensorflow
 
     tf, keras = load_tensorflow()
     keras.utils.set_random_seed(0)

@@ -17,25 +17,25 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from explain_cli.api import Explainer
-    from explain_cli.detect import Detection, Detector
+    from explain_cli.explainer import Explainer
+    from explain_cli.detector import Detection, Detector
     from explain_cli.settings import Settings
     from explain_cli.callbacks import ExplainCallback
     from explain_cli.errors import BadArgument, BadInput, ExplainError
-    from explain_cli.output import Prediction
+    from explain_cli.io.files import Prediction
     from explain_cli.results import Evaluation, Explanation, ImagePredictions, Layer, MethodSummary
 
 _WHERE = {
-    "Explainer": "explain_cli.api",
-    "Detector": "explain_cli.detect",
-    "Detection": "explain_cli.detect",
+    "Explainer": "explain_cli.explainer",
+    "Detector": "explain_cli.detector",
+    "Detection": "explain_cli.detector",
     "Settings": "explain_cli.settings",
     "Explanation": "explain_cli.results",
     "ImagePredictions": "explain_cli.results",
     "Layer": "explain_cli.results",
     "Evaluation": "explain_cli.results",
     "MethodSummary": "explain_cli.results",
-    "Prediction": "explain_cli.output",
+    "Prediction": "explain_cli.io.files",
     "ExplainCallback": "explain_cli.callbacks",
     "ExplainError": "explain_cli.errors",
     "BadArgument": "explain_cli.errors",

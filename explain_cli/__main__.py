@@ -1,3 +1,3 @@
-from explain_cli.cli import main
+from explain_cli.cli.main import main
 
 main()

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from explain_cli.backend import load_tensorflow
+from explain_cli.model.backend import load_tensorflow
 
 _, _keras = load_tensorflow()
 
@@ -49,7 +49,7 @@ class ExplainCallback(_keras.callbacks.Callback):  # type: ignore[misc, name-def
     def explainer(self) -> Any:
         """The Explainer on the model being trained, made the first time it is needed."""
         if self._explainer is None:
-            from explain_cli.api import Explainer
+            from explain_cli.explainer import Explainer
 
             self._explainer = Explainer(self.model, **self._options)
         return self._explainer
@@ -82,7 +82,8 @@ class ExplainCallback(_keras.callbacks.Callback):  # type: ignore[misc, name-def
                                    f"{e.method} at {e.layer}: {e.label} ({e.class_index}), p = {e.probability:.3f}")
             self._writer.flush()
         if self.out_dir is not None:
-            from explain_cli import output, render
+            from explain_cli.io import files as output
+            from explain_cli.render import heatmaps as render
 
             folder = self.out_dir / f"epoch{epoch + 1:03d}"
             for e, picture in overlays:
@@ -97,7 +98,7 @@ def _image_summary(tag: str, picture: np.ndarray, step: int, description: str) -
     import tensorflow as tf
     from tensorflow.core.framework import summary_pb2
 
-    from explain_cli import render
+    from explain_cli.render import heatmaps as render
 
     height, width = picture.shape[:2]
     tensor = tf.constant([str(width).encode(), str(height).encode(), render.encode(picture, "png")])

@@ -1,303 +1,401 @@
-"""Object detectors: how their outputs read, the one output explain joins them into, and the tensor maths on them
-(decoding, probabilities, D-RISE's similarity, evaluate's matched score); detection_steps.py compiles the steps.
+"""The library's detector: a `Detector` made once from an object detector, then finding and explaining its boxes.
 
-A detector's model outputs, before non-maximum suppression, a box and class scores for each of A predictions (a
-RetinaNet's anchors, a DETR's queries, a grid's cells). explain reads two outputs, boxes (b, A, 4) and class scores
-(b, A, C), and joins them into one: (b, A, 4 + C), the boxes as the model gives them and the scores before their
-sigmoid or softmax. The joined model is a model like any other to the cut (split.py): its feature part runs once per
-image, and each explained box's target runs under the tape at the cut.
+    from explain_cli import Detector
+    detector = Detector("retinanet.keras")                     # or a keras.Model; min_score, iou, max_boxes
+    for e in detector.explain(["street.jpg"]):                  # gradcam; method="drise" needs no layer
+        e.overlay().save(f"{e.source}-det{e.rank}-{e.label}.png")   # e.box: (x0, y0, x1, y1) in the image's pixels
 
-A detection's gradient target is Σ_a w_a · z_a,c: over the pre-NMS predictions a whose box overlaps the detection by
-IoU ≥ 0.5, its IoU w_a (held fixed) times its pre-activation score for the detection's class c.
+Each image's detections are the model's own predictions after non-maximum suppression (tasks/detection_outputs.py reads its
+outputs). A detection is explained by a gradient method at a layer (its target: Σ IoU × class score over the
+predictions that make it up), EigenCAM (class-agnostic), D-RISE (masks and forward passes alone) or random noise.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any, Callable
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from explain_cli import boxes as box_module
-from explain_cli import graph as graph_module
-from explain_cli.errors import BadArgument, ExplainError
-from explain_cli.twin import activation_name, is_activation_layer, with_activation
-
-UNDERSTOOD = ("explain detect reads keras-hub's RetinaNet and D-FINE detectors, or a model with two outputs before "
-              "non-maximum suppression: boxes (batch, A, 4) and class scores (batch, A, classes)")
+from explain_cli.tasks import boxes as box_module
+from explain_cli.running import pipeline
+from explain_cli.errors import BadArgument, ExplainError, Listener, Notes, blamed
+from explain_cli.inputs.sources import Source
+from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS
+from explain_cli.methods import DETECTION_METHODS
+from explain_cli.methods.perturbation import GREY, PerturbationInputs, drise
+from explain_cli.methods.registry import LAYERLESS
+from explain_cli.results import Explanation, frozen_array
 
 
 @dataclass(frozen=True)
-class Format:
-    """How a detector's two outputs read."""
+class Detection:
+    """A box the model found: its place among the image's detections (1: the most confident), class, score (its
+    class's probability) and box (x0, y0, x1, y1) in the image's pixels."""
 
-    boxes_output: str
-    scores_output: str
-    box_format: str  # one of boxes.FORMATS; "anchor_deltas" for a keras-hub RetinaNet
-    activation: str  # what turns a score into a probability: "sigmoid" (each class its own) or "softmax"
-    classes: int
-    predictions: int  # A
-    iou: float = 0.5  # non-maximum suppression's threshold
-    per_class: bool = True  # suppression among boxes of one class (False: of any class, as keras-hub's layer does)
-    anchors: Any = None  # (A, 4) a RetinaNet's anchors, in `anchor_format`, for the input's size
-    objectness_output: str | None = None  # (b, A, 1): how likely each prediction is an object at all (a YOLO's)
-    objectness_activation: str = "sigmoid"  # "sigmoid": the output is probabilities; "linear": logits
-    anchor_format: str = "yxyx"
-    own_format: str = "yxyx"  # the format a RetinaNet decodes its deltas to
+    rank: int
+    class_index: int
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+    probabilities: np.ndarray = field(repr=False, compare=False)  # (C,) every class's probability for it
 
 
-def read(model: Any, graph: graph_module.Graph, height: int, width: int, boxes_output: str | None = None,
-         scores_output: str | None = None, box_format: str | None = None, iou: float | None = None,
-         objectness_output: str | None = None) -> Format:
-    """The detector format of a model; ExplainError (naming the outputs) where it is no detector explain reads."""
-    if type(model).__name__ == "RetinaNetObjectDetector":
-        return _retinanet(model, height, width, iou)
-    if type(model).__name__ == "DFineObjectDetector":  # its queries' final boxes (cx, cy, w, h in fractions) and logits
-        found = outputs_of(graph, "pred_boxes", "logits", "rel_center_xywh", iou)
-        decoder = model.prediction_decoder
-        return dataclasses.replace(found, activation="sigmoid" if decoder.from_logits else found.activation,
-                                   iou=iou if iou is not None else float(decoder.iou_threshold), per_class=False)
-    if "ObjectDetector" in type(model).__name__:
-        raise ExplainError(f"{type(model).__name__} is not read yet: {UNDERSTOOD}")
-    return outputs_of(graph, boxes_output, scores_output, box_format, iou, objectness_output)
+@dataclass(frozen=True)
+class Found:
+    """One image's detections as the batch computed them: in the input's pixels, with the explained maps."""
+
+    prediction: np.ndarray  # (k,) which pre-NMS prediction each is
+    classes: np.ndarray  # (k,)
+    scores: np.ndarray  # (k,)
+    boxes: np.ndarray  # (k, 4) xyxy, input pixels
+    probabilities: np.ndarray  # (k, C)
+    targets: np.ndarray | None = None  # (k,) the explained score (gradient methods: Σ IoU × class score)
+    maps: np.ndarray | None = None  # (k, h, w)
 
 
-def outputs_of(graph: graph_module.Graph, boxes_output: str | None, scores_output: str | None,
-               box_format: str | None, iou: float | None, objectness_output: str | None = None) -> Format:
-    """The format of a model's two outputs, boxes (b, A, 4) and scores (b, A, C): as named, or found by their shapes;
-    and its objectness (b, A, 1), where named."""
-    shapes = {name: _shape_of(graph, number) for name, number in graph.outputs}
-    described = ", ".join(f"{name} {(None, *shape)}" for name, shape in shapes.items()) or "none"
-    for option, name in (("--boxes-output", boxes_output), ("--scores-output", scores_output),
-                         ("--objectness-output", objectness_output)):
-        if name is not None and name not in shapes:
-            raise BadArgument(option, f"unknown output {name!r}; the model's outputs: {described}")
-    triples = {name: shape for name, shape in shapes.items() if len(shape) == 2 and name != objectness_output}
-    boxes_name = boxes_output or _only([n for n, s in triples.items() if s[-1] == 4 and n != scores_output],
-                                       "--boxes-output", described, "(batch, A, 4)")
-    others = [n for n, shape in triples.items() if n != boxes_name and shape[0] == shapes[boxes_name][0]]
-    wide = [n for n in others if triples[n][-1] != 4]  # class scores, unless the classes are four
-    scores_name = scores_output or _only(wide or others, "--scores-output", described, "(batch, A, classes)")
-    box_shape, score_shape = shapes[boxes_name], shapes[scores_name]
-    if len(box_shape) != 2 or box_shape[-1] != 4 or len(score_shape) != 2 or box_shape[0] != score_shape[0]:
-        raise ExplainError(f"{UNDERSTOOD}; this model's outputs: {described}")
-    chosen = box_format or "xyxy"
-    if chosen not in box_module.FORMATS:
-        raise BadArgument("--box-format", f"unknown box format {chosen!r}; choose from {', '.join(box_module.FORMATS)}")
-    activation = scores_activation(graph, dict(graph.outputs)[scores_name])
-    objectness = "sigmoid"
-    if objectness_output is not None:
-        if shapes[objectness_output] != (box_shape[0], 1):
-            raise BadArgument("--objectness-output", f"{objectness_output} is {(None, *shapes[objectness_output])}, "
-                              f"not (None, {box_shape[0]}, 1)")
-        objectness = scores_activation(graph, dict(graph.outputs)[objectness_output])
-    return Format(boxes_name, scores_name, chosen, "softmax" if activation == "softmax" else "sigmoid",
-                  int(score_shape[-1] or 0), int(box_shape[0] or 0), iou if iou is not None else 0.5,
-                  objectness_output=objectness_output, objectness_activation=objectness)
+@dataclass(frozen=True)
+class DetectBatch:
+    images: list[Found]
 
 
-def _only(names: list[str], option: str, described: str, wanted: str) -> str:
-    if len(names) == 1:
-        return names[0]
-    if not names:
-        raise ExplainError(f"{UNDERSTOOD}; this model's outputs: {described}")
-    raise BadArgument(option, f"several outputs could be {wanted}: name one ({described})")
+class Detector:
+    """Explains a Keras object detector's boxes.
+
+    `model`: a keras.Model or a .keras file: keras-hub's RetinaNet or D-FINE detector, or a model whose outputs are boxes
+    (b, A, 4) and class scores (b, A, C) before non-maximum suppression (`boxes_output` and `scores_output` name them
+    when it has more; `box_format`: how its boxes read, boxes.FORMATS, default xyxy in the input's pixels;
+    `objectness_output`: a YOLO's (b, A, 1), which multiplies the class probabilities). A
+    detection is a prediction whose class probability is at least `min_score` and that survives suppression at `iou`
+    (the model's own threshold for keras-hub's models), at most `max_boxes` per image. `method`: DETECTION_METHODS;
+    `layer` where the gradient methods take their maps. D-RISE: `masks`, `cells`, `keep`, `seed`. `runtime` and
+    `on_note`: as the Explainer's. Images as the Explainer reads them: a float array is the model's input as it stands.
+    """
+
+    _fill = GREY  # what D-RISE's masks hide becomes: grey pixels (0 in the view fed the model's input as it stands)
+
+    def __init__(self, model: Any, *, layer: str | None = None, method: str = "gradcam", precision: str = "auto",
+                 preprocess: Any = None, labels: str | Path | Sequence[str] | None = None,
+                 imports: Sequence[str] = (), unsafe: bool = False, boxes_output: str | None = None,
+                 scores_output: str | None = None, box_format: str | None = None,
+                 objectness_output: str | None = None, min_score: float = 0.3,
+                 iou: float | None = None, max_boxes: int = 20, masks: int = 1000, cells: int = 16, keep: float = 0.5,
+                 seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 input_size: tuple[int, int] | None = None, runtime: str = "auto", precision_for: Sequence[str] = (),
+                 on_note: Listener | None = None) -> None:
+        self._arguments = {name: value for name, value in locals().items() if name != "self"}  # for a sibling
+        from explain_cli.tasks import detection_steps
+        from explain_cli.tasks import detection_outputs as detector
+        from explain_cli.model import runtime as offload
+        from explain_cli.model import cut as split
+        from explain_cli.steps import compiled as core
+        from explain_cli.inputs import labels as labels_module
+        from explain_cli.evaluation import detections as detect_evaluate
+        from explain_cli.model import precision as precisions
+
+        if method not in DETECTION_METHODS:
+            raise BadArgument("--method", f"{method!r} does not explain detections; choose from "
+                              f"{', '.join(DETECTION_METHODS)}")
+        _check(min_score, iou, keep, max_boxes, masks, cells, seed, batch_size, max_pixels, precision, preprocess,
+               runtime)
+        self.method, self.min_score, self.max_boxes, self.batch_size = method, min_score, max_boxes, batch_size
+        # What a second Detector like this one is made with (--sanity's, on a copy of the model)
+        self._options = dict(method=method, preprocess=preprocess, boxes_output=boxes_output,
+                            scores_output=scores_output, box_format=box_format, objectness_output=objectness_output,
+                            min_score=min_score, iou=iou, max_boxes=max_boxes, masks=masks, cells=cells, keep=keep,
+                            seed=seed, batch_size=batch_size, max_pixels=max_pixels, input_size=input_size)
+        self.max_pixels, self.seed, self._masks_setting = max_pixels, seed, (masks, cells, keep)
+        for other in precision_for:
+            detect_evaluate.check([other])
+        chosen, why = precisions.resolve(precision, [method, *precision_for])
+        self.precision = chosen
+        self.notes = Notes(on_note)
+        self.notes.add(f"precision {chosen} ({why})")
+        self._model = _load(model, labels, preprocess, imports, unsafe, chosen, input_size)
+        self._graph = core.graph_of(self._model, offload.choose(runtime, self._model, self.notes.add))
+        self.format = detector.read(self._model.keras_model, self._graph, self._model.height, self._model.width,
+                                    boxes_output, scores_output, box_format, iou, objectness_output)
+        self._model = _with_labels(self._model, labels_module.for_model(self.format.classes, labels))
+        try:
+            self.default_layer: str | None = detection_steps.default_layer(self._graph, self.format)
+        except ExplainError:
+            if layer is not None or method not in LAYERLESS:
+                raise
+            self.default_layer = None  # D-RISE and the control need no layer
+        self.layer: str | None = layer or self.default_layer
+        if self.layer is not None:
+            try:
+                self.layer = split.check(detector.joined(self._graph, self.format), self.layer).name
+            except ExplainError as error:
+                raise BadArgument("--layer", f"{error}; default: {self.default_layer}") from None
+        self.notes.add(f"{self.format.predictions} predictions of {self.format.classes} classes, boxes as "
+                          f"{self.format.box_format}, suppression at IoU {self.format.iou:g}" +
+                          ("" if self.format.per_class else " over all classes"))
+        cut = None if method in LAYERLESS and layer is None else self.layer
+        self._graph = offload.ending_at(self._graph, cut)
+        self._cut = cut
+        self._steps = detection_steps.build(self._model, self._graph, self.format, cut)
+        self._rise_masks: Any = None
+        self._input_view: Detector | None = None  # itself fed arrays that are the model's input as they stand
+
+    def layer_for(self, method: str) -> str | None:
+        """The layer `method`'s maps are taken at (None: it needs none)."""
+        return None if method in LAYERLESS else self.layer
+
+    @property
+    def name(self) -> str:
+        return str(self._model.name)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self._model.labels.names)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return self._model.height, self._model.width, self._model.channels
+
+    def __repr__(self) -> str:
+        return (f"Detector({self.name!r}, method={self.method!r}, layer={self.layer!r}, classes={self.format.classes}, "
+                f"min_score={self.min_score}, iou={self.format.iou})")
+
+    def detect(self, images: Any, errors: str = "raise") -> list[tuple[Any, list[Detection]]]:
+        """Each image's detections, as (its key, [Detection]), no map computed."""
+        return [(r.source.key, r.values) for r in self._run(images, lambda made: made.compute(explain=False),
+                                                             self._values(False), errors)]
+
+    def explain(self, images: Any, errors: str = "raise") -> list[Explanation]:
+        """Every detection of every image explained: an Explanation each, with its `box` and `rank` (k)."""
+        return [value for r in self._run(images, lambda made: made.compute(), self._values(True), errors)
+                for value in r.values]
+
+    def iter_explain(self, images: Any, errors: str = "raise") -> Iterator[list[Explanation]]:
+        """explain, one image at a time (its detections' explanations), streaming."""
+        for result in self._run(images, lambda made: made.compute(), self._values(True), errors):
+            yield result.values
+
+    def evaluate(self, images: Any, methods: Sequence[str] = ("gradcam", "random"), steps: int = 32,
+                 blur_sigma: float = 5.0, tolerance: float = 15.0, sanity: bool = False, sanity_stages: int = 6,
+                 errors: str = "raise") -> Any:
+        """Each method's maps of every detection measured as `explain evaluate` measures them (evaluation/detections.py):
+        a record per (image, detection, method), and each method's means (results.Evaluation); with `sanity`,
+        cascading randomisation (evaluation/detection_sanity.py), a record per (image, detection, method, stage)."""
+        from explain_cli.evaluation import detections as detect_evaluate
+        from explain_cli.evaluation import detection_sanity as detect_sanity
+        from explain_cli.evaluation import evaluate as evaluation
+        from explain_cli.model import precision as precisions
+        from explain_cli.results import Evaluation
+
+        detect_evaluate.check(methods)
+        if self._arguments["precision"] == "auto" and precisions.resolve(
+                "auto", [self.method, *self._arguments["precision_for"], *methods])[0] != self.precision:
+            # "auto" chosen for every method measured, as `explain evaluate` chooses it: a sibling at that precision
+            sibling = Detector(**{**self._arguments, "precision_for": (*self._arguments["precision_for"], *methods)})
+            return sibling.evaluate(images, methods, steps, blur_sigma, tolerance, sanity, sanity_stages, errors)
+        settings = evaluation.Settings(tuple(methods), steps, blur_sigma, tolerance, self.seed, self.batch_size)
+        cascade = detect_sanity.prepare(self, sanity_stages, self.seed, frozenset(), None, self.notes.add) \
+            if sanity else None
+        records: list[dict[str, Any]] = []
+        sane: list[dict[str, Any]] = []
+        for result in self._run(images, lambda made: detect_evaluate.evaluation_step(made, settings, cascade),
+                                detect_evaluate.finish_step(self, settings, cascade), errors):
+            records += result.records
+            sane += result.side_records
+        return Evaluation(tuple(records), tuple(evaluation.summarise(records, settings.methods)), tuple(sane))
+
+    def _values(self, explained: bool) -> pipeline.Finish:
+        def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> pipeline.ImageResult:
+            found = batch.images[row]
+            values = explanations(self, source, original, found) if explained else \
+                detections(found, self.labels, self.input_size[:2], original.shape[:2])
+            return pipeline.ImageResult(source, values=values)
+
+        return finish
+
+    def _run(self, images: Any, make: Callable[[Detector], pipeline.Compute], finish: pipeline.Finish,
+             errors: str) -> Iterator[pipeline.ImageResult]:
+        """Each image's result; `make(detector)` makes the compute step, for arrays given as the model's input from
+        the view fed them as they stand (`as_input`), as the Explainer does."""
+        compute = pipeline.by_reading(lambda given: make(self.as_input() if given else self))
+        return pipeline.library_results(images, compute, finish, self.input_size, self.batch_size, self.max_pixels,
+                                        errors, notes=self.notes)
+
+    def as_input(self) -> Detector:
+        """This detector fed arrays that are the model's input as they stand: float32, no preprocessing, D-RISE's
+        masks hiding towards 0; its own compiled steps, the same model and graph."""
+        from explain_cli.tasks import detection_steps
+
+        if self._input_view is None:
+            view = copy.copy(self)
+            view._model, view._fill = self._model.as_input(), 0.0
+            view._steps = detection_steps.build(view._model, self._graph, self.format, self._cut)
+            view._input_view = self._input_view = view
+        return self._input_view
+
+    def compute(self, explain: bool = True, method: str | None = None) -> Callable[[np.ndarray, list[Source]],
+                                                                                   DetectBatch]:
+        """uint8 batch -> DetectBatch: each image's detections and, with `explain`, each one's map by `method`
+        (default: the Detector's)."""
+        chosen = method or self.method
+
+        def compute(batch: np.ndarray, sources: list[Source]) -> DetectBatch:
+            looked = self._steps.look(batch)
+            found = [self.suppress(looked.boxes[i], looked.probabilities[i]) for i in range(len(batch))]
+            return DetectBatch(self.maps(chosen, batch, sources, looked, found) if explain else found)
+
+        return blamed(compute, self._steps.look)
+
+    def maps(self, method: str, batch: np.ndarray, sources: list[Source], looked: Any,
+             found: list[Found]) -> list[Found]:
+        """A batch's detections, each with its map by `method` and its target."""
+        if method == "drise":
+            return [self._drise(image, f) for image, f in zip(batch, found)]
+        if method == "random":
+            return [_with(f, np.full(len(f.classes), np.nan), self._random(source, f, *batch.shape[1:3]))
+                    for source, f in zip(sources, found)]
+        return self._gradient(method, looked, found)
+
+    def suppress(self, found_boxes: np.ndarray, probabilities: np.ndarray) -> Found:
+        """One image's detections from its predictions (A, 4) and (A, C): each prediction's most probable class and
+        that probability as its score, then non-maximum suppression."""
+        classes = np.argmax(probabilities, axis=1)
+        scores = probabilities[np.arange(len(classes)), classes]
+        kept = box_module.nms(found_boxes, scores, classes, self.format.iou, self.min_score, self.max_boxes,
+                              self.format.per_class)
+        return Found(kept, classes[kept], scores[kept], found_boxes[kept], probabilities[kept])
+
+    def weights(self, found_boxes: np.ndarray, found: Found) -> np.ndarray:
+        """(k, A): each detection's weight on every prediction: their boxes' IoU where it is at least 0.5."""
+        return np.stack([box_module.match_weights(found_boxes, box) for box in found.boxes]) if len(found.boxes) \
+            else np.zeros((0, len(found_boxes)), np.float32)
+
+    def _gradient(self, method: str, looked: Any, found: list[Found]) -> list[Found]:
+        """Every detection of a batch explained by a method at the layer, `batch_size` rows per backward pass."""
+        explain = self._steps.explain(method)
+        images = np.concatenate([np.full(len(f.classes), i) for i, f in enumerate(found)]).astype(np.int32)
+        classes = np.concatenate([f.classes for f in found]).astype(np.int32)
+        weights = np.concatenate([self.weights(looked.boxes[i], f) for i, f in enumerate(found)])
+        targets, maps = [], []
+        for start in range(0, len(images), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            target, made = explain(looked, images[part], classes[part], weights[part])
+            targets.append(target)
+            maps.append(made)
+        if not targets:
+            return [_with(f, np.zeros(0), np.zeros((0, 1, 1), np.float32)) for f in found]
+        target_all, maps_all = np.concatenate(targets), np.concatenate(maps)
+        ends = np.cumsum([len(f.classes) for f in found])
+        return [_with(f, target_all[end - len(f.classes):end], maps_all[end - len(f.classes):end])
+                for f, end in zip(found, ends)]
+
+    def masks(self) -> Any:
+        """D-RISE's masks, drawn once for the run from its seed."""
+        from explain_cli.methods.perturbation import rise_masks
+
+        if self._rise_masks is None:
+            count, cells, keep = self._masks_setting
+            self._rise_masks = rise_masks(count, cells, keep, self.seed, *self.input_size[:2])
+        return self._rise_masks
+
+    def _drise(self, image: np.ndarray, found: Found) -> Found:
+        """D-RISE (methods/perturbation.drise), s_t the best similarity (detector.similarity) of a masked image's
+        predictions to detection t: every detection of the image from the same passes."""
+        if not len(found.classes):
+            return _with(found, np.zeros(0), np.zeros((0, *self.input_size[:2]), np.float32))
+
+        def forward(pixels: np.ndarray) -> np.ndarray:
+            return self._steps.judge(pixels, found.boxes, found.probabilities, found.classes)[0]
+
+        maps = drise(PerturbationInputs(forward, image.astype(np.float32), np.arange(len(found.classes)),
+                                       self.batch_size, self.masks(), fill=self._fill))
+        return _with(found, np.full(len(found.classes), np.nan), maps)
+
+    def _random(self, source: Source, found: Found, height: int, width: int) -> np.ndarray:
+        from explain_cli.methods.control import random_map
+
+        return np.stack([random_map(self.seed, f"{source.shown}#{k}", int(c), height, width)
+                         for k, c in enumerate(found.classes)]) if len(found.classes) else \
+            np.zeros((0, height, width), np.float32)
 
 
-def _shape_of(graph: graph_module.Graph, number: int) -> tuple[int | None, ...]:
-    step = next(s for s in graph.steps if number in s.outputs)
-    return tuple(step.output_shapes[step.outputs.index(number)][1:])
+def _check(min_score: Any, iou: Any, keep: Any, max_boxes: Any, masks: Any, cells: Any, seed: Any, batch_size: Any,
+           max_pixels: Any, precision: Any, preprocess: Any, runtime: Any) -> None:
+    """BadArgument for a Detector's argument that cannot be used, naming it and what it may be."""
+    from explain_cli import settings
+    from explain_cli.model.loading import check_preprocess
+    from explain_cli.model.runtime import RUNTIMES
+    from explain_cli.model.precision import CHOICES
+
+    for option, name, value in (("--min-score", "min_score", min_score), ("--iou", "iou", iou), ("--keep", "keep", keep)):
+        if value is not None:
+            settings.between(option, name, value, 0.0, 1.0)
+    for option, name, value, least in (("--max-boxes", "max_boxes", max_boxes, 1), ("--masks", "masks", masks, 1),
+                                       ("--cells", "cells", cells, 1), ("--seed", "seed", seed, 0),
+                                       ("--batch-size", "batch_size", batch_size, 1),
+                                       ("--max-pixels", "max_pixels", max_pixels, 1)):
+        settings.whole(option, name, value, least)
+    settings.choose("--precision", "precision", precision, CHOICES)
+    settings.choose("--runtime", "runtime", runtime, RUNTIMES)
+    check_preprocess(preprocess)
 
 
-def _retinanet(model: Any, height: int, width: int, iou: float | None) -> Format:
-    """A keras-hub RetinaNet: anchor deltas ("center_xywh" against its anchor generator's boxes) and class logits;
-    its own decoder's IoU threshold and class-agnostic suppression."""
-    generator = model.anchor_generator
-    anchors = np.concatenate([np.asarray(a) for a in generator(np.zeros((1, height, width, 3), np.float32)).values()])
-    decoder = model.prediction_decoder
-    activation = getattr(model.activation, "__name__", None) if model.activation is not None else None
-    return Format("bbox_regression", "cls_logits", "anchor_deltas", "softmax" if activation == "softmax" else "sigmoid",
-                  int(model.num_classes), len(anchors), iou if iou is not None else float(decoder.iou_threshold),
-                  per_class=False, anchors=anchors.astype(np.float32), anchor_format=generator.bounding_box_format,
-                  own_format=model.bounding_box_format)
+def _with(found: Found, targets: np.ndarray, maps: np.ndarray) -> Found:
+    return Found(found.prediction, found.classes, found.scores, found.boxes, found.probabilities, targets, maps)
 
 
-# --- the joined model ------------------------------------------------------------------------------------------------
+def detections(found: Found, names: Sequence[str], input_size: tuple[int, int],
+               image_size: tuple[int, int]) -> list[Detection]:
+    """An image's detections as values, their boxes in its own pixels."""
+    from explain_cli.io.files import label_of
+
+    placed = box_module.to_image(found.boxes, input_size, image_size)
+    return [Detection(k, int(c), label_of(names, int(c)), float(s), tuple(float(v) for v in box),  # type: ignore[arg-type]
+                      frozen_array(p)) for k, (c, s, box, p) in
+            enumerate(zip(found.classes, found.scores, placed, found.probabilities), 1)]
 
 
-class _Join:
-    """The last step of the joined model: (b, A, 4) boxes, (b, A, C) scores and perhaps (b, A, 1) objectness ->
-    (b, A, 4 + C [+ 1]) float32."""
-
-    name = "explain_detections"
-
-    def __call__(self, *parts: Any) -> Any:
-        import tensorflow as tf
-
-        return tf.concat([tf.cast(part, tf.float32) for part in parts], axis=-1)
-
-
-class _Parts:
-    """The join step's call arguments: the values numbered 0, 1 (and 2), in order."""
-
-    keras_tensors: tuple = ()
-
-    def fill_in(self, values: dict) -> tuple[tuple, dict]:
-        return tuple(values[key] for key in sorted(values)), {}
+def explanations(made: Detector, source: Source, original: np.ndarray, found: Found,
+                 method: str | None = None) -> list[Explanation]:
+    """An image's explained detections as values: each one's map, box (the image's pixels) and target."""
+    image = frozen_array(original)
+    method = method or made.method
+    assert found.maps is not None and found.targets is not None
+    return [Explanation(source=source.key, class_index=d.class_index, label=d.label, rank=d.rank,
+                        probability=d.score, target_score=float(target), layer=made.layer_for(method), method=method,
+                        map=frozen_array(np.asarray(raw, np.float32)), image=image, box=d.box)
+            for d, target, raw in zip(detections(found, made.labels, made.input_size[:2], original.shape[:2]),
+                                      found.targets, found.maps)]
 
 
-def joined(graph: graph_module.Graph, found: Format) -> graph_module.Graph:
-    """The graph whose one output is (b, A, 4 + C [+ 1]): the boxes output as the model gives it, the scores output
-    before its final sigmoid or softmax, and the objectness output where there is one."""
-    outputs = dict(graph.outputs)
-    steps, scores = linear_scores(graph, outputs[found.scores_output])
-    parts = [outputs[found.boxes_output], scores] + ([outputs[found.objectness_output]] if found.objectness_output
-                                                     else [])
-    number = max(n for s in graph.steps for n in s.outputs) + 1
-    width = 4 + found.classes + bool(found.objectness_output)
-    join = graph_module.Step(name=_Join.name, layer=_Join(), arguments=_Parts(), inputs=tuple(enumerate(parts)),
-                             outputs=(number,), output_shapes=((None, found.predictions, width),),
-                             takes_training=False)
-    return dataclasses.replace(graph, steps=(*steps, join), output=number, outputs=(("detections", number),))
+def _load(model: Any, labels: Any, preprocess: str | None, imports: Sequence[str], unsafe: bool, precision: str,
+          input_size: tuple[int, int] | None) -> Any:
+    """The detector as a LoadedModel, fed at its input's size (models.size_of)."""
+    from explain_cli.inputs import labels as labels_module
+    from explain_cli.model import loading as models
+    from explain_cli.model.backend import load_tensorflow
+
+    _, keras = load_tensorflow()
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.exists():
+            raise BadArgument("--model", f"{path}: no such file")
+        keras_model = models._load_file(path, models.import_user_code(imports), unsafe)
+        name, live = path.name, False
+    elif isinstance(model, keras.Model):
+        keras_model, name, live = model, model.name, True
+    else:
+        raise ExplainError(f"not a Keras model: a {type(model).__name__} (give a keras.Model or a .keras file)")
+    converter = models._image_converter(keras_model)
+    prep = converter if preprocess is None and converter is not None else models.preprocessing(preprocess or "none")
+    height, width, channels = models.size_of(keras_model, name, input_size)
+    return models.LoadedModel(name=name, keras_model=keras_model, height=height, width=width,
+                              channels=channels, preprocess=prep, default_layer=None,
+                              labels=labels_module.Labels(()), precision=precision, live=live,
+                              identity=None if live else models.identity(str(model), "imagenet", imports))
 
 
-def scores_only(graph: graph_module.Graph, found: Format) -> graph_module.Graph:
-    """The graph up to the scores output before its sigmoid or softmax (the tape needs only it: a box's weights are
-    held fixed)."""
-    steps, scores = linear_scores(graph, dict(graph.outputs)[found.scores_output])
-    return dataclasses.replace(graph, steps=tuple(steps), output=scores)
+def _with_labels(model: Any, labels: Any) -> Any:
+    import dataclasses
 
-
-# What gathers a detector's class scores into its output without computing on them.
-GATHERING = ("Reshape", "Concatenate", "Permute", "Flatten")
-
-
-def scores_activation(graph: graph_module.Graph, scores: int) -> str:
-    """How a detector's scores output became probabilities: "sigmoid", "softmax" or "linear" (logits), read from the
-    layers that made its values, back through the reshapes and joins that gather a feature pyramid's levels."""
-    steps = [_step_making(graph, n) for n in score_makers(graph, scores)]
-    kinds = {_activation_of(step.layer) if step is not None else "linear" for step in steps}
-    return kinds.pop() if len(kinds) == 1 else "linear"
-
-
-def linear_scores(graph: graph_module.Graph, scores: int) -> tuple[list[graph_module.Step], int]:
-    """The steps with the scores' final sigmoids or softmaxes left out (a layer's own activation made linear in a twin
-    that shares its weights; an activation layer passing its input on), and the scores output's value number."""
-    makers = set(score_makers(graph, scores))
-    steps = []
-    for step in graph.steps:
-        if step.outputs[0] in makers and _activation_of(step.layer) in ("sigmoid", "softmax"):
-            if is_activation_layer(step.layer) or type(step.layer).__name__ in _ACTIVATION_OPS:
-                step = dataclasses.replace(step, layer=_passing, takes_training=False)
-            else:
-                from keras import activations
-
-                step = with_activation(step, activations.linear)
-        steps.append(step)
-    return steps, scores
-
-
-# Keras ops called on a model's tensors (keras.ops.sigmoid, keras.ops.softmax) are steps of their own.
-_ACTIVATION_OPS = {"Sigmoid": "sigmoid", "Softmax": "softmax"}
-
-
-def _activation_of(layer: Any) -> str:
-    """What a step's layer ends with: its activation, or the activation op it is."""
-    return _ACTIVATION_OPS.get(type(layer).__name__) or activation_name(layer)
-
-
-def _passing(values: Any, *args: Any, **kwargs: Any) -> Any:
-    """An activation layer left out: its input passed on."""
-    return values
-
-
-def score_makers(graph: graph_module.Graph, value: int) -> list[int]:
-    """The values that the steps gathering `value` (GATHERING) read: where its numbers are computed."""
-    made_by = {n: s for s in graph.steps for n in s.outputs}
-    found, seen = [], [value]
-    while seen:
-        number = seen.pop()
-        step = made_by.get(number)
-        if step is not None and type(step.layer).__name__ in GATHERING:
-            seen.extend(n for _, n in step.inputs)
-        else:
-            found.append(number)
-    return found
-
-
-def _step_making(graph: graph_module.Graph, number: int) -> graph_module.Step | None:
-    """The step that computes the value `number` (None: the input)."""
-    return next((s for s in graph.steps if number in s.outputs), None)
-
-
-# --- on tensors ------------------------------------------------------------------------------------------------------
-
-
-def decode(found: Format, height: int, width: int) -> Callable[[Any], Any]:
-    """(b, A, 4) the boxes output -> (b, A, 4) xyxy boxes in the input's pixels, float32."""
-    import tensorflow as tf
-
-    if found.box_format != "anchor_deltas":
-        return lambda raw: box_module.to_xyxy(tf.cast(raw, tf.float32), found.box_format, height, width, tf)
-    import keras
-
-    anchors = tf.constant(found.anchors)
-
-    def from_deltas(raw: Any) -> Any:  # what keras-hub's RetinaNet.decode_predictions does
-        own = keras.utils.bounding_boxes.decode_deltas_to_boxes(
-            anchors=anchors, boxes_delta=tf.cast(raw, tf.float32), encoded_format="center_xywh",
-            anchor_format=found.anchor_format, box_format=found.own_format, image_shape=(height, width, 3))
-        return box_module.to_xyxy(own, found.own_format, height, width, tf)
-
-    return from_deltas
-
-
-def probabilities(found: Format, joined_scores: Any) -> Any:
-    """(b, A, C) each prediction's class probabilities from the joined output's scores (its columns after the box's):
-    the pre-activation scores made probabilities, times the objectness where there is one (YOLO's confidence)."""
-    import tensorflow as tf
-
-    scores = joined_scores[..., :found.classes]
-    found_probabilities = tf.nn.softmax(scores, axis=-1) if found.activation == "softmax" else tf.sigmoid(scores)
-    if not found.objectness_output:
-        return found_probabilities
-    objectness = joined_scores[..., found.classes:]
-    return found_probabilities * (tf.sigmoid(objectness) if found.objectness_activation == "linear" else objectness)
-
-
-def pairwise_iou(targets: Any, candidates: Any) -> Any:
-    """(T, 4) and (n, A, 4) xyxy -> (n, T, A) IoU, in TensorFlow."""
-    import tensorflow as tf
-
-    t = targets[None, :, None, :]
-    c = candidates[:, None, :, :]
-    inner = tf.nn.relu(tf.minimum(t[..., 2], c[..., 2]) - tf.maximum(t[..., 0], c[..., 0])) * \
-        tf.nn.relu(tf.minimum(t[..., 3], c[..., 3]) - tf.maximum(t[..., 1], c[..., 1]))
-    area = lambda b: tf.nn.relu(b[..., 2] - b[..., 0]) * tf.nn.relu(b[..., 3] - b[..., 1])  # noqa: E731
-    union = area(t) + area(c) - inner
-    return tf.math.divide_no_nan(inner, union)
-
-
-def similarity(found_boxes: Any, found_probabilities: Any, targets: Any, target_probabilities: Any) -> Any:
-    """D-RISE's score of each target in each masked image (n, T): max over its predictions a of IoU(target, box_a) ·
-    cos(p_target, p_a) · max_c p_a,c, the prediction's confidence: its objectness times its best class's probability
-    where the model has objectness, and standing in for it where not (without it, a faint prediction whose few
-    percent point the same way would count as a full match)."""
-    import tensorflow as tf
-
-    overlap = pairwise_iou(targets, found_boxes)  # (n, T, A)
-    unit = tf.math.l2_normalize(found_probabilities, axis=-1)
-    cosine = tf.einsum("nac,tc->nta", unit, tf.math.l2_normalize(target_probabilities, axis=-1))
-    confidence = tf.reduce_max(found_probabilities, axis=-1)[:, None, :]
-    return tf.reduce_max(overlap * cosine * confidence, axis=-1)
-
-
-def matched_score(found_boxes: Any, found_probabilities: Any, targets: Any, classes: Any) -> Any:
-    """evaluate's score of each target in each perturbed image (n, T): the highest probability of the target's class
-    among the predictions whose box overlaps the target's by IoU ≥ 0.5 (0 where none does)."""
-    import tensorflow as tf
-
-    overlap = pairwise_iou(targets, found_boxes)  # (n, T, A)
-    per_class = tf.gather(tf.transpose(found_probabilities, [0, 2, 1]), classes, axis=1)  # (n, T, A)
-    return tf.reduce_max(tf.where(overlap >= 0.5, per_class, 0.0), axis=-1)
+    return dataclasses.replace(model, labels=labels)

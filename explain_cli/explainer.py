@@ -1,376 +1,509 @@
-"""The compiled steps: predictions, and explanations for a batch in one feature pass.
+"""The library: an `Explainer` made once from a model, then explaining, predicting and evaluating images.
 
-The feature part runs outside the gradient tape; only the head runs under it. For k classes per
-image the head runs on the activations tiled k times, so one backward pass yields every
-(image, class) gradient at once, and no image's gradient is ever mixed with another's. What is differentiated is
-the model's head's target for each row (heads.py, targets.rows): a class's logit, a binary head's ±logit, a value, or
-a segmentation class's scores summed over a region.
+    from explain_cli import Explainer
+    explainer = Explainer("resnet50")                       # or a keras.Model in memory, or a .keras / .h5 file
+    for e in explainer.explain(["cat.jpg", photo_array], top_k=2):
+        e.overlay().save(f"{e.source}-{e.label}.png")       # e.map, e.heatmap(), e.figure(); a notebook shows e
+
+Images stream through the same pipeline as the command line's (decode, batch, compiled step), in batches, so a
+folder or a generator of any length is never loaded whole; each compiled step is traced once and reused by every
+later call. The command line is written on this class (cli/runs.py); nothing here prints.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from explain_cli import graph as graph_module
-from explain_cli import split as split_module
-from explain_cli.errors import ExplainError
-from explain_cli.guided import guided
-from explain_cli.methods import METHODS, MethodInputs
-from explain_cli.models import LoadedModel
-from explain_cli.rows import per_image as regroup
-from explain_cli.rows import read_rows, tile
+from explain_cli.evaluation import evaluate as evaluation
+from explain_cli.inputs import sources as inputs
+from explain_cli.io import files as output
+from explain_cli.running import pipeline
+from explain_cli.model import files as runtimes
+from explain_cli.steps import targets
+from explain_cli.errors import BadArgument, ExplainError, Listener, Notes, blamed
+from explain_cli.inputs.sources import Source
+from explain_cli.methods import METHODS
+from explain_cli.methods import PERTURBATION_METHODS, PIXEL_METHODS
+from explain_cli.methods.perturbation import GREY
+from explain_cli.results import Evaluation, Explanation, ImagePredictions, Layer, frozen_array
+from explain_cli.settings import RANDOM, EvaluationPlan, Settings, check, check_methods
+from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from explain_cli.model.loading import LoadedModel
+
+PER_IMAGE = targets.ClassChoice(per_image={})  # the kind of choice evaluate compiles: a class given per image
+Images = Any  # a numpy batch, an array, a PIL image, a path, a folder, or an iterable of these
+Classes = "int | str | Sequence[int | str] | Mapping[Hashable, int | str] | None"
 
 
-@dataclass(frozen=True)
-class BatchResult:
-    """What one compiled explain step returns for a batch of b images and k classes each."""
+class Explainer:
+    """Explains a Keras image classifier's decisions, image by image.
 
-    probabilities: np.ndarray  # (b, classes): probabilities; a value head's value; a segmentation's pixel shares
-    classes: np.ndarray  # (b, k) class numbers explained
-    scores: np.ndarray  # (b, k) the differentiated score: logit (a value, a region's sum) or probability
-    maps: np.ndarray  # (b, k, h, w) the method's maps at the layer's resolution, not normalised
-    extras: dict[str, np.ndarray] = field(default_factory=dict)  # a segmentation: "share", "mean_probability" (b, k)
-    # of each explained region, and "segmentation" (b, h, w): each pixel's class
+    `model`: a keras.Model in memory (used as it is, so its current weights are what is explained), a built-in name
+    ("resnet50", "vgg16", ...) or a .keras / .h5 file. `layer`: where class-activation methods take their maps
+    (default: the model's last convolutional block, or for a transformer the input of its last block). `method`:
+    any class-activation method (gradcam, gradcam++, xgradcam, hirescam, layercam, cam, eigencam, scorecam,
+    attention-rollout), any pixel method (vanilla, smoothgrad, integrated-gradients, guided-backprop,
+    guided-gradcam), a perturbation method (rise, occlusion) or random. `precision`: "auto", "fp32" or "bf16".
+    `preprocess`: "caffe", "tf", "torch" or "none" (default: a built-in model's own; for a model object or file, its
+    keras-hub image converter, else none). `labels`: a labels file or a list of class names. The method's own
+    settings: `score` ("logit" or "probability"), `counterfactual`, `max_masks` (scorecam), `samples` and `noise`
+    (smoothgrad), `steps` (integrated gradients), `masks`, `cells` and `keep` (rise), `window` and `stride`
+    (occlusion), `seed`. `precision_for`: other methods "auto" must suit (it keeps fp32 for those that
+    do not hold up in bf16). `runtime`: where forward-only passes run (the feature pass before the layer,
+    predictions, perturbed images): "auto" (OpenVINO where installed), "tensorflow", "openvino" or "onnxruntime"; the
+    gradient always runs in TensorFlow. `on_note`: hears each of `notes` as it comes, and whether it is a warning
+    (default: warnings are Python warnings). Errors are ExplainError (BadArgument for an argument that cannot be used).
 
-
-def graph_of(model: LoadedModel, offload: Any = None) -> graph_module.Graph:
-    """The model's graph as explain replays it: in bfloat16 when the model's precision says so; BatchNorm unfolded for
-    a model in memory, whose weights may change after the steps are compiled; its forward-only passes on `offload`'s
-    runtime (offload.Offload; None: TensorFlow)."""
-    graph = graph_module.flatten(model.keras_model, model.output)
-    return dataclasses.replace(graph, precision=model.precision, foldable=graph.foldable and not model.live,
-                               offload=offload)
-
-
-def default_layer(graph: graph_module.Graph, model: LoadedModel) -> str:
-    """The registered layer of a built-in model; for a transformer, the input of its last block; else the last
-    feature map (or tokens on a grid) larger than 1×1 before the output's own layer (a segmenter's output is a
-    feature map too, and explains nothing of itself, nor does a resize after it), not counting layers that only resize
-    or pass on the map before them."""
-    if model.default_layer is not None:
-        return model.default_layer
-    if graph.transformer_default is not None:
-        return graph.transformer_default
-    before = _steps_before_the_output(graph)
-    spatial = [p for p in graph.explainable() if all(d is None or d > 1 for d in p.grid_shape[:2])
-               and (before is None or p.step in before) and p.kind not in PASSING]
-    if not spatial:
-        raise ExplainError(f"model {model.name!r} has no layer with a 4-D output or tokens on a grid to explain")
-    return spatial[-1].name
-
-
-# Layers that only resize the map before them: that map, larger (and costlier to weigh), explains nothing more.
-RESIZES = ("UpSampling2D", "Resizing")
-# Layers whose output at inference is the map before them, or that map resized: the default names the map's maker.
-PASSING = (*RESIZES, "Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "Identity")
-
-
-def _steps_before_the_output(graph: graph_module.Graph) -> set[str] | None:
-    """The steps before the one that makes the output's scores (None: the model has several outputs, none chosen)."""
-    if graph.output is None:
-        return None
-    logits, _, steps = split_module.pre_activation(graph)
-    maker = {value: i for i, s in enumerate(steps) for value in s.outputs}
-    last = maker[logits]
-    while (type(steps[last].layer).__name__ in RESIZES and len(steps[last].inputs) == 1
-           and steps[last].inputs[0][1] in maker):
-        # SegFormer resizes its class scores to the input's size: the layer that scored them is the output's own.
-        last = maker[steps[last].inputs[0][1]]
-    return {s.name for s in steps[:last]} if len(steps) > 1 else {s.name for s in steps}
-
-
-def head_of(model: LoadedModel, graph: graph_module.Graph) -> Any:
-    """The model's head (heads.Head): as loaded, or read from the graph for a LoadedModel made by hand."""
-    from explain_cli import heads
-
-    if model.head is not None:
-        return model.head
-    _, activation, _ = split_module.pre_activation(graph)
-    return heads.detect(split_module.output_shape(graph), activation)
-
-
-def _input_spec(model: LoadedModel) -> Any:
-    import tensorflow as tf
-
-    return tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, model.pixels))
-
-
-def compile_predict(model: LoadedModel, graph: graph_module.Graph,
-                    pixels: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """A batch (b, h, w, c) of pixels in 0-255, uint8 (or "float32": perturbed images; by default what the model's
-    steps take, model.pixels) -> (b, classes): each class's
-    probability (a value head's value; a segmentation's share of pixels per class), through one traced graph.
-
-    The returned callable has `.traced` (the tf.function) for counting traces.
+    Images: a float array is the model's input as it stands, exactly as `model.predict` takes it (no resizing, no
+    preprocessing); a uint8 array, a PIL image or a file is a picture, resized and preprocessed. `arrays="input"` reads
+    every array as the model's input, `arrays="pixels"` every array as a picture (floats as 0-255). An input given as
+    it stands is perturbed there (RISE, occlusion, evaluate): what is hidden goes to 0 of the model's input.
     """
-    import tensorflow as tf
 
-    from explain_cli import heads
+    _fill = GREY  # what a perturbation hides becomes: grey pixels (0 in the view fed the model's input as it stands)
 
-    forward, _ = split_module.logits(graph, forward_only=True)
-    spec = tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels or model.pixels))
-    head = head_of(model, graph)
+    def __init__(self, model: Any, *, layer: str | None = None, method: str = "gradcam", precision: str = "auto",
+                 preprocess: str | None = None, labels: str | Path | Sequence[str] | None = None,
+                 weights: str = "imagenet", imports: Sequence[str] = (), unsafe: bool = False, score: str = "logit",
+                 counterfactual: bool = False, max_masks: int = 64, samples: int = 25, noise: float = 0.15,
+                 steps: int = 64, seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 precision_for: Sequence[str] = (), output: str | None = None, multi_label: bool = False,
+                 output_index: int | None = None, threshold: float = 0.5, min_area: float = 0.01, masks: int = 4000,
+                 cells: int = 7, keep: float = 0.5, window: int | None = None, stride: int | None = None,
+                 input_size: tuple[int, int] | None = None, layout: str | None = None,
+                 outputs_are: str | None = None, runtime: str = "auto", arrays: str = "auto",
+                 on_note: Listener | None = None) -> None:
+        from explain_cli.steps import compiled as core
+        from explain_cli.model import heads
+        from explain_cli.model import loading as models
+        from explain_cli.model import runtime as offload
+        from explain_cli.model import cut as split
+        from explain_cli.model import precision as precisions
 
-    @compiled([spec])
-    def step(images: Any) -> Any:
-        raw = forward(model.preprocess(tf.cast(images, tf.float32)))
-        if head.kind == "pixels":
-            return heads.pixel_shares(head, raw, heads.pixel_classes(head, raw))
-        return heads.probabilities(head, raw)
+        given = isinstance(model, (str, Path))
+        self._given = model  # what it was made from: a sibling at another precision is made from it too
+        if isinstance(labels, Path):
+            labels = str(labels)
+        self.settings = Settings(
+            model=str(model) if given else "", layer=layer, method=method, precision=precision, preprocess=preprocess,
+            labels=labels if labels is None or isinstance(labels, str) else tuple(labels), weights=weights,
+            imports=tuple(imports), unsafe=unsafe, score=score, counterfactual=counterfactual, max_masks=max_masks,
+            samples=samples, noise=noise, steps=steps, seed=seed, batch_size=batch_size, max_pixels=max_pixels,
+            precision_for=tuple(precision_for), output=output, multi_label=multi_label, output_index=output_index,
+            threshold=threshold, min_area=min_area, masks=masks, cells=cells, keep=keep, window=window, stride=stride,
+            input_size=input_size, layout=layout, outputs_are=outputs_are, runtime=runtime, arrays=arrays)
+        check(self.settings)
+        self.notes = Notes(on_note)  # how it was made and runs, for the curious (--verbose)
+        self._steps: dict[tuple[object, ...], Any] = {}
+        self._input_view: Explainer | None = None  # itself fed arrays that are the model's input as they stand
+        self._model: LoadedModel | runtimes.RuntimeModel  # the second: a file only a runtime runs
+        self._graph: Any  # graph.Graph; None for a runtime's file
+        if given and runtimes.is_runtime_model(str(model)):
+            self._open_runtime(str(model))
+            return
+        chosen, why = precisions.resolve(precision, [method, *precision_for])
+        self.notes.add(f"precision {chosen} ({why})")
+        reading = heads.Reading(output, multi_label, output_index)
+        if given:
+            problem = models.check_spec(str(model))
+            if problem:
+                raise BadArgument("--model", problem)
+            self._model = models.load(str(model), weights, labels, preprocess, imports=imports, unsafe=unsafe,
+                                      precision=chosen, reading=reading, input_size=input_size)
+        else:
+            self._model = models.from_object(model, labels, preprocess, chosen, reading, input_size)
+        self._graph = core.graph_of(self._model, offload.choose(runtime, self._model, self.notes.add))
+        for note in self._graph.notes:
+            self.notes.add(note)
+        try:
+            self.default_layer: str | None = core.default_layer(self._graph, self._model)
+        except ExplainError as error:  # no feature map at all: predict and classviz still work; explaining does not
+            if layer is not None:
+                raise
+            self.default_layer, self._no_layer = None, error
+        self.layer: str | None = layer or self.default_layer
+        if self.layer is not None and self._graph.output is not None:  # several outputs: checked once one is chosen
+            try:
+                self.layer = split.check(self._graph, self.layer).name
+            except BadArgument:
+                raise
+            except ExplainError as error:
+                raise BadArgument("--layer", f"{error}; default: {self.default_layer}") from None
+        self._graph = offload.ending_at(self._graph, self.layer)
 
-    def run(batch: np.ndarray) -> np.ndarray:
-        return step(batch).numpy()
+    def _open_runtime(self, path: str) -> None:
+        """A SavedModel, LiteRT or ONNX file: run by its runtime, explained by forward passes alone."""
+        from explain_cli.model import loading as models
 
-    run.traced = step  # type: ignore[attr-defined]
-    return run
+        s = self.settings
+        if s.layer is not None:
+            raise BadArgument("--layer", f"{path}: {runtimes.NOT_FOR_THEM}")
+        self._model = opened = runtimes.load(path, s.labels, models.preprocessing(s.preprocess or "none"),
+                                             runtimes.Runtime(s.input_size, s.layout, s.outputs_are))
+        for note in opened.notes:
+            self.notes.add(note)
+        self._graph = None
+        self.default_layer = self.layer = None
+        self._no_layer = BadArgument("--model", f"{path}: {runtimes.NOT_FOR_THEM}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, on_note: Listener | None = None) -> Explainer:
+        fields = dataclasses.asdict(settings)
+        return cls(fields.pop("model"), on_note=on_note, **fields)
+
+    # --- what it is ---------------------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> Any:
+        """The keras.Model explained."""
+        return self._model.keras_model
+
+    @property
+    def name(self) -> str:
+        return self._model.name
+
+    @property
+    def method(self) -> str:
+        return self.settings.method
+
+    @property
+    def precision(self) -> str:
+        """The precision it computes in: "fp32" or "bf16" (what "auto" chose)."""
+        return self._model.precision
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self._model.labels.names
+
+    @property
+    def head(self) -> Any:
+        """What the model outputs (heads.Head): its kind (classes, labels, binary, value, pixels) and size."""
+        return self._model.head
+
+    @property
+    def outputs(self) -> list[str]:
+        """The model's outputs, by name (one, for most models; none named for a runtime's model file)."""
+        return [name for name, _ in self._graph.outputs] if self._graph is not None else []
+
+    @property
+    def _loaded(self) -> LoadedModel:
+        """The Keras model's LoadedModel; BadArgument for a runtime's file."""
+        if isinstance(self._model, runtimes.RuntimeModel):
+            raise self._no_layer
+        return self._model
+
+    def _layered(self) -> Any:
+        """The model's graph; BadArgument for a runtime's model file, which has none."""
+        if self._graph is None:
+            raise self._no_layer
+        return self._graph
+
+    @property
+    def listing(self) -> output.Listing:
+        """How an image's predictions are listed, by the kind of the model's head."""
+        return output.Listing(self._needs_head().kind, self.settings.threshold)
+
+    def _needs_head(self) -> Any:
+        if self._model.head is None:
+            self._graph.chosen_output()  # BadArgument naming the outputs to choose from
+        return self._model.head
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(height, width, channels) the model takes; images of any size are resized to it."""
+        return self._model.height, self._model.width, self._model.channels
+
+    def layers(self) -> list[Layer]:
+        """The layer outputs a method can explain: feature maps, and a transformer's tokens on their patch grid."""
+        self._layered()
+        return [Layer(p.name, tuple(p.grid_shape), p.kind, p.is_tokens, p.name == self.default_layer)
+                for p in self._graph.explainable()]
+
+    def check_method(self, method: str) -> None:
+        """BadArgument for a method this model cannot be explained by: one that needs layers, of a runtime's file."""
+        if self._graph is None and method not in evaluation.LAYERLESS:
+            raise BadArgument("--method", f"{self.name}: {method} needs the model's layers; {runtimes.NOT_FOR_THEM}")
+
+    def layer_for(self, method: str) -> str | None:
+        """The layer a method's maps come from: None for those that perturb the input (and random)."""
+        return None if method in evaluation.LAYERLESS else self.layer
+
+    def __repr__(self) -> str:
+        return f"Explainer({self.name!r}, method={self.method!r}, layer={self.layer!r}, precision={self.precision!r})"
+
+    # --- explaining ---------------------------------------------------------------------------------------------
+
+    def explain(self, images: Images, classes: Any = None, top_k: int | None = None,
+                errors: str = "raise", region: Any = None, pictures: Images | None = None) -> list[Explanation]:
+        """An Explanation per image and explained class, in input order. `classes`: None (each image's top `top_k`,
+        by default 1; for several labels per image, every label at the threshold, up to `top_k`),
+        a class (number, label or WordNet id) or a list of them for every image, or a mapping from each image's key
+        (its path as given, or its index among the images given in memory) to its own class (its truth, say).
+        `errors`: "raise" (BadInput for an image that cannot be read) or "skip" it. A segmentation explains each
+        class over where it is predicted, or over `region`: a box (x0, y0, x1, y1) in the image's pixels, or a mapping
+        from each image's key to its mask. `pictures`: what to draw the maps on, one per image in the order given (for
+        arrays given as the model's input, drawn by default from the array itself, its range stretched)."""
+        return list(self.iter_explain(images, classes, top_k, errors, region, pictures))
+
+    def iter_explain(self, images: Images, classes: Any = None, top_k: int | None = None,
+                     errors: str = "raise", region: Any = None, pictures: Images | None = None) -> Iterator[Explanation]:
+        """explain() one image at a time, as they are computed: memory stays flat however many images there are."""
+        choice = self.choose(classes, top_k)
+        finish = pipeline.values_only(self.labels, self.layer_for(self.method), self.method, choice.floor)
+        regions = self._regions(region)
+        drawn = None if pictures is None else inputs.pictures_by_key(pictures)
+        for result in self._run(images, lambda made: made.compute(choice, regions=regions), finish, errors):
+            for value in result.values:
+                yield value if drawn is None else dataclasses.replace(value, image=frozen_array(drawn(value.source)))
+
+    def _regions(self, region: Any) -> Callable[[list[Source]], tuple[np.ndarray, list[str]]] | None:
+        """A segmentation's region (segment.given_region); None: where each class is predicted."""
+        from explain_cli.tasks import segment
+
+        height, width, _ = self.input_size
+        return None if region is None else segment.given_region(region, self._needs_head().kind, height, width, _key)
+
+    def predict(self, images: Images, top: int = 5, errors: str = "raise") -> list[ImagePredictions]:
+        """Each image's `top` most probable classes, and all its probabilities."""
+        names, listing = self.labels, self.listing
+
+        def finish(source: Source, original: np.ndarray, row: int, probabilities: Any) -> pipeline.ImageResult:
+            p = np.asarray(probabilities[row])
+            value = ImagePredictions(source.key, tuple(listing.predictions(p, names, top)), p)
+            return pipeline.ImageResult(source, values=[value])
+
+        def make(made: Explainer) -> pipeline.Compute:
+            step = made._predict()
+            return lambda batch, sources: step(batch)
+
+        return [r.values[0] for r in self._run(images, make, finish, errors)]
+
+    def choose(self, classes: Any = None, top_k: int | None = None, evaluating: bool = False) -> targets.ClassChoice:
+        """What `classes` and `top_k` ask to explain, checked against the model's labels: by default each image's
+        top class, or for several labels per image every label at `threshold` (a segmentation: every class on
+        `min_area` of the image), up to `top_k`; evaluating a segmentation, its `top_k` largest classes (default 1:
+        each measured class costs 2N − 1 forward passes)."""
+        kind = self._needs_head().kind
+        if evaluating and kind == "pixels":
+            return targets.choose(self._model.labels, classes, top_k or (None if classes is not None else 1), key=_key)
+        floor = {"labels": self.settings.threshold, "pixels": self.settings.min_area}.get(kind)
+        return targets.choose(self._model.labels, classes, top_k, key=_key, kind=kind, floor=floor)
+
+    def compute(self, choice: targets.ClassChoice, method: str | None = None,
+                regions: Callable[[list[Source]], tuple[np.ndarray, list[str]]] | None = None) -> pipeline.Compute:
+        """A pipeline compute step: a uint8 batch and its sources -> the method's BatchResult for the chosen classes;
+        with `regions` (a segmentation), each image's region over which its classes' scores are summed. Compiled
+        once per method and kind of choice, and reused by every later call."""
+        method = method or self.method
+        if method == RANDOM:
+            return self._random(choice)
+        step = self._compiled(method, choice, regions is not None)
+
+        def compute(batch: np.ndarray, sources: list[Source]) -> Any:
+            given: dict[str, np.ndarray] = {}  # only what the step was compiled to take
+            if choice.per_image is not None:
+                given["classes"] = np.array([targets.own_class(choice, s.key) for s in sources], np.int32)
+            if regions is not None:
+                given["regions"] = regions(sources)[0]
+            return step(batch, **given)
+
+        return blamed(compute, self._predict())
+
+    # --- evaluating ---------------------------------------------------------------------------------------------
+
+    def evaluate(self, images: Images, methods: Sequence[str] = ("gradcam", RANDOM), classes: Any = None,
+                 top_k: int | None = None, boxes: Mapping[Hashable, Sequence[Sequence[Any]]] | str | Path | None = None,
+                 sanity: bool = False, steps: int = 32, blur_sigma: float = 5.0, tolerance: float = 15.0,
+                 seed: int = 0, sanity_stages: int = 6, errors: str = "raise") -> Evaluation:
+        """Each method's maps measured on these images, as `explain evaluate` measures them: deletion and insertion
+        AUC, Average Drop, Increase in Confidence, and with `boxes` (per image key: (x0, y0, x1, y1[, class]) in the
+        original's pixels, or a CSV file image,x0,y0,x1,y1[,class]) the pointing game and the energy in the boxes;
+        with `sanity`, cascading randomisation. The records, and each method's means with their intervals. "auto"
+        precision is chosen for all the methods measured together, as `explain evaluate` chooses it."""
+        suited = self._suiting(methods)
+        if suited is not self:
+            return suited.evaluate(images, methods, classes, top_k, boxes, sanity, steps, blur_sigma, tolerance, seed,
+                                   sanity_stages, errors)
+        choice = self.choose(classes, top_k, evaluating=True)
+        plan = EvaluationPlan(tuple(methods), steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
+        located = self._boxes(boxes) if boxes is not None else None
+        compute, finish = self.evaluation_steps(plan, choice, boxes=located)
+
+        def make(made: Explainer) -> pipeline.Compute:
+            return compute if made is self else made.evaluation_steps(plan, choice, boxes=located)[0]
+
+        records: list[dict[str, Any]] = []
+        sane: list[dict[str, Any]] = []
+        for result in self._run(images, make, finish, errors):
+            records += result.records
+            sane += result.side_records
+        return Evaluation(tuple(records), tuple(evaluation.summarise(records, plan.methods)), tuple(sane))
+
+    def _suiting(self, methods: Sequence[str]) -> Explainer:
+        """This explainer, or where "auto" chooses another precision once `methods` are suited too (one of them keeps
+        fp32), a sibling made from the same model and settings at that precision: the command line's rule."""
+        from explain_cli.model import precision as precisions
+
+        check_methods(methods)
+        wanted = (*self.settings.precision_for, *methods)
+        if self.settings.precision != "auto" or isinstance(self._model, runtimes.RuntimeModel) or \
+                precisions.resolve("auto", [self.method, *wanted])[0] == self.precision:
+            return self
+        fields = dataclasses.asdict(dataclasses.replace(self.settings, precision_for=tuple(dict.fromkeys(wanted))))
+        fields.pop("model")
+        return Explainer(self._given, on_note=self.notes.listener, **fields)
+
+    def evaluation_steps(self, plan: EvaluationPlan, choice: targets.ClassChoice,
+                         truth: Mapping[Source, int] | None = None, boxes: Mapping[Any, Any] | None = None,
+                         figures: Iterable[Source] = (), out_dir: Path | None = None,
+                         say: Callable[[str], None] = lambda line: None) -> tuple[pipeline.Compute, pipeline.Finish]:
+        """The pipeline steps that evaluate `plan`'s methods (the command line's and evaluate()'s)."""
+        from explain_cli.steps import compiled as core
+
+        check_methods(plan.methods)
+        real = [m for m in plan.methods if m != RANDOM]
+        explainers = {m: self._compiled(m, PER_IMAGE) for m in real}  # (images, classes (b,)) -> maps (b, 1, h, w)
+        settings = evaluation.Settings(plan.methods, plan.steps, plan.blur_sigma, plan.tolerance, plan.seed,
+                                       self.settings.batch_size)
+        sanity = self._sanity(plan, real, frozenset(figures), out_dir, say) if plan.sanity_stages else None
+        predict, forward = self._predict(), self._forward()
+        segmentation = None
+        if self._needs_head().kind == "pixels":
+            segmentation = self._step(("regions", self.precision), lambda: core.compile_regions(self._loaded,
+                                                                                                self._graph))
+        compute = blamed(evaluation.evaluation_step(predict, forward, explainers,
+                                                    lambda p, batch: targets.pick(choice, p, [s.key for s in batch]),
+                                                    settings, sanity, segmentation), predict)
+        return compute, evaluation.finish_step(self.labels, self.name, self.layer, settings, truth, boxes, sanity)
+
+    # --- inside -------------------------------------------------------------------------------------------------
+
+    def _run(self, images: Images, make: Callable[[Explainer], pipeline.Compute], finish: pipeline.Finish,
+             errors: str) -> Iterator[pipeline.ImageResult]:
+        """Each image's result; `make(explainer)` makes the compute step, for pictures from this explainer, for arrays
+        given as the model's input from its view fed them as they stand (`as_input`)."""
+        compute = pipeline.by_reading(lambda given: make(self.as_input() if given else self))
+        return pipeline.library_results(images, compute, finish, self.input_size, self.settings.batch_size,
+                                        self.settings.max_pixels, errors, self.settings.arrays, self.notes)
+
+    def as_input(self) -> Explainer:
+        """This explainer fed arrays that are the model's input as they stand: float32, no preprocessing, perturbed
+        towards 0; its own compiled steps, the same model, graph and settings."""
+        if self._input_view is None:
+            view = copy.copy(self)
+            view._steps, view._fill = {}, 0.0
+            view._model = self._model.as_input()
+            view._input_view = self._input_view = view
+        return self._input_view
+
+    def _step(self, key: tuple[object, ...], make: Callable[[], Any]) -> Any:
+        if key not in self._steps:
+            self._steps[key] = make()
+        return self._steps[key]
+
+    def _cut(self) -> Any:
+        from explain_cli.model import cut as split
+
+        layer = self.layer
+        if layer is None:
+            raise self._no_layer
+        return self._step(("cut", self.precision), lambda: split.split(self._graph, layer))
+
+    def _predict_step(self) -> Any:
+        from explain_cli.steps import compiled as core
+
+        return core.compile_predict(self._loaded, self._graph)
+
+    def _predict(self) -> Callable[[np.ndarray], np.ndarray]:
+        """uint8 batch -> (b, classes) probabilities, compiled once."""
+        if isinstance(self._model, runtimes.RuntimeModel):
+            return self._model.forward
+        return self._step(("predict", self.precision), self._predict_step)  # type: ignore[no-any-return]
+
+    def _forward(self) -> Callable[[np.ndarray], np.ndarray]:
+        """float32 pixels (perturbed images) -> (n, classes) probabilities: the one forward step of every method and
+        metric that perturbs images, compiled once."""
+        from explain_cli.steps import compiled as core
+
+        if isinstance(self._model, runtimes.RuntimeModel):
+            return self._model.forward
+        return self._step(("forward", self.precision),  # type: ignore[no-any-return]
+                          lambda: core.compile_predict(self._loaded, self._graph, "float32"))
+
+    def _compiled(self, method: str, choice: targets.ClassChoice, regions: bool = False) -> Any:
+        """The compiled step of a method for a kind of choice: made once, reused."""
+        return self._step((method, self.precision, choice.key, regions),
+                          lambda: self._compile(method, choice, regions))
+
+    def _compile(self, method: str, choice: targets.ClassChoice, regions: bool = False) -> Any:
+        from explain_cli.steps import compiled as core
+
+        s = self.settings
+        per_image = choice.per_image is not None
+        if method in PERTURBATION_METHODS:
+            if regions or self._needs_head().kind == "pixels":
+                raise BadArgument("--method", f"{method} explains a class's probability, not a segmentation's region")
+            return self._perturbation(method, choice, self._predict(), self._forward())
+        self.check_method(method)
+        if method in PIXEL_METHODS:
+            layer = self.layer if method != "guided-gradcam" else self._cut().layer
+            return core.compile_saliency(self._loaded, self._graph, method, layer=layer, classes=choice.classes,
+                                         top_k=choice.k, samples=s.samples, noise=s.noise, steps=s.steps, seed=s.seed,
+                                         per_image=per_image, regions=regions)
+        return core.compile_explain(self._loaded, self._cut(), method, classes=choice.classes, top_k=choice.k,
+                                    score=s.score, counterfactual=s.counterfactual, max_masks=s.max_masks,
+                                    per_image=per_image, regions=regions)
+
+    def _perturbation(self, method: str, choice: targets.ClassChoice, predict: Callable[[np.ndarray], np.ndarray],
+                      forward: Callable[[np.ndarray], np.ndarray]) -> Any:
+        """A perturbation method's step over these forward functions, with the run's one set of RISE masks."""
+        from explain_cli.steps import perturbing
+
+        height, width, _ = self.input_size
+        masks = self._step(("rise masks",), lambda: perturbing.masks_for(self.settings, height, width))
+        return perturbing.step(method, predict, forward, choice, self.settings, masks, height, width, self._fill)
+
+    def _random(self, choice: targets.ClassChoice) -> pipeline.Compute:
+        """The random control: seeded uniform noise at the input's resolution, for the chosen classes."""
+        from explain_cli.steps import perturbing
+
+        return perturbing.random_step(self._predict(), choice, self.settings.seed)
+
+    def _sanity(self, plan: EvaluationPlan, methods: list[str], figures: frozenset[Source], out_dir: Path | None,
+                say: Callable[[str], None]) -> evaluation.Sanity:
+        from explain_cli.steps import compiled as core
+        from explain_cli.model import randomise
+
+        self._layered()
+        cascade = randomise.cascade(self._loaded, plan.sanity_stages, plan.seed)
+        say(f"{self.name}: --sanity randomises a copy in {len(cascade.stages)} stages, down to "
+            f"{cascade.stages[-1][0]} weighted layers")
+        s = self.settings
+
+        def build(model: LoadedModel, graph: Any, cut: Any, method: str) -> Any:
+            if method in PERTURBATION_METHODS:  # the randomised copy's own forward passes
+                return self._perturbation(method, PER_IMAGE, core.compile_predict(model, graph),
+                                          core.compile_predict(model, graph, "float32"))
+            if method in METHODS:
+                return core.compile_explain(model, cut, method, max_masks=s.max_masks, per_image=True)
+            return core.compile_saliency(model, graph, method, layer=cut.layer, per_image=True)
+
+        explainers = randomise.explainers_for(cascade, self._cut().layer, methods, build)
+        return evaluation.Sanity(cascade, explainers, figures, out_dir)
+
+    def _boxes(self, boxes: Mapping[Hashable, Sequence[Sequence[Any]]] | str | Path) -> dict[Any, Any]:
+        if isinstance(boxes, (str, Path)):
+            return evaluation.read_boxes(Path(boxes), None, self._model.labels)
+        return evaluation.given_boxes(boxes, self._model.labels, _key)
 
 
-def compile_regions(model: LoadedModel, graph: graph_module.Graph) -> tuple[Callable[[np.ndarray], np.ndarray],
-                                                                              Callable[..., np.ndarray]]:
-    """A segmentation's two steps for evaluate: uint8 batch -> (b, h, w, classes) where each class is predicted; and
-    (float pixels (n, H, W, C), one image's regions (h, w, classes)) -> (n, classes) each class's mean probability over
-    its region (0 where the region is empty)."""
-    import tensorflow as tf
-
-    from explain_cli import heads
-
-    forward, _ = split_module.logits(graph, forward_only=True)
-    head = head_of(model, graph)
-    pixels = [None, model.height, model.width, model.channels]
-
-    @compiled([tf.TensorSpec(pixels, getattr(tf, model.pixels))])
-    def masks(images: Any) -> Any:
-        return heads.pixel_masks(head, forward(model.preprocess(tf.cast(images, tf.float32))))
-
-    @compiled([tf.TensorSpec(pixels, tf.float32), tf.TensorSpec([None, None, None], tf.float32)])
-    def region_mean(images: Any, regions: Any) -> Any:
-        probability = heads.pixel_probabilities(head, forward(model.preprocess(images)))
-        area = tf.reduce_sum(regions, axis=(0, 1))
-        return tf.reduce_sum(probability * regions[None], axis=(1, 2)) / tf.maximum(area, 1.0)
-
-    return (lambda batch: masks(batch).numpy()), (lambda batch, regions: region_mean(batch, regions).numpy())
-
-
-def compile_explain(
-    model: LoadedModel,
-    cut: split_module.Split,
-    method: str,
-    *,
-    classes: Sequence[int] = (),
-    top_k: int = 1,
-    score: str = "logit",
-    counterfactual: bool = False,
-    max_masks: int = 64,
-    per_image: bool = False,
-    regions: bool = False,
-) -> Any:
-    """uint8 batch -> BatchResult, explaining `classes` for every image, or else each image's top k; with
-    `per_image`, the step also takes each image's own class (b,) and explains that one; with `regions` (a
-    segmentation), each image's region (b, H, W) at the input's resolution, over which a class's scores are summed
-    (default: where the class is predicted).
-
-    `counterfactual` negates the gradients (Grad-CAM §counterfactual explanations: what would raise
-    the score if removed). The returned callable has `.traced` (a tf.function) for counting traces.
-    """
-    import tensorflow as tf
-
-    from explain_cli import heads
-
-    spec = METHODS[method]
-    if counterfactual and not spec.gradients:
-        raise ExplainError(f"--counterfactual negates gradients, and {method} uses none")
-    class_kernel = split_module.dense_head(cut) if spec.dense_head else None
-    if spec.attention and (cut.attentions is None or cut.tokens is None):
-        raise ExplainError(f"{method} needs a transformer: this model has no MultiHeadAttention layer on a patch grid")
-    k = 1 if per_image else len(classes) or top_k
-    fixed = tf.constant(list(classes), tf.int32) if classes else None
-    head = model.head or heads.detect(cut.output_shape, cut.activation)
-    if spec.attention:
-        return _numpy_step(_attention_step(model, cut, spec, head, fixed, k, score, per_image, regions))
-
-    @compiled(_signature(model, per_image, regions))
-    def step(images: Any, *given: Any) -> tuple[Any, ...]:
-        x = model.preprocess(tf.cast(images, tf.float32))
-        activations, skips = cut.features(x)
-        activations, skips = tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips)
-        b = tf.shape(activations)[0]
-        tiled = tile(activations, k)
-        tiled_skips = tuple(tile(s, k) for s in skips)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(tiled)
-            raw = tf.cast(cut.head(tiled, tiled_skips), tf.float32)  # (k*b, ...): copy j of image i at j*b + i
-            rows = read_rows(head, raw[:b], fixed, k, score, *_given(per_image, regions, given))
-            scores = rows.score(raw)
-        gradients = None
-        if spec.gradients:
-            gradients = tape.gradient(scores, tiled)
-            gradients = -gradients if counterfactual else gradients
-        inputs = MethodInputs(
-            activations=tiled,
-            gradients=gradients,
-            class_weights=tf.gather(tf.transpose(class_kernel), rows.row_class) if class_kernel is not None else None,
-            images=tile(x, k) if spec.forward else None,
-            classes=rows.row_class,
-            targets=(lambda images, row: rows.score_one(cut.through(images), row)) if spec.forward else None,
-            max_masks=max_masks,
-        )
-        maps = spec.compute(inputs)  # (k*b, h, w)
-        return rows.shown, rows.chosen, regroup(scores, k, b), regroup(maps, k, b), rows.extras(k, b)
-
-    return _numpy_step(step)
-
-
-def _attention_step(model: LoadedModel, cut: split_module.Split, spec: Any, head: Any, fixed: Any, k: int,
-                    score: str, per_image: bool, regions: bool) -> Any:
-    """The explain step of a method that reads attention scores: one forward pass gives the outputs and every
-    attention layer's scores; no cut and no gradient."""
-    import tensorflow as tf
-
-    @compiled(_signature(model, per_image, regions))
-    def step(images: Any, *given: Any) -> tuple[Any, ...]:
-        raw, attentions = cut.attentions(model.preprocess(tf.cast(images, tf.float32)))
-        raw = tf.cast(raw, tf.float32)
-        b = tf.shape(raw)[0]
-        rows = read_rows(head, raw, fixed, k, score, *_given(per_image, regions, given))
-        scores = rows.score(tile(raw, k))
-        maps = spec.compute(MethodInputs(None, attentions=tuple(tile(a, k) for a in attentions), tokens=cut.tokens))
-        return rows.shown, rows.chosen, regroup(scores, k, b), regroup(maps, k, b), rows.extras(k, b)
-
-    return step
-
-
-def compiled(signature: list[Any]) -> Callable[[Callable[..., Any]], Any]:
-    """tf.function over a fixed signature, traced once whatever the batch size. Each compiled step is made once, on
-    purpose, but every step made from the same code counts towards TensorFlow's "frequent retracing" warning (it keys
-    on the code object), which a library making steps for several models and methods would set off for nothing: it is
-    turned off for these functions alone. AutoGraph is off: nothing here branches on a tensor, Keras 3 layers are never
-    converted anyway, and converting the rest cost every run 1.3 s before its first batch."""
-    import tensorflow as tf
-
-    def compile_(function: Callable[..., Any]) -> Any:
-        step = tf.function(function, input_signature=signature, reduce_retracing=True, autograph=False)
-        step._omit_frequent_tracing_warning = True  # TensorFlow's own switch for it; private, so set, not relied on
-        return step
-
-    return compile_
-
-
-def compile_saliency(
-    model: LoadedModel,
-    graph: graph_module.Graph,
-    method: str,
-    *,
-    layer: str | None,
-    classes: Sequence[int] = (),
-    top_k: int = 1,
-    samples: int = 25,
-    noise: float = 0.15,
-    steps: int = 64,
-    seed: int = 0,
-    per_image: bool = False,
-    regions: bool = False,
-) -> Any:
-    """uint8 batch -> BatchResult whose maps are pixel attributions at the model's input resolution.
-
-    `layer` is where guided Grad-CAM takes its Grad-CAM. The returned callable has `.traced`.
-    """
-    import tensorflow as tf
-
-    from explain_cli.methods.gradcam import gradcam
-    from explain_cli.methods.saliency import PIXEL_METHODS, PixelInputs
-
-    attribute = PIXEL_METHODS[method]
-    forward, _ = split_module.logits(graph)
-    guided_forward, _ = split_module.logits(guided(graph))
-    cut = split_module.split(graph, layer) if method == "guided-gradcam" and layer is not None else None
-    k = 1 if per_image else len(classes) or top_k
-    fixed = tf.constant(list(classes), tf.int32) if classes else None
-    head = head_of(model, graph)
-
-    @compiled(_signature(model, per_image, regions))
-    def step(images: Any, *given: Any) -> tuple[Any, ...]:
-        pixels = tf.cast(images, tf.float32)
-        b = tf.shape(pixels)[0]
-        raw = tf.cast(forward(model.preprocess(pixels)), tf.float32)
-        rows = read_rows(head, raw, fixed, k, "logit", *_given(per_image, regions, given))
-        tiled = tile(pixels, k)
-
-        def gradient_through(network: Callable[[Any], Any]) -> Callable[[Any], Any]:
-            def gradient(x: Any) -> Any:
-                with tf.GradientTape(watch_accessed_variables=False) as tape:
-                    tape.watch(x)
-                    score = rows.score(tf.cast(network(model.preprocess(x)), tf.float32))
-                return tf.cast(tape.gradient(score, x), tf.float32)
-
-            return gradient
-
-        def gradcam_at_input_size() -> Any:
-            activations, skips = cut.features(model.preprocess(tiled))
-            activations, skips = tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips)
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(activations)
-                score = rows.score(tf.cast(cut.head(activations, skips), tf.float32))
-            maps = gradcam(MethodInputs(activations, tape.gradient(score, activations)))
-            up = tf.image.resize(maps[..., None], tf.shape(tiled)[1:3], method="bilinear")[..., 0]
-            peak = tf.reduce_max(up, axis=(1, 2), keepdims=True)
-            return up / tf.where(peak > 0, peak, tf.ones_like(peak))
-
-        inputs = PixelInputs(
-            images=tiled,
-            gradient=gradient_through(forward),
-            guided_gradient=gradient_through(guided_forward),
-            gradcam=gradcam_at_input_size,
-            samples=samples,
-            noise=noise,
-            steps=steps,
-            seed=seed,
-            span=255.0 if model.pixels == "uint8" else _spans(tiled),
-        )
-        maps = attribute(inputs)  # (k*b, H, W)
-        return rows.shown, rows.chosen, regroup(rows.score(tile(raw, k)), k, b), regroup(maps, k, b), \
-            rows.extras(k, b)
-
-    return _numpy_step(step)
-
-
-def _spans(images: Any) -> Any:
-    """Each row's range, max − min (rows, 1, 1, 1): SmoothGrad's σ is a share of it for an input given as it stands."""
-    import tensorflow as tf
-
-    axes = tf.range(1, tf.rank(images))
-    span = tf.reduce_max(images, axis=axes, keepdims=True) - tf.reduce_min(images, axis=axes, keepdims=True)
-    return tf.where(span > 0, span, tf.ones_like(span))
-
-
-def _signature(model: LoadedModel, per_image: bool, regions: bool = False) -> list[Any]:
-    """The explain step's inputs: a uint8 batch; with `per_image` each image's class (b,); with `regions` each image's
-    region (b, H, W) at the input's resolution."""
-    import tensorflow as tf
-
-    return [_input_spec(model)] + ([tf.TensorSpec([None], tf.int32)] if per_image else []) + (
-        [tf.TensorSpec([None, model.height, model.width], tf.float32)] if regions else [])
-
-
-def _given(per_image: bool, regions: bool, given: Sequence[Any]) -> tuple[Any, Any]:
-    """(each image's class or None, each image's region or None) from the step's extra inputs."""
-    given = list(given)
-    own = given.pop(0) if per_image else None
-    region = given.pop(0) if regions else None
-    return own, region
-
-
-def _numpy_step(step: Any) -> Callable[..., BatchResult]:
-    """The compiled step as numpy in, BatchResult out; `.traced` keeps the tf.function for counting traces."""
-
-    def run(batch: np.ndarray, classes: np.ndarray | None = None, regions: np.ndarray | None = None) -> BatchResult:
-        given = [g for g in (classes, regions) if g is not None]  # what the step was compiled to take
-        probabilities, chosen, scores, maps, extras = step(batch, *given)
-        return BatchResult(probabilities.numpy(), chosen.numpy(), scores.numpy(), maps.numpy(),
-                           {name: value.numpy() for name, value in extras.items()})
-
-    run.traced = step  # type: ignore[attr-defined]
-    return run
+def _key(image: Hashable) -> Hashable:
+    """An image's key as the library hands it out: a path as a string, an index as an int."""
+    return str(image) if isinstance(image, Path) else image

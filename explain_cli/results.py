@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from explain_cli import render
-from explain_cli.output import Prediction
+from explain_cli.render import heatmaps as render
+from explain_cli.io.files import Prediction
 
 def frozen_array(array: np.ndarray) -> np.ndarray:
     """A read-only view of the array: a value handed out cannot be changed through it (the array itself, perhaps the
@@ -60,7 +60,7 @@ class Explanation:
         blended = render.overlay_on(render.backdrop(self.image, alpha), render.normalise(self.map), colormap)
         if self.box is None:
             return blended
-        from explain_cli import drawing
+        from explain_cli.render import drawing
 
         return drawing.boxes(blended, [(self.box, self.class_index, f"{self.label} {self.probability:.2f}")])
 

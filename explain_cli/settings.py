@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from explain_cli.errors import BadArgument
-from explain_cli.evaluate import RANDOM as RANDOM
+from explain_cli.evaluation.evaluate import RANDOM as RANDOM
 from explain_cli.methods import METHODS
-from explain_cli.methods.perturbation import PERTURBATION_METHODS
-from explain_cli.methods.saliency import PIXEL_METHODS
-from explain_cli.shards import DEFAULT_MAX_PIXELS
+from explain_cli.methods.registry import CLASSIFY, names
+from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS
 
-METHOD_NAMES = (*METHODS, *PIXEL_METHODS, *PERTURBATION_METHODS, RANDOM)
+METHOD_NAMES = names(task=CLASSIFY)  # what explains a classifier, a labeller or a value head
 
 
 @dataclass(frozen=True)
@@ -74,10 +73,10 @@ class EvaluationPlan:
 def check(settings: Settings) -> None:
     """BadArgument, naming the argument and what it may be, for settings no model can be explained with: every value
     checked where it enters, before any model is loaded."""
-    from explain_cli.inputs import ARRAY_READINGS
-    from explain_cli.models import check_preprocess
-    from explain_cli.offload import RUNTIMES
-    from explain_cli.precision import CHOICES
+    from explain_cli.inputs.sources import ARRAY_READINGS
+    from explain_cli.model.loading import check_preprocess
+    from explain_cli.model.runtime import RUNTIMES
+    from explain_cli.model.precision import CHOICES
 
     s = settings
     if not isinstance(s.method, str):

@@ -22,8 +22,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from explain_cli import explainer, inputs, models, render, split  # noqa: E402
-from explain_cli.backend import load_tensorflow  # noqa: E402
+from explain_cli.steps import compiled as explainer  # noqa: E402
+from explain_cli.inputs import sources as inputs
+from explain_cli.model import loading as models
+from explain_cli.render import heatmaps as render
+from explain_cli.model import cut as split
+from explain_cli.model.backend import load_tensorflow  # noqa: E402
 from explain_cli.methods import METHODS  # noqa: E402
 from explain_cli.methods.saliency import PIXEL_METHODS  # noqa: E402
 

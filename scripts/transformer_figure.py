@@ -19,8 +19,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from explain_cli import explainer, inputs, models, render, split  # noqa: E402
-from explain_cli.backend import load_tensorflow  # noqa: E402
+from explain_cli.steps import compiled as explainer  # noqa: E402
+from explain_cli.inputs import sources as inputs
+from explain_cli.model import loading as models
+from explain_cli.render import heatmaps as render
+from explain_cli.model import cut as split
+from explain_cli.model.backend import load_tensorflow  # noqa: E402
 from tests.synthetic import SHAPE_CLASSES, TINY_SIZE, make_scene  # noqa: E402
 
 

@@ -24,7 +24,7 @@ TRAINED = {"tiny_model": "tiny", "shapes_model": "shapes", "marks_model": "marks
 
 
 def pytest_configure(config) -> None:
-    if "EXPLAIN_CACHE" not in os.environ:  # converted passes (offload.py) of the tests' models: not in the user's cache
+    if "EXPLAIN_CACHE" not in os.environ:  # converted passes (model/runtime.py) of the tests' models: not in the user's cache
         os.environ["EXPLAIN_CACHE"] = tempfile.mkdtemp(prefix="explain-cache-")
     cache = getattr(config, "cache", None)  # None under -p no:cacheprovider: made afresh in a temporary folder
     config.trainer = Trainer(cache.mkdir("trained") if cache is not None else Path(tempfile.mkdtemp(prefix="trained-")))
@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(session, config, items) -> None:
 
 @pytest.fixture(scope="session")
 def keras():
-    from explain_cli.backend import load_tensorflow
+    from explain_cli.model.backend import load_tensorflow
 
     return load_tensorflow()[1]
 

@@ -95,7 +95,7 @@ def train(keras, path: Path, count: int = 2000, epochs: int = 12, seed: int = 23
 
 def _check(model) -> str:
     """The held-out mAP@0.5 and recall of the trained detector, through explain's NMS; raises where it is poor."""
-    from explain_cli import boxes
+    from explain_cli.tasks import boxes
 
     rng = np.random.default_rng(2032)
     held = [make_scene(rng) for _ in range(100)]

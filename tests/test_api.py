@@ -16,7 +16,7 @@ from PIL import Image
 
 import explain_cli
 from explain_cli import BadArgument, BadInput, ExplainError, Explainer, Explanation
-from explain_cli.cli import cli
+from explain_cli.cli.main import cli
 from tests.synthetic import SHAPE_CLASSES, make_scene
 from tests.test_gradcam_correctness import _assert_close, _reference_maps
 
@@ -310,7 +310,7 @@ assert state() == before, (before, state())
 
 
 def _bf16_runs() -> bool:
-    from explain_cli import precision
+    from explain_cli.model import precision
 
     return precision.bf16_support() != "unavailable"
 

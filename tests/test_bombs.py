@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli.cli import cli
+from explain_cli.cli.main import cli
 
 GIANT = 300_000  # a side: 9e10 pixels, 360 GB as RGBA
 ADDRESS_SPACE = 3 << 30  # the child's cap: enough for Python, numpy and Pillow, not for one giant image
@@ -77,7 +77,7 @@ CHILD = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
 from pathlib import Path, PurePosixPath
-from explain_cli import inputs
+from explain_cli.inputs import sources as inputs
 from explain_cli.errors import BadInput
 results = {{}}
 for path in sys.argv[1:]:
@@ -125,7 +125,7 @@ def test_a_container_whose_image_is_larger_than_its_header_but_within_twice_the_
     path.write_bytes(ico_with(buffer.getvalue(), side=16))  # the directory says 16 × 16; the PNG is 40 × 30
     from pathlib import PurePosixPath
 
-    from explain_cli import inputs
+    from explain_cli.inputs import sources as inputs
     from explain_cli.errors import BadInput
 
     source = inputs.Source(path, "bigger.ico", PurePosixPath("b"))
@@ -152,13 +152,13 @@ def test_pillows_own_limit_is_the_users_before_during_other_work_and_after():
     body = """
 from PIL import Image
 Image.MAX_IMAGE_PIXELS = 12345
-import explain_cli, explain_cli.cli, explain_cli.inputs, explain_cli.report
+import explain_cli, explain_cli.cli.main, explain_cli.inputs.sources, explain_cli.io.report
 assert Image.MAX_IMAGE_PIXELS == 12345, Image.MAX_IMAGE_PIXELS
 from pathlib import Path, PurePosixPath
 import tempfile
 path = Path(tempfile.mkdtemp()) / "x.png"
 Image.new("RGB", (200, 100)).save(path)
-from explain_cli import inputs
+from explain_cli.inputs import sources as inputs
 assert inputs.decode(inputs.Source(path, "x", PurePosixPath("x"))).rgb.shape == (100, 200, 3)
 assert Image.MAX_IMAGE_PIXELS == 12345, Image.MAX_IMAGE_PIXELS
 """

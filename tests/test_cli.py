@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli.cli import cli
+from explain_cli.cli.main import cli
 from tests.synthetic import SHAPE_CLASSES
 
 
@@ -259,7 +259,7 @@ def test_nested_user_model_with_1000_imagenet_names(keras, tmp_path, photo_tree)
     result = run("gradcam", photo_tree / "b.jpg", "--model", path, "--layer", "block/c", "-o", out)
     assert result.exit_code == 0, result.output
     (record,) = manifest(out)
-    from explain_cli.labels import imagenet
+    from explain_cli.inputs.labels import imagenet
 
     assert record["layer"] == "block/c" and record["label"] == imagenet().names[record["class_index"]]
     listed = run("layers", "--model", path)

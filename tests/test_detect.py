@@ -11,8 +11,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import boxes, metrics, render
-from explain_cli.cli import cli
+from explain_cli.tasks import boxes
+from explain_cli.evaluation import metrics
+from explain_cli.render import heatmaps as render
+from explain_cli.cli.main import cli
 from tests.synthetic_detector import make_scene
 from tests.test_precision import AGREEMENT, SUPPORT, needs_bf16
 
@@ -483,7 +485,7 @@ def test_sanity_randomises_a_copy_from_the_head_down_holding_each_detection(dete
 
 
 def test_the_report_shows_each_images_boxes(detector_model, scenes, tmp_path):
-    from explain_cli import report
+    from explain_cli.io import report
 
     folder, _, made = scenes
     result = run("detect", folder, "--model", detector_model, "-o", tmp_path, "--report")

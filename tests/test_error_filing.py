@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from explain_cli import BadInput, ExplainError, Explainer
-from explain_cli.cli import cli
+from explain_cli.cli.main import cli
 from explain_cli.errors import StepError
 from tests.synthetic import make_scene
 
@@ -102,7 +102,7 @@ def test_a_model_file_without_its_runtime_is_one_line_on_stderr(tmp_path):
     Image.fromarray(images(1)[0]).save(tmp_path / "x.png")
     (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
     code = ("import sys; sys.modules['onnxruntime'] = None; sys.argv = ['explain', 'cam', sys.argv[1], '--model', "
-            "sys.argv[2], '--method', 'rise', '-o', sys.argv[3]]\nfrom explain_cli.cli import main; main()")
+            "sys.argv[2], '--method', 'rise', '-o', sys.argv[3]]\nfrom explain_cli.cli.main import main; main()")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.png"), str(tmp_path / "m.onnx"),
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stdout == ""

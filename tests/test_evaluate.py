@@ -10,8 +10,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import evaluate, metrics, output, precision
-from explain_cli.cli import cli
+from explain_cli.evaluation import evaluate
+from explain_cli.evaluation import metrics
+from explain_cli.io import files as output
+from explain_cli.model import precision
+from explain_cli.cli.main import cli
 from tests.synthetic import MARKS, SHAPES, make_mark, make_shape
 
 # A 4×4 image whose object is the 2×2 block at rows 1-2, cols 1-2 (white on black); the "model" sees only
@@ -263,7 +266,8 @@ def test_sanity_check_randomises_a_copy_and_random_maps_do_not_notice(shapes_mod
     figures = sorted(p.name for p in out.glob("*.sanity.png"))
     assert figures == ["00.sanity.png", "01.sanity.png"]
     assert sorted(output.files_of(records)) == figures  # every file written has its line
-    from explain_cli import models, randomise
+    from explain_cli.model import loading as models
+    from explain_cli.model import randomise
 
     model = models.load(str(path))
     trained = [w.copy() for w in model.keras_model.get_weights()]
@@ -282,7 +286,10 @@ def test_every_stage_of_the_cascade_reaches_the_compiled_step(shapes_model, chos
     """The methods are compiled once on the copy and its weights assigned stage by stage afterwards: nothing in the
     compiled step may hold weights of its own (a BatchNorm folded at compile time, a bf16 layer copy), or the
     randomisation would never reach it. At every stage the step's logits are the copy's own."""
-    from explain_cli import explainer, models, randomise, split
+    from explain_cli.steps import compiled as explainer
+    from explain_cli.model import loading as models
+    from explain_cli.model import randomise
+    from explain_cli.model import cut as split
 
     model = models.load(str(shapes_model("none")), precision=chosen)
     cascade = randomise.cascade(model, 3, seed=0)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explain_cli import explainer, fold, models, split
+from explain_cli.steps import compiled as explainer
+from explain_cli.model import folding as fold
+from explain_cli.model import loading as models
+from explain_cli.model import cut as split
 
 
 def trained_looking_batchnorm(net, seed: int = 0) -> None:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from explain_cli import BadArgument, Explainer, offload
-from explain_cli.cli import cli
+from explain_cli import BadArgument, Explainer
+from explain_cli.model import runtime as offload
+from explain_cli.cli.main import cli
 from tests.test_api import photos
 from tests.test_gradcam_correctness import _reference_maps
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from explain_cli import BadArgument, BadInput, Explainer
-from explain_cli.cli import cli
+from explain_cli.cli.main import cli
 from tests.test_gradcam_correctness import _assert_close, _reference_maps
 
 SIZE = 32

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from explain_cli import explainer, models, split
+from explain_cli.steps import compiled as explainer
+from explain_cli.model import loading as models
+from explain_cli.model import cut as split
 
 RELATIVE = 1e-4
 

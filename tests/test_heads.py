@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from explain_cli import BadArgument, ExplainError, Explainer
-from explain_cli.cli import cli
+from explain_cli.cli.main import cli
 
 
 def run(*args):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from explain_cli import Detector, Explainer
-from explain_cli.precision import bf16_support
+from explain_cli.model.precision import bf16_support
 from tests.test_detect import _dfine, _retinanet
 from tests.test_free_size import hub_resnet
 from tests.test_segment import deeplab, segformer

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explain_cli import inputs
+from explain_cli.inputs import sources as inputs
 from explain_cli.errors import BadInput
 
 

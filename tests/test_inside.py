@@ -10,8 +10,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import explainer, inside, models, render, split
-from explain_cli.cli import cli
+from explain_cli.steps import compiled as explainer
+from explain_cli.steps import activations as inside
+from explain_cli.model import loading as models
+from explain_cli.render import heatmaps as render
+from explain_cli.model import cut as split
+from explain_cli.cli.main import cli
 from tests.synthetic import SHAPES
 
 

@@ -9,7 +9,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 
-from explain_cli import labels, output
+from explain_cli.inputs import labels
+from explain_cli.io import files as output
 from explain_cli.errors import ExplainError
 
 

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from explain_cli import explainer, models, split
-from explain_cli.cli import cli
+from explain_cli.steps import compiled as explainer
+from explain_cli.model import loading as models
+from explain_cli.model import cut as split
+from explain_cli.cli.main import cli
 from explain_cli.errors import ExplainError
 from explain_cli.methods import METHODS
 from tests.synthetic import make_scene

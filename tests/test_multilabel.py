@@ -13,8 +13,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import metrics, report
-from explain_cli.cli import cli
+from explain_cli.evaluation import metrics
+from explain_cli.io import report
+from explain_cli.cli.main import cli
 from tests.synthetic import SHAPES, make_shapes
 
 

@@ -14,11 +14,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import Explainer, offload
-from explain_cli.cli import cli
+from explain_cli import Explainer
+from explain_cli.model import runtime as offload
+from explain_cli.cli.main import cli
 from explain_cli.errors import ExplainError
 from explain_cli.methods import METHODS
-from explain_cli.targets import ClassChoice
+from explain_cli.steps.targets import ClassChoice
 
 if not offload.installed("openvino"):
     if os.environ.get("CI"):
@@ -386,7 +387,7 @@ def test_segment_explains_the_same_regions_on_either_runtime(segmenter_model):
 
 
 def test_the_cache_key_follows_the_code_a_model_imports_by_name_or_file(tmp_path, monkeypatch):
-    from explain_cli import models
+    from explain_cli.model import loading as models
 
     module = tmp_path / "my_layers.py"
     module.write_text("SCALE = 1\n")
@@ -399,7 +400,7 @@ def test_the_cache_key_follows_the_code_a_model_imports_by_name_or_file(tmp_path
 
 def test_activations_run_on_the_runtime_and_equal_tensorflows(tiny_model, photo, tmp_path, monkeypatch):
     """explain activations is a forward pass alone: its layers' outputs come from the runtime, as TensorFlow's."""
-    from explain_cli import inside
+    from explain_cli.steps import activations as inside
 
     monkeypatch.setenv("EXPLAIN_CACHE", str(tmp_path / "cache"))
     images = np.random.default_rng(2).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)

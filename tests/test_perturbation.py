@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from explain_cli import BadArgument, Explainer
-from explain_cli.cli import cli
+from explain_cli.cli.main import cli
 from explain_cli.methods.perturbation import PerturbationInputs, bilinear, occlusion, rise, rise_masks
 from tests.synthetic import MARKS
 from tests.test_evaluate import marks_folder, summary_rows  # noqa: F401  (a fixture, used by name)

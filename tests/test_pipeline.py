@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from explain_cli import inputs, pipeline
-from explain_cli.explainer import BatchResult
+from explain_cli.inputs import sources as inputs
+from explain_cli.running import pipeline
+from explain_cli.steps.compiled import BatchResult
 
 
 def fake_model(calls: list[int]):

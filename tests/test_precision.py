@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from explain_cli import explainer, models, offload, precision, render, split
-from explain_cli.graph import flatten
-from explain_cli.cli import cli
+from explain_cli.steps import compiled as explainer
+from explain_cli.model import loading as models
+from explain_cli.model import runtime as offload
+from explain_cli.model import precision
+from explain_cli.render import heatmaps as render
+from explain_cli.model import cut as split
+from explain_cli.model.graph import flatten
+from explain_cli.cli.main import cli
 from explain_cli.methods import METHODS
 from tests.synthetic import make_scene
 

@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import output
-from explain_cli.cli import cli
+from explain_cli.io import files as output
+from explain_cli.cli.main import cli
 
 if importlib.util.find_spec("ray") is None:
     if os.environ.get("CI"):

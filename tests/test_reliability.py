@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from explain_cli import inputs, output
-from explain_cli.cli import cli
+from explain_cli.inputs import sources as inputs
+from explain_cli.io import files as output
+from explain_cli.cli.main import cli
 from explain_cli.errors import BadInput
 from tests import corpus
 
@@ -327,7 +328,8 @@ def test_a_closed_pipe_stops_quietly(tiny_model, tmp_path):
 def test_a_signal_that_a_library_turns_into_another_error_still_exits_as_interrupted(tiny_model, photo_tree,
                                                                                      tmp_path, monkeypatch):
     """TensorFlow converting an array calls back into Python; a signal raised there reaches us as a TypeError."""
-    from explain_cli import explainer, interrupts
+    from explain_cli.steps import compiled as explainer
+    from explain_cli.running import interrupts
 
     compile_explain = explainer.compile_explain
 

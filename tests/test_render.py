@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explain_cli import render
+from explain_cli.render import heatmaps as render
 
 
 def test_normalise_divides_by_the_peak():

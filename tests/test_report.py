@@ -14,8 +14,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import output, report
-from explain_cli.cli import cli
+from explain_cli.io import files as output
+from explain_cli.io import report
+from explain_cli.cli.main import cli
 from tests.synthetic import SHAPE_CLASSES, make_scene
 
 ODD_NAME = "a </script><b> & ünï cödé.png"  # a path that closes the data's script element if embedded naively

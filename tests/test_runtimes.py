@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from explain_cli import BadArgument, ExplainError, Explainer
-from explain_cli.cli import cli
+from explain_cli.cli.main import cli
 
 if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("tf2onnx") is None:
     if os.environ.get("CI"):

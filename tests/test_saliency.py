@@ -9,8 +9,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import explainer, models, split
-from explain_cli.cli import cli
+from explain_cli.steps import compiled as explainer
+from explain_cli.model import loading as models
+from explain_cli.model import cut as split
+from explain_cli.cli.main import cli
 from explain_cli.methods.saliency import PIXEL_METHODS, PixelInputs, integrated_gradient_attributions
 from tests.synthetic import make_scene
 from tests.test_methods import up_to
@@ -173,8 +175,8 @@ def test_every_relu_form_is_guided_against_numpy(keras, tmp_path):
 
 
 def test_mobilenet_v2_relu6_layers_are_all_guided(keras):
-    from explain_cli.graph import flatten
-    from explain_cli.guided import guided as guide
+    from explain_cli.model.graph import flatten
+    from explain_cli.model.guided import guided as guide
 
     net = keras.applications.MobileNetV2(weights=None)
     graph = flatten(net)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from explain_cli import BadArgument, Explainer
-from explain_cli.cli import cli
+from explain_cli.cli.main import cli
 from tests.synthetic import COLOURS, make_colour_blobs
 
 LABELS = ("background", *COLOURS)

@@ -13,8 +13,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import inputs, output
-from explain_cli.cli import cli
+from explain_cli.inputs import sources as inputs
+from explain_cli.io import files as output
+from explain_cli.cli.main import cli
 
 
 def run(*args):

@@ -28,8 +28,8 @@ def _loaded(body: str) -> str:
 
 
 def test_import_loads_no_tensorflow():
-    assert _loaded("import explain_cli, explain_cli.cli") == "loaded:"  # help stays instant: Click alone
-    rendering = _loaded("import explain_cli.render, explain_cli.output, explain_cli.api")
+    assert _loaded("import explain_cli, explain_cli.cli.main") == "loaded:"  # help stays instant: Click alone
+    rendering = _loaded("import explain_cli.render.heatmaps, explain_cli.io.files, explain_cli.explainer")
     assert rendering == "loaded:PIL,numpy"  # the library's names: numpy and Pillow, never TensorFlow
 
 
@@ -37,7 +37,7 @@ def test_import_loads_no_tensorflow():
                                   ["layers", "--help"], ["evaluate", "--help"], ["detect", "--help"]])
 def test_help_loads_no_tensorflow(argv):
     body = f"""
-from explain_cli.cli import main
+from explain_cli.cli.main import main
 sys.argv = ["explain", *{argv!r}]
 try:
     main()
@@ -55,7 +55,7 @@ def test_python_dash_m_runs_the_cli():
 def test_keras_runs_on_tensorflow_whatever_keras_json_says(tmp_path):
     (tmp_path / "keras.json").write_text('{"backend": "jax"}')
     body = """
-from explain_cli.backend import load_tensorflow
+from explain_cli.model.backend import load_tensorflow
 tf, keras = load_tensorflow()
 assert keras.backend.backend() == "tensorflow", keras.backend.backend()
 """
@@ -90,7 +90,7 @@ def test_a_real_run_keeps_stdout_for_data_and_stderr_free_of_tensorflow_noise(ti
 def test_rendering_a_jet_overlay_loads_no_matplotlib():
     body = """
 import numpy as np
-from explain_cli import render
+from explain_cli.render import heatmaps as render
 render.overlay(np.zeros((4, 4, 3), np.uint8), np.ones((2, 2), np.float32), "jet")
 assert render.is_colormap("jet")
 """

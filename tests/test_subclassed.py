@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from explain_cli import explainer, models, split
-from explain_cli.cli import cli
+from explain_cli.steps import compiled as explainer
+from explain_cli.model import loading as models
+from explain_cli.model import cut as split
+from explain_cli.cli.main import cli
 
 SIZE, CLASSES = 32, 3
 
@@ -126,7 +128,7 @@ def test_it_runs_end_to_end_from_the_command_line(net_file, tmp_path):
 def test_evaluate_sanity_and_activations_work_on_a_model_whose_copy_names_its_layers_anew(keras, tmp_path):
     from PIL import Image
 
-    from explain_cli import output
+    from explain_cli.io import files as output
 
     keras.utils.set_random_seed(13)
     net = _build_net(keras)(named=False, name="auto")

@@ -15,7 +15,7 @@ import pyte
 import pytest
 from PIL import Image
 
-from explain_cli.console import Eta
+from explain_cli.cli.console import Eta
 
 IMAGES, BATCH = 24, 4
 BAR = re.compile(r"explain .* (\d+)/(\d+) images (\d+:\d\d:\d\d)(?: +eta (\d+):(\d\d):(\d\d))?")

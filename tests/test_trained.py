@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from explain_cli import explainer, models, render, split
+from explain_cli.steps import compiled as explainer
+from explain_cli.model import loading as models
+from explain_cli.render import heatmaps as render
+from explain_cli.model import cut as split
 from tests.synthetic import SHAPE_CLASSES, make_scene
 
 

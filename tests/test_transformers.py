@@ -19,8 +19,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import explainer, inner, models, split
-from explain_cli.cli import cli
+from explain_cli.steps import compiled as explainer
+from explain_cli.model import sublayers as inner
+from explain_cli.model import loading as models
+from explain_cli.model import cut as split
+from explain_cli.cli.main import cli
 from explain_cli.methods import METHODS
 
 if __import__("importlib").util.find_spec("keras_hub") is None:
@@ -273,7 +276,7 @@ def test_a_vit_end_to_end_writes_overlays_at_the_default_layer(vit_file, tmp_pat
 
 def test_without_keras_hub_the_error_says_how_to_install_it(vit_file):
     code = ("import sys; sys.modules['keras_hub'] = None\n"
-            "from explain_cli.cli import main\n"
+            "from explain_cli.cli.main import main\n"
             f"main(['layers', '--model', {str(vit_file)!r}])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
@@ -509,7 +512,7 @@ def test_a_cut_inside_a_block_equals_the_hand_computation_and_its_head_starts_at
     traced, where the head used to run blocks 1 and 2 a second time), and the map is still the model's own."""
     import tensorflow as tf
 
-    from explain_cli import inner
+    from explain_cli.model import sublayers as inner
 
     images = _images()
     cut = split.split(explainer.graph_of(vit), "transformer_block_3/ln_1")

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli.cli import cli
+from explain_cli.cli.main import cli
 
 LAYER_CODE = '''
 import keras
@@ -161,7 +161,7 @@ def test_a_model_that_cannot_run_on_random_images_says_why_with_verbose_and_is_e
 def test_a_users_own_layer_computes_in_float32_whatever_the_precision(keras, image, tmp_path):
     """bf16 twins only Keras' own layers: a user's code may assume float32 (Picky compares with a float32 constant,
     which failed with a TypeError on bfloat16)."""
-    from explain_cli import precision
+    from explain_cli.model import precision
 
     if precision.bf16_support() == "unavailable":
         pytest.skip("ONEDNN_MAX_CPU_ISA denies oneDNN bfloat16 (test_precision.py)")
@@ -173,7 +173,7 @@ def test_a_users_own_layer_computes_in_float32_whatever_the_precision(keras, ima
 def test_an_unexpected_failure_while_listing_layers_is_not_hidden(keras):
     import tensorflow as tf
 
-    from explain_cli import graph
+    from explain_cli.model import graph
 
     class Broken(keras.layers.Layer):
         def __init__(self, **kwargs):

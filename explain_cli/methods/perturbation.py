@@ -1,7 +1,7 @@
 """Perturbation methods: maps from forward passes alone, so they explain any model that can be run, layers or not.
 
 A perturbation method is a function of `PerturbationInputs` (one image, its explained classes, and a forward
-function over batches of perturbed images) returning (k, h, w) maps, plus one line in PERTURBATION_METHODS. It
+function over batches of perturbed images) returning (k, h, w) maps, plus one entry in methods/registry.py. It
 needs no TensorFlow: the forward function is whatever runs the model (a compiled Keras step, a SavedModel
 signature, an interpreter, an ONNX Runtime session). Images are float pixels, 0-255, at the model's input size,
 before any preprocessing: what is hidden goes to mid grey, as a person would see it. (An array given as the model's
@@ -162,12 +162,6 @@ def _starts(size: int, window: int, stride: int) -> list[int]:
     """Where windows start along one side: every `stride` pixels, and one more ending at the edge if none does."""
     starts = list(range(0, size - window + 1, stride))
     return starts if starts[-1] == size - window else [*starts, size - window]
-
-
-PERTURBATION_METHODS: dict[str, Callable[[PerturbationInputs], np.ndarray]] = {
-    "rise": rise,
-    "occlusion": occlusion,
-}
 
 
 def default_window(height: int, width: int) -> int:

@@ -1,6 +1,7 @@
 """Pixel attributions: maps at the model's input resolution from gradients with respect to the pixels.
 
-Each function takes `PixelInputs` (one row per explained (image, class)) and returns (rows, H, W).
+Each function takes `PixelInputs` (one row per explained (image, class)) and returns (rows, H, W); each has its
+entry in methods/registry.py.
 Gradients are taken with respect to the raw pixels I in [0, 255], before the model's preprocessing (or to the model's
 input itself, for an array given as it stands), and S_c is the class logit.
 """
@@ -84,12 +85,3 @@ def guided_backprop(p: PixelInputs) -> Tensor:
 def guided_gradcam(p: PixelInputs) -> Tensor:
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backpropagation × the upsampled Grad-CAM map."""
     return guided_backprop(p) * p.gradcam()
-
-
-PIXEL_METHODS: dict[str, Callable[[PixelInputs], Tensor]] = {
-    "vanilla": vanilla,
-    "smoothgrad": smoothgrad,
-    "integrated-gradients": integrated_gradients,
-    "guided-backprop": guided_backprop,
-    "guided-gradcam": guided_gradcam,
-}

@@ -1,0 +1,68 @@
+"""`explain detect`: an object detector's boxes, each explained."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from explain_cli.cli import common
+from explain_cli.methods import DETECTION_METHODS
+
+
+@click.command(cls=common.Command)
+@common.input_options
+@click.option("--json", "as_json", is_flag=True, help="Print each image's detections as JSON lines (default: a table "
+              "on a terminal, TSV when piped: image, k, class, label, score, x0, y0, x1, y1).")
+@click.option("--model", "model_spec", required=True, metavar="PATH",
+              help="A .keras object detector: keras-hub's RetinaNet or D-FINE, or a model whose outputs are boxes "
+              "(batch, A, 4) and class scores (batch, A, classes) before non-maximum suppression.")
+@click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Class names, one a line (default: numbers).")
+@click.option("--preprocess", type=click.Choice(["caffe", "tf", "torch", "none"]),
+              help="Input scaling (default: the image converter of a keras-hub model saved with its preprocessor, "
+              "else none).")
+@click.option("--import", "imports", multiple=True, metavar="MODULE|FILE.py",
+              help="Import your code before the model loads (its custom layers).")
+@click.option("--unsafe-deserialization", "unsafe", is_flag=True,
+              help="Let the model file run the Python code it stores (Lambda layers); only for files you trust.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="Compute the model in bfloat16 or float32 (auto: bf16 where the CPU has it natively).")
+@common.runtime_option
+@click.option("--input-size", callback=lambda ctx, param, value: common._input_size(value), metavar="HEIGHTxWIDTH",
+              help="A detector whose input size is free (and that has no image converter saying it): the size to "
+              "feed it.")
+@common.detector_format_options
+@common.detection_options
+@click.option("--layer", help="Where the gradient methods take their maps (default: the last feature map every "
+              "class score depends on: a feature pyramid's backbone's last stage).")
+@click.option("--method", type=click.Choice(DETECTION_METHODS), default="gradcam", show_default=True,
+              help="A gradient method of the Grad-CAM family, eigencam (class-agnostic), drise (masks and forward "
+              "passes only) or random (the control).")
+@click.option("--masks", "rise_masks", type=click.IntRange(1), default=1000, show_default=True,
+              help="drise: random masks (one forward pass each).")
+@click.option("--cells", type=click.IntRange(1), default=16, show_default=True,
+              help="drise: each mask is a grid of N × N cells, upsampled.")
+@click.option("--keep", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5, show_default=True,
+              help="drise: the probability a cell is kept.")
+@click.option("--seed", type=int, default=0, show_default=True, help="drise: the masks' seed.")
+@click.option("--truth", "truth_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="FILE.csv", help="True boxes, image,x0,y0,x1,y1,class (the images' pixels; as evaluate --boxes "
+              "reads): adds precision, recall and mAP at IoU 0.5 to the summary.")
+@common.render_options
+def detect(**options: Any) -> None:
+    """Object detectors: why each box was found (a map per detection).
+
+    \b
+    For each image, writes OUTPUT_DIR/<name>.detections.jpg (every box with its label and score) and
+    OUTPUT_DIR/<name>.det<k>.<method>.<class>-<label>.jpg per detection (its map, its box drawn), a manifest line
+    each, and prints each detection: image, k, class, label, score, x0, y0, x1, y1 (the image's pixels).
+    """
+    from explain_cli.cli import detect_run
+
+    common.check_imports(options["imports"])
+    detect_run.run({k: options.pop(k) for k in list(options) if k in detect_run.DETECTOR_OPTIONS},
+                   options["sources"], sys.stdin, options["truth_file"], common.output_options(options),
+                   common.run_options(options))

@@ -1,1 +1,0 @@
-"""The command line's commands, by family; cli.py gathers them into one group."""

@@ -1,0 +1,1 @@
+"""Measuring maps: metrics (numpy), the evaluation steps, sanity checks."""

@@ -1,0 +1,1 @@
+"""What a run reads: sources, decoding, labels, truth, shards."""

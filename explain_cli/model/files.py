@@ -1,0 +1,302 @@
+"""Models explain can only run: a TensorFlow SavedModel folder, a LiteRT (.tflite) file, an ONNX file.
+
+They have no layers to cut, so only forward passes explain them (methods/perturbation.py). Each runtime is opened
+into a `Runner` that says what the file says of itself (its input's shape, layout and dtype, whether its output ends
+in a softmax or a sigmoid) and runs a batch in the file's own layout and dtype. `load` wraps it as a model like a
+Keras one for the Explainer: uint8 or float pixels in NHWC, 0-255 -> each class's probability. What the file does not
+say comes from the options (`Runtime`), else from one probing pass, and `notes` say which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from explain_cli.inputs import labels as labels_module
+from explain_cli.model.backend import native_stderr_silenced
+from explain_cli.errors import BadArgument, ExplainError
+from explain_cli.model.heads import Head
+
+KINDS = {".onnx": "ONNX", ".tflite": "LiteRT"}
+NOT_FOR_THEM = "it has no layers, so only rise and occlusion explain it (and random, to evaluate against)"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the user says of a model file that may not say it: (height, width), "nhwc" or "nchw", and whether its
+    output is "logits" or "probabilities"."""
+
+    input_size: tuple[int, int] | None = None
+    layout: str | None = None
+    outputs: str | None = None
+
+
+@dataclass
+class Runner:
+    shape: tuple[Any, ...]  # the input's shape as the file gives it (batch first; None or a name where free)
+    dtype: Any  # numpy dtype of the input
+    run: Callable[[np.ndarray], np.ndarray]  # a batch in the file's layout and dtype -> (n, outputs) raw
+    ends_in: str | None = None  # "softmax" / "sigmoid" when the file's graph says so
+    quantised: tuple[float, int] | None = None  # the input's (scale, zero point), for a quantised LiteRT model
+
+
+@dataclass
+class RuntimeModel:
+    """A model explain runs but cannot cut: the fields a LoadedModel has, and its two forward functions."""
+
+    name: str
+    height: int
+    width: int
+    channels: int
+    labels: Any
+    head: Head
+    forward: Callable[[np.ndarray], np.ndarray]  # (n, H, W, C) pixels 0-255, NHWC -> (n, classes) probabilities
+    notes: list[str] = field(default_factory=list)
+    unscaled: Callable[[np.ndarray], np.ndarray] | None = None  # forward from the model's input as it stands (NHWC)
+    keras_model: Any = None
+    default_layer: str | None = None
+    precision: str = "fp32"
+    live: bool = False
+    output: str | None = None
+
+    def as_input(self) -> RuntimeModel:
+        """The model fed its input as it stands (an array a user already scaled): no preprocessing."""
+        assert self.unscaled is not None, "a runtime's model is made with its unscaled forward"
+        return dataclasses.replace(self, forward=self.unscaled)
+
+
+def is_runtime_model(spec: str) -> bool:
+    """Whether `spec` names a file only a runtime can run: .onnx, .tflite, or a SavedModel folder."""
+    path = Path(spec)
+    return path.suffix.lower() in KINDS or (path.is_dir() and (path / "saved_model.pb").is_file())
+
+
+def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime: Runtime) -> RuntimeModel:
+    """Open the file and read (or take from `runtime`) its input size, layout and outputs."""
+    path = Path(spec)
+    kind = KINDS.get(path.suffix.lower(), "SavedModel")
+    article = "an" if kind == "ONNX" else "a"
+    try:
+        runner = {"ONNX": _onnx, "LiteRT": _litert, "SavedModel": _saved_model}[kind](path)
+    except ExplainError:
+        raise
+    except Exception as error:  # each runtime's own error for a file it cannot read
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExplainError(f"{path}: not {article} {kind} model it can read ({first})") from None
+    notes = [f"{article} {kind} model, run by {'ONNX Runtime' if kind == 'ONNX' else 'TensorFlow'}"]
+    layout = _layout(path, runner.shape, runtime.layout, notes)
+    height, width, channels = _size(path, runner.shape, layout, runtime.input_size, notes)
+
+    def raw(pixels: np.ndarray, scaling: Callable[[Any], Any] = preprocess) -> np.ndarray:
+        x = np.asarray(scaling(pixels.astype(np.float32)), np.float32)
+        if layout == "nchw":
+            x = x.transpose(0, 3, 1, 2)
+        if runner.quantised is not None:
+            scale, zero = runner.quantised
+            x = np.round(x / scale + zero)
+        if np.issubdtype(runner.dtype, np.integer):
+            info = np.iinfo(runner.dtype)
+            x = np.clip(np.round(x), info.min, info.max)
+        x = np.ascontiguousarray(x.astype(runner.dtype))
+        fixed = runner.shape[0] if isinstance(runner.shape[0], int) and runner.shape[0] > 0 else None
+        if fixed is None:
+            out = np.asarray(runner.run(x), np.float32)
+        else:  # a file exported for one batch size (PyTorch's default is 1): run in its batches, the last padded
+            pieces = []
+            for start in range(0, len(x), fixed):
+                piece = x[start:start + fixed]
+                padded = np.concatenate([piece, np.repeat(piece[-1:], fixed - len(piece), axis=0)])
+                pieces.append(np.asarray(runner.run(padded), np.float32)[:len(piece)])
+            out = np.concatenate(pieces)
+        return out.reshape(len(out), -1)
+
+    probe = raw(np.full((1, height, width, channels), 128.0, np.float32))
+    outputs = _outputs(probe, runner.ends_in, runtime.outputs, notes)
+    size = probe.shape[1]
+    head = Head("binary" if size == 1 else "classes", "sigmoid" if outputs == "probabilities" and size == 1 else
+                "softmax" if outputs == "probabilities" else "linear", size, shape=(size,))
+
+    def forward(pixels: np.ndarray) -> np.ndarray:
+        return _probabilities(raw(pixels), outputs, size)
+
+    def forward_input(x: np.ndarray) -> np.ndarray:
+        return _probabilities(raw(x, lambda given: given), outputs, size)
+
+    names = labels_module.for_model(2 if size == 1 else size, given_labels)
+    return RuntimeModel(path.name, height, width, channels, names, head, forward, notes, unscaled=forward_input)
+
+
+def _probabilities(out: np.ndarray, outputs: str, size: int) -> np.ndarray:
+    """(n, classes) probabilities from the file's outputs; one unit is a binary head: (1 − p, p)."""
+    if size == 1:
+        positive = out if outputs == "probabilities" else 1.0 / (1.0 + np.exp(-out))
+        return np.concatenate([1.0 - positive, positive], axis=1)
+    if outputs == "probabilities":
+        return out
+    shifted = np.exp(out - out.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def _layout(path: Path, shape: Sequence[Any], given: str | None, notes: list[str]) -> str:
+    if len(shape) != 4:
+        raise ExplainError(f"{path}: its input has shape {_shown(shape)}; explain feeds images, (batch, height, width, "
+                           "channels) or (batch, channels, height, width)")
+    if given is not None:
+        notes.append(f"layout {given.upper()} (--layout)")
+        return given
+    last, second = shape[3] in (1, 3), shape[1] in (1, 3)
+    if last == second:
+        raise BadArgument("--layout", f"{path}: its input {_shown(shape)} could be NHWC or NCHW; say which")
+    layout = "nhwc" if last else "nchw"
+    notes.append(f"layout {layout.upper()} (from the file: input {_shown(shape)})")
+    return layout
+
+
+def _size(path: Path, shape: Sequence[Any], layout: str, given: tuple[int, int] | None,
+          notes: list[str]) -> tuple[int, int, int]:
+    height, width, channels = (shape[1], shape[2], shape[3]) if layout == "nhwc" else (shape[2], shape[3], shape[1])
+    if not isinstance(channels, int) or channels not in (1, 3):
+        raise ExplainError(f"{path}: its input has {channels} channels in {layout.upper()}; explain feeds 1 or 3")
+    fixed = isinstance(height, int) and isinstance(width, int)
+    if given is not None:
+        if fixed and (height, width) != given:
+            raise BadArgument("--input-size", f"{path} takes {height}×{width} images, not {given[0]}×{given[1]}")
+        notes.append(f"input {given[0]}×{given[1]} (--input-size)")
+        return given[0], given[1], channels
+    if not fixed:
+        raise BadArgument("--input-size", f"{path}: its input {_shown(shape)} has no fixed height and width; give "
+                          "--input-size HEIGHTxWIDTH")
+    return int(height), int(width), channels
+
+
+def _outputs(probe: np.ndarray, ends_in: str | None, given: str | None, notes: list[str]) -> str:
+    if given is not None:
+        notes.append(f"outputs read as {given} (--outputs)")
+        return given
+    if ends_in is not None:
+        notes.append(f"outputs read as probabilities (the graph ends in a {ends_in})")
+        return "probabilities"
+    bounded = bool(np.all((probe >= 0) & (probe <= 1)))
+    summed = probe.shape[1] == 1 or bool(np.allclose(probe.sum(axis=1), 1.0, atol=0.02))  # quantised outputs round
+    outputs = "probabilities" if bounded and summed else "logits"
+    notes.append(f"outputs read as {outputs} (the file does not say; its output on a grey image "
+                 f"{'is' if outputs == 'probabilities' else 'is not'} a probability vector; --outputs to say)")
+    return outputs
+
+
+def _shown(shape: Sequence[Any]) -> str:
+    return "(" + ", ".join("?" if not isinstance(d, int) else str(d) for d in shape) + ")"
+
+
+def _one_input(path: Path, inputs: Sequence[Any]) -> Sequence[Any]:
+    """The model's inputs, when there is exactly one; ExplainError otherwise."""
+    if len(inputs) != 1:
+        raise ExplainError(f"{path}: the model takes {len(inputs)} inputs; explain feeds one image batch")
+    return inputs
+
+
+# --- the runtimes ----------------------------------------------------------------------------------------------------
+
+
+def _onnx(path: Path) -> Runner:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExplainError(f"{path}: ONNX models need ONNX Runtime: pip install 'explain-cli[onnx]'") from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (first,) = _one_input(path, session.get_inputs())
+    dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(double)": np.float64,
+             "tensor(float16)": np.float16}.get(first.type)
+    if dtype is None:
+        raise ExplainError(f"{path}: its input is a {first.type}; explain feeds float or uint8 images")
+    output = session.get_outputs()[0].name
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run([output], {first.name: batch})[0]  # type: ignore[no-any-return]
+
+    return Runner(tuple(first.shape), dtype, run, _onnx_ends_in(path, output))
+
+
+def _onnx_ends_in(path: Path, output: str) -> str | None:
+    """"softmax" / "sigmoid" when the node making the output (through Identity nodes) is one; None if unknown."""
+    try:
+        import onnx
+    except ImportError:  # ONNX Runtime alone does not show the graph: the probe decides
+        return None
+    graph = onnx.load(str(path), load_external_data=False).graph
+    makers = {name: node for node in graph.node for name in node.output}
+    node = makers.get(output)
+    while node is not None and node.op_type == "Identity":
+        node = makers.get(node.input[0])
+    return {"Softmax": "softmax", "Sigmoid": "sigmoid"}.get(node.op_type) if node is not None else None
+
+
+def _litert(path: Path) -> Runner:
+    from explain_cli.model.backend import load_tensorflow
+
+    tf, _ = load_tensorflow()
+    try:  # LiteRT's own package where it is installed; TensorFlow's interpreter, deprecated in its favour, else
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = tf.lite.Interpreter
+    with warnings.catch_warnings(), native_stderr_silenced():  # its deprecation, its delegate's start-up line
+        warnings.simplefilter("ignore")
+        interpreter = Interpreter(model_path=str(path))
+    (first,) = _one_input(path, interpreter.get_input_details())
+    output = interpreter.get_output_details()[0]
+    shape = tuple(int(d) if d > 0 else None for d in first.get("shape_signature", first["shape"]))
+    shape = (None, *shape[1:])
+    allocated: list[tuple[int, ...]] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        if not allocated or allocated[0] != batch.shape:
+            interpreter.resize_tensor_input(first["index"], list(batch.shape))
+            with native_stderr_silenced():
+                interpreter.allocate_tensors()
+            allocated[:] = [batch.shape]
+        interpreter.set_tensor(first["index"], batch)
+        interpreter.invoke()
+        out = interpreter.get_tensor(output["index"]).astype(np.float32)
+        scale, zero = output["quantization"]
+        return (out - zero) * scale if scale else out
+
+    scale, zero = first["quantization"]
+    return Runner(shape, first["dtype"], run, _litert_ends_in(interpreter, output["index"]),
+                  (float(scale), int(zero)) if scale else None)
+
+
+def _litert_ends_in(interpreter: Any, output: int) -> str | None:
+    """"softmax" / "sigmoid" when the op writing the output (through (de)quantisations and reshapes) is one."""
+    try:  # the ops, where this interpreter lists them (a delegate's node writes copies: the first writer counts)
+        ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    except AttributeError:
+        return None
+    writers = {int(t): op for op in ops for t in op["outputs"]}
+    op = writers.get(output)
+    while op is not None and op["op_name"] in ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE"):
+        op = writers.get(int(op["inputs"][0]))
+    return {"SOFTMAX": "softmax", "LOGISTIC": "sigmoid"}.get(op["op_name"]) if op is not None else None
+
+
+def _saved_model(path: Path) -> Runner:
+    from explain_cli.model.backend import load_tensorflow
+
+    tf, _ = load_tensorflow()
+    loaded = tf.saved_model.load(str(path))
+    signatures = dict(loaded.signatures)
+    function = signatures.get("serving_default") or next(iter(signatures.values()), None)
+    if function is None:
+        raise ExplainError(f"{path}: the SavedModel has no signature to call")
+    _, named = function.structured_input_signature
+    ((name, spec),) = _one_input(path, list(named.items()))
+    outputs = sorted(function.structured_outputs)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return function(**{name: tf.constant(batch)})[outputs[0]].numpy()  # type: ignore[no-any-return]
+
+    return Runner(tuple(spec.shape.as_list()), spec.dtype.as_numpy_dtype, run)

@@ -1,0 +1,1 @@
+"""Pictures: heatmaps, overlays, drawings. No TensorFlow."""

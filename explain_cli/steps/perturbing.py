@@ -1,0 +1,79 @@
+"""The steps of the methods that need no layer. A perturbation method (methods/perturbation.py): the predictions of a
+batch pick its classes, then each image's perturbed copies go through the one forward step in full batches, every
+explained class of the image read from the same passes. The random control: seeded noise. Whatever runs the model
+(Keras, a SavedModel, LiteRT, ONNX Runtime) is behind `predict` and `forward`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from explain_cli.steps import targets
+from explain_cli.errors import BadArgument
+from explain_cli.steps.compiled import BatchResult
+from explain_cli.methods import PERTURBATION_METHODS
+from explain_cli.methods.perturbation import GREY, PerturbationInputs, RiseMasks, default_window, rise_masks
+
+
+def masks_for(settings: Any, height: int, width: int) -> RiseMasks:
+    """RISE's masks for a run: drawn once from the settings' seed, the same for every image."""
+    if settings.masks < 1 or settings.cells < 1 or not 0.0 < settings.keep <= 1.0:
+        raise BadArgument("--masks", f"rise needs masks ≥ 1, cells ≥ 1 and 0 < keep ≤ 1, not {settings.masks}, "
+                          f"{settings.cells}, {settings.keep}")
+    return rise_masks(settings.masks, settings.cells, settings.keep, settings.seed, height, width)
+
+
+def window_and_stride(settings: Any, height: int, width: int) -> tuple[int, int]:
+    """Occlusion's window and stride: as given, else a seventh of the input's shorter side and half of that."""
+    window = settings.window or default_window(height, width)
+    stride = settings.stride or max(1, window // 2)
+    if window < 1 or stride < 1:
+        raise BadArgument("--window", f"occlusion needs a window and a stride of 1 pixel or more, not {window}, {stride}")
+    return window, stride
+
+
+def describe(method: str, settings: Any, height: int, width: int) -> str:
+    """How a run's perturbation method perturbs, for its first line on stderr."""
+    if method == "rise":
+        return (f"{settings.masks} masks of {settings.cells} × {settings.cells} cells kept with probability "
+                f"{settings.keep:g} (seed {settings.seed}), forward passes only")
+    window, stride = window_and_stride(settings, height, width)
+    return f"a {window}-pixel grey window every {stride} pixels, forward passes only"
+
+
+def step(method: str, predict: Callable[[np.ndarray], np.ndarray], forward: Callable[[np.ndarray], np.ndarray],
+         choice: targets.ClassChoice, settings: Any, masks: RiseMasks, height: int,
+         width: int, fill: float = GREY) -> Callable[..., BatchResult]:
+    """uint8 batch (and each image's own class (b,), for a per-image choice) -> BatchResult: the maps at the input's
+    resolution; the scores are the classes' probabilities. `fill`: what is hidden becomes (0 for an input as it
+    stands)."""
+    compute = PERTURBATION_METHODS[method]
+    window, stride = window_and_stride(settings, height, width)
+
+    def run(batch: np.ndarray, classes: np.ndarray | None = None, regions: np.ndarray | None = None) -> BatchResult:
+        probabilities = predict(batch)
+        chosen = classes[:, None].astype(np.int32) if classes is not None else \
+            np.asarray(targets.pick(choice, probabilities, [None] * len(batch)))
+        maps = np.stack([compute(PerturbationInputs(forward, image.astype(np.float32), row, settings.batch_size,
+                                                    masks, window, stride, fill))
+                         for image, row in zip(batch, chosen)])
+        return BatchResult(probabilities, chosen, np.take_along_axis(probabilities, chosen, axis=1), maps)
+
+    return run
+
+
+def random_step(predict: Callable[[np.ndarray], np.ndarray], choice: targets.ClassChoice,
+                seed: int) -> Callable[[np.ndarray, list[Any]], BatchResult]:
+    """The random control's compute step: seeded uniform noise at the input's resolution, as evaluate draws it."""
+    from explain_cli.methods.control import random_map
+
+    def compute(batch: np.ndarray, sources: list[Any]) -> BatchResult:
+        probabilities = predict(batch)
+        chosen = targets.pick(choice, probabilities, [s.key for s in sources])
+        height, width = batch.shape[1:3]
+        maps = np.stack([[random_map(seed, s.shown, int(c), height, width) for c in row]
+                         for s, row in zip(sources, chosen)])
+        return BatchResult(probabilities, chosen, np.take_along_axis(probabilities, chosen, axis=1), maps)
+
+    return compute

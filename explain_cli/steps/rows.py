@@ -1,0 +1,117 @@
+"""Inside a compiled step: which (image, class) rows are explained, and the score each row differentiates.
+
+A step runs the head on k copies of each image's activations, class-major (copy j of image i at row j·b + i).
+`read_rows` reads the head's output of the untouched images: what each image shows (its probabilities, a value, a
+segmentation's pixel shares), which k classes each explains (given, its own, or its top k by what it shows), and then
+the score of every row from any output of the same rows: the class's logit (binary: ±z; a value: itself), or for a
+segmentation the class's pixel scores summed over the row's region (Vinogradova et al. 2020's Seg-Grad-CAM target).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from explain_cli.model import heads
+
+Tensor = Any
+
+
+@dataclass(frozen=True)
+class Rows:
+    shown: Tensor  # (b, classes): probabilities, a value, or a segmentation's pixel shares
+    chosen: Tensor  # (b, k): the classes explained
+    row_class: Tensor  # (k·b,): each row's class
+    score: Callable[[Tensor], Tensor]  # the head's output of the rows -> (k·b,) their scores
+    score_one: Callable[[Tensor, Tensor], Tensor]  # (n outputs of one row's image, the row) -> (n,) its logit scores
+    extras: Callable[[int, Tensor], dict[str, Tensor]]  # (k, b) -> per image: a segmentation's regions and map
+
+
+def read_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, score: str, own: Tensor | None = None,
+              regions: Tensor | None = None) -> Rows:
+    """The rows of a step from the head's output of the b images themselves (`first`): `fixed` classes for every
+    image, each image's `own` class (b,), or its top k; a segmentation's `regions` (b, H, W), else where each
+    row's class is predicted."""
+    import tensorflow as tf
+
+    if head.kind == "pixels":
+        return _pixel_rows(head, first, fixed, k, score, own, regions)
+    shown = heads.probabilities(head, first)
+    chosen, row_class = choose(shown, fixed, k, own)
+
+    def score_rows(raw: Tensor) -> Tensor:
+        return tf.gather(heads.class_scores(head, raw, score), row_class, batch_dims=1)
+
+    def score_one(raw: Tensor, row: Tensor) -> Tensor:  # Score-CAM's score: the logit, whatever `score` says
+        return tf.gather(heads.class_scores(head, raw), row_class[row], axis=1)
+
+    return Rows(shown, chosen, row_class, score_rows, score_one, lambda k, b: {})
+
+
+def _pixel_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, score: str, own: Tensor | None,
+                regions: Tensor | None) -> Rows:
+    import tensorflow as tf
+
+    # Every pass over a (b, h, w, classes) output at the input's resolution costs about as much as a small
+    # layer: each is made once, the rest works on (b, h, w) maps.
+    first = tf.stop_gradient(first)
+    classes = heads.pixel_classes(head, first)  # (b, h, w)
+    shown = heads.pixel_shares(head, first, classes)
+    chosen, row_class = choose(shown, fixed, k, own)
+    size = tf.shape(classes)[1:3]
+    if regions is None:
+        region = heads.class_region(head, tile(first, k) if heads.several_per_pixel(head) else first, tile(classes, k),
+                                    row_class)
+    else:
+        given = tf.image.resize(regions[..., None], size, method="nearest")[..., 0]
+        region = tile(tf.cast(given > 0.5, tf.float32), k)
+
+    def score_rows(raw: Tensor) -> Tensor:
+        return tf.reduce_sum(heads.class_pixels(head, raw, row_class, score) * region, axis=(1, 2))
+
+    def score_one(raw: Tensor, row: Tensor) -> Tensor:
+        values = tf.gather(heads.pixel_scores(head, raw), row_class[row], axis=3)  # (n, h, w)
+        return tf.reduce_sum(values * region[row][None], axis=(1, 2))
+
+    def extras(k: int, b: Tensor) -> dict[str, Tensor]:
+        probabilities = tile(heads.pixel_probabilities(head, first), k)  # k copies, one softmax
+        probability = tf.gather(probabilities, row_class, axis=3, batch_dims=1)
+        area = tf.reduce_sum(region, axis=(1, 2))
+        pixels = tf.cast(size[0] * size[1], tf.float32)
+        mean = tf.reduce_sum(probability * region, axis=(1, 2)) / tf.maximum(area, 1.0)
+        return {"share": per_image(area / pixels, k, b), "mean_probability": per_image(mean, k, b),
+                "segmentation": classes}
+
+    return Rows(shown, chosen, row_class, score_rows, score_one, extras)
+
+
+def choose(shown: Tensor, fixed: Tensor | None, k: int, own: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The classes to explain: (b, k) per image (each image's own, the given ones, or the top k of what it shows)
+    and (k·b,) per row."""
+    import tensorflow as tf
+
+    b = tf.shape(shown)[0]
+    if own is not None:
+        chosen = own[:, None]
+    elif fixed is None:
+        chosen = tf.math.top_k(shown, k=k).indices
+    else:
+        chosen = tf.broadcast_to(fixed, [b, k])
+    return chosen, tf.reshape(tf.transpose(chosen), [-1])
+
+
+def tile(tensor: Tensor, k: int) -> Tensor:
+    """k copies of a batch along its first axis: copy j of row i at j·b + i."""
+    import tensorflow as tf
+
+    if k == 1:
+        return tensor
+    return tf.tile(tensor, tf.concat([[k], tf.ones([tf.rank(tensor) - 1], tf.int32)], 0))
+
+
+def per_image(rows: Tensor, k: int, b: Tensor) -> Tensor:
+    """Rows ordered class-major (copy j of image i at j·b + i) regrouped as (b, k, ...)."""
+    import tensorflow as tf
+
+    grouped = tf.reshape(rows, tf.concat([[k, b], tf.shape(rows)[1:]], 0))
+    return tf.transpose(grouped, tf.concat([[1, 0], tf.range(2, tf.rank(grouped))], 0))

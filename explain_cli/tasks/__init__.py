@@ -1,0 +1,1 @@
+"""How each task reads a model's outputs: segmentation and detection."""

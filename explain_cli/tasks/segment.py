@@ -1,0 +1,159 @@
+"""`explain segment`'s own pieces: the region each image's classes are explained over (a box, a mask file), the
+finish step that writes the segmentation and the explanations, and the overlap with true masks (IoU).
+
+A segmentation model scores every pixel (model/heads.py: a "pixels" head); a class of an image is explained by the sum of
+its pixel scores over a region: where the model predicts it (by default), a box, or a mask of the user's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from explain_cli.render import drawing
+from explain_cli.io import files as output
+from explain_cli.render import heatmaps as render
+from explain_cli.errors import BadArgument
+from explain_cli.inputs.sources import Source, pixel_limit
+from explain_cli.io.files import Prediction
+from explain_cli.running.pipeline import (Finish, ImageResult, RenderOptions, Written, explained, image_fields, manifest_record,
+                                  write_explanation)
+from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class Region(Prediction):
+    """A class found in an image: `probability` is its share of the pixels; with its mean probability over them."""
+
+    mean_probability: float = 0.0
+
+    def row(self) -> dict:
+        return {"class_index": self.class_index, "label": self.label, "pixel_share": self.probability,
+                "mean_probability": self.mean_probability}
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """--region x0,y0,x1,y1 in the image's pixels (x1, y1 exclusive); BadArgument otherwise."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise BadArgument("--region", f"{text!r} is not x0,y0,x1,y1 (four numbers, the image's pixels)") from None
+    if x1 <= x0 or y1 <= y0:
+        raise BadArgument("--region", f"{text!r}: x1 must be above x0 and y1 above y0")
+    return x0, y0, x1, y1
+
+
+def regions(box: tuple[float, float, float, float] | None, masks: Path | Mapping[Any, Any] | None, height: int,
+            width: int) -> Callable[[list[Source]], tuple[np.ndarray, list[str]]]:
+    """sources -> (their regions (b, height, width) at the model's input, 1 inside), and the sources with no mask:
+    a box in each image's own pixels, or each image's mask (a PNG of the same relative path under the folder
+    `masks`, or an array in a mapping from each image's key; non-zero inside)."""
+
+    def of(sources: list[Source]) -> tuple[np.ndarray, list[str]]:
+        found = np.zeros((len(sources), height, width), np.float32)
+        missing = []
+        for i, source in enumerate(sources):
+            if box is not None:
+                image_width, image_height = size_of(source)
+                x0, y0, x1, y1 = box
+                rows = slice(int(np.floor(y0 * height / image_height)), int(np.ceil(y1 * height / image_height)))
+                cols = slice(int(np.floor(x0 * width / image_width)), int(np.ceil(x1 * width / image_width)))
+                found[i, rows, cols] = 1.0
+            elif masks is not None:
+                mask = read_mask(masks / PurePosixPath(source.relative).with_suffix(".png")) \
+                    if isinstance(masks, Path) else masks.get(source.key)
+                if mask is None:
+                    missing.append(source.shown)
+                    continue
+                resized = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).resize((width, height),
+                                                                                   Image.Resampling.NEAREST)
+                found[i] = np.asarray(resized) > 0
+        return found, missing
+
+    return of
+
+
+def given_region(region: Any, kind: str, height: int, width: int,
+                 key: Callable[[Any], Any]) -> Callable[[list[Source]], tuple[np.ndarray, list[str]]]:
+    """The library's region: a box (x0, y0, x1, y1) in each image's pixels, or a mapping from each image's key to its
+    mask (an array, non-zero inside); BadArgument for a model that outputs no classes per pixel."""
+    if kind != "pixels":
+        raise BadArgument("--region", "a region is a segmentation's: this model outputs no classes per pixel")
+    if isinstance(region, Mapping):
+        return regions(None, {key(k): v for k, v in region.items()}, height, width)
+    return regions(parse_box(",".join(str(v) for v in region)), None, height, width)
+
+
+def size_of(source: Source) -> tuple[int, int]:
+    """An input's (width, height), from its header (or its array): what a box in its pixels is scaled by."""
+    if source.pixels is not None:
+        shape = np.shape(source.pixels) if not isinstance(source.pixels, Image.Image) else source.pixels.size[::-1]
+        return int(shape[1]), int(shape[0])
+    with pixel_limit(DEFAULT_MAX_PIXELS), Image.open(source.path) as image:
+        return image.size
+
+
+def read_mask(path: Path) -> np.ndarray | None:
+    """A mask or label PNG as integers (h, w); None where there is no such file."""
+    if not path.is_file():
+        return None
+    with pixel_limit(DEFAULT_MAX_PIXELS), Image.open(path) as image:
+        return np.asarray(image.convert("L") if image.mode not in ("L", "P", "I", "I;16") else image).astype(np.int64)
+
+
+def overlap(predicted: np.ndarray, truth: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the pixels predicted and true (intersection) and predicted or true (union); the prediction is
+    upsampled (nearest) to the true mask's size."""
+    resized = np.asarray(Image.fromarray(predicted.astype(np.uint8), mode="L").resize(
+        (truth.shape[1], truth.shape[0]), Image.Resampling.NEAREST)).astype(np.int64)
+    both = np.bincount(resized[resized == truth], minlength=classes)[:classes]
+    either = (np.bincount(resized.ravel(), minlength=classes)[:classes] + np.bincount(
+        np.clip(truth.ravel(), 0, classes), minlength=classes + 1)[:classes] - both)
+    return both, either
+
+
+def finish_step(names: Sequence[str], top: int, options: RenderOptions, truth_masks: Path | None,
+                missing: Callable[[Source], bool] = lambda source: False) -> Finish:
+    """A finish step that writes an image's segmentation (its classes coloured over it, with a legend) and each
+    explained class's overlay, a manifest line each; its classes on stdout; its overlap with its true mask."""
+
+    def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> ImageResult:
+        classes = batch.extras["segmentation"][row]
+        files = output.FileSet(options.out_dir)
+        height, width = original.shape[:2]
+        written: list[tuple[Written, Any]] = []
+        warnings = [f"warning: {source.shown}: no mask for it under --region-masks: its region is empty"] \
+            if missing(source) else []
+        picture = source.stem.with_name(f"{source.stem.name}.segmentation.png").as_posix()
+        with files.complete_or_removed():
+            files.write(picture, render.encode(drawing.segmentation(original, classes, names), "png"))
+            ready = render.backdrop(original, options.alpha)
+            for value in explained(source, original, row, batch, names, options.layer, options.method, options.floor):
+                heatmap = render.normalise(value.map)
+                if not heatmap.any():
+                    warnings.append(f"warning: {source.shown}: the {options.method} map for class {value.class_index} "
+                                    f"({value.label}) is all zero")
+                written.append((write_explanation(source, files, value, heatmap, ready, options), value))
+        fields = image_fields(source, batch.probabilities[row], names, options.listing)
+        records = [{**manifest_record(w, options.model), "head": "pixels", "segmentation": picture,
+                    "region_share": value.share, "region_pixels": int(round((value.share or 0) * height * width)),
+                    "mean_probability": value.mean_probability, **fields} for w, value in written]
+        shown = [Region(rank, value.class_index, value.label, float(value.share or 0.0),
+                        float(value.mean_probability or 0.0)) for rank, (_, value) in enumerate(written[:top], 1)]
+        truth = read_mask(truth_masks / PurePosixPath(source.relative).with_suffix(".png")) if truth_masks else None
+        return ImageResult(source, predictions=shown, explanations=[w for w, _ in written], warnings=warnings,
+                           records=records or [_no_class_record(source, options, picture, fields)],
+                           overlap=None if truth is None else overlap(classes, truth, len(names)))
+
+    return finish
+
+
+def _no_class_record(source: Source, options: RenderOptions, picture: str, fields: dict) -> dict:
+    """The manifest line of an image none of whose classes was explained: its segmentation is still written."""
+    return {"image": source.shown, "model": options.model, "layer": options.layer, "method": options.method,
+            "class_index": None, "label": None, "head": "pixels", "segmentation": picture, "overlay": None,
+            "heatmap": None, "figure": None, **fields}
