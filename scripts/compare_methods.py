@@ -29,7 +29,7 @@ from explain_cli.render import heatmaps as render
 from explain_cli.model import cut as split
 from explain_cli.model.backend import load_tensorflow  # noqa: E402
 from explain_cli.methods import METHODS  # noqa: E402
-from explain_cli.methods.saliency import PIXEL_METHODS  # noqa: E402
+from explain_cli.methods import PIXEL_METHODS  # noqa: E402
 
 
 def main() -> None:

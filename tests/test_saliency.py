@@ -13,7 +13,8 @@ from explain_cli.steps import compiled as explainer
 from explain_cli.model import loading as models
 from explain_cli.model import cut as split
 from explain_cli.cli.main import cli
-from explain_cli.methods.saliency import PIXEL_METHODS, PixelInputs, integrated_gradient_attributions
+from explain_cli.methods import PIXEL_METHODS
+from explain_cli.methods.saliency import PixelInputs, integrated_gradient_attributions
 from tests.synthetic import make_scene
 from tests.test_methods import up_to
 
