@@ -322,21 +322,21 @@ class Detector:
 def _check(min_score: Any, iou: Any, keep: Any, max_boxes: Any, masks: Any, cells: Any, seed: Any, batch_size: Any,
            max_pixels: Any, precision: Any, preprocess: Any, runtime: Any) -> None:
     """BadArgument for a Detector's argument that cannot be used, naming it and what it may be."""
-    from explain_cli import settings
+    from explain_cli.errors import between, choose, whole
     from explain_cli.model.loading import check_preprocess
     from explain_cli.model.runtime import RUNTIMES
     from explain_cli.model.precision import CHOICES
 
     for option, name, value in (("--min-score", "min_score", min_score), ("--iou", "iou", iou), ("--keep", "keep", keep)):
         if value is not None:
-            settings.between(option, name, value, 0.0, 1.0)
+            between(option, name, value, 0.0, 1.0)
     for option, name, value, least in (("--max-boxes", "max_boxes", max_boxes, 1), ("--masks", "masks", masks, 1),
                                        ("--cells", "cells", cells, 1), ("--seed", "seed", seed, 0),
                                        ("--batch-size", "batch_size", batch_size, 1),
                                        ("--max-pixels", "max_pixels", max_pixels, 1)):
-        settings.whole(option, name, value, least)
-    settings.choose("--precision", "precision", precision, CHOICES)
-    settings.choose("--runtime", "runtime", runtime, RUNTIMES)
+        whole(option, name, value, least)
+    choose("--precision", "precision", precision, CHOICES)
+    choose("--runtime", "runtime", runtime, RUNTIMES)
     check_preprocess(preprocess)
 
 

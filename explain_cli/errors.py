@@ -1,9 +1,11 @@
 """The two ways a run can fail short of a bug, each printed as one line, and the one line of a library's error (and of a
-model that fails as it runs)."""
+model that fails as it runs); the checks every argument goes through where it enters (choose, whole, between)."""
 
+import math
+import numbers
 import re
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 
 class ExplainError(Exception):
@@ -26,6 +28,28 @@ class BadInput(ExplainError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+def choose(option: str | None, name: str, value: object, allowed: Iterable[object]) -> None:
+    """BadArgument unless `value` is one of `allowed`."""
+    allowed = tuple(allowed)
+    if not any(value is a or (isinstance(value, str) and value == a) for a in allowed):
+        shown = ", ".join(str(a) for a in allowed if a is not None)
+        raise BadArgument(option, f"{name} is one of {shown}, not {value!r}")
+
+
+def whole(option: str | None, name: str, value: object, least: int) -> None:
+    """BadArgument unless `value` is a whole number of at least `least`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise BadArgument(option, f"{name} is a whole number ≥ {least}, not {value!r}")
+
+
+def between(option: str | None, name: str, value: object, low: float, high: float | None) -> None:
+    """BadArgument unless `value` is a finite number in [low, high] (no upper bound where high is None)."""
+    number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(number) and low <= number <= (math.inf if high is None else high)):
+        bound = f"between {low:g} and {high:g}" if high is not None else f"≥ {low:g}"
+        raise BadArgument(option, f"{name} is a number {bound}, not {value!r}")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

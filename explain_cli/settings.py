@@ -3,12 +3,10 @@ the command line's settings, and what a Ray worker rebuilds an Explainer from.""
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from explain_cli.errors import BadArgument
+from explain_cli.errors import BadArgument, between, choose, whole
 from explain_cli.evaluation.evaluate import RANDOM as RANDOM
 from explain_cli.methods import METHODS
 from explain_cli.methods.registry import CLASSIFY, names
@@ -117,28 +115,6 @@ def check(settings: Settings) -> None:
         whole("--input-size", "input_size", side, 1)
     if s.counterfactual and not (s.method in METHODS and METHODS[s.method].gradients):
         raise BadArgument("--counterfactual", f"{s.method} uses no gradients to negate")
-
-
-def choose(option: str | None, name: str, value: object, allowed: Iterable[object]) -> None:
-    """BadArgument unless `value` is one of `allowed`."""
-    allowed = tuple(allowed)
-    if not any(value is a or (isinstance(value, str) and value == a) for a in allowed):
-        shown = ", ".join(str(a) for a in allowed if a is not None)
-        raise BadArgument(option, f"{name} is one of {shown}, not {value!r}")
-
-
-def whole(option: str | None, name: str, value: object, least: int) -> None:
-    """BadArgument unless `value` is a whole number of at least `least`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise BadArgument(option, f"{name} is a whole number ≥ {least}, not {value!r}")
-
-
-def between(option: str | None, name: str, value: object, low: float, high: float | None) -> None:
-    """BadArgument unless `value` is a finite number in [low, high] (no upper bound where high is None)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < low \
-            or (high is not None and value > high):
-        bound = f"between {low:g} and {high:g}" if high is not None else f"≥ {low:g}"
-        raise BadArgument(option, f"{name} is a number {bound}, not {value!r}")
 
 
 def check_methods(methods: Iterable[str]) -> None:

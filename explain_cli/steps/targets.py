@@ -7,12 +7,10 @@ k, or a class given per image.
 
 from __future__ import annotations
 
-import numbers
-
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Mapping, Sequence, Union
+from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence, Union
 
-from explain_cli.errors import BadArgument, ExplainError
+from explain_cli.errors import BadArgument, ExplainError, whole
 from explain_cli.inputs.labels import Labels
 
 ClassSpec = Union[int, str]
@@ -57,8 +55,8 @@ def choose(labels: Labels, classes: ClassSpec | Sequence[ClassSpec] | Mapping[An
     same for every image), or a mapping from each image's key to its class (`key` normalises the mapping's keys).
     For a head of several labels (`kind` "labels") or a segmentation ("pixels"), None means every class showing at
     least `floor` (a probability, a share of the pixels), most first, up to `top_k`."""
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
-        raise BadArgument("--top-k", f"top_k is a whole number ≥ 1, not {top_k!r}")
+    if top_k is not None:
+        whole("--top-k", "top_k", top_k, 1)
     if classes is not None and top_k:
         raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
     if top_k is not None and top_k > len(labels):
@@ -71,7 +69,9 @@ def choose(labels: Labels, classes: ClassSpec | Sequence[ClassSpec] | Mapping[An
         return ClassChoice(top_k=min(top_k or len(labels), len(labels)), floor=floor)
     if classes is None:
         return ClassChoice(top_k=top_k or 1)
-    specs = [classes] if isinstance(classes, (int, str)) else list(classes)
+    # a class, or several; one of any other type (a float) is refused by resolve_class
+    specs: list[Any] = list(classes) if isinstance(classes, Iterable) and not isinstance(classes, (str, bytes)) \
+        else [classes]
     return ClassChoice(classes=tuple(dict.fromkeys(resolve_class(labels, spec) for spec in specs)))
 
 
