@@ -188,10 +188,9 @@ class Detector:
         from explain_cli.results import Evaluation
 
         detect_evaluate.check(methods)
-        if self._arguments["precision"] == "auto" and precisions.resolve(
-                "auto", [self.method, *self._arguments["precision_for"], *methods])[0] != self.precision:
-            # "auto" chosen for every method measured, as `explain evaluate` chooses it: a sibling at that precision
-            sibling = Detector(**{**self._arguments, "precision_for": (*self._arguments["precision_for"], *methods)})
+        wanted = (*self._arguments["precision_for"], *methods)
+        if precisions.resuited(self._arguments["precision"], self.precision, [self.method, *wanted]) is not None:
+            sibling = Detector(**{**self._arguments, "precision_for": wanted})  # at the precision they all suit
             return sibling.evaluate(images, methods, steps, blur_sigma, tolerance, sanity, sanity_stages, errors)
         settings = evaluation.Settings(tuple(methods), steps, blur_sigma, tolerance, self.seed, self.batch_size)
         cascade = detect_sanity.prepare(self, sanity_stages, self.seed, frozenset(), None, self.notes.add) \

@@ -353,8 +353,8 @@ class Explainer:
 
         check_methods(methods)
         wanted = (*self.settings.precision_for, *methods)
-        if self.settings.precision != "auto" or isinstance(self._model, runtimes.RuntimeModel) or \
-                precisions.resolve("auto", [self.method, *wanted])[0] == self.precision:
+        if isinstance(self._model, runtimes.RuntimeModel) or \
+                precisions.resuited(self.settings.precision, self.precision, [self.method, *wanted]) is None:
             return self
         fields = dataclasses.asdict(dataclasses.replace(self.settings, precision_for=tuple(dict.fromkeys(wanted))))
         fields.pop("model")

@@ -95,6 +95,16 @@ def resolve(choice: str, methods: Sequence[str] = (), flags: set[str] | None = N
     return "fp32", "auto: no AMX or AVX512-BF16 on this CPU, where bfloat16 would be emulated and slower"
 
 
+def resuited(asked: str, chosen: str, methods: Sequence[str]) -> str | None:
+    """The precision `auto` chooses once `methods` must all be suited, where that is not `chosen` (one of them keeps
+    fp32); None where nothing changes (a precision asked for by name, or the same choice). evaluate's one rule: the
+    methods it measures together are computed at one precision, from Python as on the command line."""
+    if asked != "auto":
+        return None
+    again = resolve("auto", methods)[0]
+    return again if again != chosen else None
+
+
 def bfloat16(steps: Sequence[Any]) -> list[Any]:
     """The steps with every layer that outputs a feature map (4-D) computing in bfloat16 (mixed_bfloat16: float32
     weights, bfloat16 compute). The classifier after the feature maps stays float32: it is little of the work,
