@@ -1,9 +1,11 @@
 """explain: show why an image model decided what it decided.
 
-    from explain_cli import Explainer
-    explainer = Explainer("resnet50")              # a built-in name, a .keras / .h5 file, or a keras.Model
-    explanations = explainer.explain("photos/", top_k=2)
+    import explain_cli
+    made = explain_cli.load("model.keras")         # a built-in name, any model file, or a keras.Model: its
+                                                   # Explainer, or its Detector for an object detector
+    explanations = made.explain("photos/")         # each one's .target: a class, a label, a region, a box
     explanations[0].overlay()                      # a PIL image; in a notebook, an Explanation shows itself
+    made.predict("photos/")                        # top classes, a Segmentation, or Detections
 
 Importing this package is cheap on purpose: its names are resolved when first used, and TensorFlow loads only
 when a model does, so `import explain_cli` and `explain --help` stay instant.
@@ -17,15 +19,18 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from explain_cli.entry import load
     from explain_cli.explainer import Explainer
     from explain_cli.detector import Detection, Detector
     from explain_cli.settings import Settings
     from explain_cli.callbacks import ExplainCallback
     from explain_cli.errors import BadArgument, BadInput, ExplainError
     from explain_cli.io.files import Prediction
-    from explain_cli.results import Evaluation, Explanation, ImagePredictions, Layer, MethodSummary
+    from explain_cli.results import (Detections, Evaluation, Explanation, ImagePredictions, Layer, MethodSummary,
+                                     Segmentation, Target, ious)
 
 _WHERE = {
+    "load": "explain_cli.entry",
     "Explainer": "explain_cli.explainer",
     "Detector": "explain_cli.detector",
     "Detection": "explain_cli.detector",
@@ -33,6 +38,10 @@ _WHERE = {
     "Explanation": "explain_cli.results",
     "ImagePredictions": "explain_cli.results",
     "Layer": "explain_cli.results",
+    "Target": "explain_cli.results",
+    "Segmentation": "explain_cli.results",
+    "Detections": "explain_cli.results",
+    "ious": "explain_cli.results",
     "Evaluation": "explain_cli.results",
     "MethodSummary": "explain_cli.results",
     "Prediction": "explain_cli.io.files",

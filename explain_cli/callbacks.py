@@ -2,8 +2,8 @@
 
     model.fit(x, y, epochs=20, callbacks=[ExplainCallback(val_images[:4], "logs/explain", every=5)])
 
-Each N epochs an Explainer made once on the model being trained (so its compiled step is traced once, and follows
-the weights as they change) explains the images and writes each overlay as an image summary
+Each N epochs the entry made once on the model being trained (explain_cli.load: an Explainer, or a Detector for an
+object detector; its compiled step is traced once, and follows the weights as they change) explains the images and writes each overlay as an image summary
 (`explain/<image>/<rank>`, at the epoch's step) and, with `out_dir`, as a PNG file. It only runs the model forward
 and backward in inference mode: the training's weights, optimizer and metrics are not touched.
 """
@@ -22,14 +22,15 @@ _, _keras = load_tensorflow()
 
 class ExplainCallback(_keras.callbacks.Callback):  # type: ignore[misc, name-defined]
     """Explain `images` every `every` epochs (and after the last one) with `method` at `layer` (default: as for any
-    model), for `classes` (default: each image's top class; or a class, a list, or a mapping from the image's index
-    to its class, its truth say). Overlays go to TensorBoard under `log_dir`, and with `out_dir` to files
-    <out_dir>/epoch<NNN>/<index>.<method>.<class>-<label>.png. Extra keyword arguments go to the Explainer
-    (labels, preprocess, precision, ...)."""
+    model), for `classes` (default: each image's top class, a segmentation's classes, a detector's boxes; or a class,
+    a list, or for a classifier a mapping from the image's index to its class, its truth say). `task`: "auto" (read
+    from the model: explain_cli.load), "classify", "segment" or "detect". Overlays go to TensorBoard under `log_dir`,
+    and with `out_dir` to files <out_dir>/epoch<NNN>/<index>[.det<k>].<method>.<class>-<label>.png. Extra keyword
+    arguments go to the Explainer or the Detector (labels, preprocess, precision, min_score, ...)."""
 
     def __init__(self, images: Any, log_dir: str | Path | None = None, *, every: int = 1, method: str = "gradcam",
                  layer: str | None = None, classes: Any = None, top_k: int | None = None, out_dir: str | Path | None = None,
-                 colormap: str = "jet", alpha: float = 0.4, **explainer: Any) -> None:
+                 colormap: str = "jet", alpha: float = 0.4, task: str = "auto", **explainer: Any) -> None:
         super().__init__()
         if log_dir is None and out_dir is None:
             raise ValueError("ExplainCallback writes to log_dir (TensorBoard) or out_dir (files): give one")
@@ -41,17 +42,18 @@ class ExplainCallback(_keras.callbacks.Callback):  # type: ignore[misc, name-def
         self.every, self.classes, self.top_k = every, classes, top_k
         self.colormap, self.alpha = colormap, alpha
         self._options = {"method": method, "layer": layer, **explainer}
+        self.task = task
         self._explainer: Any = None
         self._writer: Any = None
         self._last = -1
 
     @property
     def explainer(self) -> Any:
-        """The Explainer on the model being trained, made the first time it is needed."""
+        """The Explainer (or Detector) on the model being trained, made the first time it is needed."""
         if self._explainer is None:
-            from explain_cli.explainer import Explainer
+            from explain_cli.entry import load
 
-            self._explainer = Explainer(self.model, **self._options)
+            self._explainer = load(self.model, self.task, **self._options)
         return self._explainer
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -87,7 +89,8 @@ class ExplainCallback(_keras.callbacks.Callback):  # type: ignore[misc, name-def
 
             folder = self.out_dir / f"epoch{epoch + 1:03d}"
             for e, picture in overlays:
-                name = output.explanation_name(PurePosixPath(str(e.source)), e.method, e.class_index, e.label, "png")
+                stem = f"{e.source}.det{e.rank}" if e.target.kind == "box" else str(e.source)
+                name = output.explanation_name(PurePosixPath(stem), e.method, e.class_index, e.label, "png")
                 output.write_atomic(folder / name.as_posix(), render.encode(picture, "png"))
         return explanations
 

@@ -12,22 +12,22 @@ predictions that make it up), EigenCAM (class-agnostic), D-RISE (masks and forwa
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from explain_cli.engine import Engine
 from explain_cli.tasks import boxes as box_module
 from explain_cli.running import pipeline
 from explain_cli.errors import BadArgument, ExplainError, Listener, Notes, blamed
 from explain_cli.inputs.sources import Source
 from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS
 from explain_cli.methods import DETECTION_METHODS
-from explain_cli.methods.perturbation import GREY, PerturbationInputs, drise
+from explain_cli.methods.perturbation import PerturbationInputs, drise
 from explain_cli.methods.registry import LAYERLESS
-from explain_cli.results import Explanation, frozen_array
+from explain_cli.results import Detections, Explanation, Layer, frozen_array
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class Detection:
     score: float
     box: tuple[float, float, float, float]
     probabilities: np.ndarray = field(repr=False, compare=False)  # (C,) every class's probability for it
+
+    @property
+    def probability(self) -> float:
+        """Its score, as a class's prediction names it."""
+        return self.score
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class DetectBatch:
     images: list[Found]
 
 
-class Detector:
+class Detector(Engine):
     """Explains a Keras object detector's boxes.
 
     `model`: a keras.Model or a .keras file: keras-hub's RetinaNet or D-FINE detector, or a model whose outputs are boxes
@@ -73,8 +78,6 @@ class Detector:
     `layer` where the gradient methods take their maps. D-RISE: `masks`, `cells`, `keep`, `seed`. `runtime` and
     `on_note`: as the Explainer's. Images as the Explainer reads them: a float array is the model's input as it stands.
     """
-
-    _fill = GREY  # what D-RISE's masks hide becomes: grey pixels (0 in the view fed the model's input as it stands)
 
     def __init__(self, model: Any, *, layer: str | None = None, method: str = "gradcam", precision: str = "auto",
                  preprocess: Any = None, labels: str | Path | Sequence[str] | None = None,
@@ -93,7 +96,7 @@ class Detector:
         from explain_cli.steps import compiled as core
         from explain_cli.inputs import labels as labels_module
         from explain_cli.evaluation import detections as detect_evaluate
-        from explain_cli.model import precision as precisions
+        from explain_cli.steps import precision as precisions
 
         if method not in DETECTION_METHODS:
             raise BadArgument("--method", f"{method!r} does not explain detections; choose from "
@@ -140,51 +143,84 @@ class Detector:
         self._rise_masks: Any = None
         self._input_view: Detector | None = None  # itself fed arrays that are the model's input as they stand
 
-    def layer_for(self, method: str) -> str | None:
-        """The layer `method`'s maps are taken at (None: it needs none)."""
-        return None if method in LAYERLESS else self.layer
-
     @property
-    def name(self) -> str:
-        return str(self._model.name)
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(self._model.labels.names)
-
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        return self._model.height, self._model.width, self._model.channels
+    def drise_masks(self) -> tuple[int, int, float]:
+        """D-RISE's masks: how many, of N × N cells, each cell kept with this probability."""
+        return self._masks_setting
 
     def __repr__(self) -> str:
         return (f"Detector({self.name!r}, method={self.method!r}, layer={self.layer!r}, classes={self.format.classes}, "
                 f"min_score={self.min_score}, iou={self.format.iou})")
 
+    def predict(self, images: Any, errors: str = "raise") -> list[Detections]:
+        """Each image's Detections: its boxes (the image's pixels), most confident first, no map computed."""
+        def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> pipeline.ImageResult:
+            found = batch.images[row]
+            listed = detections(found, self.labels, self.input_size[:2], original.shape[:2])
+            return pipeline.ImageResult(source, values=[Detections(source.key, tuple(listed),
+                                                                   frozen_array(found.probabilities))])
+
+        return [r.values[0] for r in self._run(images, lambda made: made.compute(explain=False), finish, errors)]
+
     def detect(self, images: Any, errors: str = "raise") -> list[tuple[Any, list[Detection]]]:
-        """Each image's detections, as (its key, [Detection]), no map computed."""
-        return [(r.source.key, r.values) for r in self._run(images, lambda made: made.compute(explain=False),
-                                                             self._values(False), errors)]
+        """Each image's detections as (its key, [Detection]): `predict`'s, as pairs."""
+        return [(found.source, list(found.predictions)) for found in self.predict(images, errors)]
 
-    def explain(self, images: Any, errors: str = "raise") -> list[Explanation]:
-        """Every detection of every image explained: an Explanation each, with its `box` and `rank` (k)."""
-        return [value for r in self._run(images, lambda made: made.compute(), self._values(True), errors)
-                for value in r.values]
+    def explain(self, images: Any, classes: Any = None, top_k: int | None = None, errors: str = "raise",
+                pictures: Any = None) -> list[Explanation]:
+        """Every detection of every image explained: an Explanation each, its `target` the box (its `box` and `rank`
+        k). `classes`: only the detections of these classes (a number or a label, or a list); `top_k`: only each
+        image's k most confident. `pictures`: what to draw the maps on, as the Explainer takes them."""
+        return list(self.iter_explain(images, classes, top_k, errors, pictures))
 
-    def iter_explain(self, images: Any, errors: str = "raise") -> Iterator[list[Explanation]]:
-        """explain, one image at a time (its detections' explanations), streaming."""
-        for result in self._run(images, lambda made: made.compute(), self._values(True), errors):
-            yield result.values
+    def iter_explain(self, images: Any, classes: Any = None, top_k: int | None = None, errors: str = "raise",
+                     pictures: Any = None) -> Iterator[Explanation]:
+        """explain(), one detection at a time as each image's are computed: memory stays flat."""
+        from explain_cli.inputs import sources as inputs
 
-    def evaluate(self, images: Any, methods: Sequence[str] = ("gradcam", "random"), steps: int = 32,
+        keep = self._keeping(classes, top_k)
+        drawn = None if pictures is None else inputs.pictures_by_key(pictures)
+        for result in self._run(images, lambda made: made.compute(keep=keep), self._values(True), errors):
+            for value in result.values:
+                yield value if drawn is None else replace(value, image=frozen_array(drawn(value.source)))
+
+    def layers(self) -> list[Layer]:
+        """The layer outputs a gradient method can explain a detection at, the default marked."""
+        from explain_cli.tasks import detection_outputs as detector
+
+        return [Layer(p.name, tuple(p.grid_shape), p.kind, p.is_tokens, p.name == self.default_layer)
+                for p in detector.joined(self._graph, self.format).explainable()]
+
+    def _keeping(self, classes: Any, top_k: int | None) -> Callable[[Found], Found] | None:
+        """A filter of an image's detections: those of `classes`, its `top_k` most confident; None: all."""
+        from explain_cli.errors import whole
+        from explain_cli.steps import targets
+
+        if classes is None and top_k is None:
+            return None
+        if top_k is not None:
+            whole("--top-k", "top_k", top_k, 1)
+        given = [classes] if isinstance(classes, (int, str, np.integer)) else list(classes or ())
+        wanted = np.array([targets.resolve_class(self.label_set, int(c) if isinstance(c, np.integer) else c)
+                           for c in given], np.int64)
+
+        def keep(found: Found) -> Found:
+            chosen = np.isin(found.classes, wanted) if len(wanted) else np.ones(len(found.classes), bool)
+            rows = np.flatnonzero(chosen)[:top_k]
+            return Found(found.prediction[rows], found.classes[rows], found.scores[rows], found.boxes[rows],
+                         found.probabilities[rows])
+
+        return keep
+
+    def evaluate(self, images: Any, methods: Sequence[str] = ("gradcam", "random"), *, steps: int = 32,
                  blur_sigma: float = 5.0, tolerance: float = 15.0, sanity: bool = False, sanity_stages: int = 6,
                  errors: str = "raise") -> Any:
         """Each method's maps of every detection measured as `explain evaluate` measures them (evaluation/detections.py):
         a record per (image, detection, method), and each method's means (results.Evaluation); with `sanity`,
         cascading randomisation (evaluation/detection_sanity.py), a record per (image, detection, method, stage)."""
         from explain_cli.evaluation import detections as detect_evaluate
-        from explain_cli.evaluation import detection_sanity as detect_sanity
         from explain_cli.evaluation import evaluate as evaluation
-        from explain_cli.model import precision as precisions
+        from explain_cli.steps import precision as precisions
         from explain_cli.results import Evaluation
 
         detect_evaluate.check(methods)
@@ -193,8 +229,7 @@ class Detector:
             sibling = Detector(**{**self._arguments, "precision_for": wanted})  # at the precision they all suit
             return sibling.evaluate(images, methods, steps, blur_sigma, tolerance, sanity, sanity_stages, errors)
         settings = evaluation.Settings(tuple(methods), steps, blur_sigma, tolerance, self.seed, self.batch_size)
-        cascade = detect_sanity.prepare(self, sanity_stages, self.seed, frozenset(), None, self.notes.add) \
-            if sanity else None
+        cascade = self.sanity(sanity_stages, frozenset(), None, self.notes.add) if sanity else None
         records: list[dict[str, Any]] = []
         sane: list[dict[str, Any]] = []
         for result in self._run(images, lambda made: detect_evaluate.evaluation_step(made, settings, cascade),
@@ -202,6 +237,28 @@ class Detector:
             records += result.records
             sane += result.side_records
         return Evaluation(tuple(records), tuple(evaluation.summarise(records, settings.methods)), tuple(sane))
+
+    def sanity(self, stages: int, figures: frozenset[Source], out_dir: Path | None,
+               say: Callable[[str], None]) -> Any:
+        """--sanity's cascade of a randomised copy of the model, and a Detector like this one on it
+        (evaluation/detection_sanity.py)."""
+        from explain_cli.evaluation import detection_sanity
+
+        def copy_on(keras_model: Any, layer: str | None) -> Detector:
+            return Detector(keras_model, **{**self._options, "layer": layer, "labels": self.labels,
+                                            "precision": self.precision, "runtime": "tensorflow"})
+
+        return detection_sanity.prepare(self, self._model, self._steps.cuts is not None, copy_on, stages, self.seed,
+                                        figures, out_dir, say)
+
+    def look(self, images: np.ndarray) -> Any:
+        """A batch's predictions before suppression (detection_steps.Looked): boxes, probabilities, features."""
+        return self._steps.look(images)
+
+    def judge(self, pixels: np.ndarray, boxes: np.ndarray, probabilities: np.ndarray, classes: np.ndarray) -> Any:
+        """Masked or perturbed images scored against detections (detection_steps: D-RISE's similarity, and the
+        detections' own class probabilities)."""
+        return self._steps.judge(pixels, boxes, probabilities, classes)
 
     def _values(self, explained: bool) -> pipeline.Finish:
         def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> pipeline.ImageResult:
@@ -212,35 +269,25 @@ class Detector:
 
         return finish
 
-    def _run(self, images: Any, make: Callable[[Detector], pipeline.Compute], finish: pipeline.Finish,
-             errors: str) -> Iterator[pipeline.ImageResult]:
-        """Each image's result; `make(detector)` makes the compute step, for arrays given as the model's input from
-        the view fed them as they stand (`as_input`), as the Explainer does."""
-        compute = pipeline.by_reading(lambda given: make(self.as_input() if given else self))
-        return pipeline.library_results(images, compute, finish, self.input_size, self.batch_size, self.max_pixels,
-                                        errors, notes=self.notes)
+    def _batching(self) -> tuple[int, int, str]:
+        return self.batch_size, self.max_pixels, "auto"
 
-    def as_input(self) -> Detector:
-        """This detector fed arrays that are the model's input as they stand: float32, no preprocessing, D-RISE's
-        masks hiding towards 0; its own compiled steps, the same model and graph."""
+    def _fresh_steps(self) -> None:
         from explain_cli.tasks import detection_steps
 
-        if self._input_view is None:
-            view = copy.copy(self)
-            view._model, view._fill = self._model.as_input(), 0.0
-            view._steps = detection_steps.build(view._model, self._graph, self.format, self._cut)
-            view._input_view = self._input_view = view
-        return self._input_view
+        self._steps = detection_steps.build(self._model, self._graph, self.format, self._cut)
 
-    def compute(self, explain: bool = True, method: str | None = None) -> Callable[[np.ndarray, list[Source]],
-                                                                                   DetectBatch]:
-        """uint8 batch -> DetectBatch: each image's detections and, with `explain`, each one's map by `method`
-        (default: the Detector's)."""
+    def compute(self, explain: bool = True, method: str | None = None,
+                keep: Callable[[Found], Found] | None = None) -> Callable[[np.ndarray, list[Source]], DetectBatch]:
+        """uint8 batch -> DetectBatch: each image's detections (those `keep` keeps) and, with `explain`, each one's
+        map by `method` (default: the Detector's)."""
         chosen = method or self.method
 
         def compute(batch: np.ndarray, sources: list[Source]) -> DetectBatch:
             looked = self._steps.look(batch)
             found = [self.suppress(looked.boxes[i], looked.probabilities[i]) for i in range(len(batch))]
+            if keep is not None:
+                found = [keep(f) for f in found]
             return DetectBatch(self.maps(chosen, batch, sources, looked, found) if explain else found)
 
         return blamed(compute, self._steps.look)
@@ -304,7 +351,7 @@ class Detector:
             return _with(found, np.zeros(0), np.zeros((0, *self.input_size[:2]), np.float32))
 
         def forward(pixels: np.ndarray) -> np.ndarray:
-            return self._steps.judge(pixels, found.boxes, found.probabilities, found.classes)[0]
+            return self.judge(pixels, found.boxes, found.probabilities, found.classes)[0]
 
         maps = drise(PerturbationInputs(forward, image.astype(np.float32), np.arange(len(found.classes)),
                                        self.batch_size, self.masks(), fill=self._fill))
@@ -324,7 +371,7 @@ def _check(min_score: Any, iou: Any, keep: Any, max_boxes: Any, masks: Any, cell
     from explain_cli.errors import between, choose, whole
     from explain_cli.model.loading import check_preprocess
     from explain_cli.model.runtime import RUNTIMES
-    from explain_cli.model.precision import CHOICES
+    from explain_cli.steps.precision import CHOICES
 
     for option, name, value in (("--min-score", "min_score", min_score), ("--iou", "iou", iou), ("--keep", "keep", keep)):
         if value is not None:
@@ -362,7 +409,7 @@ def explanations(made: Detector, source: Source, original: np.ndarray, found: Fo
     assert found.maps is not None and found.targets is not None
     return [Explanation(source=source.key, class_index=d.class_index, label=d.label, rank=d.rank,
                         probability=d.score, target_score=float(target), layer=made.layer_for(method), method=method,
-                        map=frozen_array(np.asarray(raw, np.float32)), image=image, box=d.box)
+                        map=frozen_array(np.asarray(raw, np.float32)), image=image, box=d.box, target_kind="box")
             for d, target, raw in zip(detections(found, made.labels, made.input_size[:2], original.shape[:2]),
                                       found.targets, found.maps)]
 

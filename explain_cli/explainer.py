@@ -12,13 +12,14 @@ later call. The command line is written on this class (cli/runs.py); nothing her
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from explain_cli.engine import Engine, key_of as _key
+from explain_cli.tasks.inspect import Inspecting
 from explain_cli.evaluation import evaluate as evaluation
 from explain_cli.inputs import sources as inputs
 from explain_cli.io import files as output
@@ -29,7 +30,6 @@ from explain_cli.errors import BadArgument, ExplainError, Listener, Notes, blame
 from explain_cli.inputs.sources import Source
 from explain_cli.methods import METHODS
 from explain_cli.methods import PERTURBATION_METHODS, PIXEL_METHODS
-from explain_cli.methods.perturbation import GREY
 from explain_cli.results import Evaluation, Explanation, ImagePredictions, Layer, frozen_array
 from explain_cli.settings import RANDOM, EvaluationPlan, Settings, check, check_methods
 from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS
@@ -42,7 +42,7 @@ Images = Any  # a numpy batch, an array, a PIL image, a path, a folder, or an it
 Classes = "int | str | Sequence[int | str] | Mapping[Hashable, int | str] | None"
 
 
-class Explainer:
+class Explainer(Inspecting, Engine):
     """Explains a Keras image classifier's decisions, image by image.
 
     `model`: a keras.Model in memory (used as it is, so its current weights are what is explained), a built-in name
@@ -67,8 +67,6 @@ class Explainer:
     it stands is perturbed there (RISE, occlusion, evaluate): what is hidden goes to 0 of the model's input.
     """
 
-    _fill = GREY  # what a perturbation hides becomes: grey pixels (0 in the view fed the model's input as it stands)
-
     def __init__(self, model: Any, *, layer: str | None = None, method: str = "gradcam", precision: str = "auto",
                  preprocess: str | None = None, labels: str | Path | Sequence[str] | None = None,
                  weights: str = "imagenet", imports: Sequence[str] = (), unsafe: bool = False, score: str = "logit",
@@ -85,7 +83,7 @@ class Explainer:
         from explain_cli.model import loading as models
         from explain_cli.model import runtime as offload
         from explain_cli.model import cut as split
-        from explain_cli.model import precision as precisions
+        from explain_cli.steps import precision as precisions
 
         given = isinstance(model, (str, Path))
         self._given = model  # what it was made from: a sibling at another precision is made from it too
@@ -166,10 +164,6 @@ class Explainer:
         return self._model.keras_model
 
     @property
-    def name(self) -> str:
-        return self._model.name
-
-    @property
     def method(self) -> str:
         return self.settings.method
 
@@ -177,10 +171,6 @@ class Explainer:
     def precision(self) -> str:
         """The precision it computes in: "fp32" or "bf16" (what "auto" chose)."""
         return self._model.precision
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return self._model.labels.names
 
     @property
     def head(self) -> Any:
@@ -215,25 +205,10 @@ class Explainer:
             self._graph.chosen_output()  # BadArgument naming the outputs to choose from
         return self._model.head
 
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        """(height, width, channels) the model takes; images of any size are resized to it."""
-        return self._model.height, self._model.width, self._model.channels
-
-    def layers(self) -> list[Layer]:
-        """The layer outputs a method can explain: feature maps, and a transformer's tokens on their patch grid."""
-        self._layered()
-        return [Layer(p.name, tuple(p.grid_shape), p.kind, p.is_tokens, p.name == self.default_layer)
-                for p in self._graph.explainable()]
-
     def check_method(self, method: str) -> None:
         """BadArgument for a method this model cannot be explained by: one that needs layers, of a runtime's file."""
         if self._graph is None and method not in evaluation.LAYERLESS:
             raise BadArgument("--method", f"{self.name}: {method} needs the model's layers; {runtimes.NOT_FOR_THEM}")
-
-    def layer_for(self, method: str) -> str | None:
-        """The layer a method's maps come from: None for those that perturb the input (and random)."""
-        return None if method in evaluation.LAYERLESS else self.layer
 
     def __repr__(self) -> str:
         return f"Explainer({self.name!r}, method={self.method!r}, layer={self.layer!r}, precision={self.precision!r})"
@@ -256,7 +231,8 @@ class Explainer:
                      errors: str = "raise", region: Any = None, pictures: Images | None = None) -> Iterator[Explanation]:
         """explain() one image at a time, as they are computed: memory stays flat however many images there are."""
         choice = self.choose(classes, top_k)
-        finish = pipeline.values_only(self.labels, self.layer_for(self.method), self.method, choice.floor)
+        finish = pipeline.values_only(self.labels, self.layer_for(self.method), self.method, choice.floor,
+                                      self._needs_head().kind)
         regions = self._regions(region)
         drawn = None if pictures is None else inputs.pictures_by_key(pictures)
         for result in self._run(images, lambda made: made.compute(choice, regions=regions), finish, errors):
@@ -270,8 +246,17 @@ class Explainer:
         height, width, _ = self.input_size
         return None if region is None else segment.given_region(region, self._needs_head().kind, height, width, _key)
 
-    def predict(self, images: Images, top: int = 5, errors: str = "raise") -> list[ImagePredictions]:
-        """Each image's `top` most probable classes, and all its probabilities."""
+    def predict(self, images: Images, top: int = 5, errors: str = "raise",
+                truth: Mapping[Hashable, Any] | str | Path | None = None) -> list[ImagePredictions]:
+        """Each image's prediction: its `top` most probable classes and all its probabilities; for a segmentation, a
+        Segmentation: the classes on at least `min_area` of it (up to `top`, most pixels first), each pixel's class,
+        and with `truth` (a folder of masks, each image's at its relative path as .png, or a mapping from each image's
+        key to its mask: class numbers per pixel) each class's overlap with it, for IoU (results.ious)."""
+        if self._needs_head().kind == "pixels":
+            return self._segment(images, top, errors, truth)
+        if truth is not None:
+            raise BadArgument("--truth-masks", f"{self.name} outputs {self.head.kind}, not classes per pixel: true masks "
+                              "are a segmentation's")
         names, listing = self.labels, self.listing
 
         def finish(source: Source, original: np.ndarray, row: int, probabilities: Any) -> pipeline.ImageResult:
@@ -279,8 +264,21 @@ class Explainer:
             value = ImagePredictions(source.key, tuple(listing.predictions(p, names, top)), p)
             return pipeline.ImageResult(source, values=[value])
 
+        return [r.values[0] for r in self._run(images, lambda made: made.prediction_step(), finish, errors)]
+
+    def prediction_step(self) -> pipeline.Compute:
+        """A pipeline compute step: a uint8 batch -> (b, classes) probabilities (a value; a segmentation's shares)."""
+        step = self._predict()
+        return lambda batch, sources: step(batch)
+
+    def _segment(self, images: Images, top: int, errors: str, truth: Any) -> list[ImagePredictions]:
+        from explain_cli.tasks import segment
+
+        masks = segment.truth_masks(truth, _key)
+        finish = segment.predicted(self.labels, top, self.settings.min_area, masks)
+
         def make(made: Explainer) -> pipeline.Compute:
-            step = made._predict()
+            step = made._segmentation()
             return lambda batch, sources: step(batch)
 
         return [r.values[0] for r in self._run(images, make, finish, errors)]
@@ -349,7 +347,7 @@ class Explainer:
     def _suiting(self, methods: Sequence[str]) -> Explainer:
         """This explainer, or where "auto" chooses another precision once `methods` are suited too (one of them keeps
         fp32), a sibling made from the same model and settings at that precision: the command line's rule."""
-        from explain_cli.model import precision as precisions
+        from explain_cli.steps import precision as precisions
 
         check_methods(methods)
         wanted = (*self.settings.precision_for, *methods)
@@ -385,23 +383,11 @@ class Explainer:
 
     # --- inside -------------------------------------------------------------------------------------------------
 
-    def _run(self, images: Images, make: Callable[[Explainer], pipeline.Compute], finish: pipeline.Finish,
-             errors: str) -> Iterator[pipeline.ImageResult]:
-        """Each image's result; `make(explainer)` makes the compute step, for pictures from this explainer, for arrays
-        given as the model's input from its view fed them as they stand (`as_input`)."""
-        compute = pipeline.by_reading(lambda given: make(self.as_input() if given else self))
-        return pipeline.library_results(images, compute, finish, self.input_size, self.settings.batch_size,
-                                        self.settings.max_pixels, errors, self.settings.arrays, self.notes)
+    def _batching(self) -> tuple[int, int, str]:
+        return self.settings.batch_size, self.settings.max_pixels, self.settings.arrays
 
-    def as_input(self) -> Explainer:
-        """This explainer fed arrays that are the model's input as they stand: float32, no preprocessing, perturbed
-        towards 0; its own compiled steps, the same model, graph and settings."""
-        if self._input_view is None:
-            view = copy.copy(self)
-            view._steps, view._fill = {}, 0.0
-            view._model = self._model.as_input()
-            view._input_view = self._input_view = view
-        return self._input_view
+    def _fresh_steps(self) -> None:
+        self._steps = {}
 
     def _step(self, key: tuple[object, ...], make: Callable[[], Any]) -> Any:
         if key not in self._steps:
@@ -426,6 +412,13 @@ class Explainer:
         if isinstance(self._model, runtimes.RuntimeModel):
             return self._model.forward
         return self._step(("predict", self.precision), self._predict_step)  # type: ignore[no-any-return]
+
+    def _segmentation(self) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
+        """uint8 batch -> a segmentation's (shares, class map, mean probabilities), compiled once."""
+        from explain_cli.steps import compiled as core
+
+        return self._step(("segmentation", self.precision),  # type: ignore[no-any-return]
+                          lambda: core.compile_segmentation(self._loaded, self._graph))
 
     def _forward(self) -> Callable[[np.ndarray], np.ndarray]:
         """float32 pixels (perturbed images) -> (n, classes) probabilities: the one forward step of every method and
@@ -503,7 +496,3 @@ class Explainer:
             return evaluation.read_boxes(Path(boxes), None, self._model.labels)
         return evaluation.given_boxes(boxes, self._model.labels, _key)
 
-
-def _key(image: Hashable) -> Hashable:
-    """An image's key as the library hands it out: a path as a string, an index as an int."""
-    return str(image) if isinstance(image, Path) else image

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -22,6 +22,22 @@ def frozen_array(array: np.ndarray) -> np.ndarray:
     view: np.ndarray = np.asarray(array).view()
     view.setflags(write=False)
     return view
+
+
+TARGET_KINDS = {"classes": "class", "binary": "class", "labels": "label", "value": "value", "pixels": "region"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a map explains: its `kind`, "class" (a classifier's class), "label" (one of several labels per image),
+    "value" (a value head's output), "region" (a segmentation's class summed over its region) or "box" (a detection);
+    the class; a detection's box (x0, y0, x1, y1, the image's pixels); a region's share of the image's pixels."""
+
+    kind: str
+    class_index: int
+    label: str
+    box: tuple[float, float, float, float] | None = None
+    share: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,6 +63,12 @@ class Explanation:
     share: float | None = None  # a segmentation: the explained region's share of the image's pixels
     mean_probability: float | None = None  # a segmentation: the class's mean probability over the region
     box: tuple[float, float, float, float] | None = None  # a detection: its box (x0, y0, x1, y1), the image's pixels
+    target_kind: str = "class"  # Target.kind
+
+    @property
+    def target(self) -> Target:
+        """What was explained: a class, a label, a value, a region of a class or a box."""
+        return Target(self.target_kind, self.class_index, self.label, self.box, self.share)
 
     def heatmap(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """The map normalised to [0, 1] (map / max, negatives 0) and upsampled bilinearly to `size` = (width,
@@ -96,6 +118,45 @@ class ImagePredictions:
         return self.predictions[0]
 
 
+@dataclass(frozen=True, eq=False)
+class Segmentation(ImagePredictions):
+    """A segmentation's prediction for one image: its classes by their share of the pixels (`predictions`, each a
+    Region with its mean probability; `probabilities` every class's share), each pixel's class at the image's own
+    size, and with a true mask, each class's pixels predicted and true (`intersection`) and predicted or true
+    (`union`), counted at the true mask's size."""
+
+    class_map: np.ndarray = field(repr=False)  # (height, width) int: each pixel's class, the image's own size
+    intersection: np.ndarray | None = field(default=None, repr=False)  # (classes,)
+    union: np.ndarray | None = field(default=None, repr=False)  # (classes,)
+
+    @property
+    def iou(self) -> np.ndarray | None:
+        """Each class's IoU with the true mask, intersection / union (NaN for a class in neither); None without one."""
+        return None if self.intersection is None else ious([self])
+
+
+def ious(segmentations: Sequence[Segmentation]) -> np.ndarray:
+    """Each class's IoU over the images with true masks, Σ intersection / Σ union (NaN for a class in none of either):
+    what `explain segment --truth-masks` prints."""
+    measured = [s for s in segmentations if s.intersection is not None and s.union is not None]
+    if not measured:
+        raise ValueError("no segmentation here has a true mask to measure its IoU against")
+    both = np.sum([s.intersection for s in measured], axis=0)
+    either = np.sum([s.union for s in measured], axis=0)
+    return np.divide(both, either, out=np.full(len(both), np.nan), where=either > 0)
+
+
+@dataclass(frozen=True, eq=False)
+class Detections(ImagePredictions):
+    """A detector's prediction for one image: its detections (`predictions`, each a detector.Detection: rank, class,
+    score, box in the image's pixels), most confident first; `probabilities` each one's class probabilities (k, C)."""
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(k, 4) the detections' boxes, x0, y0, x1, y1 in the image's pixels."""
+        return np.array([d.box for d in self.predictions], np.float64).reshape(-1, 4)
+
+
 @dataclass(frozen=True)
 class Layer:
     """A layer output a method can explain: its name (a path inside nested or subclassed layers), the shape a method
@@ -107,6 +168,30 @@ class Layer:
     kind: str
     tokens: bool
     default: bool
+    detail: str = ""  # what `explain layers` prints of it: its output's shape and its layer's class
+
+
+@dataclass(frozen=True, eq=False)
+class Activations:
+    """One image's activations at the layers asked for: each layer's output (h, w, channels), float32."""
+
+    source: str | int
+    layers: dict[str, np.ndarray] = field(repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class ClassVisualisation:
+    """The picture the model finds most like a class, by gradient ascent (`picture`, uint8), the pictures on the way
+    (`snapshots`: (step, picture)), and the class's logit before each step and after the last (`logits`)."""
+
+    class_index: int
+    label: str
+    picture: np.ndarray = field(repr=False)
+    snapshots: tuple[tuple[int, np.ndarray], ...] = field(repr=False)
+    logits: tuple[float, ...]
+
+    def _repr_png_(self) -> bytes:
+        return render.encode(self.picture, "png")
 
 
 @dataclass(frozen=True)

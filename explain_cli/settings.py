@@ -74,7 +74,7 @@ def check(settings: Settings) -> None:
     from explain_cli.inputs.sources import ARRAY_READINGS
     from explain_cli.model.loading import check_preprocess
     from explain_cli.model.runtime import RUNTIMES
-    from explain_cli.model.precision import CHOICES
+    from explain_cli.steps.precision import CHOICES
 
     s = settings
     if not isinstance(s.method, str):

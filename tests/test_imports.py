@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PUBLIC = {"__init__.py", "__main__.py", "explainer.py", "detector.py", "results.py", "settings.py", "callbacks.py",
+PUBLIC = {"__init__.py", "__main__.py", "entry.py", "engine.py", "explainer.py", "detector.py", "results.py", "settings.py", "callbacks.py",
           "errors.py"}
 
 

@@ -10,6 +10,7 @@ from explain_cli.steps import compiled as explainer
 from explain_cli.model import loading as models
 from explain_cli.model import runtime as offload
 from explain_cli.model import precision
+from explain_cli.steps import precision as choosing
 from explain_cli.render import heatmaps as render
 from explain_cli.model import cut as split
 from explain_cli.model.graph import flatten
@@ -33,12 +34,12 @@ needs_bf16 = pytest.mark.skipif(SUPPORT == "unavailable", reason=(
 def test_auto_takes_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert precision.cpu_flags(CPUINFO) >= {"avx512_bf16", "amx_tile"}
-    assert precision.resolve("auto", ["gradcam"], flags={"amx_bf16"})[0] == "bf16"
-    assert precision.resolve("auto", ["gradcam"], flags={"avx512_bf16"}) == (
+    assert choosing.resolve("auto", ["gradcam"], flags={"amx_bf16"})[0] == "bf16"
+    assert choosing.resolve("auto", ["gradcam"], flags={"avx512_bf16"}) == (
         "bf16", "auto: the CPU computes bfloat16 natively (avx512_bf16)")
-    assert precision.resolve("auto", ["gradcam"], flags={"avx2", "fma"})[0] == "fp32"
-    assert precision.resolve("bf16", ["vanilla"], flags=set()) == ("bf16", "--precision bf16")
-    assert precision.resolve("fp32", ["gradcam"], flags={"amx_bf16"}) == ("fp32", "--precision fp32")
+    assert choosing.resolve("auto", ["gradcam"], flags={"avx2", "fma"})[0] == "fp32"
+    assert choosing.resolve("bf16", ["vanilla"], flags=set()) == ("bf16", "--precision bf16")
+    assert choosing.resolve("fp32", ["gradcam"], flags={"amx_bf16"}) == ("fp32", "--precision fp32")
 
 
 def test_onednn_max_cpu_isa_takes_native_bf16_away_as_it_does_from_tensorflow(monkeypatch):
@@ -49,7 +50,7 @@ def test_onednn_max_cpu_isa_takes_native_bf16_away_as_it_does_from_tensorflow(mo
     assert precision.native_bf16(both, max_isa="AVX10_1_512_AMX") == ["amx_bf16", "avx512_bf16"]
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
-    chosen, why = precision.resolve("auto", ["gradcam"], flags=both)
+    chosen, why = choosing.resolve("auto", ["gradcam"], flags=both)
     assert chosen == "fp32" and "ONEDNN_MAX_CPU_ISA=AVX2" in why
     assert precision.bf16_support(both) == "unavailable" and precision.bf16_support({"avx2"}) == "emulated"
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # TensorFlow's own kernels: bfloat16 emulated, not refused
@@ -76,7 +77,7 @@ def test_forced_bf16_where_onednn_is_denied_it_is_one_line(tiny_model, tmp_path,
 
 @pytest.mark.parametrize("method", ["vanilla", "guided-gradcam", "classviz", "hirescam", "layercam"])
 def test_auto_keeps_in_fp32_what_does_not_hold_up_in_bf16(method):
-    chosen, why = precision.resolve("auto", ["gradcam", method], flags={"amx_bf16"})
+    chosen, why = choosing.resolve("auto", ["gradcam", method], flags={"amx_bf16"})
     assert chosen == "fp32" and why.startswith(f"auto: {method} stays in fp32")
 
 
@@ -123,7 +124,7 @@ def test_bf16_maps_agree_with_fp32_for_every_class_activation_method(constructor
         found = agreement(fp32, bf16, layer, method, images, runtimes)
         for runtime, (r, same_top1) in zip(runtimes, found if len(runtimes) > 1 else [found]):
             assert same_top1 == 1.0, (method, runtime)
-            if method in precision.FP32_UNDER_AUTO:  # measured here: why auto keeps these in fp32
+            if method in choosing.FP32_UNDER_AUTO:  # measured here: why auto keeps these in fp32
                 assert r >= (0.99 if name == "resnet50" else 0.9), (method, runtime, r)
             else:
                 assert r >= AGREEMENT[SUPPORT], (method, runtime, r, SUPPORT)
@@ -150,7 +151,7 @@ def test_on_the_trained_cnn_bf16_finds_the_same_classes_and_places(tiny_model):
     assert abs(found[0][1] - found[1][1]) <= 2  # localisation unchanged: peaks inside the square
     assert np.corrcoef(found[0][2], found[1][2])[0, 1] >= AGREEMENT[SUPPORT]
     for method in (m for m in METHODS if not METHODS[m].attention):
-        if method != "gradcam" and method not in precision.FP32_UNDER_AUTO:
+        if method != "gradcam" and method not in choosing.FP32_UNDER_AUTO:
             assert agreement(fp32, bf16, "conv3", method, images[:8])[0] >= AGREEMENT[SUPPORT], method
 
 
@@ -165,7 +166,7 @@ def test_verbose_says_which_precision_and_why(tiny_model, tmp_path):
                    tmp_path / "out", "--precision", choice, "-v"]
         result = CliRunner().invoke(cli, [str(c) for c in command], catch_exceptions=False)
         assert result.exit_code == 0, result.output
-        expected = precision.resolve(choice, [method])
+        expected = choosing.resolve(choice, [method])
         assert f"note: precision {expected[0]} ({expected[1]})" in result.stderr
 
 

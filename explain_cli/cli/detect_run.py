@@ -45,10 +45,10 @@ def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_fi
                                run_options.verbose)
         truth = None
         if truth_file is not None:
-            truth = detect_output.truth_boxes(evaluate.read_boxes(truth_file, found, made._model.labels))
+            truth = detect_output.truth_boxes(evaluate.read_boxes(truth_file, found, made.label_set))
         layer = made.layer_for(method)
         where = f"at layer {layer}" + ("" if given.get("layer") else " (default)") if layer else (
-            f"{made._masks_setting[0]} masks of {made._masks_setting[1]} × {made._masks_setting[1]} cells, forward "
+            f"{made.drise_masks[0]} masks of {made.drise_masks[1]} × {made.drise_masks[1]} cells, forward "
             "passes only" if method == "drise" else "seeded noise")
         say(f"{made.name}: {method} {where}; detections at score ≥ {made.min_score:g}, IoU {made.format.iou:g}, "
             f"at most {made.max_boxes} per image")
@@ -93,7 +93,6 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
     --sanity, per stage in sanity.jsonl), the means on stdout. `given` holds the detection options (min_score, iou,
     max_boxes) and D-RISE's masks and cells."""
     from explain_cli.evaluation import detections as detect_evaluate
-    from explain_cli.evaluation import detection_sanity as detect_sanity
     from explain_cli.cli import evaluate_run
     from explain_cli.evaluation import evaluate as evaluation
 
@@ -126,7 +125,7 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
         figures = frozenset(found[:sanity_figures])
 
         def make(made: Any) -> tuple[Any, Any]:
-            sanity = detect_sanity.prepare(made, plan.sanity_stages, plan.seed, figures, out_dir, say) \
+            sanity = made.sanity(plan.sanity_stages, figures, out_dir, say) \
                 if plan.sanity_stages else None
             return (detect_evaluate.evaluation_step(made, measured, sanity),
                     detect_evaluate.finish_step(made, measured, sanity))

@@ -37,7 +37,7 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
         made = explainer(dataclasses.replace(settings, precision_for=plan.methods), run)
         known = truth(request.truth, found, made)
         chosen = choice(request, found, made, known, evaluating=True)
-        boxes = evaluation.read_boxes(boxes_file, found, made._model.labels) if boxes_file else None
+        boxes = evaluation.read_boxes(boxes_file, found, made.label_set) if boxes_file else None
         for method in plan.methods:
             made.check_method(method)
         layered = any(made.layer_for(m) for m in plan.methods)

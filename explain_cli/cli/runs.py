@@ -107,7 +107,7 @@ def truth(spec: str | None, found: Sequence[Source], made: Explainer) -> dict | 
         return None
     from explain_cli.inputs import truth as truth_module
 
-    return truth_module.read(spec, found, made._model.labels, several=made.listing.kind == "labels")
+    return truth_module.read(spec, found, made.label_set, several=made.listing.kind == "labels")
 
 
 def choice(request: ClassRequest, found: Sequence[Source], made: Explainer, known: dict | None,
@@ -322,9 +322,7 @@ def predict(settings: Settings, arguments: Sequence[str], stdin: TextIO, truth_s
     known = truth(truth_spec, found, made)
 
     def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
-        step = worker._predict()
-        return (lambda batch, batch_sources: step(batch)), pipeline.predictions_only(worker.labels, top, known,
-                                                                                      worker.listing)
+        return worker.prediction_step(), pipeline.predictions_only(worker.labels, top, known, worker.listing)
 
     report(start(found, make, made, run), tally(found, known, 0, made), run)
 
@@ -332,31 +330,16 @@ def predict(settings: Settings, arguments: Sequence[str], stdin: TextIO, truth_s
 def activations(settings: Settings, arguments: Sequence[str], stdin: TextIO, layers: Sequence[str],
                 max_layers: int, max_channels: int, out_dir: Path, run: RunOptions) -> None:
     """explain activations: each input's channel grids of the layers asked for (or spread through the model)."""
-    from explain_cli.steps import activations as inside
-
     found = sources(arguments, stdin, out_dir, run.shard)
     made = explainer(settings, run)
-    graph = made._layered()
-    if layers:
-        try:
-            points = [graph.find(layer) for layer in layers]
-        except ExplainError as error:
-            raise BadArgument("--layer", str(error)) from None
-        flat = [p.name for p in points if not p.explainable]
-        if flat:
-            raise BadArgument("--layer", f"{flat[0]!r} has no 4-D output (or tokens on a grid) to draw")
-        drawn = [p.name for p in points]
-    else:
-        drawn, available = inside.default_activation_layers(graph, max_layers)
-        if available > len(drawn):
-            say(f"{made.name}: {available} convolution and pooling layers; drawing {len(drawn)} spread evenly "
-                "(--layer to choose, --max-layers for more)")
+    drawn, available = made.activation_layers(layers, max_layers)
+    if not layers and available > len(drawn):
+        say(f"{made.name}: {available} convolution and pooling layers; drawing {len(drawn)} spread evenly "
+            "(--layer to choose, --max-layers for more)")
     model_name = made.name
 
     def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
-        step = inside.compile_activations(worker._model, worker._graph, drawn)
-        return (lambda batch, batch_sources: step(batch)), pipeline.activation_grids(out_dir, drawn, max_channels,
-                                                                                       model_name)
+        return worker.activation_step(drawn), pipeline.activation_grids(out_dir, drawn, max_channels, model_name)
 
     with manifest_in(out_dir, output.MANIFEST, run.shard) as manifest:
         report(start(found, make, made, run), console.Tally(len(found)), run, manifest)
@@ -364,14 +347,10 @@ def activations(settings: Settings, arguments: Sequence[str], stdin: TextIO, lay
 
 def layers(settings: Settings) -> None:
     """explain layers: the layer outputs a method can explain, one a line, * marking the default."""
-    from explain_cli.tasks.detection_steps import default_if_detector
-
     made = Explainer.from_settings(settings)
-    default = default_if_detector(made.model, made._graph, *made.input_size[:2]) if len(made.outputs) > 1 else None
-    rows = [(layer.name, made._graph.find(layer.name).describe(),
-             "*" if (layer.name == default if default else layer.default) else " ") for layer in made.layers()]
+    rows = [(layer.name, layer.detail, "*" if layer.default else " ") for layer in made.layers()]
     if len(made.outputs) > 1:  # the outputs to choose from with --output, marked >
-        rows += [(name, str(made._graph.find(name).shape) + " output", ">") for name in made.outputs]
+        rows += [(layer.name, layer.detail, ">") for layer in made.output_layers()]
     width = max((len(name) for name, _, _ in rows), default=0)
     for name, shape, mark in rows:
         sys.stdout.write(f"{mark} {name:<{width}}  {shape}\n")
@@ -380,13 +359,10 @@ def layers(settings: Settings) -> None:
 def classviz(settings: Settings, class_spec: str, viz: Any, every: int, out_dir: Path, run: RunOptions) -> None:
     """explain classviz: the image the model finds most CLASS-like, written with its manifest lines; its path on
     stdout."""
-    from explain_cli.steps import activations as inside
-    from explain_cli.steps import targets
-
     made = explainer(dataclasses.replace(settings, precision_for=("classviz",)), run)
-    class_index = targets.resolve_class(made._model.labels, class_spec)
-    label = made._model.labels.name(class_index)
-    final, snapshots, logits = inside.class_visualisation(made._model, made._layered(), class_index, viz, every)
+    seen = made.classviz(class_spec, viz, every)
+    class_index, label, logits = seen.class_index, seen.label, seen.logits
+    final, snapshots = seen.picture, seen.snapshots
     stem = f"classviz.{class_index}-{output.safe_label(label)}"
     written = [(step, f"{stem}.step{step:04d}.png", picture) for step, picture in snapshots]
     written.append((viz.steps, f"{stem}.png", final))

@@ -28,17 +28,15 @@ class DetectorSanity:
     out_dir: Path | None
 
 
-def prepare(made: Any, stages: int, seed: int, figures: frozenset, out_dir: Path | None,
-            say: Callable[[str], None]) -> DetectorSanity:
-    """The cascade of a copy of `made`'s detector, and a Detector like `made` on it."""
+def prepare(made: Any, model: Any, cut: bool, copy_on: Callable[[Any, str | None], Any], stages: int, seed: int,
+            figures: frozenset, out_dir: Path | None, say: Callable[[str], None]) -> DetectorSanity:
+    """The cascade of a copy of the detector `made` explains (`model`, a LoadedModel), and `copy_on(keras_model,
+    layer)`: a Detector like `made` on the copy, at its layer where `made` has one `cut` (D-RISE alone needs none)."""
     from explain_cli.model import randomise
-    from explain_cli.detector import Detector
 
-    cascade = randomise.cascade(made._model, stages, seed, same_class=True)
-    cut = made._steps.cuts is not None  # a layer only where `made` has one cut: D-RISE alone needs none
+    cascade = randomise.cascade(model, stages, seed, same_class=True)
     layer = cascade.names.get(made.layer, made.layer) if cut and made.layer else None
-    copy = Detector(cascade.model.keras_model, **{**made._options, "layer": layer, "labels": made.labels,
-                                                  "precision": made.precision, "runtime": "tensorflow"})
+    copy = copy_on(cascade.model.keras_model, layer)
     say(f"{made.name}: --sanity randomises a copy in {len(cascade.stages)} stages, down to {cascade.stages[-1][0]} "
         "weighted layers; each detection is held from the trained model")
     return DetectorSanity(cascade, copy, figures, out_dir)
@@ -53,7 +51,7 @@ def stage_maps(sanity: DetectorSanity, methods: Sequence[str], images: np.ndarra
     try:
         for stage in range(1, len(sanity.cascade.stages) + 1):
             sanity.cascade.assign(stage)
-            features = sanity.copy._steps.look(images).features if layered else None
+            features = sanity.copy.look(images).features if layered else None
             held = replace(looked, features=features)  # the trained boxes and scores, the copy's features
             for method in methods:
                 again = trained[method] if method == "random" else \

@@ -37,7 +37,7 @@ def evaluation_step(made: Any, settings: Settings, sanity: Any = None) -> Callab
     `sanity` (detect_sanity.DetectorSanity), its maps at every stage of the randomisation cascade."""
 
     def compute(images: np.ndarray, sources: list[Source]) -> DetectionEvaluation:
-        looked = made._steps.look(images)
+        looked = made.look(images)
         found = [made.suppress(looked.boxes[i], looked.probabilities[i]) for i in range(len(images))]
         maps = {method: [f.maps for f in made.maps(method, images, sources, looked, found)]
                 for method in settings.methods}
@@ -53,7 +53,7 @@ def evaluation_step(made: Any, settings: Settings, sanity: Any = None) -> Callab
                 continue
 
             def matched(pixels: np.ndarray, f: Any = f) -> np.ndarray:  # (n, k): each detection's matched score
-                return made._steps.judge(pixels, f.boxes, f.probabilities, f.classes)[1]
+                return made.judge(pixels, f.boxes, f.probabilities, f.classes)[1]
 
             unperturbed = matched(images[i:i + 1].astype(np.float32))[0]
             keys = [(i, j, method) for j in range(len(f.classes)) for method in settings.methods]

@@ -42,6 +42,17 @@ class Value(Prediction):
         return {"rank": self.rank, "class_index": self.class_index, "label": self.label, "value": self.probability}
 
 
+@dataclass(frozen=True)
+class Region(Prediction):
+    """A class found in a segmentation: `probability` is its share of the pixels; with its mean probability over them."""
+
+    mean_probability: float = 0.0
+
+    def row(self) -> dict:
+        return {"class_index": self.class_index, "label": self.label, "pixel_share": self.probability,
+                "mean_probability": self.mean_probability}
+
+
 def top_predictions(probabilities: np.ndarray, names: Sequence[str], n: int) -> list[Prediction]:
     order = np.argsort(-probabilities, kind="stable")[:n]
     return [Prediction(rank, int(i), label_of(names, int(i)), float(probabilities[i])) for rank, i in

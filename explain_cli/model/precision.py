@@ -9,7 +9,8 @@ to the same bounds. A layer of layers (a keras-hub pyramid or head) is twinned w
 otherwise compute in the float32 they were made with. Logits, gradients and maps are summed in float32. `auto`
 chooses bf16 where the CPU has native bfloat16 arithmetic (AMX or AVX512-BF16: measured here, folded ResNet50's
 gradcam step 18.0 → 9.6 ms per image) and fp32 elsewhere, where bfloat16 is emulated and slower than float32.
-Some methods stay fp32 under `auto` (FP32_UNDER_AUTO, measured).
+Which precision a run's methods choose is steps/precision.py's (some stay fp32 under `auto`); this module says what
+the CPU can do and makes the bfloat16 twins.
 """
 
 from __future__ import annotations
@@ -20,10 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from explain_cli.errors import ExplainError
-from explain_cli.methods.registry import FP32_UNDER_AUTO as _KEPT_BY_METHODS
-from explain_cli.methods.registry import TO_THE_PIXELS
 
-CHOICES = ("auto", "fp32", "bf16")
 # The CPU flags that make bfloat16 native, and the oneDNN instruction set each needs (ONEDNN_MAX_CPU_ISA).
 FAST_BF16_FLAGS = {"amx_bf16": "AVX512_CORE_AMX", "avx512_bf16": "AVX512_CORE_BF16"}
 # oneDNN's ISA names from least to most capable (its documented ONEDNN_MAX_CPU_ISA values, with their aliases).
@@ -58,12 +56,6 @@ def native_bf16(flags: set[str] | None = None, max_isa: str | None = None) -> li
     return sorted(found)
 
 
-# Kept in float32 by `auto`, measured: pixel attributions and class visualisation follow gradients down to the
-# pixels; HiResCAM's and LayerCAM's element-wise g ⊙ A sums cancel, so rounding A to bfloat16 moves them
-# (r = 0.946 and 0.983 against fp32 on a random-weight VGG16, where every other method is at r ≥ 0.999).
-FP32_UNDER_AUTO = {**_KEPT_BY_METHODS, "classviz": TO_THE_PIXELS}
-
-
 def bf16_support(flags: set[str] | None = None) -> str:
     """How TensorFlow computes bfloat16 here: "native" (AMX or AVX512-BF16 instructions), "emulated" (converted to and
     from float32 around each operation: slower than float32, rounded elsewhere), or "unavailable": the CPU has
@@ -73,36 +65,6 @@ def bf16_support(flags: set[str] | None = None) -> str:
         return "native"
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false")
     return "unavailable" if onednn and native_bf16(flags, max_isa="DEFAULT") else "emulated"
-
-
-def resolve(choice: str, methods: Sequence[str] = (), flags: set[str] | None = None) -> tuple[str, str]:
-    """The precision to use for `methods` and why (for --verbose); ExplainError where bf16 cannot run."""
-    if choice == "bf16" and bf16_support(flags) == "unavailable":
-        raise ExplainError(f"--precision bf16: ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA')} forbids "
-                           "oneDNN the CPU's bfloat16 instructions, so TensorFlow cannot run bfloat16 convolutions; "
-                           "unset it, set TF_ENABLE_ONEDNN_OPTS=0, or use --precision fp32")
-    if choice != "auto":
-        return choice, f"--precision {choice}"
-    kept = [m for m in methods if m in FP32_UNDER_AUTO]
-    if kept:
-        return "fp32", f"auto: {kept[0]} stays in fp32 ({FP32_UNDER_AUTO[kept[0]]} do not hold up in bf16)"
-    found = native_bf16(flags)
-    if found:
-        return "bf16", f"auto: the CPU computes bfloat16 natively ({', '.join(found)})"
-    if native_bf16(flags, max_isa="DEFAULT"):
-        return "fp32", (f"auto: ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA')} keeps TensorFlow from the "
-                        "CPU's bfloat16 instructions, so bfloat16 would be emulated and slower")
-    return "fp32", "auto: no AMX or AVX512-BF16 on this CPU, where bfloat16 would be emulated and slower"
-
-
-def resuited(asked: str, chosen: str, methods: Sequence[str]) -> str | None:
-    """The precision `auto` chooses once `methods` must all be suited, where that is not `chosen` (one of them keeps
-    fp32); None where nothing changes (a precision asked for by name, or the same choice). evaluate's one rule: the
-    methods it measures together are computed at one precision, from Python as on the command line."""
-    if asked != "auto":
-        return None
-    again = resolve("auto", methods)[0]
-    return again if again != chosen else None
 
 
 def bfloat16(steps: Sequence[Any]) -> list[Any]:

@@ -24,7 +24,7 @@ from explain_cli.render import heatmaps as render
 from explain_cli.errors import BadInput, ExplainError, Notes, model_failure, out_of_memory
 from explain_cli.inputs.sources import Source
 from explain_cli.io.files import Prediction
-from explain_cli.results import Explanation, frozen_array
+from explain_cli.results import TARGET_KINDS, Explanation, frozen_array
 
 
 @dataclass(frozen=True)
@@ -353,9 +353,10 @@ def activation_grids(out_dir: Path, layers: Sequence[str], max_channels: int, mo
 
 
 def explained(source: Source, original: np.ndarray, row: int, batch: Any, names: Sequence[str], layer: str | None,
-              method: str, floor: float | None = None) -> list[Explanation]:
+              method: str, floor: float | None = None, head: str = "classes") -> list[Explanation]:
     """The values of one image's row of a batch result: each explained class with its raw map and the image; with
-    `floor`, only the classes showing at least that much (a label's probability, a share of the pixels)."""
+    `floor`, only the classes showing at least that much (a label's probability, a share of the pixels). `head`: the
+    kind of the model's head, which says what a map explains (results.TARGET_KINDS)."""
     probabilities = batch.probabilities[row]
     extras = getattr(batch, "extras", None) or {}
     image = frozen_array(original)
@@ -370,15 +371,17 @@ def explained(source: Source, original: np.ndarray, row: int, batch: Any, names:
             probability=float(probabilities[class_index]), target_score=float(score), layer=layer, method=method,
             map=frozen_array(np.asarray(raw, np.float32)), image=image,
             share=float(extras["share"][row, j]) if "share" in extras else None,
-            mean_probability=float(extras["mean_probability"][row, j]) if "mean_probability" in extras else None))
+            mean_probability=float(extras["mean_probability"][row, j]) if "mean_probability" in extras else None,
+            target_kind=TARGET_KINDS[head]))
     return found
 
 
-def values_only(names: Sequence[str], layer: str | None, method: str, floor: float | None = None) -> Finish:
+def values_only(names: Sequence[str], layer: str | None, method: str, floor: float | None = None,
+                head: str = "classes") -> Finish:
     """A finish step for the library: each image's explanations as values, nothing written."""
 
     def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> ImageResult:
-        return ImageResult(source, values=explained(source, original, row, batch, names, layer, method, floor))
+        return ImageResult(source, values=explained(source, original, row, batch, names, layer, method, floor, head))
 
     return finish
 
@@ -393,7 +396,8 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: 
         ready = render.backdrop(original, options.alpha)
         files = output.FileSet(options.out_dir)
         with files.complete_or_removed():  # an image's files all exist, or none do
-            for value in explained(source, original, row, batch, names, options.layer, options.method, options.floor):
+            for value in explained(source, original, row, batch, names, options.layer, options.method, options.floor,
+                                   options.listing.kind):
                 heatmap = render.normalise(value.map)
                 if not heatmap.any():
                     warnings.append(f"warning: {source.shown}: the {options.method} map for class {value.class_index} "

@@ -129,6 +129,31 @@ def compile_predict(model: LoadedModel, graph: graph_module.Graph,
     return run
 
 
+def compile_segmentation(model: LoadedModel, graph: graph_module.Graph,
+                         pixels: str | None = None) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
+    """A segmentation's prediction: a batch of pixels -> (b, classes) each class's share of the pixels, (b, h, w) each
+    pixel's class at the output's resolution, and (b, classes) each class's mean probability over where it is
+    predicted (0 where it is nowhere)."""
+    import tensorflow as tf
+
+    from explain_cli.model import heads
+
+    forward, _ = split_module.logits(graph, forward_only=True)
+    spec = tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels or model.pixels))
+    head = head_of(model, graph)
+
+    @compiled([spec])
+    def step(images: Any) -> Any:
+        raw = forward(model.preprocess(tf.cast(images, tf.float32)))
+        classes = heads.pixel_classes(head, raw)
+        where = heads.pixel_masks(head, raw)
+        area = tf.reduce_sum(where, axis=(1, 2))
+        mean = tf.reduce_sum(heads.pixel_probabilities(head, raw) * where, axis=(1, 2)) / tf.maximum(area, 1.0)
+        return heads.pixel_shares(head, raw, classes), classes, mean
+
+    return lambda batch: tuple(t.numpy() for t in step(batch))
+
+
 def compile_regions(model: LoadedModel, graph: graph_module.Graph) -> tuple[Callable[[np.ndarray], np.ndarray],
                                                                               Callable[..., np.ndarray]]:
     """A segmentation's two steps for evaluate: uint8 batch -> (b, h, w, classes) where each class is predicted; and

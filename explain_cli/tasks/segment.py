@@ -7,7 +7,6 @@ its pixel scores over a region: where the model predicts it (by default), a box,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping, Sequence
 
@@ -19,21 +18,10 @@ from explain_cli.io import files as output
 from explain_cli.render import heatmaps as render
 from explain_cli.errors import BadArgument
 from explain_cli.inputs.sources import Source, pixel_limit
-from explain_cli.io.files import Prediction
+from explain_cli.io.files import Region
 from explain_cli.running.pipeline import (Finish, ImageResult, RenderOptions, Written, explained, image_fields, manifest_record,
                                   write_explanation)
 from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS
-
-
-@dataclass(frozen=True)
-class Region(Prediction):
-    """A class found in an image: `probability` is its share of the pixels; with its mean probability over them."""
-
-    mean_probability: float = 0.0
-
-    def row(self) -> dict:
-        return {"class_index": self.class_index, "label": self.label, "pixel_share": self.probability,
-                "mean_probability": self.mean_probability}
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -132,7 +120,8 @@ def finish_step(names: Sequence[str], top: int, options: RenderOptions, truth_ma
         with files.complete_or_removed():
             files.write(picture, render.encode(drawing.segmentation(original, classes, names), "png"))
             ready = render.backdrop(original, options.alpha)
-            for value in explained(source, original, row, batch, names, options.layer, options.method, options.floor):
+            for value in explained(source, original, row, batch, names, options.layer, options.method, options.floor,
+                                   "pixels"):
                 heatmap = render.normalise(value.map)
                 if not heatmap.any():
                     warnings.append(f"warning: {source.shown}: the {options.method} map for class {value.class_index} "
@@ -148,6 +137,47 @@ def finish_step(names: Sequence[str], top: int, options: RenderOptions, truth_ma
         return ImageResult(source, predictions=shown, explanations=[w for w, _ in written], warnings=warnings,
                            records=records or [_no_class_record(source, options, picture, fields)],
                            overlap=None if truth is None else overlap(classes, truth, len(names)))
+
+    return finish
+
+
+def truth_masks(truth: Mapping[Any, Any] | str | Path | None,
+                key: Callable[[Any], Any]) -> Callable[[Source], np.ndarray | None]:
+    """source -> its true mask (class numbers per pixel), or None: from a folder of PNGs at the images' relative
+    paths, or a mapping from each image's key to its mask."""
+    if truth is None:
+        return lambda source: None
+    if isinstance(truth, Mapping):
+        given = {key(k): np.asarray(v).astype(np.int64) for k, v in truth.items()}
+        return lambda source: given.get(source.key)
+    folder = Path(truth)
+    if not folder.is_dir():
+        raise BadArgument("--truth-masks", f"{folder}: no such folder")
+    return lambda source: read_mask(folder / PurePosixPath(source.relative).with_suffix(".png"))
+
+
+def class_map(classes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Each pixel's class at an image's own size, upsampled by nearest neighbour from the model's output."""
+    resized = Image.fromarray(classes.astype(np.int32), mode="I").resize((width, height), Image.Resampling.NEAREST)
+    return np.asarray(resized).astype(np.int64)
+
+
+def predicted(names: Sequence[str], top: int, min_area: float,
+              truth: Callable[[Source], np.ndarray | None]) -> Finish:
+    """A finish step for the library's predict on a segmentation: each image's Segmentation, nothing written."""
+    from explain_cli.results import Segmentation, frozen_array
+
+    def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> ImageResult:
+        shares, classes, means = (np.asarray(part[row]) for part in batch)
+        order = [int(c) for c in np.argsort(-shares, kind="stable") if shares[c] >= min_area and shares[c] > 0][:top]
+        found = tuple(Region(rank, c, output.label_of(names, c), float(shares[c]), float(means[c]))
+                      for rank, c in enumerate(order, 1))
+        mask = truth(source)
+        both, either = overlap(classes, mask, len(shares)) if mask is not None else (None, None)
+        value = Segmentation(source.key, found, frozen_array(shares),
+                             class_map=frozen_array(class_map(classes, *original.shape[:2])),
+                             intersection=both, union=either)
+        return ImageResult(source, values=[value])
 
     return finish
 

@@ -1,0 +1,96 @@
+"""Looking inside a model: the layers a method can explain, each layer's activations, and the picture a class
+responds to most (class visualisation). The Explainer's `layers`, `activations` and `classviz`, and the commands of
+the same names."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from explain_cli.errors import BadArgument, ExplainError
+from explain_cli.results import Activations, ClassVisualisation, Layer, frozen_array
+from explain_cli.running import pipeline
+from explain_cli.steps import activations as inside
+from explain_cli.steps.activations import ClassVizSettings
+
+
+class Inspecting:
+    """What an Explainer shows of its model's inside; it gives `_layered()` (the graph), `_loaded` (the Keras model),
+    `_step` (compile once), `_run`, `default_layer`, `outputs`, `model`, `input_size` and `name`."""
+
+    _layered: Callable[[], Any]
+    _loaded: Any
+    _step: Callable[..., Any]
+    _run: Callable[..., Any]
+    default_layer: str | None
+    outputs: list[str]
+    model: Any
+    input_size: tuple[int, int, int]
+    name: str
+    label_set: Any
+
+    def layers(self) -> list[Layer]:
+        """The layer outputs a method can explain: feature maps, and a transformer's tokens on their patch grid; the
+        default marked (for a model of several outputs that is a detector, the layer `explain detect` takes)."""
+        from explain_cli.tasks.detection_steps import default_if_detector
+
+        graph = self._layered()
+        default = self.default_layer
+        if len(self.outputs) > 1:
+            default = default_if_detector(self.model, graph, *self.input_size[:2])
+        return [Layer(p.name, tuple(p.grid_shape), p.kind, p.is_tokens, p.name == default, p.describe())
+                for p in graph.explainable()]
+
+    def output_layers(self) -> list[Layer]:
+        """The model's outputs, by name and shape: one to choose with `output` where there are several."""
+        graph = self._layered()
+        return [Layer(name, tuple(graph.find(name).shape), "output", False, False, str(graph.find(name).shape) +
+                      " output") for name in self.outputs]
+
+    def activation_layers(self, layers: Sequence[str] = (), max_layers: int = 8) -> tuple[list[str], int]:
+        """The layers whose activations are drawn: those named (BadArgument for one with no 4-D output), or every
+        convolution and pooling layer, at most `max_layers` spread evenly; and how many there were to choose from."""
+        graph = self._layered()
+        if not layers:
+            return inside.default_activation_layers(graph, max_layers)
+        try:
+            points = [graph.find(layer) for layer in layers]
+        except ExplainError as error:
+            raise BadArgument("--layer", str(error)) from None
+        flat = [p.name for p in points if not p.explainable]
+        if flat:
+            raise BadArgument("--layer", f"{flat[0]!r} has no 4-D output (or tokens on a grid) to draw")
+        return [p.name for p in points], len(points)
+
+    def activation_step(self, layers: Sequence[str]) -> pipeline.Compute:
+        """A pipeline compute step: a uint8 batch -> [(b, h, w, c) per layer], from one forward pass, compiled once."""
+        names = tuple(layers)
+        step = self._step(("activations", names), lambda: inside.compile_activations(self._loaded, self._layered(),
+                                                                                        names))
+        return lambda batch, sources: step(batch)
+
+    def activations(self, images: Any, layers: Sequence[str] = (), max_layers: int = 8,
+                    errors: str = "raise") -> list[Activations]:
+        """Each image's activations at `layers` (default: the convolution and pooling layers, at most `max_layers`
+        spread evenly), as `explain activations` draws them."""
+        drawn, _ = self.activation_layers(layers, max_layers)
+
+        def finish(source: Any, original: np.ndarray, row: int, per_layer: Any) -> pipeline.ImageResult:
+            value = Activations(source.key, {name: frozen_array(batch[row]) for name, batch in zip(drawn, per_layer)})
+            return pipeline.ImageResult(source, values=[value])
+
+        return [r.values[0] for r in self._run(images, lambda made: made.activation_step(drawn), finish, errors)]
+
+    def classviz(self, class_: int | str, settings: ClassVizSettings | None = None,
+                 every: int = 0) -> ClassVisualisation:
+        """The picture the model finds most like `class_` (a number, a label or a WordNet id), by gradient ascent
+        (steps/activations.class_visualisation), with a snapshot every `every` steps (0: none)."""
+        from explain_cli.steps import targets
+
+        class_index = targets.resolve_class(self.label_set, class_)
+        final, snapshots, logits = inside.class_visualisation(self._loaded, self._layered(), class_index,
+                                                              settings or ClassVizSettings(), every)
+        return ClassVisualisation(class_index, self.label_set.name(class_index), frozen_array(final),
+                                  tuple((step, frozen_array(p)) for step, p in snapshots),
+                                  tuple(float(v) for v in logits))
