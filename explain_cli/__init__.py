@@ -21,21 +21,30 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from explain_cli.entry import load
     from explain_cli.explainer import Explainer
-    from explain_cli.detector import Detection, Detector
-    from explain_cli.settings import Settings
+    from explain_cli.detector import Detector
+    from explain_cli.results import Detection
+    from explain_cli.settings import DetectorSettings, Method, Reading, Running, Settings
+    from explain_cli.steps.activations import ClassVizSettings
     from explain_cli.callbacks import ExplainCallback
     from explain_cli.errors import BadArgument, BadInput, ExplainError
     from explain_cli.io.files import Prediction
-    from explain_cli.results import (Detections, Evaluation, Explanation, ImagePredictions, Layer, MethodSummary,
+    from explain_cli.results import (Activations, ClassVisualisation, Detections, Evaluation, Explanation, ImagePredictions, Layer, MethodSummary,
                                      Segmentation, Target, ious)
 
 _WHERE = {
     "load": "explain_cli.entry",
     "Explainer": "explain_cli.explainer",
     "Detector": "explain_cli.detector",
-    "Detection": "explain_cli.detector",
+    "Detection": "explain_cli.results",
     "Settings": "explain_cli.settings",
     "Explanation": "explain_cli.results",
+    "Activations": "explain_cli.results",
+    "ClassVisualisation": "explain_cli.results",
+    "ClassVizSettings": "explain_cli.steps.activations",
+    "DetectorSettings": "explain_cli.settings",
+    "Method": "explain_cli.settings",
+    "Reading": "explain_cli.settings",
+    "Running": "explain_cli.settings",
     "ImagePredictions": "explain_cli.results",
     "Layer": "explain_cli.results",
     "Target": "explain_cli.results",

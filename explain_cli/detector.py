@@ -12,13 +12,15 @@ predictions that make it up), EigenCAM (class-agnostic), D-RISE (masks and forwa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import dataclasses
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from explain_cli.engine import Engine
+from explain_cli.model.loading import load_detector, with_labels
 from explain_cli.tasks import boxes as box_module
 from explain_cli.running import pipeline
 from explain_cli.errors import BadArgument, ExplainError, Listener, Notes, blamed
@@ -27,25 +29,8 @@ from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS
 from explain_cli.methods import DETECTION_METHODS
 from explain_cli.methods.perturbation import PerturbationInputs, drise
 from explain_cli.methods.registry import LAYERLESS
-from explain_cli.results import Detections, Explanation, Layer, frozen_array
-
-
-@dataclass(frozen=True)
-class Detection:
-    """A box the model found: its place among the image's detections (1: the most confident), class, score (its
-    class's probability) and box (x0, y0, x1, y1) in the image's pixels."""
-
-    rank: int
-    class_index: int
-    label: str
-    score: float
-    box: tuple[float, float, float, float]
-    probabilities: np.ndarray = field(repr=False, compare=False)  # (C,) every class's probability for it
-
-    @property
-    def probability(self) -> float:
-        """Its score, as a class's prediction names it."""
-        return self.score
+from explain_cli.settings import DetectorSettings, Method, Reading, Running, check_detector, grouped
+from explain_cli.results import Detection, Detections, Explanation, Layer, frozen_array
 
 
 @dataclass(frozen=True)
@@ -77,9 +62,11 @@ class Detector(Engine):
     (the model's own threshold for keras-hub's models), at most `max_boxes` per image. `method`: DETECTION_METHODS;
     `layer` where the gradient methods take their maps. D-RISE: `masks`, `cells`, `keep`, `seed`. `runtime` and
     `on_note`: as the Explainer's. Images as the Explainer reads them: a float array is the model's input as it stands.
+    Arguments grouped as the Explainer's: `method=Method("drise", masks=500)`, `reading=Reading(min_score=0.5)`,
+    `running=Running(precision="fp32")`.
     """
 
-    def __init__(self, model: Any, *, layer: str | None = None, method: str = "gradcam", precision: str = "auto",
+    def __init__(self, model: Any, *, layer: str | None = None, method: str | Method = "gradcam", precision: str = "auto",
                  preprocess: Any = None, labels: str | Path | Sequence[str] | None = None,
                  imports: Sequence[str] = (), unsafe: bool = False, boxes_output: str | None = None,
                  scores_output: str | None = None, box_format: str | None = None,
@@ -87,7 +74,11 @@ class Detector(Engine):
                  iou: float | None = None, max_boxes: int = 20, masks: int = 1000, cells: int = 16, keep: float = 0.5,
                  seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  input_size: tuple[int, int] | None = None, runtime: str = "auto", precision_for: Sequence[str] = (),
-                 on_note: Listener | None = None) -> None:
+                 on_note: Listener | None = None, reading: Reading | None = None,
+                 running: Running | None = None) -> None:
+        if not isinstance(method, str) or reading is not None or running is not None:
+            Detector.__init__(self, model, **grouped(Detector, locals()))  # the plain arguments they group
+            return
         self._arguments = {name: value for name, value in locals().items() if name != "self"}  # for a sibling
         from explain_cli.tasks import detection_steps
         from explain_cli.tasks import detection_outputs as detector
@@ -101,7 +92,7 @@ class Detector(Engine):
         if method not in DETECTION_METHODS:
             raise BadArgument("--method", f"{method!r} does not explain detections; choose from "
                               f"{', '.join(DETECTION_METHODS)}")
-        _check(min_score, iou, keep, max_boxes, masks, cells, seed, batch_size, max_pixels, precision, preprocess,
+        check_detector(min_score, iou, keep, max_boxes, masks, cells, seed, batch_size, max_pixels, precision, preprocess,
                runtime)
         self.method, self.min_score, self.max_boxes, self.batch_size = method, min_score, max_boxes, batch_size
         # What a second Detector like this one is made with (--sanity's, on a copy of the model)
@@ -116,11 +107,11 @@ class Detector(Engine):
         self.precision = chosen
         self.notes = Notes(on_note)
         self.notes.add(f"precision {chosen} ({why})")
-        self._model = _load(model, labels, preprocess, imports, unsafe, chosen, input_size)
+        self._model = load_detector(model, labels, preprocess, imports, unsafe, chosen, input_size)
         self._graph = core.graph_of(self._model, offload.choose(runtime, self._model, self.notes.add))
         self.format = detector.read(self._model.keras_model, self._graph, self._model.height, self._model.width,
                                     boxes_output, scores_output, box_format, iou, objectness_output)
-        self._model = _with_labels(self._model, labels_module.for_model(self.format.classes, labels))
+        self._model = with_labels(self._model, labels_module.for_model(self.format.classes, labels))
         try:
             self.default_layer: str | None = detection_steps.default_layer(self._graph, self.format)
         except ExplainError:
@@ -142,6 +133,11 @@ class Detector(Engine):
         self._steps = detection_steps.build(self._model, self._graph, self.format, cut)
         self._rise_masks: Any = None
         self._input_view: Detector | None = None  # itself fed arrays that are the model's input as they stand
+
+    @classmethod
+    def from_settings(cls, settings: DetectorSettings, on_note: Listener | None = None) -> Detector:
+        fields = dataclasses.asdict(settings)
+        return cls(fields.pop("model"), on_note=on_note, **fields)
 
     @property
     def drise_masks(self) -> tuple[int, int, float]:
@@ -188,7 +184,7 @@ class Detector(Engine):
         """The layer outputs a gradient method can explain a detection at, the default marked."""
         from explain_cli.tasks import detection_outputs as detector
 
-        return [Layer(p.name, tuple(p.grid_shape), p.kind, p.is_tokens, p.name == self.default_layer)
+        return [Layer(p.name, tuple(p.grid_shape), p.kind, p.is_tokens, p.name == self.default_layer, p.describe())
                 for p in detector.joined(self._graph, self.format).explainable()]
 
     def _keeping(self, classes: Any, top_k: int | None) -> Callable[[Found], Found] | None:
@@ -365,27 +361,6 @@ class Detector(Engine):
             np.zeros((0, height, width), np.float32)
 
 
-def _check(min_score: Any, iou: Any, keep: Any, max_boxes: Any, masks: Any, cells: Any, seed: Any, batch_size: Any,
-           max_pixels: Any, precision: Any, preprocess: Any, runtime: Any) -> None:
-    """BadArgument for a Detector's argument that cannot be used, naming it and what it may be."""
-    from explain_cli.errors import between, choose, whole
-    from explain_cli.model.loading import check_preprocess
-    from explain_cli.model.runtime import RUNTIMES
-    from explain_cli.steps.precision import CHOICES
-
-    for option, name, value in (("--min-score", "min_score", min_score), ("--iou", "iou", iou), ("--keep", "keep", keep)):
-        if value is not None:
-            between(option, name, value, 0.0, 1.0)
-    for option, name, value, least in (("--max-boxes", "max_boxes", max_boxes, 1), ("--masks", "masks", masks, 1),
-                                       ("--cells", "cells", cells, 1), ("--seed", "seed", seed, 0),
-                                       ("--batch-size", "batch_size", batch_size, 1),
-                                       ("--max-pixels", "max_pixels", max_pixels, 1)):
-        whole(option, name, value, least)
-    choose("--precision", "precision", precision, CHOICES)
-    choose("--runtime", "runtime", runtime, RUNTIMES)
-    check_preprocess(preprocess)
-
-
 def _with(found: Found, targets: np.ndarray, maps: np.ndarray) -> Found:
     return Found(found.prediction, found.classes, found.scores, found.boxes, found.probabilities, targets, maps)
 
@@ -412,36 +387,3 @@ def explanations(made: Detector, source: Source, original: np.ndarray, found: Fo
                         map=frozen_array(np.asarray(raw, np.float32)), image=image, box=d.box, target_kind="box")
             for d, target, raw in zip(detections(found, made.labels, made.input_size[:2], original.shape[:2]),
                                       found.targets, found.maps)]
-
-
-def _load(model: Any, labels: Any, preprocess: str | None, imports: Sequence[str], unsafe: bool, precision: str,
-          input_size: tuple[int, int] | None) -> Any:
-    """The detector as a LoadedModel, fed at its input's size (models.size_of)."""
-    from explain_cli.inputs import labels as labels_module
-    from explain_cli.model import loading as models
-    from explain_cli.model.backend import load_tensorflow
-
-    _, keras = load_tensorflow()
-    if isinstance(model, (str, Path)):
-        path = Path(model)
-        if not path.exists():
-            raise BadArgument("--model", f"{path}: no such file")
-        keras_model = models._load_file(path, models.import_user_code(imports), unsafe)
-        name, live = path.name, False
-    elif isinstance(model, keras.Model):
-        keras_model, name, live = model, model.name, True
-    else:
-        raise ExplainError(f"not a Keras model: a {type(model).__name__} (give a keras.Model or a .keras file)")
-    converter = models._image_converter(keras_model)
-    prep = converter if preprocess is None and converter is not None else models.preprocessing(preprocess or "none")
-    height, width, channels = models.size_of(keras_model, name, input_size)
-    return models.LoadedModel(name=name, keras_model=keras_model, height=height, width=width,
-                              channels=channels, preprocess=prep, default_layer=None,
-                              labels=labels_module.Labels(()), precision=precision, live=live,
-                              identity=None if live else models.identity(str(model), "imagenet", imports))
-
-
-def _with_labels(model: Any, labels: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(model, labels=labels)

@@ -15,10 +15,10 @@ stands, fed to the entry's `as_input()` view: its own compiled steps over the sa
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator
+from typing import Any, Callable, Iterator
 
 from explain_cli.errors import Notes
+from explain_cli.inputs.sources import key_of as key_of
 from explain_cli.methods.perturbation import GREY
 from explain_cli.methods.registry import LAYERLESS
 from explain_cli.running import pipeline
@@ -88,7 +88,3 @@ class Engine:
         """Forget (or remake) the compiled steps: a view over another input has its own."""
         raise NotImplementedError
 
-
-def key_of(image: Hashable) -> Hashable:
-    """An image's key as the library hands it out: a path as a string, an index as an int."""
-    return str(image) if isinstance(image, Path) else image

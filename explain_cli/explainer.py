@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from explain_cli.engine import Engine, key_of as _key
 from explain_cli.tasks.inspect import Inspecting
+from explain_cli.evaluation.measuring import Measuring
 from explain_cli.evaluation import evaluate as evaluation
 from explain_cli.inputs import sources as inputs
 from explain_cli.io import files as output
@@ -28,21 +29,19 @@ from explain_cli.model import files as runtimes
 from explain_cli.steps import targets
 from explain_cli.errors import BadArgument, ExplainError, Listener, Notes, blamed
 from explain_cli.inputs.sources import Source
-from explain_cli.methods import METHODS
 from explain_cli.methods import PERTURBATION_METHODS, PIXEL_METHODS
-from explain_cli.results import Evaluation, Explanation, ImagePredictions, Layer, frozen_array
-from explain_cli.settings import RANDOM, EvaluationPlan, Settings, check, check_methods
+from explain_cli.results import Explanation, ImagePredictions, frozen_array
+from explain_cli.settings import RANDOM, Method, Reading, Running, Settings, check, check_methods, grouped
 from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from explain_cli.model.loading import LoadedModel
 
-PER_IMAGE = targets.ClassChoice(per_image={})  # the kind of choice evaluate compiles: a class given per image
 Images = Any  # a numpy batch, an array, a PIL image, a path, a folder, or an iterable of these
 Classes = "int | str | Sequence[int | str] | Mapping[Hashable, int | str] | None"
 
 
-class Explainer(Inspecting, Engine):
+class Explainer(Measuring, Inspecting, Engine):
     """Explains a Keras image classifier's decisions, image by image.
 
     `model`: a keras.Model in memory (used as it is, so its current weights are what is explained), a built-in name
@@ -61,13 +60,17 @@ class Explainer(Inspecting, Engine):
     gradient always runs in TensorFlow. `on_note`: hears each of `notes` as it comes, and whether it is a warning
     (default: warnings are Python warnings). Errors are ExplainError (BadArgument for an argument that cannot be used).
 
+    The arguments come grouped too, the plain ones being the shorthand: `method=Method("rise", masks=2000)` (a method
+    with its own settings), `reading=Reading(multi_label=True, threshold=0.3)` (how outputs are read) and
+    `running=Running(precision="fp32", batch_size=8)` (where it runs).
+
     Images: a float array is the model's input as it stands, exactly as `model.predict` takes it (no resizing, no
     preprocessing); a uint8 array, a PIL image or a file is a picture, resized and preprocessed. `arrays="input"` reads
     every array as the model's input, `arrays="pixels"` every array as a picture (floats as 0-255). An input given as
     it stands is perturbed there (RISE, occlusion, evaluate): what is hidden goes to 0 of the model's input.
     """
 
-    def __init__(self, model: Any, *, layer: str | None = None, method: str = "gradcam", precision: str = "auto",
+    def __init__(self, model: Any, *, layer: str | None = None, method: str | Method = "gradcam", precision: str = "auto",
                  preprocess: str | None = None, labels: str | Path | Sequence[str] | None = None,
                  weights: str = "imagenet", imports: Sequence[str] = (), unsafe: bool = False, score: str = "logit",
                  counterfactual: bool = False, max_masks: int = 64, samples: int = 25, noise: float = 0.15,
@@ -77,7 +80,11 @@ class Explainer(Inspecting, Engine):
                  cells: int = 7, keep: float = 0.5, window: int | None = None, stride: int | None = None,
                  input_size: tuple[int, int] | None = None, layout: str | None = None,
                  outputs_are: str | None = None, runtime: str = "auto", arrays: str = "auto",
-                 on_note: Listener | None = None) -> None:
+                 on_note: Listener | None = None, reading: Reading | None = None,
+                 running: Running | None = None) -> None:
+        if not isinstance(method, str) or reading is not None or running is not None:
+            Explainer.__init__(self, model, **grouped(Explainer, locals()))  # the plain arguments they group
+            return
         from explain_cli.steps import compiled as core
         from explain_cli.model import heads
         from explain_cli.model import loading as models
@@ -314,72 +321,20 @@ class Explainer(Inspecting, Engine):
 
         return blamed(compute, self._predict())
 
-    # --- evaluating ---------------------------------------------------------------------------------------------
-
-    def evaluate(self, images: Images, methods: Sequence[str] = ("gradcam", RANDOM), classes: Any = None,
-                 top_k: int | None = None, boxes: Mapping[Hashable, Sequence[Sequence[Any]]] | str | Path | None = None,
-                 sanity: bool = False, steps: int = 32, blur_sigma: float = 5.0, tolerance: float = 15.0,
-                 seed: int = 0, sanity_stages: int = 6, errors: str = "raise") -> Evaluation:
-        """Each method's maps measured on these images, as `explain evaluate` measures them: deletion and insertion
-        AUC, Average Drop, Increase in Confidence, and with `boxes` (per image key: (x0, y0, x1, y1[, class]) in the
-        original's pixels, or a CSV file image,x0,y0,x1,y1[,class]) the pointing game and the energy in the boxes;
-        with `sanity`, cascading randomisation. The records, and each method's means with their intervals. "auto"
-        precision is chosen for all the methods measured together, as `explain evaluate` chooses it."""
-        suited = self._suiting(methods)
-        if suited is not self:
-            return suited.evaluate(images, methods, classes, top_k, boxes, sanity, steps, blur_sigma, tolerance, seed,
-                                   sanity_stages, errors)
-        choice = self.choose(classes, top_k, evaluating=True)
-        plan = EvaluationPlan(tuple(methods), steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
-        located = self._boxes(boxes) if boxes is not None else None
-        compute, finish = self.evaluation_steps(plan, choice, boxes=located)
-
-        def make(made: Explainer) -> pipeline.Compute:
-            return compute if made is self else made.evaluation_steps(plan, choice, boxes=located)[0]
-
-        records: list[dict[str, Any]] = []
-        sane: list[dict[str, Any]] = []
-        for result in self._run(images, make, finish, errors):
-            records += result.records
-            sane += result.side_records
-        return Evaluation(tuple(records), tuple(evaluation.summarise(records, plan.methods)), tuple(sane))
-
-    def _suiting(self, methods: Sequence[str]) -> Explainer:
-        """This explainer, or where "auto" chooses another precision once `methods` are suited too (one of them keeps
-        fp32), a sibling made from the same model and settings at that precision: the command line's rule."""
+    def _suiting(self, methods: Sequence[str], also: Sequence[str] = ()) -> Explainer:
+        """This explainer, or where "auto" chooses another precision once `methods` (and `also`: classviz) are suited
+        too (one of them keeps fp32), a sibling made from the same model and settings at that precision: the command
+        line's rule."""
         from explain_cli.steps import precision as precisions
 
         check_methods(methods)
-        wanted = (*self.settings.precision_for, *methods)
+        wanted = (*self.settings.precision_for, *methods, *also)
         if isinstance(self._model, runtimes.RuntimeModel) or \
                 precisions.resuited(self.settings.precision, self.precision, [self.method, *wanted]) is None:
             return self
         fields = dataclasses.asdict(dataclasses.replace(self.settings, precision_for=tuple(dict.fromkeys(wanted))))
         fields.pop("model")
         return Explainer(self._given, on_note=self.notes.listener, **fields)
-
-    def evaluation_steps(self, plan: EvaluationPlan, choice: targets.ClassChoice,
-                         truth: Mapping[Source, int] | None = None, boxes: Mapping[Any, Any] | None = None,
-                         figures: Iterable[Source] = (), out_dir: Path | None = None,
-                         say: Callable[[str], None] = lambda line: None) -> tuple[pipeline.Compute, pipeline.Finish]:
-        """The pipeline steps that evaluate `plan`'s methods (the command line's and evaluate()'s)."""
-        from explain_cli.steps import compiled as core
-
-        check_methods(plan.methods)
-        real = [m for m in plan.methods if m != RANDOM]
-        explainers = {m: self._compiled(m, PER_IMAGE) for m in real}  # (images, classes (b,)) -> maps (b, 1, h, w)
-        settings = evaluation.Settings(plan.methods, plan.steps, plan.blur_sigma, plan.tolerance, plan.seed,
-                                       self.settings.batch_size)
-        sanity = self._sanity(plan, real, frozenset(figures), out_dir, say) if plan.sanity_stages else None
-        predict, forward = self._predict(), self._forward()
-        segmentation = None
-        if self._needs_head().kind == "pixels":
-            segmentation = self._step(("regions", self.precision), lambda: core.compile_regions(self._loaded,
-                                                                                                self._graph))
-        compute = blamed(evaluation.evaluation_step(predict, forward, explainers,
-                                                    lambda p, batch: targets.pick(choice, p, [s.key for s in batch]),
-                                                    settings, sanity, segmentation), predict)
-        return compute, evaluation.finish_step(self.labels, self.name, self.layer, settings, truth, boxes, sanity)
 
     # --- inside -------------------------------------------------------------------------------------------------
 
@@ -468,31 +423,3 @@ class Explainer(Inspecting, Engine):
         from explain_cli.steps import perturbing
 
         return perturbing.random_step(self._predict(), choice, self.settings.seed)
-
-    def _sanity(self, plan: EvaluationPlan, methods: list[str], figures: frozenset[Source], out_dir: Path | None,
-                say: Callable[[str], None]) -> evaluation.Sanity:
-        from explain_cli.steps import compiled as core
-        from explain_cli.model import randomise
-
-        self._layered()
-        cascade = randomise.cascade(self._loaded, plan.sanity_stages, plan.seed)
-        say(f"{self.name}: --sanity randomises a copy in {len(cascade.stages)} stages, down to "
-            f"{cascade.stages[-1][0]} weighted layers")
-        s = self.settings
-
-        def build(model: LoadedModel, graph: Any, cut: Any, method: str) -> Any:
-            if method in PERTURBATION_METHODS:  # the randomised copy's own forward passes
-                return self._perturbation(method, PER_IMAGE, core.compile_predict(model, graph),
-                                          core.compile_predict(model, graph, "float32"))
-            if method in METHODS:
-                return core.compile_explain(model, cut, method, max_masks=s.max_masks, per_image=True)
-            return core.compile_saliency(model, graph, method, layer=cut.layer, per_image=True)
-
-        explainers = randomise.explainers_for(cascade, self._cut().layer, methods, build)
-        return evaluation.Sanity(cascade, explainers, figures, out_dir)
-
-    def _boxes(self, boxes: Mapping[Hashable, Sequence[Sequence[Any]]] | str | Path) -> dict[Any, Any]:
-        if isinstance(boxes, (str, Path)):
-            return evaluation.read_boxes(Path(boxes), None, self._model.labels)
-        return evaluation.given_boxes(boxes, self._model.labels, _key)
-

@@ -146,9 +146,27 @@ def ious(segmentations: Sequence[Segmentation]) -> np.ndarray:
     return np.divide(both, either, out=np.full(len(both), np.nan), where=either > 0)
 
 
+@dataclass(frozen=True)
+class Detection:
+    """A box the model found: its place among the image's detections (1: the most confident), class, score (its
+    class's probability) and box (x0, y0, x1, y1) in the image's pixels."""
+
+    rank: int
+    class_index: int
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+    probabilities: np.ndarray = field(repr=False, compare=False)  # (C,) every class's probability for it
+
+    @property
+    def probability(self) -> float:
+        """Its score, as a class's prediction names it."""
+        return self.score
+
+
 @dataclass(frozen=True, eq=False)
 class Detections(ImagePredictions):
-    """A detector's prediction for one image: its detections (`predictions`, each a detector.Detection: rank, class,
+    """A detector's prediction for one image: its detections (`predictions`, each a Detection: rank, class,
     score, box in the image's pixels), most confident first; `probabilities` each one's class probabilities (k, C)."""
 
     @property

@@ -4,15 +4,15 @@ the command line's settings, and what a Ray worker rebuilds an Explainer from.""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from explain_cli.errors import BadArgument, between, choose, whole
 from explain_cli.evaluation.evaluate import RANDOM as RANDOM
 from explain_cli.methods import METHODS
-from explain_cli.methods.registry import CLASSIFY, names
 from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS
+from explain_cli.evaluation.plan import METHOD_NAMES, EvaluationPlan, check_methods
 
-METHOD_NAMES = names(task=CLASSIFY)  # what explains a classifier, a labeller or a value head
+__all__ = ["DetectorSettings", "EvaluationPlan", "METHOD_NAMES", "RANDOM", "Settings", "check", "check_methods"]
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,121 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class EvaluationPlan:
-    """What evaluate measures: the methods, N deletion / insertion steps, insertion's blur, the pointing game's
-    tolerance, the random control's seed, and the sanity cascade's stages (0: none)."""
+class Method:
+    """A method with its own settings, for an Explainer's or a Detector's `method=` (a name alone is the shorthand).
+    Each setting left at its default here takes the entry's own (RISE's 4000 masks of 7 × 7 cells, D-RISE's 1000 of
+    16 × 16)."""
 
-    methods: tuple[str, ...]
-    steps: int = 32
-    blur_sigma: float = 5.0
-    tolerance: float = 15.0
+    name: str = "gradcam"
+    score: str = "logit"  # gradient methods: the logit or the probability
+    counterfactual: bool = False
+    max_masks: int = 64  # scorecam
+    samples: int = 25  # smoothgrad
+    noise: float = 0.15  # smoothgrad
+    steps: int = 64  # integrated gradients
     seed: int = 0
-    sanity_stages: int = 0
+    masks: int | None = None  # rise, drise
+    cells: int | None = None  # rise, drise
+    keep: float | None = None  # rise, drise
+    window: int | None = None  # occlusion
+    stride: int | None = None  # occlusion
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a model's outputs are read, for `reading=`: which output, as one label or several per image, a value, a
+    runtime file's layout; a segmentation's smallest class; a detector's outputs and which of its predictions are
+    detections. Each setting left at its default takes the entry's own."""
+
+    output: str | None = None
+    multi_label: bool = False
+    output_index: int | None = None
+    threshold: float = 0.5
+    min_area: float = 0.01
+    layout: str | None = None
+    outputs_are: str | None = None
+    boxes_output: str | None = None
+    scores_output: str | None = None
+    box_format: str | None = None
+    objectness_output: str | None = None
+    min_score: float = 0.3
+    iou: float | None = None
+    max_boxes: int = 20
+
+
+@dataclass(frozen=True)
+class Running:
+    """Where and how an entry runs, for `running=`: its precision, the runtime of its forward-only passes, batches and
+    the pixel limit of a decoded image, and other methods "auto" precision must suit."""
+
+    precision: str = "auto"
+    runtime: str = "auto"
+    batch_size: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    precision_for: tuple[str, ...] = ()
+
+
+def grouped(entry: type, arguments: dict[str, Any]) -> dict[str, Any]:
+    """An entry's keyword arguments with `method` (a Method), `reading` and `running` spread into the plain ones they
+    group. BadArgument for a setting given both ways, or one the entry does not take."""
+    import dataclasses
+    import inspect
+
+    parameters = inspect.signature(entry.__init__).parameters
+    flat = {name: value for name, value in arguments.items()
+            if name not in ("self", "model", "reading", "running", "__class__")}
+    groups = [(arguments.get("reading"), {}), (arguments.get("running"), {})]
+    if isinstance(flat.get("method"), Method):
+        groups.append((flat.pop("method"), {"name": "method"}))
+        flat["method"] = parameters["method"].default
+    for group, renamed in groups:
+        if group is None:
+            continue
+        for part in dataclasses.fields(group):
+            value, name = getattr(group, part.name), renamed.get(part.name, part.name)
+            if value == part.default and name != "method":
+                continue  # left to the entry's own default
+            if name not in parameters:
+                raise BadArgument(None, f"{type(group).__name__}({part.name}=...) is not an option for "
+                                  f"{entry.__name__}")
+            if flat[name] != parameters[name].default and flat[name] != value:
+                raise BadArgument(None, f"{name} is given twice: as {name}={flat[name]!r} and in "
+                                  f"{type(group).__name__}({part.name}={value!r})")
+            flat[name] = value
+    if not isinstance(flat.get("method"), str):
+        raise BadArgument("--method", f"method is a name or a Method, not {flat.get('method')!r}")
+    return flat
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """What a Detector is made from, as plain values (its keyword arguments): the command line's, and what a Ray worker
+    rebuilds it from."""
+
+    model: str
+    layer: str | None = None
+    method: str = "gradcam"
+    precision: str = "auto"
+    preprocess: str | None = None
+    labels: str | tuple[str, ...] | None = None
+    imports: tuple[str, ...] = ()
+    unsafe: bool = False
+    boxes_output: str | None = None
+    scores_output: str | None = None
+    box_format: str | None = None
+    objectness_output: str | None = None
+    min_score: float = 0.3
+    iou: float | None = None
+    max_boxes: int = 20
+    masks: int = 1000  # drise: random masks
+    cells: int = 16  # drise: each mask's grid is cells × cells
+    keep: float = 0.5
+    seed: int = 0
+    batch_size: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    input_size: tuple[int, int] | None = None
+    runtime: str = "auto"
+    precision_for: tuple[str, ...] = ()
 
 
 def check(settings: Settings) -> None:
@@ -117,9 +222,22 @@ def check(settings: Settings) -> None:
         raise BadArgument("--counterfactual", f"{s.method} uses no gradients to negate")
 
 
-def check_methods(methods: Iterable[str]) -> None:
-    for method in methods:
-        if method == "drise":
-            raise BadArgument("--method", "drise explains an object detector's boxes, and this model is no detector")
-        if method not in METHOD_NAMES:
-            raise BadArgument("--method", f"unknown method {method!r}; choose from {', '.join(METHOD_NAMES)}")
+def check_detector(min_score: Any, iou: Any, keep: Any, max_boxes: Any, masks: Any, cells: Any, seed: Any, batch_size: Any,
+           max_pixels: Any, precision: Any, preprocess: Any, runtime: Any) -> None:
+    """BadArgument for a Detector's argument that cannot be used, naming it and what it may be."""
+    from explain_cli.errors import between, choose, whole
+    from explain_cli.model.loading import check_preprocess
+    from explain_cli.model.runtime import RUNTIMES
+    from explain_cli.steps.precision import CHOICES
+
+    for option, name, value in (("--min-score", "min_score", min_score), ("--iou", "iou", iou), ("--keep", "keep", keep)):
+        if value is not None:
+            between(option, name, value, 0.0, 1.0)
+    for option, name, value, least in (("--max-boxes", "max_boxes", max_boxes, 1), ("--masks", "masks", masks, 1),
+                                       ("--cells", "cells", cells, 1), ("--seed", "seed", seed, 0),
+                                       ("--batch-size", "batch_size", batch_size, 1),
+                                       ("--max-pixels", "max_pixels", max_pixels, 1)):
+        whole(option, name, value, least)
+    choose("--precision", "precision", precision, CHOICES)
+    choose("--runtime", "runtime", runtime, RUNTIMES)
+    check_preprocess(preprocess)

@@ -186,17 +186,26 @@ gradient_options = options(
     click.option("--counterfactual", is_flag=True,
                  help="Negate the gradients: show the regions whose removal would raise the score."),
 )
-perturbation_options = options(
-    click.option("--masks", "rise_masks", type=click.IntRange(1), default=4000, show_default=True,
-                 help="rise: random masks (one forward pass each)."),
-    click.option("--cells", type=click.IntRange(1), default=7, show_default=True,
-                 help="rise: each mask is a grid of N × N cells, upsampled."),
-    click.option("--keep", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5, show_default=True,
-                 help="rise: the probability a cell is kept."),
-    click.option("--window", type=click.IntRange(1), help="occlusion: the grey patch's side, in the model input's "
-                 "pixels (default: a seventh of its shorter side, 32 at 224)."),
-    click.option("--stride", type=click.IntRange(1), help="occlusion: the patch's step (default: half the window)."),
-)
+def _perturbation(masks: int | None, cells: int | None, keep: float | None, who: str) -> Callable[[Any], Any]:
+    """--masks, --cells, --keep (defaults shown, or None: the library's own for each method) and occlusion's."""
+    shown = masks is not None
+    return options(
+        click.option("--masks", "rise_masks", type=click.IntRange(1), default=masks, show_default=shown,
+                     help=f"{who}: random masks (one forward pass each)."),
+        click.option("--cells", type=click.IntRange(1), default=cells, show_default=shown,
+                     help=f"{who}: each mask is a grid of N × N cells, upsampled."),
+        click.option("--keep", type=click.FloatRange(0.0, 1.0, min_open=True), default=keep, show_default=shown,
+                     help=f"{who}: the probability a cell is kept."),
+        click.option("--window", type=click.IntRange(1), help="occlusion: the grey patch's side, in the model input's "
+                     "pixels (default: a seventh of its shorter side, 32 at 224)."),
+        click.option("--stride", type=click.IntRange(1), help="occlusion: the patch's step (default: half the window)."),
+    )
+
+
+perturbation_options = _perturbation(4000, 7, 0.5, "rise")
+# evaluate measures rise on a classifier and drise on a detector: each takes its own defaults unless given
+evaluated_perturbation_options = _perturbation(None, None, None, "rise (default 4000 masks of 7 × 7 cells) and drise "
+                                               "(1000 of 16 × 16), each cell kept at 0.5")
 
 
 # --min-score, --iou, --max-boxes: which of an object detector's predictions are its detections.
@@ -226,9 +235,26 @@ detector_format_options = options(
 
 
 def perturbation_settings(options: dict) -> dict[str, Any]:
-    """The perturbation methods' settings the options give (popping them)."""
-    return {"masks": options.pop("rise_masks"), "cells": options.pop("cells"), "keep": options.pop("keep"),
-            "window": options.pop("window"), "stride": options.pop("stride")}
+    """The perturbation methods' settings the options give (popping them); one not given is left to the library."""
+    given = {"masks": options.pop("rise_masks"), "cells": options.pop("cells"), "keep": options.pop("keep"),
+             "window": options.pop("window"), "stride": options.pop("stride")}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def detector_settings(options: dict, method: str, **extra: Any) -> Any:
+    """The Detector's settings the options give (popping them): the model, how its outputs read, which predictions
+    are detections, the method's own; `extra` and any left unset are the library's defaults."""
+    from explain_cli.settings import DetectorSettings
+
+    labels = options.pop("labels_file")
+    check_imports(options["imports"])
+    given = dict(model=options.pop("model_spec"), layer=options.pop("layer", None), method=method,
+                 precision=options.pop("precision"), preprocess=options.pop("preprocess"),
+                 labels=str(labels) if labels else None, imports=tuple(options.pop("imports")),
+                 unsafe=options.pop("unsafe"), input_size=options.pop("input_size"), runtime=options.pop("runtime"),
+                 min_score=options.pop("min_score"), iou=options.pop("iou"), max_boxes=options.pop("max_boxes"),
+                 **{name: options.pop(name) for name in DETECTOR_FORMAT}, **extra)
+    return DetectorSettings(**{name: value for name, value in given.items() if value is not None})
 
 
 render_options = options(

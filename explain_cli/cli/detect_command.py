@@ -62,7 +62,8 @@ def detect(**options: Any) -> None:
     """
     from explain_cli.cli import detect_run
 
-    common.check_imports(options["imports"])
-    detect_run.run({k: options.pop(k) for k in list(options) if k in detect_run.DETECTOR_OPTIONS},
-                   options["sources"], sys.stdin, options["truth_file"], common.output_options(options),
-                   common.run_options(options))
+    run = common.run_options(options)
+    settings = common.detector_settings(options, options.pop("method"), masks=options.pop("rise_masks"),
+                                        cells=options.pop("cells"), keep=options.pop("keep"), seed=options.pop("seed"),
+                                        batch_size=run.batch_size, max_pixels=run.max_pixels)
+    detect_run.run(settings, options["sources"], sys.stdin, options["truth_file"], common.output_options(options), run)

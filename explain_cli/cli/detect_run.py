@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
@@ -11,21 +12,12 @@ from explain_cli.evaluation import metrics
 from explain_cli.io import files as output
 from explain_cli.running import pipeline
 from explain_cli.errors import BadArgument, ExplainError
+from explain_cli.settings import DetectorSettings
 from explain_cli.cli.runs import (OutputOptions, RunOptions, build_report, listener, manifest_in, report, report_after,
                               say, sources, start, unexplained)
 
-# The command's options that make the Detector, as its keyword arguments are named.
-DETECTOR_OPTIONS = {"model_spec": "model", "labels_file": "labels", "preprocess": "preprocess", "imports": "imports",
-                    "unsafe": "unsafe", "precision": "precision", "input_size": "input_size",
-                    "boxes_output": "boxes_output", "scores_output": "scores_output", "box_format": "box_format",
-                    "objectness_output": "objectness_output",
-                    "min_score": "min_score", "iou": "iou", "max_boxes": "max_boxes", "layer": "layer",
-                    "method": "method", "rise_masks": "masks", "cells": "cells", "keep": "keep", "seed": "seed",
-                    "runtime": "runtime"}
-
-
-def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_file: Path | None, out: OutputOptions,
-        run_options: RunOptions) -> None:
+def run(settings: DetectorSettings, arguments: Sequence[str], stdin: TextIO, truth_file: Path | None,
+        out: OutputOptions, run_options: RunOptions) -> None:
     """explain detect: each input's detections drawn, each detection explained, a manifest line each; the detections
     on stdout; with true boxes, precision, recall and mAP@0.5."""
     from explain_cli.cli import console
@@ -34,20 +26,18 @@ def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_fi
     from explain_cli.detector import explanations
 
     out.check()
-    method = given["method"]
+    method = settings.method
     found, skipped = unexplained(sources(arguments, stdin, out.out_dir, run_options.shard), out, method)
     if not found:  # nothing left to do: no need to load a model for it
         say(console.Tally(0, skipped=skipped).summary(None))
         return
     with manifest_in(out.out_dir, output.MANIFEST, run_options.shard) as manifest:
-        made, load = _detector({**{DETECTOR_OPTIONS[k]: v for k, v in given.items()},
-                                "batch_size": run_options.batch_size, "max_pixels": run_options.max_pixels},
-                               run_options.verbose)
+        made, load = _detector(settings, run_options.verbose)
         truth = None
         if truth_file is not None:
             truth = detect_output.truth_boxes(evaluate.read_boxes(truth_file, found, made.label_set))
         layer = made.layer_for(method)
-        where = f"at layer {layer}" + ("" if given.get("layer") else " (default)") if layer else (
+        where = f"at layer {layer}" + ("" if settings.layer else " (default)") if layer else (
             f"{made.drise_masks[0]} masks of {made.drise_masks[1]} × {made.drise_masks[1]} cells, forward "
             "passes only" if method == "drise" else "seeded noise")
         say(f"{made.name}: {method} {where}; detections at score ≥ {made.min_score:g}, IoU {made.format.iou:g}, "
@@ -63,35 +53,10 @@ def run(given: dict[str, Any], arguments: Sequence[str], stdin: TextIO, truth_fi
             report(started, tally, run_options, manifest)
 
 
-def is_detector_file(spec: str, output_name: str | None, named: bool = False) -> bool:
-    """Whether a model file is an object detector, read from its .keras archive's config without loading it: a
-    keras-hub ObjectDetector, or a model of two outputs (boxes and scores) when no --output picks one of them, or any
-    model whose detector outputs are `named` (--boxes-output and the like: a YOLO's three outputs)."""
-    import json
-    import zipfile
-
-    if output_name:
-        return False
-    if named:
-        return True
-    if not spec.lower().endswith(".keras") or not Path(spec).is_file():
-        return False
-    try:
-        with zipfile.ZipFile(spec) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return False  # loading it says what is wrong
-    if "ObjectDetector" in str(config.get("class_name", "")):
-        return True
-    outputs = (config.get("config") or {}).get("output_layers")
-    return isinstance(outputs, (list, dict)) and len(outputs) == 2
-
-
-def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, given: dict[str, Any], out_dir: Path,
+def evaluate(settings: DetectorSettings, arguments: Sequence[str], stdin: TextIO, plan: Any, out_dir: Path,
              skip_existing: bool, make_report: bool, run_options: RunOptions, sanity_figures: int = 0) -> None:
     """explain evaluate on an object detector: a record per image, detection and method in evaluation.jsonl (and with
-    --sanity, per stage in sanity.jsonl), the means on stdout. `given` holds the detection options (min_score, iou,
-    max_boxes) and D-RISE's masks and cells."""
+    --sanity, per stage in sanity.jsonl), the means on stdout."""
     from explain_cli.evaluation import detections as detect_evaluate
     from explain_cli.cli import evaluate_run
     from explain_cli.evaluation import evaluate as evaluation
@@ -104,12 +69,7 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
             if plan.sanity_stages else None
         first = next((m for m in plan.methods if m not in ("drise", "random")), "drise")
         try:
-            made, load = _detector(dict(model=settings.model, layer=settings.layer, method=first,
-                                        precision=settings.precision, preprocess=settings.preprocess,
-                                        labels=settings.labels, imports=settings.imports, unsafe=settings.unsafe,
-                                        seed=plan.seed, batch_size=run_options.batch_size,
-                                        max_pixels=run_options.max_pixels, input_size=settings.input_size,
-                                        runtime=settings.runtime, precision_for=plan.methods, **given),
+            made, load = _detector(replace(settings, method=first, seed=plan.seed, precision_for=plan.methods),
                                    run_options.verbose)
         except BadArgument:
             raise
@@ -147,10 +107,10 @@ def evaluate(settings: Any, arguments: Sequence[str], stdin: TextIO, plan: Any, 
             raise SystemExit(status)
 
 
-def _detector(options: dict[str, Any], verbose: bool) -> tuple[Any, Callable[[], Any]]:
-    """The run's Detector, saying its notes, and how a Ray worker makes its own: the same options at the precision
+def _detector(settings: DetectorSettings, verbose: bool) -> tuple[Any, Callable[[], Any]]:
+    """The run's Detector, saying its notes, and how a Ray worker makes its own: the same settings at the precision
     the driver chose, so an `auto` resolves alike on every node."""
     from explain_cli.detector import Detector
 
-    made = Detector(**options, on_note=listener(Path(options["model"]).name, verbose))
-    return made, functools.partial(Detector, **{**options, "precision": made.precision})
+    made = Detector.from_settings(settings, on_note=listener(Path(settings.model).name, verbose))
+    return made, functools.partial(Detector.from_settings, replace(settings, precision=made.precision))

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from explain_cli.cli import common
 from explain_cli.methods import registry
@@ -46,7 +45,7 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
               help="Pointing game: a hit within this many pixels of a box.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The random control's noise, and rise's masks.")
 @click.option("--max-masks", type=click.IntRange(1), default=64, show_default=True, help="scorecam: masks.")
-@common.perturbation_options
+@common.evaluated_perturbation_options
 @common.detection_options
 @common.detector_format_options
 @click.option("--sanity", is_flag=True,
@@ -71,25 +70,30 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
     """
     from explain_cli.cli import detect_run
     from explain_cli.cli import evaluate_run
+    from explain_cli.entry import is_detector
     from explain_cli.settings import EvaluationPlan
 
     plan = EvaluationPlan(methods, steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
-    detection = {name: options.pop(name) for name in ("min_score", "iou", "max_boxes", *common.DETECTOR_FORMAT)}
-    given = click.get_current_context().get_parameter_source
-    drise = {"masks": options["rise_masks"], "cells": options["cells"], "keep": options["keep"]}
-    drise = {k: v for k, v in drise.items() if given("rise_masks" if k == "masks" else k) is not ParameterSource.DEFAULT}
-    settings = common.settings(options, next((m for m in methods if m != "random"), "gradcam"), max_masks=max_masks,
-                               seed=seed, **common.perturbation_settings(options))
-    named = [name for name in common.DETECTOR_FORMAT if detection[name] is not None]
-    if named and settings.output:
-        raise click.UsageError(f"--{named[0].replace('_', '-')} reads an object detector's outputs, and --output picks "
-                               "one output of a model that is no detector: give one or the other")
-    if detect_run.is_detector_file(settings.model, settings.output, bool(named)):  # a detector's detections are evaluated
+    run = common.run_options(options)
+    named = any(options[name] is not None for name in common.DETECTOR_FORMAT)
+    if named and options["output_name"]:
+        raise click.UsageError(f"--{next(n for n in common.DETECTOR_FORMAT if options[n]).replace('_', '-')} reads an "
+                               "object detector's outputs, and --output picks one output of a model that is no "
+                               "detector: give one or the other")
+    if is_detector(options["model_spec"], options["output_name"], named):  # a detector's detections are evaluated
         if boxes_file or common.class_request(options).specs or options.get("truth"):
             raise click.UsageError("a detector's detections are measured against their own boxes: --boxes, --class "
                                    "and --truth are for classifiers")
-        detect_run.evaluate(settings, options["sources"], sys.stdin, plan, {**detection, **drise}, output_dir,
-                            skip_existing, make_report, common.run_options(options), sanity_figures)
+        perturbation = common.perturbation_settings(options)
+        drise = {name: perturbation[name] for name in ("masks", "cells", "keep") if name in perturbation}
+        settings = common.detector_settings(options, "gradcam", batch_size=run.batch_size,
+                                            max_pixels=run.max_pixels, **drise)
+        detect_run.evaluate(settings, options["sources"], sys.stdin, plan, output_dir, skip_existing, make_report, run,
+                            sanity_figures)
         return
+    for name in ("min_score", "iou", "max_boxes", *common.DETECTOR_FORMAT):
+        options.pop(name)
+    settings = common.settings(options, next((m for m in methods if m != "random"), "gradcam"), max_masks=max_masks,
+                               seed=seed, **common.perturbation_settings(options))
     evaluate_run.evaluate(settings, options["sources"], sys.stdin, plan, common.class_request(options), boxes_file,
-                  sanity_figures, output_dir, skip_existing, make_report, common.run_options(options))
+                          sanity_figures, output_dir, skip_existing, make_report, run)

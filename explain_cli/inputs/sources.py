@@ -391,3 +391,8 @@ def model_input(rgb: np.ndarray, width: int, height: int, channels: int,
     if channels == 1:
         return np.asarray(image.convert("L"))[..., None]
     return np.asarray(image)
+
+
+def key_of(image: Hashable) -> Hashable:
+    """An image's key as the library hands it out: a path as a string, an index as an int."""
+    return str(image) if isinstance(image, Path) else image

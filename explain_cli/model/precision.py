@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from explain_cli.errors import ExplainError
 
 # The CPU flags that make bfloat16 native, and the oneDNN instruction set each needs (ONEDNN_MAX_CPU_ISA).
 FAST_BF16_FLAGS = {"amx_bf16": "AVX512_CORE_AMX", "avx512_bf16": "AVX512_CORE_BF16"}

@@ -29,6 +29,7 @@ class Inspecting:
     input_size: tuple[int, int, int]
     name: str
     label_set: Any
+    _suiting: Callable[..., Any]
 
     def layers(self) -> list[Layer]:
         """The layer outputs a method can explain: feature maps, and a transformer's tokens on their patch grid; the
@@ -85,11 +86,13 @@ class Inspecting:
     def classviz(self, class_: int | str, settings: ClassVizSettings | None = None,
                  every: int = 0) -> ClassVisualisation:
         """The picture the model finds most like `class_` (a number, a label or a WordNet id), by gradient ascent
-        (steps/activations.class_visualisation), with a snapshot every `every` steps (0: none)."""
+        (steps/activations.class_visualisation), with a snapshot every `every` steps (0: none). Under "auto" precision
+        it computes in fp32, as its gradients run down to the pixels."""
         from explain_cli.steps import targets
 
+        made = self._suiting((), also=("classviz",))
         class_index = targets.resolve_class(self.label_set, class_)
-        final, snapshots, logits = inside.class_visualisation(self._loaded, self._layered(), class_index,
+        final, snapshots, logits = inside.class_visualisation(made._loaded, made._layered(), class_index,
                                                               settings or ClassVizSettings(), every)
         return ClassVisualisation(class_index, self.label_set.name(class_index), frozen_array(final),
                                   tuple((step, frozen_array(p)) for step, p in snapshots),
