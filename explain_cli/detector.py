@@ -160,7 +160,8 @@ class Detector(Engine):
 
     def detect(self, images: Any, errors: str = "raise") -> list[tuple[Any, list[Detection]]]:
         """Each image's detections as (its key, [Detection]): `predict`'s, as pairs."""
-        return [(found.source, list(found.predictions)) for found in self.predict(images, errors)]
+        return [(found.source, [d for d in found.predictions if isinstance(d, Detection)])
+                for found in self.predict(images, errors)]
 
     def explain(self, images: Any, classes: Any = None, top_k: int | None = None, errors: str = "raise",
                 pictures: Any = None) -> list[Explanation]:
@@ -223,7 +224,8 @@ class Detector(Engine):
         wanted = (*self._arguments["precision_for"], *methods)
         if precisions.resuited(self._arguments["precision"], self.precision, [self.method, *wanted]) is not None:
             sibling = Detector(**{**self._arguments, "precision_for": wanted})  # at the precision they all suit
-            return sibling.evaluate(images, methods, steps, blur_sigma, tolerance, sanity, sanity_stages, errors)
+            return sibling.evaluate(images, methods, steps=steps, blur_sigma=blur_sigma, tolerance=tolerance,
+                                    sanity=sanity, sanity_stages=sanity_stages, errors=errors)
         settings = evaluation.Settings(tuple(methods), steps, blur_sigma, tolerance, self.seed, self.batch_size)
         cascade = self.sanity(sanity_stages, frozenset(), None, self.notes.add) if sanity else None
         records: list[dict[str, Any]] = []
@@ -347,7 +349,8 @@ class Detector(Engine):
             return _with(found, np.zeros(0), np.zeros((0, *self.input_size[:2]), np.float32))
 
         def forward(pixels: np.ndarray) -> np.ndarray:
-            return self.judge(pixels, found.boxes, found.probabilities, found.classes)[0]
+            similarity: np.ndarray = self.judge(pixels, found.boxes, found.probabilities, found.classes)[0]
+            return similarity
 
         maps = drise(PerturbationInputs(forward, image.astype(np.float32), np.arange(len(found.classes)),
                                        self.batch_size, self.masks(), fill=self._fill))

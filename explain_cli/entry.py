@@ -81,7 +81,7 @@ def _taken(entry: type, options: dict[str, Any], what: str) -> dict[str, Any]:
     """`options`, all of them keyword arguments of `entry`; BadArgument naming the first that is not."""
     import inspect
 
-    known = inspect.signature(entry.__init__).parameters
+    known = inspect.signature(entry).parameters
     unknown = [name for name in options if name not in known]
     if unknown:
         raise BadArgument(None, f"{unknown[0]} is not an option for {what} ({entry.__name__})")

@@ -115,15 +115,15 @@ class Explainer(Measuring, Inspecting, Engine):
             return
         chosen, why = precisions.resolve(precision, [method, *precision_for])
         self.notes.add(f"precision {chosen} ({why})")
-        reading = heads.Reading(output, multi_label, output_index)
+        read_as = heads.Reading(output, multi_label, output_index)
         if given:
             problem = models.check_spec(str(model))
             if problem:
                 raise BadArgument("--model", problem)
             self._model = models.load(str(model), weights, labels, preprocess, imports=imports, unsafe=unsafe,
-                                      precision=chosen, reading=reading, input_size=input_size)
+                                      precision=chosen, reading=read_as, input_size=input_size)
         else:
-            self._model = models.from_object(model, labels, preprocess, chosen, reading, input_size)
+            self._model = models.from_object(model, labels, preprocess, chosen, read_as, input_size)
         self._graph = core.graph_of(self._model, offload.choose(runtime, self._model, self.notes.add))
         for note in self._graph.notes:
             self.notes.add(note)
@@ -172,12 +172,12 @@ class Explainer(Measuring, Inspecting, Engine):
 
     @property
     def method(self) -> str:
-        return self.settings.method
+        return str(self.settings.method)
 
     @property
     def precision(self) -> str:
         """The precision it computes in: "fp32" or "bf16" (what "auto" chose)."""
-        return self._model.precision
+        return str(self._model.precision)
 
     @property
     def head(self) -> Any:

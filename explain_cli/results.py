@@ -138,30 +138,32 @@ class Segmentation(ImagePredictions):
 def ious(segmentations: Sequence[Segmentation]) -> np.ndarray:
     """Each class's IoU over the images with true masks, Σ intersection / Σ union (NaN for a class in none of either):
     what `explain segment --truth-masks` prints."""
-    measured = [s for s in segmentations if s.intersection is not None and s.union is not None]
-    if not measured:
+    intersections: list[np.ndarray] = []
+    unions: list[np.ndarray] = []
+    for s in segmentations:
+        if s.intersection is not None and s.union is not None:
+            intersections.append(s.intersection)
+            unions.append(s.union)
+    if not intersections:
         raise ValueError("no segmentation here has a true mask to measure its IoU against")
-    both = np.sum([s.intersection for s in measured], axis=0)
-    either = np.sum([s.union for s in measured], axis=0)
-    return np.divide(both, either, out=np.full(len(both), np.nan), where=either > 0)
+    both, either = np.sum(intersections, axis=0), np.sum(unions, axis=0)
+    measured: np.ndarray = np.divide(both, either, out=np.full(len(both), np.nan), where=either > 0)
+    return measured
 
 
 @dataclass(frozen=True)
-class Detection:
-    """A box the model found: its place among the image's detections (1: the most confident), class, score (its
-    class's probability) and box (x0, y0, x1, y1) in the image's pixels."""
+class Detection(Prediction):
+    """A box the model found: its place among the image's detections (`rank`, 1: the most confident), class, score (its
+    class's probability, `probability`) and box (x0, y0, x1, y1) in the image's pixels."""
 
-    rank: int
-    class_index: int
-    label: str
-    score: float
-    box: tuple[float, float, float, float]
-    probabilities: np.ndarray = field(repr=False, compare=False)  # (C,) every class's probability for it
+    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False,
+                                      compare=False)  # (C,) every class's probability for it
 
     @property
-    def probability(self) -> float:
-        """Its score, as a class's prediction names it."""
-        return self.score
+    def score(self) -> float:
+        """Its class's probability."""
+        return self.probability
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,7 +174,7 @@ class Detections(ImagePredictions):
     @property
     def boxes(self) -> np.ndarray:
         """(k, 4) the detections' boxes, x0, y0, x1, y1 in the image's pixels."""
-        return np.array([d.box for d in self.predictions], np.float64).reshape(-1, 4)
+        return np.array([d.box for d in self.predictions if isinstance(d, Detection)], np.float64).reshape(-1, 4)
 
 
 @dataclass(frozen=True)

@@ -116,10 +116,10 @@ def grouped(entry: type, arguments: dict[str, Any]) -> dict[str, Any]:
     import dataclasses
     import inspect
 
-    parameters = inspect.signature(entry.__init__).parameters
+    parameters = inspect.signature(entry).parameters
     flat = {name: value for name, value in arguments.items()
             if name not in ("self", "model", "reading", "running", "__class__")}
-    groups = [(arguments.get("reading"), {}), (arguments.get("running"), {})]
+    groups: list[tuple[Any, dict[str, str]]] = [(arguments.get("reading"), {}), (arguments.get("running"), {})]
     if isinstance(flat.get("method"), Method):
         groups.append((flat.pop("method"), {"name": "method"}))
         flat["method"] = parameters["method"].default
@@ -194,6 +194,7 @@ def check(settings: Settings) -> None:
     choose("--layout", "layout", s.layout, ("nhwc", "nchw", None))
     choose("--outputs", "outputs_are", s.outputs_are, ("logits", "probabilities", None))
     check_preprocess(s.preprocess)
+    value: Any
     for option, name, value in (("--layer", "layer", s.layer), ("--output", "output", s.output)):
         if value is not None and not isinstance(value, str):
             raise BadArgument(option, f"{name} is a name, not {value!r}")

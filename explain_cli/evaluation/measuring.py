@@ -45,7 +45,10 @@ class Measuring:
     labels: tuple[str, ...]
     name: str
     layer: str | None
-    precision: str
+
+    @property
+    def precision(self) -> str:
+        raise NotImplementedError
 
     def evaluate(self, images: Any, methods: Sequence[str] = ("gradcam", RANDOM), classes: Any = None,
                  top_k: int | None = None, boxes: Mapping[Hashable, Sequence[Sequence[Any]]] | str | Path | None = None,

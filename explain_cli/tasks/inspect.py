@@ -24,12 +24,18 @@ class Inspecting:
     _step: Callable[..., Any]
     _run: Callable[..., Any]
     default_layer: str | None
-    outputs: list[str]
-    model: Any
     input_size: tuple[int, int, int]
     name: str
     label_set: Any
     _suiting: Callable[..., Any]
+
+    @property
+    def outputs(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def model(self) -> Any:
+        raise NotImplementedError
 
     def layers(self) -> list[Layer]:
         """The layer outputs a method can explain: feature maps, and a transformer's tokens on their patch grid; the
