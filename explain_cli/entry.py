@@ -41,9 +41,8 @@ def load(model: Any, task: str = "auto", **options: Any) -> Explainer | Detector
     if named:
         raise BadArgument(f"--{named[0].replace('_', '-')}", f"reads an object detector's outputs, not a {task}'s")
     made = Explainer(model, **_taken(Explainer, options, "a model that is no detector"))
-    if task == "segment" and made.head is not None and made.head.kind != "pixels":
-        raise BadArgument("--model", f"{made.name} outputs {made.head.kind}, not classes per pixel: a segmentation model "
-                          "outputs (batch, height, width, classes)")
+    if task == "segment":
+        made.check_segmenter()
     return made
 
 

@@ -282,9 +282,7 @@ def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
     found = sources(arguments, stdin, out.out_dir, run.shard)
     with manifest_in(out.out_dir, output.MANIFEST, run.shard) as manifest:
         made = explainer(settings, run)
-        if made.listing.kind != "pixels":
-            raise BadArgument("--model", f"{made.name} outputs {made.head.kind}, not classes per pixel: explain segment "
-                              "reads a segmentation model (an output of (batch, height, width, classes))")
+        made.check_segmenter()
         chosen = choice(request, found, made, None)
         say(f"{made.name}: {name} at layer {made.layer}" + ("" if settings.layer else " (default)") +
             (", over --region" if box else ", over --region-masks" if masks else ""))

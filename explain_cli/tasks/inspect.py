@@ -45,7 +45,7 @@ class Inspecting:
         graph = self._layered()
         default = self.default_layer
         if len(self.outputs) > 1:
-            default = default_if_detector(self.model, graph, *self.input_size[:2])
+            default = default_if_detector(self.model, graph, *self.input_size[:2]) or default
         return [Layer(p.name, tuple(p.grid_shape), p.kind, p.is_tokens, p.name == default, p.describe())
                 for p in graph.explainable()]
 
