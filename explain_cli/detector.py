@@ -13,13 +13,14 @@ predictions that make it up), EigenCAM (class-agnostic), D-RISE (masks and forwa
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from explain_cli.engine import Engine
+from explain_cli.tasks.detections import DetectBatch, Found, detections, explanations, with_maps
 from explain_cli.model.loading import load_detector, with_labels
 from explain_cli.tasks import boxes as box_module
 from explain_cli.running import pipeline
@@ -31,24 +32,6 @@ from explain_cli.methods.perturbation import PerturbationInputs, drise
 from explain_cli.methods.registry import LAYERLESS
 from explain_cli.settings import DetectorSettings, Method, Reading, Running, check_detector, grouped
 from explain_cli.results import Detection, Detections, Explanation, Layer, frozen_array
-
-
-@dataclass(frozen=True)
-class Found:
-    """One image's detections as the batch computed them: in the input's pixels, with the explained maps."""
-
-    prediction: np.ndarray  # (k,) which pre-NMS prediction each is
-    classes: np.ndarray  # (k,)
-    scores: np.ndarray  # (k,)
-    boxes: np.ndarray  # (k, 4) xyxy, input pixels
-    probabilities: np.ndarray  # (k, C)
-    targets: np.ndarray | None = None  # (k,) the explained score (gradient methods: Σ IoU × class score)
-    maps: np.ndarray | None = None  # (k, h, w)
-
-
-@dataclass(frozen=True)
-class DetectBatch:
-    images: list[Found]
 
 
 class Detector(Engine):
@@ -66,7 +49,7 @@ class Detector(Engine):
     `running=Running(precision="fp32")`.
     """
 
-    def __init__(self, model: Any, *, layer: str | None = None, method: str | Method = "gradcam", precision: str = "auto",
+    def __init__(self, model: Any, *, layer: str | None = None, method: str | Method | None = None, precision: str = "auto",
                  preprocess: Any = None, labels: str | Path | Sequence[str] | None = None,
                  imports: Sequence[str] = (), unsafe: bool = False, boxes_output: str | None = None,
                  scores_output: str | None = None, box_format: str | None = None,
@@ -74,9 +57,10 @@ class Detector(Engine):
                  iou: float | None = None, max_boxes: int = 20, masks: int = 1000, cells: int = 16, keep: float = 0.5,
                  seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  input_size: tuple[int, int] | None = None, runtime: str = "auto", precision_for: Sequence[str] = (),
+                 layout: str | None = None, output_layout: str | None = None,
                  on_note: Listener | None = None, reading: Reading | None = None,
                  running: Running | None = None) -> None:
-        if not isinstance(method, str) or reading is not None or running is not None:
+        if isinstance(method, Method) or reading is not None or running is not None:
             Detector.__init__(self, model, **grouped(Detector, locals()))  # the plain arguments they group
             return
         self._arguments = {name: value for name, value in locals().items() if name != "self"}  # for a sibling
@@ -89,6 +73,7 @@ class Detector(Engine):
         from explain_cli.evaluation import detections as detect_evaluate
         from explain_cli.steps import precision as precisions
 
+        method = method if method is not None else default_method(model)
         if method not in DETECTION_METHODS:
             raise BadArgument("--method", f"{method!r} does not explain detections; choose from "
                               f"{', '.join(DETECTION_METHODS)}")
@@ -104,8 +89,12 @@ class Detector(Engine):
         for other in precision_for:
             detect_evaluate.check([other])
         chosen, why = precisions.resolve(precision, [method, *precision_for])
-        self.precision = chosen
         self.notes = Notes(on_note)
+        if _is_file(model):
+            self.precision = "fp32"
+            self._open_file(str(model), labels, preprocess, layer, box_format, iou, input_size, layout, output_layout)
+            return
+        self.precision = chosen
         self.notes.add(f"precision {chosen} ({why})")
         self._model = load_detector(model, labels, preprocess, imports, unsafe, chosen, input_size)
         self._graph = core.graph_of(self._model, offload.choose(runtime, self._model, self.notes.add))
@@ -133,6 +122,40 @@ class Detector(Engine):
         self._steps = detection_steps.build(self._model, self._graph, self.format, cut)
         self._rise_masks: Any = None
         self._input_view: Detector | None = None  # itself fed arrays that are the model's input as they stand
+
+    def _open_file(self, path: str, labels: Any, preprocess: Any, layer: str | None, box_format: str | None,
+                   iou: float | None, input_size: tuple[int, int] | None, layout: str | None,
+                   output_layout: str | None) -> None:
+        """An ONNX, LiteRT or SavedModel detector: run by its runtime, its outputs read in one of the layouts
+        (tasks/detection_files.py), its boxes explained by forward passes alone."""
+        from explain_cli.inputs import labels as labels_module
+        from explain_cli.model import files
+        from explain_cli.model.loading import preprocessing
+        from explain_cli.tasks import detection_files, detection_outputs
+
+        name = Path(path).name
+        if layer is not None or self.method not in LAYERLESS:
+            raise BadArgument("--layer" if layer is not None else "--method",
+                              f"{name}: {layer or self.method} needs the model's layers; {FILES_EXPLAINED_BY}")
+        opened = files.open_file(path, files.Runtime(input_size, layout))
+        scaling = preprocessing(preprocess or "none")
+        probe = opened.feed(np.full((1, opened.height, opened.width, opened.channels), 128.0, np.float32), scaling)
+        found, how = detection_files.read(path, opened.runner.outputs, probe, output_layout, box_format,
+                                          None if labels is None else _count(labels))
+        for note in (*opened.notes, how):
+            self.notes.add(note)
+        self._model = detection_files.FileDetector(
+            name, opened.height, opened.width, opened.channels, labels_module.for_model(found.classes, labels),
+            lambda pixels: opened.feed(pixels, scaling), opened.feed, tuple(opened.notes))
+        names = [output for output, _ in opened.runner.outputs]
+        self.format = detection_outputs.Format(
+            names[found.outputs[0]], names[found.outputs[-1]], found.box_format, "sigmoid", found.classes,
+            found.predictions, iou if iou is not None else 1.0 if found.name == "detr" else 0.5)
+        self._layout, self._graph, self._cut = found, None, None
+        self.default_layer = self.layer = None
+        self._fresh_steps()
+        self._rise_masks = None
+        self._input_view = None
 
     @classmethod
     def from_settings(cls, settings: DetectorSettings, on_note: Listener | None = None) -> Detector:
@@ -185,6 +208,8 @@ class Detector(Engine):
         """The layer outputs a gradient method can explain a detection at, the default marked."""
         from explain_cli.tasks import detection_outputs as detector
 
+        if self._graph is None:
+            raise BadArgument("--model", f"{self.name}: {FILES_EXPLAINED_BY.replace('a model file has', 'it has')}")
         return [Layer(p.name, tuple(p.grid_shape), p.kind, p.is_tokens, p.name == self.default_layer, p.describe())
                 for p in detector.joined(self._graph, self.format).explainable()]
 
@@ -221,6 +246,9 @@ class Detector(Engine):
         from explain_cli.results import Evaluation
 
         detect_evaluate.check(methods)
+        layered = [m for m in methods if m not in LAYERLESS]
+        if self._graph is None and layered:
+            raise BadArgument("--methods", f"{self.name}: {layered[0]} needs the model's layers; {FILES_EXPLAINED_BY}")
         wanted = (*self._arguments["precision_for"], *methods)
         if precisions.resuited(self._arguments["precision"], self.precision, [self.method, *wanted]) is not None:
             sibling = Detector(**{**self._arguments, "precision_for": wanted})  # at the precision they all suit
@@ -241,6 +269,10 @@ class Detector(Engine):
         """--sanity's cascade of a randomised copy of the model, and a Detector like this one on it
         (evaluation/detection_sanity.py)."""
         from explain_cli.evaluation import detection_sanity
+
+        if self._graph is None:
+            raise BadArgument("--sanity", f"{self.name}: the sanity check randomises a Keras model's weights; a model "
+                              "file's cannot be")
 
         def copy_on(keras_model: Any, layer: str | None) -> Detector:
             return Detector(keras_model, **{**self._options, "layer": layer, "labels": self.labels,
@@ -271,9 +303,12 @@ class Detector(Engine):
         return self.batch_size, self.max_pixels, "auto"
 
     def _fresh_steps(self) -> None:
-        from explain_cli.tasks import detection_steps
+        from explain_cli.tasks import detection_files, detection_steps
 
-        self._steps = detection_steps.build(self._model, self._graph, self.format, self._cut)
+        if self._graph is None:  # a model file
+            self._steps = detection_files.steps(self._model, self._layout)
+        else:
+            self._steps = detection_steps.build(self._model, self._graph, self.format, self._cut)
 
     def compute(self, explain: bool = True, method: str | None = None,
                 keep: Callable[[Found], Found] | None = None) -> Callable[[np.ndarray, list[Source]], DetectBatch]:
@@ -296,7 +331,7 @@ class Detector(Engine):
         if method == "drise":
             return [self._drise(image, f) for image, f in zip(batch, found)]
         if method == "random":
-            return [_with(f, np.full(len(f.classes), np.nan), self._random(source, f, *batch.shape[1:3]))
+            return [with_maps(f, np.full(len(f.classes), np.nan), self._random(source, f, *batch.shape[1:3]))
                     for source, f in zip(sources, found)]
         return self._gradient(method, looked, found)
 
@@ -327,10 +362,10 @@ class Detector(Engine):
             targets.append(target)
             maps.append(made)
         if not targets:
-            return [_with(f, np.zeros(0), np.zeros((0, 1, 1), np.float32)) for f in found]
+            return [with_maps(f, np.zeros(0), np.zeros((0, 1, 1), np.float32)) for f in found]
         target_all, maps_all = np.concatenate(targets), np.concatenate(maps)
         ends = np.cumsum([len(f.classes) for f in found])
-        return [_with(f, target_all[end - len(f.classes):end], maps_all[end - len(f.classes):end])
+        return [with_maps(f, target_all[end - len(f.classes):end], maps_all[end - len(f.classes):end])
                 for f, end in zip(found, ends)]
 
     def masks(self) -> Any:
@@ -346,7 +381,7 @@ class Detector(Engine):
         """D-RISE (methods/perturbation.drise), s_t the best similarity (detector.similarity) of a masked image's
         predictions to detection t: every detection of the image from the same passes."""
         if not len(found.classes):
-            return _with(found, np.zeros(0), np.zeros((0, *self.input_size[:2]), np.float32))
+            return with_maps(found, np.zeros(0), np.zeros((0, *self.input_size[:2]), np.float32))
 
         def forward(pixels: np.ndarray) -> np.ndarray:
             similarity: np.ndarray = self.judge(pixels, found.boxes, found.probabilities, found.classes)[0]
@@ -354,7 +389,7 @@ class Detector(Engine):
 
         maps = drise(PerturbationInputs(forward, image.astype(np.float32), np.arange(len(found.classes)),
                                        self.batch_size, self.masks(), fill=self._fill))
-        return _with(found, np.full(len(found.classes), np.nan), maps)
+        return with_maps(found, np.full(len(found.classes), np.nan), maps)
 
     def _random(self, source: Source, found: Found, height: int, width: int) -> np.ndarray:
         from explain_cli.methods.control import random_map
@@ -364,29 +399,25 @@ class Detector(Engine):
             np.zeros((0, height, width), np.float32)
 
 
-def _with(found: Found, targets: np.ndarray, maps: np.ndarray) -> Found:
-    return Found(found.prediction, found.classes, found.scores, found.boxes, found.probabilities, targets, maps)
+FILES_EXPLAINED_BY = "a model file has none, so only drise explains its boxes (and random, to evaluate against)"
 
 
-def detections(found: Found, names: Sequence[str], input_size: tuple[int, int],
-               image_size: tuple[int, int]) -> list[Detection]:
-    """An image's detections as values, their boxes in its own pixels."""
-    from explain_cli.io.files import label_of
+def _is_file(model: Any) -> bool:
+    """Whether `model` names a file only a runtime can run (ONNX, LiteRT, a SavedModel folder)."""
+    from explain_cli.model.files import is_runtime_model
 
-    placed = box_module.to_image(found.boxes, input_size, image_size)
-    return [Detection(k, int(c), label_of(names, int(c)), float(s), tuple(float(v) for v in box),  # type: ignore[arg-type]
-                      frozen_array(p)) for k, (c, s, box, p) in
-            enumerate(zip(found.classes, found.scores, placed, found.probabilities), 1)]
+    return isinstance(model, (str, Path)) and is_runtime_model(str(model))
 
 
-def explanations(made: Detector, source: Source, original: np.ndarray, found: Found,
-                 method: str | None = None) -> list[Explanation]:
-    """An image's explained detections as values: each one's map, box (the image's pixels) and target."""
-    image = frozen_array(original)
-    method = method or made.method
-    assert found.maps is not None and found.targets is not None
-    return [Explanation(source=source.key, class_index=d.class_index, label=d.label, rank=d.rank,
-                        probability=d.score, target_score=float(target), layer=made.layer_for(method), method=method,
-                        map=frozen_array(np.asarray(raw, np.float32)), image=image, box=d.box, target_kind="box")
-            for d, target, raw in zip(detections(found, made.labels, made.input_size[:2], original.shape[:2]),
-                                      found.targets, found.maps)]
+def default_method(model: Any) -> str:
+    """The method a detector is explained by when none is named: gradcam at a layer, or drise for a model file."""
+    return "drise" if _is_file(model) else "gradcam"
+
+
+def _count(labels: Any) -> int:
+    """How many labels the user gave (a file's lines, or the names)."""
+    from explain_cli.inputs import labels as labels_module
+
+    return len(labels_module.from_file(Path(labels)) if isinstance(labels, (str, Path)) else tuple(labels))
+
+

@@ -20,7 +20,7 @@ from explain_cli.errors import BadArgument
 from explain_cli.explainer import Explainer
 
 TASKS = ("auto", "classify", "segment", "detect")
-DETECTOR_OUTPUTS = ("boxes_output", "scores_output", "objectness_output", "box_format")
+DETECTOR_OUTPUTS = ("boxes_output", "scores_output", "objectness_output", "box_format", "output_layout")
 
 
 def load(model: Any, task: str = "auto", **options: Any) -> Explainer | Detector:
@@ -62,7 +62,15 @@ def is_detector(model: Any, output: str | None = None, named: bool = False) -> b
 
 
 def _detector_file(path: Path) -> bool:
-    """A .keras archive's config says it is a detector (the rest are read by the Explainer)."""
+    """A .keras archive's config says it is a detector, or a model file (ONNX, LiteRT, SavedModel) has an output of
+    three axes, a detector's predictions (a classifier's are two, a segmenter's four)."""
+    from explain_cli.model import files
+
+    if files.is_runtime_model(str(path)):
+        try:
+            return any(len(shape) == 3 for _, shape in files.output_shapes(str(path)))
+        except Exception:  # loading it says what is wrong
+            return False
     if path.suffix.lower() != ".keras" or not path.is_file():
         return False
     try:

@@ -137,7 +137,7 @@ def grouped(entry: type, arguments: dict[str, Any]) -> dict[str, Any]:
                 raise BadArgument(None, f"{name} is given twice: as {name}={flat[name]!r} and in "
                                   f"{type(group).__name__}({part.name}={value!r})")
             flat[name] = value
-    if not isinstance(flat.get("method"), str):
+    if not isinstance(flat.get("method"), (str, type(None))):
         raise BadArgument("--method", f"method is a name or a Method, not {flat.get('method')!r}")
     return flat
 
@@ -149,12 +149,14 @@ class DetectorSettings:
 
     model: str
     layer: str | None = None
-    method: str = "gradcam"
+    method: str | None = None  # gradcam at a layer, or drise for a model file (detector.default_method)
     precision: str = "auto"
     preprocess: str | None = None
     labels: str | tuple[str, ...] | None = None
     imports: tuple[str, ...] = ()
     unsafe: bool = False
+    layout: str | None = None  # a model file: "nhwc" or "nchw", where the file does not say
+    output_layout: str | None = None  # a model file: how its outputs read (detection_files.LAYOUTS)
     boxes_output: str | None = None
     scores_output: str | None = None
     box_format: str | None = None

@@ -220,8 +220,12 @@ detection_options = options(
 
 
 # --boxes-output, --scores-output, --objectness-output, --box-format: how an object detector's outputs read.
-DETECTOR_FORMAT = ("boxes_output", "scores_output", "objectness_output", "box_format")
+DETECTOR_FORMAT = ("boxes_output", "scores_output", "objectness_output", "box_format", "output_layout")
 detector_format_options = options(
+    click.option("--output-layout", type=click.Choice(["yolov8", "yolov5", "detr", "boxes-scores"]),
+                 help="Object detectors as model files (.onnx, .tflite, SavedModel): how the outputs read, where their "
+                 "shapes do not say: yolov8 (B, 4+C, A), yolov5 (B, A, 5+C) with objectness, detr (normalised boxes, "
+                 "logits), boxes-scores (two outputs)."),
     click.option("--boxes-output", metavar="NAME", help="Object detectors: the output holding the boxes (batch, A, 4), "
                  "of several."),
     click.option("--scores-output", metavar="NAME", help="Object detectors: the output holding the class scores "
@@ -252,6 +256,7 @@ def detector_settings(options: dict, method: str, **extra: Any) -> Any:
                  precision=options.pop("precision"), preprocess=options.pop("preprocess"),
                  labels=str(labels) if labels else None, imports=tuple(options.pop("imports")),
                  unsafe=options.pop("unsafe"), input_size=options.pop("input_size"), runtime=options.pop("runtime"),
+                 layout=options.pop("layout", None),
                  min_score=options.pop("min_score"), iou=options.pop("iou"), max_boxes=options.pop("max_boxes"),
                  **{name: options.pop(name) for name in DETECTOR_FORMAT}, **extra)
     return DetectorSettings(**{name: value for name, value in given.items() if value is not None})

@@ -17,8 +17,9 @@ from explain_cli.methods import DETECTION_METHODS
 @click.option("--json", "as_json", is_flag=True, help="Print each image's detections as JSON lines (default: a table "
               "on a terminal, TSV when piped: image, k, class, label, score, x0, y0, x1, y1).")
 @click.option("--model", "model_spec", required=True, metavar="PATH",
-              help="A .keras object detector: keras-hub's RetinaNet or D-FINE, or a model whose outputs are boxes "
-              "(batch, A, 4) and class scores (batch, A, classes) before non-maximum suppression.")
+              help="An object detector: a .keras file (keras-hub's RetinaNet or D-FINE, or a model whose outputs are "
+              "boxes (batch, A, 4) and class scores (batch, A, classes) before non-maximum suppression), or an .onnx, "
+              ".tflite or SavedModel export (YOLO, DETR: explained by drise).")
 @click.option("--labels", "labels_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Class names, one a line (default: numbers).")
 @click.option("--preprocess", type=click.Choice(["caffe", "tf", "torch", "none"]),
@@ -38,9 +39,11 @@ from explain_cli.methods import DETECTION_METHODS
 @common.detection_options
 @click.option("--layer", help="Where the gradient methods take their maps (default: the last feature map every "
               "class score depends on: a feature pyramid's backbone's last stage).")
-@click.option("--method", type=click.Choice(DETECTION_METHODS), default="gradcam", show_default=True,
+@click.option("--method", type=click.Choice(DETECTION_METHODS),
               help="A gradient method of the Grad-CAM family, eigencam (class-agnostic), drise (masks and forward "
-              "passes only) or random (the control).")
+              "passes only) or random (the control). Default: gradcam; drise for a model file, which has no layers.")
+@click.option("--layout", type=click.Choice(["nhwc", "nchw"]),
+              help="A model file: its input's layout, where its shape does not say.")
 @click.option("--masks", "rise_masks", type=click.IntRange(1), default=1000, show_default=True,
               help="drise: random masks (one forward pass each).")
 @click.option("--cells", type=click.IntRange(1), default=16, show_default=True,

@@ -23,10 +23,12 @@ def run(settings: DetectorSettings, arguments: Sequence[str], stdin: TextIO, tru
     from explain_cli.cli import console
     from explain_cli.tasks import detection_listing as detect_output
     from explain_cli.evaluation import evaluate
-    from explain_cli.detector import explanations
+    from explain_cli.tasks.detections import explanations
+
+    from explain_cli.detector import default_method
 
     out.check()
-    method = settings.method
+    method = settings.method or default_method(settings.model)
     found, skipped = unexplained(sources(arguments, stdin, out.out_dir, run_options.shard), out, method)
     if not found:  # nothing left to do: no need to load a model for it
         say(console.Tally(0, skipped=skipped).summary(None))

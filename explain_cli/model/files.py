@@ -40,9 +40,66 @@ class Runtime:
 class Runner:
     shape: tuple[Any, ...]  # the input's shape as the file gives it (batch first; None or a name where free)
     dtype: Any  # numpy dtype of the input
-    run: Callable[[np.ndarray], np.ndarray]  # a batch in the file's layout and dtype -> (n, outputs) raw
-    ends_in: str | None = None  # "softmax" / "sigmoid" when the file's graph says so
+    run_all: Callable[[np.ndarray], list[np.ndarray]]  # a batch in the file's layout and dtype -> every output, raw
+    outputs: tuple[tuple[str, tuple[Any, ...]], ...]  # each output's name and shape, in run_all's order
+    ends_in: str | None = None  # "softmax" / "sigmoid" when the file's graph says so (of its first output)
     quantised: tuple[float, int] | None = None  # the input's (scale, zero point), for a quantised LiteRT model
+
+
+@dataclass
+class Opened:
+    """A model file opened: its runner, what it takes (NHWC or NCHW, height, width, channels), and `feed`: pixels
+    (n, H, W, C) NHWC -> every output, float32, the input scaled by `scaling` (the preprocessing) on the way in."""
+
+    path: Path
+    kind: str
+    runner: Runner
+    layout: str
+    height: int
+    width: int
+    channels: int
+    notes: list[str]
+
+    def feed(self, pixels: np.ndarray, scaling: Callable[[Any], Any] = lambda given: given) -> list[np.ndarray]:
+        x = np.asarray(scaling(pixels.astype(np.float32)), np.float32)
+        if self.layout == "nchw":
+            x = x.transpose(0, 3, 1, 2)
+        if self.runner.quantised is not None:
+            scale, zero = self.runner.quantised
+            x = np.round(x / scale + zero)
+        if np.issubdtype(self.runner.dtype, np.integer):
+            info = np.iinfo(self.runner.dtype)
+            x = np.clip(np.round(x), info.min, info.max)
+        x = np.ascontiguousarray(x.astype(self.runner.dtype))
+        first = self.runner.shape[0]
+        fixed = first if isinstance(first, int) and first > 0 else None
+        if fixed is None:
+            return [np.asarray(out, np.float32) for out in self.runner.run_all(x)]
+        # a file exported for one batch size (PyTorch's default is 1): run in its batches, the last padded
+        pieces: list[list[np.ndarray]] = []
+        for start in range(0, len(x), fixed):
+            piece = x[start:start + fixed]
+            padded = np.concatenate([piece, np.repeat(piece[-1:], fixed - len(piece), axis=0)])
+            pieces.append([np.asarray(out, np.float32)[:len(piece)] for out in self.runner.run_all(padded)])
+        return [np.concatenate(parts) for parts in zip(*pieces)]
+
+
+def open_file(spec: str, runtime: Runtime) -> Opened:
+    """Open a model file with its runtime and read (or take from `runtime`) its input's layout and size."""
+    path = Path(spec)
+    kind = KINDS.get(path.suffix.lower(), "SavedModel")
+    article = "an" if kind == "ONNX" else "a"
+    try:
+        runner = {"ONNX": _onnx, "LiteRT": _litert, "SavedModel": _saved_model}[kind](path)
+    except ExplainError:
+        raise
+    except Exception as error:  # each runtime's own error for a file it cannot read
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExplainError(f"{path}: not {article} {kind} model it can read ({first})") from None
+    notes = [f"{article} {kind} model, run by {'ONNX Runtime' if kind == 'ONNX' else 'TensorFlow'}"]
+    layout = _layout(path, runner.shape, runtime.layout, notes)
+    height, width, channels = _size(path, runner.shape, layout, runtime.input_size, notes)
+    return Opened(path, kind, runner, layout, height, width, channels, notes)
 
 
 @dataclass
@@ -76,47 +133,24 @@ def is_runtime_model(spec: str) -> bool:
     return path.suffix.lower() in KINDS or (path.is_dir() and (path / "saved_model.pb").is_file())
 
 
-def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime: Runtime) -> RuntimeModel:
-    """Open the file and read (or take from `runtime`) its input size, layout and outputs."""
+def output_shapes(spec: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """A model file's outputs, by name and shape, read by opening it with its runtime."""
     path = Path(spec)
     kind = KINDS.get(path.suffix.lower(), "SavedModel")
-    article = "an" if kind == "ONNX" else "a"
-    try:
-        runner = {"ONNX": _onnx, "LiteRT": _litert, "SavedModel": _saved_model}[kind](path)
-    except ExplainError:
-        raise
-    except Exception as error:  # each runtime's own error for a file it cannot read
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ExplainError(f"{path}: not {article} {kind} model it can read ({first})") from None
-    notes = [f"{article} {kind} model, run by {'ONNX Runtime' if kind == 'ONNX' else 'TensorFlow'}"]
-    layout = _layout(path, runner.shape, runtime.layout, notes)
-    height, width, channels = _size(path, runner.shape, layout, runtime.input_size, notes)
+    return {"ONNX": _onnx, "LiteRT": _litert, "SavedModel": _saved_model}[kind](path).outputs
+
+
+def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime: Runtime) -> RuntimeModel:
+    """Open the file and read (or take from `runtime`) its input size, layout and outputs."""
+    opened = open_file(spec, runtime)
+    path, notes, height, width, channels = opened.path, opened.notes, opened.height, opened.width, opened.channels
 
     def raw(pixels: np.ndarray, scaling: Callable[[Any], Any] = preprocess) -> np.ndarray:
-        x = np.asarray(scaling(pixels.astype(np.float32)), np.float32)
-        if layout == "nchw":
-            x = x.transpose(0, 3, 1, 2)
-        if runner.quantised is not None:
-            scale, zero = runner.quantised
-            x = np.round(x / scale + zero)
-        if np.issubdtype(runner.dtype, np.integer):
-            info = np.iinfo(runner.dtype)
-            x = np.clip(np.round(x), info.min, info.max)
-        x = np.ascontiguousarray(x.astype(runner.dtype))
-        fixed = runner.shape[0] if isinstance(runner.shape[0], int) and runner.shape[0] > 0 else None
-        if fixed is None:
-            out = np.asarray(runner.run(x), np.float32)
-        else:  # a file exported for one batch size (PyTorch's default is 1): run in its batches, the last padded
-            pieces = []
-            for start in range(0, len(x), fixed):
-                piece = x[start:start + fixed]
-                padded = np.concatenate([piece, np.repeat(piece[-1:], fixed - len(piece), axis=0)])
-                pieces.append(np.asarray(runner.run(padded), np.float32)[:len(piece)])
-            out = np.concatenate(pieces)
+        out = opened.feed(pixels, scaling)[0]
         return out.reshape(len(out), -1)
 
     probe = raw(np.full((1, height, width, channels), 128.0, np.float32))
-    outputs = _outputs(probe, runner.ends_in, runtime.outputs, notes)
+    outputs = _outputs(probe, opened.runner.ends_in, runtime.outputs, notes)
     size = probe.shape[1]
     head = Head("binary" if size == 1 else "classes", "sigmoid" if outputs == "probabilities" and size == 1 else
                 "softmax" if outputs == "probabilities" else "linear", size, shape=(size,))
@@ -214,12 +248,12 @@ def _onnx(path: Path) -> Runner:
              "tensor(float16)": np.float16}.get(first.type)
     if dtype is None:
         raise ExplainError(f"{path}: its input is a {first.type}; explain feeds float or uint8 images")
-    output = session.get_outputs()[0].name
+    outputs = tuple((o.name, tuple(o.shape)) for o in session.get_outputs())
 
-    def run(batch: np.ndarray) -> np.ndarray:
-        return session.run([output], {first.name: batch})[0]  # type: ignore[no-any-return]
+    def run_all(batch: np.ndarray) -> list[np.ndarray]:
+        return list(session.run(None, {first.name: batch}))
 
-    return Runner(tuple(first.shape), dtype, run, _onnx_ends_in(path, output))
+    return Runner(tuple(first.shape), dtype, run_all, outputs, _onnx_ends_in(path, outputs[0][0]))
 
 
 def _onnx_ends_in(path: Path, output: str) -> str | None:
@@ -248,7 +282,7 @@ def _litert(path: Path) -> Runner:
         warnings.simplefilter("ignore")
         interpreter = Interpreter(model_path=str(path))
     (first,) = _one_input(path, interpreter.get_input_details())
-    output = interpreter.get_output_details()[0]
+    details = interpreter.get_output_details()
     shape = tuple(int(d) if d > 0 else None for d in first.get("shape_signature", first["shape"]))
     shape = (None, *shape[1:])
     allocated: list[tuple[int, ...]] = []
@@ -261,12 +295,17 @@ def _litert(path: Path) -> Runner:
             allocated[:] = [batch.shape]
         interpreter.set_tensor(first["index"], batch)
         interpreter.invoke()
-        out = interpreter.get_tensor(output["index"]).astype(np.float32)
-        scale, zero = output["quantization"]
-        return (out - zero) * scale if scale else out
+        found = []
+        for output in details:
+            out = interpreter.get_tensor(output["index"]).astype(np.float32)
+            scale, zero = output["quantization"]
+            found.append((out - zero) * scale if scale else out)
+        return found
 
     scale, zero = first["quantization"]
-    return Runner(shape, first["dtype"], run, _litert_ends_in(interpreter, output["index"]),
+    outputs = tuple((str(o["name"]), tuple(int(d) if d > 0 else None for d in o.get("shape_signature", o["shape"])))
+                    for o in details)
+    return Runner(shape, first["dtype"], run, outputs, _litert_ends_in(interpreter, details[0]["index"]),
                   (float(scale), int(zero)) if scale else None)
 
 
@@ -296,7 +335,9 @@ def _saved_model(path: Path) -> Runner:
     ((name, spec),) = _one_input(path, list(named.items()))
     outputs = sorted(function.structured_outputs)
 
-    def run(batch: np.ndarray) -> np.ndarray:
-        return function(**{name: tf.constant(batch)})[outputs[0]].numpy()  # type: ignore[no-any-return]
+    def run_all(batch: np.ndarray) -> list[np.ndarray]:
+        found = function(**{name: tf.constant(batch)})
+        return [found[output].numpy() for output in outputs]
 
-    return Runner(tuple(spec.shape.as_list()), spec.dtype.as_numpy_dtype, run)
+    shapes = tuple((output, tuple(function.structured_outputs[output].shape.as_list())) for output in outputs)
+    return Runner(tuple(spec.shape.as_list()), spec.dtype.as_numpy_dtype, run_all, shapes)
