@@ -115,7 +115,7 @@ class Explainer(Measuring, Inspecting, Engine):
             return
         chosen, why = precisions.resolve(precision, [method, *precision_for])
         self.notes.add(f"precision {chosen} ({why})")
-        read_as = heads.Reading(output, multi_label, output_index)
+        read_as = heads.Reading(output, multi_label, output_index, threshold)
         if given:
             problem = models.check_spec(str(model))
             if problem:
@@ -151,7 +151,7 @@ class Explainer(Measuring, Inspecting, Engine):
         if s.layer is not None:
             raise BadArgument("--layer", f"{path}: {runtimes.NOT_FOR_THEM}")
         self._model = opened = runtimes.load(path, s.labels, models.preprocessing(s.preprocess or "none"),
-                                             runtimes.Runtime(s.input_size, s.layout, s.outputs_are))
+                                             runtimes.Runtime(s.input_size, s.layout, s.outputs_are, s.threshold))
         for note in opened.notes:
             self.notes.add(note)
         self._graph = None
@@ -376,7 +376,19 @@ class Explainer(Measuring, Inspecting, Engine):
 
     def _segmentation(self) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
         """uint8 batch -> a segmentation's (shares, class map, mean probabilities), compiled once."""
+        from explain_cli.model import heads
         from explain_cli.steps import compiled as core
+
+        if isinstance(self._model, runtimes.RuntimeModel):
+            pixels, head = self._pixels(), self.head
+
+            def segmentation(batch: np.ndarray) -> tuple[np.ndarray, ...]:
+                probabilities = pixels(batch.astype(np.float32))
+                where = heads.numpy_masks(head, probabilities)
+                mean = (probabilities * where).sum(axis=(1, 2)) / np.maximum(where.sum(axis=(1, 2)), 1.0)
+                return where.mean(axis=(1, 2)), heads.numpy_classes(head, probabilities), mean
+
+            return segmentation
 
         return self._step(("segmentation", self.precision),  # type: ignore[no-any-return]
                           lambda: core.compile_segmentation(self._loaded, self._graph))
@@ -402,8 +414,10 @@ class Explainer(Measuring, Inspecting, Engine):
         s = self.settings
         per_image = choice.per_image is not None
         if method in PERTURBATION_METHODS:
-            if regions or self._needs_head().kind == "pixels":
-                raise BadArgument("--method", f"{method} explains a class's probability, not a segmentation's region")
+            if self._needs_head().kind == "pixels":
+                return self._segment_perturbation(method, choice)
+            if regions:
+                raise BadArgument("--region", f"a region is a segmentation's: {self.name} outputs no classes per pixel")
             return self._perturbation(method, choice, self._predict(), self._forward())
         self.check_method(method)
         if method in PIXEL_METHODS:
@@ -424,8 +438,50 @@ class Explainer(Measuring, Inspecting, Engine):
         masks = self._step(("rise masks",), lambda: perturbing.masks_for(self.settings, height, width))
         return perturbing.step(method, predict, forward, choice, self.settings, masks, height, width, self._fill)
 
+    def _segment_perturbation(self, method: str, choice: targets.ClassChoice) -> Any:
+        """A perturbation method on a segmentation: each class's mean probability over its region
+        (perturbing.segment_step)."""
+        from explain_cli.steps import perturbing
+
+        height, width, _ = self.input_size
+        masks = self._step(("rise masks",), lambda: perturbing.masks_for(self.settings, height, width))
+        return perturbing.segment_step(method, self._pixels(), self.head, choice, self.settings, masks, height, width,
+                                       self._fill)
+
+    def _pixels(self) -> Callable[[np.ndarray], np.ndarray]:
+        """A segmentation's float pixels -> (n, h, w, classes) each pixel's probabilities, compiled once."""
+        from explain_cli.steps import compiled as core
+
+        if isinstance(self._model, runtimes.RuntimeModel):
+            assert self._model.pixels is not None, "a model file read as a segmentation has its pixels' forward"
+            return self._model.pixels
+        return self._step(("pixels", self.precision),  # type: ignore[no-any-return]
+                          lambda: core.compile_pixel_probabilities(self._loaded, self._graph))
+
+    def _region_steps(self) -> Any:
+        """A segmentation's two steps for evaluate (compiled.compile_regions): where each class is predicted, and
+        each class's mean probability over a region."""
+        from explain_cli.model import heads
+        from explain_cli.steps import compiled as core
+
+        if not isinstance(self._model, runtimes.RuntimeModel):
+            return self._step(("regions", self.precision), lambda: core.compile_regions(self._loaded, self._graph))
+        pixels, head = self._pixels(), self.head
+
+        def region_mean(batch: np.ndarray, regions: np.ndarray) -> np.ndarray:
+            area = np.maximum(regions.sum(axis=(0, 1)), 1.0)
+            return (pixels(batch) * regions[None]).sum(axis=(1, 2)) / area  # type: ignore[no-any-return]
+
+        return (lambda batch: heads.numpy_masks(head, pixels(batch.astype(np.float32)))), region_mean
+
     def _random(self, choice: targets.ClassChoice) -> pipeline.Compute:
         """The random control: seeded uniform noise at the input's resolution, for the chosen classes."""
         from explain_cli.steps import perturbing
 
         return perturbing.random_step(self._predict(), choice, self.settings.seed)
+
+
+def default_method(model: Any) -> str:
+    """The method a model is explained by when none is named: gradcam at a layer, or rise for a model file (ONNX,
+    LiteRT, a SavedModel folder), which has no layers."""
+    return "rise" if isinstance(model, (str, Path)) and runtimes.is_runtime_model(str(model)) else "gradcam"

@@ -297,12 +297,13 @@ def settings(options: dict, method: str = "gradcam", **extra: Any) -> Any:
     labels = options.pop("labels_file")
     spec = options.pop("model_spec")
     check_imports(options["imports"])
+    threshold = extra.pop("threshold") if "threshold" in extra else options.pop("threshold", 0.5)
     return Settings(model=spec, layer=options.pop("layer", None), method=method, precision=options.pop("precision"),
                     preprocess=options.pop("preprocess"), labels=str(labels) if labels else None,
                     weights=options.pop("weights"), imports=tuple(options.pop("imports")), unsafe=options.pop("unsafe"),
                     batch_size=options.get("batch_size", 32), max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS),
                     output=options.pop("output_name"), multi_label=options.pop("multi_label"),
-                    output_index=options.pop("output_index"), threshold=options.pop("threshold", 0.5),
+                    output_index=options.pop("output_index"), threshold=threshold,
                     input_size=options.pop("input_size"), layout=options.pop("layout"),
                     outputs_are=options.pop("outputs_are"), runtime=options.pop("runtime"), **extra)
 

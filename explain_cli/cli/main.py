@@ -197,8 +197,18 @@ def _explain_cam(method: str, max_masks: int, options: dict, **extra: Any) -> No
 @click.option("--json", "as_json", is_flag=True, help="Print each image's classes as JSON lines (default: a table on "
               "a terminal, TSV when piped: image, class, label, pixel share, mean probability).")
 @common.model_options
-@click.option("--method", type=click.Choice([*METHODS, *PIXEL_METHODS]), default="gradcam", show_default=True,
-              help="Any class-activation or pixel method.")
+@click.option("--method", type=click.Choice([*METHODS, *PIXEL_METHODS, *PERTURBATION_METHODS]),
+              help="Any class-activation or pixel method, or rise or occlusion (a class's mean probability over its "
+              "region). Default: gradcam; rise for a model file (.onnx, .tflite, SavedModel), which has no layers.")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="One sigmoid channel per pixel: the foreground is where its probability is at least this.")
+@click.option("--cells", type=click.IntRange(1), default=7, show_default=True,
+              help="rise: each mask is a grid of N × N cells, upsampled.")
+@click.option("--keep", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5, show_default=True,
+              help="rise: the probability a cell is kept.")
+@click.option("--window", type=click.IntRange(1), help="occlusion: the grey patch's side, in the model input's pixels.")
+@click.option("--stride", type=click.IntRange(1), help="occlusion: the patch's step (default: half the window).")
+@click.option("--seed", type=int, default=0, show_default=True, help="rise: the masks' seed.")
 @click.option("--max-masks", type=click.IntRange(1), default=64, show_default=True, help="scorecam: masks.")
 @click.option("--min-area", type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
               help="Explain each class predicted on at least this share of the image, most pixels first.")
@@ -207,16 +217,17 @@ def _explain_cam(method: str, max_masks: int, options: dict, **extra: Any) -> No
 @click.option("--region-masks", type=click.Path(path_type=Path), metavar="DIR",
               help="Explain the classes over each image's own region: a PNG of the same relative path under DIR, "
               "non-zero inside.")
-@click.option("--masks", "old_masks", type=click.Path(path_type=Path), metavar="DIR", hidden=True,
-              help="The old name of --region-masks (--masks counts RISE's masks in the other commands).")
+@click.option("--masks", "old_masks", metavar="N", help="rise: random masks (one forward pass each; default 4000). "
+              "A folder here is read as --region-masks, its old name.")
 @click.option("--truth-masks", type=click.Path(path_type=Path), metavar="DIR",
               help="True label PNGs (each pixel its class number), the same relative paths under DIR: adds each "
               "class's IoU and the mean IoU to the summary.")
 @common.target_options
 @common.gradient_options
 @common.render_options
-def segment(method: str, max_masks: int, min_area: float, region: str | None, region_masks: Path | None,
-            old_masks: Path | None, truth_masks: Path | None, **options: Any) -> None:
+def segment(method: str | None, threshold: float, cells: int, keep: float, window: int | None, stride: int | None,
+            seed: int, max_masks: int, min_area: float, region: str | None, region_masks: Path | None,
+            old_masks: str | None, truth_masks: Path | None, **options: Any) -> None:
     """Segmentation models: why each class was predicted where it was (Seg-Grad-CAM, Vinogradova et al. 2020).
 
     A class is explained by the sum of its pixel scores over a region: where it is predicted (default), a box
@@ -230,17 +241,23 @@ def segment(method: str, max_masks: int, min_area: float, region: str | None, re
     if click.get_current_context().get_parameter_source("model_spec") is click.core.ParameterSource.DEFAULT:
         raise click.UsageError("explain segment needs a segmentation model: --model FILE (the default, resnet50, is a "
                                "classifier)")
-    if old_masks is not None:
+    from explain_cli.explainer import default_method
+
+    rise_masks = int(old_masks) if old_masks is not None and old_masks.isdigit() else 4000
+    if old_masks is not None and not old_masks.isdigit():
         if region_masks is not None:
             raise click.UsageError("--masks is the old name of --region-masks: give one")
-        click.echo("note: segment's --masks DIR is now --region-masks DIR; --masks will be the count of RISE's masks, "
-                   "as in cam, evaluate and detect", err=True)
-    masks = region_masks if region_masks is not None else old_masks
+        click.echo("note: segment's --masks DIR is now --region-masks DIR; --masks N counts RISE's masks, as in cam, "
+                   "evaluate and detect", err=True)
+    masks = region_masks if region_masks is not None else Path(old_masks) if old_masks and not old_masks.isdigit() \
+        else None
     if region and masks:
         raise click.UsageError("--region and --region-masks are exclusive: one region per image")
     box = segmenting.parse_box(region) if region else None
-    settings = common.settings(options, method, score=options.pop("score"),
-                               counterfactual=options.pop("counterfactual"), max_masks=max_masks, min_area=min_area)
+    settings = common.settings(options, method or default_method(options["model_spec"]), score=options.pop("score"),
+                               counterfactual=options.pop("counterfactual"), max_masks=max_masks, min_area=min_area,
+                               threshold=threshold, masks=rise_masks, cells=cells, keep=keep, window=window,
+                               stride=stride, seed=seed)
     runs.segment(settings, options["sources"], sys.stdin, common.class_request(options), options["top"],
                  common.output_options(options), common.run_options(options), box, masks, truth_masks)
 

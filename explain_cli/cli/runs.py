@@ -284,9 +284,10 @@ def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
         made = explainer(settings, run)
         made.check_segmenter()
         chosen = choice(request, found, made, None)
-        say(f"{made.name}: {name} at layer {made.layer}" + ("" if settings.layer else " (default)") +
-            (", over --region" if box else ", over --region-masks" if masks else ""))
-        options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer, model=made.name,
+        where = f"at layer {made.layer}" + ("" if settings.layer else " (default)") if made.layer_for(name) else \
+            perturbing.describe(name, made.settings, *made.input_size[:2])
+        say(f"{made.name}: {name} {where}" + (", over --region" if box else ", over --region-masks" if masks else ""))
+        options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer_for(name), model=made.name,
                                          colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
                                          save_heatmap=out.save_heatmap, figure=out.figure, listing=made.listing,
                                          floor=chosen.floor)

@@ -39,6 +39,7 @@ class Measuring:
     _layered: Callable[..., Any]
     _loaded: Any
     _needs_head: Callable[..., Any]
+    _region_steps: Callable[..., Any]
     _graph: Any
     _model: Any
     settings: Any
@@ -83,8 +84,6 @@ class Measuring:
                          figures: Iterable[Source] = (), out_dir: Path | None = None,
                          say: Callable[[str], None] = lambda line: None) -> tuple[pipeline.Compute, pipeline.Finish]:
         """The pipeline steps that evaluate `plan`'s methods (the command line's and evaluate()'s)."""
-        from explain_cli.steps import compiled as core
-
         check_methods(plan.methods)
         real = [m for m in plan.methods if m != RANDOM]
         explainers = {m: self._compiled(m, PER_IMAGE) for m in real}  # (images, classes (b,)) -> maps (b, 1, h, w)
@@ -94,8 +93,7 @@ class Measuring:
         predict, forward = self._predict(), self._forward()
         segmentation = None
         if self._needs_head().kind == "pixels":
-            segmentation = self._step(("regions", self.precision), lambda: core.compile_regions(self._loaded,
-                                                                                                self._graph))
+            segmentation = self._region_steps()
         compute = blamed(evaluation.evaluation_step(predict, forward, explainers,
                                                     lambda p, batch: targets.pick(choice, p, [s.key for s in batch]),
                                                     settings, sanity, segmentation), predict)

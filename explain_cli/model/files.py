@@ -34,6 +34,7 @@ class Runtime:
     input_size: tuple[int, int] | None = None
     layout: str | None = None
     outputs: str | None = None
+    threshold: float = 0.5  # a segmentation of one sigmoid channel: the foreground is where p ≥ this
 
 
 @dataclass
@@ -120,11 +121,13 @@ class RuntimeModel:
     precision: str = "fp32"
     live: bool = False
     output: str | None = None
+    pixels: Callable[[np.ndarray], np.ndarray] | None = None  # a segmentation: pixels -> (n, h, w, classes) probabilities
+    unscaled_pixels: Callable[[np.ndarray], np.ndarray] | None = None
 
     def as_input(self) -> RuntimeModel:
         """The model fed its input as it stands (an array a user already scaled): no preprocessing."""
         assert self.unscaled is not None, "a runtime's model is made with its unscaled forward"
-        return dataclasses.replace(self, forward=self.unscaled)
+        return dataclasses.replace(self, forward=self.unscaled, pixels=self.unscaled_pixels)
 
 
 def is_runtime_model(spec: str) -> bool:
@@ -144,6 +147,8 @@ def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime
     """Open the file and read (or take from `runtime`) its input size, layout and outputs."""
     opened = open_file(spec, runtime)
     path, notes, height, width, channels = opened.path, opened.notes, opened.height, opened.width, opened.channels
+    if len(opened.runner.outputs[0][1]) == 4:  # a class score per pixel: a segmentation
+        return _segmenter(opened, given_labels, preprocess, runtime)
 
     def raw(pixels: np.ndarray, scaling: Callable[[Any], Any] = preprocess) -> np.ndarray:
         out = opened.feed(pixels, scaling)[0]
@@ -163,6 +168,62 @@ def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime
 
     names = labels_module.for_model(2 if size == 1 else size, given_labels)
     return RuntimeModel(path.name, height, width, channels, names, head, forward, notes, unscaled=forward_input)
+
+
+def _segmenter(opened: Opened, given_labels: Any, preprocess: Callable[[Any], Any], runtime: Runtime) -> RuntimeModel:
+    """A segmentation model file: its output per pixel, in the input's layout (NHWC or NCHW), C ≥ 2 classes (a softmax
+    or logits) or one sigmoid channel (the foreground where p ≥ the threshold, the background its complement)."""
+    notes = opened.notes
+    blank = np.full((1, opened.height, opened.width, opened.channels), 128.0, np.float32)
+    probe = opened.feed(blank, preprocess)[0]
+    channels_first = opened.layout == "nchw"
+    size = int(probe.shape[1] if channels_first else probe.shape[3])
+    outputs = _pixel_outputs(np.moveaxis(probe, 1, -1) if channels_first else probe, opened.runner.ends_in,
+                             runtime.outputs, notes)
+    notes.append(f"a segmentation: {size} {'class' if size > 1 else 'sigmoid channel'}{'es' * (size > 1)} per pixel, "
+                 f"laid out {opened.layout.upper()} as its input")
+
+    def probabilities(raw: np.ndarray) -> np.ndarray:
+        scores = np.moveaxis(raw, 1, -1) if channels_first else raw
+        if size == 1:
+            positive = scores if outputs == "probabilities" else 1.0 / (1.0 + np.exp(-scores))
+            return np.concatenate([1.0 - positive, positive], axis=-1)
+        if outputs == "probabilities":
+            return scores
+        shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+
+    head = Head("pixels", "sigmoid" if size == 1 else "softmax", size,
+                shape=tuple(np.moveaxis(probe, 1, -1).shape[1:] if channels_first else probe.shape[1:]),
+                threshold=runtime.threshold)
+
+    def pixels(given: np.ndarray) -> np.ndarray:
+        return probabilities(opened.feed(given, preprocess)[0])
+
+    def unscaled_pixels(given: np.ndarray) -> np.ndarray:
+        return probabilities(opened.feed(given)[0])
+
+    def shares(of: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        from explain_cli.model.heads import numpy_masks
+
+        return lambda given: numpy_masks(head, of(given)).mean(axis=(1, 2))  # type: ignore[no-any-return]
+
+    names = labels_module.for_model(head.classes, given_labels)
+    return RuntimeModel(opened.path.name, opened.height, opened.width, opened.channels, names, head, shares(pixels),
+                        notes, unscaled=shares(unscaled_pixels), pixels=pixels, unscaled_pixels=unscaled_pixels)
+
+
+def _pixel_outputs(probe: np.ndarray, ends_in: str | None, given: str | None, notes: list[str]) -> str:
+    """Whether a segmentation's outputs (1, h, w, C) are probabilities or logits: as given, as its graph ends, or as
+    its output on a grey image reads (in [0, 1], and for C ≥ 2 summing to 1 at each pixel)."""
+    if given is not None or ends_in is not None:
+        return _outputs(probe.reshape(-1, probe.shape[-1]), ends_in, given, notes)
+    bounded = bool(np.all((probe >= 0) & (probe <= 1)))
+    summed = probe.shape[-1] == 1 or bool(np.allclose(probe.sum(axis=-1), 1.0, atol=0.02))
+    outputs = "probabilities" if bounded and summed else "logits"
+    notes.append(f"outputs read as {outputs} (the file does not say; its output on a grey image "
+                 f"{'is' if outputs == 'probabilities' else 'is not'} a probability at each pixel; --outputs to say)")
+    return outputs
 
 
 def _probabilities(out: np.ndarray, outputs: str, size: int) -> np.ndarray:

@@ -33,6 +33,7 @@ class Reading:
     output: str | None = None
     multi_label: bool = False
     output_index: int | None = None
+    threshold: float = 0.5  # one sigmoid channel per pixel: the foreground is where its probability is at least this
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Head:
     size: int  # the output's last axis
     index: int = 0  # value: the element explained
     shape: tuple[int | None, ...] = ()  # the output's shape without the batch axis
+    threshold: float = 0.5  # one sigmoid channel per pixel: foreground where p ≥ this
 
     @property
     def classes(self) -> int:
@@ -58,14 +60,14 @@ class Head:
 
 
 def detect(shape: tuple[int | None, ...], activation: str, multi_label: bool = False,
-           output_index: int | None = None) -> Head:
+           output_index: int | None = None, threshold: float = 0.5) -> Head:
     """The head of an output of `shape` (without batch) ended by `activation`; BadArgument or ExplainError where no
     head fits, or the options ask what the output cannot give."""
     if len(shape) == 3:
         if multi_label or output_index is not None:
             raise BadArgument("--multi-label" if multi_label else "--output-index",
                               f"the output is per pixel, {(None, *shape)}: explain segment reads it")
-        return Head("pixels", activation, int(shape[-1] or 0), shape=shape)
+        return Head("pixels", activation, int(shape[-1] or 0), shape=shape, threshold=threshold)
     if len(shape) != 1 or not shape[0]:
         raise ExplainError(f"{UNDERSTOOD}; this model's output is {(None, *shape)}")
     size = int(shape[0])
@@ -81,6 +83,28 @@ def detect(shape: tuple[int | None, ...], activation: str, multi_label: bool = F
         raise BadArgument("--multi-label", "the model ends in a softmax: its classes exclude each other")
     kind = "labels" if multi_label or activation == "sigmoid" else "classes"
     return Head(kind, activation, size, shape=shape)
+
+
+# --- a segmentation's pixels in numpy (a model file's, perturbed images') ------------------------------------------
+
+
+def numpy_classes(head: Head, probabilities: Any) -> Any:
+    """(n, h, w) each pixel's class from its probabilities (n, h, w, classes): the most probable (one sigmoid channel,
+    given as (1 − p, p): 1 where p ≥ the threshold), as pixel_classes does on tensors."""
+    import numpy as np
+
+    if head.size == 1:
+        return (probabilities[..., 1] >= head.threshold).astype(np.int64)
+    return np.argmax(probabilities, axis=-1)
+
+
+def numpy_masks(head: Head, probabilities: Any) -> Any:
+    """(n, h, w, classes) 0 / 1: where each class is predicted, as pixel_masks does on tensors."""
+    import numpy as np
+
+    if several_per_pixel(head):
+        return (probabilities >= 0.5).astype(np.float32)
+    return np.eye(head.classes, dtype=np.float32)[numpy_classes(head, probabilities)]
 
 
 # --- on tensors ------------------------------------------------------------------------------------------------------
@@ -149,12 +173,12 @@ def pixel_masks(head: Head, raw: Tensor) -> Tensor:
 
 def pixel_classes(head: Head, raw: Tensor) -> Tensor:
     """(b, h, w) int32: each pixel's most probable class, argmax of its scores (softmax and sigmoid keep their order;
-    one sigmoid channel: 1 where z > 0)."""
+    one sigmoid channel: 1, the foreground, where σ(z) ≥ the head's threshold)."""
     import tensorflow as tf
 
     raw = tf.cast(raw, tf.float32)
     if head.size == 1:
-        return tf.cast(raw[..., 0] > 0, tf.int32)
+        return tf.cast(tf.sigmoid(raw[..., 0]) >= head.threshold, tf.int32)
     return tf.argmax(raw, axis=-1, output_type=tf.int32)
 
 

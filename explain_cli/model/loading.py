@@ -191,7 +191,8 @@ def _loaded(model: Any, name: str, spec: str, prep: Callable[[Any], Any], defaul
     head, names = None, None
     if graph.output is not None:
         _, activation, _ = split.pre_activation(graph)
-        head = heads.detect(split.output_shape(graph), activation, reading.multi_label, reading.output_index)
+        head = heads.detect(split.output_shape(graph), activation, reading.multi_label, reading.output_index,
+                            reading.threshold)
         if head.kind == "value":  # a value is named after its output (and element)
             output = next((n for n, number in graph.outputs if number == graph.output), None) or "value"
             names = (f"{output}[{head.index}]" if head.size > 1 else output,)

@@ -154,6 +154,22 @@ def compile_segmentation(model: LoadedModel, graph: graph_module.Graph,
     return lambda batch: tuple(t.numpy() for t in step(batch))
 
 
+def compile_pixel_probabilities(model: LoadedModel, graph: graph_module.Graph) -> Callable[[np.ndarray], np.ndarray]:
+    """A segmentation's float pixels (perturbed images) -> (n, h, w, classes) each pixel's probabilities."""
+    import tensorflow as tf
+
+    from explain_cli.model import heads
+
+    forward, _ = split_module.logits(graph, forward_only=True)
+    head = head_of(model, graph)
+
+    @compiled([tf.TensorSpec([None, model.height, model.width, model.channels], tf.float32)])
+    def step(images: Any) -> Any:
+        return heads.pixel_probabilities(head, forward(model.preprocess(images)))
+
+    return lambda batch: step(batch.astype(np.float32)).numpy()
+
+
 def compile_regions(model: LoadedModel, graph: graph_module.Graph) -> tuple[Callable[[np.ndarray], np.ndarray],
                                                                               Callable[..., np.ndarray]]:
     """A segmentation's two steps for evaluate: uint8 batch -> (b, h, w, classes) where each class is predicted; and

@@ -63,6 +63,49 @@ def step(method: str, predict: Callable[[np.ndarray], np.ndarray], forward: Call
     return run
 
 
+def segment_step(method: str, pixels: Callable[[np.ndarray], np.ndarray], head: Any, choice: targets.ClassChoice,
+                 settings: Any, masks: RiseMasks, height: int, width: int,
+                 fill: float = GREY) -> Callable[..., BatchResult]:
+    """A perturbation method on a segmentation: a class of an image is explained by its mean probability over its
+    region (where the unperturbed image predicts it, or the region given), s_c(x) = Σ_R p_c(x) / |R|, the score evaluate
+    measures. `pixels`: float pixels -> (n, h, w, classes) each pixel's probabilities."""
+    from explain_cli.model import heads
+
+    compute = PERTURBATION_METHODS[method]
+    window, stride = window_and_stride(settings, height, width)
+
+    def run(batch: np.ndarray, classes: np.ndarray | None = None, regions: np.ndarray | None = None) -> BatchResult:
+        probabilities = pixels(batch.astype(np.float32))  # (b, h, w, C)
+        where = heads.numpy_masks(head, probabilities)
+        shares = where.mean(axis=(1, 2))
+        chosen = classes[:, None].astype(np.int32) if classes is not None else \
+            np.asarray(targets.pick(choice, shares, [None] * len(batch)))
+        if regions is not None:  # the region given, the same for each class of its image, at the output's resolution
+            size = probabilities.shape[1:3]
+            rows = (np.arange(size[0]) * regions.shape[1] // size[0])[:, None]
+            cols = (np.arange(size[1]) * regions.shape[2] // size[1])[None, :]
+            where = np.repeat((regions[:, rows, cols] > 0.5)[..., None], where.shape[-1], axis=-1).astype(np.float32)
+        area = np.maximum(where.sum(axis=(1, 2)), 1.0)  # (b, C)
+        mean = (probabilities * where).sum(axis=(1, 2)) / area
+        maps = []
+        for i, (image, row) in enumerate(zip(batch, chosen)):
+            region, pixels_in = where[i], area[i]
+
+            def forward(perturbed: np.ndarray, region: np.ndarray = region, pixels_in: np.ndarray = pixels_in
+                        ) -> np.ndarray:
+                return (pixels(perturbed) * region[None]).sum(axis=(1, 2)) / pixels_in  # type: ignore[no-any-return]
+
+            maps.append(compute(PerturbationInputs(forward, image.astype(np.float32), row, settings.batch_size, masks,
+                                                   window, stride, fill)))
+        explained_share = np.take_along_axis(where.mean(axis=(1, 2)), chosen, axis=1)
+        explained_mean = np.take_along_axis(mean, chosen, axis=1)
+        extras = {"share": explained_share, "mean_probability": explained_mean,
+                  "segmentation": heads.numpy_classes(head, probabilities)}
+        return BatchResult(shares, chosen, explained_mean, np.stack(maps), extras)
+
+    return run
+
+
 def random_step(predict: Callable[[np.ndarray], np.ndarray], choice: targets.ClassChoice,
                 seed: int) -> Callable[[np.ndarray, list[Any]], BatchResult]:
     """The random control's compute step: seeded uniform noise at the input's resolution, as evaluate draws it."""

@@ -1,0 +1,136 @@
+"""Segmenters as model files, and RISE and occlusion on segmentations: the tests' trained segmenter made into a one
+sigmoid channel (foreground: any colour), exported to ONNX in NHWC and NCHW, gives the Keras model's class map and its
+RISE maps; a class's RISE map on a Keras segmenter equals the formula in numpy over its region."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from explain_cli import BadArgument, Explainer
+from explain_cli.cli.main import cli
+from explain_cli.methods.perturbation import rise_masks
+from tests.synthetic import make_colour_blobs
+
+if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("tf2onnx") is None:
+    if os.environ.get("CI"):
+        raise ImportError("CI installs the ONNX extra: its tests must run there")
+    pytest.skip("the ONNX extra is not installed: pip install -e '.[test,onnx]'", allow_module_level=True)
+
+LABELS = ("background", "blob")
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_channel(keras, segmenter_model, channels_first: bool = False):
+    """The trained segmenter as a text detector's kind of output: one sigmoid channel, σ(logit(1 − p_background)),
+    in NHWC, or taking and giving NCHW."""
+    from keras import layers, ops
+
+    base = keras.models.load_model(segmenter_model, compile=False)
+    inputs = keras.Input((3, 64, 64) if channels_first else (64, 64, 3))
+    pictures = ops.transpose(inputs, (0, 2, 3, 1)) if channels_first else inputs
+    background = ops.clip(base(pictures)[..., :1], 1e-6, 1 - 1e-6)
+    foreground = layers.Activation("sigmoid")(ops.log(1.0 - background) - ops.log(background))
+    outputs = ops.transpose(foreground, (0, 3, 1, 2)) if channels_first else foreground
+    model = keras.Model(inputs, outputs, name="nchw_blobs" if channels_first else "blobs")
+    model(np.zeros((1, *inputs.shape[1:]), np.float32))  # Keras exports only a model that has been called
+    return model
+
+
+@pytest.fixture(scope="module")
+def files(keras, segmenter_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("segmenter-files")
+    made = {"keras": folder / "blobs.keras"}
+    one_channel(keras, segmenter_model).save(made["keras"])
+    for layout, channels_first in (("nhwc", False), ("nchw", True)):
+        made[layout] = folder / f"blobs-{layout}.onnx"
+        one_channel(keras, segmenter_model, channels_first).export(str(made[layout]), format="onnx", verbose=False)
+    return made
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    rng = np.random.default_rng(12)
+    return [make_colour_blobs(rng) for _ in range(3)]
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_a_one_channel_onnx_segmenter_is_the_keras_models_class_map_and_rise_maps(files, scenes, layout):
+    images = np.stack([s.image for s in scenes])
+    options = dict(method="rise", masks=150, cells=6, seed=2, labels=LABELS)
+    keras_made = Explainer(files["keras"], precision="fp32", **options)
+    file_made = Explainer(files[layout], **options)
+    assert keras_made.head.kind == file_made.head.kind == "pixels" and file_made.head.classes == 2
+    assert any(f"laid out {layout.upper()}" in note for note in file_made.notes), file_made.notes
+    theirs, ours = keras_made.predict(images), file_made.predict(images)
+    for a, b in zip(ours, theirs):
+        assert np.mean(a.class_map == b.class_map) >= 0.999  # a pixel on the threshold may round either way
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=2e-3)
+    assert all(p.predictions[0].label in LABELS for p in ours)
+    mine, keras_maps = file_made.explain(images), keras_made.explain(images)
+    assert [(e.source, e.class_index) for e in mine] == [(e.source, e.class_index) for e in keras_maps]
+    assert {e.target.kind for e in mine} == {"region"} and all(e.layer is None for e in mine)
+    for a, b in zip(mine, keras_maps):
+        assert np.corrcoef(a.map.ravel(), b.map.ravel())[0, 1] >= 0.999
+
+
+def test_the_threshold_says_where_the_foreground_is(files, scenes, keras):
+    images = np.stack([s.image for s in scenes])
+    model = keras.models.load_model(files["keras"], compile=False)
+    probability = np.asarray(model.predict(images.astype("float32"), verbose=0))[..., 0]
+    for threshold in (0.5, 0.9):
+        found = Explainer(files["nhwc"], threshold=threshold, labels=LABELS).predict(images)
+        for p, expected in zip(found, probability):
+            assert np.mean(p.class_map == (expected >= threshold)) >= 0.999
+            assert p.probabilities[1] == pytest.approx(np.mean(expected >= threshold), abs=2e-3)
+
+
+def test_rise_on_a_segmentation_equals_the_formula_in_numpy(segmenter_model, keras, scenes):
+    """S_c = Σ_i s_c(I ⊙ M_i) M_i / (N · keep), less its minimum, s_c the class's mean probability over where the
+    unperturbed image predicts it, I ⊙ M = 128 + (I − 128) · M."""
+    image = scenes[0].image
+    made = Explainer(segmenter_model, method="rise", masks=40, cells=4, keep=0.5, seed=5, precision="fp32")
+    explained = made.explain([image], classes=[1, 2, 3])
+    model = keras.models.load_model(segmenter_model, compile=False)
+    p = np.asarray(model.predict(image[None].astype("float32"), verbose=0))[0]
+    masks = rise_masks(40, 4, 0.5, 5, 64, 64).chunk(0, 40)
+    masked = 128.0 + (image[None].astype(np.float32) - 128.0) * masks[..., None]
+    perturbed = np.asarray(model.predict(masked, verbose=0))
+    assert explained
+    for e in explained:
+        region = np.argmax(p, -1) == e.class_index
+        if not region.any():
+            continue
+        score = perturbed[..., e.class_index][:, region].mean(axis=1)
+        expected = np.tensordot(score, masks, axes=1) / (40 * 0.5)
+        expected -= expected.min()
+        np.testing.assert_allclose(e.map, expected, rtol=1e-3, atol=1e-4 * expected.max())
+        assert e.mean_probability == pytest.approx(p[..., e.class_index][region].mean(), abs=1e-4)
+
+
+def test_explain_segment_on_an_onnx_file_from_the_command_line(files, scenes, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, scene in enumerate(scenes):
+        Image.fromarray(scene.image).save(folder / f"{i}.png")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(LABELS) + "\n")
+    result = run("segment", folder, "--model", files["nchw"], "--labels", labels, "--masks", 60, "-o",
+                 tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "rise" in result.stderr  # a file has no layers: RISE, without being asked
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    found = Explainer(files["nchw"], labels=LABELS).predict(folder)
+    assert sorted((r[0], int(r[1]), round(float(r[3]), 4)) for r in rows) == sorted(
+        (p.source, c.class_index, round(c.probability, 4)) for p in found for c in p.predictions)
+    with pytest.raises(BadArgument, match="gradcam needs the model's layers; it has no layers, so only rise and "
+                                          "occlusion explain it"):
+        Explainer(files["nchw"], method="gradcam").explain(folder)
