@@ -49,6 +49,8 @@ class Detector(Engine):
     `running=Running(precision="fp32")`.
     """
 
+    _graph: Any  # the model's graph; None for a model file
+
     def __init__(self, model: Any, *, layer: str | None = None, method: str | Method | None = None, precision: str = "auto",
                  preprocess: Any = None, labels: str | Path | Sequence[str] | None = None,
                  imports: Sequence[str] = (), unsafe: bool = False, boxes_output: str | None = None,

@@ -82,7 +82,7 @@ class Explainer(Measuring, Inspecting, Engine):
                  outputs_are: str | None = None, runtime: str = "auto", arrays: str = "auto",
                  on_note: Listener | None = None, reading: Reading | None = None,
                  running: Running | None = None) -> None:
-        if not isinstance(method, str) or reading is not None or running is not None:
+        if isinstance(method, Method) or reading is not None or running is not None:
             Explainer.__init__(self, model, **grouped(Explainer, locals()))  # the plain arguments they group
             return
         from explain_cli.steps import compiled as core

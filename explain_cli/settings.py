@@ -123,10 +123,13 @@ def grouped(entry: type, arguments: dict[str, Any]) -> dict[str, Any]:
     if isinstance(flat.get("method"), Method):
         groups.append((flat.pop("method"), {"name": "method"}))
         flat["method"] = parameters["method"].default
-    for group, renamed in groups:
+    kinds: tuple[type[Reading] | type[Running] | type[Method], ...] = (Reading, Running, Method)
+    for (group, renamed), kind in zip(groups, kinds):
         if group is None:
             continue
-        for part in dataclasses.fields(group):
+        if not isinstance(group, kind):
+            raise BadArgument(None, f"{kind.__name__.lower()} is a {kind.__name__}, not {group!r}")
+        for part in dataclasses.fields(kind):
             value, name = getattr(group, part.name), renamed.get(part.name, part.name)
             if value == part.default and name != "method":
                 continue  # left to the entry's own default
