@@ -140,6 +140,14 @@ class Detector(Engine):
             raise BadArgument("--layer" if layer is not None else "--method",
                               f"{name}: {layer or self.method} needs the model's layers; {FILES_EXPLAINED_BY}")
         opened = files.open_file(path, files.Runtime(input_size, layout))
+        metadata = opened.runner.metadata
+        if files.made_by_ultralytics(metadata):  # its YOLOs take x / 255 and name their classes
+            if preprocess is None:
+                preprocess = "unit"
+                self.notes.add("preprocess unit (an Ultralytics export: pixels / 255)")
+            if labels is None and files.names_in(metadata):
+                labels = files.names_in(metadata)
+                self.notes.add("labels from the file's metadata")
         scaling = preprocessing(preprocess or "none")
         probe = opened.feed(np.full((1, opened.height, opened.width, opened.channels), 128.0, np.float32), scaling)
         found, how = detection_files.read(path, opened.runner.outputs, probe, output_layout, box_format,

@@ -159,3 +159,21 @@ def test_what_a_detector_file_cannot_do_is_one_line(files, tiny_model, tmp_path)
     assert result.exit_code == 2
     assert "tiny.onnx: its outputs are" in result.stderr and "--output-layout" in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip()]) <= 3
+
+
+def test_an_ultralytics_export_names_its_classes_and_scales_its_pixels(files, scenes, tmp_path):
+    import onnx
+
+    model = onnx.load(str(files["yolov8", "onnx"]))
+    for key, value in {"author": "Ultralytics", "task": "detect", "stride": "4", "imgsz": "[64, 64]",
+                       "names": "{0: 'red', 1: 'green', 2: 'blue'}"}.items():
+        model.metadata_props.add(key=key, value=value)
+    path = tmp_path / "yolo-export.onnx"
+    onnx.save(model, str(path))
+    made = Detector(path)
+    assert made.labels == ("red", "green", "blue") and made.method == "drise"
+    assert "preprocess unit (an Ultralytics export: pixels / 255)" in made.notes
+    as_given = Detector(path, preprocess="none", labels=("a", "b", "c"))  # what is named wins
+    assert as_given.labels == ("a", "b", "c") and not any("preprocess unit" in n for n in as_given.notes)
+    expected = Detector(files["yolov8", "onnx"]).predict(scenes)
+    assert [p.boxes.tolist() for p in as_given.predict(scenes)] == [p.boxes.tolist() for p in expected]

@@ -45,6 +45,7 @@ class Runner:
     outputs: tuple[tuple[str, tuple[Any, ...]], ...]  # each output's name and shape, in run_all's order
     ends_in: str | None = None  # "softmax" / "sigmoid" when the file's graph says so (of its first output)
     quantised: tuple[float, int] | None = None  # the input's (scale, zero point), for a quantised LiteRT model
+    metadata: dict[str, str] = field(default_factory=dict)  # what the file says of itself (ONNX's metadata_props)
 
 
 @dataclass
@@ -134,6 +135,24 @@ def is_runtime_model(spec: str) -> bool:
     """Whether `spec` names a file only a runtime can run: .onnx, .tflite, or a SavedModel folder."""
     path = Path(spec)
     return path.suffix.lower() in KINDS or (path.is_dir() and (path / "saved_model.pb").is_file())
+
+
+def made_by_ultralytics(metadata: dict[str, str]) -> bool:
+    """Whether a file's metadata says Ultralytics exported it (its YOLOs: pixels scaled x / 255, classes named)."""
+    return "ultralytics" in metadata.get("author", "").lower() or {"stride", "names", "imgsz"} <= set(metadata)
+
+
+def names_in(metadata: dict[str, str]) -> tuple[str, ...] | None:
+    """The class names a file's metadata gives (Ultralytics' "names": {0: 'person', ...}), or None."""
+    import ast
+
+    try:
+        names = ast.literal_eval(metadata.get("names", ""))
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(names, dict) and sorted(names) == list(range(len(names))):
+        return tuple(str(names[i]) for i in range(len(names)))
+    return tuple(str(n) for n in names) if isinstance(names, (list, tuple)) and names else None
 
 
 def output_shapes(spec: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
@@ -314,7 +333,8 @@ def _onnx(path: Path) -> Runner:
     def run_all(batch: np.ndarray) -> list[np.ndarray]:
         return list(session.run(None, {first.name: batch}))
 
-    return Runner(tuple(first.shape), dtype, run_all, outputs, _onnx_ends_in(path, outputs[0][0]))
+    metadata = dict(session.get_modelmeta().custom_metadata_map or {})
+    return Runner(tuple(first.shape), dtype, run_all, outputs, _onnx_ends_in(path, outputs[0][0]), metadata=metadata)
 
 
 def _onnx_ends_in(path: Path, output: str) -> str | None:
