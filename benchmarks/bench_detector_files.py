@@ -36,7 +36,7 @@ def make_model(path: Path, size: int) -> None:
     features = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=None)(x)
     features = layers.Conv2D(128, 3, padding="same", activation="relu")(features)
     grid = features.shape[1]
-    scores = layers.Conv2D(CLASSES, 1, activation="sigmoid", bias_initializer=keras.initializers.Constant(-3.0))(
+    scores = layers.Conv2D(CLASSES, 1, activation="sigmoid", bias_initializer=keras.initializers.Constant(-2.0))(
         features)
     sizes = layers.Conv2D(2, 1, activation="softplus")(features) * (size / grid) * 2
     ones = ops.ones_like(features[..., :1])
