@@ -59,7 +59,7 @@ class Detector(Engine):
                  iou: float | None = None, max_boxes: int = 20, masks: int = 1000, cells: int = 16, keep: float = 0.5,
                  seed: int = 0, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  input_size: tuple[int, int] | None = None, runtime: str = "auto", precision_for: Sequence[str] = (),
-                 layout: str | None = None, output_layout: str | None = None,
+                 layout: str | None = None, output_layout: str | None = None, resize: str | None = None,
                  on_note: Listener | None = None, reading: Reading | None = None,
                  running: Running | None = None) -> None:
         if isinstance(method, Method) or reading is not None or running is not None:
@@ -92,6 +92,12 @@ class Detector(Engine):
             detect_evaluate.check([other])
         chosen, why = precisions.resolve(precision, [method, *precision_for])
         self.notes = Notes(on_note)
+        if resize is not None:
+            from explain_cli.errors import choose
+            from explain_cli.inputs.sources import RESIZES
+
+            choose("--resize", "resize", resize, RESIZES)
+        self.resize = resize or "stretch"
         if _is_file(model):
             self.precision = "fp32"
             self._open_file(str(model), labels, preprocess, layer, box_format, iou, input_size, layout, output_layout)
@@ -145,6 +151,9 @@ class Detector(Engine):
             if preprocess is None:
                 preprocess = "unit"
                 self.notes.add("preprocess unit (an Ultralytics export: pixels / 255)")
+            if self._arguments["resize"] is None:
+                self.resize = "letterbox"
+                self.notes.add("resize letterbox (an Ultralytics export: trained on letterboxed pictures)")
             if labels is None and files.names_in(metadata):
                 labels = files.names_in(metadata)
                 self.notes.add("labels from the file's metadata")
@@ -185,7 +194,7 @@ class Detector(Engine):
         """Each image's Detections: its boxes (the image's pixels), most confident first, no map computed."""
         def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> pipeline.ImageResult:
             found = batch.images[row]
-            listed = detections(found, self.labels, self.input_size[:2], original.shape[:2])
+            listed = detections(found, self.labels, self.input_size[:2], original.shape[:2], self.canvas)
             return pipeline.ImageResult(source, values=[Detections(source.key, tuple(listed),
                                                                    frozen_array(found.probabilities))])
 
@@ -255,7 +264,10 @@ class Detector(Engine):
         from explain_cli.steps import precision as precisions
         from explain_cli.results import Evaluation
 
+        from explain_cli.evaluation.measuring import refuse_letterbox
+
         detect_evaluate.check(methods)
+        refuse_letterbox(self.resize)
         layered = [m for m in methods if m not in LAYERLESS]
         if self._graph is None and layered:
             raise BadArgument("--methods", f"{self.name}: {layered[0]} needs the model's layers; {FILES_EXPLAINED_BY}")
@@ -304,7 +316,7 @@ class Detector(Engine):
         def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> pipeline.ImageResult:
             found = batch.images[row]
             values = explanations(self, source, original, found) if explained else \
-                detections(found, self.labels, self.input_size[:2], original.shape[:2])
+                detections(found, self.labels, self.input_size[:2], original.shape[:2], self.canvas)
             return pipeline.ImageResult(source, values=values)
 
         return finish

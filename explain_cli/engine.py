@@ -18,6 +18,7 @@ import copy
 from typing import Any, Callable, Iterator
 
 from explain_cli.errors import Notes
+from explain_cli.inputs.sources import Canvas
 from explain_cli.inputs.sources import key_of as key_of
 from explain_cli.methods.perturbation import GREY
 from explain_cli.methods.registry import LAYERLESS
@@ -32,6 +33,7 @@ class Engine:
     _model: Any
     notes: Notes
     layer: str | None
+    resize: str = "stretch"  # how pictures are fitted to the input: "stretch" or "letterbox"
     _input_view: Any = None
 
     # --- what it is ---------------------------------------------------------------------------------------------
@@ -54,6 +56,11 @@ class Engine:
         """(height, width, channels) the model takes; images of any size are resized to it."""
         return self._model.height, self._model.width, self._model.channels
 
+    @property
+    def canvas(self) -> Canvas:
+        """How pictures are fitted to the model's input, and boxes and maps brought back to their own pixels."""
+        return Canvas(self.resize, self._model.height, self._model.width)
+
     def layer_for(self, method: str) -> str | None:
         """The layer a method's maps come from: None for those that need none (they perturb the input, or random)."""
         return None if method in LAYERLESS else self.layer
@@ -71,7 +78,7 @@ class Engine:
         batch_size, max_pixels, arrays = self._batching()
         compute = pipeline.by_reading(lambda given: make(self.as_input() if given else self))
         return pipeline.library_results(images, compute, finish, self.input_size, batch_size, max_pixels, errors,
-                                        arrays, self.notes)
+                                        arrays, self.notes, self.resize)
 
     def as_input(self) -> Any:
         """This entry fed arrays that are the model's input as they stand: float32, no preprocessing, perturbed towards

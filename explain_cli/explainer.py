@@ -79,7 +79,7 @@ class Explainer(Measuring, Inspecting, Engine):
                  output_index: int | None = None, threshold: float = 0.5, min_area: float = 0.01, masks: int = 4000,
                  cells: int = 7, keep: float = 0.5, window: int | None = None, stride: int | None = None,
                  input_size: tuple[int, int] | None = None, layout: str | None = None,
-                 outputs_are: str | None = None, runtime: str = "auto", arrays: str = "auto",
+                 outputs_are: str | None = None, runtime: str = "auto", arrays: str = "auto", resize: str = "stretch",
                  on_note: Listener | None = None, reading: Reading | None = None,
                  running: Running | None = None) -> None:
         if isinstance(method, Method) or reading is not None or running is not None:
@@ -103,8 +103,9 @@ class Explainer(Measuring, Inspecting, Engine):
             samples=samples, noise=noise, steps=steps, seed=seed, batch_size=batch_size, max_pixels=max_pixels,
             precision_for=tuple(precision_for), output=output, multi_label=multi_label, output_index=output_index,
             threshold=threshold, min_area=min_area, masks=masks, cells=cells, keep=keep, window=window, stride=stride,
-            input_size=input_size, layout=layout, outputs_are=outputs_are, runtime=runtime, arrays=arrays)
+            input_size=input_size, layout=layout, outputs_are=outputs_are, runtime=runtime, arrays=arrays, resize=resize)
         check(self.settings)
+        self.resize = resize
         self.notes = Notes(on_note)  # how it was made and runs, for the curious (--verbose)
         self._steps: dict[tuple[object, ...], Any] = {}
         self._input_view: Explainer | None = None  # itself fed arrays that are the model's input as they stand
@@ -245,7 +246,7 @@ class Explainer(Measuring, Inspecting, Engine):
         """explain() one image at a time, as they are computed: memory stays flat however many images there are."""
         choice = self.choose(classes, top_k)
         finish = pipeline.values_only(self.labels, self.layer_for(self.method), self.method, choice.floor,
-                                      self._needs_head().kind)
+                                      self._needs_head().kind, self.canvas)
         regions = self._regions(region)
         drawn = None if pictures is None else inputs.pictures_by_key(pictures)
         for result in self._run(images, lambda made: made.compute(choice, regions=regions), finish, errors):
@@ -257,7 +258,8 @@ class Explainer(Measuring, Inspecting, Engine):
         from explain_cli.tasks import segment
 
         height, width, _ = self.input_size
-        return None if region is None else segment.given_region(region, self._needs_head().kind, height, width, _key)
+        return None if region is None else segment.given_region(region, self._needs_head().kind, height, width, _key,
+                                                                 self.canvas)
 
     def predict(self, images: Images, top: int = 5, errors: str = "raise",
                 truth: Mapping[Hashable, Any] | str | Path | None = None) -> list[ImagePredictions]:
@@ -288,7 +290,7 @@ class Explainer(Measuring, Inspecting, Engine):
         from explain_cli.tasks import segment
 
         masks = segment.truth_masks(truth, _key)
-        finish = segment.predicted(self.labels, top, self.settings.min_area, masks)
+        finish = segment.predicted(self.labels, top, self.settings.min_area, masks, self.canvas)
 
         def make(made: Explainer) -> pipeline.Compute:
             step = made._segmentation()

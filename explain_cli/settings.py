@@ -53,6 +53,7 @@ class Settings:
     outputs_are: str | None = None  # a runtime's model file: "logits" or "probabilities", where the file does not say
     runtime: str = "auto"  # where forward-only passes run: "auto", "tensorflow", "openvino" or "onnxruntime"
     arrays: str = "auto"  # how the library reads arrays (inputs.ARRAY_READINGS)
+    resize: str = "stretch"  # how pictures are fitted to the input: "stretch" or "letterbox"
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ class DetectorSettings:
     unsafe: bool = False
     layout: str | None = None  # a model file: "nhwc" or "nchw", where the file does not say
     output_layout: str | None = None  # a model file: how its outputs read (detection_files.LAYOUTS)
+    resize: str | None = None  # "stretch" or "letterbox" (default: what the file says, else stretch)
     boxes_output: str | None = None
     scores_output: str | None = None
     box_format: str | None = None
@@ -198,6 +200,7 @@ def check(settings: Settings) -> None:
     choose(None, "arrays", s.arrays, ARRAY_READINGS)
     choose("--layout", "layout", s.layout, ("nhwc", "nchw", None))
     choose("--outputs", "outputs_are", s.outputs_are, ("logits", "probabilities", None))
+    choose("--resize", "resize", s.resize, ("stretch", "letterbox"))
     check_preprocess(s.preprocess)
     value: Any
     for option, name, value in (("--layer", "layer", s.layer), ("--output", "output", s.output)):

@@ -173,6 +173,7 @@ def test_an_ultralytics_export_names_its_classes_and_scales_its_pixels(files, sc
     made = Detector(path)
     assert made.labels == ("red", "green", "blue") and made.method == "drise"
     assert "preprocess unit (an Ultralytics export: pixels / 255)" in made.notes
+    assert made.resize == "letterbox"  # as Ultralytics trains: a photo scaled whole, padded grey
     as_given = Detector(path, preprocess="none", labels=("a", "b", "c"))  # what is named wins
     assert as_given.labels == ("a", "b", "c") and not any("preprocess unit" in n for n in as_given.notes)
     expected = Detector(files["yolov8", "onnx"]).predict(scenes)

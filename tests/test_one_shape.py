@@ -182,3 +182,45 @@ def test_grouped_arguments_are_the_plain_ones(tiny_model, detector_model):
         Explainer(tiny_model, method=Method("smoothgrad", samples=4), samples=8)
     with pytest.raises(BadArgument, match=r"^Reading\(min_score=\.\.\.\) is not an option for Explainer$"):
         Explainer(tiny_model, reading=Reading(min_score=0.5))
+
+
+def test_a_letterbox_fits_a_picture_whole_and_brings_boxes_and_maps_back():
+    from explain_cli.inputs.sources import Canvas, model_input
+
+    canvas = Canvas("letterbox", 64, 64)
+    assert canvas.fit(100, 200) == (0.32, 16, 0, 32, 64)  # scaled by 64 / 200, centred: 16 rows of grey above
+    box = np.array([[50.0, 25.0, 150.0, 75.0]])  # x0, y0, x1, y1 in the picture's pixels
+    np.testing.assert_allclose(canvas.to_input(box, (100, 200)), [[16.0, 24.0, 48.0, 40.0]])
+    np.testing.assert_allclose(canvas.to_image(canvas.to_input(box, (100, 200)), (100, 200)), box)
+    picture = np.zeros((100, 200, 3), np.uint8)
+    picture[..., 0] = 200
+    fitted = model_input(picture, 64, 64, 3, resize="letterbox")
+    assert (fitted[:16] == 114).all() and (fitted[48:] == 114).all() and (fitted[16:48, :, 0] == 200).all()
+    assert canvas.content(np.arange(16 * 16, dtype=np.float32).reshape(16, 16), (100, 200)).shape == (32, 64)
+    stretched = Canvas("stretch", 64, 64)
+    np.testing.assert_allclose(stretched.to_image(np.array([[16.0, 16.0, 32.0, 32.0]]), (100, 200)),
+                               [[50.0, 25.0, 100.0, 50.0]])
+
+
+def test_a_letterboxed_detector_finds_the_boxes_of_the_grey_padded_input_in_the_pictures_pixels(detector_model):
+    from tests.synthetic_detector import make_scene as make_blobs
+
+    rng = np.random.default_rng(21)
+    scene = next(s for s in (make_blobs(rng) for _ in range(200))
+                 if all(18 <= top and bottom <= 46 for _, (top, _, bottom, _) in s.boxes))
+    strip = scene.image[16:48]  # a 32 × 64 photo: letterboxed into 64 × 64 as it is, 16 grey rows above and below
+    padded = np.full((64, 64, 3), 114, np.uint8)
+    padded[16:48] = strip
+    options = dict(method="drise", masks=80, cells=8, precision="fp32")
+    boxed = Detector(detector_model, resize="letterbox", **options)
+    ours, theirs = boxed.explain([strip]), Detector(detector_model, **options).explain([padded])
+    assert len(ours) == len(theirs) >= 2
+    for a, b in zip(ours, theirs):
+        expected = np.clip(np.array(b.box) - [0, 16, 0, 16], 0, [64, 32, 64, 32])
+        np.testing.assert_allclose(a.box, expected, atol=1e-3)  # the padded input's box, in the photo's pixels
+        assert a.map.shape == (32, 64)  # the map of the photo's own part of the input
+        np.testing.assert_allclose(a.map, b.map[16:48], rtol=1e-4, atol=1e-6)
+    stretched = Detector(detector_model, **options).predict([strip])[0]
+    assert stretched.boxes.tolist() != [list(e.box) for e in ours]  # a stretched photo is another input
+    with pytest.raises(BadArgument, match="^evaluate measures stretched pictures; give --resize stretch"):
+        boxed.evaluate([strip], methods=("drise",))

@@ -108,6 +108,10 @@ model_options = options(
                  "a SavedModel, .tflite or .onnx file): the size to feed it."),
     click.option("--layout", type=click.Choice(["nhwc", "nchw"]),
                  help="A SavedModel, .tflite or .onnx file: its input's layout, where its shape does not say."),
+    click.option("--resize", type=click.Choice(["stretch", "letterbox"]),
+                 help="How a picture is fitted to the model's input: stretched to it, or letterboxed (scaled whole, "
+                 "centred on grey 114, as YOLO trains); boxes and maps come back in the picture's own pixels. "
+                 "Default: stretch, or what the model file says of itself."),
     click.option("--outputs", "outputs_are", type=click.Choice(["logits", "probabilities"]),
                  help="A SavedModel, .tflite or .onnx file: what its output holds (default: its final softmax or "
                  "sigmoid says; else whether it is a probability vector)."),
@@ -256,7 +260,7 @@ def detector_settings(options: dict, method: str, **extra: Any) -> Any:
                  precision=options.pop("precision"), preprocess=options.pop("preprocess"),
                  labels=str(labels) if labels else None, imports=tuple(options.pop("imports")),
                  unsafe=options.pop("unsafe"), input_size=options.pop("input_size"), runtime=options.pop("runtime"),
-                 layout=options.pop("layout", None),
+                 layout=options.pop("layout", None), resize=options.pop("resize", None),
                  min_score=options.pop("min_score"), iou=options.pop("iou"), max_boxes=options.pop("max_boxes"),
                  **{name: options.pop(name) for name in DETECTOR_FORMAT}, **extra)
     return DetectorSettings(**{name: value for name, value in given.items() if value is not None})
@@ -305,7 +309,8 @@ def settings(options: dict, method: str = "gradcam", **extra: Any) -> Any:
                     output=options.pop("output_name"), multi_label=options.pop("multi_label"),
                     output_index=options.pop("output_index"), threshold=threshold,
                     input_size=options.pop("input_size"), layout=options.pop("layout"),
-                    outputs_are=options.pop("outputs_are"), runtime=options.pop("runtime"), **extra)
+                    outputs_are=options.pop("outputs_are"), runtime=options.pop("runtime"),
+                    resize=options.pop("resize", None) or "stretch", **extra)
 
 
 def run_options(options: dict) -> Any:

@@ -44,6 +44,10 @@ from explain_cli.methods import DETECTION_METHODS
               "passes only) or random (the control). Default: gradcam; drise for a model file, which has no layers.")
 @click.option("--layout", type=click.Choice(["nhwc", "nchw"]),
               help="A model file: its input's layout, where its shape does not say.")
+@click.option("--resize", type=click.Choice(["stretch", "letterbox"]),
+              help="How a picture is fitted to the model's input: stretched, or letterboxed (scaled whole, centred on "
+              "grey 114, as YOLO trains); boxes and maps come back in the picture's own pixels. Default: stretch, or "
+              "letterbox for an Ultralytics export.")
 @click.option("--masks", "rise_masks", type=click.IntRange(1), default=1000, show_default=True,
               help="drise: random masks (one forward pass each).")
 @click.option("--cells", type=click.IntRange(1), default=16, show_default=True,

@@ -145,7 +145,7 @@ def start(found: list[Source], make: Callable[[Any], tuple[pipeline.Compute, pip
         return ray_engine.RayRun(found, load, make, batch_size=run.batch_size, max_pixels=run.max_pixels,
                                  workers=run.workers, address=run.ray_address)
     compute, finish = make(made)
-    return pipeline.Run(found, compute, finish, size=made.input_size, batch_size=run.batch_size,
+    return pipeline.Run(found, compute, finish, size=made.input_size, resize=made.resize, batch_size=run.batch_size,
                         max_pixels=run.max_pixels)
 
 
@@ -253,7 +253,7 @@ def explain(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
         options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer_for(name), model=made.name,
                                          colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
                                          save_heatmap=out.save_heatmap, figure=out.figure, grey_map=grey_map,
-                                         listing=made.listing, floor=chosen.floor)
+                                         listing=made.listing, floor=chosen.floor, canvas=made.canvas)
 
         def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
             return worker.compute(chosen), pipeline.explanations(worker.labels, top, options, known)
@@ -290,12 +290,12 @@ def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
         options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer_for(name), model=made.name,
                                          colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
                                          save_heatmap=out.save_heatmap, figure=out.figure, listing=made.listing,
-                                         floor=chosen.floor)
+                                         floor=chosen.floor, canvas=made.canvas)
         height, width, _ = made.input_size
 
         def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
             missing: set[str] = set()
-            regions_of = segmenting.regions(box, masks, height, width) if box or masks else None
+            regions_of = segmenting.regions(box, masks, height, width, worker.canvas) if box or masks else None
 
             def regions(batch_sources: list[Source]) -> tuple[Any, list[str]]:
                 assert regions_of is not None

@@ -35,6 +35,9 @@ def evaluation_step(made: Any, settings: Settings, sanity: Any = None) -> Callab
                                                                                   DetectionEvaluation]:
     """A pipeline compute step: every detection of a batch, each method's map of it, and its faithfulness; with
     `sanity` (detect_sanity.DetectorSanity), its maps at every stage of the randomisation cascade."""
+    from explain_cli.evaluation.measuring import refuse_letterbox
+
+    refuse_letterbox(made.resize)
 
     def compute(images: np.ndarray, sources: list[Source]) -> DetectionEvaluation:
         looked = made.look(images)

@@ -22,6 +22,15 @@ RANDOM = evaluation.RANDOM
 PER_IMAGE = targets.ClassChoice(per_image={})  # the kind of choice evaluate compiles: a class given per image
 
 
+def refuse_letterbox(resize: str) -> None:
+    """evaluate measures maps against boxes and curves in a picture's own pixels, stretched to the input."""
+    if resize == "letterbox":
+        from explain_cli.errors import BadArgument
+
+        raise BadArgument("--resize", "evaluate measures stretched pictures; give --resize stretch (letterboxed maps "
+                          "are explained, not yet measured)")
+
+
 class Measuring:
     """An Explainer's evaluate; it gives `_suiting`, `choose`, `_run`, `_compiled`, `_predict`, `_forward`, `_step`,
     `_perturbation`, `_cut`, `_layered`, `_loaded`, `_needs_head`, `settings`, `labels`, `name`, `layer`,
@@ -46,6 +55,7 @@ class Measuring:
     labels: tuple[str, ...]
     name: str
     layer: str | None
+    resize: str
 
     @property
     def precision(self) -> str:
@@ -84,6 +94,7 @@ class Measuring:
                          figures: Iterable[Source] = (), out_dir: Path | None = None,
                          say: Callable[[str], None] = lambda line: None) -> tuple[pipeline.Compute, pipeline.Finish]:
         """The pipeline steps that evaluate `plan`'s methods (the command line's and evaluate()'s)."""
+        refuse_letterbox(self.resize)
         check_methods(plan.methods)
         real = [m for m in plan.methods if m != RANDOM]
         explainers = {m: self._compiled(m, PER_IMAGE) for m in real}  # (images, classes (b,)) -> maps (b, 1, h, w)

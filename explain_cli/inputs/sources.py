@@ -143,14 +143,78 @@ def decode(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     return _decoded(source, max_pixels)[0]
 
 
-def decode_for(source: Source, max_pixels: int, width: int, height: int, channels: int) -> tuple[Picture, np.ndarray]:
+RESIZES = ("stretch", "letterbox")
+LETTERBOX_GREY = 114  # what YOLO's letterbox pads with
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """How a picture is fitted to the model's input of height × width: "stretch"ed to it, or "letterbox"ed (scaled to
+    fit whole, its aspect kept, centred on grey 114, as YOLO's training pictures are); and back: boxes and maps over the
+    input to the picture's own pixels."""
+
+    resize: str
+    height: int
+    width: int
+
+    def fit(self, image_height: int, image_width: int) -> tuple[float, int, int, int, int]:
+        """A letterbox's (scale, top, left, content height, content width) at the input."""
+        scale = min(self.height / image_height, self.width / image_width)
+        inner_h, inner_w = max(1, round(image_height * scale)), max(1, round(image_width * scale))
+        return scale, (self.height - inner_h) // 2, (self.width - inner_w) // 2, inner_h, inner_w
+
+    def to_image(self, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """xyxy boxes in the input's pixels -> the picture's (height, width), clipped to it."""
+        h, w = image_size
+        boxes = np.asarray(boxes, np.float64)
+        if self.resize == "letterbox":
+            scale, top, left, _, _ = self.fit(h, w)
+            placed = (boxes - np.array([left, top, left, top])) / scale
+        else:
+            placed = boxes * np.array([w / self.width, h / self.height, w / self.width, h / self.height])
+        return np.clip(placed, 0, [w, h, w, h])
+
+    def to_input(self, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """xyxy boxes in the picture's pixels -> the input's."""
+        h, w = image_size
+        boxes = np.asarray(boxes, np.float64)
+        if self.resize == "letterbox":
+            scale, top, left, _, _ = self.fit(h, w)
+            return boxes * scale + np.array([left, top, left, top])
+        return boxes * np.array([self.width / w, self.height / h, self.width / w, self.height / h])
+
+    def content(self, array: np.ndarray, image_size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+        """A map (or a class map, `nearest`) over the input, of any resolution, cut to the picture's part of a
+        letterbox (first resized to the input's pixels); as it is when stretched."""
+        if self.resize != "letterbox":
+            return array
+        _, top, left, inner_h, inner_w = self.fit(*image_size)
+        if array.shape[:2] != (self.height, self.width):
+            resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+            mode = "I" if nearest else "F"
+            kind = np.int32 if nearest else np.float32
+            array = np.asarray(Image.fromarray(np.ascontiguousarray(array, kind), mode).resize(
+                (self.width, self.height), resample)).astype(kind)
+        return array[top:top + inner_h, left:left + inner_w]
+
+
+def letterboxed(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The picture scaled to fit the input whole (its aspect kept), centred on grey 114."""
+    scale, top, left, inner_h, inner_w = Canvas("letterbox", height, width).fit(image.height, image.width)
+    canvas = Image.new(image.mode, (width, height), (LETTERBOX_GREY,) * len(image.getbands()))
+    canvas.paste(image.resize((inner_w, inner_h), Image.Resampling.BILINEAR), (left, top))
+    return canvas
+
+
+def decode_for(source: Source, max_pixels: int, width: int, height: int, channels: int,
+               resize: str = "stretch") -> tuple[Picture, np.ndarray]:
     """`decode` and `model_input` at once: the input resized from Pillow's own copy of the pixels, not from the array
     (a copy of a large photo costs as much as its resize). An array given as the model's input is taken as it stands
     (float32), and a picture of it made to draw on."""
     if source.as_input:
         return given_input(source, height, width, channels)
     picture, image = _decoded(source, max_pixels)
-    return picture, model_input(picture.rgb, width, height, channels, image)
+    return picture, model_input(picture.rgb, width, height, channels, image, resize)
 
 
 def _decoded(source: Source, max_pixels: int) -> tuple[Picture, Image.Image | None]:
@@ -381,13 +445,14 @@ def _grey(levels: np.ndarray) -> Image.Image:
 
 
 def model_input(rgb: np.ndarray, width: int, height: int, channels: int,
-                held: Image.Image | None = None) -> np.ndarray:
-    """The image resized (bilinear) to the model's input, uint8 (height, width, channels); from `held`, the same
-    pixels as a Pillow image, where given."""
+                held: Image.Image | None = None, resize: str = "stretch") -> np.ndarray:
+    """The image resized (bilinear) to the model's input, uint8 (height, width, channels), stretched or letterboxed;
+    from `held`, the same pixels as a Pillow image, where given."""
     if rgb.shape[:2] == (height, width) and channels == 3:
         return rgb  # already the model's size
     image = held if held is not None else Image.fromarray(np.ascontiguousarray(rgb))
-    image = image.resize((width, height), Image.Resampling.BILINEAR)
+    image = letterboxed(image, width, height) if resize == "letterbox" else \
+        image.resize((width, height), Image.Resampling.BILINEAR)
     if channels == 1:
         return np.asarray(image.convert("L"))[..., None]
     return np.asarray(image)

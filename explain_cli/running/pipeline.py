@@ -93,6 +93,7 @@ class RenderOptions:
     grey_map: bool = False  # also write the normalised map as an 8-bit grey PNG at its own resolution
     listing: output.Listing = output.Listing()  # how predictions are listed, by the kind of head
     floor: float | None = None  # explain only the classes showing at least this (labels: a probability)
+    canvas: inputs.Canvas | None = None  # how pictures were fitted to the input: maps are cut back to a letterbox's
 
 
 # A batch's images, once decoded: (source, the picture or the reason it failed, model input).
@@ -121,11 +122,12 @@ class Run:
         batch_size: int,
         max_pixels: int = inputs.DEFAULT_MAX_PIXELS,
         threads: int | None = None,
+        resize: str = "stretch",
     ) -> None:
         self.last: ImageResult | None = None  # the result handed out most recently
         self._pending: deque[Future[ImageResult]] = deque()  # finishing, in input order, not yet handed out
         self._pool = ThreadPoolExecutor(max_workers=threads or min(8, (os.cpu_count() or 2) + 2))
-        self._results = self._produce(sources, compute, finish, size, batch_size, max_pixels)
+        self._results = self._produce(sources, compute, finish, size, batch_size, max_pixels, resize)
 
     def __iter__(self) -> Iterator[ImageResult]:
         return self
@@ -143,14 +145,14 @@ class Run:
 
     def _produce(
         self, sources: Iterable[Source], compute: Compute, finish: Finish,
-        size: tuple[int, int, int], batch_size: int, max_pixels: int,
+        size: tuple[int, int, int], batch_size: int, max_pixels: int, resize: str = "stretch",
     ) -> Iterator[ImageResult]:
         height, width, channels = size
         remaining = batches(sources, batch_size)  # a batch at a time: a generator of images is never read ahead
 
         def load(source: Source) -> Decoded:
             try:
-                picture, x = inputs.decode_for(source, max_pixels, width, height, channels)
+                picture, x = inputs.decode_for(source, max_pixels, width, height, channels, resize)
                 return source, picture, x
             except BadInput as error:
                 return source, error, None
@@ -212,8 +214,8 @@ def by_reading(make: Callable[[bool], Compute]) -> Compute:
 
 
 def library_results(images: Any, compute: Compute, finish: Finish, size: tuple[int, int, int], batch_size: int,
-                    max_pixels: int, errors: str, arrays: str = "auto",
-                    notes: Notes | None = None) -> Iterator[ImageResult]:
+                    max_pixels: int, errors: str, arrays: str = "auto", notes: Notes | None = None,
+                    resize: str = "stretch") -> Iterator[ImageResult]:
     """The library's run over images given in any form: each image's result in order; an image that cannot be used
     raises BadInput with errors="raise", and is left out with "skip", which says once the run ends how many it
     skipped and which (a warning in `notes`, else a Python warning). `arrays`: how arrays are read
@@ -222,7 +224,8 @@ def library_results(images: Any, compute: Compute, finish: Finish, size: tuple[i
         from explain_cli.errors import BadArgument
 
         raise BadArgument(None, f"errors is 'raise' or 'skip', not {errors!r}")
-    run = Run(inputs.sources_of(images, arrays), compute, finish, size=size, batch_size=batch_size, max_pixels=max_pixels)
+    run = Run(inputs.sources_of(images, arrays), compute, finish, size=size, batch_size=batch_size, max_pixels=max_pixels,
+              resize=resize)
     skipped: list[str] = []
     try:
         for result in run:
@@ -353,7 +356,8 @@ def activation_grids(out_dir: Path, layers: Sequence[str], max_channels: int, mo
 
 
 def explained(source: Source, original: np.ndarray, row: int, batch: Any, names: Sequence[str], layer: str | None,
-              method: str, floor: float | None = None, head: str = "classes") -> list[Explanation]:
+              method: str, floor: float | None = None, head: str = "classes",
+              canvas: inputs.Canvas | None = None) -> list[Explanation]:
     """The values of one image's row of a batch result: each explained class with its raw map and the image; with
     `floor`, only the classes showing at least that much (a label's probability, a share of the pixels). `head`: the
     kind of the model's head, which says what a map explains (results.TARGET_KINDS)."""
@@ -369,19 +373,29 @@ def explained(source: Source, original: np.ndarray, row: int, batch: Any, names:
             source=source.key, class_index=class_index, label=output.label_of(names, class_index),
             rank=int(np.sum(probabilities > probabilities[class_index])) + 1,
             probability=float(probabilities[class_index]), target_score=float(score), layer=layer, method=method,
-            map=frozen_array(np.asarray(raw, np.float32)), image=image,
+            map=frozen_array(fitted(np.asarray(raw, np.float32), canvas, source, original)), image=image,
             share=float(extras["share"][row, j]) if "share" in extras else None,
             mean_probability=float(extras["mean_probability"][row, j]) if "mean_probability" in extras else None,
             target_kind=TARGET_KINDS[head]))
     return found
 
 
+def fitted(array: np.ndarray, canvas: inputs.Canvas | None, source: Source, original: np.ndarray,
+           nearest: bool = False) -> np.ndarray:
+    """A map (or a class map) over the model's input, cut to the picture's part of a letterbox; as it is otherwise,
+    and for an array given as the model's input."""
+    if canvas is None or source.as_input:
+        return array
+    return canvas.content(array, original.shape[:2], nearest)
+
+
 def values_only(names: Sequence[str], layer: str | None, method: str, floor: float | None = None,
-                head: str = "classes") -> Finish:
+                head: str = "classes", canvas: inputs.Canvas | None = None) -> Finish:
     """A finish step for the library: each image's explanations as values, nothing written."""
 
     def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> ImageResult:
-        return ImageResult(source, values=explained(source, original, row, batch, names, layer, method, floor, head))
+        return ImageResult(source, values=explained(source, original, row, batch, names, layer, method, floor, head,
+                                                    canvas))
 
     return finish
 
@@ -397,7 +411,7 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: 
         files = output.FileSet(options.out_dir)
         with files.complete_or_removed():  # an image's files all exist, or none do
             for value in explained(source, original, row, batch, names, options.layer, options.method, options.floor,
-                                   options.listing.kind):
+                                   options.listing.kind, options.canvas):
                 heatmap = render.normalise(value.map)
                 if not heatmap.any():
                     warnings.append(f"warning: {source.shown}: the {options.method} map for class {value.class_index} "

@@ -17,9 +17,9 @@ from explain_cli.render import drawing
 from explain_cli.io import files as output
 from explain_cli.render import heatmaps as render
 from explain_cli.errors import BadArgument
-from explain_cli.inputs.sources import Source, pixel_limit
+from explain_cli.inputs.sources import Canvas, Source, pixel_limit
 from explain_cli.io.files import Region
-from explain_cli.running.pipeline import (Finish, ImageResult, RenderOptions, Written, explained, image_fields, manifest_record,
+from explain_cli.running.pipeline import (Finish, fitted, ImageResult, RenderOptions, Written, explained, image_fields, manifest_record,
                                   write_explanation)
 from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS
 
@@ -36,7 +36,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 
 
 def regions(box: tuple[float, float, float, float] | None, masks: Path | Mapping[Any, Any] | None, height: int,
-            width: int) -> Callable[[list[Source]], tuple[np.ndarray, list[str]]]:
+            width: int, canvas: Canvas | None = None) -> Callable[[list[Source]], tuple[np.ndarray, list[str]]]:
     """sources -> (their regions (b, height, width) at the model's input, 1 inside), and the sources with no mask:
     a box in each image's own pixels, or each image's mask (a PNG of the same relative path under the folder
     `masks`, or an array in a mapping from each image's key; non-zero inside)."""
@@ -47,33 +47,38 @@ def regions(box: tuple[float, float, float, float] | None, masks: Path | Mapping
         for i, source in enumerate(sources):
             if box is not None:
                 image_width, image_height = size_of(source)
-                x0, y0, x1, y1 = box
-                rows = slice(int(np.floor(y0 * height / image_height)), int(np.ceil(y1 * height / image_height)))
-                cols = slice(int(np.floor(x0 * width / image_width)), int(np.ceil(x1 * width / image_width)))
-                found[i, rows, cols] = 1.0
+                if canvas is not None and canvas.resize == "letterbox" and not source.as_input:
+                    x0, y0, x1, y1 = canvas.to_input(np.array(box), (image_height, image_width))
+                else:
+                    x0, y0, x1, y1 = np.array(box) * [width / image_width, height / image_height] * 2
+                found[i, int(np.floor(y0)):int(np.ceil(y1)), int(np.floor(x0)):int(np.ceil(x1))] = 1.0
             elif masks is not None:
                 mask = read_mask(masks / PurePosixPath(source.relative).with_suffix(".png")) \
                     if isinstance(masks, Path) else masks.get(source.key)
                 if mask is None:
                     missing.append(source.shown)
                     continue
-                resized = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).resize((width, height),
-                                                                                   Image.Resampling.NEAREST)
-                found[i] = np.asarray(resized) > 0
+                inside = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255)
+                if canvas is not None and canvas.resize == "letterbox" and not source.as_input:
+                    _, top, left, inner_h, inner_w = canvas.fit(inside.height, inside.width)
+                    placed = inside.resize((inner_w, inner_h), Image.Resampling.NEAREST)
+                    found[i, top:top + inner_h, left:left + inner_w] = np.asarray(placed) > 0
+                else:
+                    found[i] = np.asarray(inside.resize((width, height), Image.Resampling.NEAREST)) > 0
         return found, missing
 
     return of
 
 
-def given_region(region: Any, kind: str, height: int, width: int,
-                 key: Callable[[Any], Any]) -> Callable[[list[Source]], tuple[np.ndarray, list[str]]]:
+def given_region(region: Any, kind: str, height: int, width: int, key: Callable[[Any], Any],
+                 canvas: Canvas | None = None) -> Callable[[list[Source]], tuple[np.ndarray, list[str]]]:
     """The library's region: a box (x0, y0, x1, y1) in each image's pixels, or a mapping from each image's key to its
     mask (an array, non-zero inside); BadArgument for a model that outputs no classes per pixel."""
     if kind != "pixels":
         raise BadArgument("--region", "a region is a segmentation's: this model outputs no classes per pixel")
     if isinstance(region, Mapping):
-        return regions(None, {key(k): v for k, v in region.items()}, height, width)
-    return regions(parse_box(",".join(str(v) for v in region)), None, height, width)
+        return regions(None, {key(k): v for k, v in region.items()}, height, width, canvas)
+    return regions(parse_box(",".join(str(v) for v in region)), None, height, width, canvas)
 
 
 def size_of(source: Source) -> tuple[int, int]:
@@ -110,7 +115,7 @@ def finish_step(names: Sequence[str], top: int, options: RenderOptions, truth_ma
     explained class's overlay, a manifest line each; its classes on stdout; its overlap with its true mask."""
 
     def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> ImageResult:
-        classes = batch.extras["segmentation"][row]
+        classes = fitted(batch.extras["segmentation"][row], options.canvas, source, original, nearest=True)
         files = output.FileSet(options.out_dir)
         height, width = original.shape[:2]
         written: list[tuple[Written, Any]] = []
@@ -163,12 +168,13 @@ def class_map(classes: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def predicted(names: Sequence[str], top: int, min_area: float,
-              truth: Callable[[Source], np.ndarray | None]) -> Finish:
+              truth: Callable[[Source], np.ndarray | None], canvas: Canvas | None = None) -> Finish:
     """A finish step for the library's predict on a segmentation: each image's Segmentation, nothing written."""
     from explain_cli.results import Segmentation, frozen_array
 
     def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> ImageResult:
         shares, classes, means = (np.asarray(part[row]) for part in batch)
+        classes = fitted(classes, canvas, source, original, nearest=True)
         order = [int(c) for c in np.argsort(-shares, kind="stable") if shares[c] >= min_area and shares[c] > 0][:top]
         found = tuple(Region(rank, c, output.label_of(names, c), float(shares[c]), float(means[c]))
                       for rank, c in enumerate(order, 1))
