@@ -50,7 +50,8 @@ def regions(box: tuple[float, float, float, float] | None, masks: Path | Mapping
                 if canvas is not None and canvas.resize == "letterbox" and not source.as_input:
                     x0, y0, x1, y1 = canvas.to_input(np.array(box), (image_height, image_width))
                 else:
-                    x0, y0, x1, y1 = np.array(box) * [width / image_width, height / image_height] * 2
+                    sx, sy = width / image_width, height / image_height
+                    x0, y0, x1, y1 = np.array(box) * np.array([sx, sy, sx, sy])
                 found[i, int(np.floor(y0)):int(np.ceil(y1)), int(np.floor(x0)):int(np.ceil(x1))] = 1.0
             elif masks is not None:
                 mask = read_mask(masks / PurePosixPath(source.relative).with_suffix(".png")) \
