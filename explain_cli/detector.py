@@ -21,7 +21,7 @@ import numpy as np
 
 from explain_cli.engine import Engine
 from explain_cli.tasks.detections import DetectBatch, Found, detections, explanations, with_maps
-from explain_cli.model.loading import load_detector, with_labels
+from explain_cli.model.detectors import load_detector, with_labels
 from explain_cli.tasks import boxes as box_module
 from explain_cli.running import pipeline
 from explain_cli.errors import BadArgument, ExplainError, Listener, Notes, blamed

@@ -20,6 +20,7 @@ import numpy as np
 
 from explain_cli.engine import Engine, key_of as _key
 from explain_cli.tasks.inspect import Inspecting
+from explain_cli.tasks.segment import Segmenting
 from explain_cli.evaluation.measuring import Measuring
 from explain_cli.evaluation import evaluate as evaluation
 from explain_cli.inputs import sources as inputs
@@ -41,7 +42,7 @@ Images = Any  # a numpy batch, an array, a PIL image, a path, a folder, or an it
 Classes = "int | str | Sequence[int | str] | Mapping[Hashable, int | str] | None"
 
 
-class Explainer(Measuring, Inspecting, Engine):
+class Explainer(Segmenting, Measuring, Inspecting, Engine):
     """Explains a Keras image classifier's decisions, image by image.
 
     `model`: a keras.Model in memory (used as it is, so its current weights are what is explained), a built-in name
@@ -286,18 +287,6 @@ class Explainer(Measuring, Inspecting, Engine):
         step = self._predict()
         return lambda batch, sources: step(batch)
 
-    def _segment(self, images: Images, top: int, errors: str, truth: Any) -> list[ImagePredictions]:
-        from explain_cli.tasks import segment
-
-        masks = segment.truth_masks(truth, _key)
-        finish = segment.predicted(self.labels, top, self.settings.min_area, masks, self.canvas)
-
-        def make(made: Explainer) -> pipeline.Compute:
-            step = made._segmentation()
-            return lambda batch, sources: step(batch)
-
-        return [r.values[0] for r in self._run(images, make, finish, errors)]
-
     def choose(self, classes: Any = None, top_k: int | None = None, evaluating: bool = False) -> targets.ClassChoice:
         """What `classes` and `top_k` ask to explain, checked against the model's labels: by default each image's
         top class, or for several labels per image every label at `threshold` (a segmentation: every class on
@@ -376,25 +365,6 @@ class Explainer(Measuring, Inspecting, Engine):
             return self._model.forward
         return self._step(("predict", self.precision), self._predict_step)  # type: ignore[no-any-return]
 
-    def _segmentation(self) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
-        """uint8 batch -> a segmentation's (shares, class map, mean probabilities), compiled once."""
-        from explain_cli.model import heads
-        from explain_cli.steps import compiled as core
-
-        if isinstance(self._model, runtimes.RuntimeModel):
-            pixels, head = self._pixels(), self.head
-
-            def segmentation(batch: np.ndarray) -> tuple[np.ndarray, ...]:
-                probabilities = pixels(batch.astype(np.float32))
-                where = heads.numpy_masks(head, probabilities)
-                mean = (probabilities * where).sum(axis=(1, 2)) / np.maximum(where.sum(axis=(1, 2)), 1.0)
-                return where.mean(axis=(1, 2)), heads.numpy_classes(head, probabilities), mean
-
-            return segmentation
-
-        return self._step(("segmentation", self.precision),  # type: ignore[no-any-return]
-                          lambda: core.compile_segmentation(self._loaded, self._graph))
-
     def _forward(self) -> Callable[[np.ndarray], np.ndarray]:
         """float32 pixels (perturbed images) -> (n, classes) probabilities: the one forward step of every method and
         metric that perturbs images, compiled once."""
@@ -439,42 +409,6 @@ class Explainer(Measuring, Inspecting, Engine):
         height, width, _ = self.input_size
         masks = self._step(("rise masks",), lambda: perturbing.masks_for(self.settings, height, width))
         return perturbing.step(method, predict, forward, choice, self.settings, masks, height, width, self._fill)
-
-    def _segment_perturbation(self, method: str, choice: targets.ClassChoice) -> Any:
-        """A perturbation method on a segmentation: each class's mean probability over its region
-        (perturbing.segment_step)."""
-        from explain_cli.steps import perturbing
-
-        height, width, _ = self.input_size
-        masks = self._step(("rise masks",), lambda: perturbing.masks_for(self.settings, height, width))
-        return perturbing.segment_step(method, self._pixels(), self.head, choice, self.settings, masks, height, width,
-                                       self._fill)
-
-    def _pixels(self) -> Callable[[np.ndarray], np.ndarray]:
-        """A segmentation's float pixels -> (n, h, w, classes) each pixel's probabilities, compiled once."""
-        from explain_cli.steps import compiled as core
-
-        if isinstance(self._model, runtimes.RuntimeModel):
-            assert self._model.pixels is not None, "a model file read as a segmentation has its pixels' forward"
-            return self._model.pixels
-        return self._step(("pixels", self.precision),  # type: ignore[no-any-return]
-                          lambda: core.compile_pixel_probabilities(self._loaded, self._graph))
-
-    def _region_steps(self) -> Any:
-        """A segmentation's two steps for evaluate (compiled.compile_regions): where each class is predicted, and
-        each class's mean probability over a region."""
-        from explain_cli.model import heads
-        from explain_cli.steps import compiled as core
-
-        if not isinstance(self._model, runtimes.RuntimeModel):
-            return self._step(("regions", self.precision), lambda: core.compile_regions(self._loaded, self._graph))
-        pixels, head = self._pixels(), self.head
-
-        def region_mean(batch: np.ndarray, regions: np.ndarray) -> np.ndarray:
-            area = np.maximum(regions.sum(axis=(0, 1)), 1.0)
-            return (pixels(batch) * regions[None]).sum(axis=(1, 2)) / area  # type: ignore[no-any-return]
-
-        return (lambda batch: heads.numpy_masks(head, pixels(batch.astype(np.float32)))), region_mean
 
     def _random(self, choice: targets.ClassChoice) -> pipeline.Compute:
         """The random control: seeded uniform noise at the input's resolution, for the chosen classes."""

@@ -17,10 +17,12 @@ from explain_cli.render import drawing
 from explain_cli.io import files as output
 from explain_cli.render import heatmaps as render
 from explain_cli.errors import BadArgument
-from explain_cli.inputs.sources import Canvas, Source, pixel_limit
+from explain_cli.inputs.sources import Canvas, Source, key_of, pixel_limit
+from explain_cli.model.files import RuntimeModel
 from explain_cli.io.files import Region
-from explain_cli.running.pipeline import (Finish, fitted, ImageResult, RenderOptions, Written, explained, image_fields, manifest_record,
-                                  write_explanation)
+from explain_cli.running.values import explained, fitted
+from explain_cli.running.pipeline import (Compute, Finish, ImageResult, RenderOptions, Written, image_fields, manifest_record,
+                                          write_explanation)
 from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS
 
 
@@ -194,3 +196,90 @@ def _no_class_record(source: Source, options: RenderOptions, picture: str, field
     return {"image": source.shown, "model": options.model, "layer": options.layer, "method": options.method,
             "class_index": None, "label": None, "head": "pixels", "segmentation": picture, "overlay": None,
             "heatmap": None, "figure": None, **fields}
+
+
+class Segmenting:
+    """An Explainer's segmentation steps: predict's Segmentation, RISE and occlusion over a class's region, evaluate's
+    regions; for a Keras model compiled once, for a model file in numpy over its pixels' probabilities. It gives
+    `_model`, `_loaded`, `_graph`, `_step`, `_run`, `settings`, `labels`, `head`, `precision`, `input_size`, `canvas`
+    and `_fill`."""
+
+    _model: Any
+    _loaded: Any
+    _graph: Any
+    _step: Callable[..., Any]
+    _run: Callable[..., Any]
+    settings: Any
+    labels: tuple[str, ...]
+    head: Any
+    precision: str
+    input_size: tuple[int, int, int]
+    canvas: Any
+    _fill: float
+
+    def _segment(self, images: Any, top: int, errors: str, truth: Any) -> list[Any]:
+        from explain_cli.tasks import segment
+
+        masks = segment.truth_masks(truth, key_of)
+        finish = segment.predicted(self.labels, top, self.settings.min_area, masks, self.canvas)
+
+        def make(made: Any) -> Compute:
+            step = made._segmentation()
+            return lambda batch, sources: step(batch)
+
+        return [r.values[0] for r in self._run(images, make, finish, errors)]
+
+    def _segmentation(self) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
+        """uint8 batch -> a segmentation's (shares, class map, mean probabilities), compiled once."""
+        from explain_cli.model import heads
+        from explain_cli.steps import compiled as core
+
+        if isinstance(self._model, RuntimeModel):
+            pixels, head = self._pixels(), self.head
+
+            def segmentation(batch: np.ndarray) -> tuple[np.ndarray, ...]:
+                probabilities = pixels(batch.astype(np.float32))
+                where = heads.numpy_masks(head, probabilities)
+                mean = (probabilities * where).sum(axis=(1, 2)) / np.maximum(where.sum(axis=(1, 2)), 1.0)
+                return where.mean(axis=(1, 2)), heads.numpy_classes(head, probabilities), mean
+
+            return segmentation
+
+        return self._step(("segmentation", self.precision),  # type: ignore[no-any-return]
+                          lambda: core.compile_segmentation(self._loaded, self._graph))
+
+    def _segment_perturbation(self, method: str, choice: Any) -> Any:
+        """A perturbation method on a segmentation: each class's mean probability over its region
+        (perturbing.segment_step)."""
+        from explain_cli.steps import perturbing
+
+        height, width, _ = self.input_size
+        masks = self._step(("rise masks",), lambda: perturbing.masks_for(self.settings, height, width))
+        return perturbing.segment_step(method, self._pixels(), self.head, choice, self.settings, masks, height, width,
+                                       self._fill)
+
+    def _pixels(self) -> Callable[[np.ndarray], np.ndarray]:
+        """A segmentation's float pixels -> (n, h, w, classes) each pixel's probabilities, compiled once."""
+        from explain_cli.steps import compiled as core
+
+        if isinstance(self._model, RuntimeModel):
+            assert self._model.pixels is not None, "a model file read as a segmentation has its pixels' forward"
+            return self._model.pixels
+        return self._step(("pixels", self.precision),  # type: ignore[no-any-return]
+                          lambda: core.compile_pixel_probabilities(self._loaded, self._graph))
+
+    def _region_steps(self) -> Any:
+        """A segmentation's two steps for evaluate (compiled.compile_regions): where each class is predicted, and
+        each class's mean probability over a region."""
+        from explain_cli.model import heads
+        from explain_cli.steps import compiled as core
+
+        if not isinstance(self._model, RuntimeModel):
+            return self._step(("regions", self.precision), lambda: core.compile_regions(self._loaded, self._graph))
+        pixels, head = self._pixels(), self.head
+
+        def region_mean(batch: np.ndarray, regions: np.ndarray) -> np.ndarray:
+            area = np.maximum(regions.sum(axis=(0, 1)), 1.0)
+            return (pixels(batch) * regions[None]).sum(axis=(1, 2)) / area  # type: ignore[no-any-return]
+
+        return (lambda batch: heads.numpy_masks(head, pixels(batch.astype(np.float32)))), region_mean
