@@ -8,7 +8,7 @@ its pixel scores over a region: where the model predicts it (by default), a box,
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -211,11 +211,21 @@ class Segmenting:
     _run: Callable[..., Any]
     settings: Any
     labels: tuple[str, ...]
-    head: Any
-    precision: str
     input_size: tuple[int, int, int]
-    canvas: Any
     _fill: float
+
+    @property
+    def head(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def precision(self) -> str:
+        raise NotImplementedError
+
+    if TYPE_CHECKING:  # the Engine's, later in an Explainer's order: declared for the type checker alone
+
+        @property
+        def canvas(self) -> Any: ...
 
     def _segment(self, images: Any, top: int, errors: str, truth: Any) -> list[Any]:
         from explain_cli.tasks import segment
