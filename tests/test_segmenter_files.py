@@ -134,3 +134,26 @@ def test_explain_segment_on_an_onnx_file_from_the_command_line(files, scenes, tm
     with pytest.raises(BadArgument, match="gradcam needs the model's layers; it has no layers, so only rise and "
                                           "occlusion explain it"):
         Explainer(files["nchw"], method="gradcam").explain(folder)
+
+
+def test_occlusion_and_evaluate_on_a_segmenter_file(files, scenes, tmp_path):
+    """Occlusion explains a file's classes over their regions as on its Keras original; evaluate measures them
+    (deletion and insertion of each class's mean probability over its region) from the command line."""
+    images = np.stack([s.image for s in scenes])
+    options = dict(method="occlusion", window=16, stride=8, labels=LABELS)
+    for ours, theirs in zip(Explainer(files["nhwc"], **options).explain(images),
+                            Explainer(files["keras"], precision="fp32", **options).explain(images)):
+        assert ours.class_index == theirs.class_index and ours.map.shape == (64, 64)
+        assert np.corrcoef(ours.map.ravel(), theirs.map.ravel())[0, 1] >= 0.999
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, scene in enumerate(scenes):
+        Image.fromarray(scene.image).save(folder / f"{i}.png")
+    result = run("evaluate", folder, "--model", files["nchw"], "--methods", "rise,random", "--masks", 40,
+                 "--steps", 4, "-o", tmp_path / "evaluated")
+    assert result.exit_code == 0, result.output
+    import json
+
+    records = [json.loads(line) for line in (tmp_path / "evaluated" / "evaluation.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in records} == {"rise", "random"} and len(records) == 2 * len(scenes)
+    assert all(0.0 <= r["deletion_auc"] <= 1.0 for r in records)
