@@ -64,6 +64,9 @@ def files(keras, detector_model, tmp_path_factory):
     path = folder / "yolov8.tflite"
     rearranged(keras, detector_model, "yolov8").export(str(path), format="litert", verbose=False)
     made["yolov8", "litert"] = path
+    path = folder / "yolov5_savedmodel"
+    rearranged(keras, detector_model, "yolov5").export(str(path), format="tf_saved_model", verbose=False)
+    made["yolov5", "savedmodel"] = path
     return made
 
 
@@ -74,7 +77,7 @@ def scenes():
 
 
 @pytest.mark.parametrize("layout, fmt", [(layout, "onnx") for layout in LAYOUTS if layout != "detr"] +
-                         [("yolov8", "litert")])
+                         [("yolov8", "litert"), ("yolov5", "savedmodel")])
 def test_a_detector_file_finds_and_explains_the_keras_models_boxes(detector_model, files, scenes, layout, fmt):
     options = dict(method="drise", masks=120, cells=8, seed=3)
     labels = ("red", "green", "blue")
@@ -178,3 +181,57 @@ def test_an_ultralytics_export_names_its_classes_and_scales_its_pixels(files, sc
     assert as_given.labels == ("a", "b", "c") and not any("preprocess unit" in n for n in as_given.notes)
     expected = Detector(files["yolov8", "onnx"]).predict(scenes)
     assert [p.boxes.tolist() for p in as_given.predict(scenes)] == [p.boxes.tolist() for p in expected]
+
+
+def test_a_yolo_graph_no_keras_code_made_is_read_as_numpy_decodes_it(tmp_path):
+    """An NCHW ONNX graph built node by node (a 1 × 1 convolution to 4 + 2 channels, the boxes' sizes through a
+    softplus, the scores through a sigmoid, flattened to (N, 6, A)): its boxes are what numpy makes of its output."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    weights = rng.normal(0, 0.05, (6, 3, 1, 1)).astype(np.float32)
+    bias = np.array([16, 16, 2, 2, -1, -1], np.float32)
+    grid = (np.arange(16, dtype=np.float32) + 0.5) * 2  # each cell's centre, in input pixels
+    offsets = np.zeros((1, 6, 16, 16), np.float32)
+    offsets[0, 0], offsets[0, 1] = grid[None, :] - 16, grid[:, None] - 16
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["conv"], strides=[2, 2]),
+             helper.make_node("Add", ["conv", "offsets"], ["placed"]),
+             helper.make_node("Split", ["placed", "parts"], ["centres", "sizes", "scores"], axis=1),
+             helper.make_node("Softplus", ["sizes"], ["sized"]),
+             helper.make_node("Sigmoid", ["scores"], ["scored"]),
+             helper.make_node("Concat", ["centres", "sized", "scored"], ["joined"], axis=1),
+             helper.make_node("Reshape", ["joined", "shape"], ["y"])]
+    initial = [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b"),
+               numpy_helper.from_array(offsets, "offsets"), numpy_helper.from_array(np.array([2, 2, 2]), "parts"),
+               numpy_helper.from_array(np.array([0, 6, 256]), "shape")]
+    graph = helper.make_graph(nodes, "yolo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 6, 256])], initial)
+    path = tmp_path / "hand.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    made = Detector(path, min_score=0.3, max_boxes=5, preprocess="unit")
+    assert made.format.classes == 2 and any("layout NCHW" in note for note in made.notes)
+    raw = onnxruntime.InferenceSession(str(path)).run(None, {"x": (images / 255.0).astype(np.float32)
+                                                               .transpose(0, 3, 1, 2)})[0]
+    for found, out in zip(made.predict(images), raw):
+        cx, cy, w, h, scores = out[0], out[1], out[2], out[3], out[4:].T  # (A,), ..., (A, 2)
+        best, cls = scores.max(-1), scores.argmax(-1)
+        corners = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+        kept = []
+        for i in np.argsort(-best, kind="stable"):  # greedy suppression per class at IoU 0.5, in numpy
+            if best[i] < 0.3 or len(kept) == 5:
+                continue
+            clash = False
+            for j in kept:
+                if cls[j] != cls[i]:
+                    continue
+                inner = np.prod(np.maximum(np.minimum(corners[i, 2:], corners[j, 2:]) -
+                                           np.maximum(corners[i, :2], corners[j, :2]), 0))
+                union = np.prod(corners[i, 2:] - corners[i, :2]) + np.prod(corners[j, 2:] - corners[j, :2]) - inner
+                clash |= inner / union > 0.5
+            if not clash:
+                kept.append(i)
+        assert [d.class_index for d in found.predictions] == [int(cls[i]) for i in kept]
+        np.testing.assert_allclose(found.boxes, np.clip(corners[kept], 0, 32), atol=1e-4)
