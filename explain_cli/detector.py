@@ -264,10 +264,7 @@ class Detector(Engine):
         from explain_cli.steps import precision as precisions
         from explain_cli.results import Evaluation
 
-        from explain_cli.evaluation.measuring import refuse_letterbox
-
         detect_evaluate.check(methods)
-        refuse_letterbox(self.resize)
         layered = [m for m in methods if m not in LAYERLESS]
         if self._graph is None and layered:
             raise BadArgument("--methods", f"{self.name}: {layered[0]} needs the model's layers; {FILES_EXPLAINED_BY}")

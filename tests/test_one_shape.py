@@ -222,5 +222,26 @@ def test_a_letterboxed_detector_finds_the_boxes_of_the_grey_padded_input_in_the_
         np.testing.assert_allclose(a.map, b.map[16:48], rtol=1e-4, atol=1e-6)
     stretched = Detector(detector_model, **options).predict([strip])[0]
     assert stretched.boxes.tolist() != [list(e.box) for e in ours]  # a stretched photo is another input
-    with pytest.raises(BadArgument, match="^evaluate measures stretched pictures; give --resize stretch"):
-        boxed.evaluate([strip], methods=("drise",))
+    # evaluate: the same curves as the padded input's (the same model input), each box where explain puts it
+    mine = boxed.evaluate([strip], methods=("drise",), steps=4).records
+    padded_records = Detector(detector_model, **options).evaluate([padded], methods=("drise",), steps=4).records
+    assert [r["box"] for r in mine] == [[round(v, 2) for v in e.box] for e in ours]
+    for a, b in zip(mine, padded_records):
+        assert a["deletion_auc"] == pytest.approx(b["deletion_auc"], abs=1e-6)
+        assert a["insertion_auc"] == pytest.approx(b["insertion_auc"], abs=1e-6)
+
+
+def test_evaluate_localises_a_letterboxed_map_in_the_pictures_pixels(tiny_model):
+    """A classifier's letterboxed photo: the energy in a box is the map's share inside it, the map being the photo's
+    part of the input's, upsampled to the photo (what Explanation.heatmap draws), as numpy sums it."""
+    rng = np.random.default_rng(2)
+    photo = np.concatenate([make_scene(rng).image for _ in range(2)], axis=1)  # 64 × 128: letterboxed to 32 rows
+    box = (10.0, 8.0, 60.0, 40.0)
+    made = Explainer(tiny_model, resize="letterbox", precision="fp32")
+    (record,) = made.evaluate([photo], methods=("gradcam",), boxes={0: [box]}, steps=4).records
+    (explained,) = made.explain([photo], classes=[record["class_index"]])
+    assert explained.map.shape == (32, 64)  # the photo's part of a 64 × 64 input: 16 rows of grey above and below
+    heat = explained.heatmap()
+    assert heat.shape == photo.shape[:2]
+    inside = heat[8:40, 10:60].sum() / heat.sum()
+    assert record["energy_in_box"] == pytest.approx(inside, abs=0.02)

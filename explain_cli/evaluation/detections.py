@@ -14,12 +14,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from explain_cli.tasks import boxes as box_module
 from explain_cli.evaluation import metrics
 from explain_cli.io import files as output
 from explain_cli.render import heatmaps as render
 from explain_cli.evaluation.evaluate import Settings
 from explain_cli.inputs.sources import Source
+from explain_cli.running.values import fitted
 from explain_cli.running.pipeline import ImageResult
 
 
@@ -35,9 +35,6 @@ def evaluation_step(made: Any, settings: Settings, sanity: Any = None) -> Callab
                                                                                   DetectionEvaluation]:
     """A pipeline compute step: every detection of a batch, each method's map of it, and its faithfulness; with
     `sanity` (detect_sanity.DetectorSanity), its maps at every stage of the randomisation cascade."""
-    from explain_cli.evaluation.measuring import refuse_letterbox
-
-    refuse_letterbox(made.resize)
 
     def compute(images: np.ndarray, sources: list[Source]) -> DetectionEvaluation:
         looked = made.look(images)
@@ -78,13 +75,14 @@ def finish_step(made: Any, settings: Settings, sanity: Any = None) -> Callable[[
     def finish(source: Source, original: np.ndarray, row: int, batch: DetectionEvaluation) -> ImageResult:
         height, width = original.shape[:2]
         found = batch.found[row]
-        placed = box_module.to_image(found.boxes, made.input_size[:2], (height, width))
+        placed = made.canvas.to_image(found.boxes, (height, width))
         records = []
         for j, (class_index, score, box) in enumerate(zip(found.classes, found.scores, placed)):
             corners = tuple(float(v) for v in box)
             for method in settings.methods:
                 scores = batch.faithfulness[row, j, method]
-                full = render.upsample(render.normalise(batch.maps[method][row][j]), width, height)
+                cut = fitted(batch.maps[method][row][j], made.canvas, source, original)
+                full = render.upsample(render.normalise(cut), width, height)
                 records.append({
                     "image": source.shown, "model": made.name, "method": method,
                     "layer": made.layer_for(method), "head": "detections",

@@ -146,9 +146,11 @@ def _cascade_maps(sanity: Sanity, images: np.ndarray, classes: np.ndarray,
 
 def finish_step(names: Sequence[str], model: str, layer: str | None, settings: Settings,
                 truth: Mapping[Source, int] | None, boxes: Mapping[Source, list[LabelledBox]] | None,
-                sanity: Sanity | None = None) -> Callable:
-    """A pipeline finish step: one record per (class, method), with localisation at the original size; with
-    --sanity, a record per (class, method, stage) of the rank correlation with the trained model's map."""
+                sanity: Sanity | None = None, canvas: Any = None) -> Callable:
+    """A pipeline finish step: one record per (class, method), with localisation at the original size (a letterboxed
+    map cut to the picture's part first, `canvas`); with --sanity, a record per (class, method, stage) of the rank
+    correlation with the trained model's map."""
+    from explain_cli.running.values import fitted
 
     def finish(source: Source, original: np.ndarray, row: int, batch: EvaluationBatch) -> ImageResult:
         height, width = original.shape[:2]
@@ -156,12 +158,13 @@ def finish_step(names: Sequence[str], model: str, layer: str | None, settings: S
         known = truth.get(source) if truth is not None else None
         for j, class_index in enumerate(int(c) for c in batch.classes[row]):
             located = _boxes_for(boxes, source, class_index)
-            region = _region(batch, row, class_index, width, height)
+            region = _region(batch, row, class_index, width, height,
+                             lambda mask: fitted(mask, canvas, source, original, nearest=True))
             for method in settings.methods:
                 scores = batch.faithfulness[row, j, method]
                 hit = energy = None
                 if located or region is not None:
-                    full = render.upsample(batch.maps[method][row, j], width, height)
+                    full = render.upsample(fitted(batch.maps[method][row, j], canvas, source, original), width, height)
                 if located:
                     hit, energy = metrics.pointing_hit(full, located, settings.tolerance), metrics.energy_in_boxes(
                         full, located)
@@ -212,13 +215,15 @@ def sanity_figure(out_dir: Path, source: Source, original: np.ndarray, rows: Map
     return name
 
 
-def _region(batch: EvaluationBatch, row: int, class_index: int, width: int, height: int) -> np.ndarray | None:
-    """A segmentation's region of a class at the original's size (nearest), where the unperturbed image has it."""
+def _region(batch: EvaluationBatch, row: int, class_index: int, width: int, height: int,
+            cut: Callable[[np.ndarray], np.ndarray] = lambda mask: mask) -> np.ndarray | None:
+    """A segmentation's region of a class at the original's size (nearest), where the unperturbed image has it; `cut`
+    takes a letterbox's padding away first."""
     if batch.regions is None:
         return None
     from PIL import Image
 
-    mask = (batch.regions[row, ..., class_index] > 0).astype(np.uint8)
+    mask = cut((batch.regions[row, ..., class_index] > 0).astype(np.int32)).astype(np.uint8)
     return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST)) > 0
 
 

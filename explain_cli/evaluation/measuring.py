@@ -22,15 +22,6 @@ RANDOM = evaluation.RANDOM
 PER_IMAGE = targets.ClassChoice(per_image={})  # the kind of choice evaluate compiles: a class given per image
 
 
-def refuse_letterbox(resize: str) -> None:
-    """evaluate measures maps against boxes and curves in a picture's own pixels, stretched to the input."""
-    if resize == "letterbox":
-        from explain_cli.errors import BadArgument
-
-        raise BadArgument("--resize", "evaluate measures stretched pictures; give --resize stretch (letterboxed maps "
-                          "are explained, not yet measured)")
-
-
 class Measuring:
     """An Explainer's evaluate; it gives `_suiting`, `choose`, `_run`, `_compiled`, `_predict`, `_forward`, `_step`,
     `_perturbation`, `_cut`, `_layered`, `_loaded`, `_needs_head`, `settings`, `labels`, `name`, `layer`,
@@ -55,7 +46,7 @@ class Measuring:
     labels: tuple[str, ...]
     name: str
     layer: str | None
-    resize: str
+    canvas: Any
 
     @property
     def precision(self) -> str:
@@ -94,7 +85,6 @@ class Measuring:
                          figures: Iterable[Source] = (), out_dir: Path | None = None,
                          say: Callable[[str], None] = lambda line: None) -> tuple[pipeline.Compute, pipeline.Finish]:
         """The pipeline steps that evaluate `plan`'s methods (the command line's and evaluate()'s)."""
-        refuse_letterbox(self.resize)
         check_methods(plan.methods)
         real = [m for m in plan.methods if m != RANDOM]
         explainers = {m: self._compiled(m, PER_IMAGE) for m in real}  # (images, classes (b,)) -> maps (b, 1, h, w)
@@ -108,7 +98,8 @@ class Measuring:
         compute = blamed(evaluation.evaluation_step(predict, forward, explainers,
                                                     lambda p, batch: targets.pick(choice, p, [s.key for s in batch]),
                                                     settings, sanity, segmentation), predict)
-        return compute, evaluation.finish_step(self.labels, self.name, self.layer, settings, truth, boxes, sanity)
+        return compute, evaluation.finish_step(self.labels, self.name, self.layer, settings, truth, boxes, sanity,
+                                               self.canvas)
 
     def _sanity(self, plan: EvaluationPlan, methods: list[str], figures: frozenset[Source], out_dir: Path | None,
                 say: Callable[[str], None]) -> evaluation.Sanity:
