@@ -50,7 +50,8 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
     (default: the model's last convolutional block, or for a transformer the input of its last block). `method`:
     any class-activation method (gradcam, gradcam++, xgradcam, hirescam, layercam, cam, eigencam, scorecam,
     attention-rollout), any pixel method (vanilla, smoothgrad, integrated-gradients, guided-backprop,
-    guided-gradcam), a perturbation method (rise, occlusion) or random. `precision`: "auto", "fp32" or "bf16".
+    guided-gradcam), a perturbation method (rise, occlusion) or random (default: gradcam; rise for a model file, which
+    has no layers). `precision`: "auto", "fp32" or "bf16".
     `preprocess`: "caffe", "tf", "torch" or "none" (default: a built-in model's own; for a model object or file, its
     keras-hub image converter, else none). `labels`: a labels file or a list of class names. The method's own
     settings: `score` ("logit" or "probability"), `counterfactual`, `max_masks` (scorecam), `samples` and `noise`
@@ -71,7 +72,8 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
     it stands is perturbed there (RISE, occlusion, evaluate): what is hidden goes to 0 of the model's input.
     """
 
-    def __init__(self, model: Any, *, layer: str | None = None, method: str | Method = "gradcam", precision: str = "auto",
+    def __init__(self, model: Any, *, layer: str | None = None, method: str | Method | None = None,
+                 precision: str = "auto",
                  preprocess: str | None = None, labels: str | Path | Sequence[str] | None = None,
                  weights: str = "imagenet", imports: Sequence[str] = (), unsafe: bool = False, score: str = "logit",
                  counterfactual: bool = False, max_masks: int = 64, samples: int = 25, noise: float = 0.15,
@@ -93,6 +95,7 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
         from explain_cli.model import cut as split
         from explain_cli.steps import precision as precisions
 
+        method = method if method is not None else default_method(model)
         given = isinstance(model, (str, Path))
         self._given = model  # what it was made from: a sibling at another precision is made from it too
         if isinstance(labels, Path):

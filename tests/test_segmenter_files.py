@@ -131,6 +131,7 @@ def test_explain_segment_on_an_onnx_file_from_the_command_line(files, scenes, tm
     found = Explainer(files["nchw"], labels=LABELS).predict(folder)
     assert sorted((r[0], int(r[1]), round(float(r[3]), 4)) for r in rows) == sorted(
         (p.source, c.class_index, round(c.probability, 4)) for p in found for c in p.predictions)
+    assert Explainer(files["nchw"]).method == "rise"  # a file has no layers: RISE, without being asked
     with pytest.raises(BadArgument, match="gradcam needs the model's layers; it has no layers, so only rise and "
                                           "occlusion explain it"):
         Explainer(files["nchw"], method="gradcam").explain(folder)
