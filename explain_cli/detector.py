@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from explain_cli.engine import Engine
+from explain_cli.model.files import is_runtime_model
 from explain_cli.tasks.detections import DetectBatch, Found, detections, explanations, with_maps
 from explain_cli.model.detectors import load_detector, with_labels
 from explain_cli.tasks import boxes as box_module
@@ -98,7 +99,7 @@ class Detector(Engine):
 
             choose("--resize", "resize", resize, RESIZES)
         self.resize = resize or "stretch"
-        if _is_file(model):
+        if is_runtime_model(model):
             self.precision = "fp32"
             self._open_file(str(model), labels, preprocess, layer, box_format, iou, input_size, layout, output_layout)
             return
@@ -194,7 +195,7 @@ class Detector(Engine):
         """Each image's Detections: its boxes (the image's pixels), most confident first, no map computed."""
         def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> pipeline.ImageResult:
             found = batch.images[row]
-            listed = detections(found, self.labels, self.input_size[:2], original.shape[:2], self.canvas)
+            listed = detections(found, self.labels, original.shape[:2], self.canvas)
             return pipeline.ImageResult(source, values=[Detections(source.key, tuple(listed),
                                                                    frozen_array(found.probabilities))])
 
@@ -313,7 +314,7 @@ class Detector(Engine):
         def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> pipeline.ImageResult:
             found = batch.images[row]
             values = explanations(self, source, original, found) if explained else \
-                detections(found, self.labels, self.input_size[:2], original.shape[:2], self.canvas)
+                detections(found, self.labels, original.shape[:2], self.canvas)
             return pipeline.ImageResult(source, values=values)
 
         return finish
@@ -421,16 +422,9 @@ class Detector(Engine):
 FILES_EXPLAINED_BY = "a model file has none, so only drise explains its boxes (and random, to evaluate against)"
 
 
-def _is_file(model: Any) -> bool:
-    """Whether `model` names a file only a runtime can run (ONNX, LiteRT, a SavedModel folder)."""
-    from explain_cli.model.files import is_runtime_model
-
-    return isinstance(model, (str, Path)) and is_runtime_model(str(model))
-
-
 def default_method(model: Any) -> str:
     """The method a detector is explained by when none is named: gradcam at a layer, or drise for a model file."""
-    return "drise" if _is_file(model) else "gradcam"
+    return "drise" if is_runtime_model(model) else "gradcam"
 
 
 def _count(labels: Any) -> int:

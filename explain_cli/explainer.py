@@ -423,4 +423,4 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
 def default_method(model: Any) -> str:
     """The method a model is explained by when none is named: gradcam at a layer, or rise for a model file (ONNX,
     LiteRT, a SavedModel folder), which has no layers."""
-    return "rise" if isinstance(model, (str, Path)) and runtimes.is_runtime_model(str(model)) else "gradcam"
+    return "rise" if runtimes.is_runtime_model(model) else "gradcam"

@@ -131,8 +131,11 @@ class RuntimeModel:
         return dataclasses.replace(self, forward=self.unscaled, pixels=self.unscaled_pixels)
 
 
-def is_runtime_model(spec: str) -> bool:
-    """Whether `spec` names a file only a runtime can run: .onnx, .tflite, or a SavedModel folder."""
+def is_runtime_model(spec: Any) -> bool:
+    """Whether `spec` (a path, or any model given) names a file only a runtime can run: .onnx, .tflite, or a SavedModel
+    folder."""
+    if not isinstance(spec, (str, Path)):
+        return False
     path = Path(spec)
     return path.suffix.lower() in KINDS or (path.is_dir() and (path / "saved_model.pb").is_file())
 
@@ -197,8 +200,9 @@ def _segmenter(opened: Opened, given_labels: Any, preprocess: Callable[[Any], An
     probe = opened.feed(blank, preprocess)[0]
     channels_first = opened.layout == "nchw"
     size = int(probe.shape[1] if channels_first else probe.shape[3])
-    outputs = _pixel_outputs(np.moveaxis(probe, 1, -1) if channels_first else probe, opened.runner.ends_in,
-                             runtime.outputs, notes)
+    last = np.moveaxis(probe, 1, -1) if channels_first else probe  # (1, h, w, C): each pixel's scores a row
+    outputs = _outputs(last.reshape(-1, last.shape[-1]), opened.runner.ends_in, runtime.outputs, notes,
+                       "a probability at each pixel")
     notes.append(f"a segmentation: {size} {'class' if size > 1 else 'sigmoid channel'}{'es' * (size > 1)} per pixel, "
                  f"laid out {opened.layout.upper()} as its input")
 
@@ -213,7 +217,7 @@ def _segmenter(opened: Opened, given_labels: Any, preprocess: Callable[[Any], An
         return shifted / shifted.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
 
     head = Head("pixels", "sigmoid" if size == 1 else "softmax", size,
-                shape=tuple(np.moveaxis(probe, 1, -1).shape[1:] if channels_first else probe.shape[1:]),
+                shape=tuple(last.shape[1:]),
                 threshold=runtime.threshold)
 
     def pixels(given: np.ndarray) -> np.ndarray:
@@ -230,19 +234,6 @@ def _segmenter(opened: Opened, given_labels: Any, preprocess: Callable[[Any], An
     names = labels_module.for_model(head.classes, given_labels)
     return RuntimeModel(opened.path.name, opened.height, opened.width, opened.channels, names, head, shares(pixels),
                         notes, unscaled=shares(unscaled_pixels), pixels=pixels, unscaled_pixels=unscaled_pixels)
-
-
-def _pixel_outputs(probe: np.ndarray, ends_in: str | None, given: str | None, notes: list[str]) -> str:
-    """Whether a segmentation's outputs (1, h, w, C) are probabilities or logits: as given, as its graph ends, or as
-    its output on a grey image reads (in [0, 1], and for C ≥ 2 summing to 1 at each pixel)."""
-    if given is not None or ends_in is not None:
-        return _outputs(probe.reshape(-1, probe.shape[-1]), ends_in, given, notes)
-    bounded = bool(np.all((probe >= 0) & (probe <= 1)))
-    summed = probe.shape[-1] == 1 or bool(np.allclose(probe.sum(axis=-1), 1.0, atol=0.02))
-    outputs = "probabilities" if bounded and summed else "logits"
-    notes.append(f"outputs read as {outputs} (the file does not say; its output on a grey image "
-                 f"{'is' if outputs == 'probabilities' else 'is not'} a probability at each pixel; --outputs to say)")
-    return outputs
 
 
 def _probabilities(out: np.ndarray, outputs: str, size: int) -> np.ndarray:
@@ -288,7 +279,10 @@ def _size(path: Path, shape: Sequence[Any], layout: str, given: tuple[int, int] 
     return int(height), int(width), channels
 
 
-def _outputs(probe: np.ndarray, ends_in: str | None, given: str | None, notes: list[str]) -> str:
+def _outputs(probe: np.ndarray, ends_in: str | None, given: str | None, notes: list[str],
+             what: str = "a probability vector") -> str:
+    """Whether outputs (n, C), a row each, are probabilities or logits: as given, as the graph ends, or as the rows on a
+    grey image read (in [0, 1], and for C ≥ 2 summing to 1)."""
     if given is not None:
         notes.append(f"outputs read as {given} (--outputs)")
         return given
@@ -299,7 +293,7 @@ def _outputs(probe: np.ndarray, ends_in: str | None, given: str | None, notes: l
     summed = probe.shape[1] == 1 or bool(np.allclose(probe.sum(axis=1), 1.0, atol=0.02))  # quantised outputs round
     outputs = "probabilities" if bounded and summed else "logits"
     notes.append(f"outputs read as {outputs} (the file does not say; its output on a grey image "
-                 f"{'is' if outputs == 'probabilities' else 'is not'} a probability vector; --outputs to say)")
+                 f"{'is' if outputs == 'probabilities' else 'is not'} {what}; --outputs to say)")
     return outputs
 
 

@@ -107,6 +107,14 @@ def numpy_masks(head: Head, probabilities: Any) -> Any:
     return np.eye(head.classes, dtype=np.float32)[numpy_classes(head, probabilities)]
 
 
+def numpy_region_means(probabilities: Any, regions: Any) -> Any:
+    """(n, classes) each class's mean probability over its region, Σ p · R / max(Σ R, 1), from probabilities
+    (n, h, w, classes) and regions (n or 1, h, w, classes), 1 inside."""
+    import numpy as np
+
+    return (probabilities * regions).sum(axis=(1, 2)) / np.maximum(regions.sum(axis=(1, 2)), 1.0)
+
+
 # --- on tensors ------------------------------------------------------------------------------------------------------
 
 

@@ -107,20 +107,14 @@ def compile_predict(model: LoadedModel, graph: graph_module.Graph,
 
     The returned callable has `.traced` (the tf.function) for counting traces.
     """
-    import tensorflow as tf
-
     from explain_cli.model import heads
 
-    forward, _ = split_module.logits(graph, forward_only=True)
-    spec = tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels or model.pixels))
-    head = head_of(model, graph)
-
-    @compiled([spec])
-    def step(images: Any) -> Any:
-        raw = forward(model.preprocess(tf.cast(images, tf.float32)))
+    def read(head: Any, raw: Any) -> Any:
         if head.kind == "pixels":
             return heads.pixel_shares(head, raw, heads.pixel_classes(head, raw))
         return heads.probabilities(head, raw)
+
+    step = _forward_step(model, graph, pixels or model.pixels, read)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return step(batch).numpy()
@@ -138,36 +132,39 @@ def compile_segmentation(model: LoadedModel, graph: graph_module.Graph,
 
     from explain_cli.model import heads
 
-    forward, _ = split_module.logits(graph, forward_only=True)
-    spec = tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels or model.pixels))
-    head = head_of(model, graph)
-
-    @compiled([spec])
-    def step(images: Any) -> Any:
-        raw = forward(model.preprocess(tf.cast(images, tf.float32)))
+    def read(head: Any, raw: Any) -> Any:
         classes = heads.pixel_classes(head, raw)
         where = heads.pixel_masks(head, raw)
         area = tf.reduce_sum(where, axis=(1, 2))
         mean = tf.reduce_sum(heads.pixel_probabilities(head, raw) * where, axis=(1, 2)) / tf.maximum(area, 1.0)
         return heads.pixel_shares(head, raw, classes), classes, mean
 
+    step = _forward_step(model, graph, pixels or model.pixels, read)
     return lambda batch: tuple(t.numpy() for t in step(batch))
 
 
 def compile_pixel_probabilities(model: LoadedModel, graph: graph_module.Graph) -> Callable[[np.ndarray], np.ndarray]:
     """A segmentation's float pixels (perturbed images) -> (n, h, w, classes) each pixel's probabilities."""
-    import tensorflow as tf
-
     from explain_cli.model import heads
+
+    step = _forward_step(model, graph, "float32", heads.pixel_probabilities)
+    return lambda batch: step(batch.astype(np.float32)).numpy()
+
+
+def _forward_step(model: LoadedModel, graph: graph_module.Graph, pixels: str,
+                  read: Callable[[Any, Any], Any]) -> Any:
+    """The compiled forward pass every prediction step shares: a batch of `pixels` (a dtype name) preprocessed, run to
+    the head's pre-activation output, and `read(head, raw)` from it."""
+    import tensorflow as tf
 
     forward, _ = split_module.logits(graph, forward_only=True)
     head = head_of(model, graph)
 
-    @compiled([tf.TensorSpec([None, model.height, model.width, model.channels], tf.float32)])
+    @compiled([tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels))])
     def step(images: Any) -> Any:
-        return heads.pixel_probabilities(head, forward(model.preprocess(images)))
+        return read(head, forward(model.preprocess(tf.cast(images, tf.float32))))
 
-    return lambda batch: step(batch.astype(np.float32)).numpy()
+    return step
 
 
 def compile_regions(model: LoadedModel, graph: graph_module.Graph) -> tuple[Callable[[np.ndarray], np.ndarray],

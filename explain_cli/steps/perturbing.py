@@ -85,15 +85,12 @@ def segment_step(method: str, pixels: Callable[[np.ndarray], np.ndarray], head: 
             rows = (np.arange(size[0]) * regions.shape[1] // size[0])[:, None]
             cols = (np.arange(size[1]) * regions.shape[2] // size[1])[None, :]
             where = np.repeat((regions[:, rows, cols] > 0.5)[..., None], where.shape[-1], axis=-1).astype(np.float32)
-        area = np.maximum(where.sum(axis=(1, 2)), 1.0)  # (b, C)
-        mean = (probabilities * where).sum(axis=(1, 2)) / area
+        mean = heads.numpy_region_means(probabilities, where)
         maps = []
-        for i, (image, row) in enumerate(zip(batch, chosen)):
-            region, pixels_in = where[i], area[i]
+        for image, row, region in zip(batch, chosen, where):
 
-            def forward(perturbed: np.ndarray, region: np.ndarray = region, pixels_in: np.ndarray = pixels_in
-                        ) -> np.ndarray:
-                return (pixels(perturbed) * region[None]).sum(axis=(1, 2)) / pixels_in  # type: ignore[no-any-return]
+            def forward(perturbed: np.ndarray, region: np.ndarray = region) -> np.ndarray:
+                return heads.numpy_region_means(pixels(perturbed), region[None])  # type: ignore[no-any-return]
 
             maps.append(compute(PerturbationInputs(forward, image.astype(np.float32), row, settings.batch_size, masks,
                                                    window, stride, fill)))

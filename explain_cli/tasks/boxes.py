@@ -80,18 +80,6 @@ def match_weights(candidates: np.ndarray, box: np.ndarray, least: float = 0.5) -
     return np.where(overlap >= least, overlap, 0.0).astype(np.float32)
 
 
-def to_image(boxes: np.ndarray, input_size: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
-    """xyxy boxes in the model input's pixels (height, width) -> the original image's (height, width), clipped to it."""
-    (in_h, in_w), (h, w) = input_size, image_size
-    scaled = np.asarray(boxes, np.float64) * np.array([w / in_w, h / in_h, w / in_w, h / in_h])
-    return np.clip(scaled, 0, [w, h, w, h])
-
-
-def to_input(boxes: np.ndarray, image_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
-    """xyxy boxes in the original image's pixels -> the model input's."""
-    return to_image(boxes, image_size, input_size)
-
-
 @dataclass(frozen=True)
 class Found:
     """A detection, to be matched with the truth: its image, class, score and xyxy box (the image's pixels)."""

@@ -135,14 +135,10 @@ def decode(layout: Layout, raw: list[np.ndarray], height: int, width: int) -> tu
 
 
 def pairwise_iou(targets: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """(T, 4) and (n, A, 4) xyxy -> (n, T, A) IoU."""
-    t, c = targets[None, :, None, :], candidates[:, None, :, :]
-    inner = np.maximum(np.minimum(t[..., 2], c[..., 2]) - np.maximum(t[..., 0], c[..., 0]), 0) * \
-        np.maximum(np.minimum(t[..., 3], c[..., 3]) - np.maximum(t[..., 1], c[..., 1]), 0)
-    area_t = np.maximum(t[..., 2] - t[..., 0], 0) * np.maximum(t[..., 3] - t[..., 1], 0)
-    area_c = np.maximum(c[..., 2] - c[..., 0], 0) * np.maximum(c[..., 3] - c[..., 1], 0)
-    union = area_t + area_c - inner
-    return np.divide(inner, union, out=np.zeros_like(inner), where=union > 0)
+    """(T, 4) and (n, A, 4) xyxy -> (n, T, A) IoU (boxes.iou over every image's predictions at once)."""
+    n, predictions = candidates.shape[:2]
+    overlaps = box_module.iou(targets, candidates.reshape(-1, 4)).reshape(len(targets), n, predictions)
+    return overlaps.transpose(1, 0, 2).astype(np.float32)
 
 
 def similarity(found_boxes: np.ndarray, found_probabilities: np.ndarray, targets: np.ndarray,

@@ -8,9 +8,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from explain_cli.inputs.sources import Source
+from explain_cli.inputs.sources import Canvas, Source
 from explain_cli.results import Detection, Explanation, frozen_array
-from explain_cli.tasks import boxes as box_module
+from explain_cli.running.values import fitted
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,11 @@ def with_maps(found: Found, targets: np.ndarray, maps: np.ndarray) -> Found:
     return Found(found.prediction, found.classes, found.scores, found.boxes, found.probabilities, targets, maps)
 
 
-def detections(found: Found, names: Sequence[str], input_size: tuple[int, int],
-               image_size: tuple[int, int], canvas: Any = None) -> list[Detection]:
-    """An image's detections as values, their boxes in its own pixels."""
+def detections(found: Found, names: Sequence[str], image_size: tuple[int, int], canvas: Canvas) -> list[Detection]:
+    """An image's detections as values, their boxes in its own pixels (`canvas`: how it was fitted to the input)."""
     from explain_cli.io.files import label_of
 
-    placed = canvas.to_image(found.boxes, image_size) if canvas is not None else \
-        box_module.to_image(found.boxes, input_size, image_size)
+    placed = canvas.to_image(found.boxes, image_size)
     return [Detection(k, int(c), label_of(names, int(c)), float(s), tuple(float(v) for v in box),  # type: ignore[arg-type]
                       frozen_array(p)) for k, (c, s, box, p) in
             enumerate(zip(found.classes, found.scores, placed, found.probabilities), 1)]
@@ -55,12 +53,8 @@ def explanations(made: Any, source: Source, original: np.ndarray, found: Found,
     assert found.maps is not None and found.targets is not None
     return [Explanation(source=source.key, class_index=d.class_index, label=d.label, rank=d.rank,
                         probability=d.score, target_score=float(target), layer=made.layer_for(method), method=method,
-                        map=frozen_array(_fitted(np.asarray(raw, np.float32), made, source, original)), image=image,
-                        box=d.box, target_kind="box")
-            for d, target, raw in zip(detections(found, made.labels, made.input_size[:2], original.shape[:2],
-                                                 made.canvas), found.targets, found.maps)]
+                        map=frozen_array(fitted(np.asarray(raw, np.float32), made.canvas, source, original)),
+                        image=image, box=d.box, target_kind="box")
+            for d, target, raw in zip(detections(found, made.labels, original.shape[:2], made.canvas), found.targets,
+                                      found.maps)]
 
-
-def _fitted(raw: np.ndarray, made: Any, source: Source, original: np.ndarray) -> np.ndarray:
-    """A detection's map cut to the picture's part of a letterbox (as it is for an array given as the input)."""
-    return raw if source.as_input else made.canvas.content(raw, original.shape[:2])

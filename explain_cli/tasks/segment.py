@@ -250,8 +250,8 @@ class Segmenting:
             def segmentation(batch: np.ndarray) -> tuple[np.ndarray, ...]:
                 probabilities = pixels(batch.astype(np.float32))
                 where = heads.numpy_masks(head, probabilities)
-                mean = (probabilities * where).sum(axis=(1, 2)) / np.maximum(where.sum(axis=(1, 2)), 1.0)
-                return where.mean(axis=(1, 2)), heads.numpy_classes(head, probabilities), mean
+                return (where.mean(axis=(1, 2)), heads.numpy_classes(head, probabilities),
+                        heads.numpy_region_means(probabilities, where))
 
             return segmentation
 
@@ -289,7 +289,6 @@ class Segmenting:
         pixels, head = self._pixels(), self.head
 
         def region_mean(batch: np.ndarray, regions: np.ndarray) -> np.ndarray:
-            area = np.maximum(regions.sum(axis=(0, 1)), 1.0)
-            return (pixels(batch) * regions[None]).sum(axis=(1, 2)) / area  # type: ignore[no-any-return]
+            return heads.numpy_region_means(pixels(batch), regions[None])  # type: ignore[no-any-return]
 
         return (lambda batch: heads.numpy_masks(head, pixels(batch.astype(np.float32)))), region_mean
