@@ -385,3 +385,19 @@ def train_segmenter(keras, path: Path, count: int = 1500, epochs: int = 6, seed:
     ious = [((predicted == c) & (truth == c)).sum() / max(((predicted == c) | (truth == c)).sum(), 1)
             for c in range(1, len(COLOURS) + 1)]
     return check_quality("segmenter", float(np.mean(ious)), 0.85).replace("accuracy", "mean IoU")
+
+
+def one_channel(keras, segmenter_model, channels_first: bool = False):
+    """The trained segmenter as a text detector's kind of output: one sigmoid channel, σ(logit(1 − p_background)),
+    in NHWC, or taking and giving NCHW."""
+    from keras import layers, ops
+
+    base = keras.models.load_model(segmenter_model, compile=False)
+    inputs = keras.Input((3, 64, 64) if channels_first else (64, 64, 3))
+    pictures = ops.transpose(inputs, (0, 2, 3, 1)) if channels_first else inputs
+    background = ops.clip(base(pictures)[..., :1], 1e-6, 1 - 1e-6)
+    foreground = layers.Activation("sigmoid")(ops.log(1.0 - background) - ops.log(background))
+    outputs = ops.transpose(foreground, (0, 3, 1, 2)) if channels_first else foreground
+    model = keras.Model(inputs, outputs, name="nchw_blobs" if channels_first else "blobs")
+    model(np.zeros((1, *inputs.shape[1:]), np.float32))  # Keras exports only a model that has been called
+    return model

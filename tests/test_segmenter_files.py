@@ -15,7 +15,7 @@ from PIL import Image
 from explain_cli import BadArgument, Explainer
 from explain_cli.cli.main import cli
 from explain_cli.methods.perturbation import rise_masks
-from tests.synthetic import make_colour_blobs
+from tests.synthetic import make_colour_blobs, one_channel
 
 if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("tf2onnx") is None:
     if os.environ.get("CI"):
@@ -27,22 +27,6 @@ LABELS = ("background", "blob")
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_channel(keras, segmenter_model, channels_first: bool = False):
-    """The trained segmenter as a text detector's kind of output: one sigmoid channel, σ(logit(1 − p_background)),
-    in NHWC, or taking and giving NCHW."""
-    from keras import layers, ops
-
-    base = keras.models.load_model(segmenter_model, compile=False)
-    inputs = keras.Input((3, 64, 64) if channels_first else (64, 64, 3))
-    pictures = ops.transpose(inputs, (0, 2, 3, 1)) if channels_first else inputs
-    background = ops.clip(base(pictures)[..., :1], 1e-6, 1 - 1e-6)
-    foreground = layers.Activation("sigmoid")(ops.log(1.0 - background) - ops.log(background))
-    outputs = ops.transpose(foreground, (0, 3, 1, 2)) if channels_first else foreground
-    model = keras.Model(inputs, outputs, name="nchw_blobs" if channels_first else "blobs")
-    model(np.zeros((1, *inputs.shape[1:]), np.float32))  # Keras exports only a model that has been called
-    return model
 
 
 @pytest.fixture(scope="module")

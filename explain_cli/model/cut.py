@@ -94,16 +94,16 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False, bf16_
 
     def features_of(chosen: list[Step]) -> Features:
         def run(x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-            values = graph.run(chosen, {graph.input: x})
-            return values[a], tuple(values[n] for n in skips)
+            values = graph.run(chosen, graph.feed(x))
+            return graph.value(values, a), tuple(values[n] for n in skips)
 
         return run
 
     run_features, exact_features = features_of(features), features_of(exact)
 
     def run_head(activations: Tensor, skip_values: tuple[Tensor, ...]) -> Tensor:
-        values = graph.run(head, {a: activations, **dict(zip(skips, skip_values))})
-        return values[logit_number]
+        values = graph.run(head, {a: graph.given(a, activations), **dict(zip(skips, skip_values))})
+        return graph.value(values, logit_number)
 
     captured = 0
     if inside:
@@ -135,9 +135,12 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False, bf16_
 
 def output_shape(graph: Graph) -> tuple[int | None, ...]:
     """The explained output's shape, without the batch axis."""
+    from explain_cli.model.layouts import last_shape
+
     output = graph.chosen_output()
     step = next(s for s in graph.steps if output in s.outputs)
-    return tuple(step.output_shapes[step.outputs.index(output)][1:])
+    shape = tuple(step.output_shapes[step.outputs.index(output)][1:])
+    return last_shape(shape) if output in graph.channels_first else shape
 
 
 def check(graph: Graph, layer: str) -> Any:
@@ -183,7 +186,7 @@ def _inside(graph: Graph, features: list[Step], head: list[Step], point: Any, sk
         return inner.sublayer(step.layer, point.path)
 
     def run_features(x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-        values = graph.run(before, {graph.input: x})
+        values = graph.run(before, graph.feed(x))
         kept: list[Tensor] = []
         finished: list[list[Tensor]] = [[] for _ in done]
         with inner.intercepted([(target(cut), inner.keep_output(kept))] + [
@@ -197,7 +200,7 @@ def _inside(graph: Graph, features: list[Step], head: list[Step], point: Any, sk
         with inner.intercepted([(target(cut), inner.replace_output(activations))] + [
                 (inner.sublayer(cut.layer, path), inner.replace_output(value)) for path, value in zip(done, given)]):
             cut.run(values)
-        return graph.run(head[1:], values)[logit_number]
+        return graph.value(graph.run(head[1:], values), logit_number)
 
     return run_features, run_head
 
@@ -263,11 +266,11 @@ def attention_scores(graph: Graph) -> Callable[[Tensor], tuple[Tensor, list[Tens
 
     def run(x: Tensor) -> tuple[Tensor, list[Tensor]]:
         kept: list[Tensor] = []
-        values = {graph.input: x}
+        values = graph.feed(x)
         for step in steps:
             with inner.intercepted([(layer, inner.keep_attention(kept)) for layer in layers_of(step)]):
                 step.run(values)
-        return values[logit_number], kept
+        return graph.value(values, logit_number), kept
 
     return run
 
@@ -314,13 +317,14 @@ def outputs_of(graph: Graph, names: Sequence[str]) -> Callable[[Tensor], list[Te
     def through(chosen: list[Step]) -> Callable[[Tensor], tuple[Tensor, ...]]:
         def run(x: Tensor) -> tuple[Tensor, ...]:
             kept: dict[str, list[Tensor]] = {p.name: [] for p in points}
-            values = {graph.input: x}
+            values = graph.feed(x)
             for step in chosen:
                 hooks = [(inner.sublayer(step.layer, p.path), inner.keep_output(kept[p.name]))
                          for p in points if p.step == step.name]
                 with inner.intercepted(hooks):
                     step.run(values)
-            return tuple(_grid(kept[p.name][0], p) if p.is_tokens else kept[p.name][0] for p in points)
+            return tuple(_grid(kept[p.name][0], p) if p.is_tokens else _seen(graph, p, kept[p.name][0])
+                         for p in points)
 
         return run
 
@@ -332,6 +336,12 @@ def outputs_of(graph: Graph, names: Sequence[str]) -> Callable[[Tensor], list[Te
         said = points[0].name if len(points) == 1 else f"{len(points)} layers, {points[0].name} to {points[-1].name}"
         run = offload.forward(graph.offload, f"the activations of {said}", part, through(exact), run)
     return lambda x: list(run(x))
+
+
+def _seen(graph: Graph, point: Any, output: Tensor) -> Tensor:
+    """A layer's output as a method sees it, (b, h, w, c), where the model holds it channels-first."""
+    number = graph.step(point.step).outputs[0]
+    return graph.value({number: output}, number) if not point.path else output
 
 
 def logits(graph: Graph, fold: bool = True, forward_only: bool = False) -> tuple[Callable[[Tensor], Tensor], str]:
@@ -353,7 +363,7 @@ def logits(graph: Graph, fold: bool = True, forward_only: bool = False) -> tuple
         steps = bfloat16(steps)
 
     def logits_of(chosen: list[Step]) -> Callable[[Tensor], Tensor]:
-        return lambda x: graph.run(chosen, {graph.input: x})[logit_number]
+        return lambda x: graph.value(graph.run(chosen, graph.feed(x)), logit_number)
 
     if forward_only and graph.offload is not None:
         from explain_cli.model import runtime as offload
@@ -369,11 +379,17 @@ def pre_activation(graph: Graph) -> tuple[int, str, list[Step]]:
     The Grad-CAM paper differentiates the class score before the softmax. A final softmax or
     sigmoid (an activation layer, or a Dense's own activation) is left out of the steps; in the
     Dense case the step calls a shallow copy of the layer with a linear activation, which shares
-    the layer's variables and leaves the user's layer as it was.
+    the layer's variables and leaves the user's layer as it was. A final step that only moves the channels (a
+    Permute to NCHW) is read through: its input is the same scores, in the layout graph.value reads.
     """
+    from explain_cli.model.layouts import is_layout_only
+
     steps = list(graph.steps)
     output = graph.chosen_output()
     last = next(s for s in reversed(steps) if output in s.outputs)
+    while is_layout_only(last.layer) and len(last.inputs) == 1:  # channels moved after the softmax: read before it
+        ((_, output),) = last.inputs
+        last = next(s for s in reversed(steps) if output in s.outputs)
     final = _final_sublayer(graph, last)
     if final is not None:  # a layer whose call ends in a sublayer's softmax (a subclassed model)
         path, kind = final

@@ -68,6 +68,27 @@ class Graph:
     notes: tuple[str, ...] = ()  # how its layers were found, for --verbose
     outputs: tuple[tuple[str, int], ...] = ()  # every output of the model: its name and value number
     offload: Any = None  # offload.Offload: the runtime its forward-only passes run on (None: TensorFlow)
+    channels_first: frozenset[int] = frozenset()  # the values held NCHW by the model (model/layouts.py)
+
+    def feed(self, x: Tensor) -> dict[int, Tensor]:
+        """The values a run starts from: the input x (b, h, w, c), in the model's own layout."""
+        return {self.input: self.given(self.input, x)}
+
+    def given(self, number: int, x: Tensor) -> Tensor:
+        """A value handed to the graph as (b, h, w, c), in the layout the model holds it in."""
+        if number not in self.channels_first:
+            return x
+        from explain_cli.model.layouts import to_first
+
+        return to_first(x)
+
+    def value(self, values: dict[int, Tensor], number: int) -> Tensor:
+        """A value of a run as a method sees it: a feature map or per-pixel output (b, h, w, c)."""
+        if number not in self.channels_first:
+            return values[number]
+        from explain_cli.model.layouts import to_last
+
+        return to_last(values[number])
 
     def with_output(self, name: str) -> Graph:
         """The graph explained through the output called `name`."""
@@ -141,11 +162,26 @@ def flatten(model: Any, output: str | None = None) -> Graph:
     names = _output_names(function)
     from explain_cli.model import sublayers as inner
 
-    found = inner.catalogue(model, steps, input_number, tuple(function.inputs[0].shape))
+    from explain_cli.model import layouts
+
+    shape = tuple(function.inputs[0].shape)
+    first = layouts.channels_first(steps, input_number, len(shape))
+    found = inner.catalogue(model, steps, input_number, shape)
+    points = tuple(_in_last(p, steps, first) for p in found.points) if first else found.points
     graph = Graph(steps=tuple(steps), input=input_number, output=values[0] if len(values) == 1 else None,
-                  points=found.points, transformer_default=found.transformer_default, notes=found.notes(),
-                  outputs=tuple(zip(names, values)))
+                  points=points, transformer_default=found.transformer_default, notes=found.notes(),
+                  outputs=tuple(zip(names, values)), channels_first=first)
     return graph.with_output(output) if output is not None else graph
+
+
+def _in_last(point: Any, steps: Sequence[Step], first: frozenset[int]) -> Any:
+    """A step's layer output as a method sees it: (h, w, c) where the model holds it channels-first."""
+    from explain_cli.model.layouts import last_shape
+
+    step = next((s for s in steps if s.name == point.step), None)
+    if point.path or step is None or len(step.outputs) != 1 or step.outputs[0] not in first:
+        return point
+    return dataclasses.replace(point, shape=last_shape(point.shape))
 
 
 def _output_names(function: Any) -> list[str]:
@@ -249,6 +285,22 @@ def needed(steps: Sequence[Step], wanted: set[int]) -> list[Step]:
             kept.append(step)
             wanted.update(n for _, n in step.inputs)
     return kept[::-1]
+
+
+def image_shape_of(model: Any) -> tuple:
+    """The model's input shape as images are fed to it, (batch, height, width, channels), for a model that takes
+    them channels-first too (model/layouts.py)."""
+    shape = input_shape_of(model)
+    function = _functional(model)
+    if len(shape) != 4 or function is None:
+        return shape
+    from explain_cli.model import layouts
+
+    steps: list[Step] = []
+    _flatten_into(function, [0], "", steps, itertools.count(1))
+    if 0 not in layouts.channels_first(steps, 0, 4):
+        return shape
+    return (shape[0], *layouts.last_shape(shape[1:]))
 
 
 def input_shape_of(model: Any) -> tuple:

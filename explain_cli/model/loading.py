@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence, Union
 
 from explain_cli.inputs import labels as labels_module
 from explain_cli.errors import BadArgument, ExplainError, first_line
-from explain_cli.model.graph import input_shape_of
+from explain_cli.model.graph import image_shape_of
 from explain_cli.inputs.labels import Labels
 
 # The named --preprocess modes: keras.applications' three, x / 255 ("unit") and none.
@@ -356,7 +356,7 @@ def _import(spec: str) -> ModuleType:
 def size_of(model: Any, spec: str, given: tuple[int, int] | None = None) -> tuple[int, int, int]:
     """(height, width, channels) the model is fed at: its input's own size; where that is free, `given`
     (--input-size) or the size its keras-hub image converter resizes to (which must then agree)."""
-    shape = input_shape_of(model)
+    shape = image_shape_of(model)
     if len(shape) != 4:
         raise ExplainError(f"{spec}: expected one image input (batch, height, width, channels)")
     _, height, width, channels = shape
