@@ -309,7 +309,8 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
         method = method or self.method
         if method == RANDOM:
             return self._random(choice)
-        step = self._compiled(method, choice, regions is not None)
+        letterboxed = self.canvas.resize == "letterbox" and self._needs_head().kind == "pixels"
+        step = self._compiled(method, choice, regions is not None, letterboxed)
 
         def compute(batch: np.ndarray, sources: list[Source]) -> Any:
             given: dict[str, np.ndarray] = {}  # only what the step was compiled to take
@@ -317,6 +318,8 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
                 given["classes"] = np.array([targets.own_class(choice, s.key) for s in sources], np.int32)
             if regions is not None:
                 given["regions"] = regions(sources)[0]
+            if letterboxed:  # a segmentation is read on the pictures alone, not on the letterbox's grey
+                given["inside"] = self._inside(sources)
             return step(batch, **given)
 
         return blamed(compute, self._predict())
@@ -378,12 +381,12 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
         return self._step(("forward", self.precision),  # type: ignore[no-any-return]
                           lambda: core.compile_predict(self._loaded, self._graph, "float32"))
 
-    def _compiled(self, method: str, choice: targets.ClassChoice, regions: bool = False) -> Any:
+    def _compiled(self, method: str, choice: targets.ClassChoice, regions: bool = False, inside: bool = False) -> Any:
         """The compiled step of a method for a kind of choice: made once, reused."""
-        return self._step((method, self.precision, choice.key, regions),
-                          lambda: self._compile(method, choice, regions))
+        return self._step((method, self.precision, choice.key, regions, inside),
+                          lambda: self._compile(method, choice, regions, inside))
 
-    def _compile(self, method: str, choice: targets.ClassChoice, regions: bool = False) -> Any:
+    def _compile(self, method: str, choice: targets.ClassChoice, regions: bool = False, inside: bool = False) -> Any:
         from explain_cli.steps import compiled as core
 
         s = self.settings
@@ -399,10 +402,10 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
             layer = self.layer if method != "guided-gradcam" else self._cut().layer
             return core.compile_saliency(self._loaded, self._graph, method, layer=layer, classes=choice.classes,
                                          top_k=choice.k, samples=s.samples, noise=s.noise, steps=s.steps, seed=s.seed,
-                                         per_image=per_image, regions=regions)
+                                         per_image=per_image, regions=regions, inside=inside)
         return core.compile_explain(self._loaded, self._cut(), method, classes=choice.classes, top_k=choice.k,
                                     score=s.score, counterfactual=s.counterfactual, max_masks=s.max_masks,
-                                    per_image=per_image, regions=regions)
+                                    per_image=per_image, regions=regions, inside=inside)
 
     def _perturbation(self, method: str, choice: targets.ClassChoice, predict: Callable[[np.ndarray], np.ndarray],
                       forward: Callable[[np.ndarray], np.ndarray]) -> Any:

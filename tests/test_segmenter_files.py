@@ -77,6 +77,22 @@ def test_the_threshold_says_where_the_foreground_is(files, scenes, keras):
             assert p.probabilities[1] == pytest.approx(np.mean(expected >= threshold), abs=2e-3)
 
 
+def test_a_letterboxed_segmenter_file_reads_the_picture_as_its_keras_original_does(files, scenes):
+    """Shares and mean probabilities count the picture's part of the input alone, on a file (numpy over its outputs)
+    as on Keras (tests/test_letterboxed_segments.py holds that one to numpy)."""
+    wide = np.concatenate([scenes[0].image, scenes[1].image], axis=1)
+    options = dict(resize="letterbox", labels=LABELS, method="rise", masks=30, cells=4, seed=2)
+    keras_made, file_made = Explainer(files["keras"], precision="fp32", **options), Explainer(files["nhwc"], **options)
+    (theirs,), (ours,) = keras_made.predict([wide]), file_made.predict([wide])
+    np.testing.assert_allclose(ours.probabilities, theirs.probabilities, atol=2e-3)
+    assert [r.mean_probability for r in ours.predictions] == pytest.approx(
+        [r.mean_probability for r in theirs.predictions], abs=2e-3)
+    for mine, keras_map in zip(file_made.explain([wide], top_k=2), keras_made.explain([wide], top_k=2)):
+        assert mine.class_index == keras_map.class_index
+        assert mine.share == pytest.approx(keras_map.share, abs=2e-3) and mine.share == pytest.approx(
+            ours.probabilities[mine.class_index], abs=2e-3)
+
+
 def test_rise_on_a_segmentation_equals_the_formula_in_numpy(segmenter_model, keras, scenes):
     """S_c = Σ_i s_c(I ⊙ M_i) M_i / (N · keep), less its minimum, s_c the class's mean probability over where the
     unperturbed image predicts it, I ⊙ M = 128 + (I − 128) · M."""

@@ -63,6 +63,27 @@ class Canvas:
         return array[top:top + inner_h, left:left + inner_w]
 
 
+def inside(places: list[tuple[int, int, int, int] | None], height: int, width: int) -> np.ndarray | None:
+    """(b, height, width) float32, 1 where each picture lies on the input (all of it where it was stretched), from each
+    letterboxed picture's (top, left, height, width); None where none was letterboxed."""
+    if all(place is None for place in places):
+        return None
+    planes = np.ones((len(places), height, width), np.float32)
+    for plane, place in zip(planes, places):
+        if place is not None:
+            top, left, inner_h, inner_w = place
+            plane[:] = 0.0
+            plane[top:top + inner_h, left:left + inner_w] = 1.0
+    return planes
+
+
+def at_output(planes: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """(b, H, W) planes at the input's resolution -> (b, h, w) at the output's, by nearest neighbour."""
+    rows = (np.arange(size[0]) * planes.shape[1] // size[0])[:, None]
+    cols = (np.arange(size[1]) * planes.shape[2] // size[1])[None, :]
+    return planes[:, rows, cols]  # type: ignore[no-any-return]
+
+
 def letterboxed(image: Image.Image, width: int, height: int) -> Image.Image:
     """The picture scaled to fit the input whole (its aspect kept), centred on grey 114."""
     scale, top, left, inner_h, inner_w = Canvas("letterbox", height, width).fit(image.height, image.width)

@@ -42,6 +42,8 @@ class Source:
     pixels: Any = field(default=None, compare=False, hash=False, repr=False)  # a numpy array or PIL image in memory
     index: int | None = None  # an in-memory image's place among those given
     as_input: bool = False  # an array that is the model's input as it stands (not a picture to preprocess)
+    placed: tuple[int, int, int, int] | None = field(default=None, compare=False)  # a letterboxed picture's place on
+    # the input once decoded: (top, left, height, width)
 
     @property
     def key(self) -> str | int:

@@ -195,15 +195,19 @@ def several_per_pixel(head: Head) -> bool:
     return head.activation == "sigmoid" and head.size > 1
 
 
-def pixel_shares(head: Head, raw: Tensor, classes: Tensor) -> Tensor:
-    """(b, classes) each class's share of the pixels, from `classes` = pixel_classes(head, raw)."""
+def pixel_shares(head: Head, raw: Tensor, classes: Tensor, inside: Tensor | None = None) -> Tensor:
+    """(b, classes) each class's share of the pixels, from `classes` = pixel_classes(head, raw); with `inside`
+    (b, h, w), of the pixels where it is 1 (the picture's part of a letterbox): Σ inside·[class = c] / Σ inside."""
     import tensorflow as tf
 
+    b = tf.shape(classes)[0]
+    weights = tf.ones(tf.shape(classes), tf.float32) if inside is None else tf.cast(inside, tf.float32)
+    total = tf.maximum(tf.reduce_sum(weights, axis=(1, 2)), 1.0)[:, None]
     if several_per_pixel(head):
-        return tf.reduce_mean(tf.cast(tf.cast(raw, tf.float32) >= 0, tf.float32), axis=(1, 2))
-    flat = tf.reshape(classes, [tf.shape(classes)[0], -1])
-    counts = tf.math.bincount(flat, minlength=head.classes, maxlength=head.classes, axis=-1, dtype=tf.float32)
-    return counts / tf.cast(tf.shape(flat)[1], tf.float32)
+        return tf.reduce_sum(pixel_masks(head, raw) * weights[..., None], axis=(1, 2)) / total
+    counts = tf.math.bincount(tf.reshape(classes, [b, -1]), weights=tf.reshape(weights, [b, -1]),
+                              minlength=head.classes, maxlength=head.classes, axis=-1, dtype=tf.float32)
+    return counts / total
 
 
 def class_region(head: Head, raw: Tensor, classes: Tensor, chosen: Tensor) -> Tensor:

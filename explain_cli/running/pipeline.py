@@ -154,6 +154,9 @@ class Run:
         def load(source: Source) -> Decoded:
             try:
                 picture, x = inputs.decode_for(source, max_pixels, width, height, channels, resize)
+                if resize == "letterbox" and not source.as_input:
+                    _, top, left, inner_h, inner_w = inputs.Canvas(resize, height, width).fit(*picture.rgb.shape[:2])
+                    source = dataclasses.replace(source, placed=(top, left, inner_h, inner_w))
                 return source, picture, x
             except BadInput as error:
                 return source, error, None

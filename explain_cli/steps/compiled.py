@@ -124,23 +124,33 @@ def compile_predict(model: LoadedModel, graph: graph_module.Graph,
 
 
 def compile_segmentation(model: LoadedModel, graph: graph_module.Graph,
-                         pixels: str | None = None) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
+                         inside: bool = False) -> Callable[..., tuple[np.ndarray, ...]]:
     """A segmentation's prediction: a batch of pixels -> (b, classes) each class's share of the pixels, (b, h, w) each
     pixel's class at the output's resolution, and (b, classes) each class's mean probability over where it is
-    predicted (0 where it is nowhere)."""
+    predicted (0 where it is nowhere). With `inside`, the step also takes where each picture lies on the input
+    (b, H, W; a letterbox), and reads the shares and means there alone."""
     import tensorflow as tf
 
     from explain_cli.model import heads
 
-    def read(head: Any, raw: Any) -> Any:
+    forward, _ = split_module.logits(graph, forward_only=True)
+    head = head_of(model, graph)
+    plane = [tf.TensorSpec([None, model.height, model.width], tf.float32)] if inside else []
+
+    @compiled([_input_spec(model), *plane])
+    def step(images: Any, *placed: Any) -> Any:
+        raw = forward(model.preprocess(tf.cast(images, tf.float32)))
         classes = heads.pixel_classes(head, raw)
         where = heads.pixel_masks(head, raw)
+        weights = tf.image.resize(placed[0][..., None], tf.shape(classes)[1:3], method="nearest")[..., 0] \
+            if placed else None
+        if weights is not None:
+            where = where * weights[..., None]
         area = tf.reduce_sum(where, axis=(1, 2))
         mean = tf.reduce_sum(heads.pixel_probabilities(head, raw) * where, axis=(1, 2)) / tf.maximum(area, 1.0)
-        return heads.pixel_shares(head, raw, classes), classes, mean
+        return heads.pixel_shares(head, raw, classes, weights), classes, mean
 
-    step = _forward_step(model, graph, pixels or model.pixels, read)
-    return lambda batch: tuple(t.numpy() for t in step(batch))
+    return lambda batch, *placed: tuple(t.numpy() for t in step(batch, *placed))
 
 
 def compile_pixel_probabilities(model: LoadedModel, graph: graph_module.Graph) -> Callable[[np.ndarray], np.ndarray]:
@@ -205,11 +215,13 @@ def compile_explain(
     max_masks: int = 64,
     per_image: bool = False,
     regions: bool = False,
+    inside: bool = False,
 ) -> Any:
     """uint8 batch -> BatchResult, explaining `classes` for every image, or else each image's top k; with
     `per_image`, the step also takes each image's own class (b,) and explains that one; with `regions` (a
     segmentation), each image's region (b, H, W) at the input's resolution, over which a class's scores are summed
-    (default: where the class is predicted).
+    (default: where the class is predicted); with `inside` (a letterbox), where each picture lies on the input
+    (b, H, W): a segmentation is read there alone.
 
     `counterfactual` negates the gradients (Grad-CAM §counterfactual explanations: what would raise
     the score if removed). The returned callable has `.traced` (a tf.function) for counting traces.
@@ -228,9 +240,9 @@ def compile_explain(
     fixed = tf.constant(list(classes), tf.int32) if classes else None
     head = model.head or heads.detect(cut.output_shape, cut.activation)
     if spec.attention:
-        return _numpy_step(_attention_step(model, cut, spec, head, fixed, k, score, per_image, regions))
+        return _numpy_step(_attention_step(model, cut, spec, head, fixed, k, score, per_image, regions, inside))
 
-    @compiled(_signature(model, per_image, regions))
+    @compiled(_signature(model, per_image, regions, inside))
     def step(images: Any, *given: Any) -> tuple[Any, ...]:
         x = model.preprocess(tf.cast(images, tf.float32))
         activations, skips = cut.features(x)
@@ -241,7 +253,7 @@ def compile_explain(
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(tiled)
             raw = tf.cast(cut.head(tiled, tiled_skips), tf.float32)  # (k*b, ...): copy j of image i at j*b + i
-            rows = read_rows(head, raw[:b], fixed, k, score, *_given(per_image, regions, given))
+            rows = read_rows(head, raw[:b], fixed, k, score, *_given(per_image, regions, inside, given))
             scores = rows.score(raw)
         gradients = None
         if spec.gradients:
@@ -263,17 +275,17 @@ def compile_explain(
 
 
 def _attention_step(model: LoadedModel, cut: split_module.Split, spec: Any, head: Any, fixed: Any, k: int,
-                    score: str, per_image: bool, regions: bool) -> Any:
+                    score: str, per_image: bool, regions: bool, inside: bool) -> Any:
     """The explain step of a method that reads attention scores: one forward pass gives the outputs and every
     attention layer's scores; no cut and no gradient."""
     import tensorflow as tf
 
-    @compiled(_signature(model, per_image, regions))
+    @compiled(_signature(model, per_image, regions, inside))
     def step(images: Any, *given: Any) -> tuple[Any, ...]:
         raw, attentions = cut.attentions(model.preprocess(tf.cast(images, tf.float32)))
         raw = tf.cast(raw, tf.float32)
         b = tf.shape(raw)[0]
-        rows = read_rows(head, raw, fixed, k, score, *_given(per_image, regions, given))
+        rows = read_rows(head, raw, fixed, k, score, *_given(per_image, regions, inside, given))
         scores = rows.score(tile(raw, k))
         maps = spec.compute(MethodInputs(None, attentions=tuple(tile(a, k) for a in attentions), tokens=cut.tokens))
         return rows.shown, rows.chosen, regroup(scores, k, b), regroup(maps, k, b), rows.extras(k, b)
@@ -311,6 +323,7 @@ def compile_saliency(
     seed: int = 0,
     per_image: bool = False,
     regions: bool = False,
+    inside: bool = False,
 ) -> Any:
     """uint8 batch -> BatchResult whose maps are pixel attributions at the model's input resolution.
 
@@ -330,12 +343,12 @@ def compile_saliency(
     fixed = tf.constant(list(classes), tf.int32) if classes else None
     head = head_of(model, graph)
 
-    @compiled(_signature(model, per_image, regions))
+    @compiled(_signature(model, per_image, regions, inside))
     def step(images: Any, *given: Any) -> tuple[Any, ...]:
         pixels = tf.cast(images, tf.float32)
         b = tf.shape(pixels)[0]
         raw = tf.cast(forward(model.preprocess(pixels)), tf.float32)
-        rows = read_rows(head, raw, fixed, k, "logit", *_given(per_image, regions, given))
+        rows = read_rows(head, raw, fixed, k, "logit", *_given(per_image, regions, inside, given))
         tiled = tile(pixels, k)
 
         def gradient_through(network: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -385,28 +398,31 @@ def _spans(images: Any) -> Any:
     return tf.where(span > 0, span, tf.ones_like(span))
 
 
-def _signature(model: LoadedModel, per_image: bool, regions: bool = False) -> list[Any]:
+def _signature(model: LoadedModel, per_image: bool, regions: bool = False, inside: bool = False) -> list[Any]:
     """The explain step's inputs: a uint8 batch; with `per_image` each image's class (b,); with `regions` each image's
-    region (b, H, W) at the input's resolution."""
+    region (b, H, W) at the input's resolution; with `inside` where each picture lies on the input (b, H, W)."""
     import tensorflow as tf
 
+    plane = tf.TensorSpec([None, model.height, model.width], tf.float32)
     return [_input_spec(model)] + ([tf.TensorSpec([None], tf.int32)] if per_image else []) + (
-        [tf.TensorSpec([None, model.height, model.width], tf.float32)] if regions else [])
+        [plane] if regions else []) + ([plane] if inside else [])
 
 
-def _given(per_image: bool, regions: bool, given: Sequence[Any]) -> tuple[Any, Any]:
-    """(each image's class or None, each image's region or None) from the step's extra inputs."""
+def _given(per_image: bool, regions: bool, inside: bool, given: Sequence[Any]) -> tuple[Any, Any, Any]:
+    """(each image's class, region and picture's place on the input, each or None) from the step's extra inputs."""
     given = list(given)
     own = given.pop(0) if per_image else None
     region = given.pop(0) if regions else None
-    return own, region
+    placed = given.pop(0) if inside else None
+    return own, region, placed
 
 
 def _numpy_step(step: Any) -> Callable[..., BatchResult]:
     """The compiled step as numpy in, BatchResult out; `.traced` keeps the tf.function for counting traces."""
 
-    def run(batch: np.ndarray, classes: np.ndarray | None = None, regions: np.ndarray | None = None) -> BatchResult:
-        given = [g for g in (classes, regions) if g is not None]  # what the step was compiled to take
+    def run(batch: np.ndarray, classes: np.ndarray | None = None, regions: np.ndarray | None = None,
+            inside: np.ndarray | None = None) -> BatchResult:
+        given = [g for g in (classes, regions, inside) if g is not None]  # what the step was compiled to take
         probabilities, chosen, scores, maps, extras = step(batch, *given)
         return BatchResult(probabilities.numpy(), chosen.numpy(), scores.numpy(), maps.numpy(),
                            {name: value.numpy() for name, value in extras.items()})

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from explain_cli.inputs.fitting import at_output
 from explain_cli.steps import targets
 from explain_cli.errors import BadArgument
 from explain_cli.steps.compiled import BatchResult
@@ -74,17 +75,18 @@ def segment_step(method: str, pixels: Callable[[np.ndarray], np.ndarray], head: 
     compute = PERTURBATION_METHODS[method]
     window, stride = window_and_stride(settings, height, width)
 
-    def run(batch: np.ndarray, classes: np.ndarray | None = None, regions: np.ndarray | None = None) -> BatchResult:
+    def run(batch: np.ndarray, classes: np.ndarray | None = None, regions: np.ndarray | None = None,
+            inside: np.ndarray | None = None) -> BatchResult:
         probabilities = pixels(batch.astype(np.float32))  # (b, h, w, C)
-        where = heads.numpy_masks(head, probabilities)
-        shares = where.mean(axis=(1, 2))
+        size = probabilities.shape[1:3]
+        # A letterbox's grey is not the picture: shares and regions are read where the picture lies (`inside`).
+        weights = at_output(inside, size) if inside is not None else np.ones((len(batch), *size), np.float32)
+        where = heads.numpy_masks(head, probabilities) * weights[..., None]
+        shares = where.sum(axis=(1, 2)) / np.maximum(weights.sum(axis=(1, 2)), 1.0)[:, None]
         chosen = classes[:, None].astype(np.int32) if classes is not None else \
             np.asarray(targets.pick(choice, shares, [None] * len(batch)))
         if regions is not None:  # the region given, the same for each class of its image, at the output's resolution
-            size = probabilities.shape[1:3]
-            rows = (np.arange(size[0]) * regions.shape[1] // size[0])[:, None]
-            cols = (np.arange(size[1]) * regions.shape[2] // size[1])[None, :]
-            where = np.repeat((regions[:, rows, cols] > 0.5)[..., None], where.shape[-1], axis=-1).astype(np.float32)
+            where = np.repeat((at_output(regions, size) > 0.5)[..., None], where.shape[-1], axis=-1).astype(np.float32)
         mean = heads.numpy_region_means(probabilities, where)
         maps = []
         for image, row, region in zip(batch, chosen, where):
@@ -94,7 +96,8 @@ def segment_step(method: str, pixels: Callable[[np.ndarray], np.ndarray], head: 
 
             maps.append(compute(PerturbationInputs(forward, image.astype(np.float32), row, settings.batch_size, masks,
                                                    window, stride, fill)))
-        explained_share = np.take_along_axis(where.mean(axis=(1, 2)), chosen, axis=1)
+        explained_share = np.take_along_axis(where.sum(axis=(1, 2)) / np.maximum(weights.sum(axis=(1, 2)), 1.0)[:, None],
+                                             chosen, axis=1)
         explained_mean = np.take_along_axis(mean, chosen, axis=1)
         extras = {"share": explained_share, "mean_probability": explained_mean,
                   "segmentation": heads.numpy_classes(head, probabilities)}

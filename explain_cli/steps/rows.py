@@ -28,14 +28,15 @@ class Rows:
 
 
 def read_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, score: str, own: Tensor | None = None,
-              regions: Tensor | None = None) -> Rows:
+              regions: Tensor | None = None, inside: Tensor | None = None) -> Rows:
     """The rows of a step from the head's output of the b images themselves (`first`): `fixed` classes for every
     image, each image's `own` class (b,), or its top k; a segmentation's `regions` (b, H, W), else where each
-    row's class is predicted."""
+    row's class is predicted, and `inside` (b, H, W): where each picture lies on a letterboxed input, the only
+    pixels a segmentation is read on."""
     import tensorflow as tf
 
     if head.kind == "pixels":
-        return _pixel_rows(head, first, fixed, k, score, own, regions)
+        return _pixel_rows(head, first, fixed, k, score, own, regions, inside)
     shown = heads.probabilities(head, first)
     chosen, row_class = choose(shown, fixed, k, own)
 
@@ -49,19 +50,21 @@ def read_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, sco
 
 
 def _pixel_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, score: str, own: Tensor | None,
-                regions: Tensor | None) -> Rows:
+                regions: Tensor | None, inside: Tensor | None) -> Rows:
     import tensorflow as tf
 
     # Every pass over a (b, h, w, classes) output at the input's resolution costs about as much as a small
     # layer: each is made once, the rest works on (b, h, w) maps.
     first = tf.stop_gradient(first)
     classes = heads.pixel_classes(head, first)  # (b, h, w)
-    shown = heads.pixel_shares(head, first, classes)
-    chosen, row_class = choose(shown, fixed, k, own)
     size = tf.shape(classes)[1:3]
+    placed = None if inside is None else tf.image.resize(inside[..., None], size, method="nearest")[..., 0]
+    shown = heads.pixel_shares(head, first, classes, placed)
+    chosen, row_class = choose(shown, fixed, k, own)
     if regions is None:
         region = heads.class_region(head, tile(first, k) if heads.several_per_pixel(head) else first, tile(classes, k),
                                     row_class)
+        region = region if placed is None else region * tile(placed, k)
     else:
         given = tf.image.resize(regions[..., None], size, method="nearest")[..., 0]
         region = tile(tf.cast(given > 0.5, tf.float32), k)
@@ -77,7 +80,7 @@ def _pixel_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, s
         probabilities = tile(heads.pixel_probabilities(head, first), k)  # k copies, one softmax
         probability = tf.gather(probabilities, row_class, axis=3, batch_dims=1)
         area = tf.reduce_sum(region, axis=(1, 2))
-        pixels = tf.cast(size[0] * size[1], tf.float32)
+        pixels = tf.cast(size[0] * size[1], tf.float32) if placed is None else tile(tf.reduce_sum(placed, axis=(1, 2)), k)
         mean = tf.reduce_sum(probability * region, axis=(1, 2)) / tf.maximum(area, 1.0)
         return {"share": per_image(area / pixels, k, b), "mean_probability": per_image(mean, k, b),
                 "segmentation": classes}

@@ -17,6 +17,7 @@ from explain_cli.render import drawing
 from explain_cli.io import files as output
 from explain_cli.render import heatmaps as render
 from explain_cli.errors import BadArgument
+from explain_cli.inputs.fitting import at_output
 from explain_cli.inputs.sources import Canvas, Source, key_of, pixel_limit
 from explain_cli.model.files import RuntimeModel
 from explain_cli.io.files import Region
@@ -233,30 +234,45 @@ class Segmenting:
         masks = segment.truth_masks(truth, key_of)
         finish = segment.predicted(self.labels, top, self.settings.min_area, masks, self.canvas)
 
+        letterboxed = self.canvas.resize == "letterbox"
+
         def make(made: Any) -> Compute:
-            step = made._segmentation()
+            step = made._segmentation(letterboxed)
+            if letterboxed:  # shares and means on the pictures alone, not on the letterbox's grey
+                return lambda batch, sources: step(batch, made._inside(sources))
             return lambda batch, sources: step(batch)
 
         return [r.values[0] for r in self._run(images, make, finish, errors)]
 
-    def _segmentation(self) -> Callable[[np.ndarray], tuple[np.ndarray, ...]]:
-        """uint8 batch -> a segmentation's (shares, class map, mean probabilities), compiled once."""
+    def _inside(self, sources: Sequence[Source]) -> np.ndarray:
+        """(b, H, W) 1 where each picture lies on the model's input (all of it for one not letterboxed)."""
+        from explain_cli.inputs.fitting import inside
+
+        height, width, _ = self.input_size
+        planes = inside([s.placed for s in sources], height, width)
+        return planes if planes is not None else np.ones((len(sources), height, width), np.float32)
+
+    def _segmentation(self, inside: bool = False) -> Callable[..., tuple[np.ndarray, ...]]:
+        """uint8 batch (and with `inside`, where each picture lies on the input) -> a segmentation's (shares, class
+        map, mean probabilities) over the pictures' pixels, compiled once."""
         from explain_cli.model import heads
         from explain_cli.steps import compiled as core
 
         if isinstance(self._model, RuntimeModel):
             pixels, head = self._pixels(), self.head
 
-            def segmentation(batch: np.ndarray) -> tuple[np.ndarray, ...]:
+            def segmentation(batch: np.ndarray, *placed: np.ndarray) -> tuple[np.ndarray, ...]:
                 probabilities = pixels(batch.astype(np.float32))
                 where = heads.numpy_masks(head, probabilities)
-                return (where.mean(axis=(1, 2)), heads.numpy_classes(head, probabilities),
-                        heads.numpy_region_means(probabilities, where))
+                weights = at_output(placed[0], probabilities.shape[1:3]) if placed else np.ones(where.shape[:3])
+                where = where * weights[..., None]
+                return (where.sum(axis=(1, 2)) / np.maximum(weights.sum(axis=(1, 2)), 1.0)[:, None],
+                        heads.numpy_classes(head, probabilities), heads.numpy_region_means(probabilities, where))
 
             return segmentation
 
-        return self._step(("segmentation", self.precision),  # type: ignore[no-any-return]
-                          lambda: core.compile_segmentation(self._loaded, self._graph))
+        return self._step(("segmentation", self.precision, inside),  # type: ignore[no-any-return]
+                          lambda: core.compile_segmentation(self._loaded, self._graph, inside))
 
     def _segment_perturbation(self, method: str, choice: Any) -> Any:
         """A perturbation method on a segmentation: each class's mean probability over its region
