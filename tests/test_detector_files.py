@@ -235,3 +235,18 @@ def test_a_yolo_graph_no_keras_code_made_is_read_as_numpy_decodes_it(tmp_path):
                 kept.append(i)
         assert [d.class_index for d in found.predictions] == [int(cls[i]) for i in kept]
         np.testing.assert_allclose(found.boxes, np.clip(corners[kept], 0, 32), atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["savedmodel", "litert"])
+def test_load_opens_a_model_file_once(files, monkeypatch, fmt):
+    """What task a file is for is read from its outputs, and the runner that read them is the one the Detector runs:
+    a SavedModel takes seconds to load."""
+    from explain_cli.model import files as model_files
+
+    opened = []
+    real = model_files._runner
+    monkeypatch.setattr(model_files, "_runner", lambda kind, path: opened.append(path) or real(kind, path))
+    layout = "yolov5" if fmt == "savedmodel" else "yolov8"
+    made = load(files[layout, fmt])
+    assert isinstance(made, Detector) and made.predict([np.zeros((64, 64, 3), np.uint8)]) is not None
+    assert opened == [files[layout, fmt]]

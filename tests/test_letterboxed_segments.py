@@ -58,3 +58,31 @@ def test_explanations_read_the_pictures_pixels_alone(keras, segmenter_model, wid
         assert e.share == pytest.approx(shares[e.class_index], abs=1e-6)
         assert e.mean_probability == pytest.approx(means[e.class_index], abs=1e-4)
         assert e.map.shape[0] * 2 == pytest.approx(e.map.shape[1], abs=2)  # cut to the picture's part
+
+
+def test_sanity_compares_the_maps_on_the_picture_alone(tmp_path):
+    """--sanity on a letterboxed picture: the rank correlation of the trained map with each stage's, and the figure of
+    them, take the picture's part of the input alone; hand-made maps whose grey rows disagree and picture rows agree
+    give 1.0, where the whole input's would not."""
+    from pathlib import Path, PurePosixPath
+    from types import SimpleNamespace
+
+    from explain_cli.evaluation import evaluate, metrics
+    from explain_cli.inputs.fitting import Canvas
+    from explain_cli.inputs.sources import Source
+
+    rng = np.random.default_rng(0)
+    picture_rows = rng.random((32, 64))
+    trained, randomised = np.zeros((64, 64)), np.zeros((64, 64))
+    trained[16:48], randomised[16:48] = picture_rows, picture_rows * 2  # the same ranks on the picture
+    trained[:16], randomised[:16] = rng.random((16, 64)), -rng.random((16, 64))  # none alike on the grey
+    source = Source(Path("wide.png"), "wide.png", PurePosixPath("wide"))
+    batch = evaluate.EvaluationBatch(np.ones((1, 2)), np.array([[1]]), {"gradcam": np.zeros((1, 1, 64, 64))},
+                                     stage_maps={"gradcam": np.stack([trained, randomised])[None, None]})
+    sanity = evaluate.Sanity(SimpleNamespace(stages=[(1, "conv")]), {}, frozenset({source}), tmp_path)
+    original = np.zeros((64, 128, 3), np.uint8)
+    (record,) = evaluate._sanity_records(source, original, 0, batch, ["a", "b"], sanity,
+                                         evaluate.Settings(("gradcam",)), Canvas("letterbox", 64, 64))
+    assert record["spearman"] == pytest.approx(1.0)
+    assert metrics.spearman(trained, randomised) < 0.9  # what the whole input gives
+    assert (tmp_path / record["figure"]).is_file()

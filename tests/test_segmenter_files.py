@@ -1,5 +1,5 @@
 """Segmenters as model files, and RISE and occlusion on segmentations: the tests' trained segmenter made into a one
-sigmoid channel (foreground: any colour), exported to ONNX in NHWC and NCHW, gives the Keras model's class map and its
+sigmoid channel (foreground: any colour), exported to ONNX in NHWC and NCHW, to LiteRT and to a SavedModel, gives the Keras model's class map and its
 RISE maps; a class's RISE map on a Keras segmenter equals the formula in numpy over its region."""
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ def files(keras, segmenter_model, tmp_path_factory):
     for layout, channels_first in (("nhwc", False), ("nchw", True)):
         made[layout] = folder / f"blobs-{layout}.onnx"
         one_channel(keras, segmenter_model, channels_first).export(str(made[layout]), format="onnx", verbose=False)
+    made["litert"] = folder / "blobs.tflite"
+    one_channel(keras, segmenter_model).export(str(made["litert"]), format="litert", verbose=False)
+    made["savedmodel"] = folder / "blobs_savedmodel"
+    one_channel(keras, segmenter_model).export(str(made["savedmodel"]), format="tf_saved_model", verbose=False)
     return made
 
 
@@ -46,14 +50,15 @@ def scenes():
     return [make_colour_blobs(rng) for _ in range(3)]
 
 
-@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
-def test_a_one_channel_onnx_segmenter_is_the_keras_models_class_map_and_rise_maps(files, scenes, layout):
+@pytest.mark.parametrize("layout", ["nhwc", "nchw", "litert", "savedmodel"])
+def test_a_one_channel_segmenter_file_is_the_keras_models_class_map_and_rise_maps(files, scenes, layout):
     images = np.stack([s.image for s in scenes])
     options = dict(method="rise", masks=150, cells=6, seed=2, labels=LABELS)
     keras_made = Explainer(files["keras"], precision="fp32", **options)
     file_made = Explainer(files[layout], **options)
     assert keras_made.head.kind == file_made.head.kind == "pixels" and file_made.head.classes == 2
-    assert any(f"laid out {layout.upper()}" in note for note in file_made.notes), file_made.notes
+    laid_out = layout.upper() if layout in ("nhwc", "nchw") else "NHWC"
+    assert any(f"laid out {laid_out}" in note for note in file_made.notes), file_made.notes
     theirs, ours = keras_made.predict(images), file_made.predict(images)
     for a, b in zip(ours, theirs):
         assert np.mean(a.class_map == b.class_map) >= 0.999  # a pixel on the threshold may round either way

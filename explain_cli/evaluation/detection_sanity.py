@@ -68,9 +68,14 @@ def _normalised(maps: np.ndarray) -> np.ndarray:
 
 
 def records(source: Source, original: np.ndarray, found: Any, staged: dict[str, np.ndarray], labels: Sequence[str],
-            sanity: DetectorSanity) -> list[dict]:
-    """A record per (detection, method, stage): the rank correlation of its map with the trained model's; and the
-    figure of the first detection's maps across the stages, for the sources that get one."""
+            sanity: DetectorSanity, canvas: Any = None) -> list[dict]:
+    """A record per (detection, method, stage): the rank correlation of its map with the trained model's, on the
+    picture's part of a letterbox (`canvas`); and the figure of the first detection's maps across the stages, for the
+    sources that get one."""
+    from explain_cli.running.values import fitted
+
+    staged = {method: np.stack([np.stack([fitted(m, canvas, source, original) for m in stages]) for stages in maps])
+              if len(maps) else maps for method, maps in staged.items()}
     rows = []
     for j, class_index in enumerate(int(c) for c in found.classes):
         for method, maps in staged.items():

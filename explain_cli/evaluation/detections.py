@@ -100,7 +100,7 @@ def finish_step(made: Any, settings: Settings, sanity: Any = None) -> Callable[[
             from explain_cli.evaluation import detection_sanity as detect_sanity
 
             staged = {method: maps[row] for method, maps in batch.stage_maps.items()}
-            side = detect_sanity.records(source, original, found, staged, made.labels, sanity)
+            side = detect_sanity.records(source, original, found, staged, made.labels, sanity, made.canvas)
         return ImageResult(source, records=records, side_records=side)
 
     return finish

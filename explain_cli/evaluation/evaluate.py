@@ -181,18 +181,25 @@ def finish_step(names: Sequence[str], model: str, layer: str | None, settings: S
                     "pointing_hit": hit, "energy_in_box": energy, "steps": settings.steps,
                     "deletion_curve": scores.deletion_curve, "insertion_curve": scores.insertion_curve,
                 })
-        side = _sanity_records(source, original, row, batch, names, sanity, settings) if sanity else []
+        side = _sanity_records(source, original, row, batch, names, sanity, settings, canvas) if sanity else []
         return ImageResult(source, records=records, side_records=side)
 
     return finish
 
 
 def _sanity_records(source: Source, original: np.ndarray, row: int, batch: EvaluationBatch, names: Sequence[str],
-                    sanity: Sanity, settings: Settings) -> list[dict]:
+                    sanity: Sanity, settings: Settings, canvas: Any = None) -> list[dict]:
+    """A record per (class, method, stage): the rank correlation of its map with the trained model's, on the picture's
+    part of a letterbox; and the figure of the first class's maps across the stages, for the sources that get one."""
+    from explain_cli.running.values import fitted
+
+    def cut(maps: np.ndarray) -> list[np.ndarray]:
+        return [fitted(m, canvas, source, original) for m in maps]
+
     records = []
     for j, class_index in enumerate(int(c) for c in batch.classes[row]):
         for method in settings.methods:
-            stages = batch.stage_maps[method][row, j]
+            stages = cut(batch.stage_maps[method][row, j])
             for stage, (count, deepest) in enumerate(sanity.cascade.stages, start=1):
                 records.append({
                     "image": source.shown, "method": method, "class_index": class_index,
@@ -201,7 +208,7 @@ def _sanity_records(source: Source, original: np.ndarray, row: int, batch: Evalu
                     "spearman": metrics.spearman(stages[0], stages[stage]),
                 })
     if source in sanity.figures and records and sanity.out_dir is not None:
-        rows = {method: list(batch.stage_maps[method][row, 0]) for method in settings.methods}
+        rows = {method: cut(batch.stage_maps[method][row, 0]) for method in settings.methods}
         records[0]["figure"] = sanity_figure(sanity.out_dir, source, original, rows, sanity.cascade.stages)
     return records
 

@@ -92,7 +92,7 @@ def open_file(spec: str, runtime: Runtime) -> Opened:
     kind = KINDS.get(path.suffix.lower(), "SavedModel")
     article = "an" if kind == "ONNX" else "a"
     try:
-        runner = {"ONNX": _onnx, "LiteRT": _litert, "SavedModel": _saved_model}[kind](path)
+        runner = _opened_for_shapes.pop(_identity(path), None) or _runner(kind, path)
     except ExplainError:
         raise
     except Exception as error:  # each runtime's own error for a file it cannot read
@@ -159,10 +159,30 @@ def names_in(metadata: dict[str, str]) -> tuple[str, ...] | None:
 
 
 def output_shapes(spec: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
-    """A model file's outputs, by name and shape, read by opening it with its runtime."""
+    """A model file's outputs, by name and shape, read by opening it with its runtime. The runner is kept for the
+    open_file that usually follows (what task the file is for, then the file opened for it): a SavedModel takes
+    seconds to load."""
     path = Path(spec)
-    kind = KINDS.get(path.suffix.lower(), "SavedModel")
-    return {"ONNX": _onnx, "LiteRT": _litert, "SavedModel": _saved_model}[kind](path).outputs
+    runner = _runner(KINDS.get(path.suffix.lower(), "SavedModel"), path)
+    _opened_for_shapes.clear()  # one at most: a runner is handed on once, never shared
+    _opened_for_shapes[_identity(path)] = runner
+    return runner.outputs  # type: ignore[no-any-return]
+
+
+_opened_for_shapes: dict[tuple[str, int, int], Any] = {}
+
+
+def _identity(path: Path) -> tuple[str, int, int]:
+    """The file as it is now: its place, and its (or a SavedModel folder's graph's) change time and size."""
+    try:
+        status = (path / "saved_model.pb" if path.is_dir() else path).stat()
+        return str(path.resolve()), status.st_mtime_ns, status.st_size
+    except OSError:
+        return str(path), -1, -1
+
+
+def _runner(kind: str, path: Path) -> Any:
+    return {"ONNX": _onnx, "LiteRT": _litert, "SavedModel": _saved_model}[kind](path)
 
 
 def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime: Runtime) -> RuntimeModel:
