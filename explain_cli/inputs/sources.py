@@ -20,12 +20,13 @@ from typing import Any, BinaryIO, Callable, Hashable, Iterable, Iterator, TextIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from explain_cli.errors import BadInput
+from explain_cli.errors import BadInput, first_line
 from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS, Shard, parse_shard, shard_of  # noqa: F401 (re-exported)
+from explain_cli.inputs import channels as channel_planes
 from explain_cli.inputs.fitting import RESIZES as RESIZES, Canvas as Canvas, letterboxed
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif", ".npy"}
 )
 # Transparent pixels are shown on mid grey: neither black nor white pretends to be the background.
 BACKGROUND = (128, 128, 128)
@@ -106,6 +107,7 @@ class Picture:
 
     rgb: np.ndarray  # (h, w, 3) uint8, upright
     notes: tuple[str, ...] = ()
+    planes: np.ndarray | None = None  # (h, w, C) uint8: the channels it holds beyond RGB (inputs/channels.py)
 
 
 class _PixelLimit:
@@ -154,7 +156,13 @@ def decode_for(source: Source, max_pixels: int, width: int, height: int, channel
     if source.as_input:
         return given_input(source, height, width, channels)
     picture, image = _decoded(source, max_pixels)
-    return picture, model_input(picture.rgb, width, height, channels, image, resize)
+    if channels in (1, 3):  # grey or RGB, whatever else the picture holds: as every photo is read
+        return picture, model_input(picture.rgb, width, height, channels, image, resize)
+    held = picture.planes.shape[-1] if picture.planes is not None else 3
+    if held != channels:
+        raise BadInput(source.shown, channel_planes.mismatch(held, channels))
+    assert picture.planes is not None
+    return picture, channel_planes.fitted_planes(picture.planes, width, height, resize)
 
 
 def _decoded(source: Source, max_pixels: int) -> tuple[Picture, Image.Image | None]:
@@ -168,6 +176,8 @@ def _decoded(source: Source, max_pixels: int) -> tuple[Picture, Image.Image | No
     shown = source.shown
     if source.pixels is not None:
         return _from_memory(source, max_pixels), None
+    if source.path.suffix.lower() in channel_planes.ARRAY_SUFFIXES:
+        return _from_array_file(source, max_pixels), None
     try:
         with pixel_limit(max_pixels), _open_regular(source) as stream, Image.open(stream) as image:
             _check_size(shown, image.size, max_pixels)
@@ -179,9 +189,11 @@ def _decoded(source: Source, max_pixels: int) -> tuple[Picture, Image.Image | No
             _check_size(shown, image.size, max_pixels)  # what was decoded: a container's image may not be its header's
             ImageOps.exif_transpose(image, in_place=True)  # a copy would cost as much as the decode's resize
             rgb, how = _to_rgb(image)
-            return Picture(np.asarray(rgb), tuple(notes + ([how] if how else []))), rgb
+            return Picture(np.asarray(rgb), tuple(notes + ([how] if how else [])), channel_planes.planes_of(image)), rgb
     except BadInput:
         raise
+    except UnidentifiedImageError if source.path.suffix.lower() in (".tif", ".tiff") else ():
+        return _from_array_file(source, max_pixels), None  # bands Pillow cannot read: tifffile reads any
     except Image.DecompressionBombError as error:
         raise BadInput(shown, f"holds an image of {_bomb_size(error)}over --max-pixels {max_pixels:,}") from None
     except UnidentifiedImageError:  # an OSError too: before the general case
@@ -203,21 +215,42 @@ def _from_memory(source: Source, max_pixels: int) -> Picture:
         _check_size(source.shown, given.size, max_pixels)
         rgb, how = _to_rgb(ImageOps.exif_transpose(given))
         return Picture(np.asarray(rgb), (how,) if how else ())
-    array = np.asarray(given)
+    return _array_picture(source.shown, np.asarray(given), max_pixels)
+
+
+def _from_array_file(source: Source, max_pixels: int) -> Picture:
+    """A .npy file, or a TIFF of bands Pillow cannot read, as an image array."""
+    try:
+        array = channel_planes.read_array(source.path)
+    except ModuleNotFoundError:
+        raise BadInput(source.shown, "a TIFF of this kind needs tifffile: pip install tifffile") from None
+    except Exception as error:  # numpy's and tifffile's own errors for a file they cannot read
+        raise BadInput(source.shown, f"cannot read it as an array: {type(error).__name__}: {first_line(error)}") from None
+    return _array_picture(source.shown, array, max_pixels)
+
+
+def _array_picture(shown: str, array: np.ndarray, max_pixels: int) -> Picture:
+    """An image array (h, w[, C]) as a picture: uint8, or other numbers taken as 0-255 (keras.utils.img_to_array's
+    floats); 16-bit integers scaled to 8 bits. Its channels beyond RGB are kept as planes."""
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
-        raise BadInput(source.shown, f"an image array is (height, width[, 1, 3 or 4]), not {array.shape}")
-    _check_size(source.shown, (array.shape[1], array.shape[0]), max_pixels)
+    if array.ndim not in (2, 3) or 0 in array.shape:
+        raise BadInput(shown, f"an image array is (height, width[, channels]), not {array.shape}")
+    _check_size(shown, (array.shape[1], array.shape[0]), max_pixels)
     notes = []
+    if array.dtype in (np.uint16, np.int32, np.uint32) and array.max(initial=0) > 255:
+        array, notes = np.rint(array / 257.0).clip(0, 255).astype(np.uint8), ["16-bit values scaled to 8 bits"]
     if array.dtype != np.uint8:
-        array, note = _as_uint8(source.shown, array)
+        array, note = _as_uint8(shown, array)
         notes.append(note)
-    if array.ndim == 3 and array.shape[-1] == 3:  # already RGB: used as it is (a read-only view, never changed)
+    if array.ndim == 2:
+        return Picture(np.repeat(array[..., None], 3, axis=-1), tuple(notes))
+    if array.shape[-1] == 3:  # already RGB: used as it is (a read-only view, never changed)
         return Picture(array, tuple(notes))
-    mode = "L" if array.ndim == 2 else "RGBA"
-    rgb, how = _to_rgb(Image.fromarray(np.ascontiguousarray(array), mode=mode))
-    return Picture(np.asarray(rgb), tuple(notes + ([how] if how else [])))
+    if array.shape[-1] == 4:  # RGBA as a photo shows it (transparency on grey), its four channels kept
+        rgb, how = _to_rgb(Image.fromarray(np.ascontiguousarray(array), mode="RGBA"))
+        return Picture(np.asarray(rgb), tuple(notes + [how]), array)
+    return Picture(channel_planes.display(array), tuple(notes + [f"{array.shape[-1]} channels"]), array)
 
 
 def _as_uint8(shown: str, array: np.ndarray) -> tuple[np.ndarray, str]:

@@ -361,8 +361,8 @@ def size_of(model: Any, spec: str, given: tuple[int, int] | None = None) -> tupl
         raise ExplainError(f"{spec}: expected one image input (batch, height, width, channels)")
     _, height, width, channels = shape
     given = None if given is None else (int(given[0]), int(given[1]))  # a list from Python compares as a tuple
-    if channels not in (1, 3):
-        raise ExplainError(f"{spec}: the model's input has {channels} channels; expected 1 or 3")
+    if not channels:
+        raise ExplainError(f"{spec}: the model's input has no fixed number of channels")
     if given is not None and any(side is not None and side != want for side, want in zip((height, width), given)):
         shown = "×".join("any" if side is None else str(side) for side in (height, width))
         raise BadArgument("--input-size", f"{spec} takes {shown} images, not {given[0]}×{given[1]}")

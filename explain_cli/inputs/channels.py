@@ -1,0 +1,73 @@
+"""Pictures of any number of channels: what a model of 1, 2, 4 or N input channels is fed, and the RGB picture its
+maps are drawn on.
+
+A picture decodes to RGB for drawing. Where it holds more than its RGB (an alpha channel, CMYK's four, an array or a
+TIFF of N bands), those planes are kept as they are, and a model whose input has that many channels is fed them:
+nothing is silently made RGB, and a picture with too few channels for the model is a one-line error naming both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from explain_cli.inputs.fitting import LETTERBOX_GREY, Canvas
+
+ARRAY_SUFFIXES = (".npy",)
+
+
+def planes_of(image: Image.Image) -> np.ndarray | None:
+    """The channels a decoded picture holds beyond RGB, as they are (h, w, C) uint8: RGBA (a palette's transparency
+    included), grey with alpha (2), CMYK (4); None for a picture that is RGB or grey."""
+    if image.mode in ("RGBA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        return np.asarray(image.convert("RGBA"))
+    if image.mode in ("LA", "CMYK"):
+        return np.asarray(image)
+    return None
+
+
+def read_array(path: Path) -> np.ndarray:
+    """A .npy file's array, or a TIFF's bands (tifffile: any count, any dtype), (h, w[, C]) as stored."""
+    if path.suffix.lower() in ARRAY_SUFFIXES:
+        return np.load(path, allow_pickle=False)  # type: ignore[no-any-return]
+    import tifffile
+
+    array = np.asarray(tifffile.imread(path))
+    if array.ndim == 3 and array.shape[0] < min(array.shape[1:]) and array.shape[0] <= 16:  # bands first (C, h, w)
+        array = np.moveaxis(array, 0, -1)
+    return array
+
+
+def display(planes: np.ndarray) -> np.ndarray:
+    """The RGB picture maps are drawn on: the first three channels, or the first as grey."""
+    if planes.shape[-1] >= 3:
+        return np.ascontiguousarray(planes[..., :3])
+    return np.repeat(planes[..., :1], 3, axis=-1)
+
+
+def fitted_planes(planes: np.ndarray, width: int, height: int, resize: str = "stretch") -> np.ndarray:
+    """Each channel resized (bilinear) to the model's input on its own, stretched or letterboxed on grey 114."""
+    if planes.shape[:2] == (height, width):
+        return planes
+    bands = []
+    for c in range(planes.shape[-1]):
+        band = Image.fromarray(np.ascontiguousarray(planes[..., c]), mode="L")
+        if resize == "letterbox":
+            _, top, left, inner_h, inner_w = Canvas(resize, height, width).fit(band.height, band.width)
+            canvas = Image.new("L", (width, height), LETTERBOX_GREY)
+            canvas.paste(band.resize((inner_w, inner_h), Image.Resampling.BILINEAR), (left, top))
+            band = canvas
+        else:
+            band = band.resize((width, height), Image.Resampling.BILINEAR)
+        bands.append(np.asarray(band))
+    return np.stack(bands, axis=-1)
+
+
+def mismatch(held: int, wanted: int) -> str:
+    """Why a picture of `held` channels cannot feed a model of `wanted`."""
+    kinds = {1: "grey", 2: "grey and alpha", 3: "RGB", 4: "RGBA or CMYK"}
+    what = kinds.get(held, f"{held} bands")
+    return (f"has {held} channel{'s' * (held != 1)} ({what}); the model takes {wanted}: give a picture, .npy or TIFF "
+            f"of {wanted} channels")
