@@ -252,8 +252,10 @@ def test_bad_images_raise_or_are_skipped(tiny_model, tmp_path):
         explainer.explain([good, str(broken)])
     # in-memory images are numbered among themselves; a file is its path
     assert [e.source for e in explainer.explain([good, str(broken), good], errors="skip")] == [0, 1]
+    with pytest.raises(BadInput, match=r"has 5 channels \(5 bands\); the model takes 3"):
+        explainer.explain(np.zeros((8, 8, 5), np.uint8))  # five channels: a picture for a model of five
     with pytest.raises(BadInput, match=r"an image array is \(height, width"):
-        explainer.explain(np.zeros((8, 8, 5), np.uint8))  # five channels: not a picture
+        explainer.explain([np.zeros((8,), np.uint8)])  # not a picture at all
     assert issubclass(BadInput, ExplainError) and explain_cli.__version__
 
 

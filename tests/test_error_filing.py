@@ -74,14 +74,14 @@ def test_a_failure_of_explains_own_step_is_a_bug_not_a_bad_image(tiny_model, mon
 def test_what_skip_skipped_is_said_with_its_keys(tiny_model):
     explainer = Explainer(tiny_model, precision="fp32")
     given = [images(1)[0], np.zeros((5, 5, 5), np.uint8)]
-    with pytest.warns(RuntimeWarning, match=r"^skipped 1 image that could not be used: 1: an image array is"):
+    with pytest.warns(RuntimeWarning, match=r"^skipped 1 image that could not be used: 1: has 5 channels \(5 bands\); the model takes 3"):
         explained = explainer.explain(given, errors="skip")
     assert [e.source for e in explained] == [0]
     heard = []
     quiet = Explainer(tiny_model, precision="fp32", on_note=lambda line, warning: heard.append((line, warning)))
     quiet.predict(given, errors="skip")
     assert heard[-1][1] and heard[-1][0].startswith("skipped 1 image that could not be used: 1: ")
-    with pytest.raises(BadInput, match="^1: an image array is"):
+    with pytest.raises(BadInput, match="^1: has 5 channels"):
         explainer.explain(given)
 
 

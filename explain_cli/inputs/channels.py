@@ -28,16 +28,26 @@ def planes_of(image: Image.Image) -> np.ndarray | None:
     return None
 
 
-def read_array(path: Path) -> np.ndarray:
-    """A .npy file's array, or a TIFF's bands (tifffile: any count, any dtype), (h, w[, C]) as stored."""
+def read_array(path: Path, max_pixels: int) -> np.ndarray:
+    """A .npy file's array, or a TIFF's bands (tifffile: any count, any dtype), (h, w[, C]) as stored; ValueError for
+    one larger than `max_pixels` values, told from its header before anything is read."""
     if path.suffix.lower() in ARRAY_SUFFIXES:
-        return np.load(path, allow_pickle=False)  # type: ignore[no-any-return]
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        _check(array.shape, max_pixels)
+        return np.asarray(array)
     import tifffile
 
-    array = np.asarray(tifffile.imread(path))
+    with tifffile.TiffFile(path) as tiff:
+        _check(tiff.series[0].shape, max_pixels)
+        array = np.asarray(tiff.series[0].asarray())
     if array.ndim == 3 and array.shape[0] < min(array.shape[1:]) and array.shape[0] <= 16:  # bands first (C, h, w)
         array = np.moveaxis(array, 0, -1)
     return array
+
+
+def _check(shape: tuple[int, ...], max_pixels: int) -> None:
+    if int(np.prod(shape[:2] if len(shape) < 3 or shape[-1] <= 16 else shape[-2:])) > max_pixels:
+        raise ValueError(f"{'×'.join(map(str, shape))} is over --max-pixels {max_pixels:,}")
 
 
 def display(planes: np.ndarray) -> np.ndarray:

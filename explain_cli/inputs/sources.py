@@ -156,7 +156,8 @@ def decode_for(source: Source, max_pixels: int, width: int, height: int, channel
     if source.as_input:
         return given_input(source, height, width, channels)
     picture, image = _decoded(source, max_pixels)
-    if channels in (1, 3):  # grey or RGB, whatever else the picture holds: as every photo is read
+    photo = picture.planes is None or picture.planes.shape[-1] in (2, 4)  # grey or RGB, with alpha, or CMYK
+    if channels in (1, 3) and photo:  # read as every photo is read
         return picture, model_input(picture.rgb, width, height, channels, image, resize)
     held = picture.planes.shape[-1] if picture.planes is not None else 3
     if held != channels:
@@ -193,7 +194,10 @@ def _decoded(source: Source, max_pixels: int) -> tuple[Picture, Image.Image | No
     except BadInput:
         raise
     except UnidentifiedImageError if source.path.suffix.lower() in (".tif", ".tiff") else ():
-        return _from_array_file(source, max_pixels), None  # bands Pillow cannot read: tifffile reads any
+        try:
+            return _from_array_file(source, max_pixels), None  # bands Pillow cannot read: tifffile reads any
+        except BadInput:
+            raise BadInput(shown, "not an image (Pillow cannot identify it)") from None
     except Image.DecompressionBombError as error:
         raise BadInput(shown, f"holds an image of {_bomb_size(error)}over --max-pixels {max_pixels:,}") from None
     except UnidentifiedImageError:  # an OSError too: before the general case
@@ -221,7 +225,7 @@ def _from_memory(source: Source, max_pixels: int) -> Picture:
 def _from_array_file(source: Source, max_pixels: int) -> Picture:
     """A .npy file, or a TIFF of bands Pillow cannot read, as an image array."""
     try:
-        array = channel_planes.read_array(source.path)
+        array = channel_planes.read_array(source.path, max_pixels)
     except ModuleNotFoundError:
         raise BadInput(source.shown, "a TIFF of this kind needs tifffile: pip install tifffile") from None
     except Exception as error:  # numpy's and tifffile's own errors for a file they cannot read
