@@ -40,7 +40,7 @@ def full_tape(keras, model, pixels: np.ndarray, class_index: int) -> np.ndarray:
 def saved(tmp_path, kind: str, pixels: np.ndarray):
     if kind == "png":
         path = tmp_path / "picture.png"
-        Image.fromarray(pixels if pixels.shape[-1] != 2 else pixels, "RGBA" if pixels.shape[-1] == 4 else "LA").save(path)
+        Image.fromarray(pixels, "RGBA" if pixels.shape[-1] == 4 else "LA").save(path)
     elif kind == "npy":
         path = tmp_path / "picture.npy"
         np.save(path, pixels)

@@ -74,7 +74,8 @@ def test_a_failure_of_explains_own_step_is_a_bug_not_a_bad_image(tiny_model, mon
 def test_what_skip_skipped_is_said_with_its_keys(tiny_model):
     explainer = Explainer(tiny_model, precision="fp32")
     given = [images(1)[0], np.zeros((5, 5, 5), np.uint8)]
-    with pytest.warns(RuntimeWarning, match=r"^skipped 1 image that could not be used: 1: has 5 channels \(5 bands\); the model takes 3"):
+    skipped = r"^skipped 1 image that could not be used: 1: has 5 channels \(5 bands\); the model takes 3"
+    with pytest.warns(RuntimeWarning, match=skipped):
         explained = explainer.explain(given, errors="skip")
     assert [e.source for e in explained] == [0]
     heard = []

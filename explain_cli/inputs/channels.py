@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from explain_cli.inputs.fitting import LETTERBOX_GREY, Canvas
+from explain_cli.inputs.fitting import letterboxed
 
 ARRAY_SUFFIXES = (".npy",)
 
@@ -64,14 +64,8 @@ def fitted_planes(planes: np.ndarray, width: int, height: int, resize: str = "st
     bands = []
     for c in range(planes.shape[-1]):
         band = Image.fromarray(np.ascontiguousarray(planes[..., c]), mode="L")
-        if resize == "letterbox":
-            _, top, left, inner_h, inner_w = Canvas(resize, height, width).fit(band.height, band.width)
-            canvas = Image.new("L", (width, height), LETTERBOX_GREY)
-            canvas.paste(band.resize((inner_w, inner_h), Image.Resampling.BILINEAR), (left, top))
-            band = canvas
-        else:
-            band = band.resize((width, height), Image.Resampling.BILINEAR)
-        bands.append(np.asarray(band))
+        bands.append(np.asarray(letterboxed(band, width, height) if resize == "letterbox" else
+                                band.resize((width, height), Image.Resampling.BILINEAR)))
     return np.stack(bands, axis=-1)
 
 

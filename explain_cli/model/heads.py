@@ -201,12 +201,17 @@ def pixel_shares(head: Head, raw: Tensor, classes: Tensor, inside: Tensor | None
     import tensorflow as tf
 
     b = tf.shape(classes)[0]
-    weights = tf.ones(tf.shape(classes), tf.float32) if inside is None else tf.cast(inside, tf.float32)
-    total = tf.maximum(tf.reduce_sum(weights, axis=(1, 2)), 1.0)[:, None]
+    weights = None if inside is None else tf.cast(inside, tf.float32)
+    if weights is None:  # every pixel counts: no weights to make or multiply
+        total = tf.cast(tf.reduce_prod(tf.shape(classes)[1:]), tf.float32)
+    else:
+        total = tf.maximum(tf.reduce_sum(weights, axis=(1, 2)), 1.0)[:, None]
     if several_per_pixel(head):
-        return tf.reduce_sum(pixel_masks(head, raw) * weights[..., None], axis=(1, 2)) / total
-    counts = tf.math.bincount(tf.reshape(classes, [b, -1]), weights=tf.reshape(weights, [b, -1]),
-                              minlength=head.classes, maxlength=head.classes, axis=-1, dtype=tf.float32)
+        masks = pixel_masks(head, raw)
+        return tf.reduce_sum(masks if weights is None else masks * weights[..., None], axis=(1, 2)) / total
+    flat_weights = None if weights is None else tf.reshape(weights, [b, -1])
+    counts = tf.math.bincount(tf.reshape(classes, [b, -1]), weights=flat_weights, minlength=head.classes,
+                              maxlength=head.classes, axis=-1, dtype=tf.float32)
     return counts / total
 
 

@@ -22,7 +22,7 @@ from explain_cli.model.guided import guided
 from explain_cli.methods import METHODS, MethodInputs
 from explain_cli.model.loading import LoadedModel
 from explain_cli.steps.rows import per_image as regroup
-from explain_cli.steps.rows import read_rows, tile
+from explain_cli.steps.rows import at_size, read_rows, tile
 
 
 @dataclass(frozen=True)
@@ -142,8 +142,7 @@ def compile_segmentation(model: LoadedModel, graph: graph_module.Graph,
         raw = forward(model.preprocess(tf.cast(images, tf.float32)))
         classes = heads.pixel_classes(head, raw)
         where = heads.pixel_masks(head, raw)
-        weights = tf.image.resize(placed[0][..., None], tf.shape(classes)[1:3], method="nearest")[..., 0] \
-            if placed else None
+        weights = at_size(placed[0], tf.shape(classes)[1:3]) if placed else None
         if weights is not None:
             where = where * weights[..., None]
         area = tf.reduce_sum(where, axis=(1, 2))

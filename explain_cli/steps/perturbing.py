@@ -81,8 +81,9 @@ def segment_step(method: str, pixels: Callable[[np.ndarray], np.ndarray], head: 
         size = probabilities.shape[1:3]
         # A letterbox's grey is not the picture: shares and regions are read where the picture lies (`inside`).
         weights = at_output(inside, size) if inside is not None else np.ones((len(batch), *size), np.float32)
+        counted = np.maximum(weights.sum(axis=(1, 2)), 1.0)[:, None]  # the pictures' own pixels
         where = heads.numpy_masks(head, probabilities) * weights[..., None]
-        shares = where.sum(axis=(1, 2)) / np.maximum(weights.sum(axis=(1, 2)), 1.0)[:, None]
+        shares = where.sum(axis=(1, 2)) / counted
         chosen = classes[:, None].astype(np.int32) if classes is not None else \
             np.asarray(targets.pick(choice, shares, [None] * len(batch)))
         if regions is not None:  # the region given, the same for each class of its image, at the output's resolution
@@ -96,8 +97,7 @@ def segment_step(method: str, pixels: Callable[[np.ndarray], np.ndarray], head: 
 
             maps.append(compute(PerturbationInputs(forward, image.astype(np.float32), row, settings.batch_size, masks,
                                                    window, stride, fill)))
-        explained_share = np.take_along_axis(where.sum(axis=(1, 2)) / np.maximum(weights.sum(axis=(1, 2)), 1.0)[:, None],
-                                             chosen, axis=1)
+        explained_share = np.take_along_axis(where.sum(axis=(1, 2)) / counted, chosen, axis=1)
         explained_mean = np.take_along_axis(mean, chosen, axis=1)
         extras = {"share": explained_share, "mean_probability": explained_mean,
                   "segmentation": heads.numpy_classes(head, probabilities)}

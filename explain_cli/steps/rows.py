@@ -58,7 +58,7 @@ def _pixel_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, s
     first = tf.stop_gradient(first)
     classes = heads.pixel_classes(head, first)  # (b, h, w)
     size = tf.shape(classes)[1:3]
-    placed = None if inside is None else tf.image.resize(inside[..., None], size, method="nearest")[..., 0]
+    placed = None if inside is None else at_size(inside, size)
     shown = heads.pixel_shares(head, first, classes, placed)
     chosen, row_class = choose(shown, fixed, k, own)
     if regions is None:
@@ -66,7 +66,7 @@ def _pixel_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, s
                                     row_class)
         region = region if placed is None else region * tile(placed, k)
     else:
-        given = tf.image.resize(regions[..., None], size, method="nearest")[..., 0]
+        given = at_size(regions, size)
         region = tile(tf.cast(given > 0.5, tf.float32), k)
 
     def score_rows(raw: Tensor) -> Tensor:
@@ -86,6 +86,13 @@ def _pixel_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, s
                 "segmentation": classes}
 
     return Rows(shown, chosen, row_class, score_rows, score_one, extras)
+
+
+def at_size(planes: Tensor, size: Tensor) -> Tensor:
+    """(b, H, W) planes at the input's resolution -> (b, h, w) at `size`, by nearest neighbour."""
+    import tensorflow as tf
+
+    return tf.image.resize(planes[..., None], size, method="nearest")[..., 0]
 
 
 def choose(shown: Tensor, fixed: Tensor | None, k: int, own: Tensor | None = None) -> tuple[Tensor, Tensor]:
