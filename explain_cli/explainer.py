@@ -21,6 +21,7 @@ import numpy as np
 from explain_cli.engine import Engine, key_of as _key
 from explain_cli.tasks.inspect import Inspecting
 from explain_cli.tasks.segment import Segmenting
+from explain_cli.tasks.similar import Likening, References
 from explain_cli.evaluation.measuring import Measuring
 from explain_cli.evaluation import evaluate as evaluation
 from explain_cli.inputs import sources as inputs
@@ -42,7 +43,7 @@ Images = Any  # a numpy batch, an array, a PIL image, a path, a folder, or an it
 Classes = "int | str | Sequence[int | str] | Mapping[Hashable, int | str] | None"
 
 
-class Explainer(Segmenting, Measuring, Inspecting, Engine):
+class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
     """Explains a Keras image classifier's decisions, image by image.
 
     `model`: a keras.Model in memory (used as it is, so its current weights are what is explained), a built-in name
@@ -233,8 +234,8 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
 
     # --- explaining ---------------------------------------------------------------------------------------------
 
-    def explain(self, images: Images, classes: Any = None, top_k: int | None = None,
-                errors: str = "raise", region: Any = None, pictures: Images | None = None) -> list[Explanation]:
+    def explain(self, images: Images, classes: Any = None, top_k: int | None = None, errors: str = "raise",
+                region: Any = None, pictures: Images | None = None, similar_to: Any = None) -> list[Explanation]:
         """An Explanation per image and explained class, in input order. `classes`: None (each image's top `top_k`,
         by default 1; for several labels per image, every label at the threshold, up to `top_k`),
         a class (number, label or WordNet id) or a list of them for every image, or a mapping from each image's key
@@ -242,12 +243,22 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
         `errors`: "raise" (BadInput for an image that cannot be read) or "skip" it. A segmentation explains each
         class over where it is predicted, or over `region`: a box (x0, y0, x1, y1) in the image's pixels, or a mapping
         from each image's key to its mask. `pictures`: what to draw the maps on, one per image in the order given (for
-        arrays given as the model's input, drawn by default from the array itself, its range stretched)."""
-        return list(self.iter_explain(images, classes, top_k, errors, region, pictures))
+        arrays given as the model's input, drawn by default from the array itself, its range stretched).
+        `similar_to`: explain the likeness of the model's output (an embedding) to reference vectors instead of a class:
+        a vector (D,) or vectors (k, D) for every image, or a mapping from each image's key to its own (tasks/similar.py;
+        `similar(a, b)` for two images)."""
+        return list(self.iter_explain(images, classes, top_k, errors, region, pictures, similar_to))
 
-    def iter_explain(self, images: Images, classes: Any = None, top_k: int | None = None,
-                     errors: str = "raise", region: Any = None, pictures: Images | None = None) -> Iterator[Explanation]:
+    def iter_explain(self, images: Images, classes: Any = None, top_k: int | None = None, errors: str = "raise",
+                     region: Any = None, pictures: Images | None = None,
+                     similar_to: Any = None) -> Iterator[Explanation]:
         """explain() one image at a time, as they are computed: memory stays flat however many images there are."""
+        if similar_to is not None:
+            if classes is not None or top_k is not None or region is not None:
+                raise BadArgument("similar_to", "a likeness is explained instead of classes: give no classes, top_k "
+                                  "or region with it")
+            yield from self._iter_likeness(images, similar_to, errors)
+            return
         choice = self.choose(classes, top_k)
         finish = pipeline.values_only(self.labels, self.layer_for(self.method), self.method, choice.floor,
                                       self._needs_head().kind, self.canvas)
@@ -301,16 +312,21 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
         floor = {"labels": self.settings.threshold, "pixels": self.settings.min_area}.get(kind)
         return targets.choose(self._model.labels, classes, top_k, key=_key, kind=kind, floor=floor)
 
-    def compute(self, choice: targets.ClassChoice, method: str | None = None,
-                regions: Callable[[list[Source]], tuple[np.ndarray, list[str]]] | None = None) -> pipeline.Compute:
+    def compute(self, choice: targets.ClassChoice | None, method: str | None = None,
+                regions: Callable[[list[Source]], tuple[np.ndarray, list[str]]] | None = None,
+                references: References | None = None) -> pipeline.Compute:
         """A pipeline compute step: a uint8 batch and its sources -> the method's BatchResult for the chosen classes;
-        with `regions` (a segmentation), each image's region over which its classes' scores are summed. Compiled
-        once per method and kind of choice, and reused by every later call."""
+        with `regions` (a segmentation), each image's region over which its classes' scores are summed; with
+        `references` (choice None), each image's likeness to its reference vectors instead. Compiled once per method
+        and kind of choice, and reused by every later call."""
         method = method or self.method
+        choice = choice or targets.ClassChoice()
         if method == RANDOM:
+            if references is not None:
+                raise BadArgument("--method", "random is a control for classes: a likeness is explained by a method")
             return self._random(choice)
-        letterboxed = self.canvas.resize == "letterbox" and self._needs_head().kind == "pixels"
-        step = self._compiled(method, choice, regions is not None, letterboxed)
+        letterboxed = self.canvas.resize == "letterbox" and self._needs_head().kind == "pixels" and references is None
+        step = self._compiled(method, choice, regions is not None, letterboxed, references.count if references else 0)
 
         def compute(batch: np.ndarray, sources: list[Source]) -> Any:
             given: dict[str, np.ndarray] = {}  # only what the step was compiled to take
@@ -320,6 +336,8 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
                 given["regions"] = regions(sources)[0]
             if letterboxed:  # a segmentation is read on the pictures alone, not on the letterbox's grey
                 given["inside"] = self._inside(sources)
+            if references is not None:
+                given["references"] = references.of(sources)
             return step(batch, **given)
 
         return blamed(compute, self._predict())
@@ -381,16 +399,20 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
         return self._step(("forward", self.precision),  # type: ignore[no-any-return]
                           lambda: core.compile_predict(self._loaded, self._graph, "float32"))
 
-    def _compiled(self, method: str, choice: targets.ClassChoice, regions: bool = False, inside: bool = False) -> Any:
+    def _compiled(self, method: str, choice: targets.ClassChoice, regions: bool = False, inside: bool = False,
+                  references: int = 0) -> Any:
         """The compiled step of a method for a kind of choice: made once, reused."""
-        return self._step((method, self.precision, choice.key, regions, inside),
-                          lambda: self._compile(method, choice, regions, inside))
+        return self._step((method, self.precision, choice.key, regions, inside, references),
+                          lambda: self._compile(method, choice, regions, inside, references))
 
-    def _compile(self, method: str, choice: targets.ClassChoice, regions: bool = False, inside: bool = False) -> Any:
+    def _compile(self, method: str, choice: targets.ClassChoice, regions: bool = False, inside: bool = False,
+                 references: int = 0) -> Any:
         from explain_cli.steps import compiled as core
 
         s = self.settings
         per_image = choice.per_image is not None
+        if method in PERTURBATION_METHODS and references:
+            return self._likeness_perturbation(method)
         if method in PERTURBATION_METHODS:
             if self._needs_head().kind == "pixels":
                 return self._segment_perturbation(method, choice)
@@ -402,10 +424,10 @@ class Explainer(Segmenting, Measuring, Inspecting, Engine):
             layer = self.layer if method != "guided-gradcam" else self._cut().layer
             return core.compile_saliency(self._loaded, self._graph, method, layer=layer, classes=choice.classes,
                                          top_k=choice.k, samples=s.samples, noise=s.noise, steps=s.steps, seed=s.seed,
-                                         per_image=per_image, regions=regions, inside=inside)
+                                         per_image=per_image, regions=regions, inside=inside, references=references)
         return core.compile_explain(self._loaded, self._cut(), method, classes=choice.classes, top_k=choice.k,
                                     score=s.score, counterfactual=s.counterfactual, max_masks=s.max_masks,
-                                    per_image=per_image, regions=regions, inside=inside)
+                                    per_image=per_image, regions=regions, inside=inside, references=references)
 
     def _perturbation(self, method: str, choice: targets.ClassChoice, predict: Callable[[np.ndarray], np.ndarray],
                       forward: Callable[[np.ndarray], np.ndarray]) -> Any:

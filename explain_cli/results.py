@@ -24,14 +24,16 @@ def frozen_array(array: np.ndarray) -> np.ndarray:
     return view
 
 
-TARGET_KINDS = {"classes": "class", "binary": "class", "labels": "label", "value": "value", "pixels": "region"}
+TARGET_KINDS = {"classes": "class", "binary": "class", "labels": "label", "value": "value", "pixels": "region",
+                "similarity": "similarity"}
 
 
 @dataclass(frozen=True)
 class Target:
     """What a map explains: its `kind`, "class" (a classifier's class), "label" (one of several labels per image),
-    "value" (a value head's output), "region" (a segmentation's class summed over its region) or "box" (a detection);
-    the class; a detection's box (x0, y0, x1, y1, the image's pixels); a region's share of the image's pixels."""
+    "value" (a value head's output), "region" (a segmentation's class summed over its region), "box" (a detection) or
+    "similarity" (the cosine of the model's output to a reference vector: `class_index` numbers the reference,
+    `label` names it); the class; a detection's box (x0, y0, x1, y1, the image's pixels); a region's share of the image's pixels."""
 
     kind: str
     class_index: int
@@ -103,6 +105,16 @@ class Explanation:
         return (f"Explanation(source={self.source!r}, class_index={self.class_index}, label={self.label!r}, "
                 f"probability={self.probability:.4f}, method={self.method!r}, layer={self.layer!r}, "
                 f"map={self.map.shape})")
+
+
+@dataclass(frozen=True, eq=False)
+class Similarity:
+    """Why two images are alike: their embeddings' cosine, `a`'s map for its likeness to b's embedding held fixed, and
+    `b`'s for its likeness to a's."""
+
+    similarity: float
+    a: Explanation
+    b: Explanation
 
 
 @dataclass(frozen=True, eq=False)

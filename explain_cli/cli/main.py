@@ -21,6 +21,7 @@ from explain_cli.cli import common
 from explain_cli.cli import detect_command
 from explain_cli.cli import evaluate_command
 from explain_cli.cli import report_command
+from explain_cli.cli import similar_command
 from explain_cli.methods import METHODS
 from explain_cli.methods import PERTURBATION_METHODS, PIXEL_METHODS
 
@@ -289,6 +290,7 @@ def layers(**options: Any) -> None:
 cli.add_command(detect_command.detect)
 cli.add_command(evaluate_command.evaluate)
 cli.add_command(report_command.report)
+cli.add_command(similar_command.similar)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -135,6 +135,15 @@ def probabilities(head: Head, raw: Tensor) -> Tensor:
     return tf.nn.softmax(raw, axis=-1)  # a softmax, or logits: their probabilities are the softmax
 
 
+def embedding(head: Head, raw: Tensor) -> Tensor:
+    """The model's own output from its pre-activation scores, flattened to (n, D): what a likeness compares."""
+    import tensorflow as tf
+
+    out = tf.nn.softmax(raw) if head.activation == "softmax" else tf.sigmoid(raw) if head.activation == "sigmoid" \
+        else raw
+    return tf.reshape(out, [tf.shape(out)[0], -1])
+
+
 def class_scores(head: Head, raw: Tensor, score: str = "logit") -> Tensor:
     """(rows, classes): the score each class is explained by: the logit (binary: −z and z; a value: itself), or with
     score="probability" the class's probability."""

@@ -114,7 +114,7 @@ def compile_predict(model: LoadedModel, graph: graph_module.Graph,
             return heads.pixel_shares(head, raw, heads.pixel_classes(head, raw))
         return heads.probabilities(head, raw)
 
-    step = _forward_step(model, graph, pixels or model.pixels, read)
+    step = forward_step(model, graph, pixels or model.pixels, read)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return step(batch).numpy()
@@ -156,11 +156,11 @@ def compile_pixel_probabilities(model: LoadedModel, graph: graph_module.Graph) -
     """A segmentation's float pixels (perturbed images) -> (n, h, w, classes) each pixel's probabilities."""
     from explain_cli.model import heads
 
-    step = _forward_step(model, graph, "float32", heads.pixel_probabilities)
+    step = forward_step(model, graph, "float32", heads.pixel_probabilities)
     return lambda batch: step(batch.astype(np.float32)).numpy()
 
 
-def _forward_step(model: LoadedModel, graph: graph_module.Graph, pixels: str,
+def forward_step(model: LoadedModel, graph: graph_module.Graph, pixels: str,
                   read: Callable[[Any, Any], Any]) -> Any:
     """The compiled forward pass every prediction step shares: a batch of `pixels` (a dtype name) preprocessed, run to
     the head's pre-activation output, and `read(head, raw)` from it."""
@@ -215,12 +215,14 @@ def compile_explain(
     per_image: bool = False,
     regions: bool = False,
     inside: bool = False,
+    references: int = 0,
 ) -> Any:
     """uint8 batch -> BatchResult, explaining `classes` for every image, or else each image's top k; with
     `per_image`, the step also takes each image's own class (b,) and explains that one; with `regions` (a
     segmentation), each image's region (b, H, W) at the input's resolution, over which a class's scores are summed
     (default: where the class is predicted); with `inside` (a letterbox), where each picture lies on the input
-    (b, H, W): a segmentation is read there alone.
+    (b, H, W): a segmentation is read there alone; with `references` (k), the cosine likeness of the model's output to
+    each image's k reference vectors (b, k, D), one row each (rows.similarity_rows).
 
     `counterfactual` negates the gradients (Grad-CAM §counterfactual explanations: what would raise
     the score if removed). The returned callable has `.traced` (a tf.function) for counting traces.
@@ -235,13 +237,14 @@ def compile_explain(
     class_kernel = split_module.dense_head(cut) if spec.dense_head else None
     if spec.attention and (cut.attentions is None or cut.tokens is None):
         raise ExplainError(f"{method} needs a transformer: this model has no MultiHeadAttention layer on a patch grid")
-    k = 1 if per_image else len(classes) or top_k
+    k = references or (1 if per_image else len(classes) or top_k)
     fixed = tf.constant(list(classes), tf.int32) if classes else None
     head = model.head or heads.detect(cut.output_shape, cut.activation)
+    given_as = (per_image, regions, inside, references)
     if spec.attention:
-        return _numpy_step(_attention_step(model, cut, spec, head, fixed, k, score, per_image, regions, inside))
+        return _numpy_step(_attention_step(model, cut, spec, head, fixed, k, score, given_as))
 
-    @compiled(_signature(model, per_image, regions, inside))
+    @compiled(_signature(model, *given_as))
     def step(images: Any, *given: Any) -> tuple[Any, ...]:
         x = model.preprocess(tf.cast(images, tf.float32))
         activations, skips = cut.features(x)
@@ -252,7 +255,7 @@ def compile_explain(
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(tiled)
             raw = tf.cast(cut.head(tiled, tiled_skips), tf.float32)  # (k*b, ...): copy j of image i at j*b + i
-            rows = read_rows(head, raw[:b], fixed, k, score, *_given(per_image, regions, inside, given))
+            rows = read_rows(head, raw[:b], fixed, k, score, *_given(given_as, given))
             scores = rows.score(raw)
         gradients = None
         if spec.gradients:
@@ -274,17 +277,17 @@ def compile_explain(
 
 
 def _attention_step(model: LoadedModel, cut: split_module.Split, spec: Any, head: Any, fixed: Any, k: int,
-                    score: str, per_image: bool, regions: bool, inside: bool) -> Any:
+                    score: str, given_as: tuple[bool, bool, bool, int]) -> Any:
     """The explain step of a method that reads attention scores: one forward pass gives the outputs and every
     attention layer's scores; no cut and no gradient."""
     import tensorflow as tf
 
-    @compiled(_signature(model, per_image, regions, inside))
+    @compiled(_signature(model, *given_as))
     def step(images: Any, *given: Any) -> tuple[Any, ...]:
         raw, attentions = cut.attentions(model.preprocess(tf.cast(images, tf.float32)))
         raw = tf.cast(raw, tf.float32)
         b = tf.shape(raw)[0]
-        rows = read_rows(head, raw, fixed, k, score, *_given(per_image, regions, inside, given))
+        rows = read_rows(head, raw, fixed, k, score, *_given(given_as, given))
         scores = rows.score(tile(raw, k))
         maps = spec.compute(MethodInputs(None, attentions=tuple(tile(a, k) for a in attentions), tokens=cut.tokens))
         return rows.shown, rows.chosen, regroup(scores, k, b), regroup(maps, k, b), rows.extras(k, b)
@@ -323,6 +326,7 @@ def compile_saliency(
     per_image: bool = False,
     regions: bool = False,
     inside: bool = False,
+    references: int = 0,
 ) -> Any:
     """uint8 batch -> BatchResult whose maps are pixel attributions at the model's input resolution.
 
@@ -338,16 +342,17 @@ def compile_saliency(
     forward, _ = split_module.logits(graph)
     guided_forward, _ = split_module.logits(guided(graph))
     cut = split_module.split(graph, layer) if method == "guided-gradcam" and layer is not None else None
-    k = 1 if per_image else len(classes) or top_k
+    k = references or (1 if per_image else len(classes) or top_k)
     fixed = tf.constant(list(classes), tf.int32) if classes else None
     head = head_of(model, graph)
+    given_as = (per_image, regions, inside, references)
 
-    @compiled(_signature(model, per_image, regions, inside))
+    @compiled(_signature(model, *given_as))
     def step(images: Any, *given: Any) -> tuple[Any, ...]:
         pixels = tf.cast(images, tf.float32)
         b = tf.shape(pixels)[0]
         raw = tf.cast(forward(model.preprocess(pixels)), tf.float32)
-        rows = read_rows(head, raw, fixed, k, "logit", *_given(per_image, regions, inside, given))
+        rows = read_rows(head, raw, fixed, k, "logit", *_given(given_as, given))
         tiled = tile(pixels, k)
 
         def gradient_through(network: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -397,31 +402,32 @@ def _spans(images: Any) -> Any:
     return tf.where(span > 0, span, tf.ones_like(span))
 
 
-def _signature(model: LoadedModel, per_image: bool, regions: bool = False, inside: bool = False) -> list[Any]:
+def _signature(model: LoadedModel, per_image: bool, regions: bool = False, inside: bool = False,
+               references: int = 0) -> list[Any]:
     """The explain step's inputs: a uint8 batch; with `per_image` each image's class (b,); with `regions` each image's
-    region (b, H, W) at the input's resolution; with `inside` where each picture lies on the input (b, H, W)."""
+    region (b, H, W) at the input's resolution; with `inside` where each picture lies on the input (b, H, W); with
+    `references` each image's k reference vectors (b, k, D)."""
     import tensorflow as tf
 
     plane = tf.TensorSpec([None, model.height, model.width], tf.float32)
     return [_input_spec(model)] + ([tf.TensorSpec([None], tf.int32)] if per_image else []) + (
-        [plane] if regions else []) + ([plane] if inside else [])
+        [plane] if regions else []) + ([plane] if inside else []) + (
+        [tf.TensorSpec([None, references, None], tf.float32)] if references else [])
 
 
-def _given(per_image: bool, regions: bool, inside: bool, given: Sequence[Any]) -> tuple[Any, Any, Any]:
-    """(each image's class, region and picture's place on the input, each or None) from the step's extra inputs."""
+def _given(given_as: tuple[bool, bool, bool, int], given: Sequence[Any]) -> tuple[Any, Any, Any, Any]:
+    """(each image's class, region, picture's place on the input and references, each or None) from the step's extra
+    inputs, which `given_as` says it takes."""
     given = list(given)
-    own = given.pop(0) if per_image else None
-    region = given.pop(0) if regions else None
-    placed = given.pop(0) if inside else None
-    return own, region, placed
+    return tuple(given.pop(0) if wanted else None for wanted in given_as)  # type: ignore[return-value]
 
 
 def _numpy_step(step: Any) -> Callable[..., BatchResult]:
     """The compiled step as numpy in, BatchResult out; `.traced` keeps the tf.function for counting traces."""
 
     def run(batch: np.ndarray, classes: np.ndarray | None = None, regions: np.ndarray | None = None,
-            inside: np.ndarray | None = None) -> BatchResult:
-        given = [g for g in (classes, regions, inside) if g is not None]  # what the step was compiled to take
+            inside: np.ndarray | None = None, references: np.ndarray | None = None) -> BatchResult:
+        given = [g for g in (classes, regions, inside, references) if g is not None]  # what the step takes
         probabilities, chosen, scores, maps, extras = step(batch, *given)
         return BatchResult(probabilities.numpy(), chosen.numpy(), scores.numpy(), maps.numpy(),
                            {name: value.numpy() for name, value in extras.items()})

@@ -28,13 +28,16 @@ class Rows:
 
 
 def read_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, score: str, own: Tensor | None = None,
-              regions: Tensor | None = None, inside: Tensor | None = None) -> Rows:
+              regions: Tensor | None = None, inside: Tensor | None = None, references: Tensor | None = None) -> Rows:
     """The rows of a step from the head's output of the b images themselves (`first`): `fixed` classes for every
     image, each image's `own` class (b,), or its top k; a segmentation's `regions` (b, H, W), else where each
     row's class is predicted, and `inside` (b, H, W): where each picture lies on a letterboxed input, the only
-    pixels a segmentation is read on."""
+    pixels a segmentation is read on. With `references` (b, k, D), row j of image i is the image's likeness to its
+    reference j instead, whatever the head."""
     import tensorflow as tf
 
+    if references is not None:
+        return similarity_rows(head, first, references, k)
     if head.kind == "pixels":
         return _pixel_rows(head, first, fixed, k, score, own, regions, inside)
     shown = heads.probabilities(head, first)
@@ -86,6 +89,27 @@ def _pixel_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, s
                 "segmentation": classes}
 
     return Rows(shown, chosen, row_class, score_rows, score_one, extras)
+
+
+def similarity_rows(head: heads.Head, first: Tensor, references: Tensor, k: int) -> Rows:
+    """Rows that score an embedding's likeness to each image's k references (b, k, D): the cosine
+    cos(e, r) = e·r / (‖e‖ ‖r‖) of the model's own output e (flattened) with r, row j·b + i for image i's reference j."""
+    import tensorflow as tf
+
+    b = tf.shape(first)[0]
+    against = tf.math.l2_normalize(tf.reshape(tf.transpose(references, [1, 0, 2]), [k * b, -1]), axis=1)
+
+    def cosines(raw: Tensor, unit: Tensor) -> Tensor:
+        return tf.reduce_sum(tf.math.l2_normalize(heads.embedding(head, raw), axis=1) * unit, axis=1)
+
+    shown = per_image(cosines(tile(tf.stop_gradient(first), k), against), k, b)  # (b, k)
+    chosen = tf.broadcast_to(tf.range(k, dtype=tf.int32)[None], [b, k])
+    row_class = tf.reshape(tf.transpose(chosen), [-1])
+
+    def score_one(raw: Tensor, row: Tensor) -> Tensor:
+        return cosines(raw, against[row][None])
+
+    return Rows(shown, chosen, row_class, lambda raw: cosines(raw, against), score_one, lambda k, b: {})
 
 
 def at_size(planes: Tensor, size: Tensor) -> Tensor:
