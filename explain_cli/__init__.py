@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from explain_cli.entry import load
     from explain_cli.explainer import Explainer
     from explain_cli.detector import Detector
-    from explain_cli.results import Detection
+    from explain_cli.results import Detection, Similarity
     from explain_cli.settings import DetectorSettings, Method, Reading, Running, Settings
     from explain_cli.steps.activations import ClassVizSettings
     from explain_cli.callbacks import ExplainCallback
@@ -36,6 +36,7 @@ _WHERE = {
     "Explainer": "explain_cli.explainer",
     "Detector": "explain_cli.detector",
     "Detection": "explain_cli.results",
+    "Similarity": "explain_cli.results",
     "Settings": "explain_cli.settings",
     "Explanation": "explain_cli.results",
     "Activations": "explain_cli.results",

@@ -42,7 +42,8 @@ def scene(seed: int) -> np.ndarray:
 
 
 def cosine(e: np.ndarray, r: np.ndarray) -> np.ndarray:
-    return (e @ r) / (np.linalg.norm(e, axis=-1) * np.linalg.norm(r))
+    """cos(e, r); an embedding of zeros (a black image through a network without biases) is like nothing: 0."""
+    return (e @ r) / (np.maximum(np.linalg.norm(e, axis=-1), 1e-12) * np.linalg.norm(r))
 
 
 def embed(model, images: np.ndarray) -> np.ndarray:
@@ -191,3 +192,26 @@ def test_the_command_line_says_what_does_not_fit_in_one_line(pair, arguments, me
     assert result.exit_code == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (pair / "refused").exists()
+
+
+def test_evaluate_measures_the_likeness_lost_and_gained(keras):
+    from explain_cli.evaluation import metrics
+    from explain_cli.render import heatmaps as render
+
+    model = embedder(keras, True)
+    image, reference = scene(12), embed(model, [scene(13)])[0]
+    made = Explainer(model, layer="features", precision="fp32")
+    evaluation = made.evaluate([image], methods=("gradcam", "random"), similar_to=reference, steps=8)
+    record = next(rec for rec in evaluation.records if rec["method"] == "gradcam")
+    whole = float(cosine(embed(model, image[None])[0], reference))
+    assert record["label"] == "reference 0" and record["deletion_curve"][0] == pytest.approx(whole, abs=1e-5)
+    (explained,) = made.explain([image], similar_to=reference)
+    saliency = render.upsample(render.normalise(explained.map), SIZE, SIZE)
+
+    def forward(batch: np.ndarray) -> np.ndarray:  # the model itself, the cosine in numpy
+        return cosine(embed(model, batch), reference)[:, None]
+
+    by_hand = metrics.faithfulness(forward, image, metrics.gaussian_blur(image, 5.0), saliency, 0, whole, 8, 32)
+    assert record["deletion_auc"] == pytest.approx(by_hand.deletion_auc, abs=1e-4)
+    assert record["insertion_auc"] == pytest.approx(by_hand.insertion_auc, abs=1e-4)
+    assert {s.method for s in evaluation.summaries} == {"gradcam", "random"}

@@ -99,8 +99,7 @@ def evaluation_step(
         maps: dict[str, np.ndarray] = {}
         for method in settings.methods:
             if method == RANDOM:
-                maps[method] = np.stack([np.stack([random_map(settings.seed, s.shown, int(c), height, width)
-                                                   for c in row]) for s, row in zip(sources, classes)])
+                maps[method] = random_maps(settings.seed, sources, classes, height, width)
             else:
                 maps[method] = _maps(explainers[method], images, classes)
         batch = EvaluationBatch(probabilities, classes, maps, regions=regions)
@@ -111,16 +110,30 @@ def evaluation_step(
             if segmentation is not None and regions is not None:  # the regions of this image, unperturbed
                 image_forward = functools.partial(segmentation[1], regions=regions[i])
                 scored = image_forward(images[i:i + 1].astype(np.float32))[0]
-            keys = [(i, j, method) for j in range(k) for method in settings.methods]
-            requests = [(render.upsample(maps[method][i, j], width, height), int(classes[i, j]),
-                         float(scored[classes[i, j]])) for i, j, method in keys]
-            blurred = metrics.gaussian_blur(images[i], settings.blur_sigma)
-            scores = metrics.faithfulness_of_maps(image_forward, images[i], blurred, requests, settings.steps,
-                                                  settings.batch_size, unperturbed=scored)
-            batch.faithfulness.update(zip(keys, scores))
+            measure(batch, images, i, image_forward, scored, settings)
         return batch
 
     return compute
+
+
+def measure(batch: EvaluationBatch, images: np.ndarray, i: int, forward: metrics.Forward, scored: np.ndarray,
+            settings: Settings) -> None:
+    """Image i's faithfulness for each of its explained classes and methods, into `batch`: its perturbed copies
+    through `forward` (float pixels -> (n, classes) scores), `scored` (classes,) its own scores."""
+    height, width = images.shape[1:3]
+    keys = [(i, j, method) for j in range(batch.classes.shape[1]) for method in settings.methods]
+    requests = [(render.upsample(batch.maps[method][i, j], width, height), int(batch.classes[i, j]),
+                 float(scored[batch.classes[i, j]])) for i, j, method in keys]
+    blurred = metrics.gaussian_blur(images[i], settings.blur_sigma)
+    scores = metrics.faithfulness_of_maps(forward, images[i], blurred, requests, settings.steps, settings.batch_size,
+                                          unperturbed=scored)
+    batch.faithfulness.update(zip(keys, scores))
+
+
+def random_maps(seed: int, sources: Sequence[Source], classes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(b, k, height, width): the random control's seeded noise for each image and explained class."""
+    return np.stack([np.stack([random_map(seed, s.shown, int(c), height, width) for c in row])
+                     for s, row in zip(sources, classes)])
 
 
 def _maps(explain: Callable[[np.ndarray, np.ndarray], Any], images: np.ndarray, classes: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Sequence
 
-from explain_cli.errors import blamed
+from explain_cli.errors import BadArgument, blamed
 from explain_cli.evaluation import evaluate as evaluation
 from explain_cli.evaluation.plan import EvaluationPlan, check_methods
 from explain_cli.inputs.sources import Source, key_of
@@ -47,6 +47,11 @@ class Measuring:
     name: str
     layer: str | None
     canvas: Any
+    check_embedder: Callable[[], None]
+
+    @property
+    def embedding_size(self) -> int | None:
+        raise NotImplementedError
 
     @property
     def precision(self) -> str:
@@ -55,16 +60,23 @@ class Measuring:
     def evaluate(self, images: Any, methods: Sequence[str] = ("gradcam", RANDOM), classes: Any = None,
                  top_k: int | None = None, boxes: Mapping[Hashable, Sequence[Sequence[Any]]] | str | Path | None = None,
                  sanity: bool = False, steps: int = 32, blur_sigma: float = 5.0, tolerance: float = 15.0,
-                 seed: int = 0, sanity_stages: int = 6, errors: str = "raise") -> Evaluation:
+                 seed: int = 0, sanity_stages: int = 6, errors: str = "raise", similar_to: Any = None) -> Evaluation:
         """Each method's maps measured on these images, as `explain evaluate` measures them: deletion and insertion
         AUC, Average Drop, Increase in Confidence, and with `boxes` (per image key: (x0, y0, x1, y1[, class]) in the
         original's pixels, or a CSV file image,x0,y0,x1,y1[,class]) the pointing game and the energy in the boxes;
         with `sanity`, cascading randomisation. The records, and each method's means with their intervals. "auto"
-        precision is chosen for all the methods measured together, as `explain evaluate` chooses it."""
+        precision is chosen for all the methods measured together, as `explain evaluate` chooses it. `similar_to`:
+        measure maps of the likeness to reference vectors instead of classes (explain's `similar_to`)."""
         suited = self._suiting(methods)
         if suited is not self:
             return suited.evaluate(images, methods, classes, top_k, boxes, sanity, steps, blur_sigma, tolerance, seed,
-                                   sanity_stages, errors)
+                                   sanity_stages, errors, similar_to)
+        if similar_to is not None:
+            if classes is not None or top_k is not None or boxes is not None or sanity:
+                raise BadArgument("similar_to", "a likeness is measured alone: give no classes, top_k, boxes or sanity "
+                                  "with it")
+            return self._evaluate_likeness(images, tuple(methods), similar_to,
+                                           EvaluationPlan(tuple(methods), steps, blur_sigma, tolerance, seed), errors)
         choice = self.choose(classes, top_k, evaluating=True)
         plan = EvaluationPlan(tuple(methods), steps, blur_sigma, tolerance, seed, sanity_stages if sanity else 0)
         located = self._boxes(boxes) if boxes is not None else None
@@ -100,6 +112,29 @@ class Measuring:
                                                     settings, sanity, segmentation), predict)
         return compute, evaluation.finish_step(self.labels, self.name, self.layer, settings, truth, boxes, sanity,
                                                self.canvas)
+
+    def _evaluate_likeness(self, images: Any, methods: tuple[str, ...], similar_to: Any, plan: EvaluationPlan,
+                           errors: str) -> Evaluation:
+        """evaluate() of the maps of each image's likeness to its reference vectors (evaluation/likeness.py)."""
+        from explain_cli.evaluation import likeness
+        from explain_cli.tasks import similar
+
+        check_methods(methods)
+        self.check_embedder()
+        refs = similar.references(similar_to, self.embedding_size)
+        settings = evaluation.Settings(methods, plan.steps, plan.blur_sigma, plan.tolerance, plan.seed,
+                                       self.settings.batch_size)
+        names = refs.titles
+
+        def make(made: Any) -> pipeline.Compute:
+            explainers = {m: made._compiled(m, targets.ClassChoice(), references=refs.count)
+                          for m in methods if m != RANDOM}
+            return likeness.evaluation_step(made._embedding_step(), made._embedding_step("float32"), explainers, refs.of,
+                                            settings)
+
+        finish = evaluation.finish_step(names, self.name, self.layer, settings, None, None, None, self.canvas)
+        records = [record for result in self._run(images, make, finish, errors) for record in result.records]
+        return Evaluation(tuple(records), tuple(evaluation.summarise(records, methods)), ())
 
     def _sanity(self, plan: EvaluationPlan, methods: list[str], figures: frozenset[Source], out_dir: Path | None,
                 say: Callable[[str], None]) -> evaluation.Sanity:

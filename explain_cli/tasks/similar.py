@@ -33,6 +33,7 @@ class References:
     count: int
     of: Callable[[list[Source]], np.ndarray]
     names: Callable[[Source], tuple[str, ...]]
+    titles: tuple[str, ...] = ()  # the names, where they are the same for every image
 
 
 def references(given: Any, size: int | None, names: Sequence[str] | None = None,
@@ -55,13 +56,13 @@ def references(given: Any, size: int | None, names: Sequence[str] | None = None,
                 raise BadArgument(option, f"no reference vector was given for the image {missing[0]!r}")
             return np.stack([own[s.key] for s in sources])
 
-        return References(count, of, lambda source: titles)
+        return References(count, of, lambda source: titles, titles)
     vectors = _vectors(given, size, option)
     titles = tuple(names) if names is not None else _default_names(len(vectors))
     if len(titles) != len(vectors):
         raise BadArgument(option, f"{len(titles)} names for {len(vectors)} reference vectors")
     return References(len(vectors), lambda sources: np.broadcast_to(vectors, (len(sources), *vectors.shape)),
-                      lambda source: titles)
+                      lambda source: titles, titles)
 
 
 def pair(keys: Sequence[Hashable], names: Sequence[str], embedded: np.ndarray) -> References:
