@@ -17,7 +17,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Iterator
 
-from explain_cli.errors import Notes
+from explain_cli.errors import BadArgument, Notes
+from explain_cli.inputs import several
 from explain_cli.inputs.sources import Canvas
 from explain_cli.inputs.sources import key_of as key_of
 from explain_cli.methods.perturbation import GREY
@@ -61,6 +62,12 @@ class Engine:
         """How pictures are fitted to the model's input, and boxes and maps brought back to their own pixels."""
         return Canvas(self.resize, self._model.height, self._model.width)
 
+    @property
+    def explained_input(self) -> str | None:
+        """A model of several inputs: the one its maps explain, the others held as each example gives them; None for a
+        model of one input."""
+        return self._model.input_name if getattr(self._model, "held", ()) else None
+
     def layer_for(self, method: str) -> str | None:
         """The layer a method's maps come from: None for those that need none (they perturb the input, or random)."""
         return None if method in LAYERLESS else self.layer
@@ -76,9 +83,38 @@ class Engine:
         """Each image's result; `make(entry)` makes the compute step, for pictures from this entry, for arrays given as
         the model's input from its view fed them as they stand (`as_input`)."""
         batch_size, max_pixels, arrays = self._batching()
+        held = getattr(self._model, "held", ())
+        if held or several.is_rows(images):
+            images = self.examples(images)
         compute = pipeline.by_reading(lambda given: make(self.as_input() if given else self))
         return pipeline.library_results(images, compute, finish, self.input_size, batch_size, max_pixels, errors,
                                         arrays, self.notes, self.resize)
+
+    def examples(self, given: Any) -> list[Any]:
+        """The Sources of a model of several inputs' examples: {input name: a batch} or rows of {input name: item}
+        (inputs/several.py); BadArgument for anything else, or for a model of one input."""
+        held = getattr(self._model, "held", ())
+        names = [self._model.input_name, *(h.name for h in held)]
+        if not held:
+            raise BadArgument("images", f"{self.name} takes one input: give its images, not a mapping of inputs")
+        if not several.is_rows(given):
+            raise BadArgument("images", f"{self.name} takes several inputs ({', '.join(names)}): give a mapping from "
+                              "each input's name to a batch, or rows of such mappings")
+        return several.examples(given, self._model.input_name, held)
+
+    def picture_inputs(self) -> list[str]:
+        """A model of several inputs: its picture inputs, each explained in turn ([] for a model of one input)."""
+        held = getattr(self._model, "held", ())
+        return [] if not held else [self._model.input_name, *(h.name for h in held if h.image)]
+
+    def examples_from(self, table: Any) -> list[Any]:
+        """The examples of a model of several inputs in a CSV, one column per input (inputs/several.py)."""
+        from pathlib import Path
+
+        held = getattr(self._model, "held", ())
+        if not held:
+            raise BadArgument("--inputs", f"{self.name} takes one input: give its images, not a table of inputs")
+        return several.from_csv(Path(table), self._model.input_name, held)
 
     def as_input(self) -> Any:
         """This entry fed arrays that are the model's input as they stand: float32, no preprocessing, perturbed towards
@@ -95,3 +131,10 @@ class Engine:
         """Forget (or remake) the compiled steps: a view over another input has its own."""
         raise NotImplementedError
 
+
+def default_method(model: Any) -> str:
+    """The method a model is explained by when none is named: gradcam at a layer, or rise for a model file (ONNX,
+    LiteRT, a SavedModel folder), which has no layers."""
+    from explain_cli.model.files import is_runtime_model
+
+    return "rise" if is_runtime_model(model) else "gradcam"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, Mapping, Se
 
 import numpy as np
 
-from explain_cli.engine import Engine, key_of as _key
+from explain_cli.engine import Engine, default_method as default_method, key_of as _key
 from explain_cli.tasks.inspect import Inspecting
 from explain_cli.tasks.segment import Segmenting
 from explain_cli.tasks.similar import Likening, References
@@ -85,7 +85,7 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
                  input_size: tuple[int, int] | None = None, layout: str | None = None,
                  outputs_are: str | None = None, runtime: str = "auto", arrays: str = "auto", resize: str = "stretch",
                  on_note: Listener | None = None, reading: Reading | None = None,
-                 running: Running | None = None) -> None:
+                 running: Running | None = None, input_name: str | None = None) -> None:
         if isinstance(method, Method) or reading is not None or running is not None:
             Explainer.__init__(self, model, **grouped(Explainer, locals()))  # the plain arguments they group
             return
@@ -108,7 +108,8 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
             samples=samples, noise=noise, steps=steps, seed=seed, batch_size=batch_size, max_pixels=max_pixels,
             precision_for=tuple(precision_for), output=output, multi_label=multi_label, output_index=output_index,
             threshold=threshold, min_area=min_area, masks=masks, cells=cells, keep=keep, window=window, stride=stride,
-            input_size=input_size, layout=layout, outputs_are=outputs_are, runtime=runtime, arrays=arrays, resize=resize)
+            input_size=input_size, layout=layout, outputs_are=outputs_are, runtime=runtime, arrays=arrays, resize=resize,
+            input_name=input_name)
         check(self.settings)
         self.resize = resize
         self.notes = Notes(on_note)  # how it was made and runs, for the curious (--verbose)
@@ -127,9 +128,9 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
             if problem:
                 raise BadArgument("--model", problem)
             self._model = models.load(str(model), weights, labels, preprocess, imports=imports, unsafe=unsafe,
-                                      precision=chosen, reading=read_as, input_size=input_size)
+                                      precision=chosen, reading=read_as, input_size=input_size, input_name=input_name)
         else:
-            self._model = models.from_object(model, labels, preprocess, chosen, read_as, input_size)
+            self._model = models.from_object(model, labels, preprocess, chosen, read_as, input_size, input_name)
         self._graph = core.graph_of(self._model, offload.choose(runtime, self._model, self.notes.add))
         for note in self._graph.notes:
             self.notes.add(note)
@@ -261,7 +262,7 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
             return
         choice = self.choose(classes, top_k)
         finish = pipeline.values_only(self.labels, self.layer_for(self.method), self.method, choice.floor,
-                                      self._needs_head().kind, self.canvas)
+                                      self._needs_head().kind, self.canvas, self.explained_input)
         regions = self._regions(region)
         drawn = None if pictures is None else inputs.pictures_by_key(pictures)
         for result in self._run(images, lambda made: made.compute(choice, regions=regions), finish, errors):
@@ -443,9 +444,3 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
         from explain_cli.steps import perturbing
 
         return perturbing.random_step(self._predict(), choice, self.settings.seed)
-
-
-def default_method(model: Any) -> str:
-    """The method a model is explained by when none is named: gradcam at a layer, or rise for a model file (ONNX,
-    LiteRT, a SavedModel folder), which has no layers."""
-    return "rise" if runtimes.is_runtime_model(model) else "gradcam"

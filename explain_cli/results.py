@@ -66,6 +66,9 @@ class Explanation:
     mean_probability: float | None = None  # a segmentation: the class's mean probability over the region
     box: tuple[float, float, float, float] | None = None  # a detection: its box (x0, y0, x1, y1), the image's pixels
     target_kind: str = "class"  # Target.kind
+    input: str | None = None  # a model of several inputs: the input the map belongs to
+    attributions: dict[str, np.ndarray] | None = field(default=None, repr=False)  # and each of its other inputs of
+    # values' attribution to the same score, gradient × input, by input name
 
     @property
     def target(self) -> Target:

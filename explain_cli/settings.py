@@ -54,6 +54,7 @@ class Settings:
     runtime: str = "auto"  # where forward-only passes run: "auto", "tensorflow", "openvino" or "onnxruntime"
     arrays: str = "auto"  # how the library reads arrays (inputs.ARRAY_READINGS)
     resize: str = "stretch"  # how pictures are fitted to the input: "stretch" or "letterbox"
+    input_name: str | None = None  # a model of several inputs: the one explained (default: its first picture)
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,8 @@ def check(settings: Settings) -> None:
     choose("--resize", "resize", s.resize, ("stretch", "letterbox"))
     check_preprocess(s.preprocess)
     value: Any
-    for option, name, value in (("--layer", "layer", s.layer), ("--output", "output", s.output)):
+    for option, name, value in (("--layer", "layer", s.layer), ("--output", "output", s.output),
+                                 ("--input", "input_name", s.input_name)):
         if value is not None and not isinstance(value, str):
             raise BadArgument(option, f"{name} is a name, not {value!r}")
     for option, name, value, least in (

@@ -135,7 +135,7 @@ threshold_option = click.option(
     "probability.")
 # INPUTS, --batch-size, --max-pixels, --verbose and where batches run: what is read, and how.
 input_options = options(
-    click.argument("sources", nargs=-1, required=True, metavar="INPUTS..."),
+    click.argument("sources", nargs=-1, metavar="INPUTS..."),
     click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096),
                  help="Images per model call."),
     click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True,
@@ -152,6 +152,15 @@ input_options = options(
     click.option("--shard", metavar="I/N", callback=lambda ctx, param, value: _shard(value),
                  help="Take only shard I of N (0 <= I < N): the inputs whose path relative to the folder given "
                  "hashes to I. Shards may write into one output folder at once (manifest.shard-I-of-N.jsonl)."),
+)
+# --inputs, --input: the examples of a model of several inputs, and which picture input to explain.
+several_inputs_options = options(
+    click.option("--inputs", "inputs_table", type=click.Path(path_type=Path), metavar="TABLE.csv",
+                 help="A model of several inputs: its examples, one a row, a column per input named by the input's "
+                 "name (an image path, a .npy path, or numbers in one cell). Each picture input is explained in turn, "
+                 "the others held as the row gives them."),
+    click.option("--input", "input_name", metavar="NAME",
+                 help="A model of several inputs: explain only this picture input (default: each in turn)."),
 )
 # --top, --json: the predictions printed per image, by the commands that print them.
 prediction_options = options(
@@ -310,16 +319,19 @@ def settings(options: dict, method: str = "gradcam", **extra: Any) -> Any:
                     output_index=options.pop("output_index"), threshold=threshold,
                     input_size=options.pop("input_size"), layout=options.pop("layout"),
                     outputs_are=options.pop("outputs_are"), runtime=options.pop("runtime"),
-                    resize=options.pop("resize", None) or "stretch", **extra)
+                    resize=options.pop("resize", None) or "stretch", input_name=options.pop("input_name", None),
+                    **extra)
 
 
 def run_options(options: dict) -> Any:
     """How the run reads its inputs, prints, and where its batches run."""
     from explain_cli.cli.runs import RunOptions
 
+    if not options["sources"] and options.get("inputs_table") is None:
+        raise click.UsageError("Missing argument 'INPUTS...'.")
     return RunOptions(batch_size=options["batch_size"], max_pixels=options["max_pixels"], verbose=options["verbose"],
                       style=style(options), engine=options["engine"], ray_address=options["ray_address"],
-                      workers=options["workers"], shard=options["shard"])
+                      workers=options["workers"], shard=options["shard"], inputs=options.get("inputs_table"))
 
 
 def output_options(options: dict) -> Any:

@@ -49,6 +49,7 @@ def cli() -> None:
 
 
 @cli.command()
+@common.several_inputs_options
 @common.input_options
 @common.prediction_options
 @common.truth_option
@@ -68,6 +69,7 @@ def gradcam(**options: Any) -> None:
 
 
 @cli.command()
+@common.several_inputs_options
 @common.input_options
 @common.prediction_options
 @common.truth_option
@@ -95,6 +97,7 @@ def cam(method: str, max_masks: int, seed: int, **options: Any) -> None:
 
 
 @cli.command()
+@common.several_inputs_options
 @common.input_options
 @common.prediction_options
 @common.truth_option
@@ -264,6 +267,7 @@ def segment(method: str | None, threshold: float, cells: int, keep: float, windo
 
 
 @cli.command()
+@common.several_inputs_options
 @common.input_options
 @common.prediction_options
 @common.truth_option

@@ -20,6 +20,7 @@ from explain_cli.cli import console
 from explain_cli.io import files as output
 from explain_cli.steps import perturbing
 from explain_cli.running import pipeline
+from explain_cli.tasks import inspect
 from explain_cli.render import heatmaps as render
 from explain_cli.explainer import Explainer
 from explain_cli.errors import BadArgument, ExplainError
@@ -39,6 +40,7 @@ class RunOptions:
     ray_address: str | None = None
     workers: int | None = None
     shard: Shard | None = None
+    inputs: Path | None = None  # a model of several inputs: the CSV of its examples (inputs/several.py)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,9 @@ def sources(arguments: Sequence[str], stdin: TextIO, skip_dir: Path | None, shar
     """The inputs, or this shard's share of them."""
     from explain_cli.inputs import sources as inputs
 
+    if not arguments:
+        raise BadArgument(None, "no inputs: give images, folders or - (paths on stdin), or --inputs TABLE.csv for a "
+                          "model of several inputs")
     found = inputs.discover(arguments, stdin, skip_dir)
     if not found:
         raise BadArgument(None, "no images found in the inputs given")
@@ -85,8 +90,14 @@ def sources(arguments: Sequence[str], stdin: TextIO, skip_dir: Path | None, shar
 
 
 def explainer(settings: Settings, run: RunOptions) -> Explainer:
-    """The Explainer the settings make; with --verbose, how it was made."""
-    return Explainer.from_settings(settings, on_note=listener(Path(settings.model).name, run.verbose))
+    """The Explainer the settings make; with --verbose, how it was made. BadArgument for a model of several inputs
+    given no --inputs table."""
+    made = Explainer.from_settings(settings, on_note=listener(Path(settings.model).name, run.verbose))
+    if made.explained_input is not None and run.inputs is None:
+        names = [made.explained_input, *(h.name for h in made._model.held)]
+        raise BadArgument("--inputs", f"{made.name} takes several inputs ({', '.join(names)}): give its examples as "
+                          "--inputs TABLE.csv, a column per input")
+    return made
 
 
 def listener(name: str, verbose: bool) -> Callable[[str, bool], None]:
@@ -238,6 +249,10 @@ def explain(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
     out.check()
     if request.specs and request.top_k:
         raise BadArgument(None, "--class and --top-k are exclusive: explain named classes or the top N")
+    if run.inputs is not None:
+        from explain_cli.cli import several_run
+
+        return several_run.explain(settings, request, top, out, run, name, grey_map)
     found, skipped = unexplained(sources(arguments, stdin, out.out_dir, run.shard), out, name)
     if not found:  # nothing left to do: no need to load a model for it
         say(console.Tally(0, skipped=skipped).summary(None))
@@ -316,8 +331,9 @@ def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
 def predict(settings: Settings, arguments: Sequence[str], stdin: TextIO, truth_spec: str | None, top: int,
             run: RunOptions) -> None:
     """explain predict: each input's top predictions on stdout, nothing written."""
-    found = sources(arguments, stdin, None, run.shard)
-    made = explainer(settings, run)
+    made = explainer(settings, run) if run.inputs is not None else None
+    found = sources(arguments, stdin, None, run.shard) if made is None else made.examples_from(run.inputs)
+    made = made or explainer(settings, run)
     known = truth(truth_spec, found, made)
 
     def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
@@ -338,7 +354,7 @@ def activations(settings: Settings, arguments: Sequence[str], stdin: TextIO, lay
     model_name = made.name
 
     def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
-        return worker.activation_step(drawn), pipeline.activation_grids(out_dir, drawn, max_channels, model_name)
+        return worker.activation_step(drawn), inspect.activation_grids(out_dir, drawn, max_channels, model_name)
 
     with manifest_in(out_dir, output.MANIFEST, run.shard) as manifest:
         report(start(found, make, made, run), console.Tally(len(found)), run, manifest)

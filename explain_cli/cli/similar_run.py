@@ -8,6 +8,7 @@ from typing import Sequence, TextIO
 
 from explain_cli.cli import console, runs
 from explain_cli.errors import BadArgument
+from explain_cli.explainer import Explainer
 from explain_cli.io import files as output
 from explain_cli.running import pipeline
 from explain_cli.settings import Settings, check
@@ -43,8 +44,8 @@ def run(settings: Settings, arguments: Sequence[str], stdin: TextIO, vectors: Pa
                                          colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
                                          save_heatmap=out.save_heatmap, figure=out.figure, canvas=made.canvas)
 
-        def make(worker: similar.Likening) -> tuple[pipeline.Compute, pipeline.Finish]:
-            return worker.compute(None, references=refs), similar.written(refs, options)  # type: ignore[attr-defined]
+        def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
+            return worker.compute(None, references=refs), similar.written(refs, options)
 
         started = runs.start(found, make, made, run_options)
         with runs.report_after(out.report, out.out_dir):

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from explain_cli.evaluation import metrics
+from explain_cli.inputs import held
 from explain_cli.io import files as output
 from explain_cli.render import heatmaps as render
 from explain_cli.inputs.sources import Source
@@ -125,8 +126,9 @@ def measure(batch: EvaluationBatch, images: np.ndarray, i: int, forward: metrics
     requests = [(render.upsample(batch.maps[method][i, j], width, height), int(batch.classes[i, j]),
                  float(scored[batch.classes[i, j]])) for i, j, method in keys]
     blurred = metrics.gaussian_blur(images[i], settings.blur_sigma)
-    scores = metrics.faithfulness_of_maps(forward, images[i], blurred, requests, settings.steps, settings.batch_size,
-                                          unperturbed=scored)
+    with held.row(i):  # a model of several inputs: the image's own values for the others
+        scores = metrics.faithfulness_of_maps(forward, images[i], blurred, requests, settings.steps,
+                                              settings.batch_size, unperturbed=scored)
     batch.faithfulness.update(zip(keys, scores))
 
 

@@ -45,6 +45,9 @@ class Source:
     as_input: bool = False  # an array that is the model's input as it stands (not a picture to preprocess)
     placed: tuple[int, int, int, int] | None = field(default=None, compare=False)  # a letterboxed picture's place on
     # the input once decoded: (top, left, height, width)
+    held: Any = field(default=None, compare=False, hash=False, repr=False)  # a model of several inputs: the example's
+    # items for the others (inputs/held.Held), and once read, their values as the model takes them
+    held_values: tuple = field(default=(), compare=False, hash=False, repr=False)
 
     @property
     def key(self) -> str | int:
@@ -62,15 +65,15 @@ def discover(arguments: Iterable[str], stdin: TextIO, skip_dir: Path | None = No
     sources: list[Source] = []
     for argument in arguments:
         if argument == "-":
-            sources.extend(_file_source(line.rstrip("\r\n")) for line in stdin if line.strip())
+            sources.extend(file_source(line.rstrip("\r\n")) for line in stdin if line.strip())
         elif Path(argument).is_dir():
             sources.extend(_walk(Path(argument), skip_dir))
         else:
-            sources.append(_file_source(argument))
+            sources.append(file_source(argument))
     return _unique_stems(sources)
 
 
-def _file_source(argument: str) -> Source:
+def file_source(argument: str) -> Source:
     path = Path(argument)
     return Source(path=path, shown=argument, stem=PurePosixPath(path.stem or path.name))
 
@@ -305,17 +308,19 @@ def sources_of(images: Any, arrays: str = "auto") -> Iterator[Source]:
     read (ARRAY_READINGS)."""
     counter = iter(range(1 << 62))
     for item in [images] if _is_one(images) or _is_array_batch(images) else images:
-        if isinstance(item, (str, Path)):
+        if isinstance(item, Source):  # an example made already: a row of a model of several inputs
+            yield item
+        elif isinstance(item, (str, Path)):
             if Path(item).is_dir():
                 yield from _unique_stems(list(_walk(Path(item), None)))
             else:
-                yield _file_source(str(item))
+                yield file_source(str(item))
         elif _is_array_batch(item):
             batch = np.asarray(item)
             for image in batch:
-                yield _memory_source(image, next(counter), arrays)
+                yield memory_source(image, next(counter), arrays)
         else:
-            yield _memory_source(item, next(counter), arrays)
+            yield memory_source(item, next(counter), arrays)
 
 
 def pictures_by_key(pictures: Any) -> Callable[[Hashable], np.ndarray]:
@@ -340,7 +345,7 @@ def _is_one(images: Any) -> bool:
     return isinstance(images, (str, Path, Image.Image)) or (hasattr(images, "__array__") and len(np.shape(images)) <= 3)
 
 
-def _memory_source(image: Any, index: int, arrays: str = "auto") -> Source:
+def memory_source(image: Any, index: int, arrays: str = "auto") -> Source:
     if not (isinstance(image, Image.Image) or hasattr(image, "__array__")):
         raise BadInput(str(index), f"not an image: a {type(image).__name__} (give arrays, PIL images or paths)")
     return Source(path=Path(str(index)), shown=str(index), stem=PurePosixPath(str(index)), pixels=image, index=index,

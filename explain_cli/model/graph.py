@@ -7,14 +7,17 @@ layer outputs inside steps (sublayers of subclassed layers) are found by model/s
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import inspect
 import itertools
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from explain_cli.errors import ExplainError
+from explain_cli.inputs.held import HeldInput
 
 Tensor = Any  # a tf.Tensor; kept abstract so this module imports without TensorFlow
 
@@ -69,10 +72,21 @@ class Graph:
     outputs: tuple[tuple[str, int], ...] = ()  # every output of the model: its name and value number
     offload: Any = None  # offload.Offload: the runtime its forward-only passes run on (None: TensorFlow)
     channels_first: frozenset[int] = frozenset()  # the values held NCHW by the model (model/layouts.py)
+    held: tuple[int, ...] = ()  # a model of several inputs: the value numbers of those held as given (inputs/held.py)
 
     def feed(self, x: Tensor) -> dict[int, Tensor]:
-        """The values a run starts from: the input x (b, h, w, c), in the model's own layout."""
-        return {self.input: self.given(self.input, x)}
+        """The values a run starts from: the input x (b, h, w, c), in the model's own layout, and the inputs held as
+        given, each example's repeated to x's rows (copy j of example i at j·b + i, as steps tile)."""
+        values = {self.input: self.given(self.input, x)}
+        if self.held:
+            import tensorflow as tf
+
+            rows = tf.shape(x)[0]
+            for number, value in zip(self.held, _HOLDING.get()):
+                copies = rows // tf.shape(value)[0]
+                values[number] = self.given(number, tf.tile(value, tf.concat([[copies], tf.ones([tf.rank(value) - 1],
+                                                                                           tf.int32)], 0)))
+        return values
 
     def given(self, number: int, x: Tensor) -> Tensor:
         """A value handed to the graph as (b, h, w, c), in the layout the model holds it in."""
@@ -146,32 +160,91 @@ class Graph:
         return values
 
 
-def flatten(model: Any, output: str | None = None) -> Graph:
+@contextlib.contextmanager
+def holding(values: Sequence[Tensor]) -> Iterator[None]:
+    """The held inputs' values while a step is traced: every `feed` inside takes them (inputs/held.py)."""
+    token = _HOLDING.set(tuple(values))
+    try:
+        yield
+    finally:
+        _HOLDING.reset(token)
+
+
+def held_now() -> tuple[Tensor, ...]:
+    """The held inputs' values of the step being traced; () for a model of one input."""
+    return _HOLDING.get()
+
+
+_HOLDING: contextvars.ContextVar[tuple[Tensor, ...]] = contextvars.ContextVar("holding", default=())
+
+
+def flatten(model: Any, output: str | None = None, input_name: str | None = None) -> Graph:
     """The model's call graph as steps, entering nested functional and Sequential models. A model with several
-    outputs is explained through one of them, named by `output` (a graph without one can list its layers)."""
+    outputs is explained through one of them, named by `output` (a graph without one can list its layers); a model
+    of several inputs through one of them, `input_name` (default: its first picture), the others held as given."""
     function = _functional(model)
     if function is None:
         return _whole(model)
-    if len(function.inputs) != 1:
-        raise ExplainError(f"model {model.name!r} has {len(function.inputs)} inputs: only single-input models can be "
-                           "explained")
+    explained = explained_input(function, input_name)
     numbers = itertools.count()
-    input_number = next(numbers)
+    input_numbers = [next(numbers) for _ in function.inputs]
+    input_number = input_numbers[explained]
     steps: list[Step] = []
-    values = _flatten_into(function, [input_number], "", steps, numbers)
+    values = _flatten_into(function, input_numbers, "", steps, numbers)
     names = _output_names(function)
     from explain_cli.model import sublayers as inner
 
     from explain_cli.model import layouts
 
-    shape = tuple(function.inputs[0].shape)
+    shape = tuple(function.inputs[explained].shape)
     first = layouts.channels_first(steps, input_number, len(shape))
-    found = inner.catalogue(model, steps, input_number, shape)
+    found = inner.catalogue(model, steps, input_number, shape, probe=len(input_numbers) == 1)
     points = tuple(_in_last(p, steps, first) for p in found.points) if first else found.points
     graph = Graph(steps=tuple(steps), input=input_number, output=values[0] if len(values) == 1 else None,
                   points=points, transformer_default=found.transformer_default, notes=found.notes(),
-                  outputs=tuple(zip(names, values)), channels_first=first)
+                  outputs=tuple(zip(names, values)), channels_first=first,
+                  held=tuple(n for n in input_numbers if n != input_number))
     return graph.with_output(output) if output is not None else graph
+
+
+def held_inputs(model: Any, spec: str, graph: Any) -> tuple[HeldInput, ...]:
+    """A model of several inputs: those held as given, in its order; ExplainError for one of no fixed shape."""
+    if not graph.held:
+        return ()
+    function = _functional(model)
+    found = []
+    for i, (name, tensor) in enumerate(zip(input_names(model), function.inputs)):
+        if i == graph.input:
+            continue
+        shape = tuple(tensor.shape[1:])
+        if not all(shape):
+            raise ExplainError(f"{spec}: input {name} has no fixed shape, {tuple(tensor.shape)}: explain holds each "
+                               "example's value for it")
+        found.append(HeldInput(name, tuple(int(d) for d in shape), len(shape) == 3))
+    return tuple(found)
+
+
+def input_names(model: Any) -> list[str]:
+    """A functional model's inputs' names, in its order ([] for a subclassed model)."""
+    function = _functional(model)
+    return [] if function is None else [_input_name(t) for t in function.inputs]
+
+
+def _input_name(tensor: Any) -> str:
+    return str(getattr(tensor, "name", None) or tensor._keras_history.operation.name)
+
+
+def explained_input(function: Any, name: str | None) -> int:
+    """Which of a model's inputs is explained: the one named, else the first of rank 4 (a picture), else the first;
+    BadArgument for a name it does not have."""
+    names = [_input_name(t) for t in function.inputs]
+    if name is not None:
+        if name not in names:
+            from explain_cli.errors import BadArgument
+
+            raise BadArgument("--input", f"unknown input {name!r}; the model's inputs: {', '.join(names)}")
+        return names.index(name)
+    return next((i for i, t in enumerate(function.inputs) if len(t.shape) == 4), 0)
 
 
 def _in_last(point: Any, steps: Sequence[Step], first: frozenset[int]) -> Any:
@@ -287,26 +360,32 @@ def needed(steps: Sequence[Step], wanted: set[int]) -> list[Step]:
     return kept[::-1]
 
 
-def image_shape_of(model: Any) -> tuple:
-    """The model's input shape as images are fed to it, (batch, height, width, channels), for a model that takes
-    them channels-first too (model/layouts.py)."""
-    shape = input_shape_of(model)
+def image_shape_of(model: Any, input_name: str | None = None) -> tuple:
+    """The explained input's shape as images are fed to it, (batch, height, width, channels), for a model that
+    takes them channels-first too (model/layouts.py)."""
+    shape = input_shape_of(model, input_name)
     function = _functional(model)
     if len(shape) != 4 or function is None:
         return shape
     from explain_cli.model import layouts
 
     steps: list[Step] = []
-    _flatten_into(function, [0], "", steps, itertools.count(1))
-    if 0 not in layouts.channels_first(steps, 0, 4):
+    count = len(function.inputs)
+    _flatten_into(function, list(range(count)), "", steps, itertools.count(count))
+    number = explained_input(function, input_name)
+    if number not in layouts.channels_first(steps, number, 4):
         return shape
     return (shape[0], *layouts.last_shape(shape[1:]))
 
 
-def input_shape_of(model: Any) -> tuple:
-    """The model's input shape, (batch, height, width, channels) for an image classifier: its input's, or for a
-    subclassed model the shape it was built with (saved with it); () when there is no single one."""
+def input_shape_of(model: Any, input_name: str | None = None) -> tuple:
+    """The explained input's shape, (batch, height, width, channels) for an image classifier: its input's (of
+    several, the one named or the first picture), or for a subclassed model the shape it was built with (saved with
+    it); () when there is no single one."""
     inputs = getattr(model, "inputs", None)
+    function = _functional(model)
+    if inputs is not None and function is not None:
+        return tuple(function.inputs[explained_input(function, input_name)].shape)
     if inputs is not None:
         return tuple(inputs[0].shape) if len(inputs) == 1 else ()
     built = list((getattr(model, "_build_shapes_dict", None) or {}).values())

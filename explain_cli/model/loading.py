@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence, Union
 from explain_cli.inputs import labels as labels_module
 from explain_cli.errors import BadArgument, ExplainError, first_line
 from explain_cli.model.graph import image_shape_of
+from explain_cli.inputs.held import HeldInput
 from explain_cli.inputs.labels import Labels
 
 # The named --preprocess modes: keras.applications' three, x / 255 ("unit") and none.
@@ -77,6 +78,8 @@ class LoadedModel:
     output: str | None = None  # the output explained, of a model with several
     identity: str | None = None  # the files it was made from, as they are now (model/runtime.py's cache key); None: memory
     pixels: str = "uint8"  # what its steps take: "uint8" pictures, preprocessed; "float32": the model's input as it is
+    input_name: str | None = None  # a model of several inputs: the one explained
+    held: tuple[HeldInput, ...] = ()  # and the others, held as each example gives them (inputs/held.py)
 
     def as_input(self) -> LoadedModel:
         """The model fed its input as it stands: float32 batches, no preprocessing (an array a user already scaled)."""
@@ -106,6 +109,7 @@ def load(
     precision: str = "fp32",
     reading: Any = None,
     input_size: tuple[int, int] | None = None,
+    input_name: str | None = None,
 ) -> LoadedModel:
     """Build a built-in model (ImageNet weights or a local weights file) or load a user's model file; `reading`
     (heads.Reading) says which output to explain and how to read it; `input_size`, the size to feed a model whose
@@ -132,7 +136,7 @@ def load(
         converter = _image_converter(model)
         prep = converter if preprocess is None and converter is not None else preprocessing(preprocess or "none")
         default = None
-    loaded = _loaded(model, name, spec, prep, default, labels_file, precision, reading, input_size)
+    loaded = _loaded(model, name, spec, prep, default, labels_file, precision, reading, input_size, input_name)
     return dataclasses.replace(loaded, identity=identity(spec, weights, imports))
 
 
@@ -163,7 +167,7 @@ def identity(spec: str, weights: str, imports: Sequence[str] = ()) -> str:
 
 def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, preprocess: Preprocess | None = None,
                 precision: str = "fp32", reading: Any = None,
-                input_size: tuple[int, int] | None = None) -> LoadedModel:
+                input_size: tuple[int, int] | None = None, input_name: str | None = None) -> LoadedModel:
     """A keras.Model already in memory (a notebook's, a training script's), used as it is: explain replays its own
     layers, so what it computes follows the model's current weights."""
     from explain_cli.model.backend import load_tensorflow
@@ -174,20 +178,20 @@ def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, pr
                            "model file)")
     converter = _image_converter(model)
     prep = converter if preprocess is None and converter is not None else preprocessing(preprocess or "none")
-    loaded = _loaded(model, model.name, model.name, prep, None, labels, precision, reading, input_size)
+    loaded = _loaded(model, model.name, model.name, prep, None, labels, precision, reading, input_size, input_name)
     return dataclasses.replace(loaded, live=True)
 
 
 def _loaded(model: Any, name: str, spec: str, prep: Callable[[Any], Any], default: str | None,
             labels: Path | str | Sequence[str] | None, precision: str, reading: Any,
-            input_size: tuple[int, int] | None = None) -> LoadedModel:
+            input_size: tuple[int, int] | None = None, input_name: str | None = None) -> LoadedModel:
     from explain_cli.model import graph as graph_module
     from explain_cli.model import heads
     from explain_cli.model import cut as split
 
     reading = reading or heads.Reading()
-    height, width, channels = size_of(model, spec, input_size)
-    graph = graph_module.flatten(model, reading.output)
+    height, width, channels = size_of(model, spec, input_size, input_name)
+    graph = graph_module.flatten(model, reading.output, input_name)
     head, names = None, None
     if graph.output is not None:
         _, activation, _ = split.pre_activation(graph)
@@ -210,6 +214,8 @@ def _loaded(model: Any, name: str, spec: str, prep: Callable[[Any], Any], defaul
         precision=precision,
         head=head,
         output=reading.output,
+        input_name=graph_module.input_names(model)[graph.input] if graph.held else input_name,
+        held=graph_module.held_inputs(model, spec, graph),
     )
 
 
@@ -353,10 +359,11 @@ def _import(spec: str) -> ModuleType:
         raise ExplainError(f"--import {spec}: {type(error).__name__}: {first_line(error)}") from None
 
 
-def size_of(model: Any, spec: str, given: tuple[int, int] | None = None) -> tuple[int, int, int]:
+def size_of(model: Any, spec: str, given: tuple[int, int] | None = None,
+            input_name: str | None = None) -> tuple[int, int, int]:
     """(height, width, channels) the model is fed at: its input's own size; where that is free, `given`
     (--input-size) or the size its keras-hub image converter resizes to (which must then agree)."""
-    shape = image_shape_of(model)
+    shape = image_shape_of(model, input_name)
     if len(shape) != 4:
         raise ExplainError(f"{spec}: expected one image input (batch, height, width, channels)")
     _, height, width, channels = shape

@@ -42,7 +42,8 @@ def cascade(model: LoadedModel, stages: int, seed: int, same_class: bool = False
         raise ExplainError(f"{model.name}: cannot copy the model to randomise it (--sanity): {error}") from None
     loaded = dataclasses.replace(model, keras_model=copy)
     # Folded layers hold weights computed when they are made; the cascade assigns weights after compiling.
-    graph = dataclasses.replace(graph_module.flatten(copy, model.output), foldable=False, precision=model.precision)
+    graph = dataclasses.replace(graph_module.flatten(copy, model.output, model.input_name), foldable=False,
+                                precision=model.precision)
     weighted = _weighted_layers(graph)
     if not weighted:
         raise ExplainError(f"{model.name}: has no weights to randomise (--sanity)")
@@ -58,7 +59,8 @@ def cascade(model: LoadedModel, stages: int, seed: int, same_class: bool = False
                 variable.assign(values)
 
     # The copy is the same architecture: its layer outputs come in the same order as the model's.
-    names = {p.name: q.name for p, q in zip(graph_module.flatten(model.keras_model, model.output).points, graph.points)}
+    original = graph_module.flatten(model.keras_model, model.output, model.input_name)
+    names = {p.name: q.name for p, q in zip(original.points, graph.points)}
     theirs = {copied: own for own, copied in names.items()}
     stages_ = tuple((c, theirs.get(weighted[c - 1][0], weighted[c - 1][0])) for c in counts)
     return Cascade(loaded, graph, stages_, assign, names)

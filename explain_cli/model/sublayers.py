@@ -191,16 +191,18 @@ def needs_probe(steps: Sequence[Any]) -> bool:
 _catalogues: "weakref.WeakKeyDictionary[Any, Catalogue]" = weakref.WeakKeyDictionary()
 
 
-def catalogue(model: Any, steps: Sequence[Any], input_number: int, input_shape: tuple) -> Catalogue:
-    """The model's layer outputs: from the graph when every step is a plain layer, else by running the model once
-    on two random images with every sublayer's call watched. Cached per model object."""
+def catalogue(model: Any, steps: Sequence[Any], input_number: int, input_shape: tuple,
+              probe: bool = True) -> Catalogue:
+    """The model's layer outputs: from the graph when every step is a plain layer, else (with `probe`: a model of
+    one input) by running the model once on two random images with every sublayer's call watched. Cached per model
+    object."""
     try:
         return _catalogues[model]
     except (KeyError, TypeError):
         pass
     height_width = input_shape[1:3]
     points, failure = None, None
-    if needs_probe(steps) and all(isinstance(d, int) for d in input_shape[1:]):
+    if probe and needs_probe(steps) and all(isinstance(d, int) for d in input_shape[1:]):
         import tensorflow as tf
 
         try:

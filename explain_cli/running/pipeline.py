@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 import numpy as np
 
+from explain_cli.inputs import held
 from explain_cli.inputs import sources as inputs
 from explain_cli.running import interrupts
 from explain_cli.io import files as output
@@ -84,7 +85,7 @@ class ImageResult:
 class RenderOptions:
     out_dir: Path
     method: str
-    layer: str
+    layer: str | None  # None: a method that needs no layer
     model: str = ""  # its name, for the manifest
     colormap: str = "jet"
     alpha: float = 0.4
@@ -95,6 +96,7 @@ class RenderOptions:
     listing: output.Listing = output.Listing()  # how predictions are listed, by the kind of head
     floor: float | None = None  # explain only the classes showing at least this (labels: a probability)
     canvas: inputs.Canvas | None = None  # how pictures were fitted to the input: maps are cut back to a letterbox's
+    input_name: str | None = None  # a model of several inputs: the one explained
 
 
 # A batch's images, once decoded: (source, the picture or the reason it failed, model input).
@@ -154,6 +156,9 @@ class Run:
         def load(source: Source) -> Decoded:
             try:
                 picture, x = inputs.decode_for(source, max_pixels, width, height, channels, resize)
+                if source.held is not None:  # a model of several inputs: the example's values for the others
+                    source = dataclasses.replace(source, held_values=held.read(source.held, source.shown, max_pixels,
+                                                                               resize))
                 if resize == "letterbox" and not source.as_input:
                     _, top, left, inner_h, inner_w = inputs.Canvas(resize, height, width).fit(*picture.rgb.shape[:2])
                     source = dataclasses.replace(source, placed=(top, left, inner_h, inner_w))
@@ -252,7 +257,8 @@ def _compute_and_finish(
 ) -> list[Future[ImageResult]]:
     good = [(source, picture, x) for source, picture, x in decoded if x is not None]
     try:
-        result = compute(np.stack([x for _, _, x in good]), [source for source, _, _ in good]) if good else None
+        with held.batch(held.stacked([source.held_values for source, _, _ in good])):
+            result = compute(np.stack([x for _, _, x in good]), [source for source, _, _ in good]) if good else None
     except Exception as error:
         if interrupts.received() is not None:
             raise
@@ -341,31 +347,13 @@ def truth_record(known: dict, truth: Truth, names: Sequence[str], listing: outpu
     return {"truth": result_truth, "truth_label": label, "correct": None if truth_rank is None else truth_rank == 1}
 
 
-def activation_grids(out_dir: Path, layers: Sequence[str], max_channels: int, model: str = "") -> Finish:
-    """A finish step for `explain activations`: one channel-grid PNG per layer, named after it."""
-
-    def finish(source: Source, original: np.ndarray, row: int, per_layer: object) -> ImageResult:
-        files = output.FileSet(out_dir)
-        records = []
-        with files.complete_or_removed():
-            for layer, batch in zip(layers, per_layer):
-                grid = render.channel_grid(batch[row][..., :max_channels])
-                name = source.stem.with_name(f"{source.stem.name}.activations.{output.safe_label(layer)}.png")
-                files.write(name.as_posix(), render.encode(grid, "png"))
-                records.append({"image": source.shown, "model": model, "layer": layer, "method": "activations",
-                                "grid": name.as_posix()})
-        return ImageResult(source, records=records)
-
-    return finish
-
-
 def values_only(names: Sequence[str], layer: str | None, method: str, floor: float | None = None,
-                head: str = "classes", canvas: inputs.Canvas | None = None) -> Finish:
+                head: str = "classes", canvas: inputs.Canvas | None = None, input_name: str | None = None) -> Finish:
     """A finish step for the library: each image's explanations as values, nothing written."""
 
     def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> ImageResult:
         return ImageResult(source, values=explained(source, original, row, batch, names, layer, method, floor, head,
-                                                    canvas))
+                                                    canvas, input_name))
 
     return finish
 
@@ -381,7 +369,7 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: 
         files = output.FileSet(options.out_dir)
         with files.complete_or_removed():  # an image's files all exist, or none do
             for value in explained(source, original, row, batch, names, options.layer, options.method, options.floor,
-                                   options.listing.kind, options.canvas):
+                                   options.listing.kind, options.canvas, options.input_name):
                 heatmap = render.normalise(value.map)
                 if not heatmap.any():
                     warnings.append(f"warning: {source.shown}: the {options.method} map for class {value.class_index} "
@@ -443,4 +431,7 @@ def manifest_record(written: Written, model: str) -> dict:
         "heatmap": written.heatmap_file,
         "figure": written.figure_file,
         **({"map": written.map_file} if written.map_file else {}),
+        **({"input": value.input} if value.input else {}),
+        **({"attributions": {name: v.tolist() for name, v in value.attributions.items()}} if value.attributions
+           else {}),
     }

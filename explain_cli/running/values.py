@@ -24,7 +24,7 @@ def fitted(array: np.ndarray, canvas: inputs.Canvas | None, source: Source, orig
 
 def explained(source: Source, original: np.ndarray, row: int, batch: Any, names: Sequence[str], layer: str | None,
               method: str, floor: float | None = None, head: str = "classes",
-              canvas: inputs.Canvas | None = None) -> list[Explanation]:
+              canvas: inputs.Canvas | None = None, input_name: str | None = None) -> list[Explanation]:
     """The values of one image's row of a batch result: each explained class with its raw map and the image; with
     `floor`, only the classes showing at least that much (a label's probability, a share of the pixels). `head`: the
     kind of the model's head, which says what a map explains (results.TARGET_KINDS)."""
@@ -43,5 +43,7 @@ def explained(source: Source, original: np.ndarray, row: int, batch: Any, names:
             map=frozen_array(fitted(np.asarray(raw, np.float32), canvas, source, original)), image=image,
             share=float(extras["share"][row, j]) if "share" in extras else None,
             mean_probability=float(extras["mean_probability"][row, j]) if "mean_probability" in extras else None,
-            target_kind=TARGET_KINDS[head]))
+            target_kind=TARGET_KINDS[head], input=input_name,
+            attributions={name.split(":", 1)[1]: frozen_array(np.asarray(value[row, j], np.float32))
+                          for name, value in extras.items() if name.startswith("attribution:")} or None))
     return found

@@ -30,7 +30,7 @@ def compile_activations(model: LoadedModel, graph: graph_module.Graph, layers: S
 
     outputs = split_module.outputs_of(graph, layers)
 
-    @compiled([tf.TensorSpec([None, model.height, model.width, model.channels], tf.uint8)])
+    @compiled([tf.TensorSpec([None, model.height, model.width, model.channels], tf.uint8)], model)
     def step(images: Any) -> list[Any]:
         return outputs(model.preprocess(tf.cast(images, tf.float32)))
 

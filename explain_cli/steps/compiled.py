@@ -22,7 +22,8 @@ from explain_cli.model.guided import guided
 from explain_cli.methods import METHODS, MethodInputs
 from explain_cli.model.loading import LoadedModel
 from explain_cli.steps.rows import per_image as regroup
-from explain_cli.steps.rows import at_size, read_rows, tile
+from explain_cli.steps.holding import attributions as held_attributions
+from explain_cli.steps.rows import read_rows, tile
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def graph_of(model: LoadedModel, offload: Any = None) -> graph_module.Graph:
     """The model's graph as explain replays it: in bfloat16 when the model's precision says so; BatchNorm unfolded for
     a model in memory, whose weights may change after the steps are compiled; its forward-only passes on `offload`'s
     runtime (offload.Offload; None: TensorFlow)."""
-    graph = graph_module.flatten(model.keras_model, model.output)
+    graph = graph_module.flatten(model.keras_model, model.output, model.input_name)
     return dataclasses.replace(graph, precision=model.precision, foldable=graph.foldable and not model.live,
                                offload=offload)
 
@@ -123,43 +124,6 @@ def compile_predict(model: LoadedModel, graph: graph_module.Graph,
     return run
 
 
-def compile_segmentation(model: LoadedModel, graph: graph_module.Graph,
-                         inside: bool = False) -> Callable[..., tuple[np.ndarray, ...]]:
-    """A segmentation's prediction: a batch of pixels -> (b, classes) each class's share of the pixels, (b, h, w) each
-    pixel's class at the output's resolution, and (b, classes) each class's mean probability over where it is
-    predicted (0 where it is nowhere). With `inside`, the step also takes where each picture lies on the input
-    (b, H, W; a letterbox), and reads the shares and means there alone."""
-    import tensorflow as tf
-
-    from explain_cli.model import heads
-
-    forward, _ = split_module.logits(graph, forward_only=True)
-    head = head_of(model, graph)
-    plane = [tf.TensorSpec([None, model.height, model.width], tf.float32)] if inside else []
-
-    @compiled([_input_spec(model), *plane])
-    def step(images: Any, *placed: Any) -> Any:
-        raw = forward(model.preprocess(tf.cast(images, tf.float32)))
-        classes = heads.pixel_classes(head, raw)
-        where = heads.pixel_masks(head, raw)
-        weights = at_size(placed[0], tf.shape(classes)[1:3]) if placed else None
-        if weights is not None:
-            where = where * weights[..., None]
-        area = tf.reduce_sum(where, axis=(1, 2))
-        mean = tf.reduce_sum(heads.pixel_probabilities(head, raw) * where, axis=(1, 2)) / tf.maximum(area, 1.0)
-        return heads.pixel_shares(head, raw, classes, weights), classes, mean
-
-    return lambda batch, *placed: tuple(t.numpy() for t in step(batch, *placed))
-
-
-def compile_pixel_probabilities(model: LoadedModel, graph: graph_module.Graph) -> Callable[[np.ndarray], np.ndarray]:
-    """A segmentation's float pixels (perturbed images) -> (n, h, w, classes) each pixel's probabilities."""
-    from explain_cli.model import heads
-
-    step = forward_step(model, graph, "float32", heads.pixel_probabilities)
-    return lambda batch: step(batch.astype(np.float32)).numpy()
-
-
 def forward_step(model: LoadedModel, graph: graph_module.Graph, pixels: str,
                   read: Callable[[Any, Any], Any]) -> Any:
     """The compiled forward pass every prediction step shares: a batch of `pixels` (a dtype name) preprocessed, run to
@@ -169,37 +133,11 @@ def forward_step(model: LoadedModel, graph: graph_module.Graph, pixels: str,
     forward, _ = split_module.logits(graph, forward_only=True)
     head = head_of(model, graph)
 
-    @compiled([tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels))])
+    @compiled([tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels))], model)
     def step(images: Any) -> Any:
         return read(head, forward(model.preprocess(tf.cast(images, tf.float32))))
 
     return step
-
-
-def compile_regions(model: LoadedModel, graph: graph_module.Graph) -> tuple[Callable[[np.ndarray], np.ndarray],
-                                                                              Callable[..., np.ndarray]]:
-    """A segmentation's two steps for evaluate: uint8 batch -> (b, h, w, classes) where each class is predicted; and
-    (float pixels (n, H, W, C), one image's regions (h, w, classes)) -> (n, classes) each class's mean probability over
-    its region (0 where the region is empty)."""
-    import tensorflow as tf
-
-    from explain_cli.model import heads
-
-    forward, _ = split_module.logits(graph, forward_only=True)
-    head = head_of(model, graph)
-    pixels = [None, model.height, model.width, model.channels]
-
-    @compiled([tf.TensorSpec(pixels, getattr(tf, model.pixels))])
-    def masks(images: Any) -> Any:
-        return heads.pixel_masks(head, forward(model.preprocess(tf.cast(images, tf.float32))))
-
-    @compiled([tf.TensorSpec(pixels, tf.float32), tf.TensorSpec([None, None, None], tf.float32)])
-    def region_mean(images: Any, regions: Any) -> Any:
-        probability = heads.pixel_probabilities(head, forward(model.preprocess(images)))
-        area = tf.reduce_sum(regions, axis=(0, 1))
-        return tf.reduce_sum(probability * regions[None], axis=(1, 2)) / tf.maximum(area, 1.0)
-
-    return (lambda batch: masks(batch).numpy()), (lambda batch, regions: region_mean(batch, regions).numpy())
 
 
 def compile_explain(
@@ -244,7 +182,7 @@ def compile_explain(
     if spec.attention:
         return _numpy_step(_attention_step(model, cut, spec, head, fixed, k, score, given_as))
 
-    @compiled(_signature(model, *given_as))
+    @compiled(_signature(model, *given_as), model)
     def step(images: Any, *given: Any) -> tuple[Any, ...]:
         x = model.preprocess(tf.cast(images, tf.float32))
         activations, skips = cut.features(x)
@@ -267,13 +205,20 @@ def compile_explain(
             class_weights=tf.gather(tf.transpose(class_kernel), rows.row_class) if class_kernel is not None else None,
             images=tile(x, k) if spec.forward else None,
             classes=rows.row_class,
-            targets=(lambda images, row: rows.score_one(cut.through(images), row)) if spec.forward else None,
+            targets=(lambda images, row: _one_row(rows, cut, images, row, b)) if spec.forward else None,
             max_masks=max_masks,
         )
         maps = spec.compute(inputs)  # (k*b, h, w)
-        return rows.shown, rows.chosen, regroup(scores, k, b), regroup(maps, k, b), rows.extras(k, b)
+        extras = {**rows.extras(k, b), **held_attributions(model, cut.through, x, rows.score, k, b)}
+        return rows.shown, rows.chosen, regroup(scores, k, b), regroup(maps, k, b), extras
 
     return _numpy_step(step)
+
+
+def _one_row(rows: Any, cut: split_module.Split, images: Any, row: Any, b: Any) -> Any:
+    """Score-CAM's scores of one row's masked copies, run with its image's own held inputs (a model of several)."""
+    with graph_module.holding([value[row % b][None] for value in graph_module.held_now()]):
+        return rows.score_one(cut.through(images), row)
 
 
 def _attention_step(model: LoadedModel, cut: split_module.Split, spec: Any, head: Any, fixed: Any, k: int,
@@ -282,7 +227,7 @@ def _attention_step(model: LoadedModel, cut: split_module.Split, spec: Any, head
     attention layer's scores; no cut and no gradient."""
     import tensorflow as tf
 
-    @compiled(_signature(model, *given_as))
+    @compiled(_signature(model, *given_as), model)
     def step(images: Any, *given: Any) -> tuple[Any, ...]:
         raw, attentions = cut.attentions(model.preprocess(tf.cast(images, tf.float32)))
         raw = tf.cast(raw, tf.float32)
@@ -295,18 +240,26 @@ def _attention_step(model: LoadedModel, cut: split_module.Split, spec: Any, head
     return step
 
 
-def compiled(signature: list[Any]) -> Callable[[Callable[..., Any]], Any]:
+def compiled(signature: list[Any], model: Any = None) -> Callable[[Callable[..., Any]], Any]:
     """tf.function over a fixed signature, traced once whatever the batch size. Each compiled step is made once, on
     purpose, but every step made from the same code counts towards TensorFlow's "frequent retracing" warning (it keys
     on the code object), which a library making steps for several models and methods would set off for nothing: it is
     turned off for these functions alone. AutoGraph is off: nothing here branches on a tensor, Keras 3 layers are never
-    converted anyway, and converting the rest cost every run 1.3 s before its first batch."""
+    converted anyway, and converting the rest cost every run 1.3 s before its first batch. A `model` of several
+    inputs: the step also takes the inputs held as given (steps/holding.py)."""
     import tensorflow as tf
 
-    def compile_(function: Callable[..., Any]) -> Any:
-        step = tf.function(function, input_signature=signature, reduce_retracing=True, autograph=False)
+    def traced(function: Callable[..., Any], spec: list[Any]) -> Any:
+        step = tf.function(function, input_signature=spec, reduce_retracing=True, autograph=False)
         step._omit_frequent_tracing_warning = True  # TensorFlow's own switch for it; private, so set, not relied on
         return step
+
+    def compile_(function: Callable[..., Any]) -> Any:
+        if model is not None and getattr(model, "held", ()):
+            from explain_cli.steps.holding import holding_step
+
+            return holding_step(function, signature, model, traced)
+        return traced(function, signature)
 
     return compile_
 
@@ -347,7 +300,7 @@ def compile_saliency(
     head = head_of(model, graph)
     given_as = (per_image, regions, inside, references)
 
-    @compiled(_signature(model, *given_as))
+    @compiled(_signature(model, *given_as), model)
     def step(images: Any, *given: Any) -> tuple[Any, ...]:
         pixels = tf.cast(images, tf.float32)
         b = tf.shape(pixels)[0]
@@ -387,8 +340,9 @@ def compile_saliency(
             span=255.0 if model.pixels == "uint8" else _spans(tiled),
         )
         maps = attribute(inputs)  # (k*b, H, W)
-        return rows.shown, rows.chosen, regroup(rows.score(tile(raw, k)), k, b), regroup(maps, k, b), \
-            rows.extras(k, b)
+        extras = {**rows.extras(k, b), **held_attributions(model, forward, model.preprocess(pixels), rows.score,
+                                                                k, b)}
+        return rows.shown, rows.chosen, regroup(rows.score(tile(raw, k)), k, b), regroup(maps, k, b), extras
 
     return _numpy_step(step)
 

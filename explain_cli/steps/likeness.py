@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from explain_cli.inputs import held
 from explain_cli.methods import PERTURBATION_METHODS
 from explain_cli.methods.perturbation import GREY, PerturbationInputs, RiseMasks
 from explain_cli.steps.compiled import BatchResult, forward_step
@@ -31,7 +32,8 @@ def cosines(embeddings: np.ndarray, references: np.ndarray) -> np.ndarray:
     r = np.asarray(references, np.float64).reshape(len(references), -1)
     unit_e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
     unit_r = r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
-    return (unit_e @ unit_r.T).astype(np.float32)
+    found: np.ndarray = (unit_e @ unit_r.T).astype(np.float32)
+    return found
 
 
 def perturbation_step(method: str, embed: Callable[[np.ndarray], np.ndarray], settings: Any, masks: RiseMasks,
@@ -49,13 +51,14 @@ def perturbation_step(method: str, embed: Callable[[np.ndarray], np.ndarray], se
         k = references.shape[1]
         rows = np.arange(k, dtype=np.int32)
         maps = []
-        for image, refs in zip(images, references):
+        for i, (image, refs) in enumerate(zip(images, references)):
 
             def forward(perturbed: np.ndarray, refs: np.ndarray = refs) -> np.ndarray:
                 return cosines(embed(perturbed), refs)
 
-            maps.append(compute(PerturbationInputs(forward, image, rows, settings.batch_size, masks, window, stride,
-                                                   fill)))
+            with held.row(i):
+                maps.append(compute(PerturbationInputs(forward, image, rows, settings.batch_size, masks, window, stride,
+                                                       fill)))
         return BatchResult(likeness, np.broadcast_to(rows, (len(batch), k)).copy(), likeness, np.stack(maps))
 
     return run

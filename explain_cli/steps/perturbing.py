@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from explain_cli.inputs import held
 from explain_cli.inputs.fitting import at_output
 from explain_cli.steps import targets
 from explain_cli.errors import BadArgument
@@ -56,10 +57,12 @@ def step(method: str, predict: Callable[[np.ndarray], np.ndarray], forward: Call
         probabilities = predict(batch)
         chosen = classes[:, None].astype(np.int32) if classes is not None else \
             np.asarray(targets.pick(choice, probabilities, [None] * len(batch)))
-        maps = np.stack([compute(PerturbationInputs(forward, image.astype(np.float32), row, settings.batch_size,
-                                                    masks, window, stride, fill))
-                         for image, row in zip(batch, chosen)])
-        return BatchResult(probabilities, chosen, np.take_along_axis(probabilities, chosen, axis=1), maps)
+        maps = []
+        for i, (image, row) in enumerate(zip(batch, chosen)):
+            with held.row(i):  # a model of several inputs: the image's own values for the others
+                maps.append(compute(PerturbationInputs(forward, image.astype(np.float32), row, settings.batch_size,
+                                                       masks, window, stride, fill)))
+        return BatchResult(probabilities, chosen, np.take_along_axis(probabilities, chosen, axis=1), np.stack(maps))
 
     return run
 
@@ -90,13 +93,14 @@ def segment_step(method: str, pixels: Callable[[np.ndarray], np.ndarray], head: 
             where = np.repeat((at_output(regions, size) > 0.5)[..., None], where.shape[-1], axis=-1).astype(np.float32)
         mean = heads.numpy_region_means(probabilities, where)
         maps = []
-        for image, row, region in zip(batch, chosen, where):
+        for i, (image, row, region) in enumerate(zip(batch, chosen, where)):
 
             def forward(perturbed: np.ndarray, region: np.ndarray = region) -> np.ndarray:
                 return heads.numpy_region_means(pixels(perturbed), region[None])  # type: ignore[no-any-return]
 
-            maps.append(compute(PerturbationInputs(forward, image.astype(np.float32), row, settings.batch_size, masks,
-                                                   window, stride, fill)))
+            with held.row(i):
+                maps.append(compute(PerturbationInputs(forward, image.astype(np.float32), row, settings.batch_size,
+                                                       masks, window, stride, fill)))
         explained_share = np.take_along_axis(where.sum(axis=(1, 2)) / counted, chosen, axis=1)
         explained_mean = np.take_along_axis(mean, chosen, axis=1)
         extras = {"share": explained_share, "mean_probability": explained_mean,

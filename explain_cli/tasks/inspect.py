@@ -4,13 +4,17 @@ the same names."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.results import Activations, ClassVisualisation, Layer, frozen_array
+from explain_cli.io import files
+from explain_cli.render import heatmaps
 from explain_cli.running import pipeline
+from explain_cli.inputs.sources import Source
 from explain_cli.steps import activations as inside
 from explain_cli.steps.activations import ClassVizSettings
 
@@ -54,6 +58,18 @@ class Inspecting:
         graph = self._layered()
         return [Layer(name, tuple(graph.find(name).shape), "output", False, False, str(graph.find(name).shape) +
                       " output") for name in self.outputs]
+
+    def inputs_at(self, layer: str) -> list[str]:
+        """The model's inputs a layer's output depends on: after inputs merge, a map is of them all, at the merged
+        layer's resolution."""
+        from explain_cli.model import graph as graph_module
+
+        graph = self._layered()
+        point = graph.find(layer)
+        steps = graph_module.needed(graph.steps, set(graph.step(point.step).outputs))
+        read = {number for step in steps for _, number in step.inputs}
+        names = graph_module.input_names(self.model)
+        return [name for number, name in enumerate(names) if number in read] if names else []
 
     def activation_layers(self, layers: Sequence[str] = (), max_layers: int = 8) -> tuple[list[str], int]:
         """The layers whose activations are drawn: those named (BadArgument for one with no 4-D output), or every
@@ -103,3 +119,21 @@ class Inspecting:
         return ClassVisualisation(class_index, self.label_set.name(class_index), frozen_array(final),
                                   tuple((step, frozen_array(p)) for step, p in snapshots),
                                   tuple(float(v) for v in logits))
+
+
+def activation_grids(out_dir: Path, layers: Sequence[str], max_channels: int, model: str = "") -> pipeline.Finish:
+    """A finish step for `explain activations`: one channel-grid PNG per layer, named after it."""
+
+    def finish(source: Source, original: np.ndarray, row: int, per_layer: object) -> pipeline.ImageResult:
+        written = files.FileSet(out_dir)
+        records = []
+        with written.complete_or_removed():
+            for layer, batch in zip(layers, per_layer):
+                grid = heatmaps.channel_grid(batch[row][..., :max_channels])
+                name = source.stem.with_name(f"{source.stem.name}.activations.{files.safe_label(layer)}.png")
+                written.write(name.as_posix(), heatmaps.encode(grid, "png"))
+                records.append({"image": source.shown, "model": model, "layer": layer, "method": "activations",
+                                "grid": name.as_posix()})
+        return pipeline.ImageResult(source, records=records)
+
+    return finish

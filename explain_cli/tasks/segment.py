@@ -256,7 +256,7 @@ class Segmenting:
         """uint8 batch (and with `inside`, where each picture lies on the input) -> a segmentation's (shares, class
         map, mean probabilities) over the pictures' pixels, compiled once."""
         from explain_cli.model import heads
-        from explain_cli.steps import compiled as core
+        from explain_cli.steps import segmentation as pixel_steps
 
         if isinstance(self._model, RuntimeModel):
             pixels, head = self._pixels(), self.head
@@ -272,7 +272,7 @@ class Segmenting:
             return segmentation
 
         return self._step(("segmentation", self.precision, inside),  # type: ignore[no-any-return]
-                          lambda: core.compile_segmentation(self._loaded, self._graph, inside))
+                          lambda: pixel_steps.compile_segmentation(self._loaded, self._graph, inside))
 
     def _segment_perturbation(self, method: str, choice: Any) -> Any:
         """A perturbation method on a segmentation: each class's mean probability over its region
@@ -286,22 +286,23 @@ class Segmenting:
 
     def _pixels(self) -> Callable[[np.ndarray], np.ndarray]:
         """A segmentation's float pixels -> (n, h, w, classes) each pixel's probabilities, compiled once."""
-        from explain_cli.steps import compiled as core
+        from explain_cli.steps import segmentation as pixel_steps
 
         if isinstance(self._model, RuntimeModel):
             assert self._model.pixels is not None, "a model file read as a segmentation has its pixels' forward"
             return self._model.pixels
         return self._step(("pixels", self.precision),  # type: ignore[no-any-return]
-                          lambda: core.compile_pixel_probabilities(self._loaded, self._graph))
+                          lambda: pixel_steps.compile_pixel_probabilities(self._loaded, self._graph))
 
     def _region_steps(self) -> Any:
-        """A segmentation's two steps for evaluate (compiled.compile_regions): where each class is predicted, and
+        """A segmentation's two steps for evaluate (segmentation.compile_regions): where each class is predicted, and
         each class's mean probability over a region."""
         from explain_cli.model import heads
-        from explain_cli.steps import compiled as core
+        from explain_cli.steps import segmentation as pixel_steps
 
         if not isinstance(self._model, RuntimeModel):
-            return self._step(("regions", self.precision), lambda: core.compile_regions(self._loaded, self._graph))
+            return self._step(("regions", self.precision),
+                              lambda: pixel_steps.compile_regions(self._loaded, self._graph))
         pixels, head = self._pixels(), self.head
 
         def region_mean(batch: np.ndarray, regions: np.ndarray) -> np.ndarray:

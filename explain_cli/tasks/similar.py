@@ -109,7 +109,7 @@ def read_vectors(path: Path) -> np.ndarray:
 class Likeness(Prediction):
     """An image's likeness to a reference: `probability` holds the cosine, `label` the reference's name."""
 
-    def row(self) -> dict:
+    def row(self) -> dict[str, Any]:
         return {"reference": self.label, "reference_index": self.class_index, "similarity": self.probability}
 
     def tsv(self, image: str) -> str:
@@ -149,7 +149,7 @@ def written(refs: References, options: RenderOptions) -> Finish:
                 done.append(write_explanation(source, files, value, heatmap, ready, options))
         records = [{**manifest_record(w, options.model), "target": "similarity", "reference": w.label,
                     "similarity": w.probability, "source": str(source.path.absolute())} for w in done]
-        shown = [Likeness(w.rank, w.class_index, w.label, w.probability) for w in done]
+        shown: list[Prediction] = [Likeness(w.rank, w.class_index, w.label, w.probability) for w in done]
         return ImageResult(source, predictions=shown, explanations=done, warnings=warnings, records=records)
 
     return finish
@@ -226,12 +226,17 @@ class Likening:
             raise BadArgument("--model", f"{self.name}: a likeness is explained on a Keras model (.keras, .h5, a model "
                               "in memory); a model file only a runtime runs gives no embedding yet")
 
-    def _embedding_step(self, pixels: str | None = None) -> Callable[[np.ndarray, list[Source]], np.ndarray]:
-        """A compute step: a batch -> (b, D) its embeddings (pixels "float32": perturbed images), compiled once."""
+    def _embedding_step(self, pixels: str | None = None) -> Callable[..., np.ndarray]:
+        """A compute step: a batch (and its sources, unread) -> (b, D) its embeddings (pixels "float32": perturbed
+        images), compiled once."""
         from explain_cli.steps import likeness
 
         step = self._step(("embedding", pixels), lambda: likeness.compile_embedding(self._loaded, self._graph, pixels))
-        return lambda batch, sources=None: step(batch)  # type: ignore[no-any-return]
+
+        def embedded(batch: np.ndarray, sources: Any = None) -> np.ndarray:
+            return np.asarray(step(batch))
+
+        return embedded
 
     def _likeness_perturbation(self, method: str) -> Any:
         """A perturbation method's step for a likeness: each perturbed image's embedding against its references."""
