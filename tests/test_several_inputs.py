@@ -169,7 +169,12 @@ def test_the_command_line_reads_a_table_of_examples(table, keras):
         _, attribution = tape(keras, model, [image, meta], "features", rec["class_index"], watched=1)
         assert np.allclose(rec["attributions"]["meta"], attribution, atol=1e-4)
         assert (out / rec["overlay"]).is_file() and rec["overlay"].startswith(f"p{i}.row{i}.gradcam.")
-    assert len(result.stdout.splitlines()) == 2 * 3  # two examples, their top three classes
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(lines) == 2 * (3 + 1)  # two examples: their top three classes, and the vector's attribution
+    attributed = [line for line in lines if line[1] == "attribution"]
+    assert [line[2] for line in attributed] == ["meta", "meta"]
+    assert np.allclose([float(v) for v in attributed[0][5].split(",")], records[0]["attributions"]["meta"],
+                       atol=1e-5)
 
 
 def test_a_table_without_an_inputs_column_is_one_line(table):

@@ -308,20 +308,38 @@ def format_predictions(image: str, predictions: Sequence[Prediction], style: str
     (with `truth`, {"truth": class or None}, when --truth is given; the TSV keeps its five columns)."""
     if style == "json":
         return _json_line({"image": image, "predictions": [p.row() for p in predictions], **(truth or {})})
-    if style == "tsv" and any(hasattr(p, "tsv") for p in predictions):  # a detection: its own columns
-        return "".join(p.tsv(_tsv(image)) for p in predictions)  # type: ignore[attr-defined]
-    if style == "tsv":
-        return "".join(f"{_tsv(image)}\t{p.rank}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\n"
+    if style == "tsv":  # a detection, a likeness or an attribution has its own columns
+        return "".join(p.tsv(_tsv(image)) if hasattr(p, "tsv") else
+                       f"{_tsv(image)}\t{p.rank}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\n"
                        if not hasattr(p, "mean_probability") else  # a segmentation's class: its share, its probability
                        f"{_tsv(image)}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\t{p.mean_probability:.6f}\n"
                        for p in predictions)
-    if any(hasattr(p, "line") for p in predictions):
-        return f"{image}\n" + "".join(p.line() for p in predictions)  # type: ignore[attr-defined]
-    rows = [f"  {p.rank}. {p.label:<30} {p.class_index:>5}  " + (
+    rows = [p.line() if hasattr(p, "line") else f"  {p.rank}. {p.label:<30} {p.class_index:>5}  " + (
         f"{p.probability:.6g}\n" if isinstance(p, Value) else f"{p.probability:7.2%}" + (
             f" of the pixels, p = {p.mean_probability:.3f}\n" if hasattr(p, "mean_probability") else "\n"))
         for p in predictions]
     return f"{image}\n" + "".join(rows or ["  (none listed)\n"])
+
+
+@dataclass(frozen=True)
+class Attribution(Prediction):
+    """A model of several inputs: an input of values' gradient × input for the class explained (`label`), a value per
+    feature, listed after the image's predictions."""
+
+    input: str = ""
+    values: tuple[float, ...] = ()
+
+    def row(self) -> dict:
+        return {"input": self.input, "class_index": self.class_index, "label": self.label,
+                "attribution": list(self.values)}
+
+    def tsv(self, image: str) -> str:
+        return (f"{image}\tattribution\t{_tsv(self.input)}\t{self.class_index}\t{_tsv(self.label)}\t"
+                + ",".join(f"{v:.6g}" for v in self.values) + "\n")
+
+    def line(self) -> str:
+        shown = ", ".join(f"{v:+.3g}" for v in self.values[:8]) + (", ..." if len(self.values) > 8 else "")
+        return f"     {self.input} → {self.label}: gradient × input {shown}\n"
 
 
 def _tsv(text: str) -> str:

@@ -378,6 +378,9 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: 
         known = _truth_of(source, probabilities, truth)
         fields = {**truth_record(known, truth, names, options.listing),
                   **image_fields(source, probabilities, names, options.listing)}
+        predictions += [output.Attribution(w.rank, w.class_index, w.label, w.probability, name, tuple(
+            float(v) for v in np.ravel(values))) for w in written for name, values in (
+            w.explanation.attributions or {}).items()]  # a model of several inputs: its inputs of values
         kind = {} if options.listing.kind == "classes" else {"head": options.listing.kind}
         if options.listing.kind == "labels":
             kind["multi_label"] = True
