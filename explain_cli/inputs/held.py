@@ -13,11 +13,12 @@ import contextlib
 import contextvars
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from explain_cli.errors import BadInput
+
+if TYPE_CHECKING:  # numpy is imported when examples are read: the command line's help loads none of it
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ def current() -> tuple[np.ndarray, ...]:
 
 def stacked(examples: Sequence[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...] | None:
     """A batch's held values, input by input, from each example's; None where there are none."""
+    import numpy as np
+
     if not examples or not examples[0]:
         return None
     return tuple(np.stack([values[j] for values in examples]) for j in range(len(examples[0])))
@@ -85,6 +88,8 @@ def read(held: Held, shown: str, max_pixels: int, resize: str) -> tuple[np.ndarr
 def values_of(item: Any, spec: HeldInput, shown: str) -> np.ndarray:
     """A held input's numbers: an array, a list, a .npy path, or text of numbers split by spaces, commas or
     semicolons; float32 of the input's shape."""
+    import numpy as np
+
     try:
         if isinstance(item, (str, Path)) and str(item).lower().endswith(".npy"):
             value = np.load(item, allow_pickle=False)
