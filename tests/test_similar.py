@@ -215,3 +215,22 @@ def test_evaluate_measures_the_likeness_lost_and_gained(keras):
     assert record["deletion_auc"] == pytest.approx(by_hand.deletion_auc, abs=1e-4)
     assert record["insertion_auc"] == pytest.approx(by_hand.insertion_auc, abs=1e-4)
     assert {s.method for s in evaluation.summaries} == {"gradcam", "random"}
+
+
+def test_the_command_line_measures_a_likeness(pair, keras):
+    model = keras.models.load_model(pair / "embedder.keras")
+    np.save(pair / "prototype.npy", embed(model, [scene(5)])[0])
+    out = pair / "measured"
+    result = CliRunner().invoke(cli, ["evaluate", str(pair / "a.png"), str(pair / "b.png"), "--to",
+                                      str(pair / "prototype.npy"), "--model", str(pair / "embedder.keras"),
+                                      "--methods", "gradcam,random", "--steps", "4", "-o", str(out), "--precision",
+                                      "fp32"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "evaluation.jsonl").read_text().splitlines()]
+    assert sorted((rec["image"].rsplit("/", 1)[-1], rec["method"]) for rec in records) == [
+        ("a.png", "gradcam"), ("a.png", "random"), ("b.png", "gradcam"), ("b.png", "random")]
+    e = embed(model, [np.asarray(Image.open(pair / "a.png"))])[0]
+    first = next(rec for rec in records if rec["image"].endswith("a.png"))
+    assert first["label"] == "prototype.npy"
+    assert first["deletion_curve"][0] == pytest.approx(float(cosine(e, np.load(pair / "prototype.npy"))), abs=1e-5)
+    assert "gradcam" in result.stdout and "random" in result.stdout

@@ -48,6 +48,9 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @common.evaluated_perturbation_options
 @common.detection_options
 @common.detector_format_options
+@click.option("--to", "vectors", type=click.Path(path_type=Path), metavar="FILE",
+              help="An embedding model: measure the maps of each image's likeness to these vectors (as `explain "
+              "similar --to` reads them) instead of classes.")
 @click.option("--sanity", is_flag=True,
               help="Cascading randomisation (Adebayo et al. 2018): randomise a copy of the model from the logits down "
               "and report how each method's maps change (Spearman), in sanity.jsonl and on stderr.")
@@ -61,7 +64,7 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @click.option("--report", "make_report", is_flag=True, help="Build OUTPUT_DIR/report.html when the run ends.")
 def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file: Path | None, tolerance: float,
              seed: int, max_masks: int, sanity: bool, sanity_stages: int, sanity_figures: int, output_dir: Path,
-             skip_existing: bool, make_report: bool, **options: Any) -> None:
+             skip_existing: bool, make_report: bool, vectors: Path | None, **options: Any) -> None:
     """Measure each method's maps: deletion and insertion AUC, Average Drop, Increase in Confidence, and
     with --boxes the pointing game.
 
@@ -95,5 +98,9 @@ def evaluate(methods: tuple[str, ...], steps: int, blur_sigma: float, boxes_file
         options.pop(name)
     settings = common.settings(options, next((m for m in methods if m != "random"), "gradcam"), max_masks=max_masks,
                                seed=seed, **common.perturbation_settings(options))
-    evaluate_run.evaluate(settings, options["sources"], sys.stdin, plan, common.class_request(options), boxes_file,
-                          sanity_figures, output_dir, skip_existing, make_report, run)
+    request = common.class_request(options)
+    if vectors is not None and (boxes_file or sanity or request.specs or request.top_k or request.truth):
+        raise click.UsageError("--to measures a likeness alone: --boxes, --sanity, --class, --top-k and --truth are for "
+                               "classes")
+    evaluate_run.evaluate(settings, options["sources"], sys.stdin, plan, request, boxes_file, sanity_figures,
+                          output_dir, skip_existing, make_report, run, vectors)

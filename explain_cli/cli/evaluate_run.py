@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 from explain_cli.evaluation import metrics
 from explain_cli.io import files as output
@@ -23,7 +23,7 @@ from explain_cli.settings import EvaluationPlan, Settings
 
 def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: EvaluationPlan,
              request: ClassRequest, boxes_file: Path | None, sanity_figures: int, out_dir: Path, skip_existing: bool,
-             make_report: bool, run: RunOptions) -> None:
+             make_report: bool, run: RunOptions, vectors: Path | None = None) -> None:
     """explain evaluate: each method's maps measured, a record per image, class and method in evaluation.jsonl,
     the means on stdout (with every earlier record of these images under --skip-existing)."""
     from explain_cli.evaluation import evaluate as evaluation
@@ -35,8 +35,9 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
         side = stack.enter_context(manifest_in(out_dir, evaluation.SANITY_RECORDS, run.shard)) \
             if plan.sanity_stages else None
         made = explainer(dataclasses.replace(settings, precision_for=plan.methods), run)
+        likeness = _likeness(made, plan, vectors) if vectors is not None else None
         known = truth(request.truth, found, made)
-        chosen = choice(request, found, made, known, evaluating=True)
+        chosen = choice(request, found, made, known, evaluating=True) if likeness is None else None
         boxes = evaluation.read_boxes(boxes_file, found, made.label_set) if boxes_file else None
         for method in plan.methods:
             made.check_method(method)
@@ -48,6 +49,9 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
         figures = found[:sanity_figures]
 
         def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
+            if likeness is not None:  # --to: the maps of each image's likeness to the vectors
+                steps, finish = worker.likeness_steps(plan, likeness)
+                return steps(worker), finish
             return worker.evaluation_steps(plan, chosen, known, boxes, figures, out_dir, say)
 
         started = start(found, make, made, run)
@@ -64,6 +68,14 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
             build_report(out_dir)
         if status:
             raise SystemExit(status)
+
+
+def _likeness(made: Explainer, plan: EvaluationPlan, vectors: Path) -> Any:
+    """--to: the references (tasks/similar.References) each image's likeness is measured against."""
+    from explain_cli.tasks import similar
+
+    made.check_embedder()
+    return similar.references_in(vectors, made.embedding_size)
 
 
 def evaluation_inputs(arguments: Sequence[str], stdin: TextIO, out_dir: Path, shard: Shard | None,

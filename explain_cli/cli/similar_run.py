@@ -30,10 +30,8 @@ def run(settings: Settings, arguments: Sequence[str], stdin: TextIO, vectors: Pa
         made = runs.explainer(settings, run_options)
         made.check_embedder()
         made.check_method(settings.method)
-        if given is not None:
-            assert vectors is not None
-            names = [vectors.name] if given.ndim == 1 else [f"{vectors.name}#{j}" for j in range(len(given))]
-            refs = similar.references(given, made.embedding_size, names, option="--to")
+        if vectors is not None:
+            refs = similar.references_in(vectors, made.embedding_size, given)
         else:
             embedded = made.embed([str(s.path) for s in found])
             refs = similar.pair([str(s.path) for s in found], [s.shown for s in found], embedded)

@@ -116,25 +116,31 @@ class Measuring:
     def _evaluate_likeness(self, images: Any, methods: tuple[str, ...], similar_to: Any, plan: EvaluationPlan,
                            errors: str) -> Evaluation:
         """evaluate() of the maps of each image's likeness to its reference vectors (evaluation/likeness.py)."""
-        from explain_cli.evaluation import likeness
         from explain_cli.tasks import similar
 
-        check_methods(methods)
-        self.check_embedder()
         refs = similar.references(similar_to, self.embedding_size)
-        settings = evaluation.Settings(methods, plan.steps, plan.blur_sigma, plan.tolerance, plan.seed,
+        make, finish = self.likeness_steps(plan, refs)
+        records = [record for result in self._run(images, make, finish, errors) for record in result.records]
+        return Evaluation(tuple(records), tuple(evaluation.summarise(records, methods)), ())
+
+    def likeness_steps(self, plan: EvaluationPlan, refs: Any) -> tuple[Callable[[Any], pipeline.Compute],
+                                                                        pipeline.Finish]:
+        """The steps that evaluate `plan`'s methods on a likeness to references (tasks/similar.References): a compute
+        step made per entry, and the finish step (evaluate()'s, and `explain evaluate --to`'s)."""
+        from explain_cli.evaluation import likeness
+
+        check_methods(plan.methods)
+        self.check_embedder()
+        settings = evaluation.Settings(plan.methods, plan.steps, plan.blur_sigma, plan.tolerance, plan.seed,
                                        self.settings.batch_size)
-        names = refs.titles
 
         def make(made: Any) -> pipeline.Compute:
             explainers = {m: made._compiled(m, targets.ClassChoice(), references=refs.count)
-                          for m in methods if m != RANDOM}
+                          for m in plan.methods if m != RANDOM}
             return likeness.evaluation_step(made._embedding_step(), made._embedding_step("float32"), explainers, refs.of,
                                             settings)
 
-        finish = evaluation.finish_step(names, self.name, self.layer, settings, None, None, None, self.canvas)
-        records = [record for result in self._run(images, make, finish, errors) for record in result.records]
-        return Evaluation(tuple(records), tuple(evaluation.summarise(records, methods)), ())
+        return make, evaluation.finish_step(refs.titles, self.name, self.layer, settings, None, None, None, self.canvas)
 
     def _sanity(self, plan: EvaluationPlan, methods: list[str], figures: frozenset[Source], out_dir: Path | None,
                 say: Callable[[str], None]) -> evaluation.Sanity:

@@ -105,6 +105,13 @@ def read_vectors(path: Path) -> np.ndarray:
         raise BadArgument("--to", f"{path}: not vectors: {error}") from None
 
 
+def references_in(path: Path, size: int | None, given: np.ndarray | None = None) -> References:
+    """--to FILE: its vectors (read_vectors, unless `given` already), named FILE, or FILE#j for each of several."""
+    given = read_vectors(path) if given is None else given
+    names = [path.name] if given.ndim == 1 else [f"{path.name}#{j}" for j in range(len(given))]
+    return references(given, size, names, option="--to")
+
+
 @dataclass(frozen=True)
 class Likeness(Prediction):
     """An image's likeness to a reference: `probability` holds the cosine, `label` the reference's name."""
