@@ -35,6 +35,7 @@ class Engine:
     notes: Notes
     layer: str | None
     resize: str = "stretch"  # how pictures are fitted to the input: "stretch" or "letterbox"
+    display_channels: tuple[int, ...] | None = None  # a picture of N channels: those its maps are drawn on
     _input_view: Any = None
 
     # --- what it is ---------------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ class Engine:
             images = self.examples(images)
         compute = pipeline.by_reading(lambda given: make(self.as_input() if given else self))
         return pipeline.library_results(images, compute, finish, self.input_size, batch_size, max_pixels, errors,
-                                        arrays, self.notes, self.resize)
+                                        arrays, self.notes, self.resize, self.display_channels)
 
     def examples(self, given: Any) -> list[Any]:
         """The Sources of a model of several inputs' examples: {input name: a batch} or rows of {input name: item}

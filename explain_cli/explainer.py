@@ -85,7 +85,8 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
                  input_size: tuple[int, int] | None = None, layout: str | None = None,
                  outputs_are: str | None = None, runtime: str = "auto", arrays: str = "auto", resize: str = "stretch",
                  on_note: Listener | None = None, reading: Reading | None = None,
-                 running: Running | None = None, input_name: str | None = None) -> None:
+                 running: Running | None = None, input_name: str | None = None,
+                 display_channels: Sequence[int] | None = None) -> None:
         if isinstance(method, Method) or reading is not None or running is not None:
             Explainer.__init__(self, model, **grouped(Explainer, locals()))  # the plain arguments they group
             return
@@ -109,9 +110,9 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
             precision_for=tuple(precision_for), output=output, multi_label=multi_label, output_index=output_index,
             threshold=threshold, min_area=min_area, masks=masks, cells=cells, keep=keep, window=window, stride=stride,
             input_size=input_size, layout=layout, outputs_are=outputs_are, runtime=runtime, arrays=arrays, resize=resize,
-            input_name=input_name)
+            input_name=input_name, display_channels=None if display_channels is None else tuple(display_channels))
         check(self.settings)
-        self.resize = resize
+        self.resize, self.display_channels = resize, self.settings.display_channels
         self.notes = Notes(on_note)  # how it was made and runs, for the curious (--verbose)
         self._steps: dict[tuple[object, ...], Any] = {}
         self._input_view: Explainer | None = None  # itself fed arrays that are the model's input as they stand

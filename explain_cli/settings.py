@@ -55,6 +55,7 @@ class Settings:
     arrays: str = "auto"  # how the library reads arrays (inputs.ARRAY_READINGS)
     resize: str = "stretch"  # how pictures are fitted to the input: "stretch" or "letterbox"
     input_name: str | None = None  # a model of several inputs: the one explained (default: its first picture)
+    display_channels: tuple[int, ...] | None = None  # a picture of N channels: the 3 (or 1) its maps are drawn on
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,10 @@ def check(settings: Settings) -> None:
     choose("--outputs", "outputs_are", s.outputs_are, ("logits", "probabilities", None))
     choose("--resize", "resize", s.resize, ("stretch", "letterbox"))
     check_preprocess(s.preprocess)
+    if s.display_channels is not None and (not isinstance(s.display_channels, (tuple, list)) or len(
+            s.display_channels) not in (1, 3) or not all(isinstance(c, int) and c >= 0 for c in s.display_channels)):
+        raise BadArgument("--display-channels", f"three channel numbers from 0 (red, green, blue) or one (grey), not "
+                          f"{s.display_channels!r}")
     value: Any
     for option, name, value in (("--layer", "layer", s.layer), ("--output", "output", s.output),
                                  ("--input", "input_name", s.input_name)):

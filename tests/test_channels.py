@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import BadInput, Explainer
+from explain_cli import BadArgument, BadInput, Explainer
 from explain_cli.cli.main import cli
 
 SIZE = 24
@@ -82,3 +82,33 @@ def test_a_picture_of_another_count_is_one_line(keras, tmp_path):
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert f"error: {photo}: has 3 channels (RGB); the model takes 4: give a picture, .npy or TIFF of 4 channels" \
         in result.stderr.splitlines()
+
+
+def test_maps_are_drawn_on_the_channels_named(keras, tmp_path):
+    pixels = (np.random.default_rng(6).random((SIZE, SIZE, 6)) * 255).astype(np.uint8)
+    path = saved(tmp_path, "tif", pixels)
+    model = model_of(keras, 6)
+    (false_colour,) = Explainer(model, precision="fp32", display_channels=(3, 2, 1)).explain([path])
+    assert np.array_equal(false_colour.image, pixels[..., [3, 2, 1]])
+    (grey,) = Explainer(model, precision="fp32", display_channels=[5]).explain([path])
+    assert np.array_equal(grey.image, np.repeat(pixels[..., 5:6], 3, axis=-1))
+    assert np.array_equal(grey.map, false_colour.map)  # what is drawn on changes nothing explained
+    with pytest.raises(BadArgument, match="three channel numbers from 0"):
+        Explainer(model, display_channels=(1, 2))
+    with pytest.raises(BadInput, match="--display-channels 9: the picture has channels 0 to 5"):
+        Explainer(model, precision="fp32", display_channels=(9,)).explain([path])
+
+
+def test_the_command_line_draws_on_the_channels_named(keras, tmp_path):
+    model_of(keras, 6).save(tmp_path / "six.keras")
+    pixels = (np.random.default_rng(7).random((SIZE, SIZE, 6)) * 255).astype(np.uint8)
+    path = saved(tmp_path, "tif", pixels)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["gradcam", str(path), "--model", str(tmp_path / "six.keras"), "-o", str(out),
+                                      "--display-channels", "3,2,1", "--alpha", "0", "--image-format", "png"])
+    assert result.exit_code == 0, result.output
+    (overlay,) = out.glob("*.gradcam.*.png")
+    assert np.array_equal(np.asarray(Image.open(overlay).convert("RGB")), pixels[..., [3, 2, 1]])
+    result = CliRunner().invoke(cli, ["gradcam", str(path), "--model", str(tmp_path / "six.keras"), "-o", str(out),
+                                      "--display-channels", "2,1"])
+    assert result.exit_code == 2 and "three channel numbers from 0, or one" in result.stderr

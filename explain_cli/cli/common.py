@@ -153,6 +153,25 @@ input_options = options(
                  help="Take only shard I of N (0 <= I < N): the inputs whose path relative to the folder given "
                  "hashes to I. Shards may write into one output folder at once (manifest.shard-I-of-N.jsonl)."),
 )
+# --display-channels: the channels of a picture of N that its maps are drawn on.
+display_option = click.option(
+    "--display-channels", "display_channels", metavar="R,G,B", callback=lambda ctx, param, value: _channels(value),
+    help="A model of N input channels: draw the maps on these channels of each picture, three numbers from 0 as red, "
+    "green and blue (a false-colour view: 3,2,1) or one as grey. Default: the first three.")
+
+
+def _channels(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        chosen = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not channel numbers split by commas", param_hint="--display-channels")
+    if len(chosen) not in (1, 3) or min(chosen) < 0:
+        raise click.BadParameter(f"{value!r}: three channel numbers from 0, or one", param_hint="--display-channels")
+    return chosen
+
+
 # --inputs, --input: the examples of a model of several inputs, and which picture input to explain.
 several_inputs_options = options(
     click.option("--inputs", "inputs_table", type=click.Path(path_type=Path), metavar="TABLE.csv",
@@ -320,6 +339,7 @@ def settings(options: dict, method: str = "gradcam", **extra: Any) -> Any:
                     input_size=options.pop("input_size"), layout=options.pop("layout"),
                     outputs_are=options.pop("outputs_are"), runtime=options.pop("runtime"),
                     resize=options.pop("resize", None) or "stretch", input_name=options.pop("input_name", None),
+                    display_channels=options.pop("display_channels", None),
                     **extra)
 
 

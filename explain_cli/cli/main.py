@@ -49,6 +49,7 @@ def cli() -> None:
 
 
 @cli.command()
+@common.display_option
 @common.several_inputs_options
 @common.input_options
 @common.prediction_options
@@ -69,6 +70,7 @@ def gradcam(**options: Any) -> None:
 
 
 @cli.command()
+@common.display_option
 @common.several_inputs_options
 @common.input_options
 @common.prediction_options
@@ -97,6 +99,7 @@ def cam(method: str, max_masks: int, seed: int, **options: Any) -> None:
 
 
 @cli.command()
+@common.display_option
 @common.several_inputs_options
 @common.input_options
 @common.prediction_options
@@ -195,6 +198,7 @@ def _explain_cam(method: str, max_masks: int, options: dict, **extra: Any) -> No
 
 
 @cli.command()
+@common.display_option
 @common.input_options
 @click.option("--top", default=5, show_default=True, type=click.IntRange(1),
               help="Classes printed per image (those explained: present on --min-area of it, most pixels first).")

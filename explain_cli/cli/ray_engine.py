@@ -46,14 +46,14 @@ class _Worker:
         backend.quiet_process()  # a worker of the command line, as quiet as its driver
         made = load()  # an Explainer, made from the driver's settings
         self.compute, self.finish = make(made)
-        self.size, self.resize = made.input_size, made.resize
+        self.size, self.resize, self.display = made.input_size, made.resize, made.display_channels
         self.max_pixels = max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sources = [Source(Path(path), str(shown), PurePosixPath(str(stem)))
                    for path, shown, stem in zip(batch["path"], batch["shown"], batch["stem"])]
         run = pipeline.Run(sources, self.compute, self.finish, size=self.size, batch_size=len(sources),
-                           max_pixels=self.max_pixels, resize=self.resize)
+                           max_pixels=self.max_pixels, resize=self.resize, display=self.display)
         results = [encode(result) for result in run]
         return {"index": batch["index"], "result": np.array(results, dtype=object)}
 

@@ -156,7 +156,8 @@ def start(found: list[Source], make: Callable[[Any], tuple[pipeline.Compute, pip
         return ray_engine.RayRun(found, load, make, batch_size=run.batch_size, max_pixels=run.max_pixels,
                                  workers=run.workers, address=run.ray_address)
     compute, finish = make(made)
-    return pipeline.Run(found, compute, finish, size=made.input_size, resize=made.resize, batch_size=run.batch_size,
+    return pipeline.Run(found, compute, finish, size=made.input_size, resize=made.resize,
+                        display=made.display_channels, batch_size=run.batch_size,
                         max_pixels=run.max_pixels)
 
 

@@ -13,6 +13,7 @@ from explain_cli.methods import METHODS, PERTURBATION_METHODS, PIXEL_METHODS
 
 
 @click.command(cls=common.Command)
+@common.display_option
 @common.input_options
 @click.option("--to", "vectors", type=click.Path(path_type=Path), metavar="FILE",
               help="Compare every input with these vectors instead of A with B: a .npy of (D,) or (k, D), or text, one "

@@ -50,11 +50,28 @@ def _check(shape: tuple[int, ...], max_pixels: int) -> None:
         raise ValueError(f"{'×'.join(map(str, shape))} is over --max-pixels {max_pixels:,}")
 
 
-def display(planes: np.ndarray) -> np.ndarray:
-    """The RGB picture maps are drawn on: the first three channels, or the first as grey."""
+def display(planes: np.ndarray, chosen: tuple[int, ...] | None = None) -> np.ndarray:
+    """The RGB picture maps are drawn on: the `chosen` channels (three as red, green and blue, or one as grey), by
+    default the first three, or the first as grey; ValueError for a channel the picture does not have."""
+    if chosen is not None:
+        if max(chosen) >= planes.shape[-1]:
+            raise ValueError(f"--display-channels {','.join(map(str, chosen))}: the picture has channels 0 to "
+                             f"{planes.shape[-1] - 1}")
+        picked = np.ascontiguousarray(planes[..., list(chosen)])
+        return picked if len(chosen) == 3 else np.repeat(picked, 3, axis=-1)
     if planes.shape[-1] >= 3:
         return np.ascontiguousarray(planes[..., :3])
     return np.repeat(planes[..., :1], 3, axis=-1)
+
+
+def displayed(shown: str, planes: np.ndarray, chosen: tuple[int, ...]) -> np.ndarray:
+    """`display` of the chosen channels; BadInput naming the picture where it has no such channel."""
+    from explain_cli.errors import BadInput
+
+    try:
+        return display(planes, chosen)
+    except ValueError as error:
+        raise BadInput(shown, str(error)) from None
 
 
 def fitted_planes(planes: np.ndarray, width: int, height: int, resize: str = "stretch") -> np.ndarray:

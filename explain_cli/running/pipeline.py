@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 import numpy as np
 
 from explain_cli.inputs import held
+from explain_cli.inputs.channels import displayed
 from explain_cli.inputs import sources as inputs
 from explain_cli.running import interrupts
 from explain_cli.io import files as output
@@ -126,11 +127,12 @@ class Run:
         max_pixels: int = inputs.DEFAULT_MAX_PIXELS,
         threads: int | None = None,
         resize: str = "stretch",
+        display: tuple[int, ...] | None = None,
     ) -> None:
         self.last: ImageResult | None = None  # the result handed out most recently
         self._pending: deque[Future[ImageResult]] = deque()  # finishing, in input order, not yet handed out
         self._pool = ThreadPoolExecutor(max_workers=threads or min(8, (os.cpu_count() or 2) + 2))
-        self._results = self._produce(sources, compute, finish, size, batch_size, max_pixels, resize)
+        self._results = self._produce(sources, compute, finish, size, batch_size, max_pixels, resize, display)
 
     def __iter__(self) -> Iterator[ImageResult]:
         return self
@@ -149,6 +151,7 @@ class Run:
     def _produce(
         self, sources: Iterable[Source], compute: Compute, finish: Finish,
         size: tuple[int, int, int], batch_size: int, max_pixels: int, resize: str = "stretch",
+        display: tuple[int, ...] | None = None,
     ) -> Iterator[ImageResult]:
         height, width, channels = size
         remaining = batches(sources, batch_size)  # a batch at a time: a generator of images is never read ahead
@@ -156,6 +159,8 @@ class Run:
         def load(source: Source) -> Decoded:
             try:
                 picture, x = inputs.decode_for(source, max_pixels, width, height, channels, resize)
+                if display is not None and picture.planes is not None:  # the channels the maps are drawn on
+                    picture = dataclasses.replace(picture, rgb=displayed(source.shown, picture.planes, display))
                 if source.held is not None:  # a model of several inputs: the example's values for the others
                     source = dataclasses.replace(source, held_values=held.read(source.held, source.shown, max_pixels,
                                                                                resize))
@@ -224,7 +229,7 @@ def by_reading(make: Callable[[bool], Compute]) -> Compute:
 
 def library_results(images: Any, compute: Compute, finish: Finish, size: tuple[int, int, int], batch_size: int,
                     max_pixels: int, errors: str, arrays: str = "auto", notes: Notes | None = None,
-                    resize: str = "stretch") -> Iterator[ImageResult]:
+                    resize: str = "stretch", display: tuple[int, ...] | None = None) -> Iterator[ImageResult]:
     """The library's run over images given in any form: each image's result in order; an image that cannot be used
     raises BadInput with errors="raise", and is left out with "skip", which says once the run ends how many it
     skipped and which (a warning in `notes`, else a Python warning). `arrays`: how arrays are read
@@ -234,7 +239,7 @@ def library_results(images: Any, compute: Compute, finish: Finish, size: tuple[i
 
         raise BadArgument(None, f"errors is 'raise' or 'skip', not {errors!r}")
     run = Run(inputs.sources_of(images, arrays), compute, finish, size=size, batch_size=batch_size, max_pixels=max_pixels,
-              resize=resize)
+              resize=resize, display=display)
     skipped: list[str] = []
     try:
         for result in run:
