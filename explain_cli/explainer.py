@@ -159,7 +159,8 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
         if s.layer is not None:
             raise BadArgument("--layer", f"{path}: {runtimes.NOT_FOR_THEM}")
         self._model = opened = runtimes.load(path, s.labels, models.preprocessing(s.preprocess or "none"),
-                                             runtimes.Runtime(s.input_size, s.layout, s.outputs_are, s.threshold))
+                                             runtimes.Runtime(s.input_size, s.layout, s.outputs_are, s.threshold,
+                                                              s.input_name))
         for note in opened.notes:
             self.notes.add(note)
         self._graph = None

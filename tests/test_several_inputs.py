@@ -219,3 +219,39 @@ def test_a_model_of_several_inputs_given_pictures_alone_says_what_it_needs(table
                                       str(table / "alone")])
     assert result.exit_code == 2
     assert "takes several inputs (image, meta): give its examples as --inputs TABLE.csv" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, keras):
+    """The picture-and-vector model, and its exports: LiteRT, a SavedModel and (with the onnx extra) ONNX."""
+    folder = tmp_path_factory.mktemp("several-files")
+    model = picture_and_vector(keras)
+    model([np.zeros((1, SIZE, SIZE, 3), np.float32), np.zeros((1, FEATURES), np.float32)])  # built, for export
+    made = {"litert": folder / "two.tflite", "savedmodel": folder / "two_savedmodel"}
+    model.export(str(made["litert"]), format="litert", verbose=False)
+    model.export(str(made["savedmodel"]), format="tf_saved_model", verbose=False)
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("tf2onnx"):
+        made["onnx"] = folder / "two.onnx"
+        model.export(str(made["onnx"]), format="onnx", verbose=False)
+    return model, made
+
+
+@pytest.mark.parametrize("kind", ["onnx", "litert", "savedmodel"])
+def test_a_model_file_of_several_inputs_holds_them_too(exported, kind):
+    model, files = exported
+    if kind not in files:
+        pytest.skip("the ONNX extra is not installed: pip install -e '.[test,onnx]'")
+    images, metas = pictures(13, 2), vectors(14, 2)
+    made = Explainer(files[kind], method="rise", masks=32, cells=4, seed=2)
+    assert (made.explained_input, [h.name for h in made._model.held]) == ("image", ["meta"])
+    expected = np.asarray(model([images.astype(np.float32), metas]))
+    predicted = made.predict([{"image": image, "meta": meta} for image, meta in zip(images, metas)])
+    assert np.allclose([p.probabilities for p in predicted], expected, atol=1e-4)
+    (rise, _) = made.explain({"image": images, "meta": metas})
+    masks = rise_masks(32, 4, 0.5, 2, SIZE, SIZE).chunk(0, 32)
+    hidden = 128.0 + (images[:1].astype(np.float32) - 128.0) * masks[..., None]
+    scores = np.asarray(model([hidden, np.repeat(metas[:1], 32, axis=0)]))[:, rise.class_index]
+    by_hand = np.tensordot(scores, masks, axes=1) / (32 * 0.5)
+    assert np.allclose(rise.map, by_hand - by_hand.min(), atol=1e-3)

@@ -10,7 +10,6 @@ say comes from the options (`Runtime`), else from one probing pass, and `notes` 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,9 +17,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from explain_cli.inputs import labels as labels_module
-from explain_cli.model.backend import native_stderr_silenced
 from explain_cli.errors import BadArgument, ExplainError
+from explain_cli.inputs import held as holding
+from explain_cli.inputs.held import HeldInput
 from explain_cli.model.heads import Head
+from explain_cli.model.runners import Runner, open_runner
 
 KINDS = {".onnx": "ONNX", ".tflite": "LiteRT"}
 NOT_FOR_THEM = "it has no layers, so only rise and occlusion explain it (and random, to evaluate against)"
@@ -35,17 +36,7 @@ class Runtime:
     layout: str | None = None
     outputs: str | None = None
     threshold: float = 0.5  # a segmentation of one sigmoid channel: the foreground is where p ≥ this
-
-
-@dataclass
-class Runner:
-    shape: tuple[Any, ...]  # the input's shape as the file gives it (batch first; None or a name where free)
-    dtype: Any  # numpy dtype of the input
-    run_all: Callable[[np.ndarray], list[np.ndarray]]  # a batch in the file's layout and dtype -> every output, raw
-    outputs: tuple[tuple[str, tuple[Any, ...]], ...]  # each output's name and shape, in run_all's order
-    ends_in: str | None = None  # "softmax" / "sigmoid" when the file's graph says so (of its first output)
-    quantised: tuple[float, int] | None = None  # the input's (scale, zero point), for a quantised LiteRT model
-    metadata: dict[str, str] = field(default_factory=dict)  # what the file says of itself (ONNX's metadata_props)
+    input_name: str | None = None  # a file of several inputs: the one explained (default: its first picture)
 
 
 @dataclass
@@ -63,27 +54,51 @@ class Opened:
     notes: list[str]
 
     def feed(self, pixels: np.ndarray, scaling: Callable[[Any], Any] = lambda given: given) -> list[np.ndarray]:
-        x = np.asarray(scaling(pixels.astype(np.float32)), np.float32)
-        if self.layout == "nchw":
-            x = x.transpose(0, 3, 1, 2)
-        if self.runner.quantised is not None:
-            scale, zero = self.runner.quantised
-            x = np.round(x / scale + zero)
-        if np.issubdtype(self.runner.dtype, np.integer):
-            info = np.iinfo(self.runner.dtype)
-            x = np.clip(np.round(x), info.min, info.max)
-        x = np.ascontiguousarray(x.astype(self.runner.dtype))
+        x = self._as_file_takes(pixels, scaling, self.runner.dtype, self.runner.quantised)
+        held = self._held(len(x), scaling)
         first = self.runner.shape[0]
         fixed = first if isinstance(first, int) and first > 0 else None
         if fixed is None:
-            return [np.asarray(out, np.float32) for out in self.runner.run_all(x)]
+            return [np.asarray(out, np.float32) for out in self.runner.run_all(x, *held)]
         # a file exported for one batch size (PyTorch's default is 1): run in its batches, the last padded
         pieces: list[list[np.ndarray]] = []
         for start in range(0, len(x), fixed):
-            piece = x[start:start + fixed]
-            padded = np.concatenate([piece, np.repeat(piece[-1:], fixed - len(piece), axis=0)])
-            pieces.append([np.asarray(out, np.float32)[:len(piece)] for out in self.runner.run_all(padded)])
+            padded = [_padded(given[start:start + fixed], fixed) for given in (x, *held)]
+            count = min(fixed, len(x) - start)
+            pieces.append([np.asarray(out, np.float32)[:count] for out in self.runner.run_all(*padded)])
         return [np.concatenate(parts) for parts in zip(*pieces)]
+
+    def _as_file_takes(self, pixels: np.ndarray, scaling: Callable[[Any], Any], dtype: Any,
+                       quantised: tuple[float, int] | None) -> np.ndarray:
+        """Pixels (n, H, W, C) NHWC as the file takes a picture: scaled, in its layout and dtype."""
+        x = np.asarray(scaling(pixels.astype(np.float32)), np.float32)
+        if self.layout == "nchw":
+            x = x.transpose(0, 3, 1, 2)
+        if quantised is not None:
+            scale, zero = quantised
+            x = np.round(x / scale + zero)
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x), info.min, info.max)
+        return np.ascontiguousarray(x.astype(dtype))
+
+    def _held(self, rows: int, scaling: Callable[[Any], Any]) -> list[np.ndarray]:
+        """The batch's values of the file's other inputs (inputs/held.py), each example's repeated to `rows`: a
+        picture as the explained one is fed, values in the input's dtype."""
+        values = holding.current()
+        if len(values) != len(self.runner.held):
+            raise ExplainError(f"{self.path}: the model has several inputs: run it on examples that give every input")
+        found = []
+        for (_, shape, dtype), value in zip(self.runner.held, values):
+            value = np.repeat(value, rows // len(value), axis=0) if len(value) != rows else value
+            found.append(self._as_file_takes(value, scaling, dtype, None) if len(shape) == 4 else
+                         np.ascontiguousarray(np.asarray(value).astype(dtype)))
+        return found
+
+
+def _padded(piece: np.ndarray, size: int) -> np.ndarray:
+    """A batch's last piece filled to the file's fixed batch size with copies of its last row."""
+    return np.concatenate([piece, np.repeat(piece[-1:], size - len(piece), axis=0)])
 
 
 def open_file(spec: str, runtime: Runtime) -> Opened:
@@ -92,7 +107,7 @@ def open_file(spec: str, runtime: Runtime) -> Opened:
     kind = KINDS.get(path.suffix.lower(), "SavedModel")
     article = "an" if kind == "ONNX" else "a"
     try:
-        runner = _opened_for_shapes.pop(_identity(path), None) or _runner(kind, path)
+        runner = _opened_for_shapes.pop(_identity(path), None) or open_runner(kind, path, runtime.input_name)
     except ExplainError:
         raise
     except Exception as error:  # each runtime's own error for a file it cannot read
@@ -124,6 +139,8 @@ class RuntimeModel:
     output: str | None = None
     pixels: Callable[[np.ndarray], np.ndarray] | None = None  # a segmentation: pixels -> (n, h, w, classes) probabilities
     unscaled_pixels: Callable[[np.ndarray], np.ndarray] | None = None
+    input_name: str | None = None  # a file of several inputs: the one explained
+    held: tuple[HeldInput, ...] = ()  # and the others, held as each example gives them (inputs/held.py)
 
     def as_input(self) -> RuntimeModel:
         """The model fed its input as it stands (an array a user already scaled): no preprocessing."""
@@ -163,7 +180,7 @@ def output_shapes(spec: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     open_file that usually follows (what task the file is for, then the file opened for it): a SavedModel takes
     seconds to load."""
     path = Path(spec)
-    runner = _runner(KINDS.get(path.suffix.lower(), "SavedModel"), path)
+    runner = open_runner(KINDS.get(path.suffix.lower(), "SavedModel"), path)
     _opened_for_shapes.clear()  # one at most: a runner is handed on once, never shared
     _opened_for_shapes[_identity(path)] = runner
     return runner.outputs  # type: ignore[no-any-return]
@@ -181,10 +198,6 @@ def _identity(path: Path) -> tuple[str, int, int]:
         return str(path), -1, -1
 
 
-def _runner(kind: str, path: Path) -> Any:
-    return {"ONNX": _onnx, "LiteRT": _litert, "SavedModel": _saved_model}[kind](path)
-
-
 def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime: Runtime) -> RuntimeModel:
     """Open the file and read (or take from `runtime`) its input size, layout and outputs."""
     opened = open_file(spec, runtime)
@@ -196,7 +209,9 @@ def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime
         out = opened.feed(pixels, scaling)[0]
         return out.reshape(len(out), -1)
 
-    probe = raw(np.full((1, height, width, channels), 128.0, np.float32))
+    held = held_inputs(opened)
+    with holding.batch(tuple(np.zeros((1, *given.shape), np.float32) for given in held) or None):  # grey, zeros
+        probe = raw(np.full((1, height, width, channels), 128.0, np.float32))
     outputs = _outputs(probe, opened.runner.ends_in, runtime.outputs, notes)
     size = probe.shape[1]
     head = Head("binary" if size == 1 else "classes", "sigmoid" if outputs == "probabilities" and size == 1 else
@@ -209,7 +224,21 @@ def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime
         return _probabilities(raw(x, lambda given: given), outputs, size)
 
     names = labels_module.for_model(2 if size == 1 else size, given_labels)
-    return RuntimeModel(path.name, height, width, channels, names, head, forward, notes, unscaled=forward_input)
+    return RuntimeModel(path.name, height, width, channels, names, head, forward, notes, unscaled=forward_input,
+                        input_name=opened.runner.name if held else None, held=held)
+
+
+def held_inputs(opened: Opened) -> tuple[HeldInput, ...]:
+    """A file's inputs besides the one explained: a picture's shape as it is fed (h, w, c), values' as they are."""
+    found = []
+    for name, shape, _ in opened.runner.held:
+        dims = tuple(shape[1:])
+        if not all(isinstance(d, int) and d > 0 for d in dims):
+            raise ExplainError(f"{opened.path}: input {name} has no fixed shape, {_shown(shape)}: explain holds each "
+                               "example's value for it")
+        image = len(dims) == 3
+        found.append(HeldInput(name, (dims[1], dims[2], dims[0]) if image and opened.layout == "nchw" else dims, image))
+    return tuple(found)
 
 
 def _segmenter(opened: Opened, given_labels: Any, preprocess: Callable[[Any], Any], runtime: Runtime) -> RuntimeModel:
@@ -319,120 +348,3 @@ def _outputs(probe: np.ndarray, ends_in: str | None, given: str | None, notes: l
 
 def _shown(shape: Sequence[Any]) -> str:
     return "(" + ", ".join("?" if not isinstance(d, int) else str(d) for d in shape) + ")"
-
-
-def _one_input(path: Path, inputs: Sequence[Any]) -> Sequence[Any]:
-    """The model's inputs, when there is exactly one; ExplainError otherwise."""
-    if len(inputs) != 1:
-        raise ExplainError(f"{path}: the model takes {len(inputs)} inputs; explain feeds one image batch")
-    return inputs
-
-
-# --- the runtimes ----------------------------------------------------------------------------------------------------
-
-
-def _onnx(path: Path) -> Runner:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ExplainError(f"{path}: ONNX models need ONNX Runtime: pip install 'explain-cli[onnx]'") from None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (first,) = _one_input(path, session.get_inputs())
-    dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(double)": np.float64,
-             "tensor(float16)": np.float16}.get(first.type)
-    if dtype is None:
-        raise ExplainError(f"{path}: its input is a {first.type}; explain feeds float or uint8 images")
-    outputs = tuple((o.name, tuple(o.shape)) for o in session.get_outputs())
-
-    def run_all(batch: np.ndarray) -> list[np.ndarray]:
-        return list(session.run(None, {first.name: batch}))
-
-    metadata = dict(session.get_modelmeta().custom_metadata_map or {})
-    return Runner(tuple(first.shape), dtype, run_all, outputs, _onnx_ends_in(path, outputs[0][0]), metadata=metadata)
-
-
-def _onnx_ends_in(path: Path, output: str) -> str | None:
-    """"softmax" / "sigmoid" when the node making the output (through Identity nodes) is one; None if unknown."""
-    try:
-        import onnx
-    except ImportError:  # ONNX Runtime alone does not show the graph: the probe decides
-        return None
-    graph = onnx.load(str(path), load_external_data=False).graph
-    makers = {name: node for node in graph.node for name in node.output}
-    node = makers.get(output)
-    while node is not None and node.op_type == "Identity":
-        node = makers.get(node.input[0])
-    return {"Softmax": "softmax", "Sigmoid": "sigmoid"}.get(node.op_type) if node is not None else None
-
-
-def _litert(path: Path) -> Runner:
-    from explain_cli.model.backend import load_tensorflow
-
-    tf, _ = load_tensorflow()
-    try:  # LiteRT's own package where it is installed; TensorFlow's interpreter, deprecated in its favour, else
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        Interpreter = tf.lite.Interpreter
-    with warnings.catch_warnings(), native_stderr_silenced():  # its deprecation, its delegate's start-up line
-        warnings.simplefilter("ignore")
-        interpreter = Interpreter(model_path=str(path))
-    (first,) = _one_input(path, interpreter.get_input_details())
-    details = interpreter.get_output_details()
-    shape = tuple(int(d) if d > 0 else None for d in first.get("shape_signature", first["shape"]))
-    shape = (None, *shape[1:])
-    allocated: list[tuple[int, ...]] = []
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        if not allocated or allocated[0] != batch.shape:
-            interpreter.resize_tensor_input(first["index"], list(batch.shape))
-            with native_stderr_silenced():
-                interpreter.allocate_tensors()
-            allocated[:] = [batch.shape]
-        interpreter.set_tensor(first["index"], batch)
-        interpreter.invoke()
-        found = []
-        for output in details:
-            out = interpreter.get_tensor(output["index"]).astype(np.float32)
-            scale, zero = output["quantization"]
-            found.append((out - zero) * scale if scale else out)
-        return found
-
-    scale, zero = first["quantization"]
-    outputs = tuple((str(o["name"]), tuple(int(d) if d > 0 else None for d in o.get("shape_signature", o["shape"])))
-                    for o in details)
-    return Runner(shape, first["dtype"], run, outputs, _litert_ends_in(interpreter, details[0]["index"]),
-                  (float(scale), int(zero)) if scale else None)
-
-
-def _litert_ends_in(interpreter: Any, output: int) -> str | None:
-    """"softmax" / "sigmoid" when the op writing the output (through (de)quantisations and reshapes) is one."""
-    try:  # the ops, where this interpreter lists them (a delegate's node writes copies: the first writer counts)
-        ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
-    except AttributeError:
-        return None
-    writers = {int(t): op for op in ops for t in op["outputs"]}
-    op = writers.get(output)
-    while op is not None and op["op_name"] in ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE"):
-        op = writers.get(int(op["inputs"][0]))
-    return {"SOFTMAX": "softmax", "LOGISTIC": "sigmoid"}.get(op["op_name"]) if op is not None else None
-
-
-def _saved_model(path: Path) -> Runner:
-    from explain_cli.model.backend import load_tensorflow
-
-    tf, _ = load_tensorflow()
-    loaded = tf.saved_model.load(str(path))
-    signatures = dict(loaded.signatures)
-    function = signatures.get("serving_default") or next(iter(signatures.values()), None)
-    if function is None:
-        raise ExplainError(f"{path}: the SavedModel has no signature to call")
-    _, named = function.structured_input_signature
-    ((name, spec),) = _one_input(path, list(named.items()))
-    outputs = sorted(function.structured_outputs)
-
-    def run_all(batch: np.ndarray) -> list[np.ndarray]:
-        found = function(**{name: tf.constant(batch)})
-        return [found[output].numpy() for output in outputs]
-
-    shapes = tuple((output, tuple(function.structured_outputs[output].shape.as_list())) for output in outputs)
-    return Runner(tuple(spec.shape.as_list()), spec.dtype.as_numpy_dtype, run_all, shapes)
