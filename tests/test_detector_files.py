@@ -244,8 +244,9 @@ def test_load_opens_a_model_file_once(files, monkeypatch, fmt):
     from explain_cli.model import files as model_files
 
     opened = []
-    real = model_files._runner
-    monkeypatch.setattr(model_files, "_runner", lambda kind, path: opened.append(path) or real(kind, path))
+    real = model_files.open_runner
+    monkeypatch.setattr(model_files, "open_runner", lambda kind, path, input_name=None: opened.append(path) or real(
+        kind, path, input_name))
     layout = "yolov5" if fmt == "savedmodel" else "yolov8"
     made = load(files[layout, fmt])
     assert isinstance(made, Detector) and made.predict([np.zeros((64, 64, 3), np.uint8)]) is not None
