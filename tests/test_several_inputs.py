@@ -255,3 +255,13 @@ def test_a_model_file_of_several_inputs_holds_them_too(exported, kind):
     scores = np.asarray(model([hidden, np.repeat(metas[:1], 32, axis=0)]))[:, rise.class_index]
     by_hand = np.tensordot(scores, masks, axes=1) / (32 * 0.5)
     assert np.allclose(rise.map, by_hand - by_hand.min(), atol=1e-3)
+
+
+def test_each_class_explained_gets_its_own_attribution(keras):
+    model = picture_and_vector(keras)
+    images, metas = pictures(15, 2), vectors(16, 2)
+    found = Explainer(model, precision="fp32").explain({"image": images, "meta": metas}, top_k=2)
+    assert len(found) == 4 and len({(e.source, e.class_index) for e in found}) == 4
+    for e in found:
+        _, attribution = tape(keras, model, [images[e.source], metas[e.source]], "features", e.class_index, watched=1)
+        assert np.allclose(e.attributions["meta"], attribution, atol=1e-5)

@@ -23,6 +23,7 @@ from explain_cli.methods import METHODS, MethodInputs
 from explain_cli.model.loading import LoadedModel
 from explain_cli.steps.rows import per_image as regroup
 from explain_cli.steps.holding import attributions as held_attributions
+from explain_cli.steps.holding import watched as held_watched
 from explain_cli.steps.rows import read_rows, tile
 
 
@@ -185,16 +186,17 @@ def compile_explain(
     @compiled(_signature(model, *given_as), model)
     def step(images: Any, *given: Any) -> tuple[Any, ...]:
         x = model.preprocess(tf.cast(images, tf.float32))
-        activations, skips = cut.features(x)
-        activations, skips = tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips)
-        b = tf.shape(activations)[0]
-        tiled = tile(activations, k)
-        tiled_skips = tuple(tile(s, k) for s in skips)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(tiled)
-            raw = tf.cast(cut.head(tiled, tiled_skips), tf.float32)  # (k*b, ...): copy j of image i at j*b + i
-            rows = read_rows(head, raw[:b], fixed, k, score, *_given(given_as, given))
-            scores = rows.score(raw)
+        with held_watched(model, k) as held_tape:  # a model of several inputs: its inputs of values' gradients
+            activations, skips = cut.features(x)
+            activations, skips = tf.cast(activations, tf.float32), tuple(tf.cast(t, tf.float32) for t in skips)
+            b = tf.shape(activations)[0]
+            tiled = tile(activations, k)
+            tiled_skips = tuple(tile(s, k) for s in skips)
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(tiled)
+                raw = tf.cast(cut.head(tiled, tiled_skips), tf.float32)  # (k*b, ...): copy j of image i at j*b + i
+                rows = read_rows(head, raw[:b], fixed, k, score, *_given(given_as, given))
+                scores = rows.score(raw)
         gradients = None
         if spec.gradients:
             gradients = tape.gradient(scores, tiled)
@@ -209,7 +211,8 @@ def compile_explain(
             max_masks=max_masks,
         )
         maps = spec.compute(inputs)  # (k*b, h, w)
-        extras = {**rows.extras(k, b), **held_attributions(model, cut.through, x, rows.score, k, b)}
+        extras = {**rows.extras(k, b), **held_attributions(model, cut.through, x, rows.score, k, b,
+                                                            (held_tape, scores))}
         return rows.shown, rows.chosen, regroup(scores, k, b), regroup(maps, k, b), extras
 
     return _numpy_step(step)

@@ -4,7 +4,8 @@ batch's values the pipeline holds (inputs/held.batch) each time it is called."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
 
 from explain_cli.inputs import held
 from explain_cli.model import graph as graph_module
@@ -56,11 +57,27 @@ class HeldStep:
         return getattr(self.step, name)
 
 
+@contextlib.contextmanager
+def watched(model: Any, k: int) -> Iterator[Any]:
+    """A tape watching the held inputs of values while a step of one row per image runs, so that their gradients
+    come from the step's own pass (None: none to watch, or k rows per image, where one image's rows share them)."""
+    import tensorflow as tf
+
+    values = [value for value, given in zip(graph_module.held_now(), model.held) if not given.image]
+    if k != 1 or not values:
+        yield None
+        return
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(values)
+        yield tape
+
+
 def attributions(model: Any, forward: Callable[[Any], Any], x: Any, score: Callable[[Any], Any], k: int,
-                 b: Any) -> dict[str, Any]:
-    """Each held input of values' attribution for each row, gradient × input, ∂S/∂v ⊙ v (b, k, *shape), by one more
-    pass of the whole model (`forward`: the model's input -> its scores) and its gradient on the k copies; keyed
-    "attribution:<input>". A held picture gets none: it is explained on its own, as the explained input."""
+                 b: Any, taped: tuple[Any, Any] = (None, None)) -> dict[str, Any]:
+    """Each held input of values' attribution for each row, gradient × input, ∂S/∂v ⊙ v (b, k, *shape), keyed
+    "attribution:<input>": from the step's own pass where `taped` (a tape from `watched`, the rows' scores) has it,
+    else by one more pass of the whole model (`forward`: the model's input -> its scores) on the k copies. A held
+    picture gets none: it is explained on its own, as the explained input."""
     import tensorflow as tf
 
     from explain_cli.steps.rows import per_image, tile
@@ -68,6 +85,11 @@ def attributions(model: Any, forward: Callable[[Any], Any], x: Any, score: Calla
     wanted = [i for i, given in enumerate(model.held) if not given.image]
     if not wanted:
         return {}
+    tape, scores = taped
+    if tape is not None:
+        values = [graph_module.held_now()[i] for i in wanted]
+        return {f"attribution:{model.held[i].name}": per_image(gradient * value, 1, b)
+                for i, gradient, value in zip(wanted, tape.gradient(scores, values), values)}
     tiled = [tile(value, k) for value in graph_module.held_now()]
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch([tiled[i] for i in wanted])
