@@ -234,3 +234,12 @@ def test_the_command_line_measures_a_likeness(pair, keras):
     assert first["label"] == "prototype.npy"
     assert first["deletion_curve"][0] == pytest.approx(float(cosine(e, np.load(pair / "prototype.npy"))), abs=1e-5)
     assert "gradcam" in result.stdout and "random" in result.stdout
+
+
+def test_a_pair_given_as_written_relative_paths(pair, monkeypatch):
+    """Each image is looked up by the name it was given as ("./a.png"), not by its normalised path."""
+    monkeypatch.chdir(pair)
+    result = CliRunner().invoke(cli, ["similar", "./a.png", "./b.png", "--model", "embedder.keras", "-o", "relative"])
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[:2] for line in result.stdout.splitlines()] == [["./a.png", "./b.png"],
+                                                                             ["./b.png", "./a.png"]]

@@ -34,7 +34,7 @@ def run(settings: Settings, arguments: Sequence[str], stdin: TextIO, vectors: Pa
             refs = similar.references_in(vectors, made.embedding_size, given)
         else:
             embedded = made.embed([str(s.path) for s in found])
-            refs = similar.pair([str(s.path) for s in found], [s.shown for s in found], embedded)
+            refs = similar.pair([s.key for s in found], [s.shown for s in found], embedded)
         name = settings.method
         runs.say(f"{made.name}: {name} of the likeness " + (f"at layer {made.layer}" + (
             "" if settings.layer else " (default)") if made.layer_for(name) else "by forward passes alone"))
