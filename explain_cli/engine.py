@@ -64,10 +64,15 @@ class Engine:
         return Canvas(self.resize, self._model.height, self._model.width)
 
     @property
+    def held_inputs(self) -> tuple[Any, ...]:
+        """A model of several inputs: those held as each example gives them (inputs/held.HeldInput); () for one."""
+        return tuple(getattr(self._model, "held", ()))
+
+    @property
     def explained_input(self) -> str | None:
         """A model of several inputs: the one its maps explain, the others held as each example gives them; None for a
         model of one input."""
-        return self._model.input_name if getattr(self._model, "held", ()) else None
+        return self._model.input_name if self.held_inputs else None
 
     def layer_for(self, method: str) -> str | None:
         """The layer a method's maps come from: None for those that need none (they perturb the input, or random)."""
@@ -84,8 +89,7 @@ class Engine:
         """Each image's result; `make(entry)` makes the compute step, for pictures from this entry, for arrays given as
         the model's input from its view fed them as they stand (`as_input`)."""
         batch_size, max_pixels, arrays = self._batching()
-        held = getattr(self._model, "held", ())
-        if held or several.is_rows(images):
+        if self.held_inputs or several.is_rows(images):
             images = self.examples(images)
         compute = pipeline.by_reading(lambda given: make(self.as_input() if given else self))
         return pipeline.library_results(images, compute, finish, self.input_size, batch_size, max_pixels, errors,
@@ -94,28 +98,32 @@ class Engine:
     def examples(self, given: Any) -> list[Any]:
         """The Sources of a model of several inputs' examples: {input name: a batch} or rows of {input name: item}
         (inputs/several.py); BadArgument for anything else, or for a model of one input."""
-        held = getattr(self._model, "held", ())
-        names = [self._model.input_name, *(h.name for h in held)]
+        held = self.held_inputs
         if not held:
             raise BadArgument("images", f"{self.name} takes one input: give its images, not a mapping of inputs")
         if not several.is_rows(given):
-            raise BadArgument("images", f"{self.name} takes several inputs ({', '.join(names)}): give a mapping from "
-                              "each input's name to a batch, or rows of such mappings")
+            raise BadArgument("images", f"{self.name} takes several inputs ({', '.join(self.input_names)}): give a "
+                              "mapping from each input's name to a batch, or rows of such mappings")
         return several.examples(given, self._model.input_name, held)
+
+    @property
+    def input_names(self) -> list[str]:
+        """The explained input's name and the held ones' ([] for a model of one input)."""
+        held = self.held_inputs
+        return [self._model.input_name, *(h.name for h in held)] if held else []
 
     def picture_inputs(self) -> list[str]:
         """A model of several inputs: its picture inputs, each explained in turn ([] for a model of one input)."""
-        held = getattr(self._model, "held", ())
+        held = self.held_inputs
         return [] if not held else [self._model.input_name, *(h.name for h in held if h.image)]
 
     def examples_from(self, table: Any) -> list[Any]:
         """The examples of a model of several inputs in a CSV, one column per input (inputs/several.py)."""
         from pathlib import Path
 
-        held = getattr(self._model, "held", ())
-        if not held:
+        if not self.held_inputs:
             raise BadArgument("--inputs", f"{self.name} takes one input: give its images, not a table of inputs")
-        return several.from_csv(Path(table), self._model.input_name, held)
+        return several.from_csv(Path(table), self._model.input_name, self.held_inputs)
 
     def as_input(self) -> Any:
         """This entry fed arrays that are the model's input as they stand: float32, no preprocessing, perturbed towards

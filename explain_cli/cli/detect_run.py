@@ -10,7 +10,6 @@ from typing import Any, Callable, Sequence, TextIO
 
 from explain_cli.evaluation import metrics
 from explain_cli.io import files as output
-from explain_cli.running import pipeline
 from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.settings import DetectorSettings
 from explain_cli.cli.runs import (OutputOptions, RunOptions, build_report, listener, manifest_in, report, report_after,
@@ -44,9 +43,7 @@ def run(settings: DetectorSettings, arguments: Sequence[str], stdin: TextIO, tru
             "passes only" if method == "drise" else "seeded noise")
         say(f"{made.name}: {method} {where}; detections at score ≥ {made.min_score:g}, IoU {made.format.iou:g}, "
             f"at most {made.max_boxes} per image")
-        options = pipeline.RenderOptions(out_dir=out.out_dir, method=method, layer=layer, model=made.name,  # type: ignore[arg-type]
-                                         colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
-                                         save_heatmap=out.save_heatmap, figure=out.figure)
+        options = out.render(made.name, method, layer)
         started = start(found, lambda made: (made.compute(), detect_output.finish_step(made, options, truth,
                                                                                        explanations)),
                         made, run_options, load)

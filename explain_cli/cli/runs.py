@@ -61,6 +61,13 @@ class OutputOptions:
         if not render.is_colormap(self.colormap):
             raise BadArgument("--colormap", f"unknown matplotlib colormap {self.colormap!r}")
 
+    def render(self, model: str, method: str, layer: str | None, **extra: Any) -> pipeline.RenderOptions:
+        """How a run draws and names `method`'s maps of `model` into this folder (`extra`: the entry's listing, floor,
+        canvas, ...)."""
+        return pipeline.RenderOptions(out_dir=self.out_dir, method=method, layer=layer, model=model,
+                                      colormap=self.colormap, alpha=self.alpha, image_format=self.image_format,
+                                      save_heatmap=self.save_heatmap, figure=self.figure, **extra)
+
 
 @dataclass(frozen=True)
 class ClassRequest:
@@ -93,10 +100,9 @@ def explainer(settings: Settings, run: RunOptions) -> Explainer:
     """The Explainer the settings make; with --verbose, how it was made. BadArgument for a model of several inputs
     given no --inputs table."""
     made = Explainer.from_settings(settings, on_note=listener(Path(settings.model).name, run.verbose))
-    if made.explained_input is not None and run.inputs is None:
-        names = [made.explained_input, *(h.name for h in made._model.held)]
-        raise BadArgument("--inputs", f"{made.name} takes several inputs ({', '.join(names)}): give its examples as "
-                          "--inputs TABLE.csv, a column per input")
+    if made.held_inputs and run.inputs is None:
+        raise BadArgument("--inputs", f"{made.name} takes several inputs ({', '.join(made.input_names)}): give its "
+                          "examples as --inputs TABLE.csv, a column per input")
     return made
 
 
@@ -266,10 +272,8 @@ def explain(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
         say(f"{made.name}: {name} " + (f"at layer {made.layer}" + ("" if settings.layer else " (default)")
                                         if made.layer_for(name) else perturbing.describe(name, made.settings,
                                                                                           *made.input_size[:2])))
-        options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer_for(name), model=made.name,
-                                         colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
-                                         save_heatmap=out.save_heatmap, figure=out.figure, grey_map=grey_map,
-                                         listing=made.listing, floor=chosen.floor, canvas=made.canvas)
+        options = out.render(made.name, name, made.layer_for(name), grey_map=grey_map, listing=made.listing,
+                             floor=chosen.floor, canvas=made.canvas)
 
         def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
             return worker.compute(chosen), pipeline.explanations(worker.labels, top, options, known)
@@ -303,10 +307,8 @@ def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
         where = f"at layer {made.layer}" + ("" if settings.layer else " (default)") if made.layer_for(name) else \
             perturbing.describe(name, made.settings, *made.input_size[:2])
         say(f"{made.name}: {name} {where}" + (", over --region" if box else ", over --region-masks" if masks else ""))
-        options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer_for(name), model=made.name,
-                                         colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
-                                         save_heatmap=out.save_heatmap, figure=out.figure, listing=made.listing,
-                                         floor=chosen.floor, canvas=made.canvas)
+        options = out.render(made.name, name, made.layer_for(name), listing=made.listing, floor=chosen.floor,
+                             canvas=made.canvas)
         height, width, _ = made.input_size
 
         def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
@@ -332,9 +334,12 @@ def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
 def predict(settings: Settings, arguments: Sequence[str], stdin: TextIO, truth_spec: str | None, top: int,
             run: RunOptions) -> None:
     """explain predict: each input's top predictions on stdout, nothing written."""
-    made = explainer(settings, run) if run.inputs is not None else None
-    found = sources(arguments, stdin, None, run.shard) if made is None else made.examples_from(run.inputs)
-    made = made or explainer(settings, run)
+    if run.inputs is not None:  # a table of a model of several inputs: read once the model says its inputs
+        made = explainer(settings, run)
+        found = made.examples_from(run.inputs)
+    else:
+        found = sources(arguments, stdin, None, run.shard)
+        made = explainer(settings, run)
     known = truth(truth_spec, found, made)
 
     def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:

@@ -57,11 +57,9 @@ def explain(settings: Settings, request: runs.ClassRequest, top: int, out: runs.
                                                                         "by forward passes alone") + (
                 f" (after the inputs merge: its maps are of {', '.join(merged)} at once, at its resolution)"
                 if len(merged) > 1 else ""))
-            options = pipeline.RenderOptions(
-                out_dir=out.out_dir, method=name if len(pictures) == 1 else f"{name}.{input_name}", layer=layer,
-                model=made.name, colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
-                save_heatmap=out.save_heatmap, figure=out.figure, grey_map=grey_map, listing=made.listing,
-                floor=chosen.floor, canvas=made.canvas, input_name=input_name)
+            options = out.render(made.name, name if len(pictures) == 1 else f"{name}.{input_name}", layer,
+                                 grey_map=grey_map, listing=made.listing, floor=chosen.floor, canvas=made.canvas,
+                                 input_name=input_name)
 
             def make(worker: Explainer, options: pipeline.RenderOptions = options,
                      chosen: Any = chosen) -> tuple[pipeline.Compute, pipeline.Finish]:

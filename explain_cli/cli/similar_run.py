@@ -38,9 +38,7 @@ def run(settings: Settings, arguments: Sequence[str], stdin: TextIO, vectors: Pa
         name = settings.method
         runs.say(f"{made.name}: {name} of the likeness " + (f"at layer {made.layer}" + (
             "" if settings.layer else " (default)") if made.layer_for(name) else "by forward passes alone"))
-        options = pipeline.RenderOptions(out_dir=out.out_dir, method=name, layer=made.layer_for(name), model=made.name,
-                                         colormap=out.colormap, alpha=out.alpha, image_format=out.image_format,
-                                         save_heatmap=out.save_heatmap, figure=out.figure, canvas=made.canvas)
+        options = out.render(made.name, name, made.layer_for(name), canvas=made.canvas)
 
         def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:
             return worker.compute(None, references=refs), similar.written(refs, options)

@@ -10,7 +10,7 @@ import numpy as np
 from explain_cli.evaluation import evaluate as evaluation
 from explain_cli.inputs.sources import Source
 from explain_cli.render import heatmaps as render
-from explain_cli.steps.likeness import cosines
+from explain_cli.steps.likeness import cosines, image_cosines
 
 
 def evaluation_step(embed: Callable[[np.ndarray], np.ndarray], embed_pixels: Callable[[np.ndarray], np.ndarray],
@@ -22,13 +22,13 @@ def evaluation_step(embed: Callable[[np.ndarray], np.ndarray], embed_pixels: Cal
 
     def compute(images: np.ndarray, sources: list[Source]) -> evaluation.EvaluationBatch:
         given = references(sources)
-        likeness = np.stack([cosines(e[None], refs)[0] for e, refs in zip(embed(images), given)])  # (b, k)
+        likeness = image_cosines(embed(images), given)  # (b, k)
         b, k = likeness.shape
         height, width = images.shape[1:3]
         rows = np.broadcast_to(np.arange(k, dtype=np.int32), (b, k))
-        maps = {method: evaluation.random_maps(settings.seed, sources, rows, height, width) if method == evaluation.RANDOM
-                else np.stack([[render.normalise(m) for m in row] for row in explainers[method](images,
-                                                                                               references=given).maps])
+        maps = {method: evaluation.random_maps(settings.seed, sources, rows, height, width)
+                if method == evaluation.RANDOM else
+                np.stack([[render.normalise(m) for m in row] for row in explainers[method](images, references=given).maps])
                 for method in settings.methods}
         batch = evaluation.EvaluationBatch(likeness, rows, maps)
         for i in range(b):

@@ -35,6 +35,20 @@ class HeldInput:
         return f"{self.name} {'(a picture of ' if self.image else '(values of shape '}{self.shape})"
 
 
+def held_input(where: str, name: str, shape: Sequence[Any], shown: str, nchw: bool = False) -> HeldInput:
+    """A model's input held as given, from its `shape` without the batch axis: a picture (rank 3) as it is fed,
+    (h, w, c) (from (c, h, w) where the model takes `nchw`), values as they are; ExplainError naming `where` (the
+    model) for a shape not fixed (`shown`: the whole shape, as the model gives it)."""
+    from explain_cli.errors import ExplainError
+
+    if not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ExplainError(f"{where}: input {name} has no fixed shape, {shown}: explain holds each example's value for "
+                           "it")
+    dims = tuple(int(d) for d in shape)
+    image = len(dims) == 3
+    return HeldInput(name, (dims[1], dims[2], dims[0]) if image and nchw else dims, image)
+
+
 @dataclass(frozen=True)
 class Held:
     """An example's items for the held inputs, in the model's order: a path, an array or numbers each."""

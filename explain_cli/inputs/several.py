@@ -67,8 +67,8 @@ def _example(row: Mapping[str, Any], i: int, explained: str, held: Sequence[Held
     item = row[explained]
     if isinstance(item, (str, Path)):
         source = file_source(_from(folder, str(item)))
-        source = dataclasses.replace(source, stem=PurePosixPath(f"{source.stem.as_posix()}.row{i}") if folder else
-                                     source.stem)
+        if folder is not None:  # a table's rows may show one picture with other values: each its own files
+            source = dataclasses.replace(source, stem=PurePosixPath(f"{source.stem.as_posix()}.row{i}"))
     else:
         source = memory_source(item, i)
     items = tuple(_from(folder, row[h.name]) if folder is not None and (h.image or _is_array_file(row[h.name]))

@@ -309,10 +309,11 @@ def format_predictions(image: str, predictions: Sequence[Prediction], style: str
     if style == "json":
         return _json_line({"image": image, "predictions": [p.row() for p in predictions], **(truth or {})})
     if style == "tsv":  # a detection, a likeness or an attribution has its own columns
-        return "".join(p.tsv(_tsv(image)) if hasattr(p, "tsv") else
-                       f"{_tsv(image)}\t{p.rank}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\n"
+        return "".join(p.tsv(tsv_field(image)) if hasattr(p, "tsv") else
+                       f"{tsv_field(image)}\t{p.rank}\t{p.class_index}\t{tsv_field(p.label)}\t{p.probability:.6f}\n"
                        if not hasattr(p, "mean_probability") else  # a segmentation's class: its share, its probability
-                       f"{_tsv(image)}\t{p.class_index}\t{_tsv(p.label)}\t{p.probability:.6f}\t{p.mean_probability:.6f}\n"
+                       f"{tsv_field(image)}\t{p.class_index}\t{tsv_field(p.label)}\t{p.probability:.6f}\t"
+                       f"{p.mean_probability:.6f}\n"
                        for p in predictions)
     rows = [p.line() if hasattr(p, "line") else f"  {p.rank}. {p.label:<30} {p.class_index:>5}  " + (
         f"{p.probability:.6g}\n" if isinstance(p, Value) else f"{p.probability:7.2%}" + (
@@ -334,7 +335,7 @@ class Attribution(Prediction):
                 "attribution": list(self.values)}
 
     def tsv(self, image: str) -> str:
-        return (f"{image}\tattribution\t{_tsv(self.input)}\t{self.class_index}\t{_tsv(self.label)}\t"
+        return (f"{image}\tattribution\t{tsv_field(self.input)}\t{self.class_index}\t{tsv_field(self.label)}\t"
                 + ",".join(f"{v:.6g}" for v in self.values) + "\n")
 
     def line(self) -> str:
@@ -342,5 +343,6 @@ class Attribution(Prediction):
         return f"     {self.input} → {self.label}: gradient × input {shown}\n"
 
 
-def _tsv(text: str) -> str:
+def tsv_field(text: str) -> str:
+    """Text for one TSV field: its tabs and line breaks made spaces."""
     return text.replace("\t", " ").replace("\n", " ")

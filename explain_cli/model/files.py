@@ -19,7 +19,7 @@ import numpy as np
 from explain_cli.inputs import labels as labels_module
 from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.inputs import held as holding
-from explain_cli.inputs.held import HeldInput
+from explain_cli.inputs.held import HeldInput, held_input
 from explain_cli.model.heads import Head
 from explain_cli.model.runners import Runner, open_runner
 
@@ -90,7 +90,7 @@ class Opened:
             raise ExplainError(f"{self.path}: the model has several inputs: run it on examples that give every input")
         found = []
         for (_, shape, dtype), value in zip(self.runner.held, values):
-            value = np.repeat(value, rows // len(value), axis=0) if len(value) != rows else value
+            value = np.tile(value, (rows // len(value),) + (1,) * (value.ndim - 1)) if len(value) != rows else value
             found.append(self._as_file_takes(value, scaling, dtype, None) if len(shape) == 4 else
                          np.ascontiguousarray(np.asarray(value).astype(dtype)))
         return found
@@ -230,15 +230,8 @@ def load(spec: str, given_labels: Any, preprocess: Callable[[Any], Any], runtime
 
 def held_inputs(opened: Opened) -> tuple[HeldInput, ...]:
     """A file's inputs besides the one explained: a picture's shape as it is fed (h, w, c), values' as they are."""
-    found = []
-    for name, shape, _ in opened.runner.held:
-        dims = tuple(shape[1:])
-        if not all(isinstance(d, int) and d > 0 for d in dims):
-            raise ExplainError(f"{opened.path}: input {name} has no fixed shape, {_shown(shape)}: explain holds each "
-                               "example's value for it")
-        image = len(dims) == 3
-        found.append(HeldInput(name, (dims[1], dims[2], dims[0]) if image and opened.layout == "nchw" else dims, image))
-    return tuple(found)
+    return tuple(held_input(str(opened.path), name, tuple(shape[1:]), _shown(shape), opened.layout == "nchw")
+                 for name, shape, _ in opened.runner.held)
 
 
 def _segmenter(opened: Opened, given_labels: Any, preprocess: Callable[[Any], Any], runtime: Runtime) -> RuntimeModel:

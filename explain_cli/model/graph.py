@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from explain_cli.errors import ExplainError
-from explain_cli.inputs.held import HeldInput
+from explain_cli.inputs.held import HeldInput, held_input
 
 Tensor = Any  # a tf.Tensor; kept abstract so this module imports without TensorFlow
 
@@ -83,9 +83,7 @@ class Graph:
 
             rows = tf.shape(x)[0]
             for number, value in zip(self.held, _HOLDING.get()):
-                copies = rows // tf.shape(value)[0]
-                values[number] = self.given(number, tf.tile(value, tf.concat([[copies], tf.ones([tf.rank(value) - 1],
-                                                                                           tf.int32)], 0)))
+                values[number] = self.given(number, repeated(value, rows // tf.shape(value)[0]))
         return values
 
     def given(self, number: int, x: Tensor) -> Tensor:
@@ -160,6 +158,13 @@ class Graph:
         return values
 
 
+def repeated(value: Tensor, copies: Any) -> Tensor:
+    """`copies` copies of a batch along its first axis, copy j of row i at j·b + i (an int or a scalar tensor)."""
+    import tensorflow as tf
+
+    return tf.tile(value, tf.concat([[copies], tf.ones([tf.rank(value) - 1], tf.int32)], 0))
+
+
 @contextlib.contextmanager
 def holding(values: Sequence[Tensor]) -> Iterator[None]:
     """The held inputs' values while a step is traced: every `feed` inside takes them (inputs/held.py)."""
@@ -212,16 +217,8 @@ def held_inputs(model: Any, spec: str, graph: Any) -> tuple[HeldInput, ...]:
     if not graph.held:
         return ()
     function = _functional(model)
-    found = []
-    for i, (name, tensor) in enumerate(zip(input_names(model), function.inputs)):
-        if i == graph.input:
-            continue
-        shape = tuple(tensor.shape[1:])
-        if not all(shape):
-            raise ExplainError(f"{spec}: input {name} has no fixed shape, {tuple(tensor.shape)}: explain holds each "
-                               "example's value for it")
-        found.append(HeldInput(name, tuple(int(d) for d in shape), len(shape) == 3))
-    return tuple(found)
+    return tuple(held_input(spec, name, tuple(tensor.shape[1:]), str(tuple(tensor.shape)))
+                 for i, (name, tensor) in enumerate(zip(input_names(model), function.inputs)) if i != graph.input)
 
 
 def input_names(model: Any) -> list[str]:

@@ -36,6 +36,11 @@ def cosines(embeddings: np.ndarray, references: np.ndarray) -> np.ndarray:
     return found
 
 
+def image_cosines(embeddings: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """(b, D) embeddings and each image's own references (b, k, D) -> (b, k) cosines, image by image."""
+    return np.stack([cosines(e[None], refs)[0] for e, refs in zip(embeddings, references)])
+
+
 def perturbation_step(method: str, embed: Callable[[np.ndarray], np.ndarray], settings: Any, masks: RiseMasks,
                       height: int, width: int, fill: float = GREY) -> Callable[..., BatchResult]:
     """(a batch, each image's k references (b, k, D)) -> BatchResult of a perturbation method explaining each image's
@@ -47,7 +52,7 @@ def perturbation_step(method: str, embed: Callable[[np.ndarray], np.ndarray], se
     def run(batch: np.ndarray, references: np.ndarray | None = None, **_: Any) -> BatchResult:
         assert references is not None, "a likeness step is given each image's references"
         images = batch.astype(np.float32)
-        likeness = np.stack([cosines(e[None], refs)[0] for e, refs in zip(embed(images), references)])
+        likeness = image_cosines(embed(images), references)
         k = references.shape[1]
         rows = np.arange(k, dtype=np.int32)
         maps = []

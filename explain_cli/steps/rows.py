@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from explain_cli.model import heads
+from explain_cli.model.graph import repeated
 
 Tensor = Any
 
@@ -136,11 +137,7 @@ def choose(shown: Tensor, fixed: Tensor | None, k: int, own: Tensor | None = Non
 
 def tile(tensor: Tensor, k: int) -> Tensor:
     """k copies of a batch along its first axis: copy j of row i at j·b + i."""
-    import tensorflow as tf
-
-    if k == 1:
-        return tensor
-    return tf.tile(tensor, tf.concat([[k], tf.ones([tf.rank(tensor) - 1], tf.int32)], 0))
+    return tensor if k == 1 else repeated(tensor, k)
 
 
 def per_image(rows: Tensor, k: int, b: Tensor) -> Tensor:

@@ -48,7 +48,7 @@ def references(given: Any, size: int | None, names: Sequence[str] | None = None,
             raise BadArgument(option, "give every image the same number of reference vectors" if own else
                               "no reference vectors given")
         count = counts.pop()
-        titles = tuple(names) if names is not None else _default_names(count)
+        titles = _titles(names, count, option)
 
         def of(sources: list[Source]) -> np.ndarray:
             missing = [s.key for s in sources if s.key not in own]
@@ -58,9 +58,7 @@ def references(given: Any, size: int | None, names: Sequence[str] | None = None,
 
         return References(count, of, lambda source: titles, titles)
     vectors = _vectors(given, size, option)
-    titles = tuple(names) if names is not None else _default_names(len(vectors))
-    if len(titles) != len(vectors):
-        raise BadArgument(option, f"{len(titles)} names for {len(vectors)} reference vectors")
+    titles = _titles(names, len(vectors), option)
     return References(len(vectors), lambda sources: np.broadcast_to(vectors, (len(sources), *vectors.shape)),
                       lambda source: titles, titles)
 
@@ -73,8 +71,13 @@ def pair(keys: Sequence[Hashable], names: Sequence[str], embedded: np.ndarray) -
                       lambda source: (other[source.key][1],))
 
 
-def _default_names(count: int) -> tuple[str, ...]:
-    return tuple(f"reference {j}" for j in range(count))
+def _titles(names: Sequence[str] | None, count: int, option: str) -> tuple[str, ...]:
+    """The references' names: those given (one per vector), else "reference j"."""
+    if names is None:
+        return tuple(f"reference {j}" for j in range(count))
+    if len(names) != count:
+        raise BadArgument(option, f"{len(names)} names for {count} reference vectors")
+    return tuple(names)
 
 
 def _vectors(given: Any, size: int | None, option: str) -> np.ndarray:
@@ -120,8 +123,7 @@ class Likeness(Prediction):
         return {"reference": self.label, "reference_index": self.class_index, "similarity": self.probability}
 
     def tsv(self, image: str) -> str:
-        label = self.label.replace("\t", " ").replace("\n", " ")
-        return f"{image}\t{label}\t{self.probability:.6f}\n"
+        return f"{image}\t{output.tsv_field(self.label)}\t{self.probability:.6f}\n"
 
     def line(self) -> str:
         return f"  similar to {self.label}: cosine {self.probability:.4f}\n"
