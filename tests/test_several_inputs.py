@@ -265,3 +265,15 @@ def test_each_class_explained_gets_its_own_attribution(keras):
     for e in found:
         _, attribution = tape(keras, model, [images[e.source], metas[e.source]], "features", e.class_index, watched=1)
         assert np.allclose(e.attributions["meta"], attribution, atol=1e-5)
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_a_pixel_methods_attribution_is_the_tapes(keras, top_k):
+    model = picture_and_vector(keras)
+    images, metas = pictures(17, 2), vectors(18, 2)
+    found = Explainer(model, method="vanilla", precision="fp32").explain({"image": images, "meta": metas},
+                                                                          top_k=top_k)
+    assert len(found) == 2 * top_k
+    for e in found:
+        _, attribution = tape(keras, model, [images[e.source], metas[e.source]], "features", e.class_index, watched=1)
+        assert np.allclose(e.attributions["meta"], attribution, atol=1e-5)

@@ -307,8 +307,11 @@ def compile_saliency(
     def step(images: Any, *given: Any) -> tuple[Any, ...]:
         pixels = tf.cast(images, tf.float32)
         b = tf.shape(pixels)[0]
-        raw = tf.cast(forward(model.preprocess(pixels)), tf.float32)
-        rows = read_rows(head, raw, fixed, k, "logit", *_given(given_as, given))
+        x = model.preprocess(pixels)
+        with held_watched(model, k) as held_tape:  # a model of several inputs: its inputs of values' gradients
+            raw = tf.cast(forward(x), tf.float32)
+            rows = read_rows(head, raw, fixed, k, "logit", *_given(given_as, given))
+            scores = rows.score(tile(raw, k))
         tiled = tile(pixels, k)
 
         def gradient_through(network: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -343,9 +346,8 @@ def compile_saliency(
             span=255.0 if model.pixels == "uint8" else _spans(tiled),
         )
         maps = attribute(inputs)  # (k*b, H, W)
-        extras = {**rows.extras(k, b), **held_attributions(model, forward, model.preprocess(pixels), rows.score,
-                                                                k, b)}
-        return rows.shown, rows.chosen, regroup(rows.score(tile(raw, k)), k, b), regroup(maps, k, b), extras
+        extras = {**rows.extras(k, b), **held_attributions(model, forward, x, rows.score, k, b, (held_tape, scores))}
+        return rows.shown, rows.chosen, regroup(scores, k, b), regroup(maps, k, b), extras
 
     return _numpy_step(step)
 
