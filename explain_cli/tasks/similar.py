@@ -209,12 +209,6 @@ class Likening:
         first, second = self._iter_likeness([a, b], refs, "raise")
         return Similarity(float(first.probability), first, second)
 
-    def explain_likeness(self, images: Any, similar_to: Any, names: Sequence[str] | None = None,
-                         errors: str = "raise") -> list[Explanation]:
-        """An Explanation per image and reference vector (explain's `similar_to`): its map for the cosine of its
-        embedding to the reference."""
-        return list(self._iter_likeness(images, similar_to, errors, names))
-
     def _iter_likeness(self, images: Any, similar_to: Any, errors: str,
                        names: Sequence[str] | None = None) -> Iterator[Explanation]:
         self.check_embedder()
