@@ -36,6 +36,7 @@ class Engine:
     layer: str | None
     resize: str = "stretch"  # how pictures are fitted to the input: "stretch" or "letterbox"
     display_channels: tuple[int, ...] | None = None  # a picture of N channels: those its maps are drawn on
+    cutting: Any = None  # a model of clips: how long videos are cut into them (inputs/grids.Cutting; None: its depth)
     _input_view: Any = None
 
     # --- what it is ---------------------------------------------------------------------------------------------
@@ -57,6 +58,28 @@ class Engine:
     def input_size(self) -> tuple[int, int, int]:
         """(height, width, channels) the model takes; images of any size are resized to it."""
         return self._model.height, self._model.width, self._model.channels
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The sides and channels it takes: (height, width, channels), or (depth, height, width, channels) for volumes
+        and clips."""
+        depth = getattr(self._model, "depth", None)
+        return self.input_size if depth is None else (depth, *self.input_size)
+
+    @property
+    def takes_grids(self) -> bool:
+        """Whether it takes volumes or clips (batch, depth, height, width, channels), not pictures."""
+        return getattr(self._model, "depth", None) is not None
+
+    def examples_of(self, found: Any, cutting: Any = None) -> list[Any]:
+        """What it explains among the inputs found: a model of volumes or clips reads videos as clips, a folder's
+        frames or slices as one example (inputs/grids.py); a model of pictures leaves the volumes and videos found in
+        folders alone."""
+        from explain_cli.inputs import grids
+
+        if not self.takes_grids:
+            return grids.pictures_only(found)
+        return grids.for_model(found, self._model.depth, cutting or self.cutting)
 
     @property
     def canvas(self) -> Canvas:
@@ -91,8 +114,12 @@ class Engine:
         batch_size, max_pixels, arrays = self._batching()
         if self.held_inputs or several.is_rows(images):
             images = self.examples(images)
+        if self.takes_grids:
+            from explain_cli.inputs import grids
+
+            images = self.examples_of(list(grids.sources_of(images, arrays)))
         compute = pipeline.by_reading(lambda given: make(self.as_input() if given else self))
-        return pipeline.library_results(images, compute, finish, self.input_size, batch_size, max_pixels, errors,
+        return pipeline.library_results(images, compute, finish, self.input_shape, batch_size, max_pixels, errors,
                                         arrays, self.notes, self.resize, self.display_channels)
 
     def examples(self, given: Any) -> list[Any]:

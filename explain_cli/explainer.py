@@ -24,7 +24,7 @@ from explain_cli.tasks.segment import Segmenting
 from explain_cli.tasks.similar import Likening, References
 from explain_cli.evaluation.measuring import Measuring
 from explain_cli.evaluation import evaluate as evaluation
-from explain_cli.inputs import sources as inputs
+from explain_cli.inputs import grids, sources as inputs
 from explain_cli.io import files as output
 from explain_cli.running import pipeline
 from explain_cli.model import files as runtimes
@@ -86,7 +86,8 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
                  outputs_are: str | None = None, runtime: str = "auto", arrays: str = "auto", resize: str = "stretch",
                  on_note: Listener | None = None, reading: Reading | None = None,
                  running: Running | None = None, input_name: str | None = None,
-                 display_channels: Sequence[int] | None = None) -> None:
+                 display_channels: Sequence[int] | None = None, clip_length: int | None = None,
+                 clip_stride: int | None = None) -> None:
         if isinstance(method, Method) or reading is not None or running is not None:
             Explainer.__init__(self, model, **grouped(Explainer, locals()))  # the plain arguments they group
             return
@@ -110,9 +111,11 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
             precision_for=tuple(precision_for), output=output, multi_label=multi_label, output_index=output_index,
             threshold=threshold, min_area=min_area, masks=masks, cells=cells, keep=keep, window=window, stride=stride,
             input_size=input_size, layout=layout, outputs_are=outputs_are, runtime=runtime, arrays=arrays, resize=resize,
-            input_name=input_name, display_channels=None if display_channels is None else tuple(display_channels))
+            input_name=input_name, display_channels=None if display_channels is None else tuple(display_channels),
+            clip_length=clip_length, clip_stride=clip_stride)
         check(self.settings)
         self.resize, self.display_channels = resize, self.settings.display_channels
+        self.cutting = grids.Cutting(clip_length, clip_stride)
         self.notes = Notes(on_note)  # how it was made and runs, for the curious (--verbose)
         self._steps: dict[tuple[object, ...], Any] = {}
         self._input_view: Explainer | None = None  # itself fed arrays that are the model's input as they stand
@@ -437,9 +440,8 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
         """A perturbation method's step over these forward functions, with the run's one set of RISE masks."""
         from explain_cli.steps import perturbing
 
-        height, width, _ = self.input_size
-        masks = self._step(("rise masks",), lambda: perturbing.masks_for(self.settings, height, width))
-        return perturbing.step(method, predict, forward, choice, self.settings, masks, height, width, self._fill)
+        masks = self._step(("rise masks",), lambda: perturbing.masks_for(self.settings, *self.input_shape[:-1]))
+        return perturbing.step(method, predict, forward, choice, self.settings, masks, self._fill)
 
     def _random(self, choice: targets.ClassChoice) -> pipeline.Compute:
         """The random control: seeded uniform noise at the input's resolution, for the chosen classes."""

@@ -16,6 +16,24 @@ from PIL import Image
 from explain_cli.render import heatmaps as render
 from explain_cli.io.files import Prediction
 
+from explain_cli.inputs import grids
+from explain_cli.render import grids as grid_render
+
+SLICES = 5  # a montage's slices along each axis, a strip's key frames
+
+
+def draw_grid(value: Explanation, heatmap01: np.ndarray, title: str, colormap: str, alpha: float,
+              slices: int = SLICES) -> Image.Image:
+    """A volume's montage, or a clip's strip of key frames over its curve, as a picture."""
+    grid = value.grid
+    if grid.kind == grids.VOLUME:
+        spacing = tuple(np.linalg.norm(grid.affine[:3, :3], axis=0)) if grid.affine is not None else (1.0,) * 3
+        return grid_render.montage(value.image, heatmap01, slices, colormap, alpha, spacing, title)
+    with Image.open(io.BytesIO(grid_render.strip(value.image, heatmap01, slices, colormap, alpha, title,
+                                                 grid.start))) as page:
+        return page.convert("RGB")
+
+
 def frozen_array(array: np.ndarray) -> np.ndarray:
     """A read-only view of the array: a value handed out cannot be changed through it (the array itself, perhaps the
     caller's own, keeps its flags)."""
@@ -69,6 +87,8 @@ class Explanation:
     input: str | None = None  # a model of several inputs: the input the map belongs to
     attributions: dict[str, np.ndarray] | None = field(default=None, repr=False)  # and each of its other inputs of
     # values' attribution to the same score, gradient × input, by input name
+    grid: Any = field(default=None, repr=False)  # a volume or a clip (inputs/grids.Grid): `map` is (d, h, w), `image`
+    # its voxels windowed (D, H, W, 1 or 3) or its frames (T, H, W, 3) at their own size; its affine or frame rate
 
     @property
     def target(self) -> Target:
@@ -77,13 +97,19 @@ class Explanation:
 
     def heatmap(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """The map normalised to [0, 1] (map / max, negatives 0) and upsampled bilinearly to `size` = (width,
-        height), by default the original image's: what the overlays show."""
+        height), by default the original image's: what the overlays show. A volume's or a clip's: resampled
+        trilinearly to `size` = (depth, height, width), by default its own grid."""
+        if self.grid is not None:
+            return grids.resample(render.normalise(self.map), size or self.image.shape[:3])
         width, height = size if size is not None else (self.image.shape[1], self.image.shape[0])
         return render.upsample(render.normalise(self.map), width, height)
 
     def overlay(self, colormap: str = "jet", alpha: float = 0.4) -> Image.Image:
         """(1 − alpha) · image + alpha · colormap(heatmap), at the original image's size, as a PIL image; a
-        detection's box drawn over it."""
+        detection's box drawn over it. A volume's: its montage of slices on each axis; a clip's: its key frames over
+        the curve of each frame's share of the map."""
+        if self.grid is not None:
+            return self.figure(colormap, alpha)
         blended = render.overlay_on(render.backdrop(self.image, alpha), render.normalise(self.map), colormap)
         if self.box is None:
             return blended
@@ -91,10 +117,13 @@ class Explanation:
 
         return drawing.boxes(blended, [(self.box, self.class_index, f"{self.label} {self.probability:.2f}")])
 
-    def figure(self, colormap: str = "jet") -> Image.Image:
-        """The panel original | heatmap | overlay, titled with the class, its probability, the method and the layer."""
+    def figure(self, colormap: str = "jet", alpha: float = 0.4) -> Image.Image:
+        """The panel original | heatmap | overlay, titled with the class, its probability, the method and the layer;
+        a volume's montage, a clip's strip of key frames (`slices` of them)."""
         title = f"{self.label} ({self.class_index}): p = {self.probability:.3f}, {self.method}" + (
             f" at {self.layer}" if self.layer else "")
+        if self.grid is not None:
+            return draw_grid(self, self.heatmap(), title, colormap, alpha)
         heatmap = render.normalise(self.map)
         blended = np.asarray(render.overlay_on(render.backdrop(self.image, 0.4), heatmap, colormap))
         with Image.open(io.BytesIO(render.figure(self.image, heatmap, blended, title, colormap))) as panel:

@@ -48,7 +48,8 @@ class Settings:
     keep: float = 0.5  # rise: the probability a cell is kept
     window: int | None = None  # occlusion: the patch's side in input pixels (default: a seventh of the shorter side)
     stride: int | None = None  # occlusion: its step (default: half the window)
-    input_size: tuple[int, int] | None = None  # a runtime's model file: (height, width), where the file leaves it free
+    input_size: tuple[int, ...] | None = None  # a runtime's model file: (height, width), where the file leaves it free;
+    # (depth, height, width) for a model of volumes or clips
     layout: str | None = None  # a runtime's model file: "nhwc" or "nchw", where the file does not say
     outputs_are: str | None = None  # a runtime's model file: "logits" or "probabilities", where the file does not say
     runtime: str = "auto"  # where forward-only passes run: "auto", "tensorflow", "openvino" or "onnxruntime"
@@ -56,6 +57,8 @@ class Settings:
     resize: str = "stretch"  # how pictures are fitted to the input: "stretch" or "letterbox"
     input_name: str | None = None  # a model of several inputs: the one explained (default: its first picture)
     display_channels: tuple[int, ...] | None = None  # a picture of N channels: the 3 (or 1) its maps are drawn on
+    clip_length: int | None = None  # a model of clips: the frames of each clip cut from a video (default: its depth)
+    clip_stride: int | None = None  # and a clip starting every so many frames (default: the clip's length)
 
 
 @dataclass(frozen=True)
@@ -230,10 +233,15 @@ def check(settings: Settings) -> None:
         between(option, name, value, low, high)
     if s.keep == 0:
         raise BadArgument("--keep", "keep is above 0 (the share of RISE's cells each mask keeps), not 0")
-    if s.input_size is not None and not (isinstance(s.input_size, (tuple, list)) and len(s.input_size) == 2):
-        raise BadArgument("--input-size", f"input_size is (height, width), not {s.input_size!r}")
+    if s.input_size is not None and not (isinstance(s.input_size, (tuple, list)) and len(s.input_size) in (2, 3)):
+        raise BadArgument("--input-size", f"input_size is (height, width), or (depth, height, width) for volumes and "
+                          f"clips, not {s.input_size!r}")
     for side in s.input_size or ():
         whole("--input-size", "input_size", side, 1)
+    for option, name, value in (("--clip-length", "clip_length", s.clip_length), ("--stride", "clip_stride",
+                                                                                   s.clip_stride)):
+        if value is not None:
+            whole(option, name, value, 1)
     if s.counterfactual and not (s.method in METHODS and METHODS[s.method].gradients):
         raise BadArgument("--counterfactual", f"{s.method} uses no gradients to negate")
 

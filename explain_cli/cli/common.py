@@ -105,7 +105,8 @@ model_options = options(
                  help="Read element K of a vector output as a value (a regression), explained as itself."),
     click.option("--input-size", callback=lambda ctx, param, value: _input_size(value), metavar="HEIGHTxWIDTH",
                  help="A model whose input size is free (a Keras file whose keras-hub image converter does not say it, "
-                 "a SavedModel, .tflite or .onnx file): the size to feed it."),
+                 "a SavedModel, .tflite or .onnx file): the size to feed it; DEPTHxHEIGHTxWIDTH for a model of "
+                 "volumes or clips."),
     click.option("--layout", type=click.Choice(["nhwc", "nchw"]),
                  help="A SavedModel, .tflite or .onnx file: its input's layout, where its shape does not say."),
     click.option("--resize", type=click.Choice(["stretch", "letterbox"]),
@@ -118,16 +119,19 @@ model_options = options(
 )
 
 
-def _input_size(value: str | None) -> tuple[int, int] | None:
+def _input_size(value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
     try:
-        height, width = (int(v) for v in value.lower().split("x"))
+        sides = tuple(int(v) for v in value.lower().split("x"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not HEIGHTxWIDTH (say 224x224)") from None
-    if height < 1 or width < 1:
-        raise click.BadParameter(f"{value!r}: both sides must be 1 or more")
-    return height, width
+        sides = ()
+    if len(sides) not in (2, 3):
+        raise click.BadParameter(f"{value!r} is not HEIGHTxWIDTH (say 224x224), or DEPTHxHEIGHTxWIDTH for volumes "
+                                 "and clips")
+    if min(sides) < 1:
+        raise click.BadParameter(f"{value!r}: every side must be 1 or more")
+    return sides
 # --threshold: several labels per image.
 threshold_option = click.option(
     "--threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
@@ -158,6 +162,17 @@ display_option = click.option(
     "--display-channels", "display_channels", metavar="R,G,B", callback=lambda ctx, param, value: _channels(value),
     help="A model of N input channels: draw the maps on these channels of each picture, three numbers from 0 as red, "
     "green and blue (a false-colour view: 3,2,1) or one as grey. Default: the first three.")
+
+
+# --clip-length, --clip-stride, --slices: a model of volumes or clips (batch, depth, height, width, channels).
+grid_options = options(
+    click.option("--clip-length", type=click.IntRange(1), metavar="FRAMES",
+                 help="A model of clips: cut each video into clips of this many frames (default: the model's own)."),
+    click.option("--clip-stride", type=click.IntRange(1), metavar="FRAMES",
+                 help="A model of clips: a clip starts every this many frames (default: the clip's length)."),
+    click.option("--slices", type=click.IntRange(1), default=5, show_default=True,
+                 help="A volume's montage: slices along each of its three axes; a clip's strip: its key frames."),
+)
 
 
 def _channels(value: str | None) -> tuple[int, ...] | None:
@@ -340,6 +355,7 @@ def settings(options: dict, method: str = "gradcam", **extra: Any) -> Any:
                     outputs_are=options.pop("outputs_are"), runtime=options.pop("runtime"),
                     resize=options.pop("resize", None) or "stretch", input_name=options.pop("input_name", None),
                     display_channels=options.pop("display_channels", None),
+                    clip_length=options.pop("clip_length", None), clip_stride=options.pop("clip_stride", None),
                     **extra)
 
 
@@ -360,7 +376,7 @@ def output_options(options: dict) -> Any:
     return OutputOptions(out_dir=options["output_dir"], colormap=options["colormap"], alpha=options["alpha"],
                          image_format=options["image_format"], save_heatmap=options["save_heatmap"],
                          figure=options["figure"], report=options["make_report"],
-                         skip_existing=options["skip_existing"])
+                         skip_existing=options["skip_existing"], slices=options.get("slices", 5))
 
 
 def class_request(options: dict) -> Any:

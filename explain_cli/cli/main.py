@@ -50,6 +50,7 @@ def cli() -> None:
 
 @cli.command()
 @common.display_option
+@common.grid_options
 @common.several_inputs_options
 @common.input_options
 @common.prediction_options
@@ -71,6 +72,7 @@ def gradcam(**options: Any) -> None:
 
 @cli.command()
 @common.display_option
+@common.grid_options
 @common.several_inputs_options
 @common.input_options
 @common.prediction_options
@@ -100,6 +102,7 @@ def cam(method: str, max_masks: int, seed: int, **options: Any) -> None:
 
 @cli.command()
 @common.display_option
+@common.grid_options
 @common.several_inputs_options
 @common.input_options
 @common.prediction_options

@@ -46,7 +46,7 @@ class _Worker:
         backend.quiet_process()  # a worker of the command line, as quiet as its driver
         made = load()  # an Explainer, made from the driver's settings
         self.compute, self.finish = make(made)
-        self.size, self.resize, self.display = made.input_size, made.resize, made.display_channels
+        self.size, self.resize, self.display = made.input_shape, made.resize, made.display_channels
         self.max_pixels = max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -55,6 +55,7 @@ class OutputOptions:
     figure: bool = False
     report: bool = False
     skip_existing: bool = False
+    slices: int = 5  # a volume's montage: slices along each axis; a clip's strip: key frames
 
     def check(self) -> None:
         """BadArgument for what cannot be drawn: an unknown colormap."""
@@ -66,7 +67,8 @@ class OutputOptions:
         canvas, ...)."""
         return pipeline.RenderOptions(out_dir=self.out_dir, method=method, layer=layer, model=model,
                                       colormap=self.colormap, alpha=self.alpha, image_format=self.image_format,
-                                      save_heatmap=self.save_heatmap, figure=self.figure, **extra)
+                                      save_heatmap=self.save_heatmap, figure=self.figure, slices=self.slices,
+                                      **extra)
 
 
 @dataclass(frozen=True)
@@ -83,14 +85,18 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def sources(arguments: Sequence[str], stdin: TextIO, skip_dir: Path | None, shard: Shard | None) -> list[Source]:
-    """The inputs, or this shard's share of them."""
+def sources(arguments: Sequence[str], stdin: TextIO, skip_dir: Path | None, shard: Shard | None,
+            grids: bool = False) -> list[Source]:
+    """The inputs, or this shard's share of them; with `grids`, the volumes and videos found in folders too, for the
+    model to take or leave once it is loaded (Engine.examples_of), else only pictures."""
+    from explain_cli.inputs import grids as grid_inputs
     from explain_cli.inputs import sources as inputs
 
     if not arguments:
         raise BadArgument(None, "no inputs: give images, folders or - (paths on stdin), or --inputs TABLE.csv for a "
                           "model of several inputs")
     found = inputs.discover(arguments, stdin, skip_dir)
+    found = found if grids else grid_inputs.pictures_only(found)
     if not found:
         raise BadArgument(None, "no images found in the inputs given")
     return found if shard is None else [source for source in found if shard.takes(source)]
@@ -162,7 +168,7 @@ def start(found: list[Source], make: Callable[[Any], tuple[pipeline.Compute, pip
         return ray_engine.RayRun(found, load, make, batch_size=run.batch_size, max_pixels=run.max_pixels,
                                  workers=run.workers, address=run.ray_address)
     compute, finish = make(made)
-    return pipeline.Run(found, compute, finish, size=made.input_size, resize=made.resize,
+    return pipeline.Run(found, compute, finish, size=made.input_shape, resize=made.resize,
                         display=made.display_channels, batch_size=run.batch_size,
                         max_pixels=run.max_pixels)
 
@@ -260,18 +266,19 @@ def explain(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
         from explain_cli.cli import several_run
 
         return several_run.explain(settings, request, top, out, run, name, grey_map)
-    found, skipped = unexplained(sources(arguments, stdin, out.out_dir, run.shard), out, name)
+    found, skipped = unexplained(sources(arguments, stdin, out.out_dir, run.shard, grids=True), out, name)
     if not found:  # nothing left to do: no need to load a model for it
         say(console.Tally(0, skipped=skipped).summary(None))
         return
     with manifest_in(out.out_dir, output.MANIFEST, run.shard) as manifest:
         made = explainer(settings, run)
+        found = made.examples_of(found)  # a model of volumes or clips: videos cut into clips, frames into one
         known = truth(request.truth, found, made)
         chosen = choice(request, found, made, known)
         made.check_method(name)
         say(f"{made.name}: {name} " + (f"at layer {made.layer}" + ("" if settings.layer else " (default)")
                                         if made.layer_for(name) else perturbing.describe(name, made.settings,
-                                                                                          *made.input_size[:2])))
+                                                                                          *made.input_shape[:-1])))
         options = out.render(made.name, name, made.layer_for(name), grey_map=grey_map, listing=made.listing,
                              floor=chosen.floor, canvas=made.canvas)
 
@@ -305,7 +312,7 @@ def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
         made.check_segmenter()
         chosen = choice(request, found, made, None)
         where = f"at layer {made.layer}" + ("" if settings.layer else " (default)") if made.layer_for(name) else \
-            perturbing.describe(name, made.settings, *made.input_size[:2])
+            perturbing.describe(name, made.settings, *made.input_shape[:-1])
         say(f"{made.name}: {name} {where}" + (", over --region" if box else ", over --region-masks" if masks else ""))
         options = out.render(made.name, name, made.layer_for(name), listing=made.listing, floor=chosen.floor,
                              canvas=made.canvas)
@@ -338,8 +345,9 @@ def predict(settings: Settings, arguments: Sequence[str], stdin: TextIO, truth_s
         made = explainer(settings, run)
         found = made.examples_from(run.inputs)
     else:
-        found = sources(arguments, stdin, None, run.shard)
+        found = sources(arguments, stdin, None, run.shard, grids=True)
         made = explainer(settings, run)
+        found = made.examples_of(found)
     known = truth(truth_spec, found, made)
 
     def make(worker: Explainer) -> tuple[pipeline.Compute, pipeline.Finish]:

@@ -1,8 +1,6 @@
-"""Which files a run reads and how they become pixels.
+"""How a run's inputs become pixels (which files it reads: inputs/finding.py, re-exported here).
 
-Arguments are files, folders (walked recursively, image extensions only, sorted) or `-` (paths on
-stdin, one a line). Each found file gets the relative name its outputs mirror. Decoding is Pillow's:
-EXIF orientation applied, any mode made RGB.
+Decoding is Pillow's: EXIF orientation applied, any mode made RGB.
 """
 
 from __future__ import annotations
@@ -13,9 +11,9 @@ import os
 import re
 import stat
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Callable, Hashable, Iterable, Iterator, TextIO
+from typing import Any, BinaryIO, Callable, Hashable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,84 +22,11 @@ from explain_cli.errors import BadInput, first_line
 from explain_cli.inputs.shards import DEFAULT_MAX_PIXELS, Shard, parse_shard, shard_of  # noqa: F401 (re-exported)
 from explain_cli.inputs import channels as channel_planes
 from explain_cli.inputs.fitting import RESIZES as RESIZES, Canvas as Canvas, letterboxed
+from explain_cli.inputs.finding import (IMAGE_EXTENSIONS as IMAGE_EXTENSIONS, Source as Source, _unique_stems, _walk,
+                                        discover as discover, file_source as file_source)  # noqa: F401
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif", ".npy"}
-)
 # Transparent pixels are shown on mid grey: neither black nor white pretends to be the background.
 BACKGROUND = (128, 128, 128)
-
-
-@dataclass(frozen=True)
-class Source:
-    """An input: a file (where it is, how to show it, the relative name its outputs take), or an image given in
-    memory (its pixels, and its index among the images given)."""
-
-    path: Path
-    shown: str  # as the user wrote it, or as found under the folder they gave; an in-memory image's index
-    stem: PurePosixPath  # output name without extension: "sub/img" for folder/sub/img.jpg
-    pixels: Any = field(default=None, compare=False, hash=False, repr=False)  # a numpy array or PIL image in memory
-    index: int | None = None  # an in-memory image's place among those given
-    as_input: bool = False  # an array that is the model's input as it stands (not a picture to preprocess)
-    placed: tuple[int, int, int, int] | None = field(default=None, compare=False)  # a letterboxed picture's place on
-    # the input once decoded: (top, left, height, width)
-    held: Any = field(default=None, compare=False, hash=False, repr=False)  # a model of several inputs: the example's
-    # items for the others (inputs/held.Held), and once read, their values as the model takes them
-    held_values: tuple = field(default=(), compare=False, hash=False, repr=False)
-
-    @property
-    def key(self) -> str | int:
-        """What the library calls it: its index if it was given in memory, else its path as shown."""
-        return self.index if self.index is not None else self.shown
-
-    @property
-    def relative(self) -> str:
-        """The path relative to the folder it was found in (its name when given directly)."""
-        return self.stem.with_name(self.path.name).as_posix()
-
-
-def discover(arguments: Iterable[str], stdin: TextIO, skip_dir: Path | None = None) -> list[Source]:
-    """The files a run reads, in order. Missing arguments become Sources too: they fail when read."""
-    sources: list[Source] = []
-    for argument in arguments:
-        if argument == "-":
-            sources.extend(file_source(line.rstrip("\r\n")) for line in stdin if line.strip())
-        elif Path(argument).is_dir():
-            sources.extend(_walk(Path(argument), skip_dir))
-        else:
-            sources.append(file_source(argument))
-    return _unique_stems(sources)
-
-
-def file_source(argument: str) -> Source:
-    path = Path(argument)
-    return Source(path=path, shown=argument, stem=PurePosixPath(path.stem or path.name))
-
-
-def _walk(folder: Path, skip_dir: Path | None) -> Iterable[Source]:
-    skip = skip_dir.resolve() if skip_dir is not None else None
-    for root, dirs, files in os.walk(folder):
-        here = Path(root)
-        dirs[:] = sorted(d for d in dirs if skip is None or (here / d).resolve() != skip)
-        for name in sorted(files):
-            path = here / name
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                relative = path.relative_to(folder)
-                yield Source(path=path, shown=str(path), stem=PurePosixPath(relative.with_suffix("").as_posix()))
-
-
-def _unique_stems(sources: list[Source]) -> list[Source]:
-    """Give each source its own output name: a repeated one gets "-2", "-3"... (two cat.jpg named directly)."""
-    seen: set[PurePosixPath] = set()
-    unique: list[Source] = []
-    for source in sources:
-        stem, n = source.stem, 1
-        while stem in seen:
-            n += 1
-            stem = source.stem.with_name(f"{source.stem.name}-{n}")
-        seen.add(stem)
-        unique.append(source if stem == source.stem else Source(source.path, source.shown, stem))
-    return unique
 
 
 @dataclass(frozen=True)
@@ -312,7 +237,7 @@ def sources_of(images: Any, arrays: str = "auto") -> Iterator[Source]:
             yield item
         elif isinstance(item, (str, Path)):
             if Path(item).is_dir():
-                yield from _unique_stems(list(_walk(Path(item), None)))
+                yield from (s for s in _unique_stems(list(_walk(Path(item), None))) if s.grid is None)
             else:
                 yield file_source(str(item))
         elif _is_array_batch(item):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from explain_cli.methods.base import MethodInputs, Tensor, weighted_sum
+from explain_cli.methods.base import MethodInputs, Tensor, grid_axes, weighted_sum
 
 
 def gradcam(m: MethodInputs) -> Tensor:
     """Grad-CAM (Selvaraju et al. 2017): ReLU(Σ_k α_k A^k), α_k = mean_ij ∂y_c/∂A^k_ij."""
     import tensorflow as tf
 
-    return weighted_sum(tf.reduce_mean(m.gradients, axis=(1, 2)), m.activations)
+    return weighted_sum(tf.reduce_mean(m.gradients, axis=grid_axes(m.gradients)), m.activations)
 
 
 def gradcam_plus_plus(m: MethodInputs) -> Tensor:
@@ -22,10 +22,10 @@ def gradcam_plus_plus(m: MethodInputs) -> Tensor:
 
     g, a = m.gradients, m.activations
     g2, g3 = tf.square(g), tf.pow(g, 3)
-    denominator = 2.0 * g2 + tf.reduce_sum(a, axis=(1, 2), keepdims=True) * g3
+    denominator = 2.0 * g2 + tf.reduce_sum(a, axis=grid_axes(a), keepdims=True) * g3
     safe = tf.where(denominator != 0.0, denominator, tf.ones_like(denominator))
     alpha = tf.where(denominator != 0.0, g2 / safe, tf.zeros_like(g2))
-    return weighted_sum(tf.reduce_sum(alpha * tf.nn.relu(g), axis=(1, 2)), a)
+    return weighted_sum(tf.reduce_sum(alpha * tf.nn.relu(g), axis=grid_axes(g)), a)
 
 
 def xgradcam(m: MethodInputs) -> Tensor:
@@ -33,9 +33,9 @@ def xgradcam(m: MethodInputs) -> Tensor:
     import tensorflow as tf
 
     a = m.activations
-    total = tf.reduce_sum(a, axis=(1, 2), keepdims=True)
+    total = tf.reduce_sum(a, axis=grid_axes(a), keepdims=True)
     share = a / tf.where(total != 0.0, total, tf.ones_like(total))
-    return weighted_sum(tf.reduce_sum(share * m.gradients, axis=(1, 2)), a)
+    return weighted_sum(tf.reduce_sum(share * m.gradients, axis=grid_axes(a)), a)
 
 
 def hirescam(m: MethodInputs) -> Tensor:

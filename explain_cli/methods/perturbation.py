@@ -23,41 +23,45 @@ GREY = 128.0
 
 @dataclass(frozen=True)
 class RiseMasks:
-    """RISE's masks (Petsiuk et al. 2018), drawn once per run: N binary grids of cells × cells, each cell kept with
-    probability `keep`, upsampled bilinearly to (cells + 1) cells' size and cropped at a random shift of up to one
-    cell. Only the grids and shifts are stored; `chunk` makes masks at the input's size on demand."""
+    """RISE's masks (Petsiuk et al. 2018), drawn once per run: N binary grids of cells × cells (× cells, for a volume or
+    a clip), each cell kept with probability `keep`, upsampled (bi|tri)linearly to (cells + 1) cells' size and cropped
+    at a random shift of up to one cell. Only the grids and shifts are stored; `chunk` makes masks at the input's size
+    on demand."""
 
-    grids: np.ndarray  # (N, cells, cells) float32, 0 or 1
-    shifts: np.ndarray  # (N, 2) int: the crop's top and left, in pixels of the upsampled grid
-    rows: np.ndarray  # (cell_h · (cells + 1), cells): bilinear interpolation down the rows
-    cols: np.ndarray  # (cell_w · (cells + 1), cells): across the columns
-    height: int
-    width: int
+    grids: np.ndarray  # (N, cells, cells[, cells]) float32, 0 or 1
+    shifts: np.ndarray  # (N, axes) int: the crop's start along each axis, in pixels of the upsampled grid
+    lines: tuple[np.ndarray, ...]  # per axis (cell · (cells + 1), cells): linear interpolation along it
+    sides: tuple[int, ...]  # the input's (height, width) or (depth, height, width)
     keep: float
 
     def __len__(self) -> int:
         return len(self.grids)
 
     def chunk(self, start: int, stop: int) -> np.ndarray:
-        """Masks start…stop-1 at the input's size: (m, H, W) float32 in [0, 1]."""
+        """Masks start…stop-1 at the input's size: (m, *sides) float32 in [0, 1]."""
         import numpy as np
 
-        top, left = self.shifts[start:stop, :1], self.shifts[start:stop, 1:]
-        rows = self.rows[top + np.arange(self.height)]  # (m, H, cells)
-        cols = self.cols[left + np.arange(self.width)]  # (m, W, cells)
-        return (rows @ self.grids[start:stop] @ cols.transpose(0, 2, 1)).astype(np.float32)
+        picked = [line[self.shifts[start:stop, axis:axis + 1] + np.arange(side)]  # (m, side, cells)
+                  for axis, (line, side) in enumerate(zip(self.lines, self.sides))]
+        if len(self.sides) == 2:  # a picture's: two matrix products
+            return (picked[0] @ self.grids[start:stop] @ picked[1].transpose(0, 2, 1)).astype(np.float32)
+        masks = self.grids[start:stop]
+        for along in picked:  # each axis in turn, its new side moved last: after all of them, back in order
+            masks = np.einsum("msc,mc...->m...s", along, masks)
+        return masks.astype(np.float32)
 
 
-def rise_masks(count: int, cells: int, keep: float, seed: int, height: int, width: int) -> RiseMasks:
-    """`count` seeded RISE masks for an input of height × width."""
+def rise_masks(count: int, cells: int, keep: float, seed: int, height: int, width: int,
+               depth: int | None = None) -> RiseMasks:
+    """`count` seeded RISE masks for an input of height × width (depth × height × width for a volume or a clip)."""
     import numpy as np
 
+    sides = (height, width) if depth is None else (depth, height, width)
     rng = np.random.default_rng(seed)
-    grids = (rng.random((count, cells, cells)) < keep).astype(np.float32)
-    cell_h, cell_w = -(-height // cells), -(-width // cells)
-    shifts = np.stack([rng.integers(0, cell_h, count), rng.integers(0, cell_w, count)], axis=1)
-    return RiseMasks(grids, shifts, bilinear(cells, cell_h * (cells + 1)), bilinear(cells, cell_w * (cells + 1)),
-                     height, width, keep)
+    grids = (rng.random((count, *[cells] * len(sides))) < keep).astype(np.float32)
+    cell = [-(-side // cells) for side in sides]
+    shifts = np.stack([rng.integers(0, c, count) for c in cell], axis=1)
+    return RiseMasks(grids, shifts, tuple(bilinear(cells, c * (cells + 1)) for c in cell), sides, keep)
 
 
 def bilinear(size: int, to: int) -> np.ndarray:
@@ -77,12 +81,12 @@ def bilinear(size: int, to: int) -> np.ndarray:
 @dataclass(frozen=True)
 class PerturbationInputs:
     forward: Forward
-    image: np.ndarray  # (H, W, C) float32 pixels, 0-255, at the model's input size
+    image: np.ndarray  # (H, W, C) float32 pixels, 0-255, at the model's input size; (D, H, W, C) for a volume
     classes: np.ndarray  # (k,) the classes explained, all from the same passes
     batch_size: int  # perturbed images per forward pass
     masks: RiseMasks | None = None  # RISE
-    window: int = 32  # occlusion: the patch's side, in input pixels
-    stride: int = 16  # occlusion: its step
+    window: int | tuple[int, ...] = 32  # occlusion: the patch's side, in input pixels (one per axis, or the same)
+    stride: int | tuple[int, ...] = 16  # occlusion: its step
     fill: float = GREY  # what is hidden becomes: mid grey for pixels, 0 for an input given as it stands
 
 
@@ -95,8 +99,7 @@ def rise(p: PerturbationInputs) -> np.ndarray:
     import numpy as np
 
     saliency, _, _ = _masks_weighted(p, "rise")
-    height, width = p.image.shape[:2]
-    return (saliency - saliency.min(axis=1, keepdims=True)).reshape(-1, height, width).astype(np.float32)
+    return (saliency - saliency.min(axis=1, keepdims=True)).reshape(-1, *p.image.shape[:-1]).astype(np.float32)
 
 
 def _masks_weighted(p: PerturbationInputs, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -106,9 +109,9 @@ def _masks_weighted(p: PerturbationInputs, method: str) -> tuple[np.ndarray, np.
 
     masks = p.masks
     assert masks is not None, f"{method} needs its masks"
-    height, width = p.image.shape[:2]
-    weighted = np.zeros((len(p.classes), height * width), np.float64)
-    coverage = np.zeros(height * width, np.float64)
+    positions = int(np.prod(p.image.shape[:-1]))
+    weighted = np.zeros((len(p.classes), positions), np.float64)
+    coverage = np.zeros(positions, np.float64)
     total = np.zeros(len(p.classes), np.float64)
     for start in range(0, len(masks), p.batch_size):
         chunk = masks.chunk(start, min(start + p.batch_size, len(masks)))
@@ -130,32 +133,39 @@ def drise(p: PerturbationInputs) -> np.ndarray:
 
     weighted, coverage, mean = _masks_weighted(p, "drise")
     saliency = weighted - mean[:, None] * coverage[None]
-    height, width = p.image.shape[:2]
-    return saliency.reshape(-1, height, width).astype(np.float32)
+    return saliency.reshape(-1, *p.image.shape[:-1]).astype(np.float32)
 
 
 def occlusion(p: PerturbationInputs) -> np.ndarray:
     """Occlusion (Zeiler & Fergus 2014): S_c(x) = mean over the windows W covering x of p_c(I) − p_c(I, W grey), at
-    the input's resolution. Windows step by `stride` and the last one of a row or column touches the edge, so every
-    pixel is covered and the map lines up with the image whatever the window and stride."""
+    the input's resolution. Windows step by `stride` and the last one along each axis touches the edge, so every
+    pixel (voxel) is covered and the map lines up with the input whatever the window and stride."""
+    import itertools
+
     import numpy as np
 
-    height, width = p.image.shape[:2]
-    window_h, window_w = min(p.window, height), min(p.window, width)
-    places = [(top, left) for top in _starts(height, window_h, p.stride) for left in _starts(width, window_w, p.stride)]
+    sides = p.image.shape[:-1]
+    windows = [min(w, side) for w, side in zip(_per_axis(p.window, len(sides)), sides)]
+    strides = _per_axis(p.stride, len(sides))
+    places = [tuple(slice(start, start + w) for start, w in zip(starts, windows)) for starts in itertools.product(
+        *(_starts(side, w, stride) for side, w, stride in zip(sides, windows, strides)))]
     unperturbed = p.forward(p.image[None])[0, p.classes]
-    sums = np.zeros((len(p.classes), height, width), np.float64)
-    covered = np.zeros((height, width), np.float64)
+    sums = np.zeros((len(p.classes), *sides), np.float64)
+    covered = np.zeros(sides, np.float64)
     for start in range(0, len(places), p.batch_size):
         chunk = places[start:start + p.batch_size]
         batch = np.repeat(p.image[None], len(chunk), axis=0)
-        for patch, (top, left) in zip(batch, chunk):
-            patch[top:top + window_h, left:left + window_w] = p.fill
+        for patch, place in zip(batch, chunk):
+            patch[place] = p.fill
         drops = unperturbed[None] - p.forward(batch)[:, p.classes]  # (m, k)
-        for drop, (top, left) in zip(drops, chunk):
-            sums[:, top:top + window_h, left:left + window_w] += drop[:, None, None]
-            covered[top:top + window_h, left:left + window_w] += 1.0
+        for drop, place in zip(drops, chunk):
+            sums[(slice(None), *place)] += drop.reshape(-1, *[1] * len(sides))
+            covered[place] += 1.0
     return (sums / np.maximum(covered, 1.0)).astype(np.float32)
+
+
+def _per_axis(value: int | tuple[int, ...], axes: int) -> tuple[int, ...]:
+    return (value,) * axes if isinstance(value, int) else tuple(value)
 
 
 def _starts(size: int, window: int, stride: int) -> list[int]:

@@ -16,7 +16,7 @@ from explain_cli.methods.base import Tensor
 
 @dataclass(frozen=True)
 class PixelInputs:
-    images: Tensor  # (rows, H, W, C) float pixels in [0, 255]
+    images: Tensor  # (rows, H, W, C) float pixels in [0, 255]; (rows, D, H, W, C) for a volume or a clip
     gradient: Callable[[Tensor], Tensor]  # images (rows, ...) -> ∂S_c/∂I for each row's class
     guided_gradient: Callable[[Tensor], Tensor]  # the same through guided ReLUs
     gradcam: Callable[[], Tensor]  # -> the rows' Grad-CAM maps at input resolution, in [0, 1]
@@ -45,7 +45,7 @@ def smoothgrad(p: PixelInputs) -> Tensor:
         noise = tf.random.stateless_normal(tf.shape(p.images), seed=[p.seed, i]) * sigma
         return i + 1, total + tf.reduce_max(tf.abs(p.gradient(p.images + noise)), axis=-1)
 
-    _, total = tf.while_loop(lambda i, _: i < p.samples, add_sample, (0, tf.zeros(tf.shape(p.images)[:3])))
+    _, total = tf.while_loop(lambda i, _: i < p.samples, add_sample, (0, tf.zeros(tf.shape(p.images)[:-1])))
     return total / float(p.samples)
 
 

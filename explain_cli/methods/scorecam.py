@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from explain_cli.methods.base import MethodInputs, Tensor, weighted_sum
+from explain_cli.methods.base import MethodInputs, Tensor, grid_axes, resized, weighted_sum
 
 
 def scorecam(m: MethodInputs) -> Tensor:
@@ -16,17 +16,20 @@ def scorecam(m: MethodInputs) -> Tensor:
     a = m.activations
     k = int(a.shape[-1]) if a.shape[-1] is not None else tf.shape(a)[-1]
     keep = min(m.max_masks, k) if isinstance(k, int) else m.max_masks
-    strongest = tf.math.top_k(tf.reduce_mean(a, axis=(1, 2)), k=keep).indices  # (rows, keep)
-    size = tf.shape(m.images)[1:3]
+    strongest = tf.math.top_k(tf.reduce_mean(a, axis=grid_axes(a)), k=keep).indices  # (rows, keep)
+    size = tf.shape(m.images)[1:-1]
+    axes = grid_axes(a)
+    spatial = [axis - 1 for axis in axes]  # a row's own grid axes
 
     def weights_of_row(row: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
         activations, image, channels, index = row
         chosen = tf.gather(activations, channels, axis=-1)  # (h, w, keep)
-        masks = tf.image.resize(chosen[None], size, method="bilinear")[0]  # (H, W, keep)
-        low = tf.reduce_min(masks, axis=(0, 1), keepdims=True)
-        high = tf.reduce_max(masks, axis=(0, 1), keepdims=True)
+        masks = resized(chosen[None], size)[0]  # (H, W, keep)
+        low = tf.reduce_min(masks, axis=spatial, keepdims=True)
+        high = tf.reduce_max(masks, axis=spatial, keepdims=True)
         masks = (masks - low) / tf.where(high > low, high - low, tf.ones_like(high))
-        masked = image[None] * tf.transpose(masks, [2, 0, 1])[..., None]  # (keep, H, W, C)
+        last = len(axes)
+        masked = image[None] * tf.transpose(masks, [last, *spatial])[..., None]  # (keep, H, W, C)
         scores = m.targets(masked, index)  # the row's score (its class's logit, or a region's sum) of each masked input
         weights = tf.nn.softmax(scores)
         return tf.scatter_nd(channels[:, None], weights, [tf.shape(activations)[-1]])

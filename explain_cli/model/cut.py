@@ -288,7 +288,7 @@ def dense_head(cut: Split) -> Any:
     is_gap_dense = (
         cut.skips == 0
         and len(core) == 2
-        and type(core[0].layer).__name__ == "GlobalAveragePooling2D"
+        and type(core[0].layer).__name__ in ("GlobalAveragePooling2D", "GlobalAveragePooling3D")
         and not getattr(core[0].layer, "keepdims", False)
         and type(core[1].layer).__name__ == "Dense"
     )

@@ -80,6 +80,12 @@ class LoadedModel:
     pixels: str = "uint8"  # what its steps take: "uint8" pictures, preprocessed; "float32": the model's input as it is
     input_name: str | None = None  # a model of several inputs: the one explained
     held: tuple[HeldInput, ...] = ()  # and the others, held as each example gives them (inputs/held.py)
+    depth: int | None = None  # a model of volumes or clips (batch, depth, height, width, channels): its slices or frames
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The sides of its input between the batch and the channels: (height, width), or (depth, height, width)."""
+        return (self.height, self.width) if self.depth is None else (self.depth, self.height, self.width)
 
     def as_input(self) -> LoadedModel:
         """The model fed its input as it stands: float32 batches, no preprocessing (an array a user already scaled)."""
@@ -190,7 +196,7 @@ def _loaded(model: Any, name: str, spec: str, prep: Callable[[Any], Any], defaul
     from explain_cli.model import cut as split
 
     reading = reading or heads.Reading()
-    height, width, channels = size_of(model, spec, input_size, input_name)
+    depth, height, width, channels = grid_of(model, spec, input_size, input_name)
     graph = graph_module.flatten(model, reading.output, input_name)
     head, names = None, None
     if graph.output is not None:
@@ -208,6 +214,7 @@ def _loaded(model: Any, name: str, spec: str, prep: Callable[[Any], Any], defaul
         height=height,
         width=width,
         channels=channels,
+        depth=depth,
         preprocess=prep,
         default_layer=default,
         labels=labels_module.for_model(head.classes if head else 0, labels, names),
@@ -359,13 +366,35 @@ def _import(spec: str) -> ModuleType:
         raise ExplainError(f"--import {spec}: {type(error).__name__}: {first_line(error)}") from None
 
 
-def size_of(model: Any, spec: str, given: tuple[int, int] | None = None,
+def grid_of(model: Any, spec: str, given: tuple[int, ...] | None = None,
+            input_name: str | None = None) -> tuple[int | None, int, int, int]:
+    """(depth, height, width, channels) the model is fed at: depth None for pictures (size_of); a model of volumes or
+    clips (batch, depth, height, width, channels) must fix its sides, or be given them (--input-size DxHxW)."""
+    shape = image_shape_of(model, input_name)
+    if len(shape) != 5:
+        return (None, *size_of(model, spec, None if given is None else given[-2:], input_name))
+    sides = tuple(shape[1:4])
+    if given is not None:
+        if len(given) != 3 or any(side is not None and side != int(want) for side, want in zip(sides, given)):
+            shown = "×".join("any" if side is None else str(side) for side in sides)
+            raise BadArgument("--input-size", f"{spec} takes volumes or clips of {shown}, not "
+                              f"{'×'.join(str(g) for g in given)}")
+        sides = tuple(int(g) for g in given)
+    if None in sides or not shape[4]:
+        raise BadArgument("--input-size", f"{spec}: the model's input (batch, depth, height, width, channels) has no "
+                          "fixed depth, height and width; give --input-size DEPTHxHEIGHTxWIDTH")
+    depth, height, width = (int(side) for side in sides)
+    return depth, height, width, int(shape[4])
+
+
+def size_of(model: Any, spec: str, given: tuple[int, ...] | None = None,
             input_name: str | None = None) -> tuple[int, int, int]:
     """(height, width, channels) the model is fed at: its input's own size; where that is free, `given`
     (--input-size) or the size its keras-hub image converter resizes to (which must then agree)."""
     shape = image_shape_of(model, input_name)
     if len(shape) != 4:
-        raise ExplainError(f"{spec}: expected one image input (batch, height, width, channels)")
+        raise ExplainError(f"{spec}: expected one image input (batch, height, width, channels), or a volume's or "
+                           "a clip's (batch, depth, height, width, channels)")
     _, height, width, channels = shape
     given = None if given is None else (int(given[0]), int(given[1]))  # a list from Python compares as a tuple
     if not channels:

@@ -84,6 +84,10 @@ def choose(requested: str, model: Any, say: Say) -> Offload | None:
         say(f"runtime tensorflow: {'--runtime ' + runtime if explicit else 'auto'}: a model in memory keeps to "
             "TensorFlow, since its weights may change after its steps are made", explicit)
         return None
+    if getattr(model, "depth", None) is not None:
+        say(f"runtime tensorflow: {'--runtime ' + runtime if explicit else 'auto'}: a model of volumes or clips keeps "
+            "to TensorFlow", explicit)
+        return None
     if getattr(model, "held", ()):
         say(f"runtime tensorflow: {'--runtime ' + runtime if explicit else 'auto'}: a model of several inputs keeps "
             "to TensorFlow, which feeds each example's held inputs", explicit)

@@ -53,8 +53,9 @@ class Point:
 
     @property
     def explainable(self) -> bool:
-        """A single (batch, h, w, c) feature map, or tokens on a grid, computed once per pass from the image."""
-        return self.calls == 1 and not self.constant and (len(self.shape) == 3 or self.is_tokens)
+        """A single (batch, h, w, c) feature map (a volume's or a clip's (batch, d, h, w, c)), or tokens on a grid,
+        computed once per pass from the image."""
+        return self.calls == 1 and not self.constant and (len(self.shape) in (3, 4) or self.is_tokens)
 
     @property
     def grid_shape(self) -> tuple[int | None, ...]:

@@ -12,12 +12,11 @@ import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from explain_cli.inputs import held
+from explain_cli.inputs import grids, held
 from explain_cli.inputs.channels import displayed
 from explain_cli.inputs import sources as inputs
 from explain_cli.running import interrupts
@@ -26,36 +25,9 @@ from explain_cli.render import heatmaps as render
 from explain_cli.errors import BadInput, ExplainError, Notes, model_failure, out_of_memory
 from explain_cli.inputs.sources import Source
 from explain_cli.io.files import Prediction
-from explain_cli.results import Explanation
 from explain_cli.running.values import explained
-
-
-@dataclass(frozen=True)
-class Written:
-    """An explanation and the files it was written to, relative to the output folder."""
-
-    explanation: Explanation
-    image: str  # the image as shown
-    overlay: str
-    heatmap_file: str | None
-    figure_file: str | None
-    map_file: str | None = None  # pixel attributions: the map itself as a grey PNG
-
-    @property
-    def class_index(self) -> int:
-        return self.explanation.class_index
-
-    @property
-    def label(self) -> str:
-        return self.explanation.label
-
-    @property
-    def rank(self) -> int:
-        return self.explanation.rank
-
-    @property
-    def probability(self) -> float:
-        return self.explanation.probability
+from explain_cli.running.writing import (RenderOptions as RenderOptions, Written as Written,
+                                         manifest_record as manifest_record, write_explanation as write_explanation)
 
 
 @dataclass(frozen=True)
@@ -82,24 +54,6 @@ class ImageResult:
         return output.files_of(self.records + self.side_records)
 
 
-@dataclass(frozen=True)
-class RenderOptions:
-    out_dir: Path
-    method: str
-    layer: str | None  # None: a method that needs no layer
-    model: str = ""  # its name, for the manifest
-    colormap: str = "jet"
-    alpha: float = 0.4
-    image_format: str = "jpg"
-    save_heatmap: bool = False
-    figure: bool = False
-    grey_map: bool = False  # also write the normalised map as an 8-bit grey PNG at its own resolution
-    listing: output.Listing = output.Listing()  # how predictions are listed, by the kind of head
-    floor: float | None = None  # explain only the classes showing at least this (labels: a probability)
-    canvas: inputs.Canvas | None = None  # how pictures were fitted to the input: maps are cut back to a letterbox's
-    input_name: str | None = None  # a model of several inputs: the one explained
-
-
 # A batch's images, once decoded: (source, the picture or the reason it failed, model input).
 Decoded = tuple[Source, "inputs.Picture | BadInput", "np.ndarray | None"]
 Finish = Callable[[Source, np.ndarray, int, object], ImageResult]
@@ -122,7 +76,7 @@ class Run:
         compute: Compute,
         finish: Finish,
         *,
-        size: tuple[int, int, int],
+        size: tuple[int, ...],
         batch_size: int,
         max_pixels: int = inputs.DEFAULT_MAX_PIXELS,
         threads: int | None = None,
@@ -150,14 +104,17 @@ class Run:
 
     def _produce(
         self, sources: Iterable[Source], compute: Compute, finish: Finish,
-        size: tuple[int, int, int], batch_size: int, max_pixels: int, resize: str = "stretch",
+        size: tuple[int, ...], batch_size: int, max_pixels: int, resize: str = "stretch",
         display: tuple[int, ...] | None = None,
     ) -> Iterator[ImageResult]:
-        height, width, channels = size
+        height, width, channels = size[-3:]
         remaining = batches(sources, batch_size)  # a batch at a time: a generator of images is never read ahead
 
         def load(source: Source) -> Decoded:
             try:
+                if len(size) == 4:  # a model of volumes or clips (depth, height, width, channels)
+                    picture, x, source = grids.decode_for(source, size, max_pixels)  # type: ignore[arg-type]
+                    return source, picture, x
                 picture, x = inputs.decode_for(source, max_pixels, width, height, channels, resize)
                 if display is not None and picture.planes is not None:  # the channels the maps are drawn on
                     picture = dataclasses.replace(picture, rgb=displayed(source.shown, picture.planes, display))
@@ -227,7 +184,7 @@ def by_reading(make: Callable[[bool], Compute]) -> Compute:
     return compute
 
 
-def library_results(images: Any, compute: Compute, finish: Finish, size: tuple[int, int, int], batch_size: int,
+def library_results(images: Any, compute: Compute, finish: Finish, size: tuple[int, ...], batch_size: int,
                     max_pixels: int, errors: str, arrays: str = "auto", notes: Notes | None = None,
                     resize: str = "stretch", display: tuple[int, ...] | None = None) -> Iterator[ImageResult]:
     """The library's run over images given in any form: each image's result in order; an image that cannot be used
@@ -370,7 +327,7 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: 
         probabilities = batch.probabilities[row]
         predictions = options.listing.predictions(probabilities, names, top)
         written, warnings = [], []
-        ready = render.backdrop(original, options.alpha)
+        ready = render.backdrop(original, options.alpha) if original.ndim == 3 else None  # a volume or a clip: none
         files = output.FileSet(options.out_dir)
         with files.complete_or_removed():  # an image's files all exist, or none do
             for value in explained(source, original, row, batch, names, options.layer, options.method, options.floor,
@@ -396,50 +353,3 @@ def explanations(names: Sequence[str], top: int, options: RenderOptions, truth: 
     return finish
 
 
-def write_explanation(source: Source, files: output.FileSet, value: Explanation, heatmap: np.ndarray,
-                      ready: render.Backdrop, options: RenderOptions) -> Written:
-    """An explanation's files (overlay; with the options, its .npy, grey map and figure), and their names."""
-    def name(suffix: str) -> str:
-        return output.explanation_name(source.stem, options.method, value.class_index, value.label, suffix).as_posix()
-
-    blended = render.overlay_on(ready, heatmap, options.colormap)
-    if value.box is not None:  # a detection: its box drawn over its map
-        from explain_cli.render import drawing
-
-        blended = drawing.boxes(blended, [(value.box, value.class_index, f"{value.label} {value.probability:.2f}")])
-    overlay = name(options.image_format)
-    heatmap_file = name("npy") if options.save_heatmap else None
-    figure_file = name("figure.png") if options.figure else None
-    map_file = name("map.png") if options.grey_map else None
-    files.write(overlay, render.encode(blended, options.image_format))
-    if heatmap_file:
-        files.write(heatmap_file, output.npy_bytes(heatmap))
-    if map_file:
-        files.write(map_file, render.encode_grey(heatmap))
-    if figure_file:
-        where = f" at {options.layer}" if options.layer else ""  # the perturbation methods have no layer
-        title = f"{value.label} ({value.class_index}): p = {value.probability:.3f}, {options.method}{where}"
-        files.write(figure_file, render.figure(value.image, heatmap, np.asarray(blended), title, options.colormap))
-    return Written(value, source.shown, overlay, heatmap_file, figure_file, map_file)
-
-
-def manifest_record(written: Written, model: str) -> dict:
-    value = written.explanation
-    return {
-        "image": written.image,
-        "model": model,
-        "layer": value.layer,
-        "method": value.method,
-        "class_index": value.class_index,
-        "label": value.label,
-        "score": value.probability,
-        "target_score": value.target_score,
-        "rank": value.rank,
-        "overlay": written.overlay,
-        "heatmap": written.heatmap_file,
-        "figure": written.figure_file,
-        **({"map": written.map_file} if written.map_file else {}),
-        **({"input": value.input} if value.input else {}),
-        **({"attributions": {name: v.tolist() for name, v in value.attributions.items()}} if value.attributions
-           else {}),
-    }

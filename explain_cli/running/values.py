@@ -17,7 +17,7 @@ def fitted(array: np.ndarray, canvas: inputs.Canvas | None, source: Source, orig
            nearest: bool = False) -> np.ndarray:
     """A map (or a class map) over the model's input, cut to the picture's part of a letterbox; as it is otherwise,
     and for an array given as the model's input."""
-    if canvas is None or source.as_input:
+    if canvas is None or source.as_input or source.grid is not None:
         return array
     return canvas.content(array, original.shape[:2], nearest)
 
@@ -43,7 +43,7 @@ def explained(source: Source, original: np.ndarray, row: int, batch: Any, names:
             map=frozen_array(fitted(np.asarray(raw, np.float32), canvas, source, original)), image=image,
             share=float(extras["share"][row, j]) if "share" in extras else None,
             mean_probability=float(extras["mean_probability"][row, j]) if "mean_probability" in extras else None,
-            target_kind=TARGET_KINDS[head], input=input_name,
+            target_kind=TARGET_KINDS[head], input=input_name, grid=source.grid,
             attributions={name.split(":", 1)[1]: frozen_array(np.asarray(value[row, j], np.float32))
                           for name, value in extras.items() if name.startswith("attribution:")} or None))
     return found

@@ -20,6 +20,7 @@ from explain_cli.model import cut as split_module
 from explain_cli.errors import ExplainError
 from explain_cli.model.guided import guided
 from explain_cli.methods import METHODS, MethodInputs
+from explain_cli.methods.base import grid_axes, resized
 from explain_cli.model.loading import LoadedModel
 from explain_cli.steps.rows import per_image as regroup
 from explain_cli.steps.holding import attributions as held_attributions
@@ -58,10 +59,13 @@ def default_layer(graph: graph_module.Graph, model: LoadedModel) -> str:
     if graph.transformer_default is not None:
         return graph.transformer_default
     before = _steps_before_the_output(graph)
-    spatial = [p for p in graph.explainable() if all(d is None or d > 1 for d in p.grid_shape[:2])
-               and (before is None or p.step in before) and p.kind not in PASSING]
+    rank = len(model.grid) + 1  # a picture's maps (h, w, c); a volume's or a clip's (d, h, w, c)
+    spatial = [p for p in graph.explainable() if len(p.grid_shape) == rank and all(
+        d is None or d > 1 for d in p.grid_shape[:-1]) and (before is None or p.step in before)
+        and p.kind not in PASSING]
     if not spatial:
-        raise ExplainError(f"model {model.name!r} has no layer with a 4-D output or tokens on a grid to explain")
+        raise ExplainError(f"model {model.name!r} has no layer with a {rank + 1}-D output or tokens on a grid to "
+                           "explain")
     return spatial[-1].name
 
 
@@ -98,7 +102,7 @@ def head_of(model: LoadedModel, graph: graph_module.Graph) -> Any:
 def _input_spec(model: LoadedModel) -> Any:
     import tensorflow as tf
 
-    return tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, model.pixels))
+    return tf.TensorSpec([None, *model.grid, model.channels], getattr(tf, model.pixels))
 
 
 def compile_predict(model: LoadedModel, graph: graph_module.Graph,
@@ -134,7 +138,7 @@ def forward_step(model: LoadedModel, graph: graph_module.Graph, pixels: str,
     forward, _ = split_module.logits(graph, forward_only=True)
     head = head_of(model, graph)
 
-    @compiled([tf.TensorSpec([None, model.height, model.width, model.channels], getattr(tf, pixels))], model)
+    @compiled([tf.TensorSpec([None, *model.grid, model.channels], getattr(tf, pixels))], model)
     def step(images: Any) -> Any:
         return read(head, forward(model.preprocess(tf.cast(images, tf.float32))))
 
@@ -330,8 +334,8 @@ def compile_saliency(
                 tape.watch(activations)
                 score = rows.score(tf.cast(cut.head(activations, skips), tf.float32))
             maps = gradcam(MethodInputs(activations, tape.gradient(score, activations)))
-            up = tf.image.resize(maps[..., None], tf.shape(tiled)[1:3], method="bilinear")[..., 0]
-            peak = tf.reduce_max(up, axis=(1, 2), keepdims=True)
+            up = resized(maps[..., None], tf.shape(tiled)[1:-1])[..., 0]
+            peak = tf.reduce_max(up, axis=grid_axes(tiled), keepdims=True)
             return up / tf.where(peak > 0, peak, tf.ones_like(peak))
 
         inputs = PixelInputs(

@@ -18,40 +18,50 @@ from explain_cli.methods import PERTURBATION_METHODS
 from explain_cli.methods.perturbation import GREY, PerturbationInputs, RiseMasks, default_window, rise_masks
 
 
-def masks_for(settings: Any, height: int, width: int) -> RiseMasks:
-    """RISE's masks for a run: drawn once from the settings' seed, the same for every image."""
+def masks_for(settings: Any, *sides: int) -> RiseMasks:
+    """RISE's masks for a run at the input's (height, width) or (depth, height, width): drawn once from the settings'
+    seed, the same for every image."""
     if settings.masks < 1 or settings.cells < 1 or not 0.0 < settings.keep <= 1.0:
         raise BadArgument("--masks", f"rise needs masks ≥ 1, cells ≥ 1 and 0 < keep ≤ 1, not {settings.masks}, "
                           f"{settings.cells}, {settings.keep}")
-    return rise_masks(settings.masks, settings.cells, settings.keep, settings.seed, height, width)
+    return rise_masks(settings.masks, settings.cells, settings.keep, settings.seed, *sides[-2:],
+                      depth=sides[0] if len(sides) == 3 else None)
 
 
-def window_and_stride(settings: Any, height: int, width: int) -> tuple[int, int]:
-    """Occlusion's window and stride: as given, else a seventh of the input's shorter side and half of that."""
+def window_and_stride(settings: Any, *sides: int) -> tuple[Any, Any]:
+    """Occlusion's window and stride over the input's (height, width): as given, else a seventh of its shorter side and
+    half of that. A volume's or a clip's (depth, height, width) adds its own along the depth: a seventh of it."""
+    height, width = sides[-2:]
     window = settings.window or default_window(height, width)
     stride = settings.stride or max(1, window // 2)
     if window < 1 or stride < 1:
         raise BadArgument("--window", f"occlusion needs a window and a stride of 1 pixel or more, not {window}, {stride}")
-    return window, stride
+    if len(sides) == 2:
+        return window, stride
+    along = max(1, round(sides[0] / 7))
+    return (along, window, window), (max(1, along // 2), stride, stride)
 
 
-def describe(method: str, settings: Any, height: int, width: int) -> str:
+def describe(method: str, settings: Any, *sides: int) -> str:
     """How a run's perturbation method perturbs, for its first line on stderr."""
     if method == "rise":
-        return (f"{settings.masks} masks of {settings.cells} × {settings.cells} cells kept with probability "
+        cells = " × ".join([str(settings.cells)] * len(sides))
+        return (f"{settings.masks} masks of {cells} cells kept with probability "
                 f"{settings.keep:g} (seed {settings.seed}), forward passes only")
-    window, stride = window_and_stride(settings, height, width)
+    window, stride = window_and_stride(settings, *sides)
+    if len(sides) == 3:
+        return (f"a grey window of {window[0]} × {window[1]} × {window[2]} every {stride[0]} × {stride[1]} × "
+                f"{stride[2]}, forward passes only")
     return f"a {window}-pixel grey window every {stride} pixels, forward passes only"
 
 
 def step(method: str, predict: Callable[[np.ndarray], np.ndarray], forward: Callable[[np.ndarray], np.ndarray],
-         choice: targets.ClassChoice, settings: Any, masks: RiseMasks, height: int,
-         width: int, fill: float = GREY) -> Callable[..., BatchResult]:
+         choice: targets.ClassChoice, settings: Any, masks: RiseMasks, fill: float = GREY) -> Callable[..., BatchResult]:
     """uint8 batch (and each image's own class (b,), for a per-image choice) -> BatchResult: the maps at the input's
-    resolution; the scores are the classes' probabilities. `fill`: what is hidden becomes (0 for an input as it
-    stands)."""
+    resolution (the masks'); the scores are the classes' probabilities. `fill`: what is hidden becomes (0 for an input as
+    it stands)."""
     compute = PERTURBATION_METHODS[method]
-    window, stride = window_and_stride(settings, height, width)
+    window, stride = window_and_stride(settings, *masks.sides)
 
     def run(batch: np.ndarray, classes: np.ndarray | None = None, regions: np.ndarray | None = None) -> BatchResult:
         probabilities = predict(batch)

@@ -246,7 +246,7 @@ class Likening:
         from explain_cli.steps import likeness, perturbing
 
         height, width, _ = self.input_size
-        masks = self._step(("rise masks",), lambda: perturbing.masks_for(self.settings, height, width))
+        masks = self._step(("rise masks",), lambda: perturbing.masks_for(self.settings, *self.input_shape[:-1]))
         embed = self._embedding_step("float32")
         return likeness.perturbation_step(method, embed, self.settings, masks, height, width, self._fill)
 

@@ -1,0 +1,23 @@
+"""A map as NIfTI on its volume's own grid, with the volume's affine, for 3D Slicer, ITK-SNAP or napari."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+
+from explain_cli.errors import ExplainError
+
+EXTRA = "pip install 'explain-cli[volumes]'"
+
+
+def nifti_bytes(heatmap: np.ndarray, affine: np.ndarray | None) -> bytes:
+    """.nii.gz bytes of a (D, H, W) float32 map whose voxel index maps to the world by `affine` (the identity if
+    None); the affine is written as both the qform and the sform, as nibabel writes a volume it read."""
+    try:
+        import nibabel
+    except ModuleNotFoundError:
+        raise ExplainError(f"writing a volume's map as NIfTI needs nibabel: {EXTRA}") from None
+    image = nibabel.Nifti1Image(np.asarray(heatmap, np.float32), np.eye(4) if affine is None else affine)
+    image.header.set_xyzt_units("mm")
+    return gzip.compress(image.to_bytes(), compresslevel=1)
