@@ -45,7 +45,9 @@ class _Worker:
 
         backend.quiet_process()  # a worker of the command line, as quiet as its driver
         made = load()  # an Explainer, made from the driver's settings
-        self.compute, self.finish = make(made)
+        from explain_cli.cli.runs import steps_of
+
+        self.compute, self.finish = steps_of(make, made)
         self.size, self.resize, self.display = made.input_shape, made.resize, made.display_channels
         self.max_pixels = max_pixels
 

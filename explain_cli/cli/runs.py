@@ -167,10 +167,20 @@ def start(found: list[Source], make: Callable[[Any], tuple[pipeline.Compute, pip
             load = functools.partial(Explainer.from_settings, settings)
         return ray_engine.RayRun(found, load, make, batch_size=run.batch_size, max_pixels=run.max_pixels,
                                  workers=run.workers, address=run.ray_address)
-    compute, finish = make(made)
+    compute, finish = steps_of(make, made)
     return pipeline.Run(found, compute, finish, size=made.input_shape, resize=made.resize,
                         display=made.display_channels, batch_size=run.batch_size,
                         max_pixels=run.max_pixels)
+
+
+def steps_of(make: Callable[[Any], tuple[pipeline.Compute, pipeline.Finish]],
+             made: Any) -> tuple[pipeline.Compute, pipeline.Finish]:
+    """The run's compute and finish steps from `make`; a batch of volumes (the model's input as they stand, float32)
+    computed by the steps `made.as_input()` makes, pictures by its own."""
+    compute, finish = make(made)
+    if not getattr(made, "takes_grids", False):
+        return compute, finish
+    return pipeline.by_reading(lambda given: make(made.as_input())[0] if given else compute), finish
 
 
 def report(started: Any, tally: console.Tally, run: RunOptions, manifest: output.Manifest | None = None,
