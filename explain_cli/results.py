@@ -26,12 +26,14 @@ def draw_grid(value: Explanation, heatmap01: np.ndarray, title: str, colormap: s
               slices: int = SLICES) -> Image.Image:
     """A volume's montage, or a clip's strip of key frames over its curve, as a picture."""
     grid = value.grid
+    assert grid is not None, "a picture's explanation is drawn by overlay()"
     if grid.kind == grids.VOLUME:
         spacing = tuple(np.linalg.norm(grid.affine[:3, :3], axis=0)) if grid.affine is not None else (1.0,) * 3
         return grid_render.montage(value.image, heatmap01, slices, colormap, alpha, spacing, title)
     with Image.open(io.BytesIO(grid_render.strip(value.image, heatmap01, slices, colormap, alpha, title,
                                                  grid.start))) as page:
-        return page.convert("RGB")
+        picture: Image.Image = page.convert("RGB")
+        return picture
 
 
 def frozen_array(array: np.ndarray) -> np.ndarray:
@@ -87,7 +89,7 @@ class Explanation:
     input: str | None = None  # a model of several inputs: the input the map belongs to
     attributions: dict[str, np.ndarray] | None = field(default=None, repr=False)  # and each of its other inputs of
     # values' attribution to the same score, gradient × input, by input name
-    grid: Any = field(default=None, repr=False)  # a volume or a clip (inputs/grids.Grid): `map` is (d, h, w), `image`
+    grid: grids.Grid | None = field(default=None, repr=False)  # a volume or a clip (inputs/grids.Grid): `map` is (d, h, w), `image`
     # its voxels windowed (D, H, W, 1 or 3) or its frames (T, H, W, 3) at their own size; its affine or frame rate
 
     @property

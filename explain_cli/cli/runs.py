@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from explain_cli.cli import console
 from explain_cli.io import files as output
+from explain_cli.io import nifti
 from explain_cli.steps import perturbing
 from explain_cli.running import pipeline
 from explain_cli.tasks import inspect
@@ -283,6 +284,8 @@ def explain(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
     with manifest_in(out.out_dir, output.MANIFEST, run.shard) as manifest:
         made = explainer(settings, run)
         found = made.examples_of(found)  # a model of volumes or clips: videos cut into clips, frames into one
+        if any(s.grid is not None and s.grid.kind == "volume" for s in found) and not nifti.available():
+            say("warning: volumes' maps are drawn but not written as NIfTI: pip install 'explain-cli[volumes]'")
         known = truth(request.truth, found, made)
         chosen = choice(request, found, made, known)
         made.check_method(name)

@@ -11,6 +11,13 @@ from explain_cli.errors import ExplainError
 EXTRA = "pip install 'explain-cli[volumes]'"
 
 
+def available() -> bool:
+    """Whether NIfTI maps can be written (nibabel, the volumes extra, is installed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("nibabel") is not None
+
+
 def nifti_bytes(heatmap: np.ndarray, affine: np.ndarray | None) -> bytes:
     """.nii.gz bytes of a (D, H, W) float32 map whose voxel index maps to the world by `affine` (the identity if
     None); the affine is written as both the qform and the sform, as nibabel writes a volume it read."""

@@ -34,6 +34,8 @@ def write(source: Source, files: output.FileSet, value: Explanation, options: An
         files.write(fields["heatmap"], output.npy_bytes(heatmap))
     grid = value.grid
     if grid.kind == grids.VOLUME:
+        if not nifti.available():  # the run said so once, as it began
+            return picture, fields
         fields["nifti"] = name("nii.gz")
         files.write(fields["nifti"], nifti.nifti_bytes(heatmap, grid.affine))
         return picture, fields
