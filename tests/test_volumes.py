@@ -204,3 +204,24 @@ def write_slice(pydicom, path, pixels: np.ndarray, z: float) -> None:
     ds.RescaleSlope, ds.RescaleIntercept = 2, -5
     ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
+
+
+def test_evaluate_deletes_a_volumes_voxels_in_the_maps_order(keras):
+    from explain_cli.render.heatmaps import normalise
+
+    model = conv3d(keras)
+    x = volume(9)
+    made = Explainer(model, precision="fp32")
+    evaluation = made.evaluate(x, methods=("gradcam", "random"), steps=8)
+    record = next(r for r in evaluation.records if r["method"] == "gradcam")
+    (e,) = made.explain(x, classes=record["class_index"])
+    order = np.argsort(-resample(normalise(e.map), GRID).ravel(), kind="stable")
+    p = lambda v: float(np.asarray(model(v.reshape(1, *GRID, 1)))[0, e.class_index])  # noqa: E731
+    by_hand = []
+    for t in range(9):  # step t sets the first round(t · voxels / 8) voxels by the map to 0
+        deleted = x.ravel().copy()
+        deleted[order[:int(np.floor(t * x.size / 8 + 0.5))]] = 0.0
+        by_hand.append(p(deleted))
+    assert np.allclose(record["deletion_curve"], by_hand, atol=1e-5)
+    assert record["insertion_curve"][-1] == pytest.approx(p(x), abs=1e-5)
+    assert {s.method for s in evaluation.summaries} == {"gradcam", "random"}

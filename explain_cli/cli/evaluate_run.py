@@ -35,6 +35,8 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
         side = stack.enter_context(manifest_in(out_dir, evaluation.SANITY_RECORDS, run.shard)) \
             if plan.sanity_stages else None
         made = explainer(dataclasses.replace(settings, precision_for=plan.methods), run)
+        found = made.examples_of(found)  # a model of volumes or clips: videos cut into clips, frames into one
+        all_shown |= {source.shown for source in found}  # and named so
         likeness = _likeness(made, plan, vectors) if vectors is not None else None
         known = truth(request.truth, found, made)
         chosen = choice(request, found, made, known, evaluating=True) if likeness is None else None
@@ -84,7 +86,7 @@ def evaluation_inputs(arguments: Sequence[str], stdin: TextIO, out_dir: Path, sh
     name as shown, and how many were skipped."""
     from explain_cli.evaluation import evaluate as evaluation
 
-    found = sources(arguments, stdin, out_dir, shard)
+    found = sources(arguments, stdin, out_dir, shard, grids=True)
     shown = {s.shown for s in found}
     if not skip_existing:
         return found, shown, 0

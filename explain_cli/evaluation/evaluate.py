@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from explain_cli.evaluation import metrics
-from explain_cli.inputs import held
+from explain_cli.inputs import grids, held
 from explain_cli.io import files as output
 from explain_cli.render import heatmaps as render
 from explain_cli.inputs.sources import Source
@@ -96,11 +96,10 @@ def evaluation_step(
         classes = choose(probabilities, sources)
         regions = segmentation[0](images) if segmentation is not None else None
         b, k = classes.shape
-        height, width = images.shape[1:3]
         maps: dict[str, np.ndarray] = {}
         for method in settings.methods:
             if method == RANDOM:
-                maps[method] = random_maps(settings.seed, sources, classes, height, width)
+                maps[method] = random_maps(settings.seed, sources, classes, *images.shape[1:-1])
             else:
                 maps[method] = _maps(explainers[method], images, classes)
         batch = EvaluationBatch(probabilities, classes, maps, regions=regions)
@@ -121,9 +120,8 @@ def measure(batch: EvaluationBatch, images: np.ndarray, i: int, forward: metrics
             settings: Settings) -> None:
     """Image i's faithfulness for each of its explained classes and methods, into `batch`: its perturbed copies
     through `forward` (float pixels -> (n, classes) scores), `scored` (classes,) its own scores."""
-    height, width = images.shape[1:3]
     keys = [(i, j, method) for j in range(batch.classes.shape[1]) for method in settings.methods]
-    requests = [(render.upsample(batch.maps[method][i, j], width, height), int(batch.classes[i, j]),
+    requests = [(at_input(batch.maps[method][i, j], images.shape[1:-1]), int(batch.classes[i, j]),
                  float(scored[batch.classes[i, j]])) for i, j, method in keys]
     blurred = metrics.gaussian_blur(images[i], settings.blur_sigma)
     with held.row(i):  # a model of several inputs: the image's own values for the others
@@ -132,9 +130,16 @@ def measure(batch: EvaluationBatch, images: np.ndarray, i: int, forward: metrics
     batch.faithfulness.update(zip(keys, scores))
 
 
-def random_maps(seed: int, sources: Sequence[Source], classes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(b, k, height, width): the random control's seeded noise for each image and explained class."""
-    return np.stack([np.stack([random_map(seed, s.shown, int(c), height, width) for c in row])
+def at_input(heatmap: np.ndarray, sides: Sequence[int]) -> np.ndarray:
+    """A map at the model input's (height, width), bilinearly; a volume's or a clip's at its (depth, height, width)."""
+    if len(sides) == 2:
+        return render.upsample(heatmap, sides[1], sides[0])
+    return grids.resample(heatmap, sides)
+
+
+def random_maps(seed: int, sources: Sequence[Source], classes: np.ndarray, *sides: int) -> np.ndarray:
+    """(b, k, *sides): the random control's seeded noise for each image and explained class."""
+    return np.stack([np.stack([random_map(seed, s.shown, int(c), *sides) for c in row])
                      for s, row in zip(sources, classes)])
 
 

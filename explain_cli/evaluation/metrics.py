@@ -26,13 +26,13 @@ def step_counts(pixels: int, steps: int) -> np.ndarray:
     return np.floor(np.arange(steps + 1) * pixels / steps + 0.5).astype(int)
 
 
-def _revealed(order: np.ndarray, shape: tuple[int, int], steps: int) -> np.ndarray:
+def _revealed(order: np.ndarray, shape: tuple[int, ...], steps: int) -> np.ndarray:
     """(N−1, H, W) bool: at step t = 1…N−1, the first round(t·H·W/N) pixels of `order` (step 0 has none of them and
-    step N all, whatever the order)."""
+    step N all, whatever the order); (N−1, D, H, W) for a volume's voxels."""
     rank = np.empty(order.size, int)
     rank[order] = np.arange(order.size)
     counts = step_counts(order.size, steps)[1:-1]
-    return (rank.reshape(shape)[None] < counts[:, None, None])
+    return rank.reshape(shape)[None] < counts.reshape(-1, *[1] * len(shape))
 
 
 def deletion_inputs(image: np.ndarray, saliency: np.ndarray, steps: int) -> np.ndarray:
@@ -65,13 +65,14 @@ def increase_in_confidence(p: float, p_masked: float) -> bool:
 
 
 def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """A Gaussian blur of σ pixels (kernel to 3σ, edges reflected), separable, in float32."""
+    """A Gaussian blur of σ pixels (kernel to 3σ, edges reflected), separable along every axis but the channels', in
+    float32."""
     radius = max(1, int(np.ceil(3 * sigma)))
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     kernel = np.exp(-(x**2) / (2 * sigma**2))
     kernel /= kernel.sum()
     out = image.astype(np.float64)
-    for axis in (0, 1):
+    for axis in range(out.ndim - 1):
         pad = [(0, 0)] * out.ndim
         pad[axis] = (radius, radius)
         padded = np.pad(out, pad, mode="reflect" if out.shape[axis] > radius else "edge")
@@ -126,7 +127,7 @@ def faithfulness_of_maps(forward: Forward, image: np.ndarray, blurred: np.ndarra
         for saliency, _, _ in maps:
             yield deletion_inputs(image, saliency, steps)
             yield insertion_inputs(image, blurred, saliency, steps)
-            yield image[None].astype(np.float32) * saliency[None, :, :, None]
+            yield image[None].astype(np.float32) * saliency[None, ..., None]
 
     probabilities = _in_batches(forward, perturbed(), batch_size)
     if unperturbed is None:

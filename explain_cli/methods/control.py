@@ -7,8 +7,8 @@ import zlib
 import numpy as np
 
 
-def random_map(seed: int, image: str, class_index: int, height: int, width: int) -> np.ndarray:
-    """Uniform noise of (height, width), the same for the same (seed, image, class) on any machine; evaluate draws it
-    at the model input's resolution, a value per pixel."""
+def random_map(seed: int, image: str, class_index: int, *sides: int) -> np.ndarray:
+    """Uniform noise of (height, width) (a volume's (depth, height, width)), the same for the same (seed, image, class)
+    on any machine; evaluate draws it at the model input's resolution, a value per pixel."""
     key = zlib.crc32(image.encode("utf-8", "surrogateescape"))
-    return np.random.default_rng([seed, key, class_index]).random((height, width)).astype(np.float32)
+    return np.random.default_rng([seed, key, class_index]).random(sides).astype(np.float32)
