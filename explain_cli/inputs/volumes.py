@@ -124,8 +124,8 @@ def _dicom_series(folder: Path, shown: str, max_voxels: int) -> tuple[np.ndarray
 
 def shown_volume(voxels: np.ndarray) -> np.ndarray:
     """What a volume looks like, to draw its maps on: its first channel (its first three, for three or more) windowed
-    between its 1st and 99th percentiles, (D, H, W, 1 or 3) uint8."""
+    between its 1st and 99th percentiles (read from every 7th value), (D, H, W, 1 or 3) uint8."""
     seen = voxels[..., :3] if voxels.shape[-1] >= 3 else voxels[..., :1]
-    low, high = np.percentile(seen, [1, 99])
+    low, high = np.percentile(seen.ravel()[::7], [1, 99])  # every 7th value: the same window, 1/7 of the sorting
     scaled = (seen - low) * (255.0 / (high - low)) if high > low else np.zeros_like(seen)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
