@@ -82,7 +82,7 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
                  precision_for: Sequence[str] = (), output: str | None = None, multi_label: bool = False,
                  output_index: int | None = None, threshold: float = 0.5, min_area: float = 0.01, masks: int = 4000,
                  cells: int = 7, keep: float = 0.5, window: int | None = None, stride: int | None = None,
-                 input_size: tuple[int, int] | None = None, layout: str | None = None,
+                 input_size: tuple[int, ...] | None = None, layout: str | None = None,
                  outputs_are: str | None = None, runtime: str = "auto", arrays: str = "auto", resize: str = "stretch",
                  on_note: Listener | None = None, reading: Reading | None = None,
                  running: Running | None = None, input_name: str | None = None,
@@ -132,9 +132,11 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
             if problem:
                 raise BadArgument("--model", problem)
             self._model = models.load(str(model), weights, labels, preprocess, imports=imports, unsafe=unsafe,
-                                      precision=chosen, reading=read_as, input_size=input_size, input_name=input_name)
+                                      precision=chosen, reading=read_as, input_size=input_size, input_name=input_name,
+                                      depth=clip_length)
         else:
-            self._model = models.from_object(model, labels, preprocess, chosen, read_as, input_size, input_name)
+            self._model = models.from_object(model, labels, preprocess, chosen, read_as, input_size, input_name,
+                                             clip_length)
         self._graph = core.graph_of(self._model, offload.choose(runtime, self._model, self.notes.add))
         for note in self._graph.notes:
             self.notes.add(note)

@@ -141,3 +141,38 @@ def test_a_folder_of_frames_is_one_clip_and_a_short_one_is_refused(keras, tmp_pa
     made = Explainer(str(tmp_path / "video.keras"), precision="fp32")
     (from_folder,), (from_array,) = made.explain(str(frames)), made.explain(event_frames())
     assert np.allclose(from_folder.map, from_array.map, atol=1e-5)  # lossless frames: the same clip
+
+
+def test_a_recurrent_model_of_any_length_takes_clips_of_clip_length(keras, clip):
+    """TimeDistributed Conv2D and pooling per frame, then an LSTM: frames of any count; --clip-length says how many."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(32)
+    inputs = keras.Input((None, SIDE, SIDE, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.TimeDistributed(keras.layers.Conv2D(4, 3, padding="same", activation="relu"), name="td")(x)
+    x = keras.layers.TimeDistributed(keras.layers.GlobalAveragePooling2D())(x)
+    logits = keras.layers.Dense(2, name="logits")(keras.layers.LSTM(6)(x))
+    model = keras.Model(inputs, keras.layers.Softmax()(logits))
+    with pytest.raises(Exception, match="--clip-length FRAMES"):
+        Explainer(model)
+    found = Explainer(model, clip_length=6, precision="fp32").explain(str(clip))
+    assert [(e.grid.start, e.map.shape, e.layer) for e in found] == [(0, (6, SIDE, SIDE), "td"), (6, (6, SIDE, SIDE), "td")]
+    frames = np.stack([np.asarray(Image.fromarray(f).resize((SIDE, SIDE), Image.Resampling.BILINEAR))
+                       for f in decoded(clip)[6:]]).astype(np.float32)
+    probe = keras.Model(model.inputs, [model.get_layer("td").output, model.get_layer("logits").output])
+    with tf.GradientTape() as tape:
+        features, logits = probe([frames[None]])
+        score = logits[0, found[1].class_index]
+    g, a = tape.gradient(score, features)[0].numpy(), features[0].numpy()
+    expected = np.maximum((a * g.mean(axis=(0, 1, 2))).sum(-1), 0)
+    assert float(np.corrcoef(found[1].map.ravel(), expected.ravel())[0, 1]) >= 0.999
+
+
+def test_without_pyav_a_video_gets_one_line_naming_the_extra(keras, clip, monkeypatch):
+    import sys
+
+    made = Explainer(video_model(keras), precision="fp32")
+    monkeypatch.setitem(sys.modules, "av", None)  # as if the video extra were not installed
+    with pytest.raises(Exception, match=r"reading a video needs PyAV: pip install 'explain-cli\[video\]'"):
+        made.explain(str(clip))

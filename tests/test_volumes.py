@@ -225,3 +225,56 @@ def test_evaluate_deletes_a_volumes_voxels_in_the_maps_order(keras):
     assert np.allclose(record["deletion_curve"], by_hand, atol=1e-5)
     assert record["insertion_curve"][-1] == pytest.approx(p(x), abs=1e-5)
     assert {s.method for s in evaluation.summaries} == {"gradcam", "random"}
+
+
+def segmenter3d(keras):
+    """A Conv3D segmenter of three classes per voxel, at half the volume's resolution, ending in a softmax layer."""
+    keras.utils.set_random_seed(23)
+    inputs = keras.Input((*GRID, 1))
+    x = keras.layers.Conv3D(6, 3, strides=(1, 2, 2), padding="same", activation="relu", name="features")(inputs)
+    scores = keras.layers.Conv3D(3, 1, name="scores")(x)
+    return keras.Model(inputs, keras.layers.Softmax()(scores))
+
+
+def test_a_3d_segmenter_explains_each_class_over_its_voxels(keras, tmp_path):
+    import tensorflow as tf
+
+    model = segmenter3d(keras)
+    x = volume(10)
+    found = Explainer(model, layer="features", precision="fp32").explain(x)
+    probe = keras.Model(model.inputs, [model.get_layer("features").output, model.get_layer("scores").output])
+    for e in found:
+        with tf.GradientTape() as t:
+            features, scores = probe(tf.constant(x[None, ..., None]))
+            region = tf.cast(tf.argmax(scores, -1) == e.class_index, tf.float32)  # where the class is predicted
+            score = tf.reduce_sum(scores[..., e.class_index] * region)
+        g, a = t.gradient(score, features)[0].numpy(), features[0].numpy()
+        expected = np.maximum((a * g.mean(axis=(0, 1, 2))).sum(-1), 0)
+        assert e.target.kind == "region" and r(e.map, expected) >= 0.999
+        assert e.share == pytest.approx(float(region.numpy().mean()), abs=1e-6)
+    model.save(tmp_path / "seg.keras")
+    nibabel.save(nibabel.Nifti1Image(x, AFFINE), tmp_path / "scan.nii.gz")
+    result = CliRunner().invoke(cli, ["segment", str(tmp_path / "scan.nii.gz"), "--model", str(tmp_path / "seg.keras"),
+                                      "-o", str(tmp_path / "out"), "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    labels = nibabel.load(str(tmp_path / "out" / records[0]["segmentation_nifti"]))
+    classes = np.argmax(np.asarray(model(x[None, ..., None]))[0], -1)  # (6, 6, 5): nearest back to (6, 12, 10)
+    assert np.allclose(labels.affine, AFFINE) and np.array_equal(np.asarray(labels.dataobj),
+                                                                 classes.repeat(2, axis=1).repeat(2, axis=2))
+    assert {rec["class_index"] for rec in records} == {int(c) for c in np.unique(classes)}
+
+
+def test_without_nibabel_a_nifti_gets_one_line_naming_the_extra(saved, monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nibabel", None)  # as if the volumes extra were not installed
+    np.save(tmp_path / "plain.npy", volume(11))
+    result = CliRunner().invoke(cli, ["gradcam", str(saved / "scan.nii.gz"), str(tmp_path / "plain.npy"), "--model",
+                                      str(saved / "c3d.keras"), "-o", str(tmp_path / "out"), "--precision", "fp32"])
+    assert result.exit_code == 1
+    assert "scan.nii.gz: reading it needs nibabel: pip install 'explain-cli[volumes]'" in result.stderr
+    assert "warning: volumes' maps are drawn but not written as NIfTI: pip install 'explain-cli[volumes]'" in \
+        result.stderr
+    (record,) = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert record["image"].endswith("plain.npy") and "nifti" not in record and (tmp_path / "out" / record["overlay"]).is_file()

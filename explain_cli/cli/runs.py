@@ -319,10 +319,11 @@ def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
     for option, folder in (("--region-masks", masks), ("--truth-masks", truth_masks)):
         if folder is not None and not folder.is_dir():
             raise BadArgument(option, f"{folder}: no such folder")
-    found = sources(arguments, stdin, out.out_dir, run.shard)
+    found = sources(arguments, stdin, out.out_dir, run.shard, grids=True)
     with manifest_in(out.out_dir, output.MANIFEST, run.shard) as manifest:
         made = explainer(settings, run)
         made.check_segmenter()
+        found = made.examples_of(found)  # a segmenter of volumes: each NIfTI, DICOM series, TIFF stack or .npy
         chosen = choice(request, found, made, None)
         where = f"at layer {made.layer}" + ("" if settings.layer else " (default)") if made.layer_for(name) else \
             perturbing.describe(name, made.settings, *made.input_shape[:-1])

@@ -63,7 +63,7 @@ def detect(shape: tuple[int | None, ...], activation: str, multi_label: bool = F
            output_index: int | None = None, threshold: float = 0.5) -> Head:
     """The head of an output of `shape` (without batch) ended by `activation`; BadArgument or ExplainError where no
     head fits, or the options ask what the output cannot give."""
-    if len(shape) == 3:
+    if len(shape) in (3, 4):  # (h, w, classes), or a volume's (d, h, w, classes)
         if multi_label or output_index is not None:
             raise BadArgument("--multi-label" if multi_label else "--output-index",
                               f"the output is per pixel, {(None, *shape)}: explain segment reads it")
@@ -112,7 +112,8 @@ def numpy_region_means(probabilities: Any, regions: Any) -> Any:
     (n, h, w, classes) and regions (n or 1, h, w, classes), 1 inside."""
     import numpy as np
 
-    return (probabilities * regions).sum(axis=(1, 2)) / np.maximum(regions.sum(axis=(1, 2)), 1.0)
+    axes = tuple(range(1, np.ndim(probabilities) - 1))  # a picture's (h, w), a volume's (d, h, w)
+    return (probabilities * regions).sum(axis=axes) / np.maximum(regions.sum(axis=axes), 1.0)
 
 
 # --- on tensors ------------------------------------------------------------------------------------------------------
@@ -217,7 +218,8 @@ def pixel_shares(head: Head, raw: Tensor, classes: Tensor, inside: Tensor | None
         total = tf.maximum(tf.reduce_sum(weights, axis=(1, 2)), 1.0)[:, None]
     if several_per_pixel(head):
         masks = pixel_masks(head, raw)
-        return tf.reduce_sum(masks if weights is None else masks * weights[..., None], axis=(1, 2)) / total
+        axes = list(range(1, len(masks.shape) - 1))
+        return tf.reduce_sum(masks if weights is None else masks * weights[..., None], axis=axes) / total
     flat_weights = None if weights is None else tf.reshape(weights, [b, -1])
     counts = tf.math.bincount(tf.reshape(classes, [b, -1]), weights=flat_weights, minlength=head.classes,
                               maxlength=head.classes, axis=-1, dtype=tf.float32)
@@ -229,8 +231,9 @@ def class_region(head: Head, raw: Tensor, classes: Tensor, chosen: Tensor) -> Te
     import tensorflow as tf
 
     if several_per_pixel(head):
-        return tf.cast(tf.gather(tf.cast(raw, tf.float32), chosen, axis=3, batch_dims=1) >= 0, tf.float32)
-    return tf.cast(tf.equal(classes, chosen[:, None, None]), tf.float32)
+        return tf.cast(tf.gather(tf.cast(raw, tf.float32), chosen, axis=len(raw.shape) - 1, batch_dims=1) >= 0,
+                       tf.float32)
+    return tf.cast(tf.equal(classes, tf.reshape(chosen, [-1] + [1] * (len(classes.shape) - 1))), tf.float32)
 
 
 def class_pixels(head: Head, raw: Tensor, chosen: Tensor, score: str = "logit") -> Tensor:
@@ -238,4 +241,4 @@ def class_pixels(head: Head, raw: Tensor, chosen: Tensor, score: str = "logit") 
     import tensorflow as tf
 
     values = pixel_scores(head, raw) if score == "logit" else pixel_probabilities(head, raw)
-    return tf.gather(values, chosen, axis=3, batch_dims=1)
+    return tf.gather(values, chosen, axis=len(values.shape) - 1, batch_dims=1)

@@ -114,12 +114,13 @@ def load(
     unsafe: bool = False,
     precision: str = "fp32",
     reading: Any = None,
-    input_size: tuple[int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     input_name: str | None = None,
+    depth: int | None = None,
 ) -> LoadedModel:
     """Build a built-in model (ImageNet weights or a local weights file) or load a user's model file; `reading`
     (heads.Reading) says which output to explain and how to read it; `input_size`, the size to feed a model whose
-    input's is free.
+    input's is free; `depth`, the frames of a model of clips that leaves its depth free (--clip-length).
 
     `imports` (module names or .py files) are imported first, so that the custom layers a model file
     names are defined; `unsafe` lets Keras run the Python code a file stores (Lambda layers).
@@ -142,7 +143,7 @@ def load(
         converter = _image_converter(model)
         prep = converter if preprocess is None and converter is not None else preprocessing(preprocess or "none")
         default = None
-    loaded = _loaded(model, name, spec, prep, default, labels_file, precision, reading, input_size, input_name)
+    loaded = _loaded(model, name, spec, prep, default, labels_file, precision, reading, input_size, input_name, depth)
     return dataclasses.replace(loaded, identity=identity(spec, weights, imports))
 
 
@@ -173,7 +174,8 @@ def identity(spec: str, weights: str, imports: Sequence[str] = ()) -> str:
 
 def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, preprocess: Preprocess | None = None,
                 precision: str = "fp32", reading: Any = None,
-                input_size: tuple[int, int] | None = None, input_name: str | None = None) -> LoadedModel:
+                input_size: tuple[int, ...] | None = None, input_name: str | None = None,
+                depth: int | None = None) -> LoadedModel:
     """A keras.Model already in memory (a notebook's, a training script's), used as it is: explain replays its own
     layers, so what it computes follows the model's current weights."""
     from explain_cli.model.backend import load_tensorflow
@@ -184,19 +186,21 @@ def from_object(model: Any, labels: Path | str | Sequence[str] | None = None, pr
                            "model file)")
     converter = _image_converter(model)
     prep = converter if preprocess is None and converter is not None else preprocessing(preprocess or "none")
-    loaded = _loaded(model, model.name, model.name, prep, None, labels, precision, reading, input_size, input_name)
+    loaded = _loaded(model, model.name, model.name, prep, None, labels, precision, reading, input_size, input_name,
+                     depth)
     return dataclasses.replace(loaded, live=True)
 
 
 def _loaded(model: Any, name: str, spec: str, prep: Callable[[Any], Any], default: str | None,
             labels: Path | str | Sequence[str] | None, precision: str, reading: Any,
-            input_size: tuple[int, int] | None = None, input_name: str | None = None) -> LoadedModel:
+            input_size: tuple[int, ...] | None = None, input_name: str | None = None,
+            depth: int | None = None) -> LoadedModel:
     from explain_cli.model import graph as graph_module
     from explain_cli.model import heads
     from explain_cli.model import cut as split
 
     reading = reading or heads.Reading()
-    depth, height, width, channels = grid_of(model, spec, input_size, input_name)
+    depth, height, width, channels = grid_of(model, spec, input_size, input_name, depth)
     graph = graph_module.flatten(model, reading.output, input_name)
     head, names = None, None
     if graph.output is not None:
@@ -366,14 +370,19 @@ def _import(spec: str) -> ModuleType:
         raise ExplainError(f"--import {spec}: {type(error).__name__}: {first_line(error)}") from None
 
 
-def grid_of(model: Any, spec: str, given: tuple[int, ...] | None = None,
-            input_name: str | None = None) -> tuple[int | None, int, int, int]:
+def grid_of(model: Any, spec: str, given: tuple[int, ...] | None = None, input_name: str | None = None,
+            frames: int | None = None) -> tuple[int | None, int, int, int]:
     """(depth, height, width, channels) the model is fed at: depth None for pictures (size_of); a model of volumes or
-    clips (batch, depth, height, width, channels) must fix its sides, or be given them (--input-size DxHxW)."""
+    clips (batch, depth, height, width, channels) must fix its sides, or be given them (--input-size DxHxW; a free
+    depth alone, `frames`: --clip-length)."""
     shape = image_shape_of(model, input_name)
     if len(shape) != 5:
-        return (None, *size_of(model, spec, None if given is None else given[-2:], input_name))
+        if given is not None and len(given) == 3:
+            raise BadArgument("--input-size", f"{spec} takes pictures: give HEIGHTxWIDTH")
+        return (None, *size_of(model, spec, given, input_name))
     sides = tuple(shape[1:4])
+    if sides[0] is None and frames is not None and given is None:
+        sides = (frames, *sides[1:])
     if given is not None:
         if len(given) != 3 or any(side is not None and side != int(want) for side, want in zip(sides, given)):
             shown = "×".join("any" if side is None else str(side) for side in sides)
@@ -382,7 +391,8 @@ def grid_of(model: Any, spec: str, given: tuple[int, ...] | None = None,
         sides = tuple(int(g) for g in given)
     if None in sides or not shape[4]:
         raise BadArgument("--input-size", f"{spec}: the model's input (batch, depth, height, width, channels) has no "
-                          "fixed depth, height and width; give --input-size DEPTHxHEIGHTxWIDTH")
+                          "fixed depth, height and width; give --input-size DEPTHxHEIGHTxWIDTH (or, for clips of any "
+                          "length, --clip-length FRAMES)")
     depth, height, width = (int(side) for side in sides)
     return depth, height, width, int(shape[4])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from fractions import Fraction
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -36,11 +36,33 @@ def montage(shown: np.ndarray, heatmap01: np.ndarray, slices: int, colormap: str
             spacing: Sequence[float] = (1.0, 1.0, 1.0), title: str = "") -> Image.Image:
     """A row per axis of the volume, each of `slices` slices across it with the map over them; each tile drawn at its
     voxels' true proportions (`spacing`, mm per voxel along each axis), `TILE` pixels high."""
+    return _montage(lambda axis, index: overlaid(np.take(shown, index, axis=axis), np.take(heatmap01, index, axis=axis),
+                                                 colormap, alpha), shown.shape[:3], slices, spacing, title)
+
+
+def class_montage(shown: np.ndarray, classes: np.ndarray, slices: int, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                  title: str = "", alpha: float = 0.5) -> Image.Image:
+    """`montage` of a volume's segmentation: each voxel's class (`classes` on the volume's grid) in its colour."""
+    from explain_cli.render.drawing import colour
+
+    palette = np.array([colour(i) for i in range(int(classes.max(initial=0)) + 1)], np.uint8)
+
+    def tile(axis: int, index: int) -> np.ndarray:
+        plane = np.take(shown, index, axis=axis)
+        rgb = np.repeat(plane, 3, axis=-1) if plane.shape[-1] == 1 else plane
+        return blend(rgb, palette[np.take(classes, index, axis=axis)], alpha)
+
+    return _montage(tile, shown.shape[:3], slices, spacing, title)
+
+
+def _montage(tile: Callable[[int, int], np.ndarray], sides: Sequence[int], slices: int, spacing: Sequence[float],
+             title: str) -> Image.Image:
+    """The page: a row per axis, `tile(axis, index)` for each of `slices` slices across it."""
     rows: list[list[tuple[Image.Image, str]]] = []
     for axis in range(3):
         tiles = []
-        for index in slice_positions(shown.shape[axis], slices):
-            plane = overlaid(np.take(shown, index, axis=axis), np.take(heatmap01, index, axis=axis), colormap, alpha)
+        for index in slice_positions(sides[axis], slices):
+            plane = tile(axis, index)
             across = [a for a in range(3) if a != axis]
             height_mm, width_mm = (plane.shape[0] * spacing[across[0]], plane.shape[1] * spacing[across[1]])
             width = max(1, round(TILE * width_mm / height_mm))
@@ -57,10 +79,10 @@ def montage(shown: np.ndarray, heatmap01: np.ndarray, slices: int, colormap: str
     y = top
     for row in rows:
         x = 0
-        for tile, name in row:
+        for picture, name in row:
             draw.text((x + 2, y + 1), name, fill=(220, 220, 220))
-            page.paste(tile, (x, y + label))
-            x += tile.width + gap
+            page.paste(picture, (x, y + label))
+            x += picture.width + gap
         y += TILE + label + gap
     return page
 

@@ -49,3 +49,20 @@ def write(source: Source, files: output.FileSet, value: Explanation, options: An
 
 def is_grid(value: Explanation) -> bool:
     return value.grid is not None and np.ndim(value.image) == 4
+
+
+def write_segmentation(source: Source, files: output.FileSet, shown: np.ndarray, classes: np.ndarray,
+                       slices: int) -> tuple[str, dict]:
+    """A volume's segmentation: its montage in the classes' colours (PNG) and, where nibabel is installed, its class
+    map as a NIfTI label map on its own grid and affine; (the montage's name, the manifest's field naming the map)."""
+    grid = source.grid
+    assert grid is not None
+    own = grids.nearest(classes, shown.shape[:3])
+    spacing = tuple(np.linalg.norm(grid.affine[:3, :3], axis=0)) if grid.affine is not None else (1.0, 1.0, 1.0)
+    picture = source.stem.with_name(f"{source.stem.name}.segmentation.png").as_posix()
+    files.write(picture, render.encode(grid_render.class_montage(shown, own, slices, spacing), "png"))
+    if not nifti.available():
+        return picture, {}
+    labels = source.stem.with_name(f"{source.stem.name}.segmentation.nii.gz").as_posix()
+    files.write(labels, nifti.labels_bytes(own, grid.affine))
+    return picture, {"segmentation_nifti": labels}

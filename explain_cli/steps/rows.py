@@ -60,8 +60,9 @@ def _pixel_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, s
     # Every pass over a (b, h, w, classes) output at the input's resolution costs about as much as a small
     # layer: each is made once, the rest works on (b, h, w) maps.
     first = tf.stop_gradient(first)
-    classes = heads.pixel_classes(head, first)  # (b, h, w)
-    size = tf.shape(classes)[1:3]
+    classes = heads.pixel_classes(head, first)  # (b, h, w); a volume's (b, d, h, w)
+    size = tf.shape(classes)[1:]
+    axes = list(range(1, len(classes.shape)))
     placed = None if inside is None else at_size(inside, size)
     shown = heads.pixel_shares(head, first, classes, placed)
     chosen, row_class = choose(shown, fixed, k, own)
@@ -74,18 +75,19 @@ def _pixel_rows(head: heads.Head, first: Tensor, fixed: Tensor | None, k: int, s
         region = tile(tf.cast(given > 0.5, tf.float32), k)
 
     def score_rows(raw: Tensor) -> Tensor:
-        return tf.reduce_sum(heads.class_pixels(head, raw, row_class, score) * region, axis=(1, 2))
+        return tf.reduce_sum(heads.class_pixels(head, raw, row_class, score) * region, axis=axes)
 
     def score_one(raw: Tensor, row: Tensor) -> Tensor:
-        values = tf.gather(heads.pixel_scores(head, raw), row_class[row], axis=3)  # (n, h, w)
-        return tf.reduce_sum(values * region[row][None], axis=(1, 2))
+        values = tf.gather(heads.pixel_scores(head, raw), row_class[row], axis=len(axes) + 1)  # (n, h, w)
+        return tf.reduce_sum(values * region[row][None], axis=axes)
 
     def extras(k: int, b: Tensor) -> dict[str, Tensor]:
         probabilities = tile(heads.pixel_probabilities(head, first), k)  # k copies, one softmax
-        probability = tf.gather(probabilities, row_class, axis=3, batch_dims=1)
-        area = tf.reduce_sum(region, axis=(1, 2))
-        pixels = tf.cast(size[0] * size[1], tf.float32) if placed is None else tile(tf.reduce_sum(placed, axis=(1, 2)), k)
-        mean = tf.reduce_sum(probability * region, axis=(1, 2)) / tf.maximum(area, 1.0)
+        probability = tf.gather(probabilities, row_class, axis=len(axes) + 1, batch_dims=1)
+        area = tf.reduce_sum(region, axis=axes)
+        pixels = tf.cast(tf.reduce_prod(size), tf.float32) if placed is None else tile(tf.reduce_sum(placed, axis=(1, 2)),
+                                                                                      k)
+        mean = tf.reduce_sum(probability * region, axis=axes) / tf.maximum(area, 1.0)
         return {"share": per_image(area / pixels, k, b), "mean_probability": per_image(mean, k, b),
                 "segmentation": classes}
 

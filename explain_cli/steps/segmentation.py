@@ -36,8 +36,9 @@ def compile_segmentation(model: LoadedModel, graph: graph_module.Graph,
         weights = at_size(placed[0], tf.shape(classes)[1:3]) if placed else None
         if weights is not None:
             where = where * weights[..., None]
-        area = tf.reduce_sum(where, axis=(1, 2))
-        mean = tf.reduce_sum(heads.pixel_probabilities(head, raw) * where, axis=(1, 2)) / tf.maximum(area, 1.0)
+        axes = list(range(1, len(model.grid) + 1))  # a picture's (h, w), a volume's (d, h, w)
+        area = tf.reduce_sum(where, axis=axes)
+        mean = tf.reduce_sum(heads.pixel_probabilities(head, raw) * where, axis=axes) / tf.maximum(area, 1.0)
         return heads.pixel_shares(head, raw, classes, weights), classes, mean
 
     return lambda batch, *placed: tuple(t.numpy() for t in step(batch, *placed))
@@ -62,16 +63,17 @@ def compile_regions(model: LoadedModel, graph: graph_module.Graph) -> tuple[Call
 
     forward, _ = split_module.logits(graph, forward_only=True)
     head = head_of(model, graph)
-    pixels = [None, model.height, model.width, model.channels]
+    pixels = [None, *model.grid, model.channels]
+    axes = list(range(len(model.grid)))  # a region's grid axes: (h, w), or a volume's (d, h, w)
 
     @compiled([tf.TensorSpec(pixels, getattr(tf, model.pixels))], model)
     def masks(images: Any) -> Any:
         return heads.pixel_masks(head, forward(model.preprocess(tf.cast(images, tf.float32))))
 
-    @compiled([tf.TensorSpec(pixels, tf.float32), tf.TensorSpec([None, None, None], tf.float32)], model)
+    @compiled([tf.TensorSpec(pixels, tf.float32), tf.TensorSpec([None] * (len(axes) + 1), tf.float32)], model)
     def region_mean(images: Any, regions: Any) -> Any:
         probability = heads.pixel_probabilities(head, forward(model.preprocess(images)))
-        area = tf.reduce_sum(regions, axis=(0, 1))
-        return tf.reduce_sum(probability * regions[None], axis=(1, 2)) / tf.maximum(area, 1.0)
+        area = tf.reduce_sum(regions, axis=axes)
+        return tf.reduce_sum(probability * regions[None], axis=[a + 1 for a in axes]) / tf.maximum(area, 1.0)
 
     return (lambda batch: masks(batch).numpy()), (lambda batch, regions: region_mean(batch, regions).numpy())

@@ -17,10 +17,12 @@ from explain_cli.render import drawing
 from explain_cli.io import files as output
 from explain_cli.render import heatmaps as render
 from explain_cli.errors import BadArgument
+from explain_cli.inputs import grids
 from explain_cli.inputs.fitting import at_output
 from explain_cli.inputs.sources import Canvas, Source, key_of, pixel_limit
 from explain_cli.model.files import RuntimeModel
 from explain_cli.io.files import Region
+from explain_cli.running import grid_files
 from explain_cli.running.values import explained, fitted
 from explain_cli.running.pipeline import (Compute, Finish, ImageResult, RenderOptions, Written, image_fields, manifest_record,
                                           write_explanation)
@@ -104,9 +106,8 @@ def read_mask(path: Path) -> np.ndarray | None:
 
 def overlap(predicted: np.ndarray, truth: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Per class, the pixels predicted and true (intersection) and predicted or true (union); the prediction is
-    upsampled (nearest) to the true mask's size."""
-    resized = np.asarray(Image.fromarray(predicted.astype(np.uint8), mode="L").resize(
-        (truth.shape[1], truth.shape[0]), Image.Resampling.NEAREST)).astype(np.int64)
+    upsampled (nearest) to the true mask's size (a volume's: its voxels)."""
+    resized = class_map(predicted, *truth.shape)
     both = np.bincount(resized[resized == truth], minlength=classes)[:classes]
     either = (np.bincount(resized.ravel(), minlength=classes)[:classes] + np.bincount(
         np.clip(truth.ravel(), 0, classes), minlength=classes + 1)[:classes] - both)
@@ -121,14 +122,18 @@ def finish_step(names: Sequence[str], top: int, options: RenderOptions, truth_ma
     def finish(source: Source, original: np.ndarray, row: int, batch: Any) -> ImageResult:
         classes = fitted(batch.extras["segmentation"][row], options.canvas, source, original, nearest=True)
         files = output.FileSet(options.out_dir)
-        height, width = original.shape[:2]
         written: list[tuple[Written, Any]] = []
         warnings = [f"warning: {source.shown}: no mask for it under --region-masks: its region is empty"] \
             if missing(source) else []
         picture = source.stem.with_name(f"{source.stem.name}.segmentation.png").as_posix()
+        labels: dict = {}
         with files.complete_or_removed():
-            files.write(picture, render.encode(drawing.segmentation(original, classes, names), "png"))
-            ready = render.backdrop(original, options.alpha)
+            if original.ndim == 4:  # a volume: its montage in the classes' colours, and its label map as NIfTI
+                picture, labels = grid_files.write_segmentation(source, files, original, classes, options.slices)
+                ready = None
+            else:
+                files.write(picture, render.encode(drawing.segmentation(original, classes, names), "png"))
+                ready = render.backdrop(original, options.alpha)
             for value in explained(source, original, row, batch, names, options.layer, options.method, options.floor,
                                    "pixels"):
                 heatmap = render.normalise(value.map)
@@ -138,7 +143,8 @@ def finish_step(names: Sequence[str], top: int, options: RenderOptions, truth_ma
                 written.append((write_explanation(source, files, value, heatmap, ready, options), value))
         fields = image_fields(source, batch.probabilities[row], names, options.listing)
         records = [{**manifest_record(w, options.model), "head": "pixels", "segmentation": picture,
-                    "region_share": value.share, "region_pixels": int(round((value.share or 0) * height * width)),
+                    "region_share": value.share, "region_pixels": int(round((value.share or 0) * np.prod(
+                        original.shape[:-1]))), **labels,
                     "mean_probability": value.mean_probability, **fields} for w, value in written]
         shown = [Region(rank, value.class_index, value.label, float(value.share or 0.0),
                         float(value.mean_probability or 0.0)) for rank, (_, value) in enumerate(written[:top], 1)]
@@ -165,8 +171,12 @@ def truth_masks(truth: Mapping[Any, Any] | str | Path | None,
     return lambda source: read_mask(folder / PurePosixPath(source.relative).with_suffix(".png"))
 
 
-def class_map(classes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Each pixel's class at an image's own size, upsampled by nearest neighbour from the model's output."""
+def class_map(classes: np.ndarray, *sides: int) -> np.ndarray:
+    """Each pixel's class at an image's own (height, width) (a volume's voxels at its (depth, height, width)),
+    upsampled by nearest neighbour from the model's output."""
+    if classes.ndim == 3:
+        return grids.nearest(classes, sides).astype(np.int64)
+    height, width = sides
     resized = Image.fromarray(classes.astype(np.int32), mode="I").resize((width, height), Image.Resampling.NEAREST)
     return np.asarray(resized).astype(np.int64)
 
@@ -185,7 +195,7 @@ def predicted(names: Sequence[str], top: int, min_area: float,
         mask = truth(source)
         both, either = overlap(classes, mask, len(shares)) if mask is not None else (None, None)
         value = Segmentation(source.key, found, frozen_array(shares),
-                             class_map=frozen_array(class_map(classes, *original.shape[:2])),
+                             class_map=frozen_array(class_map(classes, *original.shape[:classes.ndim])),
                              intersection=both, union=either)
         return ImageResult(source, values=[value])
 
