@@ -226,12 +226,6 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
             self._graph.chosen_output()  # BadArgument naming the outputs to choose from
         return self._model.head
 
-    def check_segmenter(self) -> None:
-        """BadArgument unless the model outputs classes per pixel (a segmentation)."""
-        if self._needs_head().kind != "pixels":
-            raise BadArgument("--model", f"{self.name} outputs {self.head.kind}, not classes per pixel: explain segment "
-                              "reads a segmentation model (an output of (batch, height, width, classes))")
-
     def check_method(self, method: str) -> None:
         """BadArgument for a method this model cannot be explained by: one that needs layers, of a runtime's file."""
         if self._graph is None and method not in evaluation.LAYERLESS:

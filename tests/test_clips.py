@@ -176,3 +176,34 @@ def test_without_pyav_a_video_gets_one_line_naming_the_extra(keras, clip, monkey
     monkeypatch.setitem(sys.modules, "av", None)  # as if the video extra were not installed
     with pytest.raises(Exception, match=r"reading a video needs PyAV: pip install 'explain-cli\[video\]'"):
         made.explain(str(clip))
+
+
+def test_the_report_shows_a_clips_strip_and_plays_its_overlay_video(keras, clip, tmp_path):
+    """The card's picture is the strip (a video is no picture to thumbnail); its large view plays the overlay video."""
+    from tests.test_report import CHROMIUM
+
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine: apt-get install chromium")
+    playwright = pytest.importorskip("playwright.sync_api")
+    video_model(keras).save(tmp_path / "video.keras")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["gradcam", str(clip), "--model", str(tmp_path / "video.keras"), "-o", str(out),
+                                      "--precision", "fp32", "--report"])
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto((out / "report.html").as_uri())
+        page.wait_for_selector("body[data-ready=true]")
+        assert page.get_attribute("article.card img.original", "src").startswith("report_files/")
+        assert not page.is_visible("#viewer-video")
+        page.click("article.card .explanations button")
+        assert page.is_visible("#viewer-video") and page.get_attribute("#viewer-video", "src") == record["video"]
+        assert page.get_attribute("#viewer-image", "src") == record["overlay"]
+        page.click("#toggle")  # the original: no video
+        assert not page.is_visible("#viewer-video")
+        browser.close()
+    assert errors == []

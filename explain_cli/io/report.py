@@ -78,6 +78,7 @@ def cards(out_dir: Path) -> list[Card]:
                 "method": record.get("method"), "class_index": record.get("class_index"),
                 "label": record.get("label"), "score": record.get("score"), "layer": record.get("layer"),
                 "rank": record.get("rank"), "overlay": overlay, "thumb": None, "detection": record.get("detection"),
+                "video": record.get("video"),  # a clip's overlay video, played in the large view
             })
         box = [record.get(key) for key in ("detection", "class_index", "label", "score", "box")]
         if record.get("box") is not None and box not in card.boxes:  # each method of a run repeats the box
@@ -214,6 +215,9 @@ def _make_thumbnails(out_dir: Path, found: Sequence[Card], workers: int | None) 
             try:
                 output.write_atomic(path, thumbnail(source))
             except (OSError, ValueError, Image.DecompressionBombError):
+                if isinstance(target, Card) and key == "thumb" and target.explanations and \
+                        source != out_dir / target.explanations[0]["overlay"]:  # a volume, a video: its montage
+                    make((out_dir / target.explanations[0]["overlay"], target, key))
                 return  # an unreadable original: the card shows no picture, the page still works
         relative = f"{FILES}/{THUMBS}/{name}"
         keep.add(name)

@@ -158,6 +158,11 @@ function showViewer() {
   const image = $("viewer-image");
   image.src = picture || (original || !explanation ? item.thumb || "" : explanation.overlay);
   image.alt = item.image;
+  const video = $("viewer-video");  // a clip's overlay video, below its strip of key frames
+  const playing = Boolean(explanation && explanation.video && !original && !picture);
+  video.hidden = !playing;
+  if (playing) video.src = explanation.video;
+  else video.removeAttribute("src");
   $("viewer-caption").textContent = explanation
     ? `${item.image} — ${explanation.label} (${explanation.class_index}), p = ${percent(explanation.score ?? 0)}, ` +
       `${explanation.method}${explanation.layer ? ` at ${explanation.layer}` : ""}${original ? " — original" : ""}`

@@ -128,8 +128,7 @@ def random_step(predict: Callable[[np.ndarray], np.ndarray], choice: targets.Cla
     def compute(batch: np.ndarray, sources: list[Any]) -> BatchResult:
         probabilities = predict(batch)
         chosen = targets.pick(choice, probabilities, [s.key for s in sources])
-        height, width = batch.shape[1:3]
-        maps = np.stack([[random_map(seed, s.shown, int(c), height, width) for c in row]
+        maps = np.stack([[random_map(seed, s.shown, int(c), *batch.shape[1:-1]) for c in row]
                          for s, row in zip(sources, chosen)])
         return BatchResult(probabilities, chosen, np.take_along_axis(probabilities, chosen, axis=1), maps)
 

@@ -238,6 +238,18 @@ class Segmenting:
         @property
         def canvas(self) -> Any: ...
 
+        @property
+        def name(self) -> str: ...
+
+        def _needs_head(self) -> Any: ...
+
+    def check_segmenter(self) -> None:
+        """BadArgument unless the model outputs classes per pixel (a segmentation)."""
+        if self._needs_head().kind != "pixels":
+            raise BadArgument("--model", f"{self.name} outputs {self.head.kind}, not classes per pixel: explain segment "
+                              "reads a segmentation model (an output of (batch, height, width, classes), or a "
+                              "volume's (batch, depth, height, width, classes))")
+
     def _segment(self, images: Any, top: int, errors: str, truth: Any) -> list[Any]:
         from explain_cli.tasks import segment
 
