@@ -324,6 +324,9 @@ def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
         made = explainer(settings, run)
         made.check_segmenter()
         found = made.examples_of(found)  # a segmenter of volumes: each NIfTI, DICOM series, TIFF stack or .npy
+        given = [o for o, v in (("--region", box), ("--region-masks", masks), ("--truth-masks", truth_masks)) if v]
+        if made.takes_grids and given:
+            raise BadArgument(given[0], "is for pictures: a segmenter of volumes explains each class over its voxels")
         chosen = choice(request, found, made, None)
         where = f"at layer {made.layer}" + ("" if settings.layer else " (default)") if made.layer_for(name) else \
             perturbing.describe(name, made.settings, *made.input_shape[:-1])

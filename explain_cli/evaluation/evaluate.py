@@ -173,18 +173,18 @@ def finish_step(names: Sequence[str], model: str, layer: str | None, settings: S
     from explain_cli.running.values import fitted
 
     def finish(source: Source, original: np.ndarray, row: int, batch: EvaluationBatch) -> ImageResult:
-        height, width = original.shape[:2]
+        sides = original.shape[:-1]  # a picture's (height, width), a volume's (depth, height, width)
         records = []
         known = truth.get(source) if truth is not None else None
         for j, class_index in enumerate(int(c) for c in batch.classes[row]):
             located = _boxes_for(boxes, source, class_index)
-            region = _region(batch, row, class_index, width, height,
+            region = _region(batch, row, class_index, sides,
                              lambda mask: fitted(mask, canvas, source, original, nearest=True))
             for method in settings.methods:
                 scores = batch.faithfulness[row, j, method]
                 hit = energy = None
                 if located or region is not None:
-                    full = render.upsample(fitted(batch.maps[method][row, j], canvas, source, original), width, height)
+                    full = at_input(fitted(batch.maps[method][row, j], canvas, source, original), sides)
                 if located:
                     hit, energy = metrics.pointing_hit(full, located, settings.tolerance), metrics.energy_in_boxes(
                         full, located)
@@ -227,7 +227,7 @@ def _sanity_records(source: Source, original: np.ndarray, row: int, batch: Evalu
                     "layers_randomised": count, "deepest_randomised": deepest,
                     "spearman": metrics.spearman(stages[0], stages[stage]),
                 })
-    if source in sanity.figures and records and sanity.out_dir is not None:
+    if source in sanity.figures and records and sanity.out_dir is not None and original.ndim == 3:  # not a volume
         rows = {method: cut(batch.stage_maps[method][row, 0]) for method in settings.methods}
         records[0]["figure"] = sanity_figure(sanity.out_dir, source, original, rows, sanity.cascade.stages)
     return records
@@ -242,16 +242,18 @@ def sanity_figure(out_dir: Path, source: Source, original: np.ndarray, rows: Map
     return name
 
 
-def _region(batch: EvaluationBatch, row: int, class_index: int, width: int, height: int,
+def _region(batch: EvaluationBatch, row: int, class_index: int, sides: tuple[int, ...],
             cut: Callable[[np.ndarray], np.ndarray] = lambda mask: mask) -> np.ndarray | None:
-    """A segmentation's region of a class at the original's size (nearest), where the unperturbed image has it; `cut`
-    takes a letterbox's padding away first."""
+    """A segmentation's region of a class at the original's (height, width) or a volume's (depth, height, width)
+    (nearest), where the unperturbed image has it; `cut` takes a letterbox's padding away first."""
     if batch.regions is None:
         return None
     from PIL import Image
 
     mask = cut((batch.regions[row, ..., class_index] > 0).astype(np.int32)).astype(np.uint8)
-    return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST)) > 0
+    if mask.ndim == 3:  # a volume's voxels
+        return grids.nearest(mask, sides) > 0
+    return np.asarray(Image.fromarray(mask).resize((sides[1], sides[0]), Image.Resampling.NEAREST)) > 0
 
 
 def given_boxes(boxes: Mapping[Any, Sequence[Sequence[Any]]], labels: Any,

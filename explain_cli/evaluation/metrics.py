@@ -187,11 +187,11 @@ def energy_in_boxes(saliency: np.ndarray, boxes: Sequence[Box]) -> float | None:
 
 
 def pointing_hit_mask(saliency: np.ndarray, mask: np.ndarray, tolerance: float) -> bool:
-    """Pointing game against a region: the map's maximum lies on a pixel of the mask, or within `tolerance` pixels
-    (centre to centre) of one."""
-    row, col = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
-    rows, cols = np.nonzero(mask)
-    return bool(rows.size) and float(np.min(np.hypot(rows - row, cols - col))) <= tolerance
+    """Pointing game against a region: the map's maximum lies on a pixel (a volume's voxel) of the mask, or within
+    `tolerance` pixels (centre to centre) of one."""
+    peak = np.array(np.unravel_index(int(np.argmax(saliency)), saliency.shape))
+    inside = np.argwhere(mask)
+    return bool(len(inside)) and float(np.min(np.linalg.norm(inside - peak, axis=1))) <= tolerance
 
 
 def energy_in_mask(saliency: np.ndarray, mask: np.ndarray) -> float | None:

@@ -127,5 +127,9 @@ def shown_volume(voxels: np.ndarray) -> np.ndarray:
     between its 1st and 99th percentiles (read from every 7th value), (D, H, W, 1 or 3) uint8."""
     seen = voxels[..., :3] if voxels.shape[-1] >= 3 else voxels[..., :1]
     low, high = np.percentile(seen.ravel()[::7], [1, 99])  # every 7th value: the same window, 1/7 of the sorting
-    scaled = (seen - low) * (255.0 / (high - low)) if high > low else np.zeros_like(seen)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if high <= low:
+        return np.zeros(seen.shape, np.uint8)
+    scaled = np.subtract(seen, low, dtype=np.float32)  # one array, changed in place: a volume is large
+    scaled *= 255.0 / (high - low)
+    scaled += 0.5  # rounded half up by the truncation below
+    return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
