@@ -19,7 +19,7 @@ import numpy as np
 
 from explain_cli.errors import BadArgument, BadInput
 from explain_cli.inputs import clips, volumes
-from explain_cli.inputs.finding import Source, _unique_stems, _walk, file_source, grid_kind
+from explain_cli.inputs.finding import Source, _unique_stems, _walk, file_source
 
 VOLUME, CLIP = "volume", "clip"
 
@@ -119,9 +119,8 @@ def sources_of(images: Any, arrays: str = "auto") -> Iterator[Source]:
     for item in items:
         if isinstance(item, Source):
             yield item
-        elif isinstance(item, (str, Path)):
-            yield from _unique_stems(list(_walk(Path(item), None))) if Path(item).is_dir() and not _has_frames_only(
-                Path(item)) else [file_source(str(item))]
+        elif isinstance(item, (str, Path)):  # a folder is walked: its pictures become a clip, its slices a volume
+            yield from _unique_stems(list(_walk(Path(item), None))) if Path(item).is_dir() else [file_source(str(item))]
         elif hasattr(item, "__array__"):
             index = next(counter)
             values = arrays == "input" or (arrays == "auto" and np.issubdtype(np.asarray(item).dtype, np.floating))
@@ -130,12 +129,6 @@ def sources_of(images: Any, arrays: str = "auto") -> Iterator[Source]:
         else:
             raise BadArgument("images", f"a model of volumes or clips takes paths and arrays, not a "
                               f"{type(item).__name__}")
-
-
-def _has_frames_only(folder: Path) -> bool:
-    """A folder holding pictures and no folders: one clip of frames (or, of .dcm files, one series)."""
-    entries = list(folder.iterdir())
-    return bool(entries) and not any(p.is_dir() for p in entries) and not any(grid_kind(p) == CLIP for p in entries)
 
 
 def decode_for(source: Source, size: tuple[int, int, int, int], max_pixels: int) -> tuple[Any, np.ndarray, Source]:
