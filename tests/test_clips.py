@@ -109,6 +109,18 @@ def test_a_square_that_appears_in_frames_5_to_8_is_where_the_map_peaks(keras, cl
     assert (out / record["overlay"]).is_file() and record["rate"] == RATE
 
 
+def test_the_command_line_writes_the_maps_python_gives(keras, clip, tmp_path):
+    video_model(keras).save(tmp_path / "video.keras")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["gradcam", str(clip), "--model", str(tmp_path / "video.keras"), "-o", str(out),
+                                      "--precision", "fp32", "--save-heatmap", "--slices", "3"])
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    (e,) = Explainer(str(tmp_path / "video.keras"), precision="fp32").explain(str(clip))
+    assert np.allclose(np.load(out / record["heatmap"]), e.heatmap(), atol=1e-6)  # (frames, height, width) of the video
+    assert record["class_index"] == e.class_index and f"{clip}\t1\t{e.class_index}\t" in result.stdout
+
+
 def test_a_long_video_is_cut_into_the_models_clips(keras, clip, tmp_path):
     video_model(keras, frames=5).save(tmp_path / "five.keras")
     out = tmp_path / "out"

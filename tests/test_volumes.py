@@ -131,7 +131,7 @@ def test_resampling_keeps_a_linear_ramp_and_its_ends():
     assert np.allclose(out, 2 * zz + 3 * yy - xx, atol=1e-5)
 
 
-def test_a_nifti_volume_gives_a_montage_and_a_nifti_map_on_its_own_grid(saved):
+def test_a_nifti_volume_gives_a_montage_and_a_nifti_map_on_its_own_grid(keras, saved):
     out = saved / "out"
     result = CliRunner().invoke(cli, ["gradcam", str(saved / "scan.nii.gz"), "--model", str(saved / "c3d.keras"),
                                       "-o", str(out), "--precision", "fp32", "--slices", "3"])
@@ -142,6 +142,8 @@ def test_a_nifti_volume_gives_a_montage_and_a_nifti_map_on_its_own_grid(saved):
     assert written.shape == (9, 20, 14) and np.allclose(written.affine, AFFINE)
     (e,) = Explainer(str(saved / "c3d.keras"), precision="fp32").explain(str(saved / "scan.nii.gz"))
     assert np.allclose(np.asarray(written.dataobj), e.heatmap(), atol=0.5 / 255 + 1e-6)  # in 8 bits, on its grid
+    fed = resample(np.asarray(nibabel.load(str(saved / "scan.nii.gz")).dataobj)[..., None], GRID)[..., 0]
+    assert r(e.map, tape(keras, keras.models.load_model(saved / "c3d.keras"), fed, e.class_index)[0]) >= 0.999
     from PIL import Image
 
     with Image.open(out / record["overlay"]) as montage:
