@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.model.loading import (LoadedModel, _image_converter, _load_file, identity, import_user_code,
-                                       preprocessing, size_of)
+                                       preprocessing)
+from explain_cli.model.sizes import size_of
 
 
 def load_detector(model: Any, labels: Any, preprocess: str | None, imports: Sequence[str], unsafe: bool, precision: str,
