@@ -219,3 +219,12 @@ def test_the_report_shows_a_clips_strip_and_plays_its_overlay_video(keras, clip,
         assert not page.is_visible("#viewer-video")
         browser.close()
     assert errors == []
+
+
+def test_a_clip_over_max_pixels_is_refused_in_one_line(keras, clip, tmp_path):
+    video_model(keras).save(tmp_path / "video.keras")
+    result = CliRunner().invoke(cli, ["gradcam", str(clip), "--model", str(tmp_path / "video.keras"), "-o",
+                                      str(tmp_path / "out"), "--max-pixels", "10000"])
+    assert result.exit_code == 1
+    assert f"error: {clip}: a clip of {FRAMES} frames of 36x30 is 12,960 pixels, over --max-pixels 10,000" in \
+        result.stderr

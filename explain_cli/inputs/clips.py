@@ -55,9 +55,10 @@ def read_video(path: Path, shown: str, start: int, count: int | None, max_pixels
                     continue
                 if count is not None and len(frames) == count:
                     break
-                if frame.width * frame.height * (count or 1) > max_pixels * 8:
-                    raise BadInput(shown, f"a clip of {count} frames of {frame.width}x{frame.height} is over "
-                                   f"--max-pixels {max_pixels:,} times 8")
+                pixels = frame.width * frame.height * (count or len(frames) + 1)
+                if pixels > max_pixels:  # a clip's pixels are bounded as a volume's voxels are
+                    raise BadInput(shown, f"a clip of {count or len(frames) + 1} frames of {frame.width}x"
+                                   f"{frame.height} is {pixels:,} pixels, over --max-pixels {max_pixels:,}")
                 frames.append(frame.to_ndarray(format="rgb24"))
     except BadInput:
         raise

@@ -142,8 +142,7 @@ def decode_for(source: Source, size: tuple[int, int, int, int], max_pixels: int)
         voxels, affine, how = _volume(source, max_pixels)
         if voxels.shape[-1] != channels:
             raise BadInput(source.shown, f"a volume of {voxels.shape[-1]} channels; the model takes {channels}")
-        x = resample(voxels, (depth, height, width)) if source.as_input else np.clip(np.rint(resample(
-            voxels, (depth, height, width))), 0, 255).astype(np.uint8)
+        x = resample(voxels, (depth, height, width))  # values: the model's input as they stand (as_input)
         read = dataclasses.replace(grid, shape=voxels.shape[:3], affine=affine)
         notes = (how, f"{'×'.join(map(str, voxels.shape[:3]))} voxels resampled to {depth}×{height}×{width}")
         return Picture(volumes.shown_volume(voxels), notes), x, dataclasses.replace(source, grid=read)
