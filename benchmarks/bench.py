@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (300, 2000, 640, 1200, 480, 1600, 800, 1024)
@@ -79,6 +80,20 @@ def rounds(commands: dict[str, list[str]], runs: int) -> tuple[dict[str, list[fl
             times[name].append(wall)
             cpu[name].append(seconds)
     return times, cpu
+
+
+def rounds_here(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """`rounds` for functions in this process: each run once untimed (its steps traced), then wall seconds of each over
+    `repeats` interleaved rounds."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:

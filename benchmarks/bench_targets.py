@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import rounds_here  # noqa: E402
 
 
 def main() -> None:
@@ -50,14 +55,7 @@ def main() -> None:
         "gradcam, picture + vector held": (lambda made: lambda: made.explain({"image": images, "meta": metas}))(
             Explainer(two, **settings)),
     }
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for name, run in runs.items():
-        run()  # traced once, outside the timing
-    for _ in range(args.repeats):  # interleaved: the machine is shared and noisy
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    times = rounds_here(runs, args.repeats)  # interleaved: the machine is shared and noisy
     print(f"tensorflow {tf.__version__}, {args.images} images, median of {args.repeats}")
     for name, measured in times.items():
         print(f"  {name:<34} {1000 * np.median(measured) / args.images:7.1f} ms per image")

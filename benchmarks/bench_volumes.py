@@ -15,11 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import rounds_here  # noqa: E402
 
 
 def ct_classifier(keras):
@@ -96,14 +100,7 @@ def main() -> None:
             assert result.error is None, result.error
 
     runs_ = {"plain inference (nibabel, resample, model.predict)": plain, "explain gradcam, end to end": explained}
-    times: dict[str, list[float]] = {name: [] for name in runs_}
-    for run in runs_.values():
-        run()  # traced once, outside the timing
-    for _ in range(args.repeats):  # interleaved: the machine is shared and noisy
-        for name, run in runs_.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    times = rounds_here(runs_, args.repeats)  # interleaved: the machine is shared and noisy
     base = statistics.median(times["plain inference (nibabel, resample, model.predict)"])
     print(f"{args.volumes} volumes of 192 × 192 × 80 to 128 × 128 × 64, precision {made.precision}, "
           f"median of {args.repeats}:")
