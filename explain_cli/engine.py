@@ -71,7 +71,7 @@ class Engine:
         """Whether it takes volumes or clips (batch, depth, height, width, channels), not pictures."""
         return getattr(self._model, "depth", None) is not None
 
-    def examples_of(self, found: Any, cutting: Any = None) -> list[Any]:
+    def examples_of(self, found: Any) -> list[Any]:
         """What it explains among the inputs found: a model of volumes or clips reads videos as clips, a folder's
         frames or slices as one example (inputs/grids.py); a model of pictures leaves the volumes and videos found in
         folders alone."""
@@ -79,7 +79,7 @@ class Engine:
 
         if not self.takes_grids:
             return grids.pictures_only(found)
-        return grids.for_model(found, self._model.depth, cutting or self.cutting)
+        return grids.for_model(found, self._model.depth, self.cutting or grids.Cutting())
 
     @property
     def canvas(self) -> Canvas:

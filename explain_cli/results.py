@@ -22,14 +22,18 @@ from explain_cli.render import grids as grid_render
 SLICES = 5  # a montage's slices along each axis, a strip's key frames
 
 
+def map_title(label: str, class_index: int, probability: float, method: str, layer: str | None) -> str:
+    """A map's title: its class, the class's probability, the method and its layer (none: a perturbation method)."""
+    return f"{label} ({class_index}): p = {probability:.3f}, {method}" + (f" at {layer}" if layer else "")
+
+
 def draw_grid(value: Explanation, heatmap01: np.ndarray, title: str, colormap: str, alpha: float,
               slices: int = SLICES) -> Image.Image:
     """A volume's montage, or a clip's strip of key frames over its curve, as a picture."""
     grid = value.grid
     assert grid is not None, "a picture's explanation is drawn by overlay()"
     if grid.kind == grids.VOLUME:
-        spacing = tuple(np.linalg.norm(grid.affine[:3, :3], axis=0)) if grid.affine is not None else (1.0,) * 3
-        return grid_render.montage(value.image, heatmap01, slices, colormap, alpha, spacing, title)
+        return grid_render.montage(value.image, heatmap01, slices, colormap, alpha, grid.spacing, title)
     with Image.open(io.BytesIO(grid_render.strip(value.image, heatmap01, slices, colormap, alpha, title,
                                                  grid.start))) as page:
         picture: Image.Image = page.convert("RGB")
@@ -122,8 +126,7 @@ class Explanation:
     def figure(self, colormap: str = "jet", alpha: float = 0.4) -> Image.Image:
         """The panel original | heatmap | overlay, titled with the class, its probability, the method and the layer;
         a volume's montage, a clip's strip of key frames (`slices` of them)."""
-        title = f"{self.label} ({self.class_index}): p = {self.probability:.3f}, {self.method}" + (
-            f" at {self.layer}" if self.layer else "")
+        title = map_title(self.label, self.class_index, self.probability, self.method, self.layer)
         if self.grid is not None:
             return draw_grid(self, self.heatmap(), title, colormap, alpha)
         heatmap = render.normalise(self.map)

@@ -1,7 +1,7 @@
 """Clips: a video file's frames (PyAV) or a folder's pictures in name order, as uint8 RGB frames (T, H, W, 3).
 
 A long video is cut into the model's clips at discovery (`clip_windows`): `--clip-length` frames each (the model's own
-depth by default), a clip starting every `--stride` frames (default: one after another). Each clip is an example of
+depth by default), a clip starting every `--clip-stride` frames (default: one after another). Each clip is an example of
 its own, decoded alone, so a long video never sits in memory whole.
 """
 
@@ -69,16 +69,11 @@ def read_video(path: Path, shown: str, start: int, count: int | None, max_pixels
     return np.stack(frames), rate
 
 
-def read_frames(where: Path | tuple[Path, ...], shown: str, max_pixels: int) -> np.ndarray:
-    """Pictures (a folder's, in name order, or those given) as the frames of one clip (T, H, W, 3) uint8; all of one
-    size."""
-    from explain_cli.inputs.finding import IMAGE_EXTENSIONS, file_source
+def read_frames(files: tuple[Path, ...], shown: str, max_pixels: int) -> np.ndarray:
+    """Pictures (a folder's, found in name order) as the frames of one clip (T, H, W, 3) uint8; all of one size."""
+    from explain_cli.inputs.finding import file_source
     from explain_cli.inputs.sources import decode
 
-    files = sorted(p for p in where.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS) \
-        if isinstance(where, Path) else list(where)
-    if not files:
-        raise BadInput(shown, "no pictures in this folder to read as frames")
     frames = [decode(file_source(str(file)), max_pixels).rgb for file in files]
     sizes = {frame.shape for frame in frames}
     if len(sizes) > 1:

@@ -37,6 +37,12 @@ class Grid:
     rate: float | None = None  # a clip's frames per second
     files: tuple[Path, ...] = ()  # a clip's frames or a volume's slices found as files, in order
 
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Millimetres per voxel along each axis: the lengths of the affine's columns (1 without an affine)."""
+        return (1.0, 1.0, 1.0) if self.affine is None else tuple(float(s) for s in np.linalg.norm(
+            self.affine[:3, :3], axis=0))
+
 
 @dataclass(frozen=True)
 class Cutting:
@@ -53,8 +59,8 @@ class Cutting:
 
 def for_model(found: Sequence[Source], depth: int, cutting: Cutting = Cutting()) -> list[Source]:
     """The examples of a model of volumes or clips among the sources a run found: a video cut into its clips; pictures
-    found in one folder as one clip of frames, in name order; the .dcm slices of one folder as one volume; a folder given
-    as itself a clip (its pictures) or a volume (its DICOM slices); a .npy, a TIFF or a NIfTI as a volume."""
+    found in one folder as one clip of frames, in name order; the .dcm slices of one folder as one volume; a .npy, a
+    TIFF or a NIfTI as a volume."""
     examples: list[Source] = []
     grouped: dict[tuple[Path, str], int] = {}
     for source in found:
@@ -63,8 +69,6 @@ def for_model(found: Sequence[Source], depth: int, cutting: Cutting = Cutting())
             examples.append(source)
         elif source.grid is not None and source.grid.kind == CLIP:
             examples.extend(_clips_of(source, depth, cutting))
-        elif source.path.is_dir():
-            examples.append(dataclasses.replace(source, grid=Grid(VOLUME if _has_dicom(source.path) else CLIP)))
         elif suffix in (".npy", ".tif", ".tiff") or (source.grid is not None and suffix != ".dcm"):
             examples.append(dataclasses.replace(source, grid=Grid(VOLUME)))
         else:  # a folder's pictures (frames) or its .dcm slices: one example, where its first was
@@ -88,10 +92,6 @@ def pictures_only(found: Sequence[Source]) -> list[Source]:
     """A model of pictures: the sources found, less the volumes and videos found in folders (named ones stay, to be
     refused when read)."""
     return [source for source in found if source.grid is None or not source.grid.walked]
-
-
-def _has_dicom(folder: Path) -> bool:
-    return any(p.suffix.lower() == ".dcm" for p in folder.iterdir())
 
 
 def _clips_of(source: Source, depth: int, cutting: Cutting) -> list[Source]:
@@ -171,13 +171,13 @@ def _volume(source: Source, max_pixels: int) -> tuple[np.ndarray, np.ndarray, st
 def _clip(source: Source, grid: Grid, max_pixels: int) -> tuple[np.ndarray, float]:
     if source.pixels is not None:
         frames = np.asarray(source.pixels)
-        if frames.ndim == 3:
-            frames = np.repeat(frames[..., None], 3, axis=-1)
+        if frames.ndim == 3:  # grey frames
+            frames = frames[..., None]
         if frames.ndim != 4 or frames.shape[-1] not in (1, 3):
             raise BadInput(source.shown, f"a clip is (frames, height, width[, 1 or 3]), not {frames.shape}")
         return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames, clips.FRAMES_RATE
-    if grid.files or source.path.is_dir():
-        return clips.read_frames(grid.files or source.path, source.shown, max_pixels), clips.FRAMES_RATE
+    if grid.files:  # a folder's pictures, found
+        return clips.read_frames(grid.files, source.shown, max_pixels), clips.FRAMES_RATE
     if not source.path.exists():
         raise BadInput(source.shown, "no such file or folder")
     return clips.read_video(source.path, source.shown, grid.start, grid.frames, max_pixels)

@@ -13,7 +13,7 @@ from explain_cli.io import files as output
 from explain_cli.io import nifti
 from explain_cli.render import grids as grid_render
 from explain_cli.render import heatmaps as render
-from explain_cli.results import Explanation, draw_grid
+from explain_cli.results import Explanation, draw_grid, map_title
 
 
 def write(source: Source, files: output.FileSet, value: Explanation, options: Any) -> tuple[str, dict]:
@@ -23,8 +23,7 @@ def write(source: Source, files: output.FileSet, value: Explanation, options: An
         return output.explanation_name(source.stem, options.method, value.class_index, value.label, suffix).as_posix()
 
     heatmap = value.heatmap()  # on the input's own grid, in [0, 1]
-    title = f"{value.label} ({value.class_index}): p = {value.probability:.3f}, {options.method}" + (
-        f" at {options.layer}" if options.layer else "")
+    title = map_title(value.label, value.class_index, value.probability, options.method, options.layer)
     picture = name(options.image_format)
     files.write(picture, render.encode(draw_grid(value, heatmap, title, options.colormap, options.alpha,
                                                  options.slices), options.image_format))
@@ -47,10 +46,6 @@ def write(source: Source, files: output.FileSet, value: Explanation, options: An
     return picture, fields
 
 
-def is_grid(value: Explanation) -> bool:
-    return value.grid is not None and np.ndim(value.image) == 4
-
-
 def write_segmentation(source: Source, files: output.FileSet, shown: np.ndarray, classes: np.ndarray,
                        slices: int) -> tuple[str, dict]:
     """A volume's segmentation: its montage in the classes' colours (PNG) and, where nibabel is installed, its class
@@ -58,9 +53,8 @@ def write_segmentation(source: Source, files: output.FileSet, shown: np.ndarray,
     grid = source.grid
     assert grid is not None
     own = grids.nearest(classes, shown.shape[:3])
-    spacing = tuple(np.linalg.norm(grid.affine[:3, :3], axis=0)) if grid.affine is not None else (1.0, 1.0, 1.0)
     picture = source.stem.with_name(f"{source.stem.name}.segmentation.png").as_posix()
-    files.write(picture, render.encode(grid_render.class_montage(shown, own, slices, spacing), "png"))
+    files.write(picture, render.encode(grid_render.class_montage(shown, own, slices, grid.spacing), "png"))
     if not nifti.available():
         return picture, {}
     labels = source.stem.with_name(f"{source.stem.name}.segmentation.nii.gz").as_posix()

@@ -13,7 +13,7 @@ from explain_cli.inputs import sources as inputs
 from explain_cli.inputs.sources import Source
 from explain_cli.io import files as output
 from explain_cli.render import heatmaps as render
-from explain_cli.results import SLICES, Explanation
+from explain_cli.results import SLICES, Explanation, map_title
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,7 @@ def write_explanation(source: Source, files: output.FileSet, value: Explanation,
     if map_file:
         files.write(map_file, render.encode_grey(heatmap))
     if figure_file:
-        where = f" at {options.layer}" if options.layer else ""  # the perturbation methods have no layer
-        title = f"{value.label} ({value.class_index}): p = {value.probability:.3f}, {options.method}{where}"
+        title = map_title(value.label, value.class_index, value.probability, options.method, options.layer)
         files.write(figure_file, render.figure(value.image, heatmap, np.asarray(blended), title, options.colormap))
     return Written(value, source.shown, overlay, heatmap_file, figure_file, map_file)
 
