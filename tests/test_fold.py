@@ -76,6 +76,19 @@ def test_the_cut_is_never_folded_away(keras, tmp_path):
     assert not any(s.name.endswith("conv4_block6_2_bn") for s in fold.fold_batchnorm(graph).steps)
 
 
+def test_a_graph_folded_twice_makes_each_folded_layer_once(shapes_model):
+    """Predictions fold the whole model and a cut folds it again: the second fold takes the first one's layers."""
+    model = models.load(str(shapes_model("none")))
+    graph = explainer.graph_of(model)
+    kept = graph.step(graph.find("conv2").step).outputs[0]
+    whole, cut = fold.fold_batchnorm(graph), fold.fold_batchnorm(graph, keep={kept})
+    folded_whole = {s.layer.name: s.layer for s in whole.steps if s.layer.name.endswith("_folded")}
+    folded_cut = {s.layer.name: s.layer for s in cut.steps if s.layer.name.endswith("_folded")}
+    assert set(folded_cut) == set(folded_whole) - {"conv2_folded"} and len(folded_cut) >= 2
+    assert all(folded_cut[name] is folded_whole[name] for name in folded_cut)
+    assert len(graph.folded) == len(folded_whole)
+
+
 def test_a_user_model_and_a_nested_backbone_fold_the_same(shapes_model, nested_model_file, keras):
     for path in (shapes_model("none"), nested_model_file):
         model = models.load(str(path))

@@ -95,3 +95,30 @@ render.overlay(np.zeros((4, 4, 3), np.uint8), np.ones((2, 2), np.float32), "jet"
 assert render.is_colormap("jet")
 """
     assert _loaded(body) == "loaded:PIL,numpy"  # no matplotlib (and no TensorFlow)
+
+
+def test_the_command_line_imports_keras_without_its_optional_integrations_which_import_later_as_ever():
+    body = """
+from explain_cli.model import backend
+backend.quiet_process()
+tf, keras = backend.load_tensorflow()
+skipped = [m for m in ("pandas", "sklearn", "matplotlib.pyplot") if m in sys.modules]
+assert not skipped, skipped
+import matplotlib.pyplot  # explain's own figures import it when they are drawn
+print("later:", matplotlib.pyplot.__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", CHECK.format(body=body)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "later: matplotlib.pyplot" in done.stdout
+
+
+def test_a_module_refused_for_a_while_is_absent_then_imports():
+    from explain_cli.model.backend import _without
+
+    sys.modules.pop("tomllib", None)
+    with _without(("tomllib",)):
+        with pytest.raises(ImportError, match="tomllib is not imported with Keras"):
+            import tomllib  # noqa: F401
+    import tomllib
+
+    assert tomllib.loads("a = 1") == {"a": 1}

@@ -36,7 +36,10 @@ def fold_batchnorm(graph: Graph, keep: frozenset[int] | set[int] = frozenset()) 
                 or len(before.outputs) != 1 or not _channels_last(step.layer, step.output_shapes[0])
                 or getattr(before.layer.activation, "__name__", "") != "linear"):
             continue
-        layer = _folded(before.layer, step.layer, before.arguments.keras_tensors[0].shape)
+        made = (id(before.layer), id(step.layer))
+        if made not in graph.folded:  # predictions fold the whole model and a cut folds it again: 0.7 s for ResNet50
+            graph.folded[made] = _folded(before.layer, step.layer, before.arguments.keras_tensors[0].shape)
+        layer = graph.folded[made]
         folded[id(step)] = dataclasses.replace(before, layer=layer, outputs=step.outputs,
                                                output_shapes=step.output_shapes, takes_training=False)
         dropped.add(id(before))

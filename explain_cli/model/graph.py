@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import inspect
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from explain_cli.errors import ExplainError
@@ -73,6 +73,8 @@ class Graph:
     offload: Any = None  # offload.Offload: the runtime its forward-only passes run on (None: TensorFlow)
     channels_first: frozenset[int] = frozenset()  # the values held NCHW by the model (model/layouts.py)
     held: tuple[int, ...] = ()  # a model of several inputs: the value numbers of those held as given (inputs/held.py)
+    folded: dict[tuple[int, int], Any] = field(default_factory=dict, compare=False, repr=False)  # folded layers
+    # by their layer's and BatchNorm's ids, made once for every graph replaced from this one (model/folding.py)
 
     def feed(self, x: Tensor) -> dict[int, Tensor]:
         """The values a run starts from: the input x (b, h, w, c), in the model's own layout, and the inputs held as
