@@ -87,14 +87,14 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
                  on_note: Listener | None = None, reading: Reading | None = None,
                  running: Running | None = None, input_name: str | None = None,
                  display_channels: Sequence[int] | None = None, clip_length: int | None = None,
-                 clip_stride: int | None = None) -> None:
+                 clip_stride: int | None = None, calibration: str | Sequence[str] | None = None) -> None:
         if isinstance(method, Method) or reading is not None or running is not None:
             Explainer.__init__(self, model, **grouped(Explainer, locals()))  # the plain arguments they group
             return
         from explain_cli.steps import compiled as core
         from explain_cli.model import heads
         from explain_cli.model import loading as models
-        from explain_cli.model import runtime as offload
+        from explain_cli.model import runtime as offload, quantizing
         from explain_cli.model import cut as split
         from explain_cli.steps import precision as precisions
 
@@ -112,7 +112,8 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
             threshold=threshold, min_area=min_area, masks=masks, cells=cells, keep=keep, window=window, stride=stride,
             input_size=input_size, layout=layout, outputs_are=outputs_are, runtime=runtime, arrays=arrays, resize=resize,
             input_name=input_name, display_channels=None if display_channels is None else tuple(display_channels),
-            clip_length=clip_length, clip_stride=clip_stride)
+            clip_length=clip_length, clip_stride=clip_stride,
+            calibration=calibration if calibration is None or isinstance(calibration, str) else tuple(calibration))
         check(self.settings)
         self.resize, self.display_channels = resize, self.settings.display_channels
         self.cutting = grids.Cutting(clip_length, clip_stride)
@@ -137,7 +138,8 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
         else:
             self._model = models.from_object(model, labels, preprocess, chosen, read_as, input_size, input_name,
                                              clip_length)
-        self._graph = core.graph_of(self._model, offload.choose(runtime, self._model, self.notes.add))
+        calibrating = quantizing.calibration_of(self._model, self.settings)
+        self._graph = core.graph_of(self._model, offload.choose(runtime, self._model, self.notes.add, calibrating))
         for note in self._graph.notes:
             self.notes.add(note)
         try:
@@ -190,7 +192,7 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
 
     @property
     def precision(self) -> str:
-        """The precision it computes in: "fp32" or "bf16" (what "auto" chose)."""
+        """The precision it computes in: "fp32" or "bf16" (what "auto" chose), or "int8" (asked for)."""
         return str(self._model.precision)
 
     @property

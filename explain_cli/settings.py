@@ -59,6 +59,8 @@ class Settings:
     display_channels: tuple[int, ...] | None = None  # a picture of N channels: the 3 (or 1) its maps are drawn on
     clip_length: int | None = None  # a model of clips: the frames of each clip cut from a video (default: its depth)
     clip_stride: int | None = None  # and a clip starting every so many frames (default: the clip's length)
+    calibration: str | tuple[str, ...] | None = None  # --precision int8: a folder or the images to calibrate on
+    # (default: a seeded sample of the run's own, from the command line; else the first batch)
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class Running:
     batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
     precision_for: tuple[str, ...] = ()
+    calibration: str | tuple[str, ...] | None = None
 
 
 def grouped(entry: type, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -238,10 +241,15 @@ def check(settings: Settings) -> None:
                           f"clips, not {s.input_size!r}")
     for side in s.input_size or ():
         whole("--input-size", "input_size", side, 1)
-    for option, name, value in (("--clip-length", "clip_length", s.clip_length), ("--stride", "clip_stride",
+    for option, name, value in (("--clip-length", "clip_length", s.clip_length), ("--clip-stride", "clip_stride",
                                                                                    s.clip_stride)):
         if value is not None:
             whole(option, name, value, 1)
+    if s.calibration is not None and not (isinstance(s.calibration, str) or (
+            isinstance(s.calibration, tuple) and s.calibration and all(isinstance(c, str) for c in s.calibration))):
+        raise BadArgument("--calibration", f"calibration is a folder or image paths, not {s.calibration!r}")
+    if s.calibration is not None and s.precision != "int8":
+        raise BadArgument("--calibration", "calibrates --precision int8, and the precision is " + s.precision)
     if s.counterfactual and not (s.method in METHODS and METHODS[s.method].gradients):
         raise BadArgument("--counterfactual", f"{s.method} uses no gradients to negate")
 

@@ -34,7 +34,7 @@ def evaluate(settings: Settings, arguments: Sequence[str], stdin: TextIO, plan: 
     with manifest_in(out_dir, evaluation.RECORDS, run.shard) as records, contextlib.ExitStack() as stack:
         side = stack.enter_context(manifest_in(out_dir, evaluation.SANITY_RECORDS, run.shard)) \
             if plan.sanity_stages else None
-        made = explainer(dataclasses.replace(settings, precision_for=plan.methods), run)
+        made = explainer(dataclasses.replace(settings, precision_for=plan.methods), run, found)
         found = made.examples_of(found)  # a model of volumes or clips: videos cut into clips, frames into one
         all_shown |= {source.shown for source in found}  # and named so
         likeness = _likeness(made, plan, vectors) if vectors is not None else None

@@ -103,9 +103,14 @@ def sources(arguments: Sequence[str], stdin: TextIO, skip_dir: Path | None, shar
     return found if shard is None else [source for source in found if shard.takes(source)]
 
 
-def explainer(settings: Settings, run: RunOptions) -> Explainer:
+def explainer(settings: Settings, run: RunOptions, found: Sequence[Source] = ()) -> Explainer:
     """The Explainer the settings make; with --verbose, how it was made. BadArgument for a model of several inputs
-    given no --inputs table."""
+    given no --inputs table. At int8 with no --calibration, it calibrates on a seeded sample of the files `found`."""
+    if settings.precision == "int8" and settings.calibration is None and found:
+        from explain_cli.model.quantizing import sample
+
+        files = [str(s.path) for s in found if s.pixels is None and s.grid is None]
+        settings = dataclasses.replace(settings, calibration=tuple(sample(files, settings.seed)) or None)
     made = Explainer.from_settings(settings, on_note=listener(Path(settings.model).name, run.verbose))
     if made.held_inputs and run.inputs is None:
         raise BadArgument("--inputs", f"{made.name} takes several inputs ({', '.join(made.input_names)}): give its "
@@ -282,7 +287,7 @@ def explain(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
         say(console.Tally(0, skipped=skipped).summary(None))
         return
     with manifest_in(out.out_dir, output.MANIFEST, run.shard) as manifest:
-        made = explainer(settings, run)
+        made = explainer(settings, run, found)
         found = made.examples_of(found)  # a model of volumes or clips: videos cut into clips, frames into one
         if any(s.grid is not None and s.grid.kind == "volume" for s in found) and not nifti.available():
             say("warning: volumes' maps are drawn but not written as NIfTI: pip install 'explain-cli[volumes]'")
@@ -321,7 +326,7 @@ def segment(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
             raise BadArgument(option, f"{folder}: no such folder")
     found = sources(arguments, stdin, out.out_dir, run.shard, grids=True)
     with manifest_in(out.out_dir, output.MANIFEST, run.shard) as manifest:
-        made = explainer(settings, run)
+        made = explainer(settings, run, found)
         made.check_segmenter()
         found = made.examples_of(found)  # a segmenter of volumes: each NIfTI, DICOM series, TIFF stack or .npy
         given = [o for o, v in (("--region", box), ("--region-masks", masks), ("--truth-masks", truth_masks)) if v]
@@ -363,7 +368,7 @@ def predict(settings: Settings, arguments: Sequence[str], stdin: TextIO, truth_s
         found = made.examples_from(run.inputs)
     else:
         found = sources(arguments, stdin, None, run.shard, grids=True)
-        made = explainer(settings, run)
+        made = explainer(settings, run, found)
         found = made.examples_of(found)
     known = truth(truth_spec, found, made)
 
@@ -377,7 +382,7 @@ def activations(settings: Settings, arguments: Sequence[str], stdin: TextIO, lay
                 max_layers: int, max_channels: int, out_dir: Path, run: RunOptions) -> None:
     """explain activations: each input's channel grids of the layers asked for (or spread through the model)."""
     found = sources(arguments, stdin, out_dir, run.shard)
-    made = explainer(settings, run)
+    made = explainer(settings, run, found)
     drawn, available = made.activation_layers(layers, max_layers)
     if not layers and available > len(drawn):
         say(f"{made.name}: {available} convolution and pooling layers; drawing {len(drawn)} spread evenly "

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from explain_cli.errors import BadArgument, ExplainError, first_line
+from explain_cli.model import quantizing
 
 RUNTIMES = ("auto", "tensorflow", "openvino", "onnxruntime")
 EXTRAS = {"openvino": "openvino", "onnxruntime": "onnx"}
@@ -38,9 +39,9 @@ Say = Callable[[str, bool], None]  # a note, and whether the user asked for this
 
 @dataclass(frozen=True)
 class Offload:
-    """Where a model's forward-only passes run: `runtime` ("openvino" or "onnxruntime") at `precision` ("fp32" or
-    "bf16", the runtime's inference precision), for inputs of `shape` (h, w, c). `identity` names the model's files
-    for the disk cache (None: convert, do not store)."""
+    """Where a model's forward-only passes run: `runtime` ("openvino" or "onnxruntime") at `precision` ("fp32",
+    "bf16", the runtime's inference precision, or "int8": quantised, model/quantizing.py), for inputs of `shape`
+    (h, w, c). `identity` names the model's files for the disk cache (None: convert, do not store)."""
 
     runtime: str
     precision: str
@@ -51,6 +52,8 @@ class Offload:
     layer: str | None = None  # where a whole forward pass's runtime part ends: the explained layer (split.logits)
     token: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)  # tells apart models with no identity
     said: set[str] = field(default_factory=set, compare=False, repr=False)  # the passes already said to the user
+    calibration: Callable[[], np.ndarray | None] | None = field(default=None, compare=False, repr=False)  # int8's
+    # calibration batch, the model's inputs (None, or None given: the first batch a pass is given)
 
 
 def ending_at(graph: Any, layer: str | None) -> Any:
@@ -61,13 +64,19 @@ def ending_at(graph: Any, layer: str | None) -> Any:
     return dataclasses.replace(graph, offload=dataclasses.replace(graph.offload, layer=layer))
 
 
-def choose(requested: str, model: Any, say: Say) -> Offload | None:
+def choose(requested: str, model: Any, say: Say,
+           calibration: Callable[[], np.ndarray | None] | None = None) -> Offload | None:
     """The Offload `--runtime` asks for on this model (a LoadedModel), or None: TensorFlow runs everything.
 
     auto: OpenVINO where it is installed (faster than TensorFlow on every CPU measured: README); a model in memory
-    stays in TensorFlow, since its weights may change after its steps are made."""
+    stays in TensorFlow, since its weights may change after its steps are made. At int8 (`calibration`: its batch)
+    OpenVINO must run them; ExplainError where it cannot."""
     if requested not in RUNTIMES:
         raise BadArgument("--runtime", f"runtime is one of {', '.join(RUNTIMES)}, not {requested!r}")
+    if model.precision == "int8":
+        _check_int8(requested, model)
+        return Offload("openvino", "int8", (model.height, model.width, model.channels), model.identity,
+                       requested == "openvino", say, calibration=calibration)
     if requested == "tensorflow":
         say("runtime tensorflow (--runtime tensorflow)", False)
         return None
@@ -96,6 +105,21 @@ def choose(requested: str, model: Any, say: Say) -> Offload | None:
                    say)
 
 
+def _check_int8(requested: str, model: Any) -> None:
+    """ExplainError where --precision int8 cannot run: its passes are OpenVINO's, quantised by NNCF."""
+    problem = None
+    if requested in ("tensorflow", "onnxruntime"):
+        problem = f"its forward passes run on OpenVINO, not --runtime {requested}"
+    elif not installed("openvino") or not quantizing.available():
+        problem = f"it needs OpenVINO and NNCF: {quantizing.EXTRA}"
+    elif model.live:
+        problem = "a model in memory keeps to TensorFlow (its weights may change): give its file"
+    elif getattr(model, "depth", None) is not None or getattr(model, "held", ()):
+        problem = "a model of volumes, clips or several inputs keeps to TensorFlow"
+    if problem:
+        raise ExplainError(f"--precision int8: {problem}")
+
+
 def installed(runtime: str) -> bool:
     import importlib.util
 
@@ -116,15 +140,16 @@ def forward(offload: Offload, part: str, key: object, fp32: Callable[[Any], Any]
 
     def run(x: Any) -> Any:
         if not chosen:
-            chosen.append(_chosen(offload, part, key, fp32, fallback))
+            chosen.append(_chosen(offload, part, key, fp32, fallback, x))
         return chosen[0](x)
 
     return run
 
 
 def _chosen(offload: Offload, part: str, key: object, fp32: Callable[[Any], Any],
-            fallback: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """The runtime's runner of the pass (converted, or read from the cache), else `fallback`, said once per part."""
+            fallback: Callable[[Any], Any], first: Any) -> Callable[[Any], Any]:
+    """The runtime's runner of the pass (converted, or read from the cache), else `fallback`, said once per part;
+    `first`: the first batch it is given."""
     import tensorflow as tf
 
     started = time.perf_counter()
@@ -132,17 +157,18 @@ def _chosen(offload: Offload, part: str, key: object, fp32: Callable[[Any], Any]
     offload.said.add(part)
     try:
         with tf.init_scope():  # traced and converted eagerly, whether or not a tf.function is being traced
-            runner, how = _runner(offload, key, fp32)
+            runner, how = _runner(offload, key, fp32, first)
     except Exception as error:  # any converter's or runtime's own error for a graph it cannot take
         if first_time:
             reason, name = _reason(error), _NAMES[offload.runtime]
-            offload.say(f"--runtime {offload.runtime}: {name} could not take {part} ({reason}); it runs on TensorFlow"
-                        if offload.explicit else f"runtime tensorflow for {part}: {name} could not take it ({reason})",
-                        offload.explicit)
+            asked = "--precision int8" if offload.precision == "int8" else f"--runtime {offload.runtime}"
+            loud = offload.explicit or offload.precision == "int8"  # asked for by name: always said
+            offload.say(f"{asked}: {name} could not take {part} ({reason}); it runs on TensorFlow in float32" if loud
+                        else f"runtime tensorflow for {part}: {name} could not take it ({reason})", loud)
         return fallback
     if first_time:
         said = {"disk": "from the cache", "memory": "converted before, in this process"}.get(
-            how, f"converted in {time.perf_counter() - started:.1f} s")
+            how, f"{how} in {time.perf_counter() - started:.1f} s")
         offload.say(f"runtime {offload.runtime} for {part} ({said}; {_precision(offload)})", False)
     return runner.call
 
@@ -164,6 +190,8 @@ def _reason(error: BaseException) -> str:
 
 def _precision(offload: Offload) -> str:
     """The precision the runtime computes in: the run's, except ONNX Runtime's CPU provider, in fp32 alone."""
+    if offload.precision == "int8":
+        return "int8, calibrated on the run's images; what is not quantised in fp32"
     return "fp32" if offload.runtime == "onnxruntime" else offload.precision
 
 
@@ -207,11 +235,14 @@ _LOADED: dict[str, _Runner | Exception] = {}  # once per process: every Explaine
 _LOCK = threading.Lock()                       # converter's error: not tried again)
 
 
-def _runner(offload: Offload, key: object, fp32: Callable[[Any], Any]) -> tuple[_Runner, str]:
+def _runner(offload: Offload, key: object, fp32: Callable[[Any], Any], first: Any) -> tuple[_Runner, str]:
     """The runner of a pass, and where it came from: "memory" (this process made it), "disk" (the cache: nothing is
-    traced) or "converted"."""
+    traced) or "converted"; at int8, quantised from the float32 conversion on the calibration batch (`first`, the
+    first batch the pass is given, where the run has none of its own)."""
     name = _key(offload, key)
-    loaded = name + offload.precision  # one conversion on disk, compiled once per precision
+    calibration = _calibration(offload, first) if offload.precision == "int8" else None
+    quantized = f"{name}-int8-{quantizing.key(calibration)}" if calibration is not None else None
+    loaded = quantized or name + offload.precision  # one conversion on disk, compiled once per precision
     with _LOCK:
         known = _LOADED.get(loaded)
         if isinstance(known, Exception):
@@ -219,20 +250,57 @@ def _runner(offload: Offload, key: object, fp32: Callable[[Any], Any]) -> tuple[
         if known is not None:
             return known, "memory"
         folder = cache_dir() / name if offload.identity is not None else None
+        made: list[Path] = []  # folders of a model with no identity: removed once compiled
         try:
-            if folder is not None and (folder / "done").is_file():
+            if quantized is not None and folder is not None and (cache_dir() / quantized / "done").is_file():
                 how, signature = "disk", json.loads((folder / "signature.json").read_text())
+                folder = cache_dir() / quantized
             else:
-                how, (folder, signature) = "converted", _convert(offload, fp32, folder)
+                if folder is not None and (folder / "done").is_file():
+                    how, signature = "disk", json.loads((folder / "signature.json").read_text())
+                else:
+                    how, (folder, signature) = "converted", _convert(offload, fp32, folder)
+                    made += [folder] if offload.identity is None else []
+                if quantized is not None:
+                    folder, how = _quantized(offload, folder, quantized, calibration), "quantized"
+                    made += [folder] if offload.identity is None else []
             run = (_openvino if offload.runtime == "openvino" else _onnxruntime)(folder, offload.precision)
         except Exception as error:
             _LOADED[loaded] = error
             raise
         finally:
-            if offload.identity is None and folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+            for temporary in made:
+                shutil.rmtree(temporary, ignore_errors=True)
         runner = _LOADED[loaded] = _Runner(run, signature)
     return runner, how
+
+
+def _calibration(offload: Offload, first: Any) -> np.ndarray:
+    """int8's calibration batch: the run's (offload.calibration), else the first batch the pass is given."""
+    given = offload.calibration() if offload.calibration is not None else None
+    return np.asarray(first if given is None else given, np.float32)
+
+
+def _quantized(offload: Offload, fp32: Path, name: str, calibration: np.ndarray) -> Path:
+    """The float32 conversion in `fp32` quantised to int8 into the cache's `name` (a new folder where the model has
+    no identity), moved into place whole as conversions are."""
+    root = cache_dir() if offload.identity is not None else Path(tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".quantizing-", dir=root))
+    try:
+        quantizing.quantize(fp32 / "model.xml", calibration, work)
+        shutil.copyfile(fp32 / "signature.json", work / "signature.json")
+        (work / "done").touch()
+        if offload.identity is None:
+            return work
+        try:
+            os.replace(work, root / name)
+        except OSError:  # another run put it there first: theirs is the same
+            shutil.rmtree(work, ignore_errors=True)
+        return root / name
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def cache_dir() -> Path:
@@ -329,7 +397,7 @@ def _openvino(folder: Path, precision: str) -> Callable[[np.ndarray], list[np.nd
     import openvino
 
     core = openvino.Core()
-    hint = "bf16" if precision == "bf16" else "f32"
+    hint = "bf16" if precision == "bf16" else "f32"  # int8: the layers left unquantised compute in float32
     compiled = core.compile_model(core.read_model(str(folder / "model.xml")), "CPU",
                                   {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
     idle: queue.SimpleQueue[Any] = queue.SimpleQueue()  # one request per thread at once: requests are not shared

@@ -1,6 +1,6 @@
 """Which precision a run computes in: `auto` takes bf16 where the CPU computes it natively (model/precision.py), except
 for the methods that do not hold up in bf16 (the method registry's measured list, and class visualisation), which keep
-fp32; `fp32` and `bf16` are taken as asked.
+fp32; `fp32`, `bf16` and `int8` (model/quantizing.py: it changes maps, so `auto` never picks it) are taken as asked.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from explain_cli.methods.registry import FP32_UNDER_AUTO as _KEPT_BY_METHODS
 from explain_cli.methods.registry import TO_THE_PIXELS
 from explain_cli.model import precision as hardware
 
-CHOICES = ("auto", "fp32", "bf16")
+CHOICES = ("auto", "fp32", "bf16", "int8")  # int8: forward-only passes alone, never chosen by auto
 # Kept in float32 by `auto`, measured: pixel attributions and class visualisation follow gradients down to the
 # pixels; HiResCAM's and LayerCAM's element-wise g ⊙ A sums cancel, so rounding A to bfloat16 moves them
 # (r = 0.946 and 0.983 against fp32 on a random-weight VGG16, where every other method is at r ≥ 0.999).
