@@ -1,5 +1,5 @@
 """The README's set-up installs only its own extras; every test that needs another one (keras-hub, Ray, ONNX, volumes,
-video) must skip
+video, int8) must skip
 without it, not fail. Read from the test modules' source: an import of an optional extra's package is guarded when
 the module, the function, a fixture it takes or every function that calls it asks for that extra first
 (`pytest.importorskip`, a skip on `find_spec`, a `skipif` naming it)."""
@@ -15,7 +15,7 @@ TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 # The packages of each extra the README's set-up does not install.
 EXTRAS = {"hub": {"keras_hub"}, "ray": {"ray"}, "onnx": {"onnxruntime", "onnx", "tf2onnx"},
-          "volumes": {"nibabel", "pydicom"}, "video": {"av"}}
+          "volumes": {"nibabel", "pydicom"}, "video": {"av"}, "int8": {"nncf"}}
 
 
 def readme_extras() -> set[str]:
