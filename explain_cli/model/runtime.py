@@ -237,12 +237,14 @@ _LOCK = threading.Lock()                       # converter's error: not tried ag
 
 def _runner(offload: Offload, key: object, fp32: Callable[[Any], Any], first: Any) -> tuple[_Runner, str]:
     """The runner of a pass, and where it came from: "memory" (this process made it), "disk" (the cache: nothing is
-    traced) or "converted"; at int8, quantised from the float32 conversion on the calibration batch (`first`, the
-    first batch the pass is given, where the run has none of its own)."""
+    traced) or "converted"; at int8, "quantized" from the float32 conversion (model/quantizing.py) on the run's
+    calibration batch, else on `first`, the first batch the pass is given (once it holds values: a pass chosen while
+    a step is traced is quantised at its first call)."""
     name = _key(offload, key)
     calibration = _calibration(offload, first) if offload.precision == "int8" else None
-    quantized = f"{name}-int8-{quantizing.key(calibration)}" if calibration is not None else None
-    loaded = quantized or name + offload.precision  # one conversion on disk, compiled once per precision
+    loaded = name + offload.precision  # one conversion on disk, compiled once per precision
+    if offload.precision == "int8":
+        loaded += quantizing.key(calibration) if calibration is not None else f"first {offload.token}"
     with _LOCK:
         known = _LOADED.get(loaded)
         if isinstance(known, Exception):
@@ -250,54 +252,70 @@ def _runner(offload: Offload, key: object, fp32: Callable[[Any], Any], first: An
         if known is not None:
             return known, "memory"
         folder = cache_dir() / name if offload.identity is not None else None
-        made: list[Path] = []  # folders of a model with no identity: removed once compiled
         try:
-            if quantized is not None and folder is not None and (cache_dir() / quantized / "done").is_file():
+            if folder is not None and (folder / "done").is_file():
                 how, signature = "disk", json.loads((folder / "signature.json").read_text())
-                folder = cache_dir() / quantized
             else:
-                if folder is not None and (folder / "done").is_file():
-                    how, signature = "disk", json.loads((folder / "signature.json").read_text())
-                else:
-                    how, (folder, signature) = "converted", _convert(offload, fp32, folder)
-                    made += [folder] if offload.identity is None else []
-                if quantized is not None:
-                    folder, how = _quantized(offload, folder, quantized, calibration), "quantized"
-                    made += [folder] if offload.identity is None else []
-            run = (_openvino if offload.runtime == "openvino" else _onnxruntime)(folder, offload.precision)
+                how, (folder, signature) = "converted", _convert(offload, fp32, folder)
+            if offload.precision == "int8":
+                run, how = _int8(offload, folder, name, calibration, how)
+            else:
+                run = (_openvino if offload.runtime == "openvino" else _onnxruntime)(folder, offload.precision)
         except Exception as error:
             _LOADED[loaded] = error
             raise
         finally:
-            for temporary in made:
-                shutil.rmtree(temporary, ignore_errors=True)
+            if offload.identity is None and folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
         runner = _LOADED[loaded] = _Runner(run, signature)
     return runner, how
 
 
-def _calibration(offload: Offload, first: Any) -> np.ndarray:
-    """int8's calibration batch: the run's (offload.calibration), else the first batch the pass is given."""
+def _calibration(offload: Offload, first: Any) -> np.ndarray | None:
+    """int8's calibration batch: the run's (offload.calibration), else `first` where it holds values (None: it is a
+    traced step's symbolic input)."""
+    import tensorflow as tf
+
     given = offload.calibration() if offload.calibration is not None else None
-    return np.asarray(first if given is None else given, np.float32)
+    if given is not None:
+        return np.asarray(given, np.float32)
+    return None if tf.is_symbolic_tensor(first) else np.asarray(first, np.float32)
 
 
-def _quantized(offload: Offload, fp32: Path, name: str, calibration: np.ndarray) -> Path:
-    """The float32 conversion in `fp32` quantised to int8 into the cache's `name` (a new folder where the model has
-    no identity), moved into place whole as conversions are."""
-    root = cache_dir() if offload.identity is not None else Path(tempfile.gettempdir())
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".quantizing-", dir=root))
+def _int8(offload: Offload, fp32: Path, name: str, calibration: np.ndarray | None,
+          how: str) -> tuple[Callable[[np.ndarray], list[np.ndarray]], str]:
+    """The quantised pass's numpy runner and where it came from: read from the cache (keyed by its calibration
+    batch), or quantised now; without a batch yet, quantised on the first batch it runs on."""
+    if offload.identity is None:
+        raise ExplainError("--precision int8: a model in memory keeps to TensorFlow (its weights may change)")
+    if calibration is None:
+        made: list[Callable[[np.ndarray], list[np.ndarray]]] = []
+
+        def first_call(x: np.ndarray) -> list[np.ndarray]:
+            with _LOCK:
+                if not made:
+                    made.append(_int8(offload, fp32, name, np.asarray(x, np.float32), how)[0])
+            return made[0](x)
+
+        return first_call, "to be quantized on its first batch"
+    quantized = cache_dir() / f"{name}-int8-{quantizing.key(calibration)}"
+    if not (quantized / "done").is_file():
+        _quantized(fp32, quantized, calibration)
+        how = "quantized"
+    return _openvino(quantized, "int8"), how
+
+
+def _quantized(fp32: Path, into: Path, calibration: np.ndarray) -> None:
+    """The float32 conversion in `fp32` quantised to int8 into `into`, moved into place whole as conversions are."""
+    into.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".quantizing-", dir=into.parent))
     try:
         quantizing.quantize(fp32 / "model.xml", calibration, work)
-        shutil.copyfile(fp32 / "signature.json", work / "signature.json")
         (work / "done").touch()
-        if offload.identity is None:
-            return work
         try:
-            os.replace(work, root / name)
+            os.replace(work, into)
         except OSError:  # another run put it there first: theirs is the same
             shutil.rmtree(work, ignore_errors=True)
-        return root / name
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
