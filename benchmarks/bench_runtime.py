@@ -1,4 +1,5 @@
-"""--runtime (issue 25): the default runtime against plain fp32 Keras inference and against TensorFlow alone.
+"""The default runtime against two plain inferences (fp32 Keras, and the fastest: OpenVINO compiled for throughput,
+baseline_openvino.py), against TensorFlow alone, and --precision int8 (gradcam and evaluate).
 
     .venv/bin/python benchmarks/bench_runtime.py [--images 256] [--eval-images 32] [--runs 3] [--isa native,AVX2]
 
@@ -135,12 +136,19 @@ def main() -> None:
             shutil.rmtree(cache)
         first = timed(explain("gradcam", few, "--weights", weights, "-o", out), env)[0]
         again = timed(explain("gradcam", few, "--weights", weights, "-o", out), env)[0]
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "baseline_openvino.py"), weights, "--convert"],
+                       check=True, env=env, capture_output=True)  # the IR a user keeps: converted before the rounds
+        for command in ([*gradcam, "--precision", "int8"], [*evaluate, "--precision", "int8"]):
+            timed(command, env)  # int8's calibration, once, as the cache keeps it
         commands = {
             "baseline": [sys.executable, str(ROOT / "benchmarks" / "baseline_predict.py"), weights, folder],
+            "openvino baseline": [sys.executable, str(ROOT / "benchmarks" / "baseline_openvino.py"), weights, folder],
             "auto": gradcam,
+            "int8": [*gradcam, "--precision", "int8"],
             "tensorflow": [*gradcam, "--runtime", "tensorflow"],
             "evaluate auto": evaluate,
             "evaluate tensorflow": [*evaluate, "--runtime", "tensorflow"],
+            "evaluate int8": [*evaluate, "--precision", "int8"],
         }
         if args.peer_python:
             commands["peer"] = [args.peer_python, str(ROOT / "benchmarks" / "peer_tf_keras_vis.py"), weights, folder,
@@ -153,6 +161,12 @@ def main() -> None:
             (f"`explain gradcam`, {n} images, default runtime (auto)", f"{statistics.median(times['auto']):.1f} s"),
             (f"`explain gradcam --runtime tensorflow` (before this issue), {n} images",
              f"{statistics.median(times['tensorflow']):.1f} s"),
+            (f"fastest plain inference (OpenVINO, throughput, batches of 32), {n} images",
+             f"{statistics.median(times['openvino baseline']):.1f} s"),
+            ("`explain gradcam` auto's time ÷ the fastest plain inference's (goal ≤ 1.15)",
+             f"{ratio(times, 'auto', 'openvino baseline'):.2f}×"),
+            (f"`explain gradcam --precision int8`, {n} images: time, and ÷ the fastest plain inference's",
+             f"{statistics.median(times['int8']):.1f} s ({ratio(times, 'int8', 'openvino baseline'):.2f}×)"),
             ("target 1: auto's images/s ÷ plain inference's (≥ 1.3 without bf16)",
              f"{ratio(times, 'baseline', 'auto'):.2f}× (rounds: "
              + ", ".join(f"{b / a:.2f}" for a, b in zip(times["auto"], times["baseline"])) + ")"),
@@ -161,6 +175,9 @@ def main() -> None:
              f"{statistics.median(times['evaluate auto']):.1f} s / {statistics.median(times['evaluate tensorflow']):.1f} s"),
             ("target 2: evaluate's throughput, auto ÷ tensorflow (≥ 1.4 without bf16)",
              f"{ratio(times, 'evaluate tensorflow', 'evaluate auto'):.2f}×"),
+            ("evaluate's throughput, --precision int8 ÷ tensorflow",
+             f"{ratio(times, 'evaluate tensorflow', 'evaluate int8'):.2f}× "
+             f"({statistics.median(times['evaluate int8']):.1f} s)"),
         ]
         if args.peer_python:
             rows.append(("target 3: tf-keras-vis Gradcam's time ÷ auto's, same job (≥ 5)",
