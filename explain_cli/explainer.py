@@ -165,6 +165,8 @@ class Explainer(Likening, Segmenting, Measuring, Inspecting, Engine):
         s = self.settings
         if s.layer is not None:
             raise BadArgument("--layer", f"{path}: {runtimes.NOT_FOR_THEM}")
+        if s.precision == "int8":
+            raise BadArgument("--precision", f"{path}: int8 quantises a Keras model's passes; this file runs as it is")
         self._model = opened = runtimes.load(path, s.labels, models.preprocessing(s.preprocess or "none"),
                                              runtimes.Runtime(s.input_size, s.layout, s.outputs_are, s.threshold,
                                                               s.input_name))

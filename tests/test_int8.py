@@ -135,3 +135,11 @@ def test_calibration_images_are_for_int8_alone(tiny_model, shape_photos):
         Explainer(str(tiny_model), precision="fp32", calibration=[str(photo)])
     done = _run("predict", photo, "--model", tiny_model, "--calibration", photo)
     assert done.exit_code == 2 and "--calibration: calibrates --precision int8, and the precision is auto" in done.stderr
+
+
+def test_a_model_file_only_a_runtime_runs_is_not_quantised(tmp_path, shape_photos):
+    file = tmp_path / "model.tflite"
+    file.write_bytes(b"")  # refused before it is read
+    done = _run("predict", shape_photos[0], "--model", file, "--precision", "int8")
+    assert done.exit_code == 2
+    assert f"--precision: {file}: int8 quantises a Keras model's passes; this file runs as it is" in done.stderr
