@@ -56,7 +56,7 @@ def test_the_explainer_returns_a_result_or_an_explain_error(model, made, call):
     ("batch_size", -1, "batch_size is a whole number ≥ 1, not -1"),
     ("preprocess", "bogus", "preprocess is one of caffe, tf, torch, unit, none or a function (pixels 0-255 -> the "
                             "model's input), not 'bogus'"),
-    ("precision", "fp16", "precision is one of auto, fp32, bf16, not 'fp16'"),
+    ("precision", "fp16", "precision is one of auto, fp32, bf16, int8, not 'fp16'"),
     ("window", 0, "window is a whole number ≥ 1, not 0"),
     ("samples", 0, "samples is a whole number ≥ 1, not 0"),
     ("masks", 0, "masks is a whole number ≥ 1, not 0"),

@@ -163,7 +163,7 @@ def _chosen(offload: Offload, part: str, key: object, fp32: Callable[[Any], Any]
             reason, name = _reason(error), _NAMES[offload.runtime]
             asked = "--precision int8" if offload.precision == "int8" else f"--runtime {offload.runtime}"
             loud = offload.explicit or offload.precision == "int8"  # asked for by name: always said
-            offload.say(f"{asked}: {name} could not take {part} ({reason}); it runs on TensorFlow in float32" if loud
+            offload.say(f"{asked}: {name} could not take {part} ({reason}); it runs on TensorFlow" if loud
                         else f"runtime tensorflow for {part}: {name} could not take it ({reason})", loud)
         return fallback
     if first_time:
@@ -300,25 +300,9 @@ def _int8(offload: Offload, fp32: Path, name: str, calibration: np.ndarray | Non
         return first_call, "to be quantized on its first batch"
     quantized = cache_dir() / f"{name}-int8-{quantizing.key(calibration)}"
     if not (quantized / "done").is_file():
-        _quantized(fp32, quantized, calibration)
+        quantizing.quantize_into(fp32 / "model.xml", calibration, quantized)
         how = "quantized"
     return _openvino(quantized, "int8"), how
-
-
-def _quantized(fp32: Path, into: Path, calibration: np.ndarray) -> None:
-    """The float32 conversion in `fp32` quantised to int8 into `into`, moved into place whole as conversions are."""
-    into.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".quantizing-", dir=into.parent))
-    try:
-        quantizing.quantize(fp32 / "model.xml", calibration, work)
-        (work / "done").touch()
-        try:
-            os.replace(work, into)
-        except OSError:  # another run put it there first: theirs is the same
-            shutil.rmtree(work, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
 
 
 def cache_dir() -> Path:
