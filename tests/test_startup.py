@@ -113,11 +113,11 @@ print("later:", matplotlib.pyplot.__name__)
 
 
 def test_a_module_refused_for_a_while_is_absent_then_imports():
-    from explain_cli.model.backend import _without
+    from explain_cli.model.backend import without
 
     sys.modules.pop("tomllib", None)
-    with _without(("tomllib",)):
-        with pytest.raises(ImportError, match="tomllib is not imported with Keras"):
+    with without(("tomllib",)):
+        with pytest.raises(ImportError, match="tomllib is not imported by explain here"):
             import tomllib  # noqa: F401
     import tomllib
 

@@ -302,7 +302,7 @@ def detector_settings(options: dict, method: str, **extra: Any) -> Any:
 
     labels = options.pop("labels_file")
     check_imports(options["imports"])
-    if options.pop("calibration"):
+    if options.pop("calibration", None):
         raise BadArgument("--calibration", "a detector calibrates int8 on the first batch it explains")
     given = dict(model=options.pop("model_spec"), layer=options.pop("layer", None), method=method,
                  precision=options.pop("precision"), preprocess=options.pop("preprocess"),

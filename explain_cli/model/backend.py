@@ -1,4 +1,4 @@
-"""The one place TensorFlow and Keras are imported.
+"""The one place TensorFlow and Keras are imported (and OpenVINO, without its telemetry).
 
 As a library, explain changes nothing global: it imports TensorFlow and Keras (on Keras' TensorFlow backend, which it
 needs), and leaves the environment, Keras' settings and the loggers as the user had them. The command line's own
@@ -32,7 +32,7 @@ def load_tensorflow() -> tuple[ModuleType, ModuleType]:
         saved = os.environ.get("KERAS_BACKEND")
         os.environ["KERAS_BACKEND"] = "tensorflow"
         try:
-            with native_stderr_silenced(), _without(_KERAS_EXTRAS if _quiet else ()):
+            with native_stderr_silenced(), without(_KERAS_EXTRAS if _quiet else ()):
                 import keras
         finally:
             if saved is None:
@@ -90,12 +90,12 @@ class _Refused:
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
         if any(name == refused or name.startswith(refused + ".") for refused in self.names):
-            raise ImportError(f"{name} is not imported with Keras by explain's command line")
+            raise ImportError(f"{name} is not imported by explain here")
         return None
 
 
 @contextlib.contextmanager
-def _without(names: Sequence[str]) -> Iterator[None]:
+def without(names: Sequence[str]) -> Iterator[None]:
     """Modules not yet imported look absent for a while (a module already imported is left as it is); nothing of them
     is left in sys.modules, so importing them later works as ever."""
     hook = _Refused([n for n in names if n not in sys.modules])
@@ -104,6 +104,19 @@ def _without(names: Sequence[str]) -> Iterator[None]:
         yield
     finally:
         sys.meta_path.remove(hook)
+
+
+TELEMETRY = ("openvino_telemetry",)
+
+
+def openvino_quietly() -> ModuleType:
+    """OpenVINO, imported without its telemetry: where `openvino_telemetry` is importable, OpenVINO's converter (and
+    NNCF) send usage events unless the user declined in a consent file, each from a forked copy of the whole process
+    that waits on the network (on a machine without it, every conversion left a stuck copy of a 5 GB process). explain
+    sends nothing on its users' behalf. Where OpenVINO was imported before, it is left as it is."""
+    with without(TELEMETRY):
+        import openvino
+    return openvino
 
 
 # glibc's mallopt parameter number for the arena limit (malloc.h).

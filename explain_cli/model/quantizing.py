@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from explain_cli.errors import ExplainError
+from explain_cli.model import backend
 
 SAMPLE = 64  # calibration images: NNCF's statistics settle by then (its default is 300, at 5x the time)
 EXTRA = "pip install 'explain-cli[int8]'"
@@ -88,8 +89,7 @@ def quantize(xml: Path, batch: np.ndarray, into: Path) -> None:
     `into`/model.xml. NNCF's progress bars and logs are kept off stdout (stdout is for data)."""
     if not available():
         raise ExplainError(f"--precision int8 needs NNCF, OpenVINO's quantisation: {EXTRA}")
-    import openvino
-
+    openvino = backend.openvino_quietly()
     with _quiet_nncf() as nncf:
         rows = [np.ascontiguousarray(row[None], np.float32) for row in batch]
         quantized = nncf.quantize(openvino.Core().read_model(str(xml)), nncf.Dataset(rows), subset_size=len(rows),
@@ -119,7 +119,7 @@ def quantize_into(xml: Path, batch: np.ndarray, into: Path) -> None:
 @contextlib.contextmanager
 def _quiet_nncf() -> Any:
     """NNCF imported and run with its logger at errors, its progress bars (rich, on stdout) sent nowhere."""
-    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere):
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere), backend.without(backend.TELEMETRY):
         import nncf
 
         logger = logging.getLogger("nncf")

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from explain_cli.errors import BadArgument, ExplainError, first_line
-from explain_cli.model import quantizing
+from explain_cli.model import backend, quantizing
 
 RUNTIMES = ("auto", "tensorflow", "openvino", "onnxruntime")
 EXTRAS = {"openvino": "openvino", "onnxruntime": "onnx"}
@@ -340,7 +340,7 @@ def _convert(offload: Offload, fp32: Callable[[Any], Any], folder: Path | None) 
     work = Path(tempfile.mkdtemp(prefix=".converting-", dir=root))
     try:
         if offload.runtime == "openvino":
-            import openvino
+            openvino = backend.openvino_quietly()
 
             converted = _outputs_only(openvino, openvino.convert_model(traced), [t.name for t in traced.outputs])
             openvino.save_model(converted, str(work / "model.xml"), compress_to_fp16=False)
@@ -396,7 +396,7 @@ def _to_onnx(traced: Any, spec: Any, path: Path) -> None:
 
 
 def _openvino(folder: Path, precision: str) -> Callable[[np.ndarray], list[np.ndarray]]:
-    import openvino
+    openvino = backend.openvino_quietly()
 
     core = openvino.Core()
     hint = "bf16" if precision == "bf16" else "f32"  # int8: the layers left unquantised compute in float32
