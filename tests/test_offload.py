@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import subprocess
 import sys
 import warnings
 
@@ -455,3 +456,23 @@ def test_a_model_that_checks_its_inputs_keeps_its_checks_on_tensorflow(checked_m
         auto.stderr
     scaled = _run("predict", photo, *checked_model, "--preprocess", "tf")  # [-1, 1]: the check holds
     assert scaled.exit_code == 0 and len(_rows(scaled)) == 3, scaled.output
+
+
+def test_openvino_is_imported_without_its_telemetry():
+    """OpenVINO's converter sends usage events from forked copies of the whole process (8 for one conversion, each
+    waiting on the network): explain converts without forking, and sends nothing."""
+    body = """
+import os, sys
+from explain_cli.model.backend import load_tensorflow, openvino_quietly
+tf, _ = load_tensorflow()
+openvino = openvino_quietly()
+forks = []
+os.register_at_fork(after_in_parent=lambda: forks.append(1))
+traced = tf.function(lambda x: tf.nn.relu(x) * 2.0).get_concrete_function(tf.TensorSpec([None, 4], tf.float32))
+openvino.convert_model(traced)
+print(len(forks), "openvino_telemetry" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", body], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "CI"})  # OpenVINO is silent in CI anyway
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "False"]
