@@ -167,7 +167,8 @@ def _chosen(offload: Offload, part: str, key: object, fp32: Callable[[Any], Any]
                         else f"runtime tensorflow for {part}: {name} could not take it ({reason})", loud)
         return fallback
     if first_time:
-        said = {"disk": "from the cache", "memory": "converted before, in this process"}.get(
+        said = {"disk": "from the cache", "memory": "converted before, in this process",
+                "first batch": "to be quantized on its first batch"}.get(
             how, f"{how} in {time.perf_counter() - started:.1f} s")
         offload.say(f"runtime {offload.runtime} for {part} ({said}; {_precision(offload)})", False)
     return runner.call
@@ -191,7 +192,7 @@ def _reason(error: BaseException) -> str:
 def _precision(offload: Offload) -> str:
     """The precision the runtime computes in: the run's, except ONNX Runtime's CPU provider, in fp32 alone."""
     if offload.precision == "int8":
-        return "int8, calibrated on the run's images; what is not quantised in fp32"
+        return "int8, calibrated on your images; what is not quantised in fp32"
     return "fp32" if offload.runtime == "onnxruntime" else offload.precision
 
 
@@ -297,7 +298,7 @@ def _int8(offload: Offload, fp32: Path, name: str, calibration: np.ndarray | Non
                     made.append(_int8(offload, fp32, name, np.asarray(x, np.float32), how)[0])
             return made[0](x)
 
-        return first_call, "to be quantized on its first batch"
+        return first_call, "first batch"
     quantized = cache_dir() / f"{name}-int8-{quantizing.key(calibration)}"
     if not (quantized / "done").is_file():
         quantizing.quantize_into(fp32 / "model.xml", calibration, quantized)
