@@ -4,8 +4,9 @@
 
 MODEL is a model file or a built-in name (with --weights); IMAGES a folder. int8 is calibrated on a seeded sample of
 64 of the folder's images, as the command line does. Run it once natively and once with ONEDNN_MAX_CPU_ISA=AVX2
-OV_CPU_MAX_ISA=AVX2. The tests' trained models are made by `pytest tests/test_int8.py` (their folder is printed by
-`python -c "from tests.trained import Trainer"`); a random-weight ResNet50 (benchmarks/bench.py's) gives speed only.
+OV_CPU_MAX_ISA=AVX2. The tests' trained models (tests/trained.py) are made by a test run in a temporary folder
+(trained-*/), and tests/synthetic.py draws images of their kind (make_shape, make_scene); a random-weight ResNet50
+(benchmarks/bench.py's) gives maps and speed only.
 """
 
 from __future__ import annotations
