@@ -9,9 +9,11 @@ import json
 import os
 import re
 import secrets
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -144,6 +146,28 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
+        raise
+
+
+def folder_in_place(root: Path, into: Path | None, prefix: str, make: Callable[[Path], None]) -> Path:
+    """A folder made whole: `make` writes into a new folder under `root`, which is marked "done" and moved into place
+    as `into` (where another process put the same folder there first, theirs is kept), so that processes making it at
+    once (shards, Ray workers) never read a half-written one; without `into`, the new folder itself. Nothing is left
+    behind where `make` fails."""
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    try:
+        make(work)
+        (work / "done").touch()
+        if into is None:
+            return work
+        try:
+            os.replace(work, into)
+        except OSError:  # another run put it there first: theirs is the same
+            shutil.rmtree(work, ignore_errors=True)
+        return into
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
         raise
 
 

@@ -16,8 +16,6 @@ import importlib.util
 import logging
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -97,23 +95,6 @@ def quantize(xml: Path, batch: np.ndarray, into: Path) -> None:
         # model the activations' mean error fell from 33 % to 6 % of their size (the fast one)
     into.mkdir(parents=True, exist_ok=True)
     openvino.save_model(quantized, str(into / "model.xml"), compress_to_fp16=False)
-
-
-def quantize_into(xml: Path, batch: np.ndarray, into: Path) -> None:
-    """`quantize` into a new folder, then moved into place as `into` with its "done" mark: runs quantising the same
-    pass at once (shards, Ray workers) never read a half-written one."""
-    into.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".quantizing-", dir=into.parent))
-    try:
-        quantize(xml, batch, work)
-        (work / "done").touch()
-        try:
-            os.replace(work, into)
-        except OSError:  # another run put it there first: theirs is the same
-            shutil.rmtree(work, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from explain_cli.errors import BadArgument, ExplainError, first_line
+from explain_cli.io import files
 from explain_cli.model import backend, quantizing
 
 RUNTIMES = ("auto", "tensorflow", "openvino", "onnxruntime")
@@ -301,7 +302,8 @@ def _int8(offload: Offload, fp32: Path, name: str, calibration: np.ndarray | Non
         return first_call, "first batch"
     quantized = cache_dir() / f"{name}-int8-{quantizing.key(calibration)}"
     if not (quantized / "done").is_file():
-        quantizing.quantize_into(fp32 / "model.xml", calibration, quantized)
+        files.folder_in_place(quantized.parent, quantized, ".quantizing-",
+                              lambda work: quantizing.quantize(fp32 / "model.xml", calibration, work))
         how = "quantized"
     return _openvino(quantized, "int8"), how
 
@@ -337,28 +339,17 @@ def _convert(offload: Offload, fp32: Callable[[Any], Any], folder: Path | None) 
                            "would skip")
     signature = _signature(traced)
     root = folder.parent if folder is not None else Path(tempfile.gettempdir())
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".converting-", dir=root))
-    try:
+
+    def write(work: Path) -> None:
         if offload.runtime == "openvino":
             openvino = backend.openvino_quietly()
-
             converted = _outputs_only(openvino, openvino.convert_model(traced), [t.name for t in traced.outputs])
             openvino.save_model(converted, str(work / "model.xml"), compress_to_fp16=False)
         else:
             _to_onnx(traced, spec, work / "model.onnx")
         (work / "signature.json").write_text(json.dumps(signature))
-        (work / "done").touch()
-        if folder is None:
-            return work, signature
-        try:
-            os.replace(work, folder)
-        except OSError:  # another run put it there first: theirs is the same
-            shutil.rmtree(work, ignore_errors=True)
-        return folder, signature
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+
+    return files.folder_in_place(root, folder, ".converting-", write), signature
 
 
 def _checks(traced: Any) -> list[str]:
