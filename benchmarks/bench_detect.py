@@ -6,8 +6,10 @@ Markdown table.
 
 Inference is the detector's own forward pass, decoding and suppression (keras-hub's decode_predictions), compiled, on
 a batch of photos at 512 px. Grad-CAM is the Detector's compute step for a batch, every box of every image explained:
-the feature pass, the predictions and their suppression, each image's head once and one backward pass batched over its
-boxes (and, beside it, the rows tiled: each box's head run on its own copy of the features). With random
+the feature pass, the predictions and their suppression, each box's class head on the window of its level its
+predictions see and the pyramid's backward pass batched over the image's boxes (tasks/detection_levels.py); beside
+it, the same without that pruning (each image's whole head once, one backward pass batched over its boxes), and the
+rows tiled (each box's head run on its own copy of the features). With random
 weights every anchor scores about as high as any other, so --boxes caps the detections per image as a trained model's
 score threshold would; the cost per box is the part that grows with them.
 """
@@ -81,9 +83,14 @@ def main() -> None:
     tiled = Detector(args.model, max_boxes=args.boxes, min_score=0.0, batch_size=args.images,
                      precision=args.precision)
     tiled._steps.explain("gradcam").vectorised = False  # the way a head pfor cannot vectorise is explained
+    tiled._steps.explain("gradcam").pruned = None
+    whole = Detector(args.model, max_boxes=args.boxes, min_score=0.0, batch_size=args.images,
+                     precision=args.precision)
+    whole._steps.explain("gradcam").pruned = None  # the way a head that cannot be cropped is explained
     sources = [Source(Path(f"{i}.jpg"), str(i), Path(str(i))) for i in range(len(batch))]  # type: ignore[arg-type]
     compute = gradcam.compute()
     compute_tiled = tiled.compute()
+    compute_whole = whole.compute()
     found = gradcam.compute(explain=False)
 
     import tensorflow as tf
@@ -99,18 +106,21 @@ def main() -> None:
     def explain() -> None:
         compute(batch, sources)
 
+    def explain_whole() -> None:
+        compute_whole(batch, sources)
+
     def explain_tiled() -> None:
         compute_tiled(batch, sources)
 
     def detect_only() -> None:
         found(batch, sources)
 
-    for warm in (infer, explain, explain_tiled, detect_only):
+    for warm in (infer, explain, explain_whole, explain_tiled, detect_only):
         warm()
-    times: dict[str, list[float]] = {"inference": [], "explain": [], "tiled": [], "detect": []}
+    times: dict[str, list[float]] = {"inference": [], "explain": [], "whole": [], "tiled": [], "detect": []}
     for _ in range(args.rounds):
-        for name, run in (("inference", infer), ("explain", explain), ("tiled", explain_tiled),
-                          ("detect", detect_only)):
+        for name, run in (("inference", infer), ("explain", explain), ("whole", explain_whole),
+                          ("tiled", explain_tiled), ("detect", detect_only)):
             start = time.perf_counter()
             run()
             times[name].append((time.perf_counter() - start) / len(batch))
@@ -119,9 +129,10 @@ def main() -> None:
     start = time.perf_counter()
     one(batch[:1], sources[:1])
     drise_time = time.perf_counter() - start
-    inference, explained, by_rows, detected = (statistics.median(times[k])
-                                               for k in ("inference", "explain", "tiled", "detect"))
+    inference, explained, unpruned, by_rows, detected = (statistics.median(times[k])
+                                                         for k in ("inference", "explain", "whole", "tiled", "detect"))
     per_box, per_row = (explained - detected) / args.boxes, (by_rows - detected) / args.boxes
+    per_whole = (unpruned - detected) / args.boxes
     print(f"RetinaNet ResNet50-FPN at {args.size} px, {gradcam.format.predictions} anchors, precision "
           f"{gradcam.precision}, {args.images} images a batch, medians of {args.rounds} rounds\n")
     print("| step | ms per image | × inference |\n| --- | --- | --- |")
@@ -130,6 +141,9 @@ def main() -> None:
           f"{detected / inference:.2f} |")
     print(f"| Grad-CAM of {args.boxes} boxes an image | {1000 * explained:.0f} | {explained / inference:.2f} |")
     print(f"| ... each box | {1000 * per_box:.0f} | {per_box / inference:.2f} |")
+    print(f"| Grad-CAM of {args.boxes} boxes, each image's whole head (not pruned) | {1000 * unpruned:.0f} | "
+          f"{unpruned / inference:.2f} |")
+    print(f"| ... each box | {1000 * per_whole:.0f} | {per_whole / inference:.2f} |")
     print(f"| Grad-CAM of {args.boxes} boxes, rows tiled (a head pfor cannot vectorise) | {1000 * by_rows:.0f} | "
           f"{by_rows / inference:.2f} |")
     print(f"| ... each box | {1000 * per_row:.0f} | {per_row / inference:.2f} |")

@@ -98,7 +98,7 @@ def test_each_boxs_target_and_gradcam_equal_a_full_tape(keras, detector_model):
     image = make_scene(np.random.default_rng(3)).image
     made = Detector(detector_model, precision="fp32")
     explained = made.explain([image])
-    assert len(explained) >= 2 and made._steps.explained["gradcam"].vectorised  # one backward pass, batched over rows
+    assert len(explained) >= 2 and made._steps.explained["gradcam"].pruned is not None  # each box's own window
     model = keras.models.load_model(detector_model, compile=False)
     trunk = keras.Model(model.inputs, model.get_layer("features").output)
     scorer = model.get_layer("classes")
@@ -120,26 +120,76 @@ def test_each_boxs_target_and_gradcam_equal_a_full_tape(keras, detector_model):
         assert np.allclose(e.map, gradcam, atol=1e-4 * gradcam.max())
 
 
+def _rows_of(made, batch):
+    """A batch's detections as the explain step's rows: (looked, row image, row class, row weights)."""
+    looked = made._steps.look(batch)
+    found = [made.suppress(looked.boxes[i], looked.probabilities[i]) for i in range(len(batch))]
+    images = np.repeat(np.arange(len(batch)), [len(f.classes) for f in found]).astype(np.int32)
+    classes = np.concatenate([f.classes for f in found]).astype(np.int32)
+    weights = np.concatenate([made.weights(looked.boxes[i], f) for i, f in enumerate(found)])
+    return looked, images, classes, weights
+
+
+def _same_rows(made, ours, theirs):
+    assert np.allclose(ours[0], theirs[0], rtol=1e-5, atol=1e-5)
+    assert np.allclose(ours[1], theirs[1], atol=1e-5 * np.abs(theirs[1]).max())
+
+
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam"])
-def test_the_vectorised_backward_pass_equals_the_tiled_one(detector_model, method):
-    """Each image's head once and its rows' gradients from one vectorised backward pass give the targets and maps of
-    the rows' heads run on copies of their images' features: rows of three images, in one call and in two."""
+def test_the_vectorised_and_pruned_backward_passes_equal_the_tiled_one(detector_model, method):
+    """Each image's head once and its rows' gradients from one vectorised backward pass, and each row's head on the
+    window its predictions see (a gradient method's), give the targets and maps of the rows' heads run on copies of
+    their images' features: rows of three images, in one call and in two."""
     from explain_cli import Detector
 
     made = Detector(detector_model, method=method, precision="fp32", min_score=0.0, max_boxes=4)
-    batch = np.stack([make_scene(np.random.default_rng(seed)).image for seed in (4, 5, 6)])
-    looked = made._steps.look(batch)
-    found = [made.suppress(looked.boxes[i], looked.probabilities[i]) for i in range(3)]
-    images = np.repeat(np.arange(3), [len(f.classes) for f in found]).astype(np.int32)
-    classes = np.concatenate([f.classes for f in found]).astype(np.int32)
-    weights = np.concatenate([made.weights(looked.boxes[i], f) for i, f in enumerate(found)])
+    looked, images, classes, weights = _rows_of(
+        made, np.stack([make_scene(np.random.default_rng(seed)).image for seed in (4, 5, 6)]))
     rows = made._steps.explain(method)
     tiled = rows.tiled(looked, images, classes, weights)
     for part in (slice(None), slice(0, 6), slice(6, None)):  # an image's rows split between two calls, too
-        target, maps = rows.by_image(looked, images[part], classes[part], weights[part])
-        assert np.allclose(target, tiled[0][part], rtol=1e-5, atol=1e-5)
-        assert np.allclose(maps, tiled[1][part], atol=1e-5 * np.abs(tiled[1]).max())
+        _same_rows(made, rows.by_image(looked, images[part], classes[part], weights[part]),
+                   (tiled[0][part], tiled[1][part]))
+        if rows.pruned is not None:
+            _same_rows(made, rows.pruned(looked, images[part], classes[part], weights[part]),
+                       (tiled[0][part], tiled[1][part]))
     assert rows.vectorised and len(images) == 12
+    assert (rows.pruned is not None) == (method != "eigencam")  # eigencam takes no gradient
+
+
+def test_a_pyramids_boxes_are_pruned_to_their_levels_and_windows_with_the_same_maps(keras):
+    """keras-hub's RetinaNet, levels 3 to 5 at 128 px (maps of 16, 8 and 4 cells), one 3 × 3 convolution and the 3 ×
+    3 classifier in its class head: that head's reach is 2 cells, measured on the levels that can show it (level 5's
+    4 × 4 map cannot: run whole). Each box's head on its window (smaller than its level's map), then the pyramid's
+    backward pass batched over the boxes, gives the targets and maps of the whole head's backward pass; so does a
+    row split over levels. A head with GroupNorm reads its whole map: it is not pruned."""
+    keras_hub = pytest.importorskip("keras_hub")
+    from explain_cli import Detector
+    from explain_cli.tasks import detection_levels
+
+    keras.utils.set_random_seed(0)
+    images = np.random.default_rng(1).integers(0, 256, (2, 128, 128, 3)).astype(np.uint8)
+    made = Detector(_retinanet(keras_hub, keras, 128), min_score=0.0, max_boxes=6, precision="fp32")
+    looked, rows_image, classes, weights = _rows_of(made, images)
+    for method in ("gradcam", "gradcam++"):
+        rows = made._steps.explain(method)
+        assert rows.pruned is not None
+        _same_rows(made, rows.pruned(looked, rows_image, classes, weights),
+                   rows.by_image(looked, rows_image, classes, weights))
+    levels = detection_levels.find(made._steps.scores, made._steps.cuts[1].head_steps, made._steps.scores.output,
+                                   made._steps.classes)
+    assert sorted((level.grid[0], level.reach) for level in levels) == [(4, None), (8, 2), (16, 2)]
+    assert sum(len(level.predictions) for level in levels) == made.format.predictions
+    windows = [detection_levels._part(level, row, int(c)) for row, c in zip(weights, classes) for level in levels]
+    assert any(w is not None and (w[0][0].stop - w[0][0].start) < 16 for w in windows)  # pruned, not whole
+    assert any(sum(detection_levels._part(level, row, int(c)) is not None for level in levels) >= 2
+               for row, c in zip(weights, classes))  # a box whose predictions are on two levels
+
+    keras.utils.set_random_seed(0)
+    normed = Detector(_retinanet(keras_hub, keras, 128, use_prediction_head_norm=True), min_score=0.0, max_boxes=3,
+                      precision="fp32")
+    assert normed._steps.explain("gradcam").pruned is None
+    assert len(normed.explain(images[:1])) == 3
 
 
 @needs_bf16
@@ -298,7 +348,7 @@ def test_several_outputs_that_could_be_boxes_are_named(keras, tmp_path):
 # --- keras-hub's RetinaNet and D-FINE ---------------------------------------------------------------------------------
 
 
-def _retinanet(keras_hub, keras, size: int, free: bool = False):
+def _retinanet(keras_hub, keras, size: int, free: bool = False, **options):
     """A small RetinaNet: a ResNet of basic blocks, pyramid levels 3 to 5, one convolution per head; `free`: taking
     any size, with no preprocessor (fed at --input-size, its pyramid's layers left unbuilt when saved)."""
     encoder = keras_hub.models.ResNetBackbone(
@@ -310,7 +360,7 @@ def _retinanet(keras_hub, keras, size: int, free: bool = False):
                                                   name="retina_net_backbone")  # not _1 after others made here
     converter = keras_hub.layers.RetinaNetImageConverter(image_size=(size, size), scale=1 / 255.0)
     detector = keras_hub.models.RetinaNetObjectDetector(
-        backbone=backbone, num_classes=3, bounding_box_format="yxyx", pre_logits_num_conv_layers=1,
+        backbone=backbone, num_classes=3, bounding_box_format="yxyx", pre_logits_num_conv_layers=1, **options,
         preprocessor=None if free else keras_hub.models.RetinaNetObjectDetectorPreprocessor(image_converter=converter))
     # keras-hub starts the box head's bias at the class head's prior (−4.6): untrained boxes would be 1 % of their
     # anchors, slivers whose suppression no two implementations agree on. Small deltas keep them near their anchors.

@@ -40,6 +40,7 @@ class Split:
     tokens: tuple[int, int, int] | None = None  # the attention tokens' layout: (extra, grid h, grid w)
     output_shape: tuple[int | None, ...] = ()  # the head's output, without the batch axis
     skip_values: tuple[int, ...] | None = None  # the graph's value numbers of the skips, for a cut between steps
+    value: int | None = None  # the graph's value number of A, for a cut between steps
 
     def through(self, x: Tensor) -> Tensor:
         """The logits through the cut: its feature part, then its head given float32 (computing in float32, or in
@@ -130,6 +131,7 @@ def split(graph: Graph, layer: str, fold: bool = True, hook: bool = False, bf16_
         tokens=_token_layout(graph),
         output_shape=output_shape(graph),
         skip_values=None if inside or point.is_tokens else skips,
+        value=None if inside or point.is_tokens else a,
     )
 
 

@@ -62,6 +62,7 @@ class Steps:
     # -> (similarity (n, T), matched score (n, T))
     cuts: tuple[split_module.Split, split_module.Split] | None = None  # the joined model's and the scores' own
     classes: int = 0
+    scores: graph_module.Graph | None = None  # the graph up to the class scores, whose levels prune a box's pass
     explained: dict[str, Rows] = field(default_factory=dict)
 
     def explain(self, method: str) -> Rows:
@@ -70,7 +71,7 @@ class Steps:
         if self.cuts is None:
             raise ExplainError(f"{method} needs a layer, and this detector has none to explain at")
         if method not in self.explained:
-            self.explained[method] = _explain(*self.cuts, method, self.classes)
+            self.explained[method] = _explain(*self.cuts, method, self.classes, self.scores)
         return self.explained[method]
 
 
@@ -113,8 +114,9 @@ def build(model: LoadedModel, graph: graph_module.Graph, found: detector.Format,
     # A detector's head (its pyramid, and class and box heads on every level) is half its work or more, so under
     # bf16 it computes in bfloat16 too, as it does in the whole forward passes that D-RISE and evaluate judge by.
     cut = split_module.split(joined, layer, bf16_head=True)
-    return Steps(_look(model, cut, read, pixels), judged,
-                 (cut, split_module.split(detector.scores_only(graph, found), layer, bf16_head=True)), found.classes)
+    scores = detector.scores_only(graph, found)
+    return Steps(_look(model, cut, read, pixels), judged, (cut, split_module.split(scores, layer, bf16_head=True)),
+                 found.classes, scores)
 
 
 def _look(model: LoadedModel, cut: split_module.Split, read: Callable[[Any], tuple[Any, Any]],
@@ -135,15 +137,17 @@ def _look(model: LoadedModel, cut: split_module.Split, read: Callable[[Any], tup
     return run
 
 
-def _explain(cut: split_module.Split, scores_cut: split_module.Split, method: str,
-             class_count: int) -> Rows:
+def _explain(cut: split_module.Split, scores_cut: split_module.Split, method: str, class_count: int,
+             scores: graph_module.Graph | None = None) -> Rows:
     """(looked, row image (R,), row class (R,), weights (R, A)) -> each row's target Σ_a w_a · z_a,c (R,) and map
     (R, h, w), from the class scores alone where the cut lets the scores' head be run apart from the boxes'.
 
     Each image's head runs once and its rows' gradients come from one vectorised backward pass, so a box costs a
     backward pass through the head. Where TensorFlow cannot vectorise the head's backward pass (an operation pfor has
     no rule for, as in D-FINE's decoder), the rows' heads run on copies of their images' features instead, under one
-    tape: a box then costs a forward pass and a backward pass."""
+    tape: a box then costs a forward pass and a backward pass. Where the class scores come from a head run on each
+    level of a pyramid, a gradient method's rows are pruned to their own levels and windows instead
+    (tasks/detection_levels.py)."""
     spec = METHODS[method]
     if spec.dense_head or spec.forward or spec.attention:
         raise ExplainError(f"{method} does not explain a detection: use a gradient method, eigencam or drise")
@@ -156,7 +160,16 @@ def _explain(cut: split_module.Split, scores_cut: split_module.Split, method: st
         def scores_head(activations: Any, skips: tuple[Any, ...]) -> Any:
             return cut.head(activations, skips)[..., 4:4 + class_count]
 
-    return Rows(_vectorised(scores_head, spec), _tiled(scores_head, spec))
+    rows = Rows(_vectorised(scores_head, spec), _tiled(scores_head, spec))
+    if spec.gradients and scores is not None and scores.output is not None and cut.skip_values is not None \
+            and scores_cut.value is not None:
+        from explain_cli.tasks import detection_levels
+
+        levels = detection_levels.find(scores, scores_cut.head_steps, scores.output, class_count)
+        if levels and max(levels, key=lambda level: len(level.predictions)).reach is not None:
+            rows.pruned = detection_levels.pruned(scores_cut.head_steps, levels, scores_cut.value, cut.skip_values,
+                                                  spec)
+    return rows
 
 
 Explain = Callable[["Looked", np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -169,9 +182,15 @@ class Rows:
     by_image: Explain
     tiled: Explain
     vectorised: bool = True
+    pruned: Explain | None = None  # each row through its own levels and windows (tasks/detection_levels.py)
 
     def __call__(self, looked: Looked, images: np.ndarray, classes: np.ndarray,
                  weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.pruned is not None:
+            try:
+                return self.pruned(looked, images, classes, weights)
+            except ValueError:  # pfor has no rule for an operation of the pyramid
+                self.pruned = None
         if self.vectorised:
             try:
                 return self.by_image(looked, images, classes, weights)
