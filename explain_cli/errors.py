@@ -1,6 +1,9 @@
 """The two ways a run can fail short of a bug, each printed as one line, and the one line of a library's error (and of a
-model that fails as it runs); the checks every argument goes through where it enters (choose, whole, between)."""
+model that fails as it runs); the checks every argument goes through where it enters (choose, whole, between); and
+whether an optional extra is installed, with the line that installs it (its absence is an error the user can act on).
+"""
 
+import importlib.util
 import math
 import numbers
 import re
@@ -54,6 +57,19 @@ def between(option: str | None, name: str, value: object, low: float, high: floa
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _WRAPPERS = ("Exception encountered when calling", "Graph execution error", "in user code:")
+
+
+def installed(*modules: str) -> bool:
+    """Whether every one of the (top-level) modules can be imported, found without importing it."""
+    try:
+        return all(importlib.util.find_spec(module) is not None for module in modules)
+    except ValueError:  # put in sys.modules as None: blocked from importing
+        return False
+
+
+def install(extra: str) -> str:
+    """The command that installs an extra."""
+    return f"pip install 'explain-cli[{extra}]'"
 
 
 def first_line(error: BaseException) -> str:

@@ -3,7 +3,6 @@ given), cached beside the float32 conversion; maps close to fp32's on a trained 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,14 +13,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from explain_cli import Explainer
+from explain_cli import Explainer, errors
 from explain_cli.cli.main import cli
 from explain_cli.errors import BadArgument, ExplainError
 from explain_cli.model import quantizing
 from explain_cli.model import runtime as offload
 from explain_cli.steps import precision as precisions
 
-needs_int8 = pytest.mark.skipif(importlib.util.find_spec("nncf") is None or not offload.installed("openvino"),
+needs_int8 = pytest.mark.skipif(not errors.installed("nncf", "openvino"),
                                 reason="the int8 extra is not installed: pip install -e '.[test,int8]'")
 
 
@@ -121,10 +120,10 @@ def test_int8_runs_on_openvino_and_says_so_where_it_cannot(tiny_model, shape_pho
                                                     "not --runtime tensorflow")
     in_memory = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3), keras.layers.GlobalAveragePooling2D(),
                                   keras.layers.Dense(2)])
-    if offload.installed("openvino") and quantizing.available():
+    if offload.installed("openvino") and errors.installed("nncf"):
         with pytest.raises(ExplainError, match=r"^--precision int8: a model in memory keeps to TensorFlow"):
             Explainer(in_memory, precision="int8")
-    monkeypatch.setattr(quantizing, "available", lambda: False)
+    monkeypatch.setitem(sys.modules, "nncf", None)  # as if it were not installed
     with pytest.raises(ExplainError, match=r"needs OpenVINO and NNCF: pip install 'explain-cli\[int8\]'"):
         Explainer(str(tiny_model), precision="int8")
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from explain_cli import errors
 from explain_cli.errors import BadInput, first_line
 
-EXTRA = "pip install 'explain-cli[video]'"
+EXTRA = errors.install("video")
 FRAMES_RATE = 8.0  # a folder of frames or an array says no rate: its overlay video plays at this
 
 

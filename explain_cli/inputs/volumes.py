@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from explain_cli import errors
 from explain_cli.errors import BadInput, first_line
 
-EXTRA = "pip install 'explain-cli[volumes]'"
+EXTRA = errors.install("volumes")
 
 
 def read_volume(path: Path, shown: str, max_voxels: int) -> tuple[np.ndarray, np.ndarray, str]:

@@ -6,17 +6,16 @@ import gzip
 
 import numpy as np
 
+from explain_cli import errors
 from explain_cli.errors import ExplainError
 
-EXTRA = "pip install 'explain-cli[volumes]'"
+EXTRA = errors.install("volumes")
 LEVELS = 255
 
 
 def available() -> bool:
     """Whether NIfTI maps can be written (nibabel, the volumes extra, is installed)."""
-    import importlib.util
-
-    return importlib.util.find_spec("nibabel") is not None
+    return errors.installed("nibabel")
 
 
 def nifti_bytes(heatmap: np.ndarray, affine: np.ndarray | None) -> bytes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib.util
 import logging
 import os
 import random
@@ -21,18 +20,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from explain_cli import errors
 from explain_cli.errors import ExplainError
 from explain_cli.model import backend
 
 SAMPLE = 64  # calibration images: NNCF's statistics settle by then (its default is 300, at 5x the time)
-EXTRA = "pip install 'explain-cli[int8]'"
-
-
-def available() -> bool:
-    try:
-        return importlib.util.find_spec("nncf") is not None
-    except ValueError:  # put in sys.modules as None: blocked from importing
-        return False
+EXTRA = errors.install("int8")
 
 
 def sample(items: Sequence[Any], seed: int, size: int = SAMPLE) -> list[Any]:
@@ -85,7 +78,7 @@ def key(batch: np.ndarray) -> str:
 def quantize(xml: Path, batch: np.ndarray, into: Path) -> None:
     """The float32 OpenVINO model `xml` quantised to int8 on `batch` (the model's inputs, a row each), saved as
     `into`/model.xml. NNCF's progress bars and logs are kept off stdout (stdout is for data)."""
-    if not available():
+    if not errors.installed("nncf"):  # checked when the run starts too (runtime.choose); this for a direct caller
         raise ExplainError(f"--precision int8 needs NNCF, OpenVINO's quantisation: {EXTRA}")
     openvino = backend.openvino_quietly()
     with _quiet_nncf() as nncf:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from explain_cli import errors
 from explain_cli.errors import BadArgument, ExplainError, first_line
 from explain_cli.io import files
 from explain_cli.model import backend, quantizing
@@ -111,7 +112,7 @@ def _check_int8(requested: str, model: Any) -> None:
     problem = None
     if requested in ("tensorflow", "onnxruntime"):
         problem = f"its forward passes run on OpenVINO, not --runtime {requested}"
-    elif not installed("openvino") or not quantizing.available():
+    elif not errors.installed("openvino", "nncf"):
         problem = f"it needs OpenVINO and NNCF: {quantizing.EXTRA}"
     elif model.live:
         problem = "a model in memory keeps to TensorFlow (its weights may change): give its file"
@@ -122,12 +123,8 @@ def _check_int8(requested: str, model: Any) -> None:
 
 
 def installed(runtime: str) -> bool:
-    import importlib.util
-
-    try:
-        return all(importlib.util.find_spec(module) is not None for module in MODULES[runtime])
-    except ValueError:  # put in sys.modules as None: blocked from importing
-        return False
+    """Whether a runtime's packages are installed."""
+    return errors.installed(*MODULES[runtime])
 
 
 def forward(offload: Offload, part: str, key: object, fp32: Callable[[Any], Any],
