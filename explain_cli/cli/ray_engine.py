@@ -23,7 +23,7 @@ from explain_cli.running import pipeline
 from explain_cli.model.backend import native_stderr_silenced
 from explain_cli.tasks.boxes import Found
 from explain_cli.tasks.detection_listing import Detected
-from explain_cli.errors import ExplainError
+from explain_cli.errors import ExplainError, install
 from explain_cli.inputs.sources import Source
 from explain_cli.io.files import Prediction, Value
 
@@ -33,7 +33,7 @@ def _import_ray() -> Any:
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise ExplainError("--engine ray needs Ray: pip install 'explain-cli[ray]'") from None
+        raise ExplainError(f"--engine ray needs Ray: {install('ray')}") from None
     return ray
 
 

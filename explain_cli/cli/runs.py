@@ -290,7 +290,7 @@ def explain(settings: Settings, arguments: Sequence[str], stdin: TextIO, request
         made = explainer(settings, run, found)
         found = made.examples_of(found)  # a model of volumes or clips: videos cut into clips, frames into one
         if any(s.grid is not None and s.grid.kind == "volume" for s in found) and not nifti.available():
-            say("warning: volumes' maps are drawn but not written as NIfTI: pip install 'explain-cli[volumes]'")
+            say(f"warning: volumes' maps are drawn but not written as NIfTI: {nifti.EXTRA}")
         known = truth(request.truth, found, made)
         chosen = choice(request, found, made, known)
         made.check_method(name)

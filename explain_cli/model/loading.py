@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import Any, Callable, Sequence, Union
 
 from explain_cli.inputs import labels as labels_module
-from explain_cli.errors import BadArgument, ExplainError, first_line
+from explain_cli.errors import BadArgument, ExplainError, first_line, install
 from explain_cli.model.sizes import converter_layer, grid_of
 from explain_cli.inputs.held import HeldInput
 from explain_cli.inputs.labels import Labels
@@ -317,7 +317,7 @@ def _load_failure(error: Exception) -> str:
     if module and module.group(1).split(".")[0] in PACKAGE_EXTRAS:
         package = module.group(1).split(".")[0]
         return (f"it is a {package.replace('_', '-')} model, and {package.replace('_', '-')} is not installed: "
-                f"pip install 'explain-cli[{PACKAGE_EXTRAS[package]}]'")
+                f"{install(PACKAGE_EXTRAS[package])}")
     if module:
         return f"it uses classes from the module {module.group(1)}, which cannot be imported here: is it installed?"
     if "deserialization of a `Lambda` layer" in text:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from explain_cli.errors import BadArgument, ExplainError
+from explain_cli.errors import BadArgument, ExplainError, install
 from explain_cli.model.backend import native_stderr_silenced
 
 
@@ -58,7 +58,7 @@ def _onnx(path: Path, input_name: str | None = None) -> Runner:
     try:
         import onnxruntime
     except ImportError:
-        raise ExplainError(f"{path}: ONNX models need ONNX Runtime: pip install 'explain-cli[onnx]'") from None
+        raise ExplainError(f"{path}: ONNX models need ONNX Runtime: {install('onnx')}") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     first, others = _explained(path, session.get_inputs(), lambda i: str(i.name), lambda i: i.shape, input_name)
     pictures = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(double)": np.float64,

@@ -86,9 +86,9 @@ def choose(requested: str, model: Any, say: Say,
     runtime = requested if explicit else "openvino"
     if not installed(runtime):
         if explicit:
-            raise ExplainError(f"--runtime {runtime} needs {' and '.join(MODULES[runtime])}: pip install "
-                               f"'explain-cli[{EXTRAS[runtime]}]'")
-        say("runtime tensorflow (auto: OpenVINO is not installed; pip install 'explain-cli[openvino]' for faster "
+            raise ExplainError(f"--runtime {runtime} needs {' and '.join(MODULES[runtime])}: "
+                               f"{errors.install(EXTRAS[runtime])}")
+        say(f"runtime tensorflow (auto: OpenVINO is not installed; {errors.install('openvino')} for faster "
             "forward passes)", False)
         return None
     if model.live:
