@@ -87,18 +87,23 @@ def test_precision_recall_and_average_precision_by_hand():
 # --- the targets against independent computations ------------------------------------------------------------------
 
 
-def test_each_boxs_target_and_gradcam_equal_a_full_tape(keras, detector_model):
+@pytest.mark.parametrize("pruned", [False, True])
+def test_each_boxs_target_and_gradcam_equal_a_full_tape(keras, detector_model, pruned, monkeypatch):
     """Σ IoU × class score over the predictions overlapping the box by IoU ≥ 0.5, and its Grad-CAM at `features`,
     from the whole model on one tape: the class scores made again from the layer by the class convolution's own
-    kernel, before its sigmoid."""
+    kernel, before its sigmoid. Each image's head batched over its boxes, and each box's head on its own window."""
     import tensorflow as tf
 
     from explain_cli import Detector
+    from explain_cli.tasks import detection_levels
+
+    if pruned:
+        monkeypatch.setattr(detection_levels, "PRUNED_ABOVE", 0)
 
     image = make_scene(np.random.default_rng(3)).image
     made = Detector(detector_model, precision="fp32")
     explained = made.explain([image])
-    assert len(explained) >= 2 and made._steps.explained["gradcam"].pruned is not None  # each box's own window
+    assert len(explained) >= 2 and (made._steps.explained["gradcam"].pruned is not None) == pruned
     model = keras.models.load_model(detector_model, compile=False)
     trunk = keras.Model(model.inputs, model.get_layer("features").output)
     scorer = model.get_layer("classes")
@@ -136,12 +141,17 @@ def _same_rows(made, ours, theirs):
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam"])
-def test_the_vectorised_and_pruned_backward_passes_equal_the_tiled_one(detector_model, method):
+def test_the_vectorised_and_pruned_backward_passes_equal_the_tiled_one(detector_model, method, monkeypatch):
     """Each image's head once and its rows' gradients from one vectorised backward pass, and each row's head on the
-    window its predictions see (a gradient method's), give the targets and maps of the rows' heads run on copies of
-    their images' features: rows of three images, in one call and in two."""
+    window its predictions see (a gradient method's; this head reads the layer itself, with a reach of one cell), give
+    the targets and maps of the rows' heads run on copies of their images' features: rows of three images, in one
+    call and in two. So small a head (one 3 × 3 convolution of 32 channels to 3) is pruned only when told to: a call
+    per box would cost more than it saves."""
     from explain_cli import Detector
+    from explain_cli.tasks import detection_levels
 
+    assert Detector(detector_model, precision="fp32")._steps.explain(method).pruned is None
+    monkeypatch.setattr(detection_levels, "PRUNED_ABOVE", 0)
     made = Detector(detector_model, method=method, precision="fp32", min_score=0.0, max_boxes=4)
     looked, images, classes, weights = _rows_of(
         made, np.stack([make_scene(np.random.default_rng(seed)).image for seed in (4, 5, 6)]))

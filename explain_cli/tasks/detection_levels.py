@@ -28,6 +28,10 @@ from explain_cli.tasks import detection_outputs as detector
 
 Explain = Callable[[Any, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
+# Pruning costs a call per box and level (about a millisecond); below this many multiply-adds in a box's whole class
+# head (its weights × its levels' cells, as a convolution's are) one batched backward pass over the whole head is faster.
+PRUNED_ABOVE = 10 ** 8
+
 
 @dataclass(frozen=True)
 class Level:
@@ -71,6 +75,14 @@ def find(graph: graph_module.Graph, head: tuple[graph_module.Step, ...], scores:
                            (shape[0], shape[1], shape[2]), _reach(step, source) if same_grid else None))
         start += size
     return tuple(found)
+
+
+def worth_pruning(levels: tuple[Level, ...]) -> bool:
+    """Whether the class head is large enough for pruning to pay (PRUNED_ABOVE) and its largest level has a reach."""
+    largest = max(levels, key=lambda level: len(level.predictions))
+    work = sum(sum(int(np.prod(w.shape)) for w in level.step.layer.weights) * level.grid[0] * level.grid[1]
+               for level in levels)
+    return largest.reach is not None and work >= PRUNED_ABOVE
 
 
 def _shape(made_by: dict[int, graph_module.Step], number: int) -> tuple[int, ...]:

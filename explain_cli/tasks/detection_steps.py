@@ -166,7 +166,7 @@ def _explain(cut: split_module.Split, scores_cut: split_module.Split, method: st
         from explain_cli.tasks import detection_levels
 
         levels = detection_levels.find(scores, scores_cut.head_steps, scores.output, class_count)
-        if levels and max(levels, key=lambda level: len(level.predictions)).reach is not None:
+        if levels and detection_levels.worth_pruning(levels):
             rows.pruned = detection_levels.pruned(scores_cut.head_steps, levels, scores_cut.value, cut.skip_values,
                                                   spec)
     return rows
