@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--isa", default="native,AVX2", help="the ISA settings to measure, in turn")
     parser.add_argument("--memory", default="100,2000", help="two folder sizes whose peak RSS is compared ('' skips)")
     parser.add_argument("--steps-only", action="store_true", help="the compiled steps alone, no whole runs")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="`explain evaluate` alone: auto, TensorFlow and int8 on --eval-images photos")
     parser.add_argument("--peer-python", help="a Python with tensorflow and tf-keras-vis (target 3; bench.py's)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "explain-bench")
     args = parser.parse_args()
@@ -123,6 +125,9 @@ def main() -> None:
         if isa != "native":
             env.update(ONEDNN_MAX_CPU_ISA=isa, OV_CPU_MAX_ISA=isa)
         native = isa == "native" or isa.upper().startswith("AVX512_CORE_") or "AMX" in isa.upper()
+        if args.evaluate_only:
+            evaluate_only(few, weights, out, env, args.runs, args.eval_images, isa)
+            continue
         steps = step_times(weights, env, "fp32,bf16" if native else "fp32")
         for name, ms in steps.items():
             precision, runtime = name.split("-")
@@ -192,6 +197,18 @@ def main() -> None:
                 peaks.append(timed(explain("gradcam", images, "--weights", weights, "-o", out + "-mem"), env)[1])
             print(f"| {isa} | peak RSS, auto: {small} images / {large} images | {peaks[0]} MiB / {peaks[1]} MiB "
                   f"({peaks[1] / peaks[0] - 1:+.1%}) |", flush=True)
+
+
+def evaluate_only(few: str, weights: str, out: str, env: dict, runs: int, count: int, isa: str) -> None:
+    """`explain evaluate` (gradcam, random) on `count` photos: auto and int8 against TensorFlow alone."""
+    evaluate = explain("evaluate", few, "--weights", weights, "--methods", "gradcam,random", "-o", out + "-eval")
+    timed([*evaluate, "--precision", "int8"], env)  # conversion and calibration, once, as the cache keeps them
+    times = rounds({"auto": evaluate, "tensorflow": [*evaluate, "--runtime", "tensorflow"],
+                    "int8": [*evaluate, "--precision", "int8"]}, env, runs)
+    print(f"| {isa} | `explain evaluate` gradcam + random, {count} images: auto / tensorflow / int8 | "
+          + " / ".join(f"{statistics.median(times[k]):.1f} s" for k in ("auto", "tensorflow", "int8")) + " |")
+    print(f"| {isa} | evaluate's throughput ÷ tensorflow's (≥ 1.4 without bf16): auto / int8 | "
+          f"{ratio(times, 'tensorflow', 'auto'):.2f}× / {ratio(times, 'tensorflow', 'int8'):.2f}× |", flush=True)
 
 
 if __name__ == "__main__":
