@@ -12,7 +12,8 @@ differentiated at full size, in one pass batched over the boxes.
 
 A level's reach is measured on its own head (the gradient's footprint of one cell) and checked (the head on crops
 gives the whole map's numbers, in the middle and at a corner); a level whose head fails (a GroupNorm, attention, a
-DETR's queries), or whose map is too small to show it, is run whole.
+DETR's queries), or whose map is too small to show it, is run whole. A class head so small that a call per box and
+level costs more than it saves is not pruned at all (worth_pruning).
 """
 
 from __future__ import annotations

@@ -63,6 +63,8 @@ class Steps:
     cuts: tuple[split_module.Split, split_module.Split] | None = None  # the joined model's and the scores' own
     classes: int = 0
     scores: graph_module.Graph | None = None  # the graph up to the class scores, whose levels prune a box's pass
+    levels: tuple[Any, ...] | None = None  # those levels (tasks/detection_levels.py), once looked for
+    looked_for_levels: bool = False
     explained: dict[str, Rows] = field(default_factory=dict)
 
     def explain(self, method: str) -> Rows:
@@ -71,8 +73,22 @@ class Steps:
         if self.cuts is None:
             raise ExplainError(f"{method} needs a layer, and this detector has none to explain at")
         if method not in self.explained:
-            self.explained[method] = _explain(*self.cuts, method, self.classes, self.scores)
+            levels = self.pruning_levels() if METHODS[method].gradients else None
+            self.explained[method] = _explain(*self.cuts, method, self.classes, levels)
         return self.explained[method]
+
+    def pruning_levels(self) -> tuple[Any, ...] | None:
+        """The pyramid levels a box's backward pass is pruned to, found once: None where the class scores are not
+        made that way or pruning would not pay."""
+        if not self.looked_for_levels and self.cuts is not None and self.scores is not None:
+            self.looked_for_levels = True
+            cut, scores_cut = self.cuts
+            if self.scores.output is not None and cut.skip_values is not None and scores_cut.value is not None:
+                from explain_cli.tasks import detection_levels
+
+                found = detection_levels.find(self.scores, scores_cut.head_steps, self.scores.output, self.classes)
+                self.levels = found if found and detection_levels.worth_pruning(found) else None
+        return self.levels
 
 
 def build(model: LoadedModel, graph: graph_module.Graph, found: detector.Format, layer: str | None) -> Steps:
@@ -138,7 +154,7 @@ def _look(model: LoadedModel, cut: split_module.Split, read: Callable[[Any], tup
 
 
 def _explain(cut: split_module.Split, scores_cut: split_module.Split, method: str, class_count: int,
-             scores: graph_module.Graph | None = None) -> Rows:
+             levels: tuple[Any, ...] | None = None) -> Rows:
     """(looked, row image (R,), row class (R,), weights (R, A)) -> each row's target Σ_a w_a · z_a,c (R,) and map
     (R, h, w), from the class scores alone where the cut lets the scores' head be run apart from the boxes'.
 
@@ -146,7 +162,7 @@ def _explain(cut: split_module.Split, scores_cut: split_module.Split, method: st
     backward pass through the head. Where TensorFlow cannot vectorise the head's backward pass (an operation pfor has
     no rule for, as in D-FINE's decoder), the rows' heads run on copies of their images' features instead, under one
     tape: a box then costs a forward pass and a backward pass. Where the class scores come from a head run on each
-    level of a pyramid, a gradient method's rows are pruned to their own levels and windows instead
+    level of a pyramid (`levels`), a gradient method's rows are pruned to their own levels and windows instead
     (tasks/detection_levels.py)."""
     spec = METHODS[method]
     if spec.dense_head or spec.forward or spec.attention:
@@ -161,14 +177,10 @@ def _explain(cut: split_module.Split, scores_cut: split_module.Split, method: st
             return cut.head(activations, skips)[..., 4:4 + class_count]
 
     rows = Rows(_vectorised(scores_head, spec), _tiled(scores_head, spec))
-    if spec.gradients and scores is not None and scores.output is not None and cut.skip_values is not None \
-            and scores_cut.value is not None:
+    if spec.gradients and levels and scores_cut.value is not None and cut.skip_values is not None:
         from explain_cli.tasks import detection_levels
 
-        levels = detection_levels.find(scores, scores_cut.head_steps, scores.output, class_count)
-        if levels and detection_levels.worth_pruning(levels):
-            rows.pruned = detection_levels.pruned(scores_cut.head_steps, levels, scores_cut.value, cut.skip_values,
-                                                  spec)
+        rows.pruned = detection_levels.pruned(scores_cut.head_steps, levels, scores_cut.value, cut.skip_values, spec)
     return rows
 
 
