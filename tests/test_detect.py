@@ -186,7 +186,7 @@ def test_a_pyramids_boxes_are_pruned_to_their_levels_and_windows_with_the_same_m
         assert rows.pruned is not None
         _same_rows(made, rows.pruned(looked, rows_image, classes, weights),
                    rows.by_image(looked, rows_image, classes, weights))
-    levels = made._steps.pruning_levels()
+    levels = made._steps.pruning_levels
     assert sorted((level.grid[0], level.reach) for level in levels) == [(4, None), (8, 2), (16, 2)]
     assert sum(len(level.predictions) for level in levels) == made.format.predictions
     windows = [detection_levels._part(level, row, int(c)) for row, c in zip(weights, classes) for level in levels]

@@ -50,7 +50,7 @@ def find(graph: graph_module.Graph, head: tuple[graph_module.Step, ...], scores:
          classes: int) -> tuple[Level, ...] | None:
     """The levels of a cut's scores head (None where its scores are not gathered from steps of one map each that
     give whole rows of classes, or its shapes are not fixed)."""
-    makers = detector.score_makers(graph, scores)
+    gathering, makers = detector.gathering(head, scores)
     made_by = {n: s for s in head for n in s.outputs}
     steps = [made_by[n] for n in makers if n in made_by]
     if graph.channels_first or len(steps) != len(makers) or \
@@ -61,7 +61,7 @@ def find(graph: graph_module.Graph, head: tuple[graph_module.Step, ...], scores:
     sources = [_shape(everywhere, s.inputs[0][1]) for s in steps]
     if any(len(shape) != 3 for shape in (*shapes, *sources)):
         return None
-    ids = _where_scores_sit(head, makers, shapes, scores)
+    ids = _where_scores_sit(gathering, makers, shapes, scores)
     if ids is None or ids.shape[-1] != classes:
         return None
     found, start = [], 0
@@ -93,27 +93,19 @@ def _shape(made_by: dict[int, graph_module.Step], number: int) -> tuple[int, ...
     return () if None in shape else tuple(int(d) for d in shape)  # type: ignore[arg-type]
 
 
-def _where_scores_sit(head: tuple[graph_module.Step, ...], makers: list[int], shapes: list[tuple[int, ...]],
+def _where_scores_sit(gathering: list[graph_module.Step], makers: list[int], shapes: list[tuple[int, ...]],
                       scores: int) -> np.ndarray | None:
     """(A, C): each score's number, counted through the makers' outputs in turn, found by running the steps that
     gather them on the numbers themselves."""
     import tensorflow as tf
 
-    made_by = {n: s for s in head for n in s.outputs}
-    chain: dict[int, graph_module.Step] = {}
-    seen = [scores]
-    while seen:
-        step = made_by.get(seen.pop())
-        if step is not None and type(step.layer).__name__ in detector.GATHERING:
-            chain[id(step)] = step
-            seen.extend(n for _, n in step.inputs if n not in makers)
     values, start = {}, 0
     for number, shape in zip(makers, shapes):
         size = int(np.prod(shape))
         values[number] = tf.reshape(tf.range(start, start + size, dtype=tf.int32), (1, *shape))
         start += size
     try:
-        for step in (s for s in head if id(s) in chain):
+        for step in gathering:
             step.run(values)
         ids = np.asarray(values[scores])
     except Exception:  # noqa: BLE001 - a layer that will not gather integers: no pruning, the whole head instead

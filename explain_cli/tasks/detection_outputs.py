@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -214,16 +214,22 @@ def _passing(values: Any, *args: Any, **kwargs: Any) -> Any:
 
 def score_makers(graph: graph_module.Graph, value: int) -> list[int]:
     """The values that the steps gathering `value` (GATHERING) read: where its numbers are computed."""
-    made_by = {n: s for s in graph.steps for n in s.outputs}
-    found, seen = [], [value]
+    return gathering(graph.steps, value)[1]
+
+
+def gathering(steps: Sequence[graph_module.Step], value: int) -> tuple[list[graph_module.Step], list[int]]:
+    """The steps that gather `value` (GATHERING), in the steps' order, and the values they read (score_makers)."""
+    made_by = {n: s for s in steps for n in s.outputs}
+    chain, found, seen = set(), [], [value]
     while seen:
         number = seen.pop()
         step = made_by.get(number)
         if step is not None and type(step.layer).__name__ in GATHERING:
+            chain.add(id(step))
             seen.extend(n for _, n in step.inputs)
         else:
             found.append(number)
-    return found
+    return [s for s in steps if id(s) in chain], found
 
 
 def _step_making(graph: graph_module.Graph, number: int) -> graph_module.Step | None:

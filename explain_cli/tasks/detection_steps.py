@@ -5,6 +5,7 @@ images scored against fixed boxes: D-RISE's similarity and evaluate's matched sc
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -63,8 +64,6 @@ class Steps:
     cuts: tuple[split_module.Split, split_module.Split] | None = None  # the joined model's and the scores' own
     classes: int = 0
     scores: graph_module.Graph | None = None  # the graph up to the class scores, whose levels prune a box's pass
-    levels: tuple[Any, ...] | None = None  # those levels (tasks/detection_levels.py), once looked for
-    looked_for_levels: bool = False
     explained: dict[str, Rows] = field(default_factory=dict)
 
     def explain(self, method: str) -> Rows:
@@ -73,22 +72,23 @@ class Steps:
         if self.cuts is None:
             raise ExplainError(f"{method} needs a layer, and this detector has none to explain at")
         if method not in self.explained:
-            levels = self.pruning_levels() if METHODS[method].gradients else None
+            levels = self.pruning_levels if METHODS[method].gradients else None
             self.explained[method] = _explain(*self.cuts, method, self.classes, levels)
         return self.explained[method]
 
+    @functools.cached_property
     def pruning_levels(self) -> tuple[Any, ...] | None:
-        """The pyramid levels a box's backward pass is pruned to, found once: None where the class scores are not
-        made that way or pruning would not pay."""
-        if not self.looked_for_levels and self.cuts is not None and self.scores is not None:
-            self.looked_for_levels = True
-            cut, scores_cut = self.cuts
-            if self.scores.output is not None and cut.skip_values is not None and scores_cut.value is not None:
-                from explain_cli.tasks import detection_levels
+        """The pyramid levels a box's backward pass is pruned to (tasks/detection_levels.py), found once: None where
+        the class scores are not made that way or pruning would not pay."""
+        if self.cuts is None or self.scores is None or self.scores.output is None:
+            return None
+        cut, scores_cut = self.cuts
+        if cut.skip_values is None or scores_cut.value is None:
+            return None
+        from explain_cli.tasks import detection_levels
 
-                found = detection_levels.find(self.scores, scores_cut.head_steps, self.scores.output, self.classes)
-                self.levels = found if found and detection_levels.worth_pruning(found) else None
-        return self.levels
+        found = detection_levels.find(self.scores, scores_cut.head_steps, self.scores.output, self.classes)
+        return found if found and detection_levels.worth_pruning(found) else None
 
 
 def build(model: LoadedModel, graph: graph_module.Graph, found: detector.Format, layer: str | None) -> Steps:
